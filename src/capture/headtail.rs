@@ -1,0 +1,709 @@
+//! Bounded head + tail capture of a byte stream.
+//!
+//! [`HeadTail`] keeps the first `head` bytes and the last `tail` bytes of a
+//! stream, and counts every byte that went through it. When more than
+//! `head + tail` bytes arrive, the bytes in between are dropped; their stream
+//! offsets are reported by [`HeadTail::dropped`] so that consumers can say
+//! exactly what is missing (e.g. "bytes 4096..1048576 elided").
+//!
+//! Memory grows with what arrives and never exceeds `head + tail` bytes of
+//! buffer (plus the struct itself):
+//!
+//! * the head is a `Vec<u8>` grown geometrically as needed, capped at `head`;
+//! * the tail is a ring buffer held in a `Vec<u8>`, grown geometrically as
+//!   needed, capped at `tail`. Until it is full it is stored in order; once
+//!   full, new bytes overwrite the oldest ones in place.
+//!
+//! [`HeadTail::push`] copies with at most a few `copy_from_slice` calls per
+//! chunk, and when a chunk alone is at least `tail` bytes long only its last
+//! `tail` bytes are copied, so pushing large chunks is cheap.
+//!
+//! Stream offsets: the head holds offsets `[0, head_len)`, the tail holds
+//! `[len - tail_len, len)`, and [`HeadTail::read`] serves any stream range
+//! from what is still held, reporting the part that fell in the dropped
+//! middle. When capture is finished, [`HeadTail::freeze`] turns the buffers
+//! into a [`Frozen`] pair of [`Bytes`] (the ring rotated into stream order in
+//! place) with the same read API, cheap to clone and share.
+
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// Smallest allocation made when a buffer first grows (unless the limit is
+/// smaller), to avoid many tiny reallocations for byte-sized pushes.
+const MIN_ALLOC: usize = 64;
+
+/// The result of a [`HeadTail::read`] / [`Frozen::read`] call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadInfo {
+    /// Start of the range actually served (the requested start, clamped to
+    /// `stop`).
+    pub start: u64,
+    /// End of the range actually served: the requested stop clamped to the
+    /// stream length.
+    pub stop: u64,
+    /// The part of `[start, stop)` that fell in the dropped middle of the
+    /// stream and therefore was not copied; `None` when every byte of the
+    /// range was held.
+    pub missing: Option<Range<u64>>,
+}
+
+impl ReadInfo {
+    /// Number of bytes copied into the output buffer by the read.
+    pub fn copied(&self) -> u64 {
+        let missing = self.missing.as_ref().map_or(0, |m| m.end - m.start);
+        self.stop - self.start - missing
+    }
+}
+
+/// Keeps the first `head` and the last `tail` bytes of a byte stream and
+/// counts everything pushed. See the [module documentation](self).
+#[derive(Clone)]
+pub struct HeadTail {
+    head_limit: usize,
+    tail_limit: usize,
+    /// First bytes of the stream, `len <= head_limit`.
+    head: Vec<u8>,
+    /// Ring buffer of the last bytes, `len <= tail_limit`. While
+    /// `tail.len() < tail_limit` it is in stream order and `pos == 0`; once
+    /// full, `pos` is the index of the oldest byte (and the next write).
+    tail: Vec<u8>,
+    pos: usize,
+    /// Total bytes pushed.
+    total: u64,
+}
+
+impl HeadTail {
+    /// Creates an empty capture keeping at most `head` leading and `tail`
+    /// trailing bytes. Nothing is allocated until data arrives. Either limit
+    /// may be zero; with both zero, bytes are only counted.
+    pub fn new(head: usize, tail: usize) -> Self {
+        HeadTail {
+            head_limit: head,
+            tail_limit: tail,
+            head: Vec::new(),
+            tail: Vec::new(),
+            pos: 0,
+            total: 0,
+        }
+    }
+
+    /// Appends `data` to the stream.
+    pub fn push(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+
+        // Fill the head first.
+        let room = self.head_limit - self.head.len();
+        if room > 0 {
+            let n = room.min(data.len());
+            reserve_capped(&mut self.head, n, self.head_limit);
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        if data.is_empty() || self.tail_limit == 0 {
+            return;
+        }
+
+        let limit = self.tail_limit;
+        if data.len() >= limit {
+            // The chunk alone replaces the whole tail: copy its last `limit`
+            // bytes only.
+            let last = &data[data.len() - limit..];
+            if self.tail.len() == limit {
+                self.tail.copy_from_slice(last);
+            } else {
+                self.tail.clear();
+                reserve_capped(&mut self.tail, limit, limit);
+                self.tail.extend_from_slice(last);
+            }
+            self.pos = 0;
+            return;
+        }
+
+        // Not yet full: append in order.
+        let room = limit - self.tail.len();
+        if room > 0 {
+            let n = room.min(data.len());
+            reserve_capped(&mut self.tail, n, limit);
+            self.tail.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if data.is_empty() {
+                return;
+            }
+        }
+
+        // Full ring, data.len() < limit: overwrite the oldest bytes, in at
+        // most two segments.
+        let first = data.len().min(limit - self.pos);
+        self.tail[self.pos..self.pos + first].copy_from_slice(&data[..first]);
+        let rest = data.len() - first;
+        self.tail[..rest].copy_from_slice(&data[first..]);
+        self.pos += data.len();
+        if self.pos >= limit {
+            self.pos -= limit;
+        }
+    }
+
+    /// Total number of bytes pushed so far (held or dropped).
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether nothing has been pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Number of bytes currently held (head plus tail).
+    pub fn held(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Stream offsets dropped between the head and the tail, or `None` when
+    /// every byte pushed is still held.
+    pub fn dropped(&self) -> Option<Range<u64>> {
+        dropped_range(self.head.len(), self.tail.len(), self.total)
+    }
+
+    /// The maximum number of leading bytes kept.
+    pub fn head_limit(&self) -> usize {
+        self.head_limit
+    }
+
+    /// The maximum number of trailing bytes kept.
+    pub fn tail_limit(&self) -> usize {
+        self.tail_limit
+    }
+
+    /// The held bytes in stream order as up to three slices: the head, then
+    /// the tail's two ring segments. Any of them may be empty. Handy for
+    /// vectored writes without copying.
+    pub fn slices(&self) -> [&[u8]; 3] {
+        let (t0, t1) = self.tail_segments();
+        [&self.head, t0, t1]
+    }
+
+    /// Copies the held bytes of the stream range `[start, min(stop, len))`
+    /// into `out` (appending), and describes what was served. Bytes that fell
+    /// in the dropped middle are skipped and reported in
+    /// [`ReadInfo::missing`]. An empty or inverted range, or one starting
+    /// past the end, copies nothing.
+    pub fn read(&self, start: u64, stop: u64, out: &mut Vec<u8>) -> ReadInfo {
+        read_parts(
+            &self.head,
+            self.tail_segments(),
+            self.total,
+            start,
+            stop,
+            out,
+        )
+    }
+
+    /// The held bytes (head followed by tail) in stream order, in one new
+    /// allocation.
+    pub fn contiguous(&self) -> Bytes {
+        let (t0, t1) = self.tail_segments();
+        let mut v = Vec::with_capacity(self.held());
+        v.extend_from_slice(&self.head);
+        v.extend_from_slice(t0);
+        v.extend_from_slice(t1);
+        Bytes::from(v)
+    }
+
+    /// Finishes capture, turning the buffers into immutable [`Bytes`]. The
+    /// tail ring is rotated into stream order in place, without copying it
+    /// to a new buffer.
+    pub fn freeze(self) -> Frozen {
+        let mut tail = self.tail;
+        if self.pos != 0 {
+            tail.rotate_left(self.pos);
+        }
+        Frozen {
+            head: Bytes::from(self.head),
+            tail: Bytes::from(tail),
+            total: self.total,
+        }
+    }
+
+    /// The tail ring as (older, newer) segments in stream order.
+    fn tail_segments(&self) -> (&[u8], &[u8]) {
+        let (a, b) = self.tail.split_at(self.pos);
+        (b, a)
+    }
+}
+
+impl Default for HeadTail {
+    /// A capture keeping nothing (both limits zero); it only counts.
+    fn default() -> Self {
+        HeadTail::new(0, 0)
+    }
+}
+
+impl fmt::Debug for HeadTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeadTail")
+            .field("head_limit", &self.head_limit)
+            .field("tail_limit", &self.tail_limit)
+            .field("head_len", &self.head.len())
+            .field("tail_len", &self.tail.len())
+            .field("len", &self.total)
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+/// An immutable, cheaply clonable snapshot of a finished [`HeadTail`]: the
+/// head and the (in-order) tail as [`Bytes`], plus the total stream length.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Frozen {
+    head: Bytes,
+    tail: Bytes,
+    total: u64,
+}
+
+impl Frozen {
+    /// Total number of bytes that were pushed (held or dropped).
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Number of bytes held (head plus tail).
+    pub fn held(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// Stream offsets dropped between the head and the tail, or `None` when
+    /// every byte is held.
+    pub fn dropped(&self) -> Option<Range<u64>> {
+        dropped_range(self.head.len(), self.tail.len(), self.total)
+    }
+
+    /// The leading bytes of the stream (offsets `[0, head.len())`).
+    pub fn head(&self) -> &Bytes {
+        &self.head
+    }
+
+    /// The trailing bytes of the stream in order (offsets
+    /// `[len - tail.len(), len)`).
+    pub fn tail(&self) -> &Bytes {
+        &self.tail
+    }
+
+    /// Same as [`HeadTail::read`].
+    pub fn read(&self, start: u64, stop: u64, out: &mut Vec<u8>) -> ReadInfo {
+        read_parts(&self.head, (&self.tail, &[]), self.total, start, stop, out)
+    }
+
+    /// The held bytes (head followed by tail) in stream order. Free (a
+    /// reference count bump) when the head or the tail is empty, otherwise
+    /// one new allocation.
+    pub fn contiguous(&self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head.clone();
+        }
+        if self.head.is_empty() {
+            return self.tail.clone();
+        }
+        let mut v = Vec::with_capacity(self.held());
+        v.extend_from_slice(&self.head);
+        v.extend_from_slice(&self.tail);
+        Bytes::from(v)
+    }
+}
+
+impl fmt::Debug for Frozen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frozen")
+            .field("head_len", &self.head.len())
+            .field("tail_len", &self.tail.len())
+            .field("len", &self.total)
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+/// Reserves room for `additional` more bytes, growing geometrically but
+/// never past `limit` total capacity. Callers guarantee
+/// `v.len() + additional <= limit`.
+fn reserve_capped(v: &mut Vec<u8>, additional: usize, limit: usize) {
+    let needed = v.len() + additional;
+    debug_assert!(needed <= limit);
+    if needed <= v.capacity() {
+        return;
+    }
+    let target = needed
+        .max(v.capacity().saturating_mul(2))
+        .max(MIN_ALLOC)
+        .min(limit);
+    v.reserve_exact(target - v.len());
+}
+
+fn dropped_range(head_len: usize, tail_len: usize, total: u64) -> Option<Range<u64>> {
+    let lo = head_len as u64;
+    let hi = total - tail_len as u64;
+    (lo < hi).then_some(lo..hi)
+}
+
+/// The range logic shared by [`HeadTail::read`] and [`Frozen::read`]: the
+/// head covers `[0, head.len())`, the two tail segments together cover
+/// `[total - tail_len, total)`.
+fn read_parts(
+    head: &[u8],
+    (t0, t1): (&[u8], &[u8]),
+    total: u64,
+    start: u64,
+    stop: u64,
+    out: &mut Vec<u8>,
+) -> ReadInfo {
+    let stop = stop.min(total);
+    let start = start.min(stop);
+    let head_end = head.len() as u64;
+    let tail_len = t0.len() + t1.len();
+    let tail_start = total - tail_len as u64;
+
+    // Head part: [start, min(stop, head_end)).
+    if start < head_end {
+        let end = stop.min(head_end);
+        out.extend_from_slice(&head[start as usize..end as usize]);
+    }
+
+    // Dropped part: [head_end, tail_start) intersected with the request.
+    let gap_lo = start.max(head_end);
+    let gap_hi = stop.min(tail_start);
+    let missing = (gap_lo < gap_hi).then_some(gap_lo..gap_hi);
+
+    // Tail part: [max(start, tail_start), stop), as offsets into the tail.
+    let from = start.max(tail_start);
+    if from < stop {
+        let lo = (from - tail_start) as usize;
+        let hi = (stop - tail_start) as usize;
+        if lo < t0.len() {
+            out.extend_from_slice(&t0[lo..hi.min(t0.len())]);
+        }
+        if hi > t0.len() {
+            out.extend_from_slice(&t1[lo.saturating_sub(t0.len())..hi - t0.len()]);
+        }
+    }
+
+    ReadInfo {
+        start,
+        stop,
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn held_of(ht: &HeadTail) -> Vec<u8> {
+        ht.contiguous().to_vec()
+    }
+
+    fn seq(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn empty_capture_holds_nothing() {
+        let ht = HeadTail::new(4, 4);
+        assert!(ht.is_empty());
+        assert_eq!(ht.len(), 0);
+        assert_eq!(ht.held(), 0);
+        assert_eq!(ht.dropped(), None);
+        assert!(ht.contiguous().is_empty());
+        let mut out = Vec::new();
+        let info = ht.read(0, 10, &mut out);
+        assert_eq!(
+            info,
+            ReadInfo {
+                start: 0,
+                stop: 0,
+                missing: None
+            }
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn push_keeps_everything_while_within_limits() {
+        let mut ht = HeadTail::new(4, 4);
+        ht.push(b"abc");
+        ht.push(b"defgh");
+        assert_eq!(ht.len(), 8);
+        assert_eq!(ht.dropped(), None);
+        assert_eq!(held_of(&ht), b"abcdefgh");
+    }
+
+    #[test]
+    fn push_keeps_head_and_tail_when_overflowing() {
+        let mut ht = HeadTail::new(3, 4);
+        for chunk in [&b"ab"[..], b"cdef", b"g", b"hijkl", b"mn"] {
+            ht.push(chunk);
+        }
+        assert_eq!(ht.len(), 14);
+        assert_eq!(held_of(&ht), b"abcklmn");
+        assert_eq!(ht.dropped(), Some(3..10));
+    }
+
+    #[test]
+    fn chunk_spanning_head_boundary_is_split() {
+        let mut ht = HeadTail::new(4, 100);
+        ht.push(b"0123456789");
+        assert_eq!(ht.head, b"0123");
+        assert_eq!(ht.tail, b"456789");
+        assert_eq!(ht.dropped(), None);
+    }
+
+    #[test]
+    fn chunk_larger_than_tail_copies_only_its_end() {
+        let mut ht = HeadTail::new(2, 5);
+        ht.push(b"xy");
+        ht.push(b"abc");
+        ht.push(b"0123456789");
+        assert_eq!(held_of(&ht), b"xy56789");
+        assert_eq!(ht.pos, 0);
+        assert_eq!(ht.dropped(), Some(2..10));
+        ht.push(b"ABCDEFGHIJKL");
+        assert_eq!(held_of(&ht), b"xyHIJKL");
+        assert_eq!(ht.dropped(), Some(2..22));
+    }
+
+    #[test]
+    fn ring_wraps_across_the_end() {
+        let mut ht = HeadTail::new(0, 5);
+        ht.push(b"abcde");
+        ht.push(b"fg");
+        ht.push(b"hijk");
+        assert_eq!(held_of(&ht), b"ghijk");
+        assert_eq!(ht.slices(), [&b""[..], b"ghij", b"k"]);
+        let mut out = Vec::new();
+        let info = ht.read(7, 10, &mut out);
+        assert_eq!(out, b"hij");
+        assert_eq!(info.missing, None);
+    }
+
+    #[test]
+    fn zero_head_keeps_only_tail() {
+        let mut ht = HeadTail::new(0, 3);
+        ht.push(b"hello");
+        assert_eq!(held_of(&ht), b"llo");
+        assert_eq!(ht.dropped(), Some(0..2));
+    }
+
+    #[test]
+    fn zero_tail_keeps_only_head() {
+        let mut ht = HeadTail::new(3, 0);
+        ht.push(b"hello");
+        ht.push(b"world");
+        assert_eq!(held_of(&ht), b"hel");
+        assert_eq!(ht.dropped(), Some(3..10));
+        assert_eq!(ht.tail.capacity(), 0);
+    }
+
+    #[test]
+    fn zero_limits_only_count() {
+        let mut ht = HeadTail::default();
+        ht.push(b"hello");
+        ht.push(&[]);
+        assert_eq!(ht.len(), 5);
+        assert_eq!(ht.held(), 0);
+        assert_eq!(ht.dropped(), Some(0..5));
+        let mut out = Vec::new();
+        let info = ht.read(1, 3, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(info.missing, Some(1..3));
+        assert_eq!(info.copied(), 0);
+        let frozen = ht.freeze();
+        assert_eq!(frozen.len(), 5);
+        assert_eq!(frozen.dropped(), Some(0..5));
+    }
+
+    #[test]
+    fn read_reports_missing_middle() {
+        let mut ht = HeadTail::new(3, 3);
+        ht.push(b"0123456789");
+        let mut out = Vec::new();
+        let info = ht.read(1, 9, &mut out);
+        assert_eq!(out, b"1278");
+        assert_eq!(
+            info,
+            ReadInfo {
+                start: 1,
+                stop: 9,
+                missing: Some(3..7)
+            }
+        );
+        assert_eq!(info.copied(), 4);
+    }
+
+    #[test]
+    fn read_clamps_odd_ranges() {
+        let mut ht = HeadTail::new(3, 3);
+        ht.push(b"0123456789");
+        let mut out = Vec::new();
+        let info = ht.read(8, 100, &mut out);
+        assert_eq!((info.start, info.stop), (8, 10));
+        assert_eq!(out, b"89");
+        out.clear();
+        let info = ht.read(50, 100, &mut out);
+        assert_eq!((info.start, info.stop, info.missing), (10, 10, None));
+        assert!(out.is_empty());
+        let info = ht.read(6, 2, &mut out);
+        assert_eq!((info.start, info.stop, info.missing), (2, 2, None));
+        assert!(out.is_empty());
+        let info = ht.read(u64::MAX, u64::MAX, &mut out);
+        assert_eq!(info.stop, 10);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn buffers_grow_gradually_and_never_past_limits() {
+        let mut ht = HeadTail::new(1000, 1 << 20);
+        ht.push(b"x");
+        assert!(ht.head.capacity() <= 1000);
+        assert!(ht.tail.capacity() == 0);
+        ht.push(&[0u8; 1000]);
+        assert_eq!(ht.head.capacity(), 1000);
+        assert!(ht.tail.capacity() < 4096, "{}", ht.tail.capacity());
+        for _ in 0..100 {
+            ht.push(&[1u8; 30_000]);
+            assert!(ht.tail.capacity() <= 1 << 20);
+        }
+        assert_eq!(ht.tail.capacity(), 1 << 20);
+        assert_eq!(ht.head.capacity(), 1000);
+    }
+
+    #[test]
+    fn big_chunks_through_big_tail() {
+        const MIB: usize = 1 << 20;
+        let mut ht = HeadTail::new(4096, MIB);
+        let chunk: Vec<u8> = seq(MIB + 17);
+        for _ in 0..8 {
+            ht.push(&chunk);
+        }
+        assert_eq!(ht.len(), 8 * (MIB as u64 + 17));
+        assert_eq!(ht.held(), 4096 + MIB);
+        assert_eq!(ht.tail.capacity(), MIB);
+        let held = held_of(&ht);
+        assert_eq!(&held[..4096], &chunk[..4096]);
+        assert_eq!(&held[4096..], &chunk[chunk.len() - MIB..]);
+    }
+
+    #[test]
+    fn freeze_rotates_tail_into_order() {
+        let mut ht = HeadTail::new(2, 4);
+        ht.push(b"ab");
+        ht.push(b"cdef");
+        ht.push(b"gh");
+        assert_ne!(ht.pos, 0);
+        let expect = held_of(&ht);
+        let frozen = ht.freeze();
+        assert_eq!(frozen.head().as_ref(), b"ab");
+        assert_eq!(frozen.tail().as_ref(), b"efgh");
+        assert_eq!(frozen.contiguous().as_ref(), &expect[..]);
+        assert_eq!(frozen.dropped(), Some(2..4));
+        assert_eq!(frozen.len(), 8);
+        assert_eq!(frozen.held(), 6);
+        let mut out = Vec::new();
+        let info = frozen.read(1, 7, &mut out);
+        assert_eq!(out, b"befg");
+        assert_eq!(info.missing, Some(2..4));
+    }
+
+    #[test]
+    fn frozen_contiguous_shares_single_part() {
+        let mut ht = HeadTail::new(8, 0);
+        ht.push(b"hello");
+        let frozen = ht.freeze();
+        let c = frozen.contiguous();
+        assert_eq!(c.as_ptr(), frozen.head().as_ptr());
+    }
+
+    /// Checks `ht` against the naive model of everything pushed.
+    fn check_model(ht: &HeadTail, model: &[u8], reads: &[(u64, u64)]) {
+        let total = model.len();
+        let (h, t) = (ht.head_limit(), ht.tail_limit());
+        assert_eq!(ht.len(), total as u64);
+        assert_eq!(ht.is_empty(), total == 0);
+        let head_len = h.min(total);
+        let tail_len = t.min(total - head_len);
+        let mut expect = model[..head_len].to_vec();
+        expect.extend_from_slice(&model[total - tail_len..]);
+        assert_eq!(held_of(ht), expect);
+        assert_eq!(ht.held(), expect.len());
+        if total > h + t {
+            assert_eq!(ht.dropped(), Some(h as u64..(total - t) as u64));
+        } else {
+            assert_eq!(ht.dropped(), None);
+        }
+        assert!(ht.head.capacity() <= h);
+        assert!(ht.tail.capacity() <= t);
+        for &(start, stop) in reads {
+            let mut out = vec![0xAA];
+            let info = ht.read(start, stop, &mut out);
+            let s = (stop as usize).min(total);
+            let a = (start as usize).min(s);
+            assert_eq!((info.start, info.stop), (a as u64, s as u64));
+            let mut want = vec![0xAA];
+            match &info.missing {
+                None => want.extend_from_slice(&model[a..s]),
+                Some(m) => {
+                    assert!(a as u64 <= m.start && m.start < m.end && m.end <= s as u64);
+                    let d = ht.dropped().unwrap();
+                    assert!(d.start <= m.start && m.end <= d.end);
+                    want.extend_from_slice(&model[a..m.start as usize]);
+                    want.extend_from_slice(&model[m.end as usize..s]);
+                }
+            }
+            if let Some(d) = ht.dropped() {
+                let lo = d.start.max(a as u64);
+                let hi = d.end.min(s as u64);
+                assert_eq!(info.missing, (lo < hi).then_some(lo..hi));
+            }
+            assert_eq!(out, want, "read({start}, {stop})");
+            assert_eq!(info.copied() as usize, out.len() - 1);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_naive_model(
+            head in 0usize..40,
+            tail in 0usize..40,
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..100), 0..20),
+            reads in prop::collection::vec((0u64..400, 0u64..400), 0..8),
+        ) {
+            let mut ht = HeadTail::new(head, tail);
+            let mut model = Vec::new();
+            for chunk in &chunks {
+                ht.push(chunk);
+                model.extend_from_slice(chunk);
+                check_model(&ht, &model, &reads);
+            }
+            let expect = ht.contiguous();
+            let dropped = ht.dropped();
+            let frozen = ht.freeze();
+            prop_assert_eq!(frozen.contiguous(), expect);
+            prop_assert_eq!(frozen.dropped(), dropped);
+            prop_assert_eq!(frozen.len(), model.len() as u64);
+            for &(start, stop) in &reads {
+                let mut a = Vec::new();
+                let mut b = Vec::new();
+                let mut ht2 = HeadTail::new(head, tail);
+                ht2.push(&model);
+                let ia = frozen.read(start, stop, &mut a);
+                let ib = ht2.read(start, stop, &mut b);
+                prop_assert_eq!(ia, ib);
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+}

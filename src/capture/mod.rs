@@ -1,0 +1,7 @@
+//! Bounded capture of a child's output.
+//!
+//! [`headtail::HeadTail`] keeps the first `head` and last `tail` bytes of a stream
+//! and counts everything, so a child writing 100 GiB costs no more memory than one
+//! writing `head + tail`.
+
+pub mod headtail;

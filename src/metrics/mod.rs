@@ -1,0 +1,239 @@
+//! Process metrics read from `/proc`, in Procstar's result shapes and units.
+//!
+//! * [`procstat`] parses `/proc/<pid>/stat` into [`ProcStat`] (the result's
+//!   `proc_stat`), with times in seconds, sizes in bytes, signal masks as
+//!   names and `starttime` as an RFC 3339 string.
+//! * [`statm`] parses `/proc/<pid>/statm` into [`ProcStatm`] (the result's
+//!   `proc_statm`), in bytes.
+//! * [`read_proc_file`] reads one such file into a reusable buffer, and
+//!   [`format_rfc3339`] formats a Unix time the way Procstar does.
+//!
+//! Parsing never panics on malformed input: it returns a [`ParseError`] that
+//! names the offending field.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+pub mod procstat;
+pub mod statm;
+
+pub use procstat::{ProcStat, StatContext, parse_stat};
+pub use statm::{ProcStatm, parse_statm};
+
+use std::io;
+
+/// An error parsing a `/proc` file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// A field was absent (the text ended early, or a delimiter was missing).
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// A field was present but its text was not a valid value.
+    #[error("invalid value for field `{field}`: {value:?}")]
+    Invalid {
+        /// The field's name, as in proc(5).
+        field: &'static str,
+        /// The offending text (at most 64 bytes of it).
+        value: String,
+    },
+}
+
+impl ParseError {
+    /// Builds [`ParseError::Invalid`], keeping at most 64 bytes of `value`.
+    pub(crate) fn invalid(field: &'static str, value: &str) -> Self {
+        let mut end = value.len().min(64);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        ParseError::Invalid {
+            field,
+            value: value.get(..end).unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// Reads `/proc/<pid>/<name>` into `buf`, replacing its contents.
+///
+/// Does one `open` and then `read`s until end of file, appending into `buf`'s
+/// spare capacity. The only allocation is `buf` growing (reuse the buffer to
+/// avoid even that); the path is built on the stack.
+///
+/// # Errors
+///
+/// The `open` or `read` error (`NotFound` once the process is reaped), or
+/// `InvalidInput` if the path exceeds 255 bytes.
+pub fn read_proc_file(pid: i32, name: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags, open};
+    use std::io::Write;
+
+    let mut path_buf = [0u8; 256];
+    let mut cursor = io::Cursor::new(&mut path_buf[..]);
+    write!(cursor, "/proc/{pid}/{name}")
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "proc path too long"))?;
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    let path = path_buf
+        .get(..len)
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad proc path"))?;
+
+    let fd = open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    buf.clear();
+    loop {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(4096);
+        }
+        match rustix::io::read(&fd, rustix::buffer::spare_capacity(buf)) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Formats a Unix time in nanoseconds as RFC 3339 with nine fractional digits
+/// and a `+00:00` offset, e.g. `"1970-01-01T00:00:00.000000000+00:00"`.
+///
+/// This is the format of Procstar's `times` and `proc_stat.starttime`. Times
+/// before 1970 work (proleptic Gregorian calendar); it never panics.
+pub fn format_rfc3339(unix_ns: i128) -> String {
+    const NS_PER_SEC: i128 = 1_000_000_000;
+    let secs = unix_ns.div_euclid(NS_PER_SEC);
+    let nanos = unix_ns.rem_euclid(NS_PER_SEC);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}+00:00",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Converts days since 1970-01-01 to a proleptic Gregorian (year, month, day).
+///
+/// Howard Hinnant's `civil_from_days` algorithm.
+fn civil_from_days(days: i128) -> (i128, i128, i128) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: i128 = 1_000_000_000;
+
+    #[test]
+    fn rfc3339_known_values() {
+        // Expected strings checked with Python's datetime.fromtimestamp(s, timezone.utc).
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000+00:00");
+        assert_eq!(
+            format_rfc3339(1_795_313_883_869_552_201),
+            "2026-11-22T02:18:03.869552201+00:00"
+        );
+        assert_eq!(
+            format_rfc3339(1_795_312_683_869_552_201),
+            "2026-11-22T01:58:03.869552201+00:00"
+        );
+        assert_eq!(
+            format_rfc3339(951_782_400 * S),
+            "2000-02-29T00:00:00.000000000+00:00"
+        );
+        assert_eq!(
+            format_rfc3339(1_709_210_096 * S + 5),
+            "2024-02-29T12:34:56.000000005+00:00"
+        );
+        assert_eq!(
+            format_rfc3339(4_102_444_800 * S),
+            "2100-01-01T00:00:00.000000000+00:00"
+        );
+        assert_eq!(
+            format_rfc3339(253_402_300_799 * S + 999_999_999),
+            "9999-12-31T23:59:59.999999999+00:00"
+        );
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999+00:00");
+    }
+
+    #[test]
+    fn read_self_stat() {
+        let mut buf = Vec::new();
+        read_proc_file(std::process::id() as i32, "stat", &mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with(&format!("{} (", std::process::id())));
+        assert!(text.ends_with('\n'));
+        // Reuse replaces contents.
+        read_proc_file(std::process::id() as i32, "statm", &mut buf).unwrap();
+        assert!(!String::from_utf8_lossy(&buf).contains('('));
+    }
+
+    #[test]
+    fn read_large_file() {
+        // smaps is always far larger than one read chunk.
+        let pid = std::process::id() as i32;
+        let mut buf = Vec::new();
+        read_proc_file(pid, "smaps", &mut buf).unwrap();
+        assert!(buf.len() > 8192, "{}", buf.len());
+        assert_eq!(buf.last(), Some(&b'\n'));
+        read_proc_file(pid, "cmdline", &mut buf).unwrap();
+        assert_eq!(buf, std::fs::read(format!("/proc/{pid}/cmdline")).unwrap());
+    }
+
+    #[test]
+    fn read_missing() {
+        let mut buf = Vec::new();
+        let err = read_proc_file(std::process::id() as i32, "no-such-file", &mut buf);
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::NotFound);
+        let long = "x".repeat(300);
+        let err = read_proc_file(1, &long, &mut buf);
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn invalid_truncates() {
+        let long = "é".repeat(100);
+        match ParseError::invalid("f", &long) {
+            ParseError::Invalid { value, .. } => assert!(value.len() <= 64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn rfc3339_never_panics(ns in any::<i128>()) {
+            let _ = format_rfc3339(ns);
+        }
+
+        #[test]
+        fn rfc3339_fields_in_range(ns in -(1i128 << 70)..(1i128 << 70)) {
+            let s = format_rfc3339(ns);
+            prop_assert!(s.ends_with("+00:00"));
+            let t = s.rfind('T').unwrap();
+            let time = &s[t + 1..];
+            let h: u32 = time[0..2].parse().unwrap();
+            let m: u32 = time[3..5].parse().unwrap();
+            let sec: u32 = time[6..8].parse().unwrap();
+            prop_assert!(h < 24 && m < 60 && sec < 60);
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! The result of a process, in Procstar's JSON shape (`ProcRes`).
+//!
+//! `--print`/`--output` emit a [`ResMap`], `GET /procs` wraps it, and the
+//! WebSocket protocol carries one [`ProcRes`] per `ProcResult`. Every type here
+//! is `Serialize` and `Deserialize`, so tests and clients can read results back.
+//!
+//! chaperone adds a few extension fields that a Procstar client ignores:
+//! [`ProcRes::failure`] (only when set), and `length` / `dropped` on captured
+//! fds (see [`FdRes`]). Without them the JSON has exactly Procstar's keys.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::display::Base64Display;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::metrics::{ProcStat, ProcStatm};
+use crate::signal::signal_name;
+
+/// Results keyed by proc ID, as printed by `--print` (sorted by ID).
+pub type ResMap = BTreeMap<String, ProcRes>;
+
+/// The result of one process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcRes {
+    /// Lifecycle state; `Error` whenever `errors` is non-empty.
+    pub state: State,
+    /// Error messages, e.g. `"execve failed: …"`.
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// The child's pid, if it was started.
+    pub pid: Option<i32>,
+    /// `/proc/<pid>/stat`: live while running, a zombie snapshot at exit.
+    pub proc_stat: Option<ProcStat>,
+    /// `/proc/<pid>/statm`; only while running.
+    pub proc_statm: Option<ProcStatm>,
+    /// cgroup accounting; chaperone does not use systemd, so always `null`.
+    pub cgroup_accounting: Option<serde_json::Value>,
+    /// Start, now, stop and elapsed times.
+    #[serde(default)]
+    pub times: Times,
+    /// Wait status; `null` while running.
+    pub status: Option<Status>,
+    /// Resource usage from `wait4`; `null` while running.
+    pub rusage: Option<Rusage>,
+    /// Per fd name: `null` (not captured) or the capture's result.
+    #[serde(default)]
+    pub fds: BTreeMap<String, Option<FdRes>>,
+    /// Extension: why the child failed before `execve`, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ChildFailure>,
+}
+
+/// A process's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Started and not yet waited for.
+    Running,
+    /// Waited for, with no errors.
+    Terminated,
+    /// Any error occurred (takes precedence over the other two).
+    Error,
+}
+
+/// Extension: a failure in the child between `fork` and `execve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildFailure {
+    /// The setup step that failed, e.g. `"dup2"`, `"chdir"`, `"execve"`.
+    pub stage: String,
+    /// The `errno` it failed with.
+    pub errno: i32,
+    /// The target fd, for fd setup steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+}
+
+/// A decoded wait status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The raw wait status.
+    pub status: i32,
+    /// The exit code, if the process exited.
+    pub exit_code: Option<i32>,
+    /// The terminating signal number, if a signal killed the process.
+    pub signum: Option<i32>,
+    /// The terminating signal's name, e.g. `"SIGTERM"`.
+    pub signal: Option<String>,
+    /// Whether a core was dumped.
+    pub core_dump: bool,
+}
+
+impl Status {
+    /// Decodes a raw wait status as `WIFEXITED`, `WEXITSTATUS`, `WTERMSIG`
+    /// and `WCOREDUMP` would.
+    ///
+    /// Exactly one of `exit_code` and `signum` is set for a terminated
+    /// process. A stopped or continued status (low seven bits `0x7f`), which
+    /// chaperone never asks for, sets neither.
+    #[doc(alias = "WIFEXITED")]
+    #[must_use]
+    pub fn from_wait_status(raw: i32) -> Status {
+        let low = raw & 0x7f;
+        let (exit_code, signum) = match low {
+            0 => (Some((raw >> 8) & 0xff), None),
+            0x7f => (None, None),
+            sig => (None, Some(sig)),
+        };
+        Status {
+            status: raw,
+            exit_code,
+            signum,
+            signal: signum.and_then(signal_name).map(str::to_owned),
+            core_dump: signum.is_some() && raw & 0x80 != 0,
+        }
+    }
+}
+
+/// `struct rusage` as the sys layer reads it, in the kernel's units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawRusage {
+    /// User CPU time, microseconds.
+    pub utime_us: i64,
+    /// System CPU time, microseconds.
+    pub stime_us: i64,
+    /// Maximum resident set size, KiB.
+    pub maxrss_kib: i64,
+    /// Minor page faults.
+    pub minflt: i64,
+    /// Major page faults.
+    pub majflt: i64,
+    /// Swaps (always 0 on Linux).
+    pub nswap: i64,
+    /// Block input operations.
+    pub inblock: i64,
+    /// Block output operations.
+    pub oublock: i64,
+    /// Voluntary context switches.
+    pub nvcsw: i64,
+    /// Involuntary context switches.
+    pub nivcsw: i64,
+}
+
+/// Resource usage in Procstar's units.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rusage {
+    /// User CPU time, seconds.
+    pub utime: f64,
+    /// System CPU time, seconds.
+    pub stime: f64,
+    /// Maximum resident set size, **bytes**.
+    pub maxrss: i64,
+    /// Minor page faults.
+    pub minflt: i64,
+    /// Major page faults.
+    pub majflt: i64,
+    /// Swaps.
+    pub nswap: i64,
+    /// Block input operations.
+    pub inblock: i64,
+    /// Block output operations.
+    pub oublock: i64,
+    /// Voluntary context switches.
+    pub nvcsw: i64,
+    /// Involuntary context switches.
+    pub nivcsw: i64,
+}
+
+impl Rusage {
+    /// Converts kernel units: microseconds to seconds, KiB to bytes.
+    pub fn from_raw(raw: &RawRusage) -> Rusage {
+        Rusage {
+            utime: raw.utime_us as f64 / 1e6,
+            stime: raw.stime_us as f64 / 1e6,
+            maxrss: raw.maxrss_kib.saturating_mul(1024),
+            minflt: raw.minflt,
+            majflt: raw.majflt,
+            nswap: raw.nswap,
+            inblock: raw.inblock,
+            oublock: raw.oublock,
+            nvcsw: raw.nvcsw,
+            nivcsw: raw.nivcsw,
+        }
+    }
+}
+
+/// Wall-clock times (RFC 3339 strings, see
+/// [`format_rfc3339`](crate::metrics::format_rfc3339)) and elapsed time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Times {
+    /// When the process was started.
+    pub start: String,
+    /// When this result was produced.
+    pub now: String,
+    /// When the process was waited for; `null` while running.
+    pub stop: Option<String>,
+    /// Seconds from start to stop (or to now while running), monotonic clock.
+    pub elapsed: f64,
+}
+
+/// The encoding of captured output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Encoding {
+    /// Text, lossily decoded as UTF-8.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Bytes, as standard base64 with padding.
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+/// Extension: a byte range of a stream that a head/tail capture cut out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Offset of the first dropped byte in the stream.
+    pub start: u64,
+    /// Offset one past the last dropped byte.
+    pub stop: u64,
+}
+
+/// The result for one captured fd.
+///
+/// Serialized, internally tagged by `"type"`:
+///
+/// * `{"type":"text","text":…,"encoding":"utf-8","length":N}`
+/// * `{"type":"data","data":<base64>,"encoding":"base64","length":N}`
+/// * `{"type":"detached","length":N,"encoding":"utf-8"|"base64"}`
+/// * `{"type":"error"}`
+///
+/// `length` on text and data and `dropped` (present only when something was
+/// dropped) are chaperone extensions. Text and data hold the raw bytes; the
+/// lossy UTF-8 decoding or base64 encoding happens only when serializing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "FdResWire")]
+pub enum FdRes {
+    /// Output captured as UTF-8 text.
+    Text {
+        /// The captured bytes (without any dropped middle).
+        bytes: Bytes,
+        /// Total bytes the stream produced, including any dropped.
+        length: u64,
+        /// The byte range cut out of the middle, if any.
+        dropped: Option<Dropped>,
+    },
+    /// Output captured as binary data (base64 in JSON).
+    Data {
+        /// The captured bytes (without any dropped middle).
+        bytes: Bytes,
+        /// Total bytes the stream produced, including any dropped.
+        length: u64,
+        /// The byte range cut out of the middle, if any.
+        dropped: Option<Dropped>,
+    },
+    /// Output captured but not inlined; fetch it separately.
+    Detached {
+        /// Total bytes the stream produced.
+        length: u64,
+        /// How the data will be encoded when fetched.
+        encoding: Encoding,
+        /// The byte range cut out of the middle, if any.
+        dropped: Option<Dropped>,
+    },
+    /// The capture failed.
+    Error,
+}
+
+impl FdRes {
+    /// A complete text capture of `bytes`.
+    pub fn text(bytes: impl Into<Bytes>) -> FdRes {
+        let bytes = bytes.into();
+        FdRes::Text {
+            length: bytes.len() as u64,
+            bytes,
+            dropped: None,
+        }
+    }
+
+    /// A complete binary capture of `bytes`.
+    pub fn data(bytes: impl Into<Bytes>) -> FdRes {
+        let bytes = bytes.into();
+        FdRes::Data {
+            length: bytes.len() as u64,
+            bytes,
+            dropped: None,
+        }
+    }
+}
+
+/// Serializes bytes as standard base64 without an intermediate `String`
+/// (for serializers that implement `collect_str` by streaming, like
+/// serde_json).
+struct Base64Bytes<'a>(&'a [u8]);
+
+impl Serialize for Base64Bytes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&Base64Display::new(self.0, &STANDARD))
+    }
+}
+
+impl Serialize for FdRes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let extra = |dropped: &Option<Dropped>| usize::from(dropped.is_some());
+        match self {
+            FdRes::Text {
+                bytes,
+                length,
+                dropped,
+            } => {
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                map.serialize_entry("type", "text")?;
+                let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
+                map.serialize_entry("text", &text)?;
+                map.serialize_entry("encoding", &Encoding::Utf8)?;
+                map.serialize_entry("length", length)?;
+                if let Some(d) = dropped {
+                    map.serialize_entry("dropped", d)?;
+                }
+                map.end()
+            }
+            FdRes::Data {
+                bytes,
+                length,
+                dropped,
+            } => {
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                map.serialize_entry("type", "data")?;
+                map.serialize_entry("data", &Base64Bytes(bytes))?;
+                map.serialize_entry("encoding", &Encoding::Base64)?;
+                map.serialize_entry("length", length)?;
+                if let Some(d) = dropped {
+                    map.serialize_entry("dropped", d)?;
+                }
+                map.end()
+            }
+            FdRes::Detached {
+                length,
+                encoding,
+                dropped,
+            } => {
+                let mut map = serializer.serialize_map(Some(3 + extra(dropped)))?;
+                map.serialize_entry("type", "detached")?;
+                map.serialize_entry("length", length)?;
+                map.serialize_entry("encoding", encoding)?;
+                if let Some(d) = dropped {
+                    map.serialize_entry("dropped", d)?;
+                }
+                map.end()
+            }
+            FdRes::Error => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("type", "error")?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// The wire form of [`FdRes`], for deserializing.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum FdResWire {
+    Text {
+        text: String,
+        #[serde(default)]
+        length: Option<u64>,
+        #[serde(default)]
+        dropped: Option<Dropped>,
+    },
+    Data {
+        data: String,
+        #[serde(default)]
+        length: Option<u64>,
+        #[serde(default)]
+        dropped: Option<Dropped>,
+    },
+    Detached {
+        length: u64,
+        encoding: Encoding,
+        #[serde(default)]
+        dropped: Option<Dropped>,
+    },
+    Error,
+}
+
+impl TryFrom<FdResWire> for FdRes {
+    type Error = base64::DecodeError;
+
+    fn try_from(wire: FdResWire) -> Result<FdRes, base64::DecodeError> {
+        Ok(match wire {
+            FdResWire::Text {
+                text,
+                length,
+                dropped,
+            } => FdRes::Text {
+                length: length.unwrap_or(text.len() as u64),
+                bytes: Bytes::from(text.into_bytes()),
+                dropped,
+            },
+            FdResWire::Data {
+                data,
+                length,
+                dropped,
+            } => {
+                let bytes = STANDARD.decode(data)?;
+                FdRes::Data {
+                    length: length.unwrap_or(bytes.len() as u64),
+                    bytes: Bytes::from(bytes),
+                    dropped,
+                }
+            }
+            FdResWire::Detached {
+                length,
+                encoding,
+                dropped,
+            } => FdRes::Detached {
+                length,
+                encoding,
+                dropped,
+            },
+            FdResWire::Error => FdRes::Error,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// The contract's example `procstar --print` output.
+    const EXAMPLE: &str = r#"{"hello": {
+  "state": "terminated", "errors": [], "pid": 10637,
+  "proc_stat": {"pid": 10637, "comm": "echo", "state": "Z", "ppid": 10631, "pgrp": 10637,
+    "session": 10637, "tty_nr": [0, 0], "tpgid": null, "flags": 4227084, "minflt": 117,
+    "cminflt": 0, "majflt": 0, "cmajflt": 0, "utime": 0.0, "stime": 0.0, "cutime": 0.0,
+    "cstime": 0.0, "priority": 20, "nice": 0, "num_threads": 1,
+    "starttime": "2026-11-22T02:18:03.869552201+00:00", "vsize": 0, "rss": 0,
+    "rsslim": 18446744073709551615, "signal": [], "blocked": [], "sigignore": ["SIGUSR2"],
+    "sigcatch": [], "wchan": 1, "exit_signal": "SIGCHLD", "processor": 0, "rt_priority": 0,
+    "policy": 0, "delayacct_blkio_ticks": 0.0, "guest_time": 0.0, "cguest_time": 0,
+    "exit_code": 0},
+  "proc_statm": null, "cgroup_accounting": null,
+  "times": {"start": "2026-11-22T02:18:03.866557435+00:00",
+            "now": "2026-11-22T02:18:03.869582317+00:00",
+            "stop": "2026-11-22T02:18:03.869572078+00:00", "elapsed": 0.003014553},
+  "status": {"status": 0, "exit_code": 0, "signum": null, "signal": null, "core_dump": false},
+  "rusage": {"utime": 0.000915, "stime": 0.0, "maxrss": 2277376, "minflt": 117, "majflt": 0,
+             "nswap": 0, "inblock": 0, "oublock": 0, "nvcsw": 1, "nivcsw": 2},
+  "fds": {"stderr": null, "stdout": {"type": "text", "text": "Hello, world.\n", "encoding": "utf-8"}}
+}}"#;
+
+    /// Checks that `got` has every value of `want` (numbers compared as
+    /// f64, so `0` equals `0.0`), and records keys only `got` has.
+    fn assert_covers(want: &Value, got: &Value, path: &str, extra: &mut Vec<String>) {
+        match (want, got) {
+            (Value::Object(w), Value::Object(g)) => {
+                for (k, wv) in w {
+                    let gv = g.get(k).unwrap_or_else(|| panic!("missing {path}.{k}"));
+                    assert_covers(wv, gv, &format!("{path}.{k}"), extra);
+                }
+                extra.extend(
+                    g.keys()
+                        .filter(|k| !w.contains_key(*k))
+                        .map(|k| format!("{path}.{k}")),
+                );
+            }
+            (Value::Array(w), Value::Array(g)) => {
+                assert_eq!(w.len(), g.len(), "{path}");
+                for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
+                    assert_covers(wv, gv, &format!("{path}[{i}]"), extra);
+                }
+            }
+            (Value::Number(w), Value::Number(g)) => {
+                if w.is_u64() && g.is_u64() {
+                    assert_eq!(w.as_u64(), g.as_u64(), "{path}");
+                } else {
+                    assert_eq!(w.as_f64(), g.as_f64(), "{path}");
+                }
+            }
+            _ => assert_eq!(want, got, "{path}"),
+        }
+    }
+
+    #[test]
+    fn example_round_trips() {
+        let original: Value = serde_json::from_str(EXAMPLE).unwrap();
+        let map: ResMap = serde_json::from_str(EXAMPLE).unwrap();
+        let res = &map["hello"];
+        assert_eq!(res.state, State::Terminated);
+        assert_eq!(res.pid, Some(10637));
+        assert_eq!(res.rusage.unwrap().maxrss, 2277376);
+        assert_eq!(
+            res.fds["stdout"],
+            Some(FdRes::text(&b"Hello, world.\n"[..]))
+        );
+        assert_eq!(res.fds["stderr"], None);
+        assert_eq!(res.failure, None);
+
+        let again = serde_json::to_value(&map).unwrap();
+        let mut extra = Vec::new();
+        assert_covers(&original, &again, "", &mut extra);
+        assert_eq!(extra, vec![".hello.fds.stdout.length"]);
+        assert_eq!(again["hello"]["fds"]["stdout"]["length"], 14);
+
+        // And back again, to the same structure.
+        let map2: ResMap = serde_json::from_value(again).unwrap();
+        assert_eq!(map2, map);
+    }
+
+    #[test]
+    fn error_result_shape() {
+        let res = ProcRes {
+            state: State::Error,
+            errors: vec!["execve failed: /no/such/exe".into()],
+            pid: Some(14331),
+            proc_stat: None,
+            proc_statm: None,
+            cgroup_accounting: None,
+            times: Times::default(),
+            status: Some(Status::from_wait_status(16128)),
+            rusage: None,
+            fds: BTreeMap::new(),
+            failure: Some(ChildFailure {
+                stage: "execve".into(),
+                errno: 2,
+                fd: None,
+            }),
+        };
+        let v = serde_json::to_value(&res).unwrap();
+        assert_eq!(v["state"], "error");
+        assert_eq!(v["status"]["exit_code"], 63);
+        assert_eq!(v["cgroup_accounting"], Value::Null);
+        assert_eq!(v["failure"], json!({"stage": "execve", "errno": 2}));
+        let back: ProcRes = serde_json::from_value(v).unwrap();
+        assert_eq!(back, res);
+
+        let plain = ProcRes {
+            failure: None,
+            ..res
+        };
+        let v = serde_json::to_value(&plain).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "cgroup_accounting",
+                "errors",
+                "fds",
+                "pid",
+                "proc_stat",
+                "proc_statm",
+                "rusage",
+                "state",
+                "status",
+                "times"
+            ]
+        );
+    }
+
+    #[test]
+    fn wait_status_exit_42() {
+        let s = Status::from_wait_status(10752);
+        assert_eq!(
+            s,
+            Status {
+                status: 10752,
+                exit_code: Some(42),
+                signum: None,
+                signal: None,
+                core_dump: false
+            }
+        );
+    }
+
+    #[test]
+    fn wait_status_sigterm() {
+        let s = Status::from_wait_status(15);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!({"status":15,"exit_code":null,"signum":15,"signal":"SIGTERM","core_dump":false})
+        );
+    }
+
+    #[test]
+    fn wait_status_exit_3_and_core() {
+        let s = Status::from_wait_status(768);
+        assert_eq!((s.exit_code, s.signum), (Some(3), None));
+        let s = Status::from_wait_status(0x80 | 11);
+        assert_eq!(s.signal.as_deref(), Some("SIGSEGV"));
+        assert!(s.core_dump);
+        let s = Status::from_wait_status(0x137f); // stopped by SIGSTOP
+        assert_eq!((s.exit_code, s.signum, s.core_dump), (None, None, false));
+    }
+
+    #[test]
+    fn wait_status_matches_libc() {
+        for raw in [
+            0, 256, 10752, 65280, 9, 15, 0x86, 0x8b, 0x7f, 0x137f, 0xffff,
+        ] {
+            let s = Status::from_wait_status(raw);
+            let exited = libc::WIFEXITED(raw);
+            let signaled = libc::WIFSIGNALED(raw);
+            assert_eq!(s.exit_code, exited.then(|| libc::WEXITSTATUS(raw)), "{raw}");
+            assert_eq!(s.signum, signaled.then(|| libc::WTERMSIG(raw)), "{raw}");
+            assert_eq!(s.core_dump, signaled && libc::WCOREDUMP(raw), "{raw}");
+        }
+    }
+
+    #[test]
+    fn rusage_units() {
+        let r = Rusage::from_raw(&RawRusage {
+            utime_us: 915,
+            stime_us: 1_500_000,
+            maxrss_kib: 2224,
+            minflt: 117,
+            nvcsw: 1,
+            nivcsw: 2,
+            ..RawRusage::default()
+        });
+        assert_eq!(r.utime, 0.000915);
+        assert_eq!(r.stime, 1.5);
+        assert_eq!(r.maxrss, 2277376);
+        assert_eq!((r.minflt, r.nvcsw, r.nivcsw), (117, 1, 2));
+    }
+
+    #[test]
+    fn lossy_utf8() {
+        let fd = FdRes::text(&b"abc\x80\x80def"[..]);
+        let v = serde_json::to_value(&fd).unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert_eq!(text, "abc\u{FFFD}\u{FFFD}def");
+        assert_eq!(text.chars().count(), 8);
+        assert_eq!(text, String::from_utf8_lossy(b"abc\x80\x80def"));
+        assert_eq!(v["length"], 8);
+        assert_eq!(v["encoding"], "utf-8");
+    }
+
+    #[test]
+    fn base64_round_trip() {
+        let fd = FdRes::data(&b"Hello, world."[..]);
+        let s = serde_json::to_string(&fd).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"data","data":"SGVsbG8sIHdvcmxkLg==","encoding":"base64","length":13}"#
+        );
+        let back: FdRes = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, fd);
+        // Procstar's form, without length.
+        let back: FdRes = serde_json::from_str(
+            r#"{"type":"data","data":"SGVsbG8sIHdvcmxkLg==","encoding":"base64"}"#,
+        )
+        .unwrap();
+        assert_eq!(back, fd);
+        let bad =
+            serde_json::from_str::<FdRes>(r#"{"type":"data","data":"!!","encoding":"base64"}"#);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn binary_data_round_trip() {
+        let bytes: Vec<u8> = (0..=255u8)
+            .flat_map(|b| std::iter::repeat_n(b, 3))
+            .collect();
+        let fd = FdRes::data(bytes.clone());
+        let back: FdRes = serde_json::from_str(&serde_json::to_string(&fd).unwrap()).unwrap();
+        assert_eq!(back, fd);
+        let text = FdRes::text("naïve ✓\n");
+        let back: FdRes = serde_json::from_str(&serde_json::to_string(&text).unwrap()).unwrap();
+        assert_eq!(back, text);
+    }
+
+    #[test]
+    fn detached_shape() {
+        let fd = FdRes::Detached {
+            length: 1234,
+            encoding: Encoding::Utf8,
+            dropped: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&fd).unwrap(),
+            r#"{"type":"detached","length":1234,"encoding":"utf-8"}"#
+        );
+        let back: FdRes =
+            serde_json::from_str(r#"{"type":"detached","length":1234,"encoding":"utf-8"}"#)
+                .unwrap();
+        assert_eq!(back, fd);
+        let fd = FdRes::Detached {
+            length: 5,
+            encoding: Encoding::Base64,
+            dropped: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&fd).unwrap(),
+            json!({"type":"detached","length":5,"encoding":"base64"})
+        );
+    }
+
+    #[test]
+    fn error_and_dropped_shapes() {
+        assert_eq!(
+            serde_json::to_string(&FdRes::Error).unwrap(),
+            r#"{"type":"error"}"#
+        );
+        let back: FdRes = serde_json::from_str(r#"{"type":"error"}"#).unwrap();
+        assert_eq!(back, FdRes::Error);
+
+        let fd = FdRes::Text {
+            bytes: Bytes::from_static(b"headtail"),
+            length: 100,
+            dropped: Some(Dropped { start: 4, stop: 96 }),
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"text","text":"headtail","encoding":"utf-8","length":100,
+                   "dropped":{"start":4,"stop":96}})
+        );
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+    }
+
+    #[test]
+    fn text_key_order_is_procstars() {
+        let s = serde_json::to_string(&FdRes::text("hi")).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"text","text":"hi","encoding":"utf-8","length":2}"#
+        );
+    }
+}

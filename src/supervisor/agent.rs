@@ -1,0 +1,329 @@
+//! The embedding API: [`Agent`], its commands, events and errors.
+
+use super::proc::{Content, Snapshot};
+use super::reactor::{FdContent, Reactor};
+use crate::result::ProcRes;
+use crate::ring::{Mailbox, Sender};
+use crate::spec::{self, Input, ProcId, SpecError};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+type Reply<T> = Box<dyn FnOnce(T) + Send>;
+
+/// A command to the reactor thread.
+pub(crate) enum Command {
+    Start(Input, Reply<Result<Vec<ProcId>, StartError>>),
+    Result(ProcId, Reply<Option<Snapshot>>),
+    Results(Reply<Vec<(ProcId, Snapshot)>>),
+    Ids(Reply<Vec<ProcId>>),
+    Wait(ProcId, Reply<Option<Snapshot>>),
+    Signal(ProcId, i32, Reply<Result<(), ProcError>>),
+    FdData(ProcId, String, Reply<Result<FdContent, FdDataError>>),
+    Delete(ProcId, Reply<Result<(), ProcError>>),
+    Subscribe(mpsc::Sender<Event>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Command::Start(..) => "Start",
+            Command::Result(..) => "Result",
+            Command::Results(..) => "Results",
+            Command::Ids(..) => "Ids",
+            Command::Wait(..) => "Wait",
+            Command::Signal(..) => "Signal",
+            Command::FdData(..) => "FdData",
+            Command::Delete(..) => "Delete",
+            Command::Subscribe(..) => "Subscribe",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Agent-wide settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Default head size of memory captures, bytes (`--capture-head`).
+    pub capture_head: usize,
+    /// Default tail size of memory captures, bytes (`--capture-tail`).
+    pub capture_tail: usize,
+    /// Directory for tempfile captures.
+    pub tmpdir: PathBuf,
+    /// Size capture pipes are raised to (default `/proc/sys/fs/pipe-max-size`).
+    pub pipe_size: usize,
+    /// Number of provided buffers (a power of two), each `pipe_size` bytes.
+    pub buf_entries: u16,
+    /// Submission queue entries of the ring.
+    pub ring_entries: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            capture_head: 64 << 20,
+            capture_tail: 64 << 20,
+            tmpdir: std::env::temp_dir(),
+            pipe_size: crate::sys::pipe::max_size(),
+            buf_entries: 4,
+            ring_entries: 512,
+        }
+    }
+}
+
+/// Something that happened to a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The process was started (or failed to start; its result says which).
+    Started(ProcId),
+    /// The process exited and was reaped; its result is final.
+    Exited(ProcId),
+    /// The process was deleted.
+    Deleted(ProcId),
+}
+
+/// Why a start request was rejected as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A resource for the request could not be made.
+    #[error("proc {proc_id}: {msg}")]
+    Resource {
+        /// The proc it was for.
+        proc_id: ProcId,
+        /// What failed.
+        msg: String,
+    },
+    /// The agent's reactor is gone.
+    #[error("agent is shut down")]
+    ShutDown,
+}
+
+/// Why a request about one process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// No process has this id.
+    #[error("unknown proc id: {0}")]
+    Unknown(ProcId),
+    /// The process has exited: there is nothing to signal.
+    #[error("no process")]
+    NoProcess,
+    /// The process is still running.
+    #[error("process running: {0}")]
+    Running(ProcId),
+    /// `pidfd_send_signal` failed.
+    #[error("signal failed")]
+    Signal(#[source] std::io::Error),
+    /// The agent's reactor is gone.
+    #[error("agent is shut down")]
+    ShutDown,
+}
+
+/// Why an fd data request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FdDataError {
+    /// No process has this id.
+    #[error("unknown proc id: {0}")]
+    Unknown(ProcId),
+    /// The fd is not captured.
+    #[error("no fd: {0}")]
+    NoFd(String),
+    /// Reading a capture file failed.
+    #[error("reading fd data failed")]
+    Io(#[source] std::io::Error),
+    /// The agent's reactor is gone.
+    #[error("agent is shut down")]
+    ShutDown,
+}
+
+/// Bytes of one capture, for a requested range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdData {
+    /// Start of the bytes returned (the request's start, clamped to the length).
+    pub start: u64,
+    /// End of the range served (exclusive), clamped to the length.
+    pub stop: u64,
+    /// Total bytes the stream has produced so far.
+    pub length: u64,
+    /// The part of the range that fell in a head/tail capture's dropped middle.
+    pub missing: Option<std::ops::Range<u64>>,
+    /// The capture's encoding (`None` is raw bytes/base64).
+    pub encoding: spec::Encoding,
+    /// The bytes held for `[start, stop)`, minus `missing`.
+    pub data: Bytes,
+}
+
+/// A running agent: a reactor thread with its ring and process table.
+///
+/// ```no_run
+/// use chaperone::{Agent, Config, spec};
+/// let agent = Agent::new(Config::default())?;
+/// let input = spec::parse_input(br#"{"specs": {"hi": {"argv": ["/bin/echo", "hello"],
+///     "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}]]}}}"#)?;
+/// agent.start(input)?;
+/// let res = agent.wait("hi").expect("known id");
+/// assert_eq!(res.status.unwrap().exit_code, Some(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Agent {
+    tx: Option<Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the reactor thread. Fails with a clear error when io_uring is
+    /// unavailable (disabled by sysctl or seccomp, or too old a kernel).
+    pub fn new(config: Config) -> Result<Agent, std::io::Error> {
+        let (tx, mailbox) = Mailbox::new()?;
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("chaperone-reactor".into())
+            .spawn(move || match Reactor::new(config, mailbox) {
+                Ok(r) => {
+                    let _ = ready_tx.send(Ok(()));
+                    r.run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Agent {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(msg)) => {
+                let _ = thread.join();
+                Err(std::io::Error::other(msg))
+            }
+            Err(_) => Err(std::io::Error::other("reactor thread died at start")),
+        }
+    }
+
+    fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Option<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let cmd = make(Box::new(move |v| {
+            let _ = tx.send(v);
+        }));
+        self.tx.as_ref()?.send(cmd).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Validates `input` and starts its processes; returns their ids. A rejected
+    /// request starts nothing. A process that fails to start is still started in
+    /// the sense that it has a result in error state.
+    pub fn start(&self, input: Input) -> Result<Vec<ProcId>, StartError> {
+        self.call(|r| Command::Start(input, r))
+            .unwrap_or(Err(StartError::ShutDown))
+    }
+
+    /// The current result of a process (live figures while it runs).
+    pub fn result(&self, id: &str) -> Option<ProcRes> {
+        self.call(|r| Command::Result(id.to_string(), r))
+            .flatten()
+            .map(Snapshot::into_res)
+    }
+
+    /// The current results of all processes.
+    pub fn results(&self) -> BTreeMap<ProcId, ProcRes> {
+        self.call(Command::Results)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, s)| (id, s.into_res()))
+            .collect()
+    }
+
+    /// Ids of all processes, sorted.
+    pub fn proc_ids(&self) -> Vec<ProcId> {
+        self.call(Command::Ids).unwrap_or_default()
+    }
+
+    /// Blocks until the process has exited and returns its final result.
+    pub fn wait(&self, id: &str) -> Option<ProcRes> {
+        self.call(|r| Command::Wait(id.to_string(), r))
+            .flatten()
+            .map(Snapshot::into_res)
+    }
+
+    /// Sends signal `signum` through the process's pidfd.
+    pub fn signal(&self, id: &str, signum: i32) -> Result<(), ProcError> {
+        self.call(|r| Command::Signal(id.to_string(), signum, r))
+            .unwrap_or(Err(ProcError::ShutDown))
+    }
+
+    /// Deletes a process that is no longer running.
+    pub fn delete(&self, id: &str) -> Result<(), ProcError> {
+        self.call(|r| Command::Delete(id.to_string(), r))
+            .unwrap_or(Err(ProcError::ShutDown))
+    }
+
+    /// Subscribes to process events.
+    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel();
+        if let Some(s) = self.tx.as_ref() {
+            let _ = s.send(Command::Subscribe(tx));
+        }
+        rx
+    }
+
+    /// Bytes `[start, stop)` of a captured fd (`stop: None` = to the end), clamped
+    /// to what exists. Never fails for a range: out-of-range requests return
+    /// empty data with the current length. Reads happen on the calling thread.
+    pub fn fd_data(
+        &self,
+        id: &str,
+        fd: &str,
+        start: u64,
+        stop: Option<u64>,
+    ) -> Result<FdData, FdDataError> {
+        let (content, encoding) = self
+            .call(|r| Command::FdData(id.to_string(), fd.to_string(), r))
+            .unwrap_or(Err(FdDataError::ShutDown))?;
+        let stop = stop.unwrap_or(u64::MAX);
+        match content {
+            Content::Memory(frozen) => {
+                let mut out = Vec::new();
+                let info = frozen.read(start, stop, &mut out);
+                Ok(FdData {
+                    start: info.start,
+                    stop: info.stop,
+                    length: frozen.len(),
+                    missing: info.missing,
+                    encoding,
+                    data: Bytes::from(out),
+                })
+            }
+            Content::File(file) => {
+                let length =
+                    crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;
+                let stop = stop.min(length).max(start.min(length));
+                let start = start.min(length);
+                let data = super::proc::read_file(&file, start, stop)
+                    .map_err(|e| FdDataError::Io(e.into()))?;
+                Ok(FdData {
+                    start,
+                    stop: start + data.len() as u64,
+                    length,
+                    missing: None,
+                    encoding,
+                    data,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Closing the mailbox lets the reactor finish once nothing runs.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

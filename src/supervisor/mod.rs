@@ -1,0 +1,16 @@
+//! The process table and each process's life, and the embedding API.
+//!
+//! An [`Agent`] owns one reactor thread. The reactor thread owns the io_uring
+//! ring and the process table; nothing else touches them. The [`Agent`] sends it
+//! commands over a mailbox that wakes the ring, and receives replies through
+//! callbacks, so both blocking callers (this API, the CLI) and async front ends can
+//! sit on top.
+//!
+//! A process moves through start → running → exited (stat snapshot, pipes
+//! drained, reaped with rusage) → deleted.
+
+mod agent;
+mod proc;
+mod reactor;
+
+pub use agent::{Agent, Config, Event, FdData, FdDataError, ProcError, StartError};

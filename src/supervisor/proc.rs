@@ -1,0 +1,479 @@
+//! One process: its plan (built in the parent), its captures, and its result.
+
+use crate::capture::headtail::{Frozen, HeadTail};
+use crate::metrics::procstat::{ProcStat, StatContext};
+use crate::result::{
+    ChildFailure as ResFailure, Dropped, Encoding, FdRes, ProcRes, Rusage, State, Status, Times,
+};
+use crate::spec::{self, CaptureMode, FdSpec, ProcId, ProcSpec};
+use crate::sys::fd;
+use crate::sys::pipe;
+use crate::sys::spawn::{ChildFailure, ChildPlan, Stage};
+use bytes::Bytes;
+use rustix::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Where a capture's bytes live.
+pub(crate) enum Store {
+    /// A pipe drained by the reactor into a head/tail buffer.
+    Memory {
+        /// The pipe's read end while it is open.
+        pipe: Option<Rc<OwnedFd>>,
+        /// The key of the armed read op, if any.
+        read_key: Option<u64>,
+        /// The buffer while the process runs.
+        live: HeadTail,
+        /// The buffer once the process has exited.
+        frozen: Option<Arc<Frozen>>,
+    },
+    /// An unlinked file the child writes to directly.
+    Tempfile {
+        /// The file, shared with readers on other threads.
+        file: Arc<OwnedFd>,
+    },
+}
+
+/// A captured fd of a process.
+pub(crate) struct Capture {
+    pub name: String,
+    pub encoding: spec::Encoding,
+    pub attached: bool,
+    pub store: Store,
+}
+
+/// What a reader gets for a capture: bytes already copied, or the file to read.
+#[derive(Clone, Debug)]
+pub(crate) enum Content {
+    /// A memory capture.
+    Memory(Arc<Frozen>),
+    /// A tempfile capture.
+    File(Arc<OwnedFd>),
+}
+
+/// A snapshot of a process result whose fd contents are read on the caller's
+/// thread (no whole-capture reads or encodings on the reactor thread).
+#[derive(Clone, Debug)]
+pub(crate) struct Snapshot {
+    pub res: ProcRes,
+    pub fds: Vec<(String, Option<FdSnap>)>,
+}
+
+/// One fd of a [`Snapshot`].
+#[derive(Clone, Debug)]
+pub(crate) struct FdSnap {
+    pub encoding: spec::Encoding,
+    pub attached: bool,
+    pub content: Content,
+}
+
+impl Snapshot {
+    /// Fills in `res.fds`, reading tempfiles; runs on the caller's thread.
+    pub fn into_res(self) -> ProcRes {
+        let mut res = self.res;
+        for (name, snap) in self.fds {
+            let value = snap.map(|s| s.to_fd_res());
+            res.fds.insert(name, value);
+        }
+        res
+    }
+}
+
+impl FdSnap {
+    fn to_fd_res(&self) -> FdRes {
+        let (length, dropped) = match &self.content {
+            Content::Memory(f) => (f.len(), f.dropped()),
+            Content::File(file) => (fd::file_len(&**file).unwrap_or(0), None),
+        };
+        let dropped = dropped.map(|r| Dropped {
+            start: r.start,
+            stop: r.end,
+        });
+        if !self.attached {
+            return FdRes::Detached {
+                length,
+                encoding: match self.encoding {
+                    spec::Encoding::Utf8 => Encoding::Utf8,
+                    spec::Encoding::Base64 => Encoding::Base64,
+                },
+                dropped,
+            };
+        }
+        let data = match &self.content {
+            Content::Memory(f) => f.contiguous(),
+            Content::File(file) => match read_file(file, 0, length) {
+                Ok(b) => b,
+                Err(_) => return FdRes::Error,
+            },
+        };
+        match self.encoding {
+            spec::Encoding::Utf8 => FdRes::Text {
+                bytes: data,
+                length,
+                dropped,
+            },
+            spec::Encoding::Base64 => FdRes::Data {
+                bytes: data,
+                length,
+                dropped,
+            },
+        }
+    }
+}
+
+/// Reads `[start, stop)` of a file.
+pub(crate) fn read_file(file: &OwnedFd, start: u64, stop: u64) -> Result<Bytes, Errno> {
+    let len = usize::try_from(stop.saturating_sub(start)).map_err(|_| Errno::FBIG)?;
+    let mut buf = vec![0u8; len];
+    let n = fd::pread_full(file, &mut buf, start)?;
+    buf.truncate(n);
+    Ok(Bytes::from(buf))
+}
+
+/// Life of a process.
+pub(crate) enum Life {
+    /// Never started: the plan failed in the parent (errors say why).
+    NotStarted,
+    /// Running; waiting for exit.
+    Running,
+    /// Exited, reaped, final.
+    Done { status: i32, rusage: Rusage },
+}
+
+/// A process in the table.
+pub(crate) struct Proc {
+    pub id: ProcId,
+    pub pid: Option<i32>,
+    pub pidfd: Option<Rc<OwnedFd>>,
+    pub life: Life,
+    pub errors: Vec<String>,
+    pub failure: Option<ChildFailure>,
+    pub start: SystemTime,
+    pub start_mono: Instant,
+    pub stop: Option<(SystemTime, Instant)>,
+    pub proc_stat: Option<ProcStat>,
+    /// fd name → capture index, in spec order; `None` for uncaptured fds.
+    pub fds: Vec<(String, Option<usize>)>,
+    pub captures: Vec<Capture>,
+    /// Callers waiting for this process to finish.
+    pub waiters: Vec<Box<dyn FnOnce(Snapshot) + Send>>,
+}
+
+impl Proc {
+    pub fn is_running(&self) -> bool {
+        matches!(self.life, Life::Running)
+    }
+
+    /// Builds the result snapshot (fd contents filled in by the caller).
+    pub fn snapshot(&mut self, stat_ctx: Option<&StatContext>) -> Snapshot {
+        let now = SystemTime::now();
+        let (status, rusage) = match &self.life {
+            Life::Done { status, rusage } => {
+                (Some(Status::from_wait_status(*status)), Some(*rusage))
+            }
+            _ => (None, None),
+        };
+        let state = if !self.errors.is_empty() {
+            State::Error
+        } else if self.is_running() {
+            State::Running
+        } else {
+            State::Terminated
+        };
+        // Live /proc figures while running; the zombie snapshot after exit.
+        let (proc_stat, proc_statm) = match (self.is_running(), self.pid, stat_ctx) {
+            (true, Some(pid), Some(ctx)) => live_stat(pid, ctx),
+            _ => (self.proc_stat.clone(), None),
+        };
+        let elapsed = match self.stop {
+            Some((_, mono)) => mono.duration_since(self.start_mono),
+            None => self.start_mono.elapsed(),
+        };
+        let res = ProcRes {
+            state,
+            errors: self.errors.clone(),
+            pid: self.pid,
+            status,
+            rusage,
+            proc_stat,
+            proc_statm,
+            cgroup_accounting: None,
+            times: Times {
+                start: rfc3339(self.start),
+                now: rfc3339(now),
+                stop: self.stop.map(|(t, _)| rfc3339(t)),
+                elapsed: elapsed.as_secs_f64(),
+            },
+            fds: Default::default(),
+            failure: self.failure.map(|f| ResFailure {
+                stage: f.stage.name().to_string(),
+                errno: f.errno.raw_os_error(),
+                fd: (f.fd >= 0).then_some(f.fd),
+            }),
+        };
+        let fds = self
+            .fds
+            .iter()
+            .map(|(name, idx)| {
+                let snap = idx.and_then(|i| self.captures.get(i)).map(|c| FdSnap {
+                    encoding: c.encoding,
+                    attached: c.attached,
+                    content: c.content(),
+                });
+                (name.clone(), snap)
+            })
+            .collect();
+        Snapshot { res, fds }
+    }
+}
+
+impl Capture {
+    /// The capture's content as readers see it now (a copy while live).
+    pub fn content(&self) -> Content {
+        match &self.store {
+            Store::Memory {
+                frozen: Some(f), ..
+            } => Content::Memory(f.clone()),
+            Store::Memory { live, .. } => Content::Memory(Arc::new(live.clone().freeze())),
+            Store::Tempfile { file } => Content::File(file.clone()),
+        }
+    }
+}
+
+fn live_stat(
+    pid: i32,
+    ctx: &StatContext,
+) -> (Option<ProcStat>, Option<crate::metrics::statm::ProcStatm>) {
+    let mut buf = Vec::with_capacity(1024);
+    let stat = crate::metrics::read_proc_file(pid, "stat", &mut buf)
+        .ok()
+        .and_then(|_| {
+            std::str::from_utf8(&buf)
+                .ok()
+                .and_then(|t| crate::metrics::procstat::parse_stat(t, ctx).ok())
+        });
+    buf.clear();
+    let statm = crate::metrics::read_proc_file(pid, "statm", &mut buf)
+        .ok()
+        .and_then(|_| {
+            std::str::from_utf8(&buf)
+                .ok()
+                .and_then(|t| crate::metrics::statm::parse_statm(t, ctx.page_size).ok())
+        });
+    (stat, statm)
+}
+
+/// RFC 3339 with nanoseconds, as Procstar prints times.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let ns = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+        .unwrap_or(0);
+    crate::metrics::format_rfc3339(ns)
+}
+
+/// Error text for a child setup failure, in Procstar's wording.
+pub(crate) fn failure_message(f: &ChildFailure, exe: &str) -> String {
+    let err = std::io::Error::from_raw_os_error(f.errno.raw_os_error());
+    match f.stage {
+        Stage::Exec => format!("execve failed: {exe}: {err}"),
+        Stage::DupFd | Stage::CloseFd => format!("failed to set up fd {}: {err}", f.fd),
+        Stage::Setsid => format!("setsid failed: {err}"),
+        Stage::CloseRange => format!("close_range failed: {err}"),
+        Stage::SignalMask => format!("setting the signal mask failed: {err}"),
+        Stage::None => format!("child setup failed: {err}"),
+    }
+}
+
+fn fd_error(fd: RawFd, e: Errno) -> String {
+    format!(
+        "failed to set up fd {fd}: {}",
+        std::io::Error::from_raw_os_error(e.raw_os_error())
+    )
+}
+
+/// Agent-wide settings a plan needs.
+pub(crate) struct PlanContext<'a> {
+    pub env: &'a [(std::ffi::OsString, std::ffi::OsString)],
+    pub tmpdir: &'a Path,
+    pub pipe_size: usize,
+    pub head: usize,
+    pub tail: usize,
+}
+
+/// Pipes between procs of one request, keyed by (writer proc id, writer fd).
+pub(crate) type RequestPipes = HashMap<(ProcId, RawFd), (Option<OwnedFd>, Option<OwnedFd>)>;
+
+/// Creates the pipes for every `pipe-write` of a request.
+pub(crate) fn request_pipes(input: &spec::Input) -> Result<RequestPipes, (ProcId, String)> {
+    let mut pipes = RequestPipes::new();
+    for (id, ps) in input.specs.iter() {
+        for (name, fs) in &ps.fds {
+            if matches!(fs, FdSpec::PipeWrite) {
+                let fd = spec::parse_fd_name(name).map_err(|e| (id.clone(), e.to_string()))?;
+                let (r, w) =
+                    pipe::pipe().map_err(|e| (id.clone(), format!("pipe creation failed: {e}")))?;
+                pipes.insert((id.clone(), fd), (Some(r), Some(w)));
+            }
+        }
+    }
+    Ok(pipes)
+}
+
+/// A plan ready to spawn, with the captures it sets up.
+pub(crate) struct Prepared {
+    pub plan: Option<ChildPlan>,
+    pub exe: String,
+    pub fds: Vec<(String, Option<usize>)>,
+    pub captures: Vec<Capture>,
+    pub errors: Vec<String>,
+}
+
+/// Builds the child plan for one spec. Failures to open fds are collected as
+/// Procstar-style error strings; the plan is then `None` and nothing is spawned.
+pub(crate) fn prepare(
+    id: &str,
+    ps: &ProcSpec,
+    ctx: &PlanContext<'_>,
+    pipes: &mut RequestPipes,
+) -> Prepared {
+    let exe = ps.exe().unwrap_or_default().to_string();
+    let mut errors = Vec::new();
+    let env: Vec<Vec<u8>> = ps
+        .env
+        .build(ctx.env.iter().cloned())
+        .into_iter()
+        .map(|(k, v)| {
+            use std::os::unix::ffi::OsStrExt;
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            kv
+        })
+        .collect();
+    let argv: Vec<Vec<u8>> = ps.argv.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let mut plan = match ChildPlan::new(std::ffi::OsStr::new(&exe), argv, env) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            errors.push(format!("proc {id}: exe, argv or env contains a NUL byte"));
+            None
+        }
+    };
+
+    let mut fds = Vec::new();
+    let mut captures = Vec::new();
+    // The child's fd table as the list is applied: target → raw source in the plan
+    // (or the agent's own 0–2), for `dup` resolution in list order.
+    let mut table: HashMap<RawFd, Option<RawFd>> = (0..=2).map(|fd| (fd, Some(fd))).collect();
+
+    for (name, fs) in &ps.fds {
+        let fd = match spec::parse_fd_name(name) {
+            Ok(fd) => fd,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        let norm = spec::fd_name(fd);
+        let mut cap_index = None;
+        let source: Result<Option<OwnedFd>, Errno> = match fs {
+            FdSpec::Inherit => Ok(None),
+            FdSpec::Close => {
+                if let Some(p) = plan.as_mut() {
+                    if (0..=2).contains(&fd) {
+                        p.close(fd);
+                    }
+                }
+                table.insert(fd, None);
+                Ok(None)
+            }
+            FdSpec::Null { flags } => {
+                fd::open(Path::new("/dev/null"), flags.oflags(fd), 0o666).map(Some)
+            }
+            FdSpec::File { path, flags, mode } => {
+                fd::open(Path::new(path), flags.oflags(fd), *mode).map(Some)
+            }
+            FdSpec::Dup { fd: from } => match table.get(from).copied().flatten() {
+                Some(raw) => fd::dup_cloexec_raw(raw, 0).map(Some),
+                None => Err(Errno::BADF),
+            },
+            FdSpec::Capture {
+                mode,
+                encoding,
+                attached,
+                head,
+                tail,
+            } => {
+                let made = match mode {
+                    CaptureMode::Memory => pipe::capture_pipe(ctx.pipe_size).map(|p| {
+                        let head =
+                            head.map_or(ctx.head, |h| usize::try_from(h).unwrap_or(usize::MAX));
+                        let tail =
+                            tail.map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
+                        (
+                            Store::Memory {
+                                pipe: Some(Rc::new(p.read)),
+                                read_key: None,
+                                live: HeadTail::new(head, tail),
+                                frozen: None,
+                            },
+                            p.write,
+                        )
+                    }),
+                    CaptureMode::Tempfile => fd::tempfile(ctx.tmpdir).and_then(|f| {
+                        let child = fd::dup_cloexec(f.as_fd())?;
+                        Ok((Store::Tempfile { file: Arc::new(f) }, child))
+                    }),
+                };
+                made.map(|(store, child)| {
+                    cap_index = Some(captures.len());
+                    captures.push(Capture {
+                        name: norm.clone(),
+                        encoding: *encoding,
+                        attached: *attached,
+                        store,
+                    });
+                    Some(child)
+                })
+            }
+            FdSpec::PipeWrite => Ok(pipes
+                .get_mut(&(id.to_string(), fd))
+                .and_then(|(_, w)| w.take())),
+            FdSpec::PipeRead { proc_id, fd: wfd } => {
+                let wfd = spec::parse_fd_name(wfd).unwrap_or(-1);
+                Ok(pipes
+                    .get_mut(&(proc_id.clone(), wfd))
+                    .and_then(|(r, _)| r.take()))
+            }
+        };
+        match source {
+            Ok(Some(src)) => {
+                table.insert(fd, Some(src.as_raw_fd()));
+                if let Some(p) = plan.as_mut() {
+                    if fd < 0 {
+                        errors.push(fd_error(fd, Errno::BADF));
+                    } else {
+                        p.dup(src, fd);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(fd_error(fd, e)),
+        }
+        fds.push((norm, cap_index));
+    }
+    if !errors.is_empty() {
+        plan = None;
+    }
+    Prepared {
+        plan,
+        exe,
+        fds,
+        captures,
+        errors,
+    }
+}

@@ -1,0 +1,481 @@
+//! The reactor thread: one io_uring, the process table, the command mailbox.
+
+use super::agent::{Command, Config, Event, FdDataError, ProcError, StartError};
+use super::proc::{self, Capture, Content, Life, PlanContext, Proc, Snapshot, Store};
+use crate::metrics::procstat::StatContext;
+use crate::result::Rusage;
+use crate::ring::{Cqe, Mailbox, Ring, RingError};
+use crate::spec::{self, Input, ProcId};
+use crate::sys::spawn::{ChildStack, spawn};
+use crate::sys::{pidfd, pipe, wait};
+use rustix::fd::OwnedFd;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::mpsc::TryRecvError;
+use std::time::{Instant, SystemTime};
+
+/// What an in-flight ring op is for.
+#[derive(Clone, Copy, Debug)]
+enum Tag {
+    /// The read of the wake eventfd.
+    Wake,
+    /// A read of capture `cap` of process `proc`.
+    Pipe { proc: u64, cap: usize },
+    /// The exit wait of process `proc`.
+    Exit { proc: u64 },
+}
+
+pub(crate) struct Reactor {
+    ring: Ring<Tag>,
+    mailbox: Mailbox<Command>,
+    wake_fd: Rc<OwnedFd>,
+    config: Config,
+    stack: ChildStack,
+    stat_ctx: Option<StatContext>,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    procs: HashMap<u64, Proc>,
+    ids: HashMap<ProcId, u64>,
+    next_serial: u64,
+    subscribers: Vec<std::sync::mpsc::Sender<Event>>,
+    /// Processes whose exit completed in the current batch.
+    exited: Vec<u64>,
+    scratch: Vec<u8>,
+    cqes: Vec<Cqe>,
+}
+
+impl Reactor {
+    pub(crate) fn new(config: Config, mailbox: Mailbox<Command>) -> Result<Reactor, StartupError> {
+        let mut ring = Ring::new(config.ring_entries).map_err(StartupError::Ring)?;
+        let buf_size = u32::try_from(config.pipe_size.max(4096)).unwrap_or(1 << 20);
+        ring.register_buf_ring(config.buf_entries, buf_size, 0)
+            .map_err(StartupError::Ring)?;
+        let wake_fd = Rc::new(
+            crate::sys::fd::dup_cloexec(rustix::fd::AsFd::as_fd(&*mailbox.wake))
+                .map_err(|e| StartupError::Sys("dup of eventfd", e))?,
+        );
+        let stack = ChildStack::new().map_err(|e| StartupError::Sys("mmap of child stack", e))?;
+        let stat_ctx = StatContext::from_system().ok();
+        tracing::debug!(features = ?ring.features, "io_uring ready");
+        Ok(Reactor {
+            ring,
+            mailbox,
+            wake_fd,
+            config,
+            stack,
+            stat_ctx,
+            env: std::env::vars_os().collect(),
+            procs: HashMap::new(),
+            ids: HashMap::new(),
+            next_serial: 0,
+            subscribers: Vec::new(),
+            exited: Vec::new(),
+            scratch: vec![0u8; 64 * 1024],
+            cqes: Vec::with_capacity(256),
+        })
+    }
+
+    /// Runs until every `Agent` handle is dropped and no process is running.
+    pub(crate) fn run(mut self) {
+        self.ring.read(self.wake_fd.clone(), 8, Tag::Wake);
+        let mut closed = false;
+        loop {
+            if !closed {
+                closed = self.drain_mailbox();
+            }
+            if closed && !self.procs.values().any(Proc::is_running) {
+                break;
+            }
+            if let Err(e) = self.ring.submit_and_wait(1, None) {
+                tracing::error!("io_uring_enter failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let mut cqes = std::mem::take(&mut self.cqes);
+            self.ring.reap(&mut cqes);
+            for cqe in &cqes {
+                self.dispatch(cqe);
+            }
+            self.cqes = cqes;
+            let exited = std::mem::take(&mut self.exited);
+            for serial in &exited {
+                self.finish_exit(*serial);
+            }
+            self.exited = exited;
+            self.exited.clear();
+        }
+    }
+
+    fn dispatch(&mut self, cqe: &Cqe) {
+        let Some(tag) = self.ring.tag(cqe).copied() else {
+            tracing::warn!(key = cqe.key(), "completion for an unknown op");
+            return;
+        };
+        match tag {
+            Tag::Wake => {
+                // Commands are drained at the top of the loop; re-arm the read.
+                if !cqe.more {
+                    self.ring.finish(cqe);
+                    self.ring.read(self.wake_fd.clone(), 8, Tag::Wake);
+                }
+                return;
+            }
+            Tag::Pipe { proc, cap } => {
+                let data = self.ring.data(cqe);
+                let running = self.procs.get_mut(&proc).filter(|p| p.is_running());
+                if let Some(Capture {
+                    store: Store::Memory { live, .. },
+                    ..
+                }) = running.and_then(|p| p.captures.get_mut(cap))
+                {
+                    live.push(data);
+                }
+                let done = !cqe.more;
+                let eof_or_err = matches!(cqe.result, Ok(0) | Err(_));
+                self.ring.finish(cqe);
+                if done {
+                    self.pipe_read_ended(proc, cap, cqe, eof_or_err);
+                }
+                return;
+            }
+            Tag::Exit { proc } => {
+                tracing::debug!(proc, result = ?cqe.result, "exit completion");
+                if !self.exited.contains(&proc) {
+                    self.exited.push(proc);
+                }
+            }
+        }
+        self.ring.finish(cqe);
+    }
+
+    /// A pipe read op ended: at EOF the pipe is closed; otherwise (ENOBUFS, a
+    /// single-shot read) it is armed again while the process runs.
+    fn pipe_read_ended(&mut self, serial: u64, cap: usize, cqe: &Cqe, eof_or_err: bool) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        let running = p.is_running();
+        let Some(Capture {
+            store: Store::Memory { pipe, read_key, .. },
+            ..
+        }) = p.captures.get_mut(cap)
+        else {
+            return;
+        };
+        *read_key = None;
+        let rearm = match cqe.result {
+            Ok(0) => false, // EOF
+            Ok(_) => true,  // single-shot read
+            Err(e) => {
+                e == rustix::io::Errno::NOBUFS
+                    || e == rustix::io::Errno::INTR
+                    || e == rustix::io::Errno::AGAIN
+            }
+        };
+        if !rearm || !running {
+            if eof_or_err && !rearm {
+                *pipe = None;
+            }
+            return;
+        }
+        if let Some(fd) = pipe.clone() {
+            let key = self
+                .ring
+                .read_multishot(fd, Tag::Pipe { proc: serial, cap });
+            if let Some(Capture {
+                store: Store::Memory { read_key, .. },
+                ..
+            }) = self
+                .procs
+                .get_mut(&serial)
+                .and_then(|p| p.captures.get_mut(cap))
+            {
+                *read_key = Some(key);
+            }
+        }
+    }
+
+    /// The process exited (not yet reaped): snapshot `/proc/<pid>/stat`, drain its
+    /// pipes, reap it with rusage, freeze its captures, publish.
+    fn finish_exit(&mut self, serial: u64) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if !p.is_running() {
+            return;
+        }
+        if let (Some(pid), Some(ctx)) = (p.pid, self.stat_ctx.as_ref()) {
+            let mut buf = std::mem::take(&mut self.scratch);
+            buf.clear();
+            if crate::metrics::read_proc_file(pid, "stat", &mut buf).is_ok() {
+                p.proc_stat = std::str::from_utf8(&buf)
+                    .ok()
+                    .and_then(|t| crate::metrics::procstat::parse_stat(t, ctx).ok());
+            }
+            buf.resize(64 * 1024, 0);
+            self.scratch = buf;
+        }
+        // Drain what the process wrote. Under DEFER_TASKRUN no read of ours runs
+        // outside io_uring_enter, so every completion already handled is older
+        // than these bytes, and any later one is newer.
+        for cap in p.captures.iter_mut() {
+            if let Store::Memory {
+                pipe: Some(fd),
+                read_key,
+                live,
+                ..
+            } = &mut cap.store
+            {
+                loop {
+                    match pipe::read(&**fd, &mut self.scratch) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => live.push(self.scratch.get(..n).unwrap_or(&[])),
+                    }
+                }
+                if let Some(key) = read_key.take() {
+                    self.ring.cancel(key);
+                }
+            }
+        }
+        let (status, rusage) = match p.pidfd.as_ref().map(|fd| wait::reap(&**fd)) {
+            Some(Ok(r)) => (r.status, Rusage::from_raw(&r.rusage)),
+            Some(Err(e)) => {
+                p.errors.push(format!("waitid failed: {e}"));
+                (-1, Rusage::from_raw(&crate::result::RawRusage::default()))
+            }
+            None => (-1, Rusage::from_raw(&crate::result::RawRusage::default())),
+        };
+        p.life = Life::Done { status, rusage };
+        p.stop = Some((SystemTime::now(), Instant::now()));
+        for cap in p.captures.iter_mut() {
+            if let Store::Memory {
+                pipe, live, frozen, ..
+            } = &mut cap.store
+            {
+                *pipe = None;
+                let taken = std::mem::replace(live, crate::capture::headtail::HeadTail::new(0, 0));
+                *frozen = Some(std::sync::Arc::new(taken.freeze()));
+            }
+        }
+        let waiters = std::mem::take(&mut p.waiters);
+        let id = p.id.clone();
+        if !waiters.is_empty() {
+            let snap = p.snapshot(self.stat_ctx.as_ref());
+            for w in waiters {
+                w(snap.clone());
+            }
+        }
+        self.emit(Event::Exited(id));
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    }
+
+    /// Handles queued commands; returns true once every sender is gone.
+    fn drain_mailbox(&mut self) -> bool {
+        loop {
+            match self.mailbox.try_recv() {
+                Ok(cmd) => self.command(cmd),
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Start(input, reply) => reply(self.start(input)),
+            Command::Result(id, reply) => {
+                let snap = self
+                    .serial(&id)
+                    .and_then(|s| self.procs.get_mut(&s))
+                    .map(|p| p.snapshot(self.stat_ctx.as_ref()));
+                reply(snap);
+            }
+            Command::Results(reply) => {
+                let ctx = self.stat_ctx.as_ref();
+                let mut out: Vec<(ProcId, Snapshot)> = self
+                    .procs
+                    .values_mut()
+                    .map(|p| (p.id.clone(), p.snapshot(ctx)))
+                    .collect();
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                reply(out);
+            }
+            Command::Ids(reply) => {
+                let mut ids: Vec<ProcId> = self.ids.keys().cloned().collect();
+                ids.sort();
+                reply(ids);
+            }
+            Command::Wait(id, reply) => {
+                let ctx = self.stat_ctx.as_ref();
+                match self.serial(&id).and_then(|s| self.procs.get_mut(&s)) {
+                    None => reply(None),
+                    Some(p) if p.is_running() => p.waiters.push(Box::new(move |s| reply(Some(s)))),
+                    Some(p) => reply(Some(p.snapshot(ctx))),
+                }
+            }
+            Command::Signal(id, signum, reply) => {
+                let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
+                    None => Err(ProcError::Unknown(id)),
+                    Some(p) => match (&p.life, &p.pidfd) {
+                        (Life::Running, Some(fd)) => {
+                            pidfd::send_signal(&**fd, signum).map_err(|e| {
+                                if e == rustix::io::Errno::SRCH {
+                                    ProcError::NoProcess
+                                } else {
+                                    ProcError::Signal(e.into())
+                                }
+                            })
+                        }
+                        _ => Err(ProcError::NoProcess),
+                    },
+                };
+                reply(r);
+            }
+            Command::FdData(id, fd, reply) => {
+                let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
+                    None => Err(FdDataError::Unknown(id)),
+                    Some(p) => {
+                        let norm = spec::parse_fd_name(&fd)
+                            .map(spec::fd_name)
+                            .unwrap_or(fd.clone());
+                        match p.captures.iter().find(|c| c.name == norm) {
+                            None => Err(FdDataError::NoFd(fd)),
+                            Some(c) => Ok((c.content(), c.encoding)),
+                        }
+                    }
+                };
+                reply(r);
+            }
+            Command::Delete(id, reply) => {
+                let r = match self.serial(&id) {
+                    None => Err(ProcError::Unknown(id)),
+                    Some(s) => {
+                        if self.procs.get(&s).is_some_and(Proc::is_running) {
+                            Err(ProcError::Running(id))
+                        } else {
+                            self.procs.remove(&s);
+                            self.ids.remove(&id);
+                            self.emit(Event::Deleted(id));
+                            Ok(())
+                        }
+                    }
+                };
+                reply(r);
+            }
+            Command::Subscribe(tx) => self.subscribers.push(tx),
+        }
+    }
+
+    fn serial(&self, id: &str) -> Option<u64> {
+        self.ids.get(id).copied()
+    }
+
+    /// Validates a request and starts each of its processes.
+    fn start(&mut self, input: Input) -> Result<Vec<ProcId>, StartError> {
+        let ids = &self.ids;
+        spec::validate_with_existing(&input, |id| ids.contains_key(id))
+            .map_err(StartError::Spec)?;
+        let mut pipes = proc::request_pipes(&input)
+            .map_err(|(id, msg)| StartError::Resource { proc_id: id, msg })?;
+        let ctx = PlanContext {
+            env: &self.env,
+            tmpdir: &self.config.tmpdir,
+            pipe_size: self.config.pipe_size,
+            head: self.config.capture_head,
+            tail: self.config.capture_tail,
+        };
+        let mut prepared = Vec::with_capacity(input.specs.len());
+        for (id, ps) in input.specs.iter() {
+            prepared.push((id.clone(), proc::prepare(id, ps, &ctx, &mut pipes)));
+        }
+        drop(pipes); // unmatched ends (none after validation) close here
+        let mut started = Vec::with_capacity(prepared.len());
+        for (id, prep) in prepared {
+            self.launch(id.clone(), prep);
+            started.push(id);
+        }
+        Ok(started)
+    }
+
+    fn launch(&mut self, id: ProcId, prep: proc::Prepared) {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let mut errors = prep.errors;
+        let mut proc = Proc {
+            id: id.clone(),
+            pid: None,
+            pidfd: None,
+            life: Life::NotStarted,
+            errors: Vec::new(),
+            failure: None,
+            start: SystemTime::now(),
+            start_mono: Instant::now(),
+            stop: None,
+            proc_stat: None,
+            fds: prep.fds,
+            captures: prep.captures,
+            waiters: Vec::new(),
+        };
+        if let Some(plan) = prep.plan {
+            match spawn(plan, &mut self.stack) {
+                Ok(child) => {
+                    if let Some(f) = child.failure {
+                        errors.push(proc::failure_message(&f, &prep.exe));
+                        proc.failure = Some(f);
+                    }
+                    proc.pid = Some(child.pid.as_raw_nonzero().get());
+                    let pidfd = Rc::new(child.pidfd);
+                    proc.pidfd = Some(pidfd.clone());
+                    proc.life = Life::Running;
+                    let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });
+                    tracing::debug!(serial, id = %proc.id, pid = ?proc.pid, key, "spawned");
+                    for (cap, c) in proc.captures.iter_mut().enumerate() {
+                        if let Store::Memory {
+                            pipe: Some(fd),
+                            read_key,
+                            ..
+                        } = &mut c.store
+                        {
+                            *read_key = Some(
+                                self.ring
+                                    .read_multishot(fd.clone(), Tag::Pipe { proc: serial, cap }),
+                            );
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("clone failed: {}", std::io::Error::from(e))),
+            }
+        }
+        if !proc.is_running() {
+            proc.stop = Some((SystemTime::now(), Instant::now()));
+            for c in proc.captures.iter_mut() {
+                if let Store::Memory {
+                    pipe, live, frozen, ..
+                } = &mut c.store
+                {
+                    *pipe = None;
+                    *frozen = Some(std::sync::Arc::new(live.clone().freeze()));
+                }
+            }
+        }
+        proc.errors = errors;
+        self.procs.insert(serial, proc);
+        self.ids.insert(id.clone(), serial);
+        self.emit(Event::Started(id));
+    }
+}
+
+/// Why the reactor could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartupError {
+    /// io_uring setup failed.
+    #[error(transparent)]
+    Ring(RingError),
+    /// A syscall during setup failed.
+    #[error("{0} failed")]
+    Sys(&'static str, #[source] rustix::io::Errno),
+}
+
+/// Content of a capture for readers (re-exported for the agent).
+pub(crate) type FdContent = (Content, spec::Encoding);

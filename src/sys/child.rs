@@ -1,0 +1,170 @@
+//! The code that runs in the vfork child, between `clone` and `execve`.
+//!
+//! The child shares the parent's memory (`CLONE_VM`) while the parent thread is
+//! suspended (`CLONE_VFORK`). Any lock it takes may be held by another of the
+//! parent's threads forever, and anything it allocates or frees corrupts the
+//! parent's heap. So this file may do only three things: raw async-signal-safe
+//! syscalls, reads of the prebuilt [`ChildPlan`], and one volatile write of a
+//! [`ChildReport`] into memory the parent owns. No allocation, no locks, no
+//! logging, no panics, no unwinding, no drop of an owned value. It leaves only by
+//! `execve` or by `_exit(127)`.
+//!
+//! This follows glibc's `posix_spawn` child (`sysdeps/unix/sysv/linux/spawni.c`)
+//! and the reasoning in Rust std's `do_exec` comment on malloc deadlocks.
+//!
+//! # References
+//! - [vfork(2)](https://man7.org/linux/man-pages/man2/vfork.2.html)
+//! - [signal-safety(7)](https://man7.org/linux/man-pages/man7/signal-safety.7.html)
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use super::spawn::{ChildArgs, ChildPlanView, FdAction, Stage};
+use core::ffi::c_void;
+
+/// Exit status of a child whose setup or exec failed (as glibc's `posix_spawn`).
+pub(crate) const SPAWN_FAILED: i32 = 127;
+
+/// Where in its setup the child failed, written into the parent's memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ChildReport {
+    /// `Stage as u32`, or 0 when the child did not fail.
+    pub stage: u32,
+    /// The fd the failing step worked on, or -1.
+    pub fd: i32,
+    /// The errno of the failing syscall.
+    pub errno: i32,
+}
+
+/// Entry point of the vfork child; `arg` points to a [`ChildArgs`] in the parent.
+///
+/// Only `spawn::spawn` passes this function, to `clone`, with `arg` pointing to a
+/// live `ChildArgs` whose plan and report pointers stay valid while the child runs
+/// before `execve` or `_exit`: `CLONE_VFORK` keeps the parent (and so the plan)
+/// suspended and alive for exactly that long. (`clone` takes a safe `extern "C"`
+/// function pointer, hence not `unsafe fn`.)
+pub(crate) extern "C" fn child_main(arg: *mut c_void) -> i32 {
+    // SAFETY: `spawn` passes a valid `ChildArgs` that outlives the child (see above).
+    let args = unsafe { &*(arg as *const ChildArgs) };
+    // SAFETY: `args.plan` points to the parent's `ChildPlanView`, alive while we run.
+    let plan = unsafe { &*args.plan };
+    let (stage, fd, errno) = run(plan);
+    let report = ChildReport {
+        stage: stage as u32,
+        fd,
+        errno,
+    };
+    // SAFETY: `args.report` points into the suspended parent's stack frame, valid
+    // until the parent resumes, which happens only after this `_exit`.
+    unsafe { core::ptr::write_volatile(args.report, report) };
+    // SAFETY: `_exit` is async-signal-safe and runs no exit handlers.
+    unsafe { libc::_exit(SPAWN_FAILED) }
+}
+
+/// Runs the setup steps in order and execs; returns only on failure.
+fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
+    // Signals: every disposition back to default (handlers must never run in a
+    // child sharing the parent's memory; SIG_IGN would survive exec). The mask
+    // stays all-blocked (inherited from the spawning thread) until just before exec.
+    let dfl = sigaction_default();
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // Errors (EINVAL for glibc's reserved 32/33) are harmless and ignored.
+        // SAFETY: `dfl` is a valid sigaction; the old-action pointer may be null.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                core::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+
+    if plan.setsid {
+        // SAFETY: setsid has no memory arguments.
+        if unsafe { libc::syscall(libc::SYS_setsid) } < 0 {
+            return (Stage::Setsid, -1, super::errno());
+        }
+    }
+
+    // Mark everything from fd 3 up close-on-exec: any fd of the agent's, or one it
+    // inherited without CLOEXEC, must not reach the child. Targets installed below
+    // by dup3 are not close-on-exec.
+    // SAFETY: close_range has no memory arguments.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc < 0 {
+        return (Stage::CloseRange, 3, super::errno());
+    }
+
+    // The fd plan: every source is already above every target (the parent moved
+    // them), so dup3 in list order never overwrites a source still needed.
+    for action in plan.fd_actions() {
+        match *action {
+            FdAction::Dup { src, dst } => {
+                // SAFETY: dup3 has no memory arguments.
+                if unsafe { libc::syscall(libc::SYS_dup3, src, dst, 0) } < 0 {
+                    return (Stage::DupFd, dst, super::errno());
+                }
+            }
+            FdAction::Close { fd } => {
+                // SAFETY: close has no memory arguments; fd is a number from the plan.
+                if unsafe { libc::syscall(libc::SYS_close, fd) } < 0 {
+                    return (Stage::CloseFd, fd, super::errno());
+                }
+            }
+        }
+    }
+
+    // The spec's signal mask (empty by default), as late as possible.
+    // SAFETY: `plan.sigmask` is a valid sigset owned by the plan.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &plan.sigmask as *const u64,
+            core::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+    if rc < 0 {
+        return (Stage::SignalMask, -1, super::errno());
+    }
+
+    // SAFETY: exe, argv and envp are NUL-terminated strings and NULL-terminated
+    // pointer arrays owned by the plan.
+    unsafe { libc::syscall(libc::SYS_execve, plan.exe, plan.argv, plan.envp) };
+    (Stage::Exec, -1, super::errno())
+}
+
+/// The kernel's `struct sigaction` for `rt_sigaction` on x86_64 and aarch64.
+#[repr(C)]
+pub(crate) struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+const fn sigaction_default() -> KernelSigaction {
+    KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    }
+}

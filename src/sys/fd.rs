@@ -1,0 +1,98 @@
+//! `fcntl(F_DUPFD_CLOEXEC)`, `open(O_TMPFILE)`, `pread`—fd helpers for capture and plans.
+//!
+//! Every fd chaperone creates is close-on-exec; only the child's `dup3` makes a
+//! target inheritable.
+//!
+//! # References
+//! - [fcntl(2)](https://man7.org/linux/man-pages/man2/fcntl.2.html)
+//! - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
+
+use rustix::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use rustix::io::Errno;
+use std::path::Path;
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`—duplicates a raw fd of this process to the
+/// lowest free number ≥ `min`, close-on-exec.
+///
+/// Takes a raw number because the source may be one the agent does not own (its
+/// inherited stdin/stdout/stderr); a closed number gives `EBADF`.
+#[doc(alias = "F_DUPFD_CLOEXEC")]
+pub fn dup_cloexec_raw(fd: RawFd, min: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC takes no memory arguments; an invalid fd gives EBADF.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min.max(0)) };
+    if new < 0 {
+        return Err(super::last_errno());
+    }
+    // SAFETY: fcntl returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Duplicates an owned fd, close-on-exec.
+pub fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0)
+}
+
+/// `open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600)`—an unnamed file for a tempfile
+/// capture; falls back to create-then-unlink where the filesystem lacks O_TMPFILE.
+pub fn tempfile(dir: &Path) -> Result<OwnedFd, Errno> {
+    use rustix::fs::{Mode, OFlags};
+    match rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::OPNOTSUPP) | Err(Errno::ISDIR) | Err(Errno::INVAL) => {
+            // Name unique to this process and call; unlinked at once.
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.join(format!(
+                "chaperone-{}-{}.capture",
+                rustix::process::getpid().as_raw_nonzero(),
+                n
+            ));
+            let fd = rustix::fs::open(
+                &path,
+                OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            rustix::fs::unlink(&path)?;
+            Ok(fd)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `open(path, flags | O_CLOEXEC, mode)`—opens a file for a child's fd in the parent.
+pub fn open(path: &Path, flags: i32, mode: u32) -> Result<OwnedFd, Errno> {
+    rustix::fs::open(
+        path,
+        rustix::fs::OFlags::from_bits_retain(flags as u32) | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(mode),
+    )
+}
+
+/// `pread(fd, buf, offset)` until `buf` is full or end of file; returns bytes read.
+pub fn pread_full(fd: impl AsFd, buf: &mut [u8], mut offset: u64) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        let Some(rest) = buf.get_mut(done..) else {
+            break;
+        };
+        match rustix::io::pread(fd.as_fd(), rest, offset) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// The size of the file behind `fd` (`fstat`).
+pub fn file_len(fd: impl AsFd) -> Result<u64, Errno> {
+    Ok(rustix::fs::fstat(fd)?.st_size.max(0) as u64)
+}

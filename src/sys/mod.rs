@@ -1,0 +1,49 @@
+//! Every `unsafe` syscall in chaperone, behind safe APIs.
+//!
+//! Each file covers one kernel concept and offers a safe API out:
+//!
+//! | file | provides |
+//! |---|---|
+//! | `child.rs` | the code that runs in the vfork child between `clone` and `execve` |
+//! | `spawn.rs` | [`spawn::ChildPlan`], built in the parent, and [`spawn::spawn`], the `clone(CLONE_VM \| CLONE_VFORK \| CLONE_PIDFD)` call |
+//! | `pidfd.rs` | [`pidfd::send_signal`] through `pidfd_send_signal` |
+//! | `wait.rs` | [`wait::reap`]: `waitid(P_PIDFD)` with a rusage buffer |
+//! | `pipe.rs` | capture pipes: `pipe2`, `F_SETPIPE_SZ`, non-blocking read ends |
+//! | `fd.rs` | `F_DUPFD_CLOEXEC`, `O_TMPFILE` files, `pread` |
+//! | `uring/` | the io_uring ring, its in-flight table, and the provided-buffer ring |
+//!
+//! Reading `/proc` needs no `unsafe` and lives in `crate::metrics`.
+//!
+//! # References
+//! - [clone(2)](https://man7.org/linux/man-pages/man2/clone.2.html)
+//! - [io_uring(7)](https://man7.org/linux/man-pages/man7/io_uring.7.html)
+#![allow(unsafe_code)] // This module is where chaperone's unsafe code lives; see above.
+#![deny(
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block,
+    clippy::missing_safety_doc
+)]
+
+pub(crate) mod child;
+pub mod fd;
+pub mod pidfd;
+pub mod pipe;
+pub mod spawn;
+pub mod uring;
+pub mod wait;
+
+/// Reads the calling thread's `errno`.
+///
+/// Safe to call in the vfork child: `__errno_location` only computes an address in the
+/// thread's TLS block, which the child shares with the (suspended) parent thread.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: `__errno_location` has no preconditions.
+    let ptr = unsafe { libc::__errno_location() };
+    // SAFETY: it returns a valid, aligned pointer to this thread's errno.
+    unsafe { *ptr }
+}
+
+/// Returns the last OS error as a [`rustix::io::Errno`].
+pub(crate) fn last_errno() -> rustix::io::Errno {
+    rustix::io::Errno::from_raw_os_error(errno())
+}

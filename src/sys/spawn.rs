@@ -1,0 +1,426 @@
+//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`—starts a child from a prebuilt plan.
+//!
+//! Everything the child needs is computed here in the parent before the clone:
+//! exe, argv and envp as NUL-terminated arrays, the fd actions with every source
+//! moved above every target, the signal mask. The child (see `child.rs`) only
+//! makes raw syscalls. Because the child shares our memory and we are suspended
+//! until it execs or exits, spawn cost does not grow with the agent's memory, and
+//! the child can report a failure by writing into our stack.
+//!
+//! # References
+//! - [clone(2)](https://man7.org/linux/man-pages/man2/clone.2.html)
+//! - [close_range(2)](https://man7.org/linux/man-pages/man2/close_range.2.html)
+//! - glibc `sysdeps/unix/sysv/linux/spawni.c`
+
+use super::child::{ChildReport, child_main};
+use core::ffi::{c_char, c_void};
+use rustix::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use rustix::io::Errno;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+
+/// A step of the child's setup, reported with the errno when it fails.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// No failure.
+    None = 0,
+    /// `setsid()`.
+    Setsid = 1,
+    /// `close_range()` of inherited fds.
+    CloseRange = 2,
+    /// `dup3()` of a source onto a target fd.
+    DupFd = 3,
+    /// `close()` of a target fd.
+    CloseFd = 4,
+    /// `rt_sigprocmask()`.
+    SignalMask = 5,
+    /// `execve()`.
+    Exec = 6,
+}
+
+impl Stage {
+    fn from_raw(raw: u32) -> Stage {
+        match raw {
+            1 => Stage::Setsid,
+            2 => Stage::CloseRange,
+            3 => Stage::DupFd,
+            4 => Stage::CloseFd,
+            5 => Stage::SignalMask,
+            6 => Stage::Exec,
+            _ => Stage::None,
+        }
+    }
+
+    /// A short lower-case name for results and logs (`"exec"`, `"dup_fd"`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::None => "none",
+            Stage::Setsid => "setsid",
+            Stage::CloseRange => "close_range",
+            Stage::DupFd => "dup_fd",
+            Stage::CloseFd => "close_fd",
+            Stage::SignalMask => "signal_mask",
+            Stage::Exec => "exec",
+        }
+    }
+}
+
+/// One step of the child's fd plan, applied in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdAction {
+    /// `dup3(src, dst, 0)`: install `src` (an fd of the parent) as `dst`.
+    Dup {
+        /// Source fd, above every target.
+        src: RawFd,
+        /// Target fd number in the child.
+        dst: RawFd,
+    },
+    /// `close(fd)` in the child (only meaningful for fds 0–2; others are closed anyway).
+    Close {
+        /// The fd to close.
+        fd: RawFd,
+    },
+}
+
+/// A NULL-terminated array of C strings that owns its strings.
+#[derive(Debug)]
+pub struct CStringArray {
+    strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl CStringArray {
+    /// Builds the array; fails with `EINVAL` naming nothing if any item has a NUL
+    /// byte (the spec validator rejects those earlier with a clear message).
+    pub fn new<I, S>(items: I) -> Result<Self, Errno>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<Vec<u8>>,
+    {
+        let strings = items
+            .into_iter()
+            .map(|s| CString::new(s).map_err(|_| Errno::INVAL))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(core::ptr::null());
+        Ok(CStringArray { strings, ptrs })
+    }
+
+    /// The NULL-terminated pointer array.
+    pub fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+
+    /// The number of strings.
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Whether there are no strings.
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+    }
+}
+
+/// Everything the child needs, computed in the parent.
+#[derive(Debug)]
+pub struct ChildPlan {
+    pub(crate) exe: CString,
+    pub(crate) argv: CStringArray,
+    pub(crate) envp: CStringArray,
+    fd_actions: Vec<FdAction>,
+    /// Sources kept open until the clone returns; moved above all targets.
+    sources: Vec<OwnedFd>,
+    pub(crate) setsid: bool,
+    /// Kernel sigset: bit n-1 is signal n.
+    pub(crate) sigmask: u64,
+}
+
+// SAFETY: the raw pointers in `CStringArray` point into the `CString`s the same plan
+// owns, which never move (CString's heap buffer is stable) and are never mutated.
+unsafe impl Send for CStringArray {}
+
+impl ChildPlan {
+    /// Starts a plan for `exe` with `argv` and `env` (`NAME=value` entries).
+    pub fn new<A, E>(exe: &std::ffi::OsStr, argv: A, env: E) -> Result<Self, Errno>
+    where
+        A: IntoIterator,
+        A::Item: Into<Vec<u8>>,
+        E: IntoIterator,
+        E::Item: Into<Vec<u8>>,
+    {
+        Ok(ChildPlan {
+            exe: CString::new(exe.as_bytes()).map_err(|_| Errno::INVAL)?,
+            argv: CStringArray::new(argv)?,
+            envp: CStringArray::new(env)?,
+            fd_actions: Vec::new(),
+            sources: Vec::new(),
+            setsid: true,
+            sigmask: 0,
+        })
+    }
+
+    /// Whether the child calls `setsid()` (Procstar does; default true).
+    pub fn set_setsid(&mut self, setsid: bool) {
+        self.setsid = setsid;
+    }
+
+    /// Installs `src` as fd `dst` in the child. The plan keeps `src` open until spawn.
+    pub fn dup(&mut self, src: OwnedFd, dst: RawFd) {
+        let raw = src.as_raw_fd();
+        self.sources.push(src);
+        self.fd_actions.push(FdAction::Dup { src: raw, dst });
+    }
+
+    /// Installs the agent's own fd `src` (e.g. its stdout) as `dst` without owning it.
+    ///
+    /// The source is duplicated (close-on-exec) so the plan owns what it passes.
+    pub fn dup_borrowed(&mut self, src: RawFd, dst: RawFd) -> Result<(), Errno> {
+        let owned = super::fd::dup_cloexec_raw(src, 0)?;
+        self.dup(owned, dst);
+        Ok(())
+    }
+
+    /// Closes fd `fd` in the child.
+    pub fn close(&mut self, fd: RawFd) {
+        self.fd_actions.push(FdAction::Close { fd });
+    }
+
+    /// The fd actions, in order.
+    pub fn fd_actions(&self) -> &[FdAction] {
+        &self.fd_actions
+    }
+
+    /// Moves every source fd above every target, so that `dup3` in list order can
+    /// never overwrite a source still to be used: the plan is a permutation, not a
+    /// sequence. Done in the parent, where allocating fds is allowed.
+    fn lift_sources(&mut self) -> Result<(), Errno> {
+        let max_target = self
+            .fd_actions
+            .iter()
+            .map(|a| match *a {
+                FdAction::Dup { dst, .. } => dst,
+                FdAction::Close { fd } => fd,
+            })
+            .max()
+            .unwrap_or(-1);
+        for (i, source) in self.sources.iter_mut().enumerate() {
+            let raw = source.as_raw_fd();
+            if raw <= max_target {
+                let lifted = super::fd::dup_cloexec_raw(raw, max_target + 1)?;
+                let new_raw = lifted.as_raw_fd();
+                *source = lifted;
+                // Sources and Dup actions share order: rewrite the i-th Dup.
+                if let Some(FdAction::Dup { src, .. }) = self
+                    .fd_actions
+                    .iter_mut()
+                    .filter(|a| matches!(a, FdAction::Dup { .. }))
+                    .nth(i)
+                {
+                    *src = new_raw;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The arguments passed through `clone` to the child.
+pub(crate) struct ChildArgs {
+    pub(crate) plan: *const ChildPlanView,
+    pub(crate) report: *mut ChildReport,
+}
+
+/// The parts of a plan the child reads, with the fd actions as a slice.
+#[derive(Debug)]
+pub(crate) struct ChildPlanView {
+    pub(crate) exe: *const c_char,
+    pub(crate) argv: *const *const c_char,
+    pub(crate) envp: *const *const c_char,
+    pub(crate) fd_actions: *const FdAction,
+    pub(crate) fd_actions_len: usize,
+    pub(crate) setsid: bool,
+    pub(crate) sigmask: u64,
+}
+
+impl ChildPlanView {
+    pub(crate) fn fd_actions(&self) -> &[FdAction] {
+        if self.fd_actions_len == 0 {
+            return &[];
+        }
+        // SAFETY: the pointer and length come from a live `Vec<FdAction>` in the plan
+        // that outlives the child's use of this view (the parent is suspended).
+        unsafe { core::slice::from_raw_parts(self.fd_actions, self.fd_actions_len) }
+    }
+}
+
+/// A dedicated stack for vfork children, with a guard page below it.
+///
+/// One stack serves every spawn: the parent thread is suspended until the child
+/// execs or exits, so no two children ever use it at once.
+#[derive(Debug)]
+pub struct ChildStack {
+    base: *mut c_void,
+    len: usize,
+}
+
+// SAFETY: the stack is plain anonymous memory owned by this value; it is used only
+// by children of the thread that holds `&mut ChildStack`.
+unsafe impl Send for ChildStack {}
+
+const GUARD: usize = 4096;
+const STACK_SIZE: usize = 64 * 1024;
+
+impl ChildStack {
+    /// Maps a 64 KiB stack plus a guard page.
+    pub fn new() -> Result<Self, Errno> {
+        let len = STACK_SIZE + GUARD;
+        // SAFETY: an anonymous private mapping with no address hint has no
+        // preconditions; the result is checked below.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(super::last_errno());
+        }
+        // SAFETY: `base..base+GUARD` lies inside the mapping just made.
+        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } < 0 {
+            let err = super::last_errno();
+            // SAFETY: unmapping the mapping we just made and no one else uses.
+            unsafe { libc::munmap(base, len) };
+            return Err(err);
+        }
+        Ok(ChildStack { base, len })
+    }
+
+    fn top(&self) -> *mut c_void {
+        // Stacks grow down on every Linux target we build for; 16-byte aligned.
+        (self.base as usize + self.len) as *mut c_void
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe a mapping this value owns; no child runs now.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// How a child's setup failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChildFailure {
+    /// The failing step.
+    pub stage: Stage,
+    /// The fd it worked on, or -1.
+    pub fd: RawFd,
+    /// The errno it got.
+    pub errno: Errno,
+}
+
+/// A started child: its pid, its pidfd, and whether its setup failed.
+///
+/// On a setup failure the child has already called `_exit(127)`; it is a zombie
+/// to reap like any other, which keeps the pid and status in the result.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child's pid (a label for `/proc` and display, never a handle).
+    pub pid: rustix::process::Pid,
+    /// The pidfd from `CLONE_PIDFD`.
+    pub pidfd: OwnedFd,
+    /// The setup failure, if the child did not reach `execve`.
+    pub failure: Option<ChildFailure>,
+}
+
+/// Starts a child from `plan` on `stack`.
+///
+/// The calling thread blocks all signals around the clone (a handler must never
+/// run in the child while it shares our memory) and is suspended until the child
+/// execs or exits.
+///
+/// # Errors
+/// `clone` failures: `EAGAIN` (process limit), `ENOMEM`, `ENOSYS` (no
+/// `CLONE_PIDFD`, before Linux 5.2).
+pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Errno> {
+    plan.lift_sources()?;
+    let view = ChildPlanView {
+        exe: plan.exe.as_ptr(),
+        argv: plan.argv.as_ptr(),
+        envp: plan.envp.as_ptr(),
+        fd_actions: plan.fd_actions.as_ptr(),
+        fd_actions_len: plan.fd_actions.len(),
+        setsid: plan.setsid,
+        sigmask: plan.sigmask,
+    };
+    let mut report = ChildReport::default();
+    let mut args = ChildArgs {
+        plan: &view,
+        report: &mut report,
+    };
+
+    let all: libc::sigset_t = unsafe_sigset_full();
+    let mut old: libc::sigset_t = unsafe_sigset_empty();
+    // SAFETY: both sigset pointers are valid for the call.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: the stack is a private mapping this thread alone uses for children;
+    // `child_main` obeys the vfork rules (child.rs); `args` and `pidfd` outlive the
+    // child's use of them because CLONE_VFORK suspends us until exec or exit.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            flags,
+            &mut args as *mut ChildArgs as *mut c_void,
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let clone_errno = super::errno();
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+    drop(plan); // closes the sources: the child has its own copies now
+    if pid < 0 {
+        return Err(Errno::from_raw_os_error(clone_errno));
+    }
+    // SAFETY: CLONE_PIDFD stored a new pidfd that we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: the child wrote the report (if at all) before exec/exit, and vfork
+    // ordering makes its write visible now.
+    let report = unsafe { core::ptr::read_volatile(&report) };
+    let failure = (report.stage != 0).then(|| ChildFailure {
+        stage: Stage::from_raw(report.stage),
+        fd: report.fd,
+        errno: Errno::from_raw_os_error(report.errno),
+    });
+    Ok(Spawned {
+        pid: rustix::process::Pid::from_raw(pid).ok_or(Errno::SRCH)?,
+        pidfd,
+        failure,
+    })
+}
+
+fn unsafe_sigset_full() -> libc::sigset_t {
+    let mut set = core::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises the whole set.
+    unsafe { libc::sigfillset(set.as_mut_ptr()) };
+    // SAFETY: initialised by sigfillset above.
+    unsafe { set.assume_init() }
+}
+
+fn unsafe_sigset_empty() -> libc::sigset_t {
+    let mut set = core::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialised by sigemptyset above.
+    unsafe { set.assume_init() }
+}

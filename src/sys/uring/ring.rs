@@ -1,0 +1,453 @@
+//! The io_uring ring and its in-flight table.
+//!
+//! Every in-flight operation has a slot in a slab; the slot key is the entry's
+//! `user_data`. A slot owns everything the kernel may touch for that op (the fd
+//! through an `Rc<OwnedFd>`, a boxed `siginfo_t`, a boxed read buffer or timespec),
+//! and is freed only on the op's final completion (`!more` for multishot ops).
+//! Slab growth moves slots, so the kernel only ever gets pointers to heap
+//! allocations a slot owns, never into the slot itself.
+
+use super::bufring::BufRing;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::io::Errno;
+use slab::Slab;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// `IOU_PBUF_RING_INC`: consume provided buffers incrementally (since Linux 6.12).
+const IOU_PBUF_RING_INC: u16 = 2;
+
+/// `user_data` of entries whose own completion nobody waits for (cancels).
+const IGNORED: u64 = u64::MAX;
+
+/// What the running kernel's io_uring offers, probed once at start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// `IORING_OP_WAITID` (since Linux 6.7).
+    pub waitid: bool,
+    /// `IORING_OP_READ_MULTISHOT` (since Linux 6.7).
+    pub read_multishot: bool,
+    /// `IOU_PBUF_RING_INC` incremental buffer consumption (since Linux 6.12).
+    pub buf_ring_inc: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` (since Linux 6.1).
+    pub defer_taskrun: bool,
+}
+
+/// Why the ring could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// `io_uring_setup` failed; the message names the usual causes.
+    #[error(
+        "io_uring is unavailable ({reason}); chaperone needs io_uring (check sysctl kernel.io_uring_disabled and seccomp filters)"
+    )]
+    Unavailable {
+        /// What the kernel said.
+        reason: String,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel lacks an opcode chaperone cannot do without.
+    #[error("io_uring lacks {0}")]
+    Missing(&'static str),
+    /// Registering the provided-buffer ring failed.
+    #[error("registering the provided-buffer ring failed")]
+    BufRing(#[source] std::io::Error),
+}
+
+/// What an in-flight slot owns on the kernel's behalf.
+enum Owned {
+    Fd(#[allow(dead_code)] Rc<OwnedFd>), // Held only to keep the fd open.
+    Wait(#[allow(dead_code)] Rc<OwnedFd>, Box<libc::siginfo_t>), // fd held open.
+    Buf(#[allow(dead_code)] Rc<OwnedFd>, Box<[u8]>), // fd held open.
+    Time(#[allow(dead_code)] Box<types::Timespec>), // Read by the kernel.
+}
+
+struct Slot<T> {
+    tag: T,
+    owned: Owned,
+}
+
+/// One completion, copied out of the completion queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Cqe {
+    key: u64,
+    /// The result: bytes or a non-negative value, or the errno.
+    pub result: Result<u32, Errno>,
+    /// Whether more completions follow for the same op (multishot).
+    pub more: bool,
+    flags: u32,
+}
+
+impl Cqe {
+    /// The slot key (for debugging).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+}
+
+/// The ring, the in-flight table and the provided-buffer ring.
+pub struct Ring<T> {
+    // Field order matters for drop: the ring is closed (and with it every op the
+    // kernel still holds) before the slots and the buffer ring are freed.
+    ring: IoUring,
+    ops: Slab<Slot<T>>,
+    bufs: Option<BufRing>,
+    /// What the kernel offers.
+    pub features: Features,
+}
+
+impl<T> std::fmt::Debug for Ring<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("in_flight", &self.ops.len())
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
+impl<T> Ring<T> {
+    /// Sets up a ring with `entries` submission entries, `SINGLE_ISSUER |
+    /// DEFER_TASKRUN` where the kernel has them, and probes opcodes.
+    ///
+    /// Must be called on the thread that will use the ring (single issuer).
+    pub fn new(entries: u32) -> Result<Self, RingError> {
+        let mut features = Features::default();
+        let ring = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+        {
+            Ok(r) => {
+                features.defer_taskrun = true;
+                r
+            }
+            Err(_) => IoUring::builder()
+                .setup_cqsize(entries * 4)
+                .build(entries)
+                .map_err(|e| RingError::Unavailable {
+                    reason: match e.raw_os_error() {
+                        Some(libc::EPERM) => {
+                            "EPERM: disabled by kernel.io_uring_disabled or a seccomp filter".into()
+                        }
+                        Some(libc::ENOSYS) => {
+                            "ENOSYS: the kernel was built without io_uring".into()
+                        }
+                        Some(libc::ENOMEM) => "ENOMEM: locked-memory limit too low".into(),
+                        _ => e.to_string(),
+                    },
+                    source: e,
+                })?,
+        };
+        let mut probe = io_uring::Probe::new();
+        if ring.submitter().register_probe(&mut probe).is_ok() {
+            features.waitid = probe.is_supported(opcode::WaitId::CODE);
+            features.read_multishot = probe.is_supported(opcode::ReadMulti::CODE);
+        }
+        if !probe.is_supported(opcode::PollAdd::CODE) && !features.waitid {
+            return Err(RingError::Missing("both WAITID and POLL_ADD"));
+        }
+        Ok(Ring {
+            ring,
+            ops: Slab::with_capacity(256),
+            bufs: None,
+            features,
+        })
+    }
+
+    /// Registers a provided-buffer ring of `entries` buffers of `size` bytes as
+    /// group `group`, incremental where the kernel allows.
+    pub fn register_buf_ring(
+        &mut self,
+        entries: u16,
+        size: u32,
+        group: u16,
+    ) -> Result<(), RingError> {
+        let mut bufs =
+            BufRing::new(entries, size, group).map_err(|e| RingError::BufRing(e.into()))?;
+        let submitter = self.ring.submitter();
+        let inc = IOU_PBUF_RING_INC;
+        // SAFETY: the ring mapping lives in `bufs`, which `self` keeps until the
+        // io_uring is closed (field order).
+        let r = unsafe {
+            submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), group, inc)
+        };
+        match r {
+            Ok(()) => bufs.incremental = true,
+            Err(_) => {
+                // SAFETY: as above.
+                unsafe {
+                    submitter.register_buf_ring_with_flags(
+                        bufs.ring_addr(),
+                        bufs.entries(),
+                        group,
+                        0,
+                    )
+                }
+                .map_err(RingError::BufRing)?;
+            }
+        }
+        self.features.buf_ring_inc = bufs.incremental;
+        bufs.fill();
+        self.bufs = Some(bufs);
+        Ok(())
+    }
+
+    /// The buffer size of the provided-buffer ring (0 without one).
+    pub fn buf_size(&self) -> u32 {
+        self.bufs.as_ref().map_or(0, |b| b.buf_size())
+    }
+
+    /// Number of in-flight ops.
+    pub fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Pushes one entry, submitting first if the queue is full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every pointer in `entry` targets heap memory owned by the slot
+            // whose key is the entry's user_data (or by nothing, for IGNORED
+            // entries), and a slot is removed only on its op's final completion.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // Full: hand what is queued to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!("io_uring submit failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, tag: T, owned: Owned) -> (u64, &mut Owned) {
+        let entry = self.ops.vacant_entry();
+        let key = entry.key() as u64;
+        let slot = entry.insert(Slot { tag, owned });
+        (key, &mut slot.owned)
+    }
+
+    /// Arms a multishot read of `fd` into the provided-buffer ring (falls back to a
+    /// single-shot buffer-select read where multishot is missing).
+    pub fn read_multishot(&mut self, fd: Rc<OwnedFd>, tag: T) -> u64 {
+        let raw = types::Fd(fd.as_raw_fd());
+        let group = self.bufs.as_ref().map_or(0, |b| b.group);
+        let multishot = self.features.read_multishot;
+        let size = self.buf_size();
+        let (key, _) = self.insert(tag, Owned::Fd(fd));
+        let entry = if multishot {
+            opcode::ReadMulti::new(raw, 0, group).build()
+        } else {
+            opcode::Read::new(raw, core::ptr::null_mut(), size)
+                .buf_group(group)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        };
+        self.push(entry.user_data(key));
+        key
+    }
+
+    /// Waits for the process behind `pidfd` to exit, without reaping it
+    /// (`waitid(P_PIDFD, WEXITED | WNOWAIT)`; a pidfd poll where WAITID is missing).
+    pub fn wait_exit(&mut self, pidfd: Rc<OwnedFd>, tag: T) -> u64 {
+        let raw = pidfd.as_raw_fd();
+        if self.features.waitid {
+            // SAFETY: an all-zero siginfo_t is a valid value.
+            let info: Box<libc::siginfo_t> = Box::new(unsafe { core::mem::zeroed() });
+            let (key, owned) = self.insert(tag, Owned::Wait(pidfd, info));
+            let Owned::Wait(_, info) = owned else {
+                unreachable!("just inserted a Wait slot")
+            };
+            let ptr: *const libc::siginfo_t = &**info;
+            // since Linux 6.7
+            let entry = opcode::WaitId::new(
+                3, /* P_PIDFD */
+                raw as libc::id_t,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+            .infop(ptr)
+            .build()
+            .user_data(key);
+            self.push(entry);
+            key
+        } else {
+            let (key, _) = self.insert(tag, Owned::Fd(pidfd));
+            let entry = opcode::PollAdd::new(types::Fd(raw), libc::POLLIN as u32)
+                .build()
+                .user_data(key);
+            self.push(entry);
+            key
+        }
+    }
+
+    /// A plain read of up to `len` bytes of `fd` into a buffer the slot owns (used
+    /// for the wake eventfd). The bytes are available from [`Ring::read_buf`].
+    pub fn read(&mut self, fd: Rc<OwnedFd>, len: usize, tag: T) -> u64 {
+        let raw = types::Fd(fd.as_raw_fd());
+        let (key, owned) = self.insert(tag, Owned::Buf(fd, vec![0u8; len].into_boxed_slice()));
+        let Owned::Buf(_, buf) = owned else {
+            unreachable!("just inserted a Buf slot")
+        };
+        let entry = opcode::Read::new(
+            raw,
+            buf.as_mut_ptr(),
+            u32::try_from(buf.len()).unwrap_or(u32::MAX),
+        )
+        .build()
+        .user_data(key);
+        self.push(entry);
+        key
+    }
+
+    /// A timer that completes after `after` (result `ETIME`).
+    pub fn timeout(&mut self, after: Duration, tag: T) -> u64 {
+        let ts = Box::new(
+            types::Timespec::new()
+                .sec(after.as_secs())
+                .nsec(after.subsec_nanos()),
+        );
+        let ptr: *const types::Timespec = &*ts;
+        let (key, _) = self.insert(tag, Owned::Time(ts));
+        self.push(opcode::Timeout::new(ptr).build().user_data(key));
+        key
+    }
+
+    /// Asks the kernel to cancel op `key`; its slot stays until its own final
+    /// completion arrives.
+    pub fn cancel(&mut self, key: u64) {
+        if self.ops.contains(key as usize) {
+            self.push(opcode::AsyncCancel::new(key).build().user_data(IGNORED));
+        }
+    }
+
+    /// Submits what is queued and waits for at least `want` completions, or until
+    /// `timeout` if given.
+    pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> Result<(), Errno> {
+        let r = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::new()
+                    .sec(t.as_secs())
+                    .nsec(t.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(want),
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                    Ok(())
+                }
+                Some(n) => Err(Errno::from_raw_os_error(n)),
+                None => Err(Errno::IO),
+            },
+        }
+    }
+
+    /// Copies every available completion into `out` (cleared first), skipping those
+    /// of ignored entries. Slots are not freed here; see [`Ring::finish`].
+    pub fn reap(&mut self, out: &mut Vec<Cqe>) {
+        out.clear();
+        let cq = self.ring.completion();
+        if cq.overflow() > 0 {
+            tracing::warn!(
+                overflow = cq.overflow(),
+                "io_uring completion queue overflowed"
+            );
+        }
+        for cqe in cq {
+            if cqe.user_data() == IGNORED {
+                continue;
+            }
+            let res = cqe.result();
+            out.push(Cqe {
+                key: cqe.user_data(),
+                result: if res < 0 {
+                    Err(Errno::from_raw_os_error(-res))
+                } else {
+                    Ok(res as u32)
+                },
+                more: cqueue::more(cqe.flags()),
+                flags: cqe.flags(),
+            });
+        }
+    }
+
+    /// The tag of the op a completion belongs to.
+    pub fn tag(&self, cqe: &Cqe) -> Option<&T> {
+        self.ops.get(cqe.key as usize).map(|s| &s.tag)
+    }
+
+    /// The bytes a completion delivered through the provided-buffer ring, if any.
+    ///
+    /// Call once per completion, in completion order; then [`Ring::finish`].
+    pub fn data(&mut self, cqe: &Cqe) -> &[u8] {
+        let (Some(bid), Ok(len), Some(bufs)) = (
+            cqueue::buffer_select(cqe.flags),
+            cqe.result,
+            self.bufs.as_mut(),
+        ) else {
+            return &[];
+        };
+        bufs.take(bid, len, cqueue::buffer_more(cqe.flags)).0
+    }
+
+    /// The bytes a plain [`Ring::read`] completed with.
+    pub fn read_buf(&self, cqe: &Cqe) -> &[u8] {
+        match (self.ops.get(cqe.key as usize), cqe.result) {
+            (
+                Some(Slot {
+                    owned: Owned::Buf(_, buf),
+                    ..
+                }),
+                Ok(n),
+            ) => buf.get(..n as usize).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// The siginfo a WAITID completion filled in.
+    pub fn siginfo(&self, cqe: &Cqe) -> Option<&libc::siginfo_t> {
+        match self.ops.get(cqe.key as usize) {
+            Some(Slot {
+                owned: Owned::Wait(_, info),
+                ..
+            }) => Some(info),
+            _ => None,
+        }
+    }
+
+    /// Done with a completion: returns its provided buffer to the kernel if the
+    /// kernel is finished with it, and frees the slot on the op's final completion.
+    /// Returns the tag when the slot was freed.
+    pub fn finish(&mut self, cqe: &Cqe) -> Option<T> {
+        if let (Some(bid), Some(bufs)) = (cqueue::buffer_select(cqe.flags), self.bufs.as_mut()) {
+            let len = cqe.result.unwrap_or(0);
+            if BufRing::finished(bufs.is_incremental(), len, cqueue::buffer_more(cqe.flags)) {
+                bufs.recycle(bid);
+            }
+        }
+        if cqe.more {
+            None
+        } else {
+            self.ops.try_remove(cqe.key as usize).map(|s| s.tag)
+        }
+    }
+}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        // Cancel everything still in flight so the kernel lets go of our buffers;
+        // closing the ring (field drop) then completes the teardown before the
+        // slots and the buffer ring are freed.
+        let keys: Vec<u64> = self.ops.iter().map(|(k, _)| k as u64).collect();
+        for key in keys {
+            self.push(opcode::AsyncCancel::new(key).build().user_data(IGNORED));
+        }
+        let _ = self.ring.submit();
+    }
+}
