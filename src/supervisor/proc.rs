@@ -303,6 +303,8 @@ pub(crate) struct PlanContext<'a> {
     pub pipe_size: usize,
     pub head: usize,
     pub tail: usize,
+    /// Floor for long-lived fds (see `sys::fd::move_high`).
+    pub fd_floor: RawFd,
 }
 
 /// Pipes between procs of one request, keyed by (writer proc id, writer fd).
@@ -416,7 +418,7 @@ pub(crate) fn prepare(
                             tail.map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
                         (
                             Store::Memory {
-                                pipe: Some(Rc::new(p.read)),
+                                pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
                                 read_key: None,
                                 live: HeadTail::new(head, tail),
                                 frozen: None,
@@ -426,6 +428,7 @@ pub(crate) fn prepare(
                     }),
                     CaptureMode::Tempfile => fd::tempfile(ctx.tmpdir).and_then(|f| {
                         let child = fd::dup_cloexec(f.as_fd())?;
+                        let f = fd::move_high(f, ctx.fd_floor);
                         Ok((Store::Tempfile { file: Arc::new(f) }, child))
                     }),
                 };

@@ -41,6 +41,8 @@ pub(crate) struct Reactor {
     exited: Vec<u64>,
     scratch: Vec<u8>,
     cqes: Vec<Cqe>,
+    /// Long-lived fds live at or above this number.
+    fd_floor: i32,
 }
 
 impl Reactor {
@@ -71,6 +73,7 @@ impl Reactor {
             exited: Vec::new(),
             scratch: vec![0u8; 64 * 1024],
             cqes: Vec::with_capacity(256),
+            fd_floor: crate::sys::fd::high_floor(),
         })
     }
 
@@ -378,22 +381,22 @@ impl Reactor {
             .map_err(StartError::Spec)?;
         let mut pipes = proc::request_pipes(&input)
             .map_err(|(id, msg)| StartError::Resource { proc_id: id, msg })?;
-        let ctx = PlanContext {
-            env: &self.env,
-            tmpdir: &self.config.tmpdir,
-            pipe_size: self.config.pipe_size,
-            head: self.config.capture_head,
-            tail: self.config.capture_tail,
-        };
-        let mut prepared = Vec::with_capacity(input.specs.len());
+        // Prepare and launch one process at a time: a plan's transient fds (pipe
+        // write ends, opened files) are closed by its spawn before the next plan is
+        // made, so every child's low fd window stays small.
+        let mut started = Vec::with_capacity(input.specs.len());
         for (id, ps) in input.specs.iter() {
-            prepared.push((id.clone(), proc::prepare(id, ps, &ctx, &mut pipes)));
-        }
-        drop(pipes); // unmatched ends (none after validation) close here
-        let mut started = Vec::with_capacity(prepared.len());
-        for (id, prep) in prepared {
+            let ctx = PlanContext {
+                env: &self.env,
+                tmpdir: &self.config.tmpdir,
+                pipe_size: self.config.pipe_size,
+                head: self.config.capture_head,
+                tail: self.config.capture_tail,
+                fd_floor: self.fd_floor,
+            };
+            let prep = proc::prepare(id, ps, &ctx, &mut pipes);
             self.launch(id.clone(), prep);
-            started.push(id);
+            started.push(id.clone());
         }
         Ok(started)
     }
@@ -425,7 +428,7 @@ impl Reactor {
                         proc.failure = Some(f);
                     }
                     proc.pid = Some(child.pid.as_raw_nonzero().get());
-                    let pidfd = Rc::new(child.pidfd);
+                    let pidfd = Rc::new(crate::sys::fd::move_high(child.pidfd, self.fd_floor));
                     proc.pidfd = Some(pidfd.clone());
                     proc.life = Life::Running;
                     let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });

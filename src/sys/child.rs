@@ -95,20 +95,38 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
         }
     }
 
-    // Mark everything from fd 3 up close-on-exec: any fd of the agent's, or one it
-    // inherited without CLOEXEC, must not reach the child. Targets installed below
-    // by dup3 are not close-on-exec.
+    // Take our own fd table. We were cloned with CLONE_FILES, sharing the agent's
+    // table; CLOSE_RANGE_UNSHARE over [window, ~0] copies only the fds below
+    // `window` (0–2, every target and every source), so the cost of a spawn does not
+    // grow with the fds the agent holds for other processes (since Linux 5.9).
     // SAFETY: close_range has no memory arguments.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            plan.fd_window,
             u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
+            libc::CLOSE_RANGE_UNSHARE,
         )
     };
     if rc < 0 {
-        return (Stage::CloseRange, 3, super::errno());
+        return (Stage::CloseRange, plan.fd_window as i32, super::errno());
+    }
+    // Below the window, mark everything from fd 3 up close-on-exec: an fd the agent
+    // or its embedder holds there without CLOEXEC must not reach the child. Targets
+    // installed below by dup3 are not close-on-exec (since Linux 5.11).
+    if plan.fd_window > 3 {
+        // SAFETY: close_range has no memory arguments.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                plan.fd_window - 1,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if rc < 0 {
+            return (Stage::CloseRange, 3, super::errno());
+        }
     }
 
     // The fd plan: every source is already above every target (the parent moved

@@ -27,6 +27,31 @@ pub fn dup_cloexec_raw(fd: RawFd, min: RawFd) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// Moves `fd` to the lowest free number ≥ `floor` (close-on-exec), closing the
+/// original; returns it unchanged if it is already there or cannot be moved.
+///
+/// The agent keeps the fds it holds for a process's lifetime (pidfds, capture
+/// read ends, tempfiles) above a floor, so the low fds a child copies at spawn
+/// stay few (see `child.rs`, `CLOSE_RANGE_UNSHARE`).
+pub fn move_high(fd: OwnedFd, floor: RawFd) -> OwnedFd {
+    use rustix::fd::AsRawFd;
+    if floor <= 0 || fd.as_raw_fd() >= floor {
+        return fd;
+    }
+    match rustix::io::fcntl_dupfd_cloexec(&fd, floor) {
+        Ok(high) => high,
+        Err(_) => fd,
+    }
+}
+
+/// A floor for [`move_high`]: a quarter of the soft `RLIMIT_NOFILE`, at most 1024.
+pub fn high_floor() -> RawFd {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    RawFd::try_from((soft / 4).min(1024)).unwrap_or(0)
+}
+
 /// Duplicates an owned fd, close-on-exec.
 pub fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     rustix::io::fcntl_dupfd_cloexec(fd, 0)

@@ -193,6 +193,23 @@ impl ChildPlan {
         &self.fd_actions
     }
 
+    /// One past the highest fd number the child needs before exec: 0–2, every
+    /// target and every source. Everything at or above it is left behind when the
+    /// child takes its own fd table.
+    fn fd_window(&self) -> u32 {
+        let highest = self
+            .fd_actions
+            .iter()
+            .map(|a| match *a {
+                FdAction::Dup { src, dst } => src.max(dst),
+                FdAction::Close { fd } => fd,
+            })
+            .max()
+            .unwrap_or(2)
+            .max(2);
+        u32::try_from(highest).map_or(3, |h| h.saturating_add(1))
+    }
+
     /// Moves every source fd above every target, so that `dup3` in list order can
     /// never overwrite a source still to be used: the plan is a permutation, not a
     /// sequence. Done in the parent, where allocating fds is allowed.
@@ -243,6 +260,8 @@ pub(crate) struct ChildPlanView {
     pub(crate) fd_actions_len: usize,
     pub(crate) setsid: bool,
     pub(crate) sigmask: u64,
+    /// One past the highest fd the child keeps (targets, sources, 0–2).
+    pub(crate) fd_window: u32,
 }
 
 impl ChildPlanView {
@@ -359,6 +378,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
         fd_actions_len: plan.fd_actions.len(),
         setsid: plan.setsid,
         sigmask: plan.sigmask,
+        fd_window: plan.fd_window(),
     };
     let mut report = ChildReport::default();
     let mut args = ChildArgs {
@@ -372,7 +392,10 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
 
     let mut pidfd: libc::c_int = -1;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // CLONE_FILES: the child starts on our fd table and takes a copy of only its
+    // low window (see child.rs), instead of the kernel copying every fd we hold.
+    let flags =
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
     // SAFETY: the stack is a private mapping this thread alone uses for children;
     // `child_main` obeys the vfork rules (child.rs); `args` and `pidfd` outlive the
     // child's use of them because CLONE_VFORK suspends us until exec or exit.
