@@ -21,6 +21,11 @@ const IOU_PBUF_RING_INC: u16 = 2;
 /// `user_data` of entries whose own completion nobody waits for (cancels).
 const IGNORED: u64 = u64::MAX;
 
+/// Whether `CHAPERONE_FORCE_FALLBACK` asks for the older-kernel code paths.
+pub fn force_fallback() -> bool {
+    std::env::var_os("CHAPERONE_FORCE_FALLBACK").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// What the running kernel's io_uring offers, probed once at start.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Features {
@@ -146,6 +151,13 @@ impl<T> Ring<T> {
             features.waitid = probe.is_supported(opcode::WaitId::CODE);
             features.read_multishot = probe.is_supported(opcode::ReadMulti::CODE);
         }
+        // CHAPERONE_FORCE_FALLBACK=1 takes the paths an older kernel would: pidfd
+        // poll instead of WAITID, single-shot reads, whole-buffer consumption. CI
+        // runs the integration tests once this way (as mio's force-poll cfgs).
+        if force_fallback() {
+            features.waitid = false;
+            features.read_multishot = false;
+        }
         if !probe.is_supported(opcode::PollAdd::CODE) && !features.waitid {
             return Err(RingError::Missing("both WAITID and POLL_ADD"));
         }
@@ -169,10 +181,14 @@ impl<T> Ring<T> {
             BufRing::new(entries, size, group).map_err(|e| RingError::BufRing(e.into()))?;
         let submitter = self.ring.submitter();
         let inc = IOU_PBUF_RING_INC;
-        // SAFETY: the ring mapping lives in `bufs`, which `self` keeps until the
-        // io_uring is closed (field order).
-        let r = unsafe {
-            submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), group, inc)
+        let r = if force_fallback() {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        } else {
+            // SAFETY: the ring mapping lives in `bufs`, which `self` keeps until the
+            // io_uring is closed (field order).
+            unsafe {
+                submitter.register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), group, inc)
+            }
         };
         match r {
             Ok(()) => bufs.incremental = true,
@@ -449,5 +465,130 @@ impl<T> Drop for Ring<T> {
             self.push(opcode::AsyncCancel::new(key).build().user_data(IGNORED));
         }
         let _ = self.ring.submit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    fn ring() -> Ring<u32> {
+        let mut ring = Ring::new(64).expect("io_uring available");
+        ring.register_buf_ring(4, 64 * 1024, 0)
+            .expect("buffer ring");
+        ring
+    }
+
+    /// Reaps until `f` has seen `n` completions or a second passes.
+    fn collect(ring: &mut Ring<u32>, n: usize) -> Vec<(Cqe, Vec<u8>, Option<u32>)> {
+        let mut out = Vec::new();
+        let mut cqes = Vec::new();
+        let start = std::time::Instant::now();
+        while out.len() < n && start.elapsed() < Duration::from_secs(1) {
+            ring.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .expect("enter");
+            ring.reap(&mut cqes);
+            for cqe in &cqes {
+                let data = ring.data(cqe).to_vec();
+                let freed = ring.finish(cqe);
+                out.push((*cqe, data, freed));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn multishot_read_stays_in_slab_while_more_and_frees_on_eof() {
+        let mut ring = ring();
+        if !ring.features.read_multishot {
+            eprintln!(
+                "SKIP multishot_read_stays_in_slab_while_more_and_frees_on_eof: no READ_MULTISHOT"
+            );
+            return;
+        }
+        let (r, w) = crate::sys::pipe::pipe().expect("pipe");
+        ring.read_multishot(Rc::new(r), 7);
+        rustix::io::write(&w, b"hello ").expect("write");
+        let first = collect(&mut ring, 1);
+        assert_eq!(first.len(), 1);
+        let (cqe, data, freed) = &first[0];
+        assert!(cqe.more, "multishot read continues");
+        assert_eq!(data, b"hello ");
+        assert_eq!(*freed, None, "slot kept while more is set");
+        assert_eq!(ring.in_flight(), 1);
+
+        rustix::io::write(&w, b"world").expect("write");
+        drop(w);
+        let rest = collect(&mut ring, 2);
+        let bytes: Vec<u8> = rest.iter().flat_map(|(_, d, _)| d.clone()).collect();
+        assert_eq!(bytes, b"world");
+        let (last, _, freed) = rest.last().expect("eof completion");
+        assert_eq!(last.result, Ok(0), "end of file");
+        assert!(!last.more);
+        assert_eq!(*freed, Some(7), "slot freed on the final completion");
+        assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    fn reads_through_many_buffers_arrive_in_order() {
+        let mut ring = ring();
+        let (r, w) = crate::sys::pipe::pipe().expect("pipe");
+        let _ = crate::sys::pipe::set_size(&r, 1 << 20);
+        let r = Rc::new(r);
+        ring.read_multishot(r.clone(), 1);
+        // 1 MiB of a counting pattern through 4 × 64 KiB buffers: the ring must
+        // run dry and recover (ENOBUFS, re-arm) without losing or reordering bytes.
+        let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn(move || {
+            rustix::io::write(&w, &payload[..]).expect("write");
+            payload
+        });
+        let mut got = Vec::new();
+        let mut cqes = Vec::new();
+        let start = std::time::Instant::now();
+        let mut done = false;
+        while !done && start.elapsed() < Duration::from_secs(5) {
+            ring.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .expect("enter");
+            ring.reap(&mut cqes);
+            for cqe in &cqes {
+                got.extend_from_slice(ring.data(cqe));
+                let ended = ring.finish(cqe).is_some();
+                if ended {
+                    match cqe.result {
+                        Ok(0) => done = true,
+                        _ => {
+                            ring.read_multishot(r.clone(), 1);
+                        }
+                    }
+                }
+            }
+        }
+        let payload = writer.join().expect("writer");
+        assert_eq!(got.len(), payload.len());
+        assert!(got == payload, "bytes reordered or corrupted");
+    }
+
+    #[test]
+    fn wait_exit_completes_for_an_exited_child() {
+        let mut ring = ring();
+        let mut child = std::process::Command::new("/bin/true")
+            .spawn()
+            .expect("spawn true");
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .expect("pidfd_open");
+        ring.wait_exit(Rc::new(pidfd), 3);
+        let got = collect(&mut ring, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].2, Some(3));
+        if ring.features.waitid {
+            assert_eq!(got[0].0.result, Ok(0));
+        }
+        // WNOWAIT left the zombie for its owner to reap.
+        assert!(child.wait().expect("reap").success());
     }
 }
