@@ -21,7 +21,12 @@ pub(crate) enum Command {
     Ids(Reply<Vec<ProcId>>),
     Wait(ProcId, Reply<Option<Snapshot>>),
     Signal(ProcId, i32, Reply<Result<(), ProcError>>),
-    FdData(ProcId, String, Reply<Result<FdContent, FdDataError>>),
+    FdData(
+        ProcId,
+        String,
+        (u64, u64),
+        Reply<Result<FdContent, FdDataError>>,
+    ),
     Delete(ProcId, Reply<Result<(), ProcError>>),
     Subscribe(mpsc::Sender<Event>),
 }
@@ -281,11 +286,27 @@ impl Agent {
         start: u64,
         stop: Option<u64>,
     ) -> Result<FdData, FdDataError> {
-        let (content, encoding) = self
-            .call(|r| Command::FdData(id.to_string(), fd.to_string(), r))
-            .unwrap_or(Err(FdDataError::ShutDown))?;
         let stop = stop.unwrap_or(u64::MAX);
+        let (content, encoding) = self
+            .call(|r| Command::FdData(id.to_string(), fd.to_string(), (start, stop), r))
+            .unwrap_or(Err(FdDataError::ShutDown))?;
         match content {
+            Content::Range { data, info, len } => Ok(FdData {
+                start: info.start,
+                stop: info.stop,
+                length: len,
+                missing: info.missing,
+                encoding,
+                data,
+            }),
+            Content::Counts { len, .. } => Ok(FdData {
+                start: start.min(len),
+                stop: start.min(len),
+                length: len,
+                missing: None,
+                encoding,
+                data: Bytes::new(),
+            }),
             Content::Memory(frozen) => {
                 let mut out = Vec::new();
                 let info = frozen.read(start, stop, &mut out);

@@ -49,8 +49,19 @@ pub(crate) struct Capture {
 /// What a reader gets for a capture: bytes already copied, or the file to read.
 #[derive(Clone, Debug)]
 pub(crate) enum Content {
-    /// A memory capture.
+    /// A memory capture (finished, or a copy of a live one).
     Memory(Arc<Frozen>),
+    /// Only the counts of a live memory capture (for a detached result).
+    Counts {
+        len: u64,
+        dropped: Option<std::ops::Range<u64>>,
+    },
+    /// Bytes `[start, stop)` copied from a live memory capture.
+    Range {
+        data: Bytes,
+        info: crate::capture::headtail::ReadInfo,
+        len: u64,
+    },
     /// A tempfile capture.
     File(Arc<OwnedFd>),
 }
@@ -87,6 +98,8 @@ impl FdSnap {
     fn to_fd_res(&self) -> FdRes {
         let (length, dropped) = match &self.content {
             Content::Memory(f) => (f.len(), f.dropped()),
+            Content::Counts { len, dropped } => (*len, dropped.clone()),
+            Content::Range { len, .. } => (*len, None),
             Content::File(file) => (fd::file_len(&**file).unwrap_or(0), None),
         };
         let dropped = dropped.map(|r| Dropped {
@@ -105,6 +118,7 @@ impl FdSnap {
         }
         let data = match &self.content {
             Content::Memory(f) => f.contiguous(),
+            Content::Counts { .. } | Content::Range { .. } => return FdRes::Error,
             Content::File(file) => match read_file(file, 0, length) {
                 Ok(b) => b,
                 Err(_) => return FdRes::Error,
@@ -222,7 +236,7 @@ impl Proc {
                 let snap = idx.and_then(|i| self.captures.get(i)).map(|c| FdSnap {
                     encoding: c.encoding,
                     attached: c.attached,
-                    content: c.content(),
+                    content: if c.attached { c.content() } else { c.counts() },
                 });
                 (name.clone(), snap)
             })
@@ -232,6 +246,38 @@ impl Proc {
 }
 
 impl Capture {
+    /// Counts only, without copying a live buffer (detached results).
+    pub fn counts(&self) -> Content {
+        match &self.store {
+            Store::Memory {
+                live, frozen: None, ..
+            } => Content::Counts {
+                len: live.len(),
+                dropped: live.dropped(),
+            },
+            _ => self.content(),
+        }
+    }
+
+    /// Bytes `[start, stop)` for a reader: copied now from a live memory buffer
+    /// (only the range), else the finished buffer or file to read on its thread.
+    pub fn range(&self, start: u64, stop: u64) -> Content {
+        match &self.store {
+            Store::Memory {
+                live, frozen: None, ..
+            } => {
+                let mut out = Vec::new();
+                let info = live.read(start, stop, &mut out);
+                Content::Range {
+                    data: Bytes::from(out),
+                    info,
+                    len: live.len(),
+                }
+            }
+            _ => self.content(),
+        }
+    }
+
     /// The capture's content as readers see it now (a copy while live).
     pub fn content(&self) -> Content {
         match &self.store {

@@ -335,7 +335,7 @@ impl Reactor {
                 };
                 reply(r);
             }
-            Command::FdData(id, fd, reply) => {
+            Command::FdData(id, fd, (start, stop), reply) => {
                 let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
                     None => Err(FdDataError::Unknown(id)),
                     Some(p) => {
@@ -344,7 +344,7 @@ impl Reactor {
                             .unwrap_or(fd.clone());
                         match p.captures.iter().find(|c| c.name == norm) {
                             None => Err(FdDataError::NoFd(fd)),
-                            Some(c) => Ok((c.content(), c.encoding)),
+                            Some(c) => Ok((c.range(start, stop), c.encoding)),
                         }
                     }
                 };
