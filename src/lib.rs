@@ -7,7 +7,7 @@
 //!
 //! Embed it through [`Agent`]:
 //!
-//! ```no_run
+//! ```
 //! use chaperone::{Agent, Config, spec};
 //! let agent = Agent::new(Config::default())?;
 //! let input = spec::parse_input(br#"{"specs": {"hi": {"argv": ["/bin/echo", "hello"],

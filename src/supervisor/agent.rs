@@ -164,7 +164,7 @@ pub struct FdData {
 
 /// A running agent: a reactor thread with its ring and process table.
 ///
-/// ```no_run
+/// ```
 /// use chaperone::{Agent, Config, spec};
 /// let agent = Agent::new(Config::default())?;
 /// let input = spec::parse_input(br#"{"specs": {"hi": {"argv": ["/bin/echo", "hello"],
