@@ -1,0 +1,281 @@
+//! Output capture through the [`chaperone::Agent`] API and the CLI: head/tail
+//! bounds on huge output, `fd_data` ranges in memory and tempfile mode, detached
+//! and incremental reads, and concurrent large captures. Acceptance cases 5, 7,
+//! 8, 27 and 32 of `/work/shared/design/procstar-contract.md`.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+use chaperone::result::{Dropped, Encoding, FdRes, State};
+use chaperone::{Agent, FdDataError};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use util::*;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+//------------------------------------------------------------------------------
+// 1 GiB of output (case 32)
+//------------------------------------------------------------------------------
+
+fn gib_spec() -> Value {
+    json!({"specs": {"big": {
+        "argv": ["/usr/bin/head", "-c", GIB.to_string(), "/dev/zero"],
+        "fds": [["stdout", {"capture": {"mode": "memory", "head": MIB, "tail": MIB}}]]}}})
+}
+
+// Case 32: the result holds only the head and tail, with the full length and the
+// dropped middle; fd_data serves the held bytes and reports the missing ones.
+#[test]
+fn capture_keeps_head_and_tail_when_child_writes_1gib() {
+    let a = agent();
+    start(&a, &gib_spec());
+    let res = wait(&a, "big");
+    assert_eq!(res.state, State::Terminated, "{:?}", res.errors);
+    assert_eq!(res.status.as_ref().unwrap().exit_code, Some(0));
+    match res.fds.get("stdout") {
+        Some(Some(FdRes::Data {
+            bytes,
+            length,
+            dropped,
+        })) => {
+            assert_eq!(*length, GIB);
+            assert_eq!(
+                *dropped,
+                Some(Dropped {
+                    start: MIB,
+                    stop: GIB - MIB
+                })
+            );
+            assert_eq!(bytes.len() as u64, 2 * MIB);
+            assert!(bytes.iter().all(|&b| b == 0));
+        }
+        other => panic!("stdout: {other:?}"),
+    }
+
+    let head = a.fd_data("big", "stdout", 0, Some(16)).unwrap();
+    assert_eq!((head.start, head.stop, head.length), (0, 16, GIB));
+    assert_eq!(head.missing, None);
+    assert_eq!(&head.data[..], &[0u8; 16]);
+
+    let middle = a.fd_data("big", "stdout", 2 * MIB, Some(3 * MIB)).unwrap();
+    assert_eq!(middle.missing, Some(2 * MIB..3 * MIB));
+    assert!(middle.data.is_empty(), "{} bytes", middle.data.len());
+
+    let across = a.fd_data("big", "stdout", MIB - 4, Some(MIB + 4)).unwrap();
+    assert_eq!(across.missing, Some(MIB..MIB + 4));
+    assert_eq!(&across.data[..], &[0u8; 4]);
+
+    let last = a.fd_data("big", "stdout", GIB - 1, None).unwrap();
+    assert_eq!((last.start, last.stop, last.length), (GIB - 1, GIB, GIB));
+    assert_eq!(last.missing, None);
+    assert_eq!(&last.data[..], &[0u8]);
+}
+
+// Case 32: the agent's own memory stays bounded (Procstar: RSS 1.06 GB). The CLI
+// runs as a child of an agent so that its rusage gives its peak RSS.
+#[test]
+fn capture_agent_memory_stays_bounded_when_child_writes_1gib() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("big.json");
+    std::fs::write(&spec, serde_json::to_vec(&gib_spec()).unwrap()).unwrap();
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {"cli": {"argv": [bin(), "--print", spec],
+            "fds": [["stdout", {"capture": {"mode": "tempfile", "encoding": "utf-8", "attached": false}}]]}}}),
+    );
+    let res = wait(&a, "cli");
+    assert_eq!(res.status.as_ref().unwrap().exit_code, Some(0));
+    let out = a.fd_data("cli", "stdout", 0, None).unwrap();
+    let printed: Value = serde_json::from_slice(&out.data).unwrap();
+    assert_eq!(printed["big"]["fds"]["stdout"]["length"], GIB);
+    let maxrss = res.rusage.unwrap().maxrss;
+    assert!(maxrss < 100_000_000, "agent maxrss {maxrss} bytes");
+}
+
+//------------------------------------------------------------------------------
+// fd_data ranges (case 8)
+//------------------------------------------------------------------------------
+
+fn digits(a: &Agent, mode: &str) {
+    start(
+        a,
+        &json!({"specs": {"d": {"argv": ["/usr/bin/printf", "0123456789"],
+            "fds": [["stdout", {"capture": {"mode": mode, "encoding": "utf-8"}}]]}}}),
+    );
+    wait(a, "d");
+}
+
+fn check_ranges(mode: &str) {
+    let a = agent();
+    digits(&a, mode);
+    let get = |start, stop| a.fd_data("d", "stdout", start, stop).unwrap();
+
+    let all = get(0, None);
+    assert_eq!((all.start, all.stop, all.length), (0, 10, 10));
+    assert_eq!(&all.data[..], b"0123456789");
+    assert_eq!(all.encoding, chaperone::spec::Encoding::Utf8);
+
+    let mid = get(3, Some(7));
+    assert_eq!((mid.start, mid.stop, &mid.data[..]), (3, 7, &b"3456"[..]));
+
+    let clamped = get(8, Some(1000));
+    assert_eq!(
+        (clamped.start, clamped.stop, &clamped.data[..]),
+        (8, 10, &b"89"[..])
+    );
+
+    let past = get(20, Some(30));
+    assert!(past.data.is_empty());
+    assert_eq!(past.length, 10);
+    assert_eq!(past.missing, None);
+
+    let past_open = get(10, None);
+    assert!(past_open.data.is_empty());
+    assert_eq!(past_open.length, 10);
+
+    let backwards = get(7, Some(3));
+    assert!(backwards.data.is_empty());
+    assert_eq!(backwards.length, 10);
+
+    let empty = get(4, Some(4));
+    assert!(empty.data.is_empty());
+
+    // Out-of-range requests leave the capture readable (Procstar closed the
+    // tempfile's fd on a short read).
+    assert_eq!(&get(0, Some(u64::MAX)).data[..], b"0123456789");
+    assert_eq!(&get(0, None).data[..], b"0123456789");
+}
+
+#[test]
+fn capture_fd_data_clamps_ranges_in_memory_mode() {
+    check_ranges("memory");
+}
+
+#[test]
+fn capture_fd_data_clamps_ranges_in_tempfile_mode() {
+    check_ranges("tempfile");
+}
+
+#[test]
+fn capture_fd_data_accepts_fd_number_alias() {
+    let a = agent();
+    digits(&a, "memory");
+    assert_eq!(
+        &a.fd_data("d", "1", 0, None).unwrap().data[..],
+        b"0123456789"
+    );
+}
+
+#[test]
+fn capture_fd_data_fails_when_fd_or_proc_unknown() {
+    let a = agent();
+    digits(&a, "tempfile");
+    assert!(matches!(
+        a.fd_data("d", "stderr", 0, None),
+        Err(FdDataError::NoFd(fd)) if fd == "stderr"
+    ));
+    assert!(matches!(
+        a.fd_data("nope", "stdout", 0, None),
+        Err(FdDataError::Unknown(id)) if id == "nope"
+    ));
+}
+
+//------------------------------------------------------------------------------
+// Detached and incremental reads (cases 5, 7)
+//------------------------------------------------------------------------------
+
+// Case 5.
+#[test]
+fn capture_detached_reports_length_and_serves_bytes() {
+    for mode in ["memory", "tempfile"] {
+        let a = agent();
+        start(
+            &a,
+            &json!({"specs": {"d": {"argv": ["/bin/echo", "Hello, world.", "How are you?"],
+                "fds": [["stdout", {"capture": {"mode": mode, "encoding": "utf-8", "attached": false}}]]}}}),
+        );
+        let res = wait(&a, "d");
+        assert_eq!(
+            res.fds["stdout"],
+            Some(FdRes::Detached {
+                length: 27,
+                encoding: Encoding::Utf8,
+                dropped: None
+            }),
+            "{mode}"
+        );
+        let v = serde_json::to_value(&res).unwrap();
+        assert_eq!(
+            v["fds"]["stdout"],
+            json!({"type": "detached", "length": 27, "encoding": "utf-8"})
+        );
+        assert_eq!(
+            &a.fd_data("d", "stdout", 0, None).unwrap().data[..],
+            b"Hello, world. How are you?\n",
+            "{mode}"
+        );
+    }
+}
+
+// Case 7: output is readable while the process runs, and a second read from
+// where the first stopped gets exactly the rest.
+#[test]
+fn capture_fd_data_reads_incrementally_while_running() {
+    for mode in ["memory", "tempfile"] {
+        let a = agent();
+        start(
+            &a,
+            &json!({"specs": {"i": {"argv": ["/bin/sh", "-c", "echo hello; sleep 0.5; echo world"],
+                "fds": [["stdout", {"capture": {"mode": mode, "encoding": "utf-8", "attached": false}}]]}}}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = loop {
+            let d = a.fd_data("i", "stdout", 0, None).unwrap();
+            if d.length >= 6 || Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(a.result("i").unwrap().state, State::Running, "{mode}");
+        assert_eq!((first.start, first.stop), (0, 6), "{mode}");
+        assert_eq!(&first.data[..], b"hello\n", "{mode}");
+        wait(&a, "i");
+        let second = a.fd_data("i", "stdout", first.stop, None).unwrap();
+        assert_eq!((second.start, second.stop), (6, 12), "{mode}");
+        assert_eq!(&second.data[..], b"world\n", "{mode}");
+    }
+}
+
+//------------------------------------------------------------------------------
+// Concurrent large captures (case 27)
+//------------------------------------------------------------------------------
+
+// Case 27: 8 concurrent 4 MiB printers, each captured intact.
+#[test]
+fn capture_keeps_8_concurrent_4mib_outputs_intact() {
+    const SIZE: usize = 4 << 20;
+    let specs: serde_json::Map<String, Value> = (0..8)
+        .map(|i| {
+            let mode = if i % 2 == 0 { "memory" } else { "tempfile" };
+            (
+                format!("p{i}"),
+                json!({"argv": ["/bin/sh", "-c", format!("yes line-of-printer-{i} | head -c {SIZE}")],
+                       "fds": [["stdout", {"capture": {"mode": mode}}]]}),
+            )
+        })
+        .collect();
+    let a = agent();
+    start(&a, &json!({ "specs": specs }));
+    for i in 0..8 {
+        let res = wait(&a, &format!("p{i}"));
+        assert_eq!(res.status.as_ref().unwrap().exit_code, Some(0), "{i}");
+        let line = format!("line-of-printer-{i}\n");
+        let want: Vec<u8> = line.bytes().cycle().take(SIZE).collect();
+        let got = bytes_of(&res, "stdout");
+        assert_eq!(got.len(), SIZE, "{i}");
+        assert!(got == want, "printer {i}: output differs");
+    }
+}

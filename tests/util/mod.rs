@@ -1,0 +1,199 @@
+//! Helpers shared by the integration test binaries (`tests/*/main.rs`).
+//!
+//! Each binary uses only some of them.
+#![allow(dead_code)]
+
+use base64::Engine as _;
+use chaperone::result::{FdRes, ProcRes};
+use chaperone::{Agent, Config, spec};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The Python interpreter used by generated scripts (execve does no PATH search).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// The chaperone binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_chaperone")
+}
+
+/// Runs `chaperone --print SPEC` on raw spec bytes written to a temp file, with
+/// extra environment variables for the agent; returns the whole output.
+pub fn run_cli_raw_env(spec: &[u8], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spec.json");
+    std::fs::write(&path, spec).expect("write spec");
+    let mut cmd = Command::new(bin());
+    cmd.arg("--print")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run chaperone")
+}
+
+/// Runs `chaperone --print SPEC` on raw spec bytes.
+pub fn run_cli_raw(spec: &[u8]) -> Output {
+    run_cli_raw_env(spec, &[])
+}
+
+/// Runs `chaperone --print` on `spec`; returns the exit code and the parsed results
+/// (`Value::Null` when stdout is empty).
+pub fn run_cli(spec: &Value) -> (i32, Value) {
+    run_cli_env(spec, &[])
+}
+
+/// [`run_cli`] with extra environment variables for the agent.
+pub fn run_cli_env(spec: &Value, env: &[(&str, &str)]) -> (i32, Value) {
+    let out = run_cli_raw_env(&serde_json::to_vec(spec).expect("spec JSON"), env);
+    let code = out.status.code().expect("chaperone exited by a signal");
+    let results = if out.stdout.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "results are not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    };
+    if code != 0 {
+        eprintln!("chaperone stderr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (code, results)
+}
+
+/// An in-process agent with the default configuration.
+pub fn agent() -> Agent {
+    Agent::new(Config::default()).expect("agent starts (io_uring available?)")
+}
+
+/// Starts `spec` (a `{"specs": …}` value) on `agent`; panics if it is rejected.
+pub fn start(agent: &Agent, spec: &Value) -> Vec<String> {
+    let input = spec::parse_input(&serde_json::to_vec(spec).expect("spec JSON")).expect("parses");
+    agent.start(input).expect("request starts")
+}
+
+/// Waits for `id` and returns its final result.
+pub fn wait(agent: &Agent, id: &str) -> ProcRes {
+    agent
+        .wait(id)
+        .unwrap_or_else(|| panic!("unknown proc {id}"))
+}
+
+/// A memory capture fd spec with utf-8 encoding.
+pub fn mem_utf8() -> Value {
+    serde_json::json!({"capture": {"mode": "memory", "encoding": "utf-8"}})
+}
+
+/// A tempfile capture fd spec with utf-8 encoding.
+pub fn tmp_utf8() -> Value {
+    serde_json::json!({"capture": {"mode": "tempfile", "encoding": "utf-8"}})
+}
+
+/// A memory capture fd spec with base64 encoding.
+pub fn mem_b64() -> Value {
+    serde_json::json!({"capture": {"mode": "memory", "encoding": null}})
+}
+
+/// A file fd spec.
+pub fn file(path: &Path, flags: &str) -> Value {
+    serde_json::json!({"file": {"path": path, "flags": flags}})
+}
+
+/// The text of a utf-8 capture in a CLI result (`res` is one proc's result).
+pub fn text_of(res: &Value, fd: &str) -> String {
+    let f = &res["fds"][fd];
+    assert_eq!(f["type"], "text", "fd {fd} is not text: {f}");
+    f["text"].as_str().expect("text").to_string()
+}
+
+/// The decoded bytes of a base64 capture in a CLI result.
+pub fn data_of(res: &Value, fd: &str) -> Vec<u8> {
+    let f = &res["fds"][fd];
+    assert_eq!(f["type"], "data", "fd {fd} is not data: {f}");
+    assert_eq!(f["encoding"], "base64");
+    base64::engine::general_purpose::STANDARD
+        .decode(f["data"].as_str().expect("data"))
+        .expect("valid base64")
+}
+
+/// The held bytes of a capture in an Agent result.
+pub fn bytes_of(res: &ProcRes, fd: &str) -> Vec<u8> {
+    match res.fds.get(fd) {
+        Some(Some(FdRes::Text { bytes, .. })) | Some(Some(FdRes::Data { bytes, .. })) => {
+            bytes.to_vec()
+        }
+        other => panic!("fd {fd} holds no inline data: {other:?}"),
+    }
+}
+
+/// The held bytes of a capture in an Agent result, as (lossless) UTF-8.
+pub fn string_of(res: &ProcRes, fd: &str) -> String {
+    String::from_utf8(bytes_of(res, fd)).expect("utf-8 output")
+}
+
+/// Asserts that a CLI result terminated normally with exit code 0.
+pub fn assert_exit0(res: &Value) {
+    assert_eq!(res["state"], "terminated", "{res}");
+    assert_eq!(res["errors"], serde_json::json!([]), "{res}");
+    assert_eq!(res["status"]["exit_code"], 0, "{res}");
+}
+
+/// Writes an executable script `name` with `body` into `dir`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).expect("create script");
+    f.write_all(body.as_bytes()).expect("write script");
+    drop(f);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// The fds open in process `pid`, from `/proc/<pid>/fd`.
+pub fn open_fds_of(pid: i32) -> BTreeSet<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/<pid>/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// A python3 one-liner that prints the fds open in itself, one per line as
+/// `fd -> target`, leaving out the directory fd its own listing opened.
+pub const PY_LIST_FDS: &str = "import os
+for fd in sorted(int(x) for x in os.listdir('/proc/self/fd')):
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue
+    print(fd, '->', os.readlink('/proc/self/fd/%d' % fd))
+";
+
+/// Parses the output of [`PY_LIST_FDS`] into fd numbers.
+pub fn parse_fd_list(out: &str) -> BTreeSet<i32> {
+    out.lines()
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("bad fd line {l:?}"))
+        })
+        .collect()
+}
+
+/// Parses a hex mask line such as `SigIgn:\t0000000000001000` from
+/// `/proc/<pid>/status` text.
+pub fn status_mask(status: &str, key: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in status: {status}"));
+    u64::from_str_radix(line.split_whitespace().nth(1).expect("mask"), 16).expect("hex mask")
+}
