@@ -1,1 +1,169 @@
-fn main() {}
+//! Capture throughput: 4 GiB from one child through its stdout.
+//!
+//! * `capture/4g/chaperone`: a chaperone memory capture with head = tail = 1 MiB
+//!   (the agent's capture pipe is raised to `pipe-max-size`, the reactor drains
+//!   it with io_uring); timed from `start` to the final result.
+//! * `capture/4g/raw_read`: the same writer with its stdout a `pipe2` pipe raised
+//!   to `/proc/sys/fs/pipe-max-size` (`F_SETPIPE_SZ`), drained by a plain
+//!   blocking `read()` loop of 1 MiB reads to EOF, then `waitpid`.
+//!
+//! The writer is this bench binary itself, re-run as `capture --writer BYTES`: it
+//! `write()`s one 1 MiB buffer of zeros until BYTES are out, so both sides see the
+//! same, cheapest possible producer. `CHAPERONE_BENCH_CAPTURE_BYTES` overrides the
+//! 4 GiB (for a quick try).
+
+use chaperone::spec;
+use chaperone::{Agent, Config};
+use criterion::{Criterion, SamplingMode, Throughput};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEFAULT_BYTES: u64 = 4 << 30;
+const CHUNK: usize = 1 << 20;
+
+/// Writer mode: write `n` zero bytes to stdout in 1 MiB `write()`s.
+fn writer(n: u64) -> ! {
+    let buf = vec![0u8; CHUNK];
+    // A raw fd 1 without std's line buffering (stdout is a pipe anyway).
+    // SAFETY: fd 1 is open for the life of the process; ManuallyDrop keeps it so.
+    let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+    let mut left = n;
+    while left > 0 {
+        let k = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+        if let Err(e) = out.write_all(&buf[..k]) {
+            eprintln!("writer: {e}");
+            std::process::exit(1);
+        }
+        left -= k as u64;
+    }
+    std::process::exit(0);
+}
+
+fn pipe_max_size() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The raw baseline: one run, timed from spawn to reap.
+fn raw_round(exe: &str, bytes: u64, buf: &mut [u8]) -> Duration {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded; the fds are new and owned by nobody else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let size = libc::c_int::try_from(pipe_max_size()).unwrap_or(1 << 20);
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; failure leaves the default size.
+    let set = unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    assert!(
+        set >= size,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
+
+    let t0 = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["--writer", &bytes.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn writer");
+    let mut pipe = std::fs::File::from(read_end);
+    let mut total = 0u64;
+    loop {
+        match pipe.read(buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let status = child.wait().expect("wait");
+    let elapsed = t0.elapsed();
+    assert!(status.success());
+    assert_eq!(total, bytes);
+    elapsed
+}
+
+/// The chaperone side: one run, timed from `start` to the final result.
+fn chaperone_round(agent: &Agent, input: &spec::Input, bytes: u64) -> Duration {
+    let input = input.clone();
+    let t0 = Instant::now();
+    agent.start(input).expect("start");
+    let res = agent.wait("w").expect("known id");
+    let elapsed = t0.elapsed();
+    assert_eq!(
+        res.status.and_then(|s| s.exit_code),
+        Some(0),
+        "{:?}",
+        res.errors
+    );
+    let data = agent.fd_data("w", "stdout", 0, Some(0)).expect("fd data");
+    assert_eq!(data.length, bytes);
+    agent.delete("w").expect("delete");
+    elapsed
+}
+
+fn bench_capture(c: &mut Criterion) {
+    let bytes = std::env::var("CHAPERONE_BENCH_CAPTURE_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_BYTES);
+    let exe = std::env::current_exe().expect("current exe");
+    let exe = exe.to_str().expect("UTF-8 path").to_string();
+    let name = if bytes == DEFAULT_BYTES {
+        "4g".to_string()
+    } else {
+        format!("{bytes}b")
+    };
+
+    let mut g = c.benchmark_group(format!("capture/{name}"));
+    g.throughput(Throughput::Bytes(bytes));
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+
+    let agent = Agent::new(Config::default()).expect("agent");
+    let json = serde_json::json!({"specs": {"w": {
+        "argv": [exe, "--writer", bytes.to_string()],
+        "fds": [
+            ["stdin", {"null": {}}],
+            ["stdout", {"capture": {"mode": "memory", "head": 1 << 20, "tail": 1 << 20}}],
+            ["stderr", {"null": {}}],
+        ],
+    }}});
+    let input = spec::parse_input(json.to_string().as_bytes()).expect("valid spec");
+    g.bench_function("chaperone", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| chaperone_round(&agent, &input, bytes))
+                .sum()
+        });
+    });
+    drop(agent);
+
+    let mut buf = vec![0u8; CHUNK];
+    g.bench_function("raw_read", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| raw_round(&exe, bytes, &mut buf)).sum());
+    });
+    g.finish();
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--writer") {
+        let n = args
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("--writer BYTES");
+        writer(n);
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench_capture(&mut c);
+    c.final_summary();
+}

@@ -1,1 +1,433 @@
-fn main() {}
+//! Spawn throughput: `N` × `/bin/true` per iteration, stdout and stderr captured,
+//! every exit status (and rusage where the API gives it) collected.
+//!
+//! * `spawn/true/chaperone`: one `Agent::start` of `N` specs with two memory
+//!   captures each, then a `wait` for every proc (its full result); the deletes
+//!   that keep the proc table small run after the clock stops.
+//! * `spawn/true/raw_vfork`: the machine ceiling, a tight libc loop: glibc
+//!   `posix_spawn` (a `clone(CLONE_VM|CLONE_VFORK)`) with two `pipe2` pipes
+//!   dup'ed onto 1 and 2, `pidfd_open`, `poll`+`read` of both pipes to EOF,
+//!   `waitid(P_PIDFD)` with rusage; two children in flight.
+//! * `spawn/true/std_command`: `std::process::Command::output()` with both pipes,
+//!   sequentially; `spawn/true/std_command_2t`: the same on two threads (one per
+//!   core, like the two children in flight of the raw loop).
+//! * `spawn/true/tokio_64`: `tokio::process::Command::output()`, 64 in flight on a
+//!   current-thread runtime.
+//! * `spawn/true/parent_rss_1g`: the chaperone loop on an agent that holds 1 GiB
+//!   of captured output (a child wrote 1 GiB into a head=tail=512 MiB capture);
+//!   `spawn/true/std_command_parent_rss_1g`: `std_command` with that 1 GiB still
+//!   held in this process.
+//!
+//! Every benchmark reports time per iteration of `N` children and throughput in
+//! children per second. `ci/bench` turns the means into ratios.
+
+use chaperone::spec::{self, Input};
+use chaperone::{Agent, Config};
+use criterion::{Criterion, SamplingMode, Throughput};
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Children per iteration.
+const N: usize = 200;
+/// Children the raw loop keeps in flight.
+const RAW_IN_FLIGHT: usize = 2;
+/// Children `tokio_64` keeps in flight.
+const TOKIO_IN_FLIGHT: usize = 64;
+/// What the 1 GiB child writes.
+const BIG: u64 = 1 << 30;
+
+const TRUE: &str = "/bin/true";
+
+//------------------------------------------------------------------------------
+// chaperone
+//------------------------------------------------------------------------------
+
+fn chaperone_input(n: usize) -> Input {
+    let spec = format!(
+        r#"{{"argv": ["{TRUE}"], "fds": [["stdout", {{"capture": {{"mode": "memory"}}}}],
+            ["stderr", {{"capture": {{"mode": "memory"}}}}]]}}"#
+    );
+    let specs: Vec<String> = (0..n).map(|i| format!(r#""t{i}": {spec}"#)).collect();
+    let json = format!(r#"{{"specs": {{{}}}}}"#, specs.join(","));
+    spec::parse_input(json.as_bytes()).expect("valid spec")
+}
+
+/// Starts `input`, waits for each proc's final result and checks it. Returns the
+/// time from start to the last result; the deletes are not timed.
+fn chaperone_round(agent: &Agent, input: &Input) -> Duration {
+    let input = input.clone();
+    let t0 = Instant::now();
+    let ids = agent.start(input).expect("start");
+    let results: Vec<_> = ids
+        .iter()
+        .map(|id| agent.wait(id).expect("known id"))
+        .collect();
+    let elapsed = t0.elapsed();
+    for (id, res) in ids.iter().zip(&results) {
+        let code = res.status.as_ref().and_then(|s| s.exit_code);
+        assert_eq!(code, Some(0), "{id}: {:?}", res.errors);
+        assert!(res.rusage.is_some(), "{id}: no rusage");
+        assert_eq!(res.fds.len(), 2, "{id}: {:?}", res.fds);
+        agent.delete(id).expect("delete");
+    }
+    elapsed
+}
+
+/// An agent holding `BIG` bytes of captured output, in this process.
+fn agent_holding_big() -> Agent {
+    let agent = Agent::new(Config::default()).expect("agent");
+    let half = BIG / 2;
+    let json = format!(
+        r#"{{"specs": {{"big": {{"argv": ["/usr/bin/head", "-c", "{BIG}", "/dev/zero"],
+            "fds": [["stdout", {{"capture": {{"mode": "memory", "attached": false,
+            "head": {half}, "tail": {half}}}}}]]}}}}}}"#
+    );
+    agent
+        .start(spec::parse_input(json.as_bytes()).expect("valid spec"))
+        .expect("start big");
+    let res = agent.wait("big").expect("big");
+    assert_eq!(res.status.and_then(|s| s.exit_code), Some(0));
+    let data = agent
+        .fd_data("big", "stdout", 0, Some(16))
+        .expect("fd data");
+    assert_eq!(data.length, BIG);
+    eprintln!(
+        "parent_rss_1g: agent holds {} MiB captured; bench process VmRSS {} MiB",
+        data.length >> 20,
+        vm_rss_kib() >> 10
+    );
+    agent
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+//------------------------------------------------------------------------------
+// raw libc baseline
+//------------------------------------------------------------------------------
+
+fn cvt(r: libc::c_int, what: &str) -> libc::c_int {
+    assert!(r >= 0, "{what}: {}", std::io::Error::last_os_error());
+    r
+}
+
+fn pipe_cloexec() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    cvt(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        "pipe2",
+    );
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// What the raw loop keeps per child.
+struct RawChild {
+    pidfd: OwnedFd,
+    out: OwnedFd,
+    err: OwnedFd,
+}
+
+/// A prebuilt argv and envp for `posix_spawn`.
+struct RawCmd {
+    path: CString,
+    _argv_store: Vec<CString>,
+    argv: Vec<*mut libc::c_char>,
+    _envp_store: Vec<CString>,
+    envp: Vec<*mut libc::c_char>,
+}
+
+impl RawCmd {
+    fn new(path: &str) -> RawCmd {
+        use std::os::unix::ffi::OsStrExt;
+        let path = CString::new(path).expect("no NUL");
+        let argv_store = vec![path.clone()];
+        let envp_store: Vec<CString> = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).expect("no NUL")
+            })
+            .collect();
+        let ptrs = |v: &[CString]| -> Vec<*mut libc::c_char> {
+            v.iter()
+                .map(|s| s.as_ptr().cast_mut())
+                .chain(std::iter::once(std::ptr::null_mut()))
+                .collect()
+        };
+        RawCmd {
+            argv: ptrs(&argv_store),
+            envp: ptrs(&envp_store),
+            path,
+            _argv_store: argv_store,
+            _envp_store: envp_store,
+        }
+    }
+
+    fn spawn(&self) -> RawChild {
+        let (out_r, out_w) = pipe_cloexec();
+        let (err_r, err_w) = pipe_cloexec();
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: the file actions object is initialised before use and destroyed
+        // after; the argv/envp arrays are NUL-terminated and outlive the call;
+        // dup2 onto 1 and 2 clears close-on-exec there, every other pipe end is
+        // close-on-exec.
+        unsafe {
+            let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+            cvt(libc::posix_spawn_file_actions_init(&mut fa), "fa init");
+            cvt(
+                libc::posix_spawn_file_actions_adddup2(&mut fa, out_w.as_raw_fd(), 1),
+                "adddup2",
+            );
+            cvt(
+                libc::posix_spawn_file_actions_adddup2(&mut fa, err_w.as_raw_fd(), 2),
+                "adddup2",
+            );
+            let r = libc::posix_spawn(
+                &mut pid,
+                self.path.as_ptr(),
+                &fa,
+                std::ptr::null(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            );
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            assert_eq!(
+                r,
+                0,
+                "posix_spawn: {}",
+                std::io::Error::from_raw_os_error(r)
+            );
+        }
+        drop((out_w, err_w));
+        // SAFETY: pidfd_open takes a pid and flags; the child is ours and not yet
+        // reaped, so the pid cannot have been reused.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        RawChild {
+            // SAFETY: a new fd that nothing else owns.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) },
+            out: out_r,
+            err: err_r,
+        }
+    }
+}
+
+/// Reads both pipes to EOF (poll + read), then reaps through the pidfd with
+/// rusage. Returns the bytes read.
+fn raw_finish(child: RawChild, buf: &mut [u8]) -> usize {
+    let mut total = 0;
+    let mut fds = [
+        libc::pollfd {
+            fd: child.out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: child.err.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let mut open = 2;
+    while open > 0 {
+        // SAFETY: `fds` is a valid array of two pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        cvt(r, "poll");
+        for p in fds.iter_mut().filter(|p| p.fd >= 0 && p.revents != 0) {
+            // SAFETY: `buf` is valid for `buf.len()` bytes.
+            let n = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                total += n as usize;
+            } else if n == 0 {
+                p.fd = -1; // EOF: poll ignores negative fds
+                open -= 1;
+            } else {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "read: {e}");
+            }
+        }
+    }
+    // SAFETY: zeroed siginfo_t and rusage are valid out-parameters.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the raw waitid syscall takes (idtype, id, *siginfo, options,
+    // *rusage); both pointers are valid for writes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            libc::P_PIDFD,
+            child.pidfd.as_raw_fd(),
+            &mut info as *mut libc::siginfo_t,
+            libc::WEXITED,
+            &mut ru as *mut libc::rusage,
+        )
+    };
+    assert!(r == 0, "waitid: {}", std::io::Error::last_os_error());
+    // SAFETY: waitid filled in a SIGCHLD siginfo, for which si_status is valid.
+    let (code, status) = unsafe { (info.si_code, info.si_status()) };
+    assert!(code == libc::CLD_EXITED && status == 0, "child failed");
+    total
+}
+
+/// `n` children with `in_flight` running at a time.
+fn raw_round(cmd: &RawCmd, n: usize, in_flight: usize, buf: &mut [u8]) {
+    let mut q = VecDeque::with_capacity(in_flight);
+    for _ in 0..n {
+        if q.len() == in_flight {
+            raw_finish(q.pop_front().expect("non-empty"), buf);
+        }
+        q.push_back(cmd.spawn());
+    }
+    while let Some(c) = q.pop_front() {
+        raw_finish(c, buf);
+    }
+}
+
+//------------------------------------------------------------------------------
+// std and tokio
+//------------------------------------------------------------------------------
+
+fn std_round(n: usize) {
+    for _ in 0..n {
+        let out = Command::new(TRUE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("spawn");
+        assert!(out.status.success());
+    }
+}
+
+fn std_round_threads(n: usize, threads: usize) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let share = n / threads + usize::from(t < n % threads);
+            s.spawn(move || std_round(share));
+        }
+    });
+}
+
+async fn tokio_round(n: usize, in_flight: usize) {
+    let mut set = tokio::task::JoinSet::new();
+    let mut done = 0;
+    let mut spawned = 0;
+    while done < n {
+        if spawned < n && set.len() < in_flight {
+            spawned += 1;
+            set.spawn(async {
+                tokio::process::Command::new(TRUE)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .output()
+                    .await
+            });
+            continue;
+        }
+        let out = set
+            .join_next()
+            .await
+            .expect("a task")
+            .expect("join")
+            .expect("spawn");
+        assert!(out.status.success());
+        done += 1;
+    }
+}
+
+//------------------------------------------------------------------------------
+
+fn per_iter(iters: u64, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..iters).map(|_| f()).sum()
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let t0 = Instant::now();
+    f();
+    t0.elapsed()
+}
+
+fn bench_spawn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("spawn/true");
+    g.throughput(Throughput::Elements(N as u64));
+    // Iterations take ~0.1 s: one per sample. Sample count and times come from
+    // the command line (`ci/bench` passes a quick setting).
+    g.sampling_mode(SamplingMode::Flat);
+
+    let input = chaperone_input(N);
+    {
+        let agent = Agent::new(Config::default()).expect("agent");
+        g.bench_function("chaperone", |b| {
+            b.iter_custom(|iters| per_iter(iters, || chaperone_round(&agent, &input)));
+        });
+    }
+
+    let cmd = RawCmd::new(TRUE);
+    let mut buf = vec![0u8; 64 * 1024];
+    g.bench_function("raw_vfork", |b| {
+        b.iter_custom(|iters| {
+            per_iter(iters, || {
+                timed(|| raw_round(&cmd, N, RAW_IN_FLIGHT, &mut buf))
+            })
+        });
+    });
+
+    g.bench_function("std_command", |b| {
+        b.iter_custom(|iters| per_iter(iters, || timed(|| std_round(N))));
+    });
+    g.bench_function("std_command_2t", |b| {
+        b.iter_custom(|iters| per_iter(iters, || timed(|| std_round_threads(N, 2))));
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    g.bench_function("tokio_64", |b| {
+        b.iter_custom(|iters| {
+            per_iter(iters, || {
+                timed(|| rt.block_on(tokio_round(N, TOKIO_IN_FLIGHT)))
+            })
+        });
+    });
+    drop(rt);
+
+    let big = agent_holding_big();
+    g.bench_function("parent_rss_1g", |b| {
+        b.iter_custom(|iters| per_iter(iters, || chaperone_round(&big, &input)));
+    });
+    g.bench_function("std_command_parent_rss_1g", |b| {
+        b.iter_custom(|iters| per_iter(iters, || timed(|| std_round(N))));
+    });
+    drop(big);
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_spawn(&mut c);
+    c.final_summary();
+}
