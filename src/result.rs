@@ -53,6 +53,35 @@ pub struct ProcRes {
     /// Extension: why the child failed before `execve`, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<ChildFailure>,
+    /// Extension: the working directory the child started in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extension: the umask the child started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<u32>,
+    /// Extension: the environment the child was given (`NAME` → value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Extension: the spec's timeout, and whether and when it fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeoutRes>,
+}
+
+/// Extension: what a process's timeout did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeoutRes {
+    /// Seconds after start when the signal is due.
+    pub after: f64,
+    /// The signal's name.
+    pub signal: String,
+    /// Seconds after the signal when SIGKILL follows, if any.
+    pub kill_after: Option<f64>,
+    /// Whether the signal was sent.
+    pub fired: bool,
+    /// When it was sent (RFC 3339), if it was.
+    pub fired_at: Option<String>,
+    /// Whether SIGKILL followed.
+    pub killed: bool,
 }
 
 /// A process's lifecycle state.
@@ -70,7 +99,7 @@ pub enum State {
 /// Extension: a failure in the child between `fork` and `execve`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChildFailure {
-    /// The setup step that failed, e.g. `"dup2"`, `"chdir"`, `"execve"`.
+    /// The setup step that failed: `"exec"`, `"dup_fd"`, `"close_fd"`, `"setsid"`, …
     pub stage: String,
     /// The `errno` it failed with.
     pub errno: i32,
@@ -529,6 +558,10 @@ mod tests {
                 errno: 2,
                 fd: None,
             }),
+            cwd: None,
+            umask: None,
+            env: None,
+            timeout: None,
         };
         let v = serde_json::to_value(&res).unwrap();
         assert_eq!(v["state"], "error");

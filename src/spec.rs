@@ -311,6 +311,115 @@ pub struct ProcSpec {
     pub fds: Vec<(String, FdSpec)>,
     /// systemd scope and slice properties: accepted and kept, but unused.
     pub systemd_properties: Option<serde_json::Value>,
+
+    // chaperone extensions: the child's start state (docs/spec.md). Values are
+    // parsed loosely and checked per proc when its plan is built, so a bad value
+    // fails only that proc, with an error naming the proc and the field.
+    /// Working directory of the child.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// File mode creation mask (JSON has no octal: 18 is 0o022). Default: the agent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub umask: Option<i64>,
+    /// Signal delivered to the child when the agent dies (`PR_SET_PDEATHSIG`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pdeath_sig: Option<SignalRef>,
+    /// Signals blocked and ignored at exec.
+    #[serde(skip_serializing_if = "SignalsSpec::is_empty")]
+    pub signals: SignalsSpec,
+    /// Resource limits: lower-case `RLIMIT_*` name → `[soft, hard]` (`null` is unlimited).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rlimits: BTreeMap<String, RlimitSpec>,
+    /// Whether the child calls `setsid()` (default true, as Procstar).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setsid: Option<bool>,
+    /// Process group instead of a new session: 0 for a new group led by the child,
+    /// or the id of an existing group to join.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_group: Option<i64>,
+    /// User to run as (name or uid); needs privilege.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<IdRef>,
+    /// Group to run as (name or gid); defaults to the user's primary group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<IdRef>,
+    /// Signal the process after a time, then kill it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeoutSpec>,
+    /// Signals from the API and timeouts go to the whole process group.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kill_group: bool,
+}
+
+/// A signal given by name (`"SIGTERM"`, `"TERM"`) or number (`15`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SignalRef {
+    /// A signal number.
+    Number(i64),
+    /// A signal name.
+    Name(String),
+}
+
+impl std::fmt::Display for SignalRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignalRef::Number(n) => write!(f, "{n}"),
+            SignalRef::Name(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// A user or group given by name or numeric id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IdRef {
+    /// A numeric id.
+    Id(i64),
+    /// A name to look up.
+    Name(String),
+}
+
+/// `"signals": {"mask": [...], "ignore": [...]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalsSpec {
+    /// Signals blocked at exec.
+    pub mask: Vec<SignalRef>,
+    /// Signals ignored (`SIG_IGN`) at exec.
+    pub ignore: Vec<SignalRef>,
+}
+
+impl SignalsSpec {
+    /// Whether nothing is blocked or ignored.
+    pub fn is_empty(&self) -> bool {
+        self.mask.is_empty() && self.ignore.is_empty()
+    }
+}
+
+/// One resource limit: `[soft, hard]`, or a single value for both; `null` is
+/// unlimited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RlimitSpec {
+    /// `[soft, hard]`.
+    Pair(Option<i64>, Option<i64>),
+    /// One value for soft and hard.
+    Both(Option<i64>),
+}
+
+/// `"timeout": {"after": s, "signal": "SIGTERM", "kill_after": s}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSpec {
+    /// Seconds after start when `signal` is sent.
+    pub after: f64,
+    /// The signal (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalRef>,
+    /// Seconds after `signal` when SIGKILL follows (default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_after: Option<f64>,
 }
 
 impl ProcSpec {
@@ -332,6 +441,10 @@ impl ProcSpec {
 pub struct EnvSpec {
     /// Which of the agent's variables the child inherits.
     pub inherit: EnvInherit,
+    /// chaperone extension: set HOME, USER, LOGNAME and SHELL for the spec's `user`
+    /// (applied after `inherit`, before `vars`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub user_env: bool,
     /// Variables to set (a string) or unset (`null`), applied after `inherit`.
     pub vars: BTreeMap<String, Option<String>>,
 }
@@ -457,7 +570,8 @@ impl EnvSpec {
 pub enum FdSpec {
     /// Leave the fd as the agent has it: `"inherit"` or `{"inherit": null}`.
     Inherit,
-    /// Close the fd in the child; an fd that is not open is an error: `"close"`.
+    /// Close the fd in the child: `"close"`. Only meaningful for fds 0–2; no other
+    /// agent fd reaches a child, so closing an fd ≥ 3 is a no-op (docs/spec.md).
     Close,
     /// Open `/dev/null` onto the fd: `{"null": {"flags": F}}`. The bare string
     /// `"null"` is rejected.
@@ -947,8 +1061,8 @@ mod tests {
 
     #[test]
     fn parse_rejects_unknown_proc_field() {
-        let msg = json_err(r#"{"specs": {"p": {"argv": ["x"], "cwd": "/"}}}"#);
-        assert!(msg.contains("unknown field `cwd`"), "{msg}");
+        let msg = json_err(r#"{"specs": {"p": {"argv": ["x"], "workdir": "/"}}}"#);
+        assert!(msg.contains("unknown field `workdir`"), "{msg}");
     }
 
     #[test]
@@ -1271,6 +1385,7 @@ mod tests {
     fn env_build_inherits_only_existing_listed_names() {
         let env = EnvSpec {
             inherit: EnvInherit::Names(vec!["USER".into(), "TERM".into(), "NOT_A_VAR".into()]),
+            user_env: false,
             vars: BTreeMap::new(),
         };
         let parent = os(&[("PATH", "/bin"), ("TERM", "xterm"), ("USER", "me")]);
@@ -1281,6 +1396,7 @@ mod tests {
     fn env_build_overrides_in_place_and_removes_nulls() {
         let env = EnvSpec {
             inherit: EnvInherit::All,
+            user_env: false,
             vars: BTreeMap::from([
                 ("B".to_owned(), Some("new".to_owned())),
                 ("C".to_owned(), None),
@@ -1299,6 +1415,7 @@ mod tests {
     fn env_build_with_inherit_none_uses_only_vars() {
         let env = EnvSpec {
             inherit: EnvInherit::None,
+            user_env: false,
             vars: BTreeMap::from([("X".to_owned(), Some("1".to_owned()))]),
         };
         assert_eq!(env.build(os(&[("A", "a")])), os(&[("X", "1")]));
@@ -1319,6 +1436,7 @@ mod tests {
         );
         let env = EnvSpec {
             inherit: EnvInherit::Names(vec!["PROCSTAR_AGENT_TOKEN".into()]),
+            user_env: false,
             vars: BTreeMap::from([("PROCSTAR_AGENT_KEY".to_owned(), Some("x".to_owned()))]),
         };
         assert_eq!(env.build(parent), os(&[]));

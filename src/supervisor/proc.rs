@@ -175,6 +175,46 @@ pub(crate) struct Proc {
     pub captures: Vec<Capture>,
     /// Callers waiting for this process to finish.
     pub waiters: Vec<Box<dyn FnOnce(Snapshot) + Send>>,
+    /// The start state the child was given (result extensions).
+    pub started_with: StartInfo,
+    /// The spec's timeout and what it has done.
+    pub timeout: Option<TimeoutState>,
+    /// Whether signals go to the whole process group.
+    pub kill_group: bool,
+}
+
+/// The start state a child was given, reported in its result.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StartInfo {
+    pub cwd: Option<String>,
+    pub umask: Option<u32>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A process's timeout: the plan, and what has happened.
+#[derive(Clone, Debug)]
+pub(crate) struct TimeoutState {
+    /// The key of the pending timer op, if one is armed.
+    pub timer: Option<u64>,
+    pub after: std::time::Duration,
+    pub signum: i32,
+    pub kill_after: Option<std::time::Duration>,
+    pub fired_at: Option<SystemTime>,
+    pub killed: bool,
+}
+
+impl TimeoutState {
+    fn to_res(&self) -> crate::result::TimeoutRes {
+        crate::result::TimeoutRes {
+            after: self.after.as_secs_f64(),
+            signal: crate::signal::signal_name(self.signum)
+                .map_or_else(|| self.signum.to_string(), str::to_string),
+            kill_after: self.kill_after.map(|d| d.as_secs_f64()),
+            fired: self.fired_at.is_some(),
+            fired_at: self.fired_at.map(rfc3339),
+            killed: self.killed,
+        }
+    }
 }
 
 impl Proc {
@@ -228,6 +268,10 @@ impl Proc {
                 errno: f.errno.raw_os_error(),
                 fd: (f.fd >= 0).then_some(f.fd),
             }),
+            cwd: self.started_with.cwd.clone(),
+            umask: self.started_with.umask,
+            env: self.started_with.env.clone(),
+            timeout: self.timeout.as_ref().map(TimeoutState::to_res),
         };
         let fds = self
             .fds
@@ -379,6 +423,12 @@ pub(crate) struct Prepared {
     pub fds: Vec<(String, Option<usize>)>,
     pub captures: Vec<Capture>,
     pub errors: Vec<String>,
+    /// The start state given to the child (result extensions).
+    pub started_with: StartInfo,
+    /// The resolved timeout, if the spec has one.
+    pub timeout: Option<TimeoutState>,
+    /// Whether signals go to the whole process group.
+    pub kill_group: bool,
 }
 
 /// Builds the child plan for one spec. Failures to open fds are collected as
@@ -524,5 +574,8 @@ pub(crate) fn prepare(
         fds,
         captures,
         errors,
+        started_with: StartInfo::default(),
+        timeout: None,
+        kill_group: ps.kill_group,
     }
 }

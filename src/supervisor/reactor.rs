@@ -23,6 +23,8 @@ enum Tag {
     Pipe { proc: u64, cap: usize },
     /// The exit wait of process `proc`.
     Exit { proc: u64 },
+    /// The timeout of process `proc`: its signal, or (`kill`) the SIGKILL after it.
+    Timeout { proc: u64, kill: bool },
 }
 
 pub(crate) struct Reactor {
@@ -139,6 +141,11 @@ impl Reactor {
                 }
                 return;
             }
+            Tag::Timeout { proc, kill } => {
+                self.ring.finish(cqe);
+                self.timeout_fired(proc, kill);
+                return;
+            }
             Tag::Exit { proc } => {
                 tracing::debug!(proc, result = ?cqe.result, "exit completion");
                 if !self.exited.contains(&proc) {
@@ -147,6 +154,39 @@ impl Reactor {
             }
         }
         self.ring.finish(cqe);
+    }
+
+    /// A timeout's timer fired: send its signal (then arm the SIGKILL timer), or the
+    /// SIGKILL itself. Nothing happens once the process has exited.
+    fn timeout_fired(&mut self, serial: u64, kill: bool) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        let running = p.is_running();
+        let Some(t) = p.timeout.as_mut() else { return };
+        t.timer = None;
+        if !running {
+            return;
+        }
+        let signum = if kill { libc::SIGKILL } else { t.signum };
+        if kill {
+            t.killed = true;
+        } else {
+            t.fired_at = Some(SystemTime::now());
+            if let Some(after) = t.kill_after {
+                t.timer = Some(self.ring.timeout(
+                    after,
+                    Tag::Timeout {
+                        proc: serial,
+                        kill: true,
+                    },
+                ));
+            }
+        }
+        tracing::info!(id = %p.id, signum, "timeout fired");
+        if let Err(e) = signal_proc(p, signum) {
+            tracing::warn!(id = %p.id, signum, "timeout signal failed: {e}");
+        }
     }
 
     /// A pipe read op ended: at EOF the pipe is closed; otherwise (ENOBUFS, a
@@ -247,6 +287,9 @@ impl Reactor {
             None => (-1, Rusage::from_raw(&crate::result::RawRusage::default())),
         };
         p.life = Life::Done { status, rusage };
+        if let Some(key) = p.timeout.as_mut().and_then(|t| t.timer.take()) {
+            self.ring.cancel(key);
+        }
         p.stop = Some((SystemTime::now(), Instant::now()));
         for cap in p.captures.iter_mut() {
             if let Store::Memory {
@@ -320,18 +363,13 @@ impl Reactor {
             Command::Signal(id, signum, reply) => {
                 let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
                     None => Err(ProcError::Unknown(id)),
-                    Some(p) => match (&p.life, &p.pidfd) {
-                        (Life::Running, Some(fd)) => {
-                            pidfd::send_signal(&**fd, signum).map_err(|e| {
-                                if e == rustix::io::Errno::SRCH {
-                                    ProcError::NoProcess
-                                } else {
-                                    ProcError::Signal(e.into())
-                                }
-                            })
+                    Some(p) => signal_proc(p, signum).map_err(|e| {
+                        if e == rustix::io::Errno::SRCH {
+                            ProcError::NoProcess
+                        } else {
+                            ProcError::Signal(e.into())
                         }
-                        _ => Err(ProcError::NoProcess),
-                    },
+                    }),
                 };
                 reply(r);
             }
@@ -419,6 +457,9 @@ impl Reactor {
             fds: prep.fds,
             captures: prep.captures,
             waiters: Vec::new(),
+            started_with: prep.started_with,
+            timeout: prep.timeout,
+            kill_group: prep.kill_group,
         };
         if let Some(plan) = prep.plan {
             match spawn(plan, &mut self.stack) {
@@ -433,6 +474,13 @@ impl Reactor {
                     proc.life = Life::Running;
                     let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });
                     tracing::debug!(serial, id = %proc.id, pid = ?proc.pid, key, "spawned");
+                    if let Some(t) = proc.timeout.as_mut() {
+                        let tag = Tag::Timeout {
+                            proc: serial,
+                            kill: false,
+                        };
+                        t.timer = Some(self.ring.timeout(t.after, tag));
+                    }
                     for (cap, c) in proc.captures.iter_mut().enumerate() {
                         if let Store::Memory {
                             pipe: Some(fd),
@@ -447,7 +495,7 @@ impl Reactor {
                         }
                     }
                 }
-                Err(e) => errors.push(format!("clone failed: {}", std::io::Error::from(e))),
+                Err(e) => errors.push(format!("spawn failed: {}", std::io::Error::from(e))),
             }
         }
         if !proc.is_running() {
@@ -467,6 +515,25 @@ impl Reactor {
         self.ids.insert(id.clone(), serial);
         self.emit(Event::Started(id));
     }
+}
+
+/// Sends `signum` to a running process through its pidfd and, with `kill_group`,
+/// to its process group too. Never signals a reaped process: its pid (and so its
+/// group id) may belong to someone else by now.
+fn signal_proc(p: &Proc, signum: i32) -> Result<(), rustix::io::Errno> {
+    let (Life::Running, Some(fd), Some(pid)) = (&p.life, &p.pidfd, p.pid) else {
+        return Err(rustix::io::Errno::SRCH);
+    };
+    let leader = pidfd::send_signal(&**fd, signum);
+    if p.kill_group {
+        // The leader is not reaped yet (Running), so its pid, which is the group's
+        // id, cannot have been reused. ESRCH: the group is already empty.
+        let group = pidfd::signal_group(pid, signum);
+        if leader.is_err() {
+            return group;
+        }
+    }
+    leader
 }
 
 /// Why the reactor could not start.

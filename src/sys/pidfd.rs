@@ -10,6 +10,26 @@
 use rustix::fd::{AsFd, AsRawFd};
 use rustix::io::Errno;
 
+/// `kill(-pgid, signum)`—sends `signum` to every process in group `pgid`.
+///
+/// The one place chaperone signals by number rather than pidfd: a process group
+/// has no fd. Callers only use it while the group's leader is unreaped, so the id
+/// cannot have been recycled.
+///
+/// # Errors
+/// `ESRCH` when no process is in the group.
+pub fn signal_group(pgid: i32, signum: i32) -> Result<(), Errno> {
+    if pgid <= 1 {
+        return Err(Errno::INVAL);
+    }
+    // SAFETY: kill has no memory arguments; a negative pid names a process group.
+    if unsafe { libc::kill(-pgid, signum) } < 0 {
+        Err(super::last_errno())
+    } else {
+        Ok(())
+    }
+}
+
 /// `pidfd_send_signal(pidfd, signum, NULL, 0)`—sends `signum` to the process.
 ///
 /// Since Linux 5.1.
