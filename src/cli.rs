@@ -43,6 +43,14 @@ pub struct Args {
     /// Default tail size of memory captures (bytes; K, M, G suffixes allowed).
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub capture_tail: usize,
+    /// Signal children get when the agent dies, unless a spec sets `pdeath_sig`
+    /// (a name such as SIGTERM, or a number). Default: none; children outlive it.
+    #[arg(long, value_name = "SIGNAL", value_parser = parse_signal_arg)]
+    pub pdeath_sig: Option<i32>,
+}
+
+fn parse_signal_arg(s: &str) -> Result<i32, String> {
+    crate::signal::parse_signal(s).ok_or_else(|| format!("unknown signal: {s:?}"))
 }
 
 /// Parses a byte size such as `4096`, `64K`, `64M`, `1G` or `1MiB`.
@@ -98,6 +106,7 @@ pub fn run(args: Args) -> u8 {
     let config = Config {
         capture_head: args.capture_head,
         capture_tail: args.capture_tail,
+        pdeath_sig: args.pdeath_sig,
         ..Config::default()
     };
     let agent = match Agent::new(config) {

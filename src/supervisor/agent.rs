@@ -63,6 +63,9 @@ pub struct Config {
     pub buf_entries: u16,
     /// Submission queue entries of the ring.
     pub ring_entries: u32,
+    /// Signal every child gets when the agent dies, unless its spec says
+    /// otherwise (`--pdeath-sig`); `None`: children outlive the agent.
+    pub pdeath_sig: Option<i32>,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             pipe_size: crate::sys::pipe::max_size(),
             buf_entries: 4,
             ring_entries: 512,
+            pdeath_sig: None,
         }
     }
 }
