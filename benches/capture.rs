@@ -11,6 +11,9 @@
 //! `write()`s one 1 MiB buffer of zeros until BYTES are out, so both sides see the
 //! same, cheapest possible producer. `CHAPERONE_BENCH_CAPTURE_BYTES` overrides the
 //! 4 GiB (for a quick try).
+//!
+//! `capture --paired ROUNDS` (not criterion) alternates the two, one run of each
+//! per round (the order flips every round), and prints the times as JSON.
 
 use chaperone::spec;
 use chaperone::{Agent, Config};
@@ -110,7 +113,8 @@ fn chaperone_round(agent: &Agent, input: &spec::Input, bytes: u64) -> Duration {
     elapsed
 }
 
-fn bench_capture(c: &mut Criterion) {
+/// Bytes per run, the writer's path, and the group name.
+fn setup() -> (u64, String, String) {
     let bytes = std::env::var("CHAPERONE_BENCH_CAPTURE_BYTES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -118,17 +122,14 @@ fn bench_capture(c: &mut Criterion) {
     let exe = std::env::current_exe().expect("current exe");
     let exe = exe.to_str().expect("UTF-8 path").to_string();
     let name = if bytes == DEFAULT_BYTES {
-        "4g".to_string()
+        "capture/4g".to_string()
     } else {
-        format!("{bytes}b")
+        format!("capture/{bytes}b")
     };
+    (bytes, exe, name)
+}
 
-    let mut g = c.benchmark_group(format!("capture/{name}"));
-    g.throughput(Throughput::Bytes(bytes));
-    g.sampling_mode(SamplingMode::Flat);
-    g.sample_size(10);
-
-    let agent = Agent::new(Config::default()).expect("agent");
+fn chaperone_input(exe: &str, bytes: u64) -> spec::Input {
     let json = serde_json::json!({"specs": {"w": {
         "argv": [exe, "--writer", bytes.to_string()],
         "fds": [
@@ -137,7 +138,42 @@ fn bench_capture(c: &mut Criterion) {
             ["stderr", {"null": {}}],
         ],
     }}});
-    let input = spec::parse_input(json.to_string().as_bytes()).expect("valid spec");
+    spec::parse_input(json.to_string().as_bytes()).expect("valid spec")
+}
+
+fn paired(rounds: usize) {
+    let (bytes, exe, name) = setup();
+    let agent = Agent::new(Config::default()).expect("agent");
+    let input = chaperone_input(&exe, bytes);
+    let mut buf = vec![0u8; CHUNK];
+    let (mut chap, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let c = || chaperone_round(&agent, &input, bytes).as_secs_f64();
+        if round % 2 == 0 {
+            chap.push(c());
+            raw.push(raw_round(&exe, bytes, &mut buf).as_secs_f64());
+        } else {
+            raw.push(raw_round(&exe, bytes, &mut buf).as_secs_f64());
+            chap.push(c());
+        }
+    }
+    let times = serde_json::json!({
+        format!("{name}/chaperone"): chap,
+        format!("{name}/raw_read"): raw,
+    });
+    println!("{}", serde_json::json!({"bytes": bytes, "times": times}));
+}
+
+fn bench_capture(c: &mut Criterion) {
+    let (bytes, exe, name) = setup();
+
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Bytes(bytes));
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+
+    let agent = Agent::new(Config::default()).expect("agent");
+    let input = chaperone_input(&exe, bytes);
     g.bench_function("chaperone", |b| {
         b.iter_custom(|iters| {
             (0..iters)
@@ -156,12 +192,19 @@ fn bench_capture(c: &mut Criterion) {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("--writer") {
-        let n = args
-            .next()
-            .and_then(|s| s.parse().ok())
-            .expect("--writer BYTES");
-        writer(n);
+    match args.next().as_deref() {
+        Some("--writer") => {
+            let n = args
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("--writer BYTES");
+            writer(n);
+        }
+        Some("--paired") => {
+            paired(args.next().and_then(|s| s.parse().ok()).unwrap_or(4));
+            return;
+        }
+        _ => {}
     }
     let mut c = Criterion::default().configure_from_args();
     bench_capture(&mut c);

@@ -2,24 +2,36 @@
 //! every exit status (and rusage where the API gives it) collected.
 //!
 //! * `spawn/true/chaperone`: one `Agent::start` of `N` specs with two memory
-//!   captures each, then a `wait` for every proc (its full result); the deletes
-//!   that keep the proc table small run after the clock stops.
+//!   captures each; the bench counts `Exited` events from its subscription, then
+//!   takes every full result with one `results()`. The deletes that keep the
+//!   proc table small run after the clock stops.
+//! * `spawn/true/all_fields`: the `chaperone` loop with every child-control
+//!   field set in each spec (cwd, umask, pdeath_sig, signals, rlimits,
+//!   process_group, kill_group, a timeout that never fires).
 //! * `spawn/true/raw_vfork`: the machine ceiling, a tight libc loop: glibc
 //!   `posix_spawn` (a `clone(CLONE_VM|CLONE_VFORK)`) with two `pipe2` pipes
 //!   dup'ed onto 1 and 2, `pidfd_open`, `poll`+`read` of both pipes to EOF,
-//!   `waitid(P_PIDFD)` with rusage; two children in flight.
+//!   `waitid(P_PIDFD)` with rusage; two children in flight, one spawning thread.
 //! * `spawn/true/std_command`: `std::process::Command::output()` with both pipes,
-//!   sequentially; `spawn/true/std_command_2t`: the same on two threads (one per
-//!   core, like the two children in flight of the raw loop).
+//!   sequentially (std spawns through `posix_spawn` too);
+//!   `spawn/true/std_command_2t`: the same on two threads, i.e. two spawning
+//!   threads, one per core.
 //! * `spawn/true/tokio_64`: `tokio::process::Command::output()`, 64 in flight on a
 //!   current-thread runtime.
 //! * `spawn/true/parent_rss_1g`: the chaperone loop on an agent that holds 1 GiB
-//!   of captured output (a child wrote 1 GiB into a head=tail=512 MiB capture);
-//!   `spawn/true/std_command_parent_rss_1g`: `std_command` with that 1 GiB still
-//!   held in this process.
+//!   of captured output (a child wrote 1 GiB into a head=tail=512 MiB capture,
+//!   so this process's RSS is > 1 GiB); `spawn/true/std_command_parent_rss_1g`:
+//!   `std_command` with that 1 GiB still held.
 //!
 //! Every benchmark reports time per iteration of `N` children and throughput in
 //! children per second. `ci/bench` turns the means into ratios.
+//!
+//! `spawn --paired ROUNDS` (not criterion) runs the same work interleaved, one
+//! iteration of each variant per round in a rotating order, and prints the times
+//! as JSON: on a noisy machine, per-round ratios are steadier than ratios of
+//! means measured minutes apart. It also times `chaperone_wait_each` (a blocking
+//! `wait` per proc instead of events + `results()`), and holds its 1 GiB as a
+//! touched anonymous mapping, made and dropped every round.
 
 use chaperone::spec::{self, Input};
 use chaperone::{Agent, Config};
@@ -55,6 +67,25 @@ fn chaperone_input(n: usize) -> Input {
     spec::parse_input(json.as_bytes()).expect("valid spec")
 }
 
+/// [`chaperone_input`] with every child-control field set (docs/spec.md, "Child
+/// control"): the same children, each with a cwd, umask, parent-death signal,
+/// blocked and ignored signals, two rlimits, its own process group, kill_group
+/// and a (never firing) timeout. Compared with `chaperone` in `ci/bench`.
+fn chaperone_input_all_fields(n: usize) -> Input {
+    let spec = format!(
+        r#"{{"argv": ["{TRUE}"], "fds": [["stdout", {{"capture": {{"mode": "memory"}}}}],
+            ["stderr", {{"capture": {{"mode": "memory"}}}}]],
+            "cwd": "/", "umask": 18, "pdeath_sig": "SIGTERM",
+            "signals": {{"mask": ["SIGUSR1"], "ignore": ["SIGPIPE"]}},
+            "rlimits": {{"core": 0, "nofile": [1024, 1024]}},
+            "process_group": 0, "kill_group": true,
+            "timeout": {{"after": 3600, "kill_after": 10}}}}"#
+    );
+    let specs: Vec<String> = (0..n).map(|i| format!(r#""t{i}": {spec}"#)).collect();
+    let json = format!(r#"{{"specs": {{{}}}}}"#, specs.join(","));
+    spec::parse_input(json.as_bytes()).expect("valid spec")
+}
+
 /// Starts `input`, waits for each proc's final result and checks it. Returns the
 /// time from start to the last result; the deletes are not timed.
 fn chaperone_round(agent: &Agent, input: &Input) -> Duration {
@@ -67,6 +98,38 @@ fn chaperone_round(agent: &Agent, input: &Input) -> Duration {
         .collect();
     let elapsed = t0.elapsed();
     for (id, res) in ids.iter().zip(&results) {
+        let code = res.status.as_ref().and_then(|s| s.exit_code);
+        assert_eq!(code, Some(0), "{id}: {:?}", res.errors);
+        assert!(res.rusage.is_some(), "{id}: no rusage");
+        assert_eq!(res.fds.len(), 2, "{id}: {:?}", res.fds);
+        agent.delete(id).expect("delete");
+    }
+    elapsed
+}
+
+/// Like [`chaperone_round`], but the way a server would collect: it counts
+/// `Exited` events from its subscription, then takes every result with one
+/// `results()` call.
+fn chaperone_round_events(
+    agent: &Agent,
+    events: &std::sync::mpsc::Receiver<chaperone::Event>,
+    input: &Input,
+) -> Duration {
+    let input = input.clone();
+    // Events of earlier rounds (every proc of theirs has exited and is deleted).
+    while events.try_recv().is_ok() {}
+    let t0 = Instant::now();
+    let ids = agent.start(input).expect("start");
+    let mut left = ids.len();
+    while left > 0 {
+        if let chaperone::Event::Exited(_) = events.recv().expect("agent alive") {
+            left -= 1;
+        }
+    }
+    let results = agent.results();
+    let elapsed = t0.elapsed();
+    for id in &ids {
+        let res = &results[id];
         let code = res.status.as_ref().and_then(|s| s.exit_code);
         assert_eq!(code, Some(0), "{id}: {:?}", res.errors);
         assert!(res.rusage.is_some(), "{id}: no rusage");
@@ -380,8 +443,19 @@ fn bench_spawn(c: &mut Criterion) {
     let input = chaperone_input(N);
     {
         let agent = Agent::new(Config::default()).expect("agent");
+        let events = agent.subscribe();
         g.bench_function("chaperone", |b| {
-            b.iter_custom(|iters| per_iter(iters, || chaperone_round(&agent, &input)));
+            b.iter_custom(|iters| {
+                per_iter(iters, || chaperone_round_events(&agent, &events, &input))
+            });
+        });
+        let all_fields = chaperone_input_all_fields(N);
+        g.bench_function("all_fields", |b| {
+            b.iter_custom(|iters| {
+                per_iter(iters, || {
+                    chaperone_round_events(&agent, &events, &all_fields)
+                })
+            });
         });
     }
 
@@ -415,18 +489,134 @@ fn bench_spawn(c: &mut Criterion) {
     });
     drop(rt);
 
-    let big = agent_holding_big();
+    // Made on first use, so that a filter that skips both benches skips the 1 GiB.
+    let mut big: Option<(Agent, std::sync::mpsc::Receiver<chaperone::Event>)> = None;
+    let make_big = || {
+        let agent = agent_holding_big();
+        let events = agent.subscribe();
+        (agent, events)
+    };
     g.bench_function("parent_rss_1g", |b| {
-        b.iter_custom(|iters| per_iter(iters, || chaperone_round(&big, &input)));
+        let (agent, events) = big.get_or_insert_with(make_big);
+        b.iter_custom(|iters| per_iter(iters, || chaperone_round_events(agent, events, &input)));
     });
     g.bench_function("std_command_parent_rss_1g", |b| {
+        big.get_or_insert_with(make_big);
         b.iter_custom(|iters| per_iter(iters, || timed(|| std_round(N))));
     });
     drop(big);
     g.finish();
 }
 
+//------------------------------------------------------------------------------
+// paired mode
+//------------------------------------------------------------------------------
+
+/// 1 GiB of anonymous memory, touched, in this process (which the agent shares).
+struct Ballast {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Ballast {
+    fn new(len: usize) -> Ballast {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(
+            ptr != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `ptr` is a writable mapping of `len` bytes that we own.
+        unsafe { std::ptr::write_bytes(ptr.cast::<u8>(), 1, len) };
+        Ballast { ptr, len }
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, used by nobody else.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// `spawn --paired ROUNDS`: the same work as the criterion benches, but
+/// interleaved: every round times one iteration (`N` children) of each, so that
+/// each pair of figures saw the same machine load. The 1 GiB variants hold a
+/// touched 1 GiB anonymous mapping (dropped between rounds) instead of a capture.
+/// Prints one JSON object: `{"n": N, "times": {id: [seconds per round]}}`.
+fn paired(rounds: usize) {
+    let input = chaperone_input(N);
+    let agent = Agent::new(Config::default()).expect("agent");
+    let cmd = RawCmd::new(TRUE);
+    let mut buf = vec![0u8; 64 * 1024];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ids: [&str; 8] = [
+        "chaperone",
+        "raw_vfork",
+        "std_command",
+        "std_command_2t",
+        "tokio_64",
+        "parent_rss_1g",
+        "std_command_parent_rss_1g",
+        "chaperone_wait_each",
+    ];
+    let events = agent.subscribe();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); ids.len()];
+    // One untimed warm-up round.
+    for round in 0..=rounds {
+        // Seven blocks, in an order rotated every round so that no variant always
+        // runs first or after the same neighbour.
+        let mut t = [Duration::ZERO; 8];
+        for block in 0..7 {
+            match (block + round) % 7 {
+                6 => t[7] = chaperone_round(&agent, &input),
+                0 => t[0] = chaperone_round_events(&agent, &events, &input),
+                1 => t[1] = timed(|| raw_round(&cmd, N, RAW_IN_FLIGHT, &mut buf)),
+                2 => t[2] = timed(|| std_round(N)),
+                3 => t[3] = timed(|| std_round_threads(N, 2)),
+                4 => t[4] = timed(|| rt.block_on(tokio_round(N, TOKIO_IN_FLIGHT))),
+                _ => {
+                    let ballast = Ballast::new(BIG as usize);
+                    t[5] = chaperone_round_events(&agent, &events, &input);
+                    t[6] = timed(|| std_round(N));
+                    drop(ballast);
+                }
+            }
+        }
+        if round > 0 {
+            for (v, d) in times.iter_mut().zip(t) {
+                v.push(d.as_secs_f64());
+            }
+        }
+    }
+    let obj: serde_json::Map<String, serde_json::Value> = ids
+        .iter()
+        .zip(times)
+        .map(|(id, v)| (format!("spawn/true/{id}"), serde_json::json!(v)))
+        .collect();
+    println!("{}", serde_json::json!({"n": N, "times": obj}));
+}
+
 fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--paired") {
+        let rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+        paired(rounds);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     bench_spawn(&mut c);
     c.final_summary();
