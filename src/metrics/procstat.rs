@@ -86,8 +86,9 @@ pub struct ProcStat {
     pub delayacct_blkio_ticks: f64,
     /// Guest time, seconds.
     pub guest_time: f64,
-    /// Guest time of waited-for children, seconds.
-    pub cguest_time: f64,
+    /// Guest time of waited-for children, in clock ticks: an integer, as Procstar
+    /// reports it (its example result shows `"cguest_time": 0`, not `0.0`).
+    pub cguest_time: i64,
     /// The raw wait status (the kernel's name for it is `exit_code`).
     pub exit_code: i32,
 }
@@ -257,7 +258,7 @@ pub fn parse_stat(text: &str, ctx: &StatContext) -> Result<ProcStat, ParseError>
     let policy = f.next("policy")?;
     let delayacct_blkio_ticks = secs(f.next::<u64>("delayacct_blkio_ticks")? as f64);
     let guest_time = secs(f.next::<u64>("guest_time")? as f64);
-    let cguest_time = secs(f.next::<i64>("cguest_time")? as f64);
+    let cguest_time = f.next::<i64>("cguest_time")?;
     f.skip(&[
         "start_data",
         "end_data",
@@ -445,7 +446,7 @@ mod tests {
         assert_eq!(s.processor, 5);
         assert_eq!(s.delayacct_blkio_ticks, 0.12);
         assert_eq!(s.guest_time, 0.34);
-        assert_eq!(s.cguest_time, 0.56);
+        assert_eq!(s.cguest_time, 56);
         assert_eq!(s.exit_code, 256);
     }
 
