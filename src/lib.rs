@@ -24,6 +24,7 @@
 
 pub mod capture;
 pub mod cli;
+pub mod control;
 pub mod metrics;
 pub mod result;
 pub mod ring;

@@ -1,6 +1,7 @@
 //! One process: its plan (built in the parent), its captures, and its result.
 
 use crate::capture::headtail::{Frozen, HeadTail};
+use crate::control;
 use crate::metrics::procstat::{ProcStat, StatContext};
 use crate::result::{
     ChildFailure as ResFailure, Dropped, Encoding, FdRes, ProcRes, Rusage, State, Status, Times,
@@ -12,8 +13,8 @@ use crate::sys::spawn::{ChildFailure, ChildPlan, Stage};
 use bytes::Bytes;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use rustix::io::Errno;
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -263,7 +264,7 @@ impl Proc {
                 elapsed: elapsed.as_secs_f64(),
             },
             fds: Default::default(),
-            failure: self.failure.map(|f| ResFailure {
+            failure: self.failure.as_ref().map(|f| ResFailure {
                 stage: f.stage.name().to_string(),
                 errno: f.errno.raw_os_error(),
                 fd: (f.fd >= 0).then_some(f.fd),
@@ -375,6 +376,25 @@ pub(crate) fn failure_message(f: &ChildFailure, exe: &str) -> String {
         Stage::Setsid => format!("setsid failed: {err}"),
         Stage::CloseRange => format!("close_range failed: {err}"),
         Stage::SignalMask => format!("setting the signal mask failed: {err}"),
+        Stage::Setpgid => format!("setpgid failed: {err}"),
+        Stage::PdeathSig if f.errno == Errno::SRCH => {
+            "the agent exited before the child started".to_string()
+        }
+        Stage::PdeathSig => format!("setting the parent-death signal failed: {err}"),
+        Stage::Chdir => format!(
+            "chdir failed: {}: {err}",
+            f.path.as_deref().unwrap_or("<cwd>")
+        ),
+        Stage::Rlimit => format!(
+            "setting rlimit {} failed: {err}",
+            crate::control::RLIMIT_NAMES
+                .iter()
+                .find(|&&(_, r)| i64::from(r) == i64::from(f.fd))
+                .map_or_else(|| f.fd.to_string(), |(n, _)| (*n).to_string())
+        ),
+        Stage::SetGroups => format!("setgroups failed: {err}"),
+        Stage::SetGid => format!("setgid failed: {err}"),
+        Stage::SetUser => format!("setuid failed: {err}"),
         Stage::None => format!("child setup failed: {err}"),
     }
 }
@@ -395,6 +415,8 @@ pub(crate) struct PlanContext<'a> {
     pub tail: usize,
     /// Floor for long-lived fds (see `sys::fd::move_high`).
     pub fd_floor: RawFd,
+    /// The agent-wide parent-death signal (`Config::pdeath_sig`).
+    pub pdeath_sig: Option<i32>,
 }
 
 /// Pipes between procs of one request, keyed by (writer proc id, writer fd).
@@ -441,9 +463,41 @@ pub(crate) fn prepare(
 ) -> Prepared {
     let exe = ps.exe().unwrap_or_default().to_string();
     let mut errors = Vec::new();
-    let env: Vec<Vec<u8>> = ps
-        .env
-        .build(ctx.env.iter().cloned())
+    let defaults = control::Defaults {
+        pdeath_sig: ctx.pdeath_sig,
+    };
+    let ctl = match control::resolve(id, ps, &defaults) {
+        Ok(c) => Some(c),
+        Err(es) => {
+            errors.extend(es.iter().map(ToString::to_string));
+            None
+        }
+    };
+    // env.user_env: HOME, USER, LOGNAME and SHELL go in after `inherit` and before
+    // `vars`, which is the same as `vars` entries that the spec's own override.
+    let user_env_spec;
+    let env_spec = match ctl.as_ref().and_then(|c| c.user_env.as_ref()) {
+        Some(user_env) => {
+            let mut e = ps.env.clone();
+            for (k, v) in user_env {
+                e.vars.entry(k.clone()).or_insert_with(|| Some(v.clone()));
+            }
+            user_env_spec = e;
+            &user_env_spec
+        }
+        None => &ps.env,
+    };
+    let built = env_spec.build(ctx.env.iter().cloned());
+    let env_map: BTreeMap<String, String> = built
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let env: Vec<Vec<u8>> = built
         .into_iter()
         .map(|(k, v)| {
             use std::os::unix::ffi::OsStrExt;
@@ -461,6 +515,17 @@ pub(crate) fn prepare(
             None
         }
     };
+    let agent_cwd = std::env::current_dir().ok();
+    let spec_cwd = ps.cwd.as_deref().map(Path::new);
+    // The directory the child starts in: relative `file` paths are opened there.
+    let child_cwd: Option<PathBuf> = match (spec_cwd, &agent_cwd) {
+        (Some(c), Some(a)) => Some(a.join(c)),
+        (Some(c), None) => Some(c.to_path_buf()),
+        (None, a) => a.clone(),
+    };
+    if let (Some(p), Some(c)) = (plan.as_mut(), ctl.as_ref()) {
+        apply_control(p, c);
+    }
 
     let mut fds = Vec::new();
     let mut captures = Vec::new();
@@ -493,7 +558,11 @@ pub(crate) fn prepare(
                 fd::open(Path::new("/dev/null"), flags.oflags(fd), 0o666).map(Some)
             }
             FdSpec::File { path, flags, mode } => {
-                fd::open(Path::new(path), flags.oflags(fd), *mode).map(Some)
+                let path = match (spec_cwd, &child_cwd) {
+                    (Some(_), Some(dir)) => dir.join(path),
+                    _ => PathBuf::from(path),
+                };
+                fd::open(&path, flags.oflags(fd), *mode).map(Some)
             }
             FdSpec::Dup { fd: from } => match table.get(from).copied().flatten() {
                 Some(raw) => fd::dup_cloexec_raw(raw, 0).map(Some),
@@ -568,14 +637,56 @@ pub(crate) fn prepare(
     if !errors.is_empty() {
         plan = None;
     }
+    let started_with = StartInfo {
+        cwd: child_cwd.map(|p| p.to_string_lossy().into_owned()),
+        umask: ctl
+            .as_ref()
+            .and_then(|c| c.umask)
+            .or_else(|| control::agent_info().umask),
+        env: Some(env_map),
+    };
+    let timeout = ctl.as_ref().and_then(|c| c.timeout).map(|t| TimeoutState {
+        timer: None,
+        after: t.after,
+        signum: t.signum,
+        kill_after: t.kill_after,
+        fired_at: None,
+        killed: false,
+    });
     Prepared {
         plan,
         exe,
         fds,
         captures,
         errors,
-        started_with: StartInfo::default(),
-        timeout: None,
+        started_with,
+        timeout,
         kill_group: ps.kill_group,
+    }
+}
+
+/// Puts a proc's resolved start state into its child plan.
+fn apply_control(plan: &mut ChildPlan, c: &control::Control) {
+    plan.set_sigmask(c.mask);
+    plan.set_ignore(c.ignore);
+    match c.session {
+        control::Session::New => plan.set_setsid(true),
+        control::Session::Group(pgid) => plan.set_process_group(pgid),
+        control::Session::Inherit => plan.set_setsid(false),
+    }
+    if let Some(u) = c.umask {
+        plan.set_umask(u);
+    }
+    if let Some(sig) = c.pdeath_sig {
+        plan.set_pdeath_sig(sig, rustix::process::getpid().as_raw_nonzero().get());
+    }
+    if let Some(cwd) = &c.cwd {
+        plan.set_cwd(cwd.clone());
+    }
+    for &(resource, soft, hard) in &c.rlimits {
+        plan.add_rlimit(resource, soft, hard);
+    }
+    if let Some(creds) = &c.creds {
+        plan.set_user(creds.uid, creds.gid, creds.groups.clone());
     }
 }

@@ -431,6 +431,7 @@ impl Reactor {
                 head: self.config.capture_head,
                 tail: self.config.capture_tail,
                 fd_floor: self.fd_floor,
+                pdeath_sig: self.config.pdeath_sig,
             };
             let prep = proc::prepare(id, ps, &ctx, &mut pipes);
             self.launch(id.clone(), prep);

@@ -66,22 +66,34 @@ pub(crate) extern "C" fn child_main(arg: *mut c_void) -> i32 {
 }
 
 /// Runs the setup steps in order and execs; returns only on failure.
+///
+/// Order: signal dispositions → session or process group → umask → cwd → rlimits
+/// → credentials → parent-death signal → fd table → signal mask → exec.
+/// `PR_SET_PDEATHSIG` comes after the credentials because the kernel clears it
+/// when the effective uid or gid changes.
 fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
     // Signals: every disposition back to default (handlers must never run in a
-    // child sharing the parent's memory; SIG_IGN would survive exec). The mask
-    // stays all-blocked (inherited from the spawning thread) until just before exec.
-    let dfl = sigaction_default();
-    for sig in 1..=64 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+    // child sharing the parent's memory; an inherited SIG_IGN would survive exec),
+    // except the spec's ignore set, which becomes SIG_IGN. The mask stays
+    // all-blocked (inherited from the spawning thread) until just before exec.
+    let dfl = sigaction_with(SIG_DFL);
+    let ign = sigaction_with(SIG_IGN);
+    for sig in 1..=64u32 {
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
             continue;
         }
+        let action = if plan.ignore & (1u64 << (sig - 1)) != 0 {
+            &ign
+        } else {
+            &dfl
+        };
         // Errors (EINVAL for glibc's reserved 32/33) are harmless and ignored.
-        // SAFETY: `dfl` is a valid sigaction; the old-action pointer may be null.
+        // SAFETY: `action` is a valid sigaction; the old-action pointer may be null.
         let _ = unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,
                 sig,
-                &dfl as *const KernelSigaction,
+                action as *const KernelSigaction,
                 core::ptr::null_mut::<KernelSigaction>(),
                 8usize,
             )
@@ -92,6 +104,85 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
         // SAFETY: setsid has no memory arguments.
         if unsafe { libc::syscall(libc::SYS_setsid) } < 0 {
             return (Stage::Setsid, -1, super::errno());
+        }
+    } else if plan.pgid >= 0 {
+        // SAFETY: setpgid has no memory arguments.
+        if unsafe { libc::syscall(libc::SYS_setpgid, 0, plan.pgid) } < 0 {
+            return (Stage::Setpgid, -1, super::errno());
+        }
+    }
+
+    if plan.umask >= 0 {
+        // SAFETY: umask has no memory arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_umask, plan.umask) };
+    }
+
+    if !plan.cwd.is_null() {
+        // SAFETY: `plan.cwd` is a NUL-terminated string owned by the plan.
+        if unsafe { libc::syscall(libc::SYS_chdir, plan.cwd) } < 0 {
+            return (Stage::Chdir, -1, super::errno());
+        }
+    }
+
+    for entry in plan.rlimits() {
+        // SAFETY: `entry.limit` is a `struct rlimit64` (soft, hard) owned by the
+        // plan; the old-limit pointer may be null.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                entry.resource,
+                entry.limit.as_ptr(),
+                core::ptr::null_mut::<u64>(),
+            )
+        };
+        if rc < 0 {
+            return (Stage::Rlimit, entry.resource as i32, super::errno());
+        }
+    }
+
+    // Credentials, with raw syscalls: glibc's setuid()/setgid()/setgroups()
+    // signal every thread of the process to change theirs too (setxid broadcast),
+    // which must never happen in a vfork child sharing the agent's threads.
+    if plan.set_creds {
+        // SAFETY: `plan.groups` points to `groups_len` gids owned by the plan.
+        if unsafe { libc::syscall(libc::SYS_setgroups, plan.groups_len, plan.groups) } < 0 {
+            return (Stage::SetGroups, -1, super::errno());
+        }
+        // SAFETY: setgid has no memory arguments.
+        if unsafe { libc::syscall(libc::SYS_setgid, plan.gid) } < 0 {
+            return (Stage::SetGid, -1, super::errno());
+        }
+        if plan.uid >= 0 {
+            // SAFETY: setuid has no memory arguments.
+            if unsafe { libc::syscall(libc::SYS_setuid, plan.uid) } < 0 {
+                return (Stage::SetUser, -1, super::errno());
+            }
+        }
+    }
+
+    if plan.pdeath_sig > 0 {
+        // The signal follows the thread that created us (the reactor thread, which
+        // lives as long as the agent).
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes only integers.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG,
+                plan.pdeath_sig as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            return (Stage::PdeathSig, -1, super::errno());
+        }
+        // If the agent died before the prctl, we were reparented and no signal
+        // will come: leave now rather than run unsupervised.
+        // SAFETY: getppid has no arguments.
+        if unsafe { libc::syscall(libc::SYS_getppid) } != plan.agent_pid as libc::c_long {
+            return (Stage::PdeathSig, -1, libc::ESRCH);
         }
     }
 
@@ -178,9 +269,12 @@ pub(crate) struct KernelSigaction {
     mask: u64,
 }
 
-const fn sigaction_default() -> KernelSigaction {
+const SIG_DFL: usize = 0;
+const SIG_IGN: usize = 1;
+
+const fn sigaction_with(handler: usize) -> KernelSigaction {
     KernelSigaction {
-        handler: 0, // SIG_DFL
+        handler,
         flags: 0,
         restorer: 0,
         mask: 0,

@@ -10,6 +10,7 @@
 //! | `wait.rs` | [`wait::reap`]: `waitid(P_PIDFD)` with a rusage buffer |
 //! | `pipe.rs` | capture pipes: `pipe2`, `F_SETPIPE_SZ`, non-blocking read ends |
 //! | `fd.rs` | `F_DUPFD_CLOEXEC`, `O_TMPFILE` files, `pread` |
+//! | `user.rs` | user and group lookups (`getpwnam_r`, `getgrnam_r`, `getgrouplist`) in the parent |
 //! | `uring/` | the io_uring ring, its in-flight table, and the provided-buffer ring |
 //!
 //! Reading `/proc` needs no `unsafe` and lives in `crate::metrics`.
@@ -30,6 +31,7 @@ pub mod pidfd;
 pub mod pipe;
 pub mod spawn;
 pub mod uring;
+pub mod user;
 pub mod wait;
 
 /// Reads the calling thread's `errno`.

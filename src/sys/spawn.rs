@@ -37,6 +37,20 @@ pub enum Stage {
     SignalMask = 5,
     /// `execve()`.
     Exec = 6,
+    /// `setpgid(0, pgid)` for `process_group`.
+    Setpgid = 7,
+    /// `prctl(PR_SET_PDEATHSIG)`, or the agent was already gone (`ESRCH`).
+    PdeathSig = 8,
+    /// `chdir()` to the spec's `cwd`.
+    Chdir = 9,
+    /// `prlimit64()`; the report's fd field holds the resource number.
+    Rlimit = 10,
+    /// `setgroups()`.
+    SetGroups = 11,
+    /// `setgid()`.
+    SetGid = 12,
+    /// `setuid()`.
+    SetUser = 13,
 }
 
 impl Stage {
@@ -48,6 +62,13 @@ impl Stage {
             4 => Stage::CloseFd,
             5 => Stage::SignalMask,
             6 => Stage::Exec,
+            7 => Stage::Setpgid,
+            8 => Stage::PdeathSig,
+            9 => Stage::Chdir,
+            10 => Stage::Rlimit,
+            11 => Stage::SetGroups,
+            12 => Stage::SetGid,
+            13 => Stage::SetUser,
             _ => Stage::None,
         }
     }
@@ -62,6 +83,13 @@ impl Stage {
             Stage::CloseFd => "close_fd",
             Stage::SignalMask => "signal_mask",
             Stage::Exec => "exec",
+            Stage::Setpgid => "setpgid",
+            Stage::PdeathSig => "pdeath_sig",
+            Stage::Chdir => "chdir",
+            Stage::Rlimit => "rlimit",
+            Stage::SetGroups => "setgroups",
+            Stage::SetGid => "setgid",
+            Stage::SetUser => "setuid",
         }
     }
 }
@@ -136,6 +164,34 @@ pub struct ChildPlan {
     pub(crate) setsid: bool,
     /// Kernel sigset: bit n-1 is signal n.
     pub(crate) sigmask: u64,
+    /// Signals set to `SIG_IGN` (same layout as `sigmask`).
+    ignore: u64,
+    /// `setpgid(0, pgid)` when set (instead of `setsid`).
+    pgid: Option<i32>,
+    umask: Option<u32>,
+    /// The parent-death signal and the agent's pid to check `getppid()` against.
+    pdeath: Option<(i32, i32)>,
+    cwd: Option<CString>,
+    rlimits: Vec<RlimitEntry>,
+    creds: Option<Creds>,
+}
+
+/// One `prlimit64` call of the child.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RlimitEntry {
+    /// `RLIMIT_*`.
+    pub(crate) resource: u32,
+    /// `struct rlimit64`: soft, hard.
+    pub(crate) limit: [u64; 2],
+}
+
+/// The credentials the child switches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Creds {
+    uid: Option<u32>,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
 // SAFETY: the raw pointers in `CStringArray` point into the `CString`s the same plan
@@ -159,7 +215,61 @@ impl ChildPlan {
             sources: Vec::new(),
             setsid: true,
             sigmask: 0,
+            ignore: 0,
+            pgid: None,
+            umask: None,
+            pdeath: None,
+            cwd: None,
+            rlimits: Vec::new(),
+            creds: None,
         })
+    }
+
+    /// Signals blocked at exec (kernel layout: bit n-1 is signal n).
+    pub fn set_sigmask(&mut self, mask: u64) {
+        self.sigmask = mask;
+    }
+
+    /// Signals ignored (`SIG_IGN`) at exec; every other disposition is the default.
+    pub fn set_ignore(&mut self, ignore: u64) {
+        self.ignore = ignore;
+    }
+
+    /// Joins process group `pgid` (0: a new group led by the child) instead of
+    /// calling `setsid()`.
+    pub fn set_process_group(&mut self, pgid: i32) {
+        self.setsid = false;
+        self.pgid = Some(pgid);
+    }
+
+    /// The child's umask.
+    pub fn set_umask(&mut self, umask: u32) {
+        self.umask = Some(umask & 0o777);
+    }
+
+    /// `PR_SET_PDEATHSIG` with `signum`; the child then checks that its parent is
+    /// still `agent_pid` and exits at once if not.
+    pub fn set_pdeath_sig(&mut self, signum: i32, agent_pid: i32) {
+        self.pdeath = Some((signum, agent_pid));
+    }
+
+    /// The child's working directory.
+    pub fn set_cwd(&mut self, cwd: CString) {
+        self.cwd = Some(cwd);
+    }
+
+    /// Sets resource `resource` (`RLIMIT_*`) to `soft`/`hard` (`RLIM_INFINITY`
+    /// for unlimited).
+    pub fn add_rlimit(&mut self, resource: u32, soft: u64, hard: u64) {
+        self.rlimits.push(RlimitEntry {
+            resource,
+            limit: [soft, hard],
+        });
+    }
+
+    /// Switches to `gid` with supplementary `groups`, then to `uid` when given.
+    pub fn set_user(&mut self, uid: Option<u32>, gid: u32, groups: Vec<u32>) {
+        self.creds = Some(Creds { uid, gid, groups });
     }
 
     /// Whether the child calls `setsid()` (Procstar does; default true).
@@ -259,7 +369,26 @@ pub(crate) struct ChildPlanView {
     pub(crate) fd_actions: *const FdAction,
     pub(crate) fd_actions_len: usize,
     pub(crate) setsid: bool,
+    /// `setpgid(0, pgid)` when `>= 0`.
+    pub(crate) pgid: i32,
     pub(crate) sigmask: u64,
+    pub(crate) ignore: u64,
+    /// The umask, or -1 to keep the agent's.
+    pub(crate) umask: i32,
+    /// `PR_SET_PDEATHSIG` signal, or 0 for none.
+    pub(crate) pdeath_sig: i32,
+    /// The agent's pid, which `getppid()` must return after `pdeath_sig` is set.
+    pub(crate) agent_pid: i32,
+    /// NUL-terminated directory, or null to stay in the agent's.
+    pub(crate) cwd: *const c_char,
+    pub(crate) rlimits: *const RlimitEntry,
+    pub(crate) rlimits_len: usize,
+    /// Whether to switch credentials (setgroups, setgid, then setuid if `uid >= 0`).
+    pub(crate) set_creds: bool,
+    pub(crate) uid: i64,
+    pub(crate) gid: u32,
+    pub(crate) groups: *const u32,
+    pub(crate) groups_len: usize,
     /// One past the highest fd the child keeps (targets, sources, 0–2).
     pub(crate) fd_window: u32,
 }
@@ -272,6 +401,15 @@ impl ChildPlanView {
         // SAFETY: the pointer and length come from a live `Vec<FdAction>` in the plan
         // that outlives the child's use of this view (the parent is suspended).
         unsafe { core::slice::from_raw_parts(self.fd_actions, self.fd_actions_len) }
+    }
+
+    pub(crate) fn rlimits(&self) -> &[RlimitEntry] {
+        if self.rlimits_len == 0 {
+            return &[];
+        }
+        // SAFETY: the pointer and length come from a live `Vec<RlimitEntry>` in the
+        // plan that outlives the child's use of this view (the parent is suspended).
+        unsafe { core::slice::from_raw_parts(self.rlimits, self.rlimits_len) }
     }
 }
 
@@ -335,14 +473,16 @@ impl Drop for ChildStack {
 }
 
 /// How a child's setup failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildFailure {
     /// The failing step.
     pub stage: Stage,
-    /// The fd it worked on, or -1.
+    /// The fd it worked on, or -1; for [`Stage::Rlimit`], the resource number.
     pub fd: RawFd,
     /// The errno it got.
     pub errno: Errno,
+    /// For [`Stage::Chdir`], the directory (lossy UTF-8).
+    pub path: Option<String>,
 }
 
 /// A started child: its pid, its pidfd, and whether its setup failed.
@@ -377,7 +517,27 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
         fd_actions: plan.fd_actions.as_ptr(),
         fd_actions_len: plan.fd_actions.len(),
         setsid: plan.setsid,
+        pgid: plan.pgid.unwrap_or(-1),
         sigmask: plan.sigmask,
+        ignore: plan.ignore,
+        umask: plan.umask.and_then(|u| i32::try_from(u).ok()).unwrap_or(-1),
+        pdeath_sig: plan.pdeath.map_or(0, |(sig, _)| sig),
+        agent_pid: plan.pdeath.map_or(0, |(_, pid)| pid),
+        cwd: plan.cwd.as_ref().map_or(core::ptr::null(), |c| c.as_ptr()),
+        rlimits: plan.rlimits.as_ptr(),
+        rlimits_len: plan.rlimits.len(),
+        set_creds: plan.creds.is_some(),
+        uid: plan
+            .creds
+            .as_ref()
+            .and_then(|c| c.uid)
+            .map_or(-1, i64::from),
+        gid: plan.creds.as_ref().map_or(0, |c| c.gid),
+        groups: plan
+            .creds
+            .as_ref()
+            .map_or(core::ptr::null(), |c| c.groups.as_ptr()),
+        groups_len: plan.creds.as_ref().map_or(0, |c| c.groups.len()),
         fd_window: plan.fd_window(),
     };
     let mut report = ChildReport::default();
@@ -411,6 +571,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     let clone_errno = super::errno();
     // SAFETY: restoring the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
+    let cwd = plan.cwd.take();
     drop(plan); // closes the sources: the child has its own copies now
     if pid < 0 {
         return Err(Errno::from_raw_os_error(clone_errno));
@@ -420,10 +581,16 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     // SAFETY: the child wrote the report (if at all) before exec/exit, and vfork
     // ordering makes its write visible now.
     let report = unsafe { core::ptr::read_volatile(&report) };
-    let failure = (report.stage != 0).then(|| ChildFailure {
-        stage: Stage::from_raw(report.stage),
-        fd: report.fd,
-        errno: Errno::from_raw_os_error(report.errno),
+    let failure = (report.stage != 0).then(|| {
+        let stage = Stage::from_raw(report.stage);
+        ChildFailure {
+            stage,
+            fd: report.fd,
+            errno: Errno::from_raw_os_error(report.errno),
+            path: (stage == Stage::Chdir)
+                .then(|| cwd.map(|c| c.to_string_lossy().into_owned()))
+                .flatten(),
+        }
     });
     Ok(Spawned {
         pid: rustix::process::Pid::from_raw(pid).ok_or(Errno::SRCH)?,
