@@ -12,5 +12,6 @@
 mod agent;
 mod proc;
 mod reactor;
+mod spawner;
 
 pub use agent::{Agent, Config, Event, FdData, FdDataError, ProcError, StartError};

@@ -153,6 +153,8 @@ pub(crate) fn read_file(file: &OwnedFd, start: u64, stop: u64) -> Result<Bytes, 
 pub(crate) enum Life {
     /// Never started: the plan failed in the parent (errors say why).
     NotStarted,
+    /// Being spawned on the spawner thread.
+    Starting,
     /// Running; waiting for exit.
     Running,
     /// Exited, reaped, final.
@@ -220,7 +222,7 @@ impl TimeoutState {
 
 impl Proc {
     pub fn is_running(&self) -> bool {
-        matches!(self.life, Life::Running)
+        matches!(self.life, Life::Running | Life::Starting)
     }
 
     /// Builds the result snapshot (fd contents filled in by the caller).

@@ -2,11 +2,12 @@
 
 use super::agent::{Command, Config, Event, FdDataError, ProcError, StartError};
 use super::proc::{self, Capture, Content, Life, PlanContext, Proc, Snapshot, Store};
+use super::spawner::{Done, Spawner};
 use crate::metrics::procstat::StatContext;
 use crate::result::Rusage;
 use crate::ring::{Cqe, Mailbox, Ring, RingError};
 use crate::spec::{self, Input, ProcId};
-use crate::sys::spawn::{ChildStack, spawn};
+use crate::sys::spawn::{ChildStack, Spawned, spawn};
 use crate::sys::{pidfd, pipe, wait};
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
@@ -45,7 +46,22 @@ pub(crate) struct Reactor {
     cqes: Vec<Cqe>,
     /// Long-lived fds live at or above this number.
     fd_floor: i32,
+    /// The second spawning thread.
+    spawner: Spawner,
+    /// Spawns the spawner thread finished.
+    spawned_rx: std::sync::mpsc::Receiver<Done>,
+    /// Exe paths of procs on the spawner thread (for error messages).
+    starting: HashMap<u64, String>,
+    /// Start requests waiting for procs on the spawner thread.
+    pending_starts: Vec<PendingStart>,
 }
+
+/// A start request's reply, held until its procs on the spawner thread are done.
+type PendingStart = (
+    Vec<u64>,
+    Vec<ProcId>,
+    Box<dyn FnOnce(Result<Vec<ProcId>, StartError>) + Send>,
+);
 
 impl Reactor {
     pub(crate) fn new(config: Config, mailbox: Mailbox<Command>) -> Result<Reactor, StartupError> {
@@ -59,6 +75,12 @@ impl Reactor {
         );
         let stack = ChildStack::new().map_err(|e| StartupError::Sys("mmap of child stack", e))?;
         let stat_ctx = StatContext::from_system().ok();
+        let (done_tx, spawned_rx) = std::sync::mpsc::channel();
+        let spawner = Spawner::new(done_tx, mailbox.wake.clone()).map_err(|e| {
+            let errno =
+                rustix::io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EAGAIN));
+            StartupError::Sys("starting the spawner thread", errno)
+        })?;
         tracing::debug!(features = ?ring.features, "io_uring ready");
         Ok(Reactor {
             ring,
@@ -76,6 +98,10 @@ impl Reactor {
             scratch: vec![0u8; 64 * 1024],
             cqes: Vec::with_capacity(256),
             fd_floor: crate::sys::fd::high_floor(),
+            spawner,
+            spawned_rx,
+            starting: HashMap::new(),
+            pending_starts: Vec::new(),
         })
     }
 
@@ -84,6 +110,7 @@ impl Reactor {
         self.ring.read(self.wake_fd.clone(), 8, Tag::Wake);
         let mut closed = false;
         loop {
+            self.drain_spawned();
             if !closed {
                 closed = self.drain_mailbox();
             }
@@ -329,7 +356,24 @@ impl Reactor {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Start(input, reply) => reply(self.start(input)),
+            Command::Start(input, reply) => {
+                let first = self.next_serial;
+                match self.start(input) {
+                    Ok(ids) => {
+                        // Reply once every proc of the request has a pid (or has
+                        // failed): callers may signal or query it at once.
+                        let waiting: Vec<u64> = (first..self.next_serial)
+                            .filter(|s| self.starting.contains_key(s))
+                            .collect();
+                        if waiting.is_empty() {
+                            reply(Ok(ids));
+                        } else {
+                            self.pending_starts.push((waiting, ids, reply));
+                        }
+                    }
+                    Err(e) => reply(Err(e)),
+                }
+            }
             Command::Result(id, reply) => {
                 let snap = self
                     .serial(&id)
@@ -443,13 +487,12 @@ impl Reactor {
     fn launch(&mut self, id: ProcId, prep: proc::Prepared) {
         let serial = self.next_serial;
         self.next_serial += 1;
-        let mut errors = prep.errors;
-        let mut proc = Proc {
+        let proc = Proc {
             id: id.clone(),
             pid: None,
             pidfd: None,
             life: Life::NotStarted,
-            errors: Vec::new(),
+            errors: prep.errors,
             failure: None,
             start: SystemTime::now(),
             start_mono: Instant::now(),
@@ -462,59 +505,120 @@ impl Reactor {
             timeout: prep.timeout,
             kill_group: prep.kill_group,
         };
-        if let Some(plan) = prep.plan {
-            match spawn(plan, &mut self.stack) {
-                Ok(child) => {
-                    if let Some(f) = child.failure {
-                        errors.push(proc::failure_message(&f, &prep.exe));
-                        proc.failure = Some(f);
-                    }
-                    proc.pid = Some(child.pid.as_raw_nonzero().get());
-                    let pidfd = Rc::new(crate::sys::fd::move_high(child.pidfd, self.fd_floor));
-                    proc.pidfd = Some(pidfd.clone());
-                    proc.life = Life::Running;
-                    let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });
-                    tracing::debug!(serial, id = %proc.id, pid = ?proc.pid, key, "spawned");
-                    if let Some(t) = proc.timeout.as_mut() {
-                        let tag = Tag::Timeout {
-                            proc: serial,
-                            kill: false,
-                        };
-                        t.timer = Some(self.ring.timeout(t.after, tag));
-                    }
-                    for (cap, c) in proc.captures.iter_mut().enumerate() {
-                        if let Store::Memory {
-                            pipe: Some(fd),
-                            read_key,
-                            ..
-                        } = &mut c.store
-                        {
-                            *read_key = Some(
-                                self.ring
-                                    .read_multishot(fd.clone(), Tag::Pipe { proc: serial, cap }),
-                            );
-                        }
-                    }
-                }
-                Err(e) => errors.push(format!("spawn failed: {}", std::io::Error::from(e))),
-            }
-        }
-        if !proc.is_running() {
-            proc.stop = Some((SystemTime::now(), Instant::now()));
-            for c in proc.captures.iter_mut() {
-                if let Store::Memory {
-                    pipe, live, frozen, ..
-                } = &mut c.store
-                {
-                    *pipe = None;
-                    *frozen = Some(std::sync::Arc::new(live.clone().freeze()));
-                }
-            }
-        }
-        proc.errors = errors;
         self.procs.insert(serial, proc);
         self.ids.insert(id.clone(), serial);
+        match prep.plan {
+            // Two execs at once: the spawner thread takes this one if it is idle,
+            // otherwise the reactor spawns it (and is suspended until it execs).
+            Some(plan) => match self.spawner.try_spawn(serial, Box::new(plan)) {
+                Ok(()) => {
+                    if let Some(p) = self.procs.get_mut(&serial) {
+                        p.life = Life::Starting;
+                    }
+                    self.starting.insert(serial, prep.exe);
+                }
+                Err(plan) => {
+                    let result = spawn(*plan, &mut self.stack);
+                    self.spawned(serial, result, &prep.exe);
+                }
+            },
+            None => self.settle_unstarted(serial),
+        }
         self.emit(Event::Started(id));
+    }
+
+    /// Takes the outcome of a spawn: arms the exit wait, the pipe reads and the
+    /// timeout of a started child, or records why it did not start.
+    fn spawned(&mut self, serial: u64, result: Result<Spawned, rustix::io::Errno>, exe: &str) {
+        let Some(proc) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        match result {
+            Ok(child) => {
+                if let Some(f) = child.failure {
+                    proc.errors.push(proc::failure_message(&f, exe));
+                    proc.failure = Some(f);
+                }
+                proc.pid = Some(child.pid.as_raw_nonzero().get());
+                let pidfd = Rc::new(crate::sys::fd::move_high(child.pidfd, self.fd_floor));
+                proc.pidfd = Some(pidfd.clone());
+                proc.life = Life::Running;
+                let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });
+                tracing::debug!(serial, id = %proc.id, pid = ?proc.pid, key, "spawned");
+                if let Some(t) = proc.timeout.as_mut() {
+                    let tag = Tag::Timeout {
+                        proc: serial,
+                        kill: false,
+                    };
+                    t.timer = Some(self.ring.timeout(t.after, tag));
+                }
+                for (cap, c) in proc.captures.iter_mut().enumerate() {
+                    if let Store::Memory {
+                        pipe: Some(fd),
+                        read_key,
+                        ..
+                    } = &mut c.store
+                    {
+                        *read_key = Some(
+                            self.ring
+                                .read_multishot(fd.clone(), Tag::Pipe { proc: serial, cap }),
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                proc.errors
+                    .push(format!("spawn failed: {}", std::io::Error::from(e)));
+                proc.life = Life::NotStarted;
+                self.settle_unstarted(serial);
+            }
+        }
+    }
+
+    /// A process that never started is final at once: stop time set, captures
+    /// frozen (empty), waiters answered.
+    fn settle_unstarted(&mut self, serial: u64) {
+        let Some(proc) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        proc.life = Life::NotStarted;
+        proc.stop = Some((SystemTime::now(), Instant::now()));
+        for c in proc.captures.iter_mut() {
+            if let Store::Memory {
+                pipe, live, frozen, ..
+            } = &mut c.store
+            {
+                *pipe = None;
+                *frozen = Some(std::sync::Arc::new(live.clone().freeze()));
+            }
+        }
+        let waiters = std::mem::take(&mut proc.waiters);
+        if !waiters.is_empty() {
+            let snap = proc.snapshot(self.stat_ctx.as_ref());
+            for w in waiters {
+                w(snap.clone());
+            }
+        }
+    }
+
+    /// Collects spawns the spawner thread finished.
+    fn drain_spawned(&mut self) {
+        let mut any = false;
+        while let Ok((serial, result)) = self.spawned_rx.try_recv() {
+            let exe = self.starting.remove(&serial).unwrap_or_default();
+            self.spawned(serial, result, &exe);
+            any = true;
+        }
+        if any {
+            let starting = &self.starting;
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_starts)
+                .into_iter()
+                .partition(|(serials, _, _)| serials.iter().all(|s| !starting.contains_key(s)));
+            self.pending_starts = waiting;
+            for (_, ids, reply) in ready {
+                reply(Ok(ids));
+            }
+        }
     }
 }
 
