@@ -421,6 +421,10 @@ fn timeout_sends_sigterm() {
         Some(15),
         "{res:?}"
     );
+    // The agent's own record: the signal went out no earlier than `after`, and
+    // TERM ended the sleep within the 1 s of the start.
+    let elapsed = res.times.elapsed;
+    assert!((0.5..1.0).contains(&elapsed), "elapsed {elapsed}");
     let t = res.timeout.expect("timeout in result");
     assert!(t.fired && !t.killed, "{t:?}");
     assert!(t.fired_at.is_some());
@@ -442,6 +446,8 @@ fn timeout_kill_after_sends_sigkill_to_a_child_ignoring_term() {
         Some(9),
         "{res:?}"
     );
+    // SIGKILL no earlier than after + kill_after.
+    assert!(res.times.elapsed >= 0.8, "elapsed {}", res.times.elapsed);
     let t = res.timeout.expect("timeout in result");
     assert!(t.fired && t.killed, "{t:?}");
 }
