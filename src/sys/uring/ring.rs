@@ -98,6 +98,8 @@ pub struct Ring<T> {
     // kernel still holds) before the slots and the buffer ring are freed.
     ring: IoUring,
     ops: Slab<Slot<T>>,
+    /// Entries that did not fit the submission queue, in order.
+    backlog: std::collections::VecDeque<squeue::Entry>,
     bufs: Option<BufRing>,
     /// What the kernel offers.
     pub features: Features,
@@ -164,6 +166,7 @@ impl<T> Ring<T> {
         Ok(Ring {
             ring,
             ops: Slab::with_capacity(256),
+            backlog: std::collections::VecDeque::new(),
             bufs: None,
             features,
         })
@@ -221,19 +224,44 @@ impl<T> Ring<T> {
         self.ops.len()
     }
 
-    /// Pushes one entry, submitting first if the queue is full.
+    /// Queues one entry: into the submission queue, or into the backlog when the
+    /// queue is full (or a backlog already exists, to keep order).
+    ///
+    /// Never submits. Handing entries to the kernel while completions are being
+    /// handled could let a re-armed pipe read run inline and take bytes that the
+    /// exit drain of the same batch should have seen; those bytes would arrive in
+    /// a completion after the process's capture was frozen. Entries reach the
+    /// kernel only in [`Ring::submit_and_wait`], before completions are reaped.
     fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every pointer in `entry` targets heap memory owned by the slot
-            // whose key is the entry's user_data (or by nothing, for IGNORED
-            // entries), and a slot is removed only on its op's final completion.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
+        if !self.backlog.is_empty() || !self.try_push(&entry) {
+            self.backlog.push_back(entry);
+        }
+    }
+
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every pointer in `entry` targets heap memory owned by the slot
+        // whose key is the entry's user_data (or by nothing, for IGNORED
+        // entries), and a slot is removed only on its op's final completion.
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    /// Moves the backlog into the submission queue, submitting whenever it fills.
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            if self.try_push(&entry) {
+                continue;
             }
-            // Full: hand what is queued to the kernel and retry.
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::error!("io_uring submit failed: {e}");
+            self.backlog.push_front(entry);
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    // EBUSY: the completion queue needs reaping first; the rest
+                    // goes in on the next call.
+                    if e.raw_os_error() != Some(libc::EBUSY) {
+                        tracing::error!("io_uring submit failed: {e}");
+                    }
+                    return;
                 }
             }
         }
@@ -342,6 +370,7 @@ impl<T> Ring<T> {
     /// Submits what is queued and waits for at least `want` completions, or until
     /// `timeout` if given.
     pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> Result<(), Errno> {
+        self.flush_backlog();
         let r = match timeout {
             Some(t) => {
                 let ts = types::Timespec::new()
@@ -464,6 +493,7 @@ impl<T> Drop for Ring<T> {
         for key in keys {
             self.push(opcode::AsyncCancel::new(key).build().user_data(IGNORED));
         }
+        self.flush_backlog();
         let _ = self.ring.submit();
     }
 }
@@ -568,6 +598,27 @@ mod tests {
         let payload = writer.join().expect("writer");
         assert_eq!(got.len(), payload.len());
         assert!(got == payload, "bytes reordered or corrupted");
+    }
+
+    #[test]
+    fn nothing_reaches_the_kernel_outside_submit_and_wait_even_when_the_queue_overflows() {
+        // See the comment on `Ring::push`: a submit while completions are being
+        // handled once let a pipe's bytes land after its capture was frozen.
+        let mut ring = Ring::<u32>::new(8).expect("io_uring available");
+        ring.register_buf_ring(64, 4096, 0).expect("buffer ring");
+        let mut keep = Vec::new();
+        for i in 0..40 {
+            let (r, w) = crate::sys::pipe::pipe().expect("pipe");
+            rustix::io::write(&w, b"x").expect("write");
+            ring.read_multishot(Rc::new(r), i);
+            keep.push(w);
+        }
+        let mut cqes = Vec::new();
+        ring.reap(&mut cqes);
+        assert!(cqes.is_empty(), "reads ran before submit_and_wait");
+        let got = collect(&mut ring, 40);
+        assert_eq!(got.len(), 40, "every queued read reached the kernel");
+        assert!(got.iter().all(|(_, data, _)| data == b"x"));
     }
 
     #[test]
