@@ -225,6 +225,28 @@ impl Proc {
         matches!(self.life, Life::Running | Life::Starting)
     }
 
+    /// Makes a process that is no longer running final: stop time, memory
+    /// captures frozen (pipes dropped), waiters answered.
+    pub fn settle(&mut self, stat_ctx: Option<&StatContext>) {
+        self.stop = Some((SystemTime::now(), Instant::now()));
+        for cap in self.captures.iter_mut() {
+            if let Store::Memory {
+                pipe, live, frozen, ..
+            } = &mut cap.store
+            {
+                *pipe = None;
+                *frozen = Some(Arc::new(std::mem::take(live).freeze()));
+            }
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        if !waiters.is_empty() {
+            let snap = self.snapshot(stat_ctx);
+            for w in waiters {
+                w(snap.clone());
+            }
+        }
+    }
+
     /// Builds the result snapshot (fd contents filled in by the caller).
     pub fn snapshot(&mut self, stat_ctx: Option<&StatContext>) -> Snapshot {
         let now = SystemTime::now();
@@ -337,18 +359,20 @@ impl Capture {
     }
 }
 
+/// Reads and parses `/proc/<pid>/stat` into `buf`'s storage; `None` if the
+/// process is gone or the text does not parse.
+pub(crate) fn read_stat(pid: i32, ctx: &StatContext, buf: &mut Vec<u8>) -> Option<ProcStat> {
+    crate::metrics::read_proc_file(pid, "stat", buf).ok()?;
+    let text = std::str::from_utf8(buf).ok()?;
+    crate::metrics::procstat::parse_stat(text, ctx).ok()
+}
+
 fn live_stat(
     pid: i32,
     ctx: &StatContext,
 ) -> (Option<ProcStat>, Option<crate::metrics::statm::ProcStatm>) {
     let mut buf = Vec::with_capacity(1024);
-    let stat = crate::metrics::read_proc_file(pid, "stat", &mut buf)
-        .ok()
-        .and_then(|_| {
-            std::str::from_utf8(&buf)
-                .ok()
-                .and_then(|t| crate::metrics::procstat::parse_stat(t, ctx).ok())
-        });
+    let stat = read_stat(pid, ctx, &mut buf);
     buf.clear();
     let statm = crate::metrics::read_proc_file(pid, "statm", &mut buf)
         .ok()

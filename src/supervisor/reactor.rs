@@ -42,7 +42,10 @@ pub(crate) struct Reactor {
     subscribers: Vec<std::sync::mpsc::Sender<Event>>,
     /// Processes whose exit completed in the current batch.
     exited: Vec<u64>,
+    /// Buffer for draining pipes at exit.
     scratch: Vec<u8>,
+    /// Buffer for `/proc/<pid>/stat` at exit.
+    stat_buf: Vec<u8>,
     cqes: Vec<Cqe>,
     /// Long-lived fds live at or above this number.
     fd_floor: i32,
@@ -96,6 +99,7 @@ impl Reactor {
             subscribers: Vec::new(),
             exited: Vec::new(),
             scratch: vec![0u8; 64 * 1024],
+            stat_buf: Vec::with_capacity(1024),
             cqes: Vec::with_capacity(256),
             fd_floor: crate::sys::fd::high_floor(),
             spawner,
@@ -160,11 +164,9 @@ impl Reactor {
                 {
                     live.push(data);
                 }
-                let done = !cqe.more;
-                let eof_or_err = matches!(cqe.result, Ok(0) | Err(_));
                 self.ring.finish(cqe);
-                if done {
-                    self.pipe_read_ended(proc, cap, cqe, eof_or_err);
+                if !cqe.more {
+                    self.pipe_read_ended(proc, cap, cqe);
                 }
                 return;
             }
@@ -218,7 +220,7 @@ impl Reactor {
 
     /// A pipe read op ended: at EOF the pipe is closed; otherwise (ENOBUFS, a
     /// single-shot read) it is armed again while the process runs.
-    fn pipe_read_ended(&mut self, serial: u64, cap: usize, cqe: &Cqe, eof_or_err: bool) {
+    fn pipe_read_ended(&mut self, serial: u64, cap: usize, cqe: &Cqe) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -240,10 +242,12 @@ impl Reactor {
                     || e == rustix::io::Errno::AGAIN
             }
         };
-        if !rearm || !running {
-            if eof_or_err && !rearm {
-                *pipe = None;
-            }
+        if !rearm {
+            // End of file, or an error a re-armed read would only repeat.
+            *pipe = None;
+            return;
+        }
+        if !running {
             return;
         }
         if let Some(fd) = pipe.clone() {
@@ -273,15 +277,7 @@ impl Reactor {
             return;
         }
         if let (Some(pid), Some(ctx)) = (p.pid, self.stat_ctx.as_ref()) {
-            let mut buf = std::mem::take(&mut self.scratch);
-            buf.clear();
-            if crate::metrics::read_proc_file(pid, "stat", &mut buf).is_ok() {
-                p.proc_stat = std::str::from_utf8(&buf)
-                    .ok()
-                    .and_then(|t| crate::metrics::procstat::parse_stat(t, ctx).ok());
-            }
-            buf.resize(64 * 1024, 0);
-            self.scratch = buf;
+            p.proc_stat = proc::read_stat(pid, ctx, &mut self.stat_buf);
         }
         // Drain what the process wrote. Under DEFER_TASKRUN no read of ours runs
         // outside io_uring_enter, so every completion already handled is older
@@ -305,37 +301,22 @@ impl Reactor {
                 }
             }
         }
-        let (status, rusage) = match p.pidfd.as_ref().map(|fd| wait::reap(&**fd)) {
-            Some(Ok(r)) => (r.status, Rusage::from_raw(&r.rusage)),
+        let reaped = match p.pidfd.as_ref().map(|fd| wait::reap(&**fd)) {
+            Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
                 p.errors.push(format!("waitid failed: {e}"));
-                (-1, Rusage::from_raw(&crate::result::RawRusage::default()))
+                None
             }
-            None => (-1, Rusage::from_raw(&crate::result::RawRusage::default())),
+            None => None,
         };
+        let (status, rusage) = reaped.map_or((-1, Default::default()), |r| (r.status, r.rusage));
+        let rusage = Rusage::from_raw(&rusage);
         p.life = Life::Done { status, rusage };
         if let Some(key) = p.timeout.as_mut().and_then(|t| t.timer.take()) {
             self.ring.cancel(key);
         }
-        p.stop = Some((SystemTime::now(), Instant::now()));
-        for cap in p.captures.iter_mut() {
-            if let Store::Memory {
-                pipe, live, frozen, ..
-            } = &mut cap.store
-            {
-                *pipe = None;
-                let taken = std::mem::replace(live, crate::capture::headtail::HeadTail::new(0, 0));
-                *frozen = Some(std::sync::Arc::new(taken.freeze()));
-            }
-        }
-        let waiters = std::mem::take(&mut p.waiters);
+        p.settle(self.stat_ctx.as_ref());
         let id = p.id.clone();
-        if !waiters.is_empty() {
-            let snap = p.snapshot(self.stat_ctx.as_ref());
-            for w in waiters {
-                w(snap.clone());
-            }
-        }
         self.emit(Event::Exited(id));
     }
 
@@ -582,23 +563,7 @@ impl Reactor {
             return;
         };
         proc.life = Life::NotStarted;
-        proc.stop = Some((SystemTime::now(), Instant::now()));
-        for c in proc.captures.iter_mut() {
-            if let Store::Memory {
-                pipe, live, frozen, ..
-            } = &mut c.store
-            {
-                *pipe = None;
-                *frozen = Some(std::sync::Arc::new(live.clone().freeze()));
-            }
-        }
-        let waiters = std::mem::take(&mut proc.waiters);
-        if !waiters.is_empty() {
-            let snap = proc.snapshot(self.stat_ctx.as_ref());
-            for w in waiters {
-                w(snap.clone());
-            }
-        }
+        proc.settle(self.stat_ctx.as_ref());
     }
 
     /// Collects spawns the spawner thread finished.
