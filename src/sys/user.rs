@@ -42,20 +42,18 @@ unsafe fn c_str(p: *const libc::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// Runs a `getpw*_r` call with a growing buffer.
-fn passwd_lookup(
-    mut call: impl FnMut(
-        *mut libc::passwd,
-        *mut libc::c_char,
-        usize,
-        *mut *mut libc::passwd,
-    ) -> libc::c_int,
-) -> Result<Option<Passwd>, Errno> {
+/// Runs a reentrant NSS lookup (`getpwnam_r`, `getgrnam_r`, …) with a buffer
+/// that grows on `ERANGE`, and converts the entry while the buffer (which its
+/// string fields point into) is still alive. `Ok(None)`: not found.
+fn lookup_r<E, R>(
+    mut call: impl FnMut(*mut E, *mut libc::c_char, usize, *mut *mut E) -> libc::c_int,
+    convert: impl FnOnce(&E) -> R,
+) -> Result<Option<R>, Errno> {
     let mut buf = vec![0 as libc::c_char; 1024];
     loop {
-        let mut pw = core::mem::MaybeUninit::<libc::passwd>::zeroed();
-        let mut result: *mut libc::passwd = core::ptr::null_mut();
-        let rc = call(pw.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result);
+        let mut entry = core::mem::MaybeUninit::<E>::zeroed();
+        let mut result: *mut E = core::ptr::null_mut();
+        let rc = call(entry.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result);
         if rc == libc::ERANGE && buf.len() < MAX_BUF {
             buf.resize(buf.len() * 2, 0);
             continue;
@@ -67,22 +65,31 @@ fn passwd_lookup(
             return Ok(None);
         }
         // SAFETY: on success with a non-null result, the entry was filled in.
-        let pw = unsafe { pw.assume_init() };
-        // SAFETY: the string fields point into `buf`, alive for these calls (one
-        // unsafe call per block, each with the same justification).
+        let entry = unsafe { entry.assume_init() };
+        return Ok(Some(convert(&entry)));
+    }
+}
+
+/// Runs a `getpw*_r` call and copies out the fields chaperone uses.
+fn passwd_lookup(
+    call: impl FnMut(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> libc::c_int,
+) -> Result<Option<Passwd>, Errno> {
+    lookup_r(call, |pw: &libc::passwd| {
+        // SAFETY: the string fields point into the lookup buffer, alive while
+        // `convert` runs (one unsafe call per block, each with the same reason).
         let name = unsafe { c_str(pw.pw_name) };
         // SAFETY: as above.
         let dir = unsafe { c_str(pw.pw_dir) };
         // SAFETY: as above.
         let shell = unsafe { c_str(pw.pw_shell) };
-        return Ok(Some(Passwd {
+        Passwd {
             name,
             uid: pw.pw_uid,
             gid: pw.pw_gid,
             dir,
             shell,
-        }));
-    }
+        }
+    })
 }
 
 /// Looks up a user by name. `Ok(None)`: no such user.
@@ -116,35 +123,15 @@ pub fn user_by_uid(uid: u32) -> Result<Option<Passwd>, Errno> {
 /// A lookup failure other than "not found"; `EINVAL` for a name with a NUL byte.
 pub fn group_by_name(name: &str) -> Result<Option<u32>, Errno> {
     let cname = CString::new(name).map_err(|_| Errno::INVAL)?;
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
-        let mut gr = core::mem::MaybeUninit::<libc::group>::zeroed();
-        let mut result: *mut libc::group = core::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: `cname` is NUL-terminated,
-        // `gr` and `result` point to locals, `buf` has `buf.len()` bytes.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                gr.as_mut_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < MAX_BUF {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(Errno::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: on success with a non-null result, the entry was filled in.
-        let gr = unsafe { gr.assume_init() };
-        return Ok(Some(gr.gr_gid));
-    }
+    lookup_r(
+        |gr, buf, len, result| {
+            // SAFETY: every pointer is valid for the call: `cname` is
+            // NUL-terminated, `gr` and `result` point to locals, `buf` has `len`
+            // bytes.
+            unsafe { libc::getgrnam_r(cname.as_ptr(), gr, buf, len, result) }
+        },
+        |gr: &libc::group| gr.gr_gid,
+    )
 }
 
 /// The supplementary groups of user `name` (as `initgroups` would set them),
