@@ -284,15 +284,6 @@ impl ChildPlan {
         self.fd_actions.push(FdAction::Dup { src: raw, dst });
     }
 
-    /// Installs the agent's own fd `src` (e.g. its stdout) as `dst` without owning it.
-    ///
-    /// The source is duplicated (close-on-exec) so the plan owns what it passes.
-    pub fn dup_borrowed(&mut self, src: RawFd, dst: RawFd) -> Result<(), Errno> {
-        let owned = super::fd::dup_cloexec_raw(src, 0)?;
-        self.dup(owned, dst);
-        Ok(())
-    }
-
     /// Closes fd `fd` in the child.
     pub fn close(&mut self, fd: RawFd) {
         self.fd_actions.push(FdAction::Close { fd });
@@ -333,21 +324,16 @@ impl ChildPlan {
             })
             .max()
             .unwrap_or(-1);
-        for (i, source) in self.sources.iter_mut().enumerate() {
-            let raw = source.as_raw_fd();
-            if raw <= max_target {
-                let lifted = super::fd::dup_cloexec_raw(raw, max_target + 1)?;
-                let new_raw = lifted.as_raw_fd();
-                *source = lifted;
-                // Sources and Dup actions share order: rewrite the i-th Dup.
-                if let Some(FdAction::Dup { src, .. }) = self
-                    .fd_actions
-                    .iter_mut()
-                    .filter(|a| matches!(a, FdAction::Dup { .. }))
-                    .nth(i)
-                {
-                    *src = new_raw;
-                }
+        // `dup` pushes a source and a Dup action together, so the Dup actions and
+        // the sources pair up in order.
+        let dups = self.fd_actions.iter_mut().filter_map(|a| match a {
+            FdAction::Dup { src, .. } => Some(src),
+            FdAction::Close { .. } => None,
+        });
+        for (src, source) in dups.zip(self.sources.iter_mut()) {
+            if source.as_raw_fd() <= max_target {
+                *source = super::fd::dup_cloexec_raw(source.as_raw_fd(), max_target + 1)?;
+                *src = source.as_raw_fd();
             }
         }
         Ok(())
