@@ -443,6 +443,8 @@ pub(crate) struct PlanContext<'a> {
     pub fd_floor: RawFd,
     /// The agent-wide parent-death signal (`Config::pdeath_sig`).
     pub pdeath_sig: Option<i32>,
+    /// The agent's working directory, read once at start (as its environment is).
+    pub cwd: Option<&'a Path>,
 }
 
 /// Pipes between procs of one request, keyed by (writer proc id, writer fd).
@@ -541,13 +543,12 @@ pub(crate) fn prepare(
             None
         }
     };
-    let agent_cwd = std::env::current_dir().ok();
     let spec_cwd = ps.cwd.as_deref().map(Path::new);
     // The directory the child starts in: relative `file` paths are opened there.
-    let child_cwd: Option<PathBuf> = match (spec_cwd, &agent_cwd) {
+    let child_cwd: Option<PathBuf> = match (spec_cwd, ctx.cwd) {
         (Some(c), Some(a)) => Some(a.join(c)),
         (Some(c), None) => Some(c.to_path_buf()),
-        (None, a) => a.clone(),
+        (None, a) => a.map(Path::to_path_buf),
     };
     if let (Some(p), Some(c)) = (plan.as_mut(), ctl.as_ref()) {
         apply_control(p, c);

@@ -36,6 +36,8 @@ pub(crate) struct Reactor {
     stack: ChildStack,
     stat_ctx: Option<StatContext>,
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The agent's working directory at start.
+    cwd: Option<std::path::PathBuf>,
     procs: HashMap<u64, Proc>,
     ids: HashMap<ProcId, u64>,
     next_serial: u64,
@@ -93,6 +95,7 @@ impl Reactor {
             stack,
             stat_ctx,
             env: std::env::vars_os().collect(),
+            cwd: std::env::current_dir().ok(),
             procs: HashMap::new(),
             ids: HashMap::new(),
             next_serial: 0,
@@ -457,6 +460,7 @@ impl Reactor {
                 tail: self.config.capture_tail,
                 fd_floor: self.fd_floor,
                 pdeath_sig: self.config.pdeath_sig,
+                cwd: self.cwd.as_deref(),
             };
             let prep = proc::prepare(id, ps, &ctx, &mut pipes);
             self.launch(id.clone(), prep);
