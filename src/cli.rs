@@ -47,6 +47,19 @@ pub struct Args {
     /// (a name such as SIGTERM, or a number). Default: none; children outlive it.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal_arg)]
     pub pdeath_sig: Option<i32>,
+    /// Seconds between samples of running processes' `/proc/<pid>/stat` and
+    /// `statm` (fractions allowed); 0 samples only when a result is requested.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "1")]
+    pub sample_interval: std::time::Duration,
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("not a usable interval: {s:?} (must be 0 or more seconds)"))
 }
 
 fn parse_signal_arg(s: &str) -> Result<i32, String> {
@@ -107,6 +120,7 @@ pub fn run(args: Args) -> u8 {
         capture_head: args.capture_head,
         capture_tail: args.capture_tail,
         pdeath_sig: args.pdeath_sig,
+        sample_interval: Some(args.sample_interval),
         ..Config::default()
     };
     let agent = match Agent::new(config) {

@@ -36,7 +36,8 @@ pub struct ProcRes {
     pub pid: Option<i32>,
     /// `/proc/<pid>/stat`: live while running, a zombie snapshot at exit.
     pub proc_stat: Option<ProcStat>,
-    /// `/proc/<pid>/statm`; only while running.
+    /// `/proc/<pid>/statm`: live while running; after exit, the last sample taken
+    /// while it ran (`null` if it never was: it ended before the first sample).
     pub proc_statm: Option<ProcStatm>,
     /// cgroup accounting; chaperone does not use systemd, so always `null`.
     pub cgroup_accounting: Option<serde_json::Value>,
@@ -65,6 +66,25 @@ pub struct ProcRes {
     /// Extension: the spec's timeout, and whether and when it fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutRes>,
+    /// Extension: `/proc/<pid>/io` (live while running, read at exit before reaping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_io: Option<crate::metrics::ProcIo>,
+    /// Extension: the statm sampling behind `proc_statm`, with the peak seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statm_samples: Option<SamplesRes>,
+}
+
+/// Extension: what sampling `/proc/<pid>/statm` while the process ran saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplesRes {
+    /// Samples taken (timer ticks plus live result requests).
+    pub count: u64,
+    /// When the last one was taken (RFC 3339).
+    pub last_at: String,
+    /// The largest `resident` seen in any sample, in bytes.
+    pub peak_resident: u64,
+    /// The largest `size` (virtual) seen in any sample, in bytes.
+    pub peak_size: u64,
 }
 
 /// Extension: what a process's timeout did.
@@ -562,6 +582,8 @@ mod tests {
             umask: None,
             env: None,
             timeout: None,
+            proc_io: None,
+            statm_samples: None,
         };
         let v = serde_json::to_value(&res).unwrap();
         assert_eq!(v["state"], "error");

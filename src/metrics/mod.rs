@@ -5,6 +5,8 @@
 //!   names and `starttime` as an RFC 3339 string.
 //! * [`statm`] parses `/proc/<pid>/statm` into [`ProcStatm`] (the result's
 //!   `proc_statm`), in bytes.
+//! * [`procio`] parses `/proc/<pid>/io` into [`ProcIo`] (the result's `proc_io`
+//!   extension).
 //! * [`read_proc_file`] reads one such file into a reusable buffer, and
 //!   [`format_rfc3339`] formats a Unix time the way Procstar does.
 //!
@@ -18,9 +20,11 @@
     clippy::panic
 )]
 
+pub mod procio;
 pub mod procstat;
 pub mod statm;
 
+pub use procio::{ProcIo, parse_io};
 pub use procstat::{ProcStat, StatContext, parse_stat};
 pub use statm::{ProcStatm, parse_statm};
 

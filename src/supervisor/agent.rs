@@ -66,6 +66,9 @@ pub struct Config {
     /// Signal every child gets when the agent dies, unless its spec says
     /// otherwise (`--pdeath-sig`); `None`: children outlive the agent.
     pub pdeath_sig: Option<i32>,
+    /// How often `/proc/<pid>/stat` and `statm` of running processes are sampled
+    /// (also on every live result request); `None` or zero: only on requests.
+    pub sample_interval: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             buf_entries: 4,
             ring_entries: 512,
             pdeath_sig: None,
+            sample_interval: Some(std::time::Duration::from_secs(1)),
         }
     }
 }

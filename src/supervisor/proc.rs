@@ -3,8 +3,10 @@
 use crate::capture::headtail::{Frozen, HeadTail};
 use crate::control;
 use crate::metrics::procstat::{ProcStat, StatContext};
+use crate::metrics::{ProcIo, ProcStatm};
 use crate::result::{
-    ChildFailure as ResFailure, Dropped, Encoding, FdRes, ProcRes, Rusage, State, Status, Times,
+    ChildFailure as ResFailure, Dropped, Encoding, FdRes, ProcRes, Rusage, SamplesRes, State,
+    Status, Times,
 };
 use crate::spec::{self, CaptureMode, FdSpec, ProcId, ProcSpec};
 use crate::sys::fd;
@@ -184,6 +186,34 @@ pub(crate) struct Proc {
     pub timeout: Option<TimeoutState>,
     /// Whether signals go to the whole process group.
     pub kill_group: bool,
+    /// What sampling `/proc` while it runs has seen.
+    pub sampled: Sampled,
+}
+
+/// `/proc` samples of a running process; kept after exit, when the files are gone
+/// or read as zeros (`statm` of a zombie).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sampled {
+    /// The last `statm` read.
+    pub statm: Option<ProcStatm>,
+    /// `statm` reads so far.
+    pub count: u64,
+    pub last_at: Option<SystemTime>,
+    pub peak_resident: u64,
+    pub peak_size: u64,
+    /// The last `/proc/<pid>/io` read.
+    pub io: Option<ProcIo>,
+}
+
+impl Sampled {
+    fn to_res(&self) -> Option<SamplesRes> {
+        Some(SamplesRes {
+            count: self.count,
+            last_at: rfc3339(self.last_at?),
+            peak_resident: self.peak_resident,
+            peak_size: self.peak_size,
+        })
+    }
 }
 
 /// The start state a child was given, reported in its result.
@@ -247,8 +277,54 @@ impl Proc {
         }
     }
 
-    /// Builds the result snapshot (fd contents filled in by the caller).
+    /// Samples `/proc/<pid>/stat` and `statm` of a running process into
+    /// `proc_stat` and `sampled`, reusing `buf`. A process that is gone (or whose
+    /// files do not parse) leaves the previous samples as they were.
+    pub fn sample(&mut self, ctx: &StatContext, buf: &mut Vec<u8>) {
+        let (Life::Running, Some(pid)) = (&self.life, self.pid) else {
+            return;
+        };
+        if let Some(stat) = read_stat(pid, ctx, buf) {
+            self.proc_stat = Some(stat);
+        }
+        let statm = crate::metrics::read_proc_file(pid, "statm", buf)
+            .ok()
+            .and_then(|()| std::str::from_utf8(buf).ok())
+            .and_then(|t| crate::metrics::parse_statm(t, ctx.page_size).ok());
+        if let Some(m) = statm {
+            let s = &mut self.sampled;
+            s.statm = Some(m);
+            s.count += 1;
+            s.last_at = Some(SystemTime::now());
+            s.peak_resident = s.peak_resident.max(m.resident);
+            s.peak_size = s.peak_size.max(m.size);
+        }
+    }
+
+    /// Reads `/proc/<pid>/io` into `sampled.io` (also for a zombie: call before
+    /// reaping). Unreadable (gone, or no permission) keeps the previous value.
+    pub fn read_io(&mut self, buf: &mut Vec<u8>) {
+        let Some(pid) = self.pid else { return };
+        if matches!(self.life, Life::Done { .. } | Life::NotStarted) {
+            return;
+        }
+        let io = crate::metrics::read_proc_file(pid, "io", buf)
+            .ok()
+            .and_then(|()| std::str::from_utf8(buf).ok())
+            .and_then(|t| crate::metrics::parse_io(t).ok());
+        if io.is_some() {
+            self.sampled.io = io;
+        }
+    }
+
+    /// Builds the result snapshot (fd contents filled in by the caller). A
+    /// running process is sampled first, so a live result is current.
     pub fn snapshot(&mut self, stat_ctx: Option<&StatContext>) -> Snapshot {
+        if let (Life::Running, Some(ctx)) = (&self.life, stat_ctx) {
+            let mut buf = Vec::with_capacity(1024);
+            self.sample(ctx, &mut buf);
+            self.read_io(&mut buf);
+        }
         let now = SystemTime::now();
         let (status, rusage) = match &self.life {
             Life::Done { status, rusage } => {
@@ -263,11 +339,6 @@ impl Proc {
         } else {
             State::Terminated
         };
-        // Live /proc figures while running; the zombie snapshot after exit.
-        let (proc_stat, proc_statm) = match (self.is_running(), self.pid, stat_ctx) {
-            (true, Some(pid), Some(ctx)) => live_stat(pid, ctx),
-            _ => (self.proc_stat.clone(), None),
-        };
         let elapsed = match self.stop {
             Some((_, mono)) => mono.duration_since(self.start_mono),
             None => self.start_mono.elapsed(),
@@ -278,8 +349,8 @@ impl Proc {
             pid: self.pid,
             status,
             rusage,
-            proc_stat,
-            proc_statm,
+            proc_stat: self.proc_stat.clone(),
+            proc_statm: self.sampled.statm,
             cgroup_accounting: None,
             times: Times {
                 start: rfc3339(self.start),
@@ -297,6 +368,8 @@ impl Proc {
             umask: self.started_with.umask,
             env: self.started_with.env.clone(),
             timeout: self.timeout.as_ref().map(TimeoutState::to_res),
+            proc_io: self.sampled.io,
+            statm_samples: self.sampled.to_res(),
         };
         let fds = self
             .fds
@@ -365,23 +438,6 @@ pub(crate) fn read_stat(pid: i32, ctx: &StatContext, buf: &mut Vec<u8>) -> Optio
     crate::metrics::read_proc_file(pid, "stat", buf).ok()?;
     let text = std::str::from_utf8(buf).ok()?;
     crate::metrics::procstat::parse_stat(text, ctx).ok()
-}
-
-fn live_stat(
-    pid: i32,
-    ctx: &StatContext,
-) -> (Option<ProcStat>, Option<crate::metrics::statm::ProcStatm>) {
-    let mut buf = Vec::with_capacity(1024);
-    let stat = read_stat(pid, ctx, &mut buf);
-    buf.clear();
-    let statm = crate::metrics::read_proc_file(pid, "statm", &mut buf)
-        .ok()
-        .and_then(|_| {
-            std::str::from_utf8(&buf)
-                .ok()
-                .and_then(|t| crate::metrics::statm::parse_statm(t, ctx.page_size).ok())
-        });
-    (stat, statm)
 }
 
 /// RFC 3339 with nanoseconds, as Procstar prints times.
