@@ -259,6 +259,7 @@ impl Drop for Packer {
 mod tests {
     use super::*;
     use crate::capture::headtail::HeadTail;
+    use std::path::Path;
 
     fn packer() -> (Packer, mpsc::Receiver<Done>) {
         let (tx, rx) = mpsc::channel();
@@ -339,6 +340,58 @@ mod tests {
         assert_eq!(kept_packed.unwrap().raw_len(), data.len() as u64);
         let on_disk = std::fs::read(&kept).unwrap();
         assert_eq!(zstd::stream::decode_all(&on_disk[..]).unwrap(), data);
+    }
+
+    #[test]
+    fn compressed_capture_releases_its_uncompressed_store() {
+        use crate::supervisor::proc::{Capture, CompressState, Compression, Store};
+        let capture = |store| Capture {
+            name: "stdout".into(),
+            encoding: crate::spec::Encoding::Base64,
+            attached: true,
+            store,
+            compression: Some(Compression {
+                level: 1,
+                state: CompressState::Pending,
+            }),
+        };
+        // Memory: the frozen buffers are dropped once the packed copy is in.
+        let mut ht = HeadTail::new(100, 100);
+        ht.push(&[7u8; 1000]);
+        let frozen = Arc::new(ht.freeze());
+        let mut mem = capture(Store::Memory {
+            pipe: None,
+            read_key: None,
+            live: HeadTail::default(),
+            frozen: Some(frozen.clone()),
+        });
+        let Some(Job::Memory { frozen: f, level }) = mem.compress_job(Path::new("/tmp")) else {
+            panic!("memory job expected")
+        };
+        let packed = run(Job::Memory { frozen: f, level }).unwrap();
+        assert_eq!(Arc::strong_count(&frozen), 2);
+        mem.compressed(Ok(packed));
+        assert_eq!(Arc::strong_count(&frozen), 1, "the capture let go of it");
+        assert!(mem.compress_job(Path::new("/tmp")).is_none(), "done once");
+        let p = mem.packed().expect("packed");
+        assert_eq!((p.raw_len(), p.dropped()), (1000, Some(100..900)));
+
+        // Tempfile: the uncompressed file is swapped for the compressed one.
+        let src = Arc::new(OwnedFd::from(tempfile::tempfile().unwrap()));
+        let mut tmp = capture(Store::Tempfile { file: src.clone() });
+        let job = tmp.compress_job(&std::env::temp_dir()).expect("job");
+        let packed = run(job).unwrap();
+        assert_eq!(Arc::strong_count(&src), 2);
+        tmp.compressed(Ok(packed));
+        assert_eq!(Arc::strong_count(&src), 1, "the original file is released");
+
+        // A failure keeps the store and says why.
+        let mut failed = capture(Store::Tempfile { file: src.clone() });
+        failed.compressed(Err("disk full".into()));
+        assert!(failed.packed().is_none());
+        let res = failed.compression_res().unwrap();
+        assert_eq!(res.error.as_deref(), Some("disk full"));
+        assert_eq!(Arc::strong_count(&src), 2);
     }
 
     #[test]
