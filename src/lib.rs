@@ -33,4 +33,7 @@ pub mod spec;
 pub mod supervisor;
 pub mod sys;
 
-pub use supervisor::{Agent, Config, Event, FdData, FdDataError, ProcError, StartError};
+pub use supervisor::{
+    Agent, CompressedFdData, Config, Encoded, EncodedFdData, Event, FdData, FdDataError, ProcError,
+    ReadEncoding, StartError,
+};

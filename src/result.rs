@@ -5,8 +5,8 @@
 //! is `Serialize` and `Deserialize`, so tests and clients can read results back.
 //!
 //! chaperone adds a few extension fields that a Procstar client ignores:
-//! [`ProcRes::failure`] (only when set), and `length` / `dropped` on captured
-//! fds (see [`FdRes`]). Without them the JSON has exactly Procstar's keys.
+//! [`ProcRes::failure`] (only when set), and `length` / `dropped` /
+//! `compression` on captured fds (see [`FdRes`]). Without them the JSON has exactly Procstar's keys.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -271,6 +271,35 @@ pub struct Dropped {
     pub stop: u64,
 }
 
+/// Extension: how a capture with `compress` in its spec is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    /// The algorithm: `"zstd"`.
+    pub algorithm: String,
+    /// The compression level.
+    pub level: i32,
+    /// `"pending"` (the process runs, or compression is under way: readers get
+    /// the uncompressed bytes meanwhile), `"done"` or `"failed"`.
+    pub state: CompressionState,
+    /// Bytes of compressed data held, once done; `null` before.
+    pub compressed_length: Option<u64>,
+    /// Why compression failed (the capture stays uncompressed); only when failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Extension: where a capture's compression stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionState {
+    /// Not compressed yet: the process runs or the compression is under way.
+    Pending,
+    /// Compressed; the capture is held compressed.
+    Done,
+    /// Compression failed; the capture is held uncompressed.
+    Failed,
+}
+
 /// The result for one captured fd.
 ///
 /// Serialized, internally tagged by `"type"`:
@@ -280,8 +309,9 @@ pub struct Dropped {
 /// * `{"type":"detached","length":N,"encoding":"utf-8"|"base64"}`
 /// * `{"type":"error"}`
 ///
-/// `length` on text and data and `dropped` (present only when something was
-/// dropped) are chaperone extensions. Text and data hold the raw bytes; the
+/// `length` on text and data, `dropped` (present only when something was
+/// dropped) and `compression` (present only for a capture whose spec has
+/// `compress`) are chaperone extensions. Text and data hold the raw bytes; the
 /// lossy UTF-8 decoding or base64 encoding happens only when serializing.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "FdResWire")]
@@ -294,6 +324,8 @@ pub enum FdRes {
         length: u64,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// How the capture is compressed, if its spec asks for it.
+        compression: Option<Compression>,
     },
     /// Output captured as binary data (base64 in JSON).
     Data {
@@ -303,6 +335,8 @@ pub enum FdRes {
         length: u64,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// How the capture is compressed, if its spec asks for it.
+        compression: Option<Compression>,
     },
     /// Output captured but not inlined; fetch it separately.
     Detached {
@@ -312,6 +346,8 @@ pub enum FdRes {
         encoding: Encoding,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// How the capture is compressed, if its spec asks for it.
+        compression: Option<Compression>,
     },
     /// The capture failed.
     Error,
@@ -325,6 +361,7 @@ impl FdRes {
             length: bytes.len() as u64,
             bytes,
             dropped: None,
+            compression: None,
         }
     }
 
@@ -335,6 +372,7 @@ impl FdRes {
             length: bytes.len() as u64,
             bytes,
             dropped: None,
+            compression: None,
         }
     }
 }
@@ -352,14 +390,17 @@ impl Serialize for Base64Bytes<'_> {
 
 impl Serialize for FdRes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let extra = |dropped: &Option<Dropped>| usize::from(dropped.is_some());
+        let extra = |dropped: &Option<Dropped>, compression: &Option<Compression>| {
+            usize::from(dropped.is_some()) + usize::from(compression.is_some())
+        };
         match self {
             FdRes::Text {
                 bytes,
                 length,
                 dropped,
+                compression,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped, compression)))?;
                 map.serialize_entry("type", "text")?;
                 let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
                 map.serialize_entry("text", &text)?;
@@ -368,14 +409,18 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                if let Some(c) = compression {
+                    map.serialize_entry("compression", c)?;
+                }
                 map.end()
             }
             FdRes::Data {
                 bytes,
                 length,
                 dropped,
+                compression,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped, compression)))?;
                 map.serialize_entry("type", "data")?;
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
@@ -383,19 +428,26 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                if let Some(c) = compression {
+                    map.serialize_entry("compression", c)?;
+                }
                 map.end()
             }
             FdRes::Detached {
                 length,
                 encoding,
                 dropped,
+                compression,
             } => {
-                let mut map = serializer.serialize_map(Some(3 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(3 + extra(dropped, compression)))?;
                 map.serialize_entry("type", "detached")?;
                 map.serialize_entry("length", length)?;
                 map.serialize_entry("encoding", encoding)?;
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
+                }
+                if let Some(c) = compression {
+                    map.serialize_entry("compression", c)?;
                 }
                 map.end()
             }
@@ -418,6 +470,8 @@ enum FdResWire {
         length: Option<u64>,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        compression: Option<Compression>,
     },
     Data {
         data: String,
@@ -425,12 +479,16 @@ enum FdResWire {
         length: Option<u64>,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        compression: Option<Compression>,
     },
     Detached {
         length: u64,
         encoding: Encoding,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        compression: Option<Compression>,
     },
     Error,
 }
@@ -444,31 +502,37 @@ impl TryFrom<FdResWire> for FdRes {
                 text,
                 length,
                 dropped,
+                compression,
             } => FdRes::Text {
                 length: length.unwrap_or(text.len() as u64),
                 bytes: Bytes::from(text.into_bytes()),
                 dropped,
+                compression,
             },
             FdResWire::Data {
                 data,
                 length,
                 dropped,
+                compression,
             } => {
                 let bytes = STANDARD.decode(data)?;
                 FdRes::Data {
                     length: length.unwrap_or(bytes.len() as u64),
                     bytes: Bytes::from(bytes),
                     dropped,
+                    compression,
                 }
             }
             FdResWire::Detached {
                 length,
                 encoding,
                 dropped,
+                compression,
             } => FdRes::Detached {
                 length,
                 encoding,
                 dropped,
+                compression,
             },
             FdResWire::Error => FdRes::Error,
         })
@@ -735,6 +799,7 @@ mod tests {
             length: 1234,
             encoding: Encoding::Utf8,
             dropped: None,
+            compression: None,
         };
         assert_eq!(
             serde_json::to_string(&fd).unwrap(),
@@ -748,6 +813,7 @@ mod tests {
             length: 5,
             encoding: Encoding::Base64,
             dropped: None,
+            compression: None,
         };
         assert_eq!(
             serde_json::to_value(&fd).unwrap(),
@@ -768,6 +834,7 @@ mod tests {
             bytes: Bytes::from_static(b"headtail"),
             length: 100,
             dropped: Some(Dropped { start: 4, stop: 96 }),
+            compression: None,
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -776,6 +843,49 @@ mod tests {
                    "dropped":{"start":4,"stop":96}})
         );
         assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+    }
+
+    #[test]
+    fn compression_shape_round_trips() {
+        let fd = FdRes::Detached {
+            length: 100,
+            encoding: Encoding::Base64,
+            dropped: None,
+            compression: Some(Compression {
+                algorithm: "zstd".into(),
+                level: 1,
+                state: CompressionState::Done,
+                compressed_length: Some(42),
+                error: None,
+            }),
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"detached","length":100,"encoding":"base64",
+                   "compression":{"algorithm":"zstd","level":1,"state":"done",
+                                  "compressed_length":42}})
+        );
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+        let pending = FdRes::Text {
+            bytes: Bytes::from_static(b"x"),
+            length: 1,
+            dropped: None,
+            compression: Some(Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+                state: CompressionState::Failed,
+                compressed_length: None,
+                error: Some("disk full".into()),
+            }),
+        };
+        let v = serde_json::to_value(&pending).unwrap();
+        assert_eq!(
+            v["compression"],
+            json!({"algorithm":"zstd","level":3,"state":"failed","compressed_length":null,
+                   "error":"disk full"})
+        );
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), pending);
     }
 
     #[test]

@@ -54,6 +54,15 @@ pub const SECRET_ENV_VARS: [&str; 3] = [
 /// allocation may hold.
 pub const MAX_CAPTURE_WINDOW: u64 = isize::MAX as u64;
 
+/// The `capture.compress` values the agent knows.
+pub const COMPRESS_ALGORITHMS: &[&str] = &["zstd"];
+
+/// The `capture.compress_level` values accepted.
+pub const COMPRESS_LEVELS: std::ops::RangeInclusive<i64> = 1..=19;
+
+/// The `capture.compress_level` used when a spec gives none.
+pub const DEFAULT_COMPRESS_LEVEL: i64 = 1;
+
 /// The default `mode` of a `file` fd spec: `0o666`, before the umask.
 pub const DEFAULT_FILE_MODE: u32 = 0o666;
 
@@ -148,6 +157,20 @@ pub enum SpecError {
         proc_id: ProcId,
         /// The writing proc's fd number.
         fd: i32,
+    },
+
+    /// A capture's `compress` names no known algorithm, or its `compress_level` is
+    /// out of range or given without `compress`.
+    #[error("proc {proc_id}: fd {fd}: capture {field}: {msg}")]
+    BadCompress {
+        /// The proc with the capture.
+        proc_id: ProcId,
+        /// The captured fd's number.
+        fd: i32,
+        /// `compress` or `compress_level`.
+        field: &'static str,
+        /// What is wrong with it.
+        msg: String,
     },
 
     /// A capture's `head + tail` overflows or exceeds [`MAX_CAPTURE_WINDOW`].
@@ -617,6 +640,14 @@ pub enum FdSpec {
         /// chaperone extension: keep this many bytes from the end of the stream.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tail: Option<u64>,
+        /// chaperone extension: compress the capture when the process finishes;
+        /// only `"zstd"` is known (checked by [`validate`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compress: Option<String>,
+        /// chaperone extension: the zstd level, in [`COMPRESS_LEVELS`] (default
+        /// [`DEFAULT_COMPRESS_LEVEL`]); only with `compress`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compress_level: Option<i64>,
     },
     /// The write end of a pipe to a `pipe-read` of another proc in the same request:
     /// `"pipe-write"`.
@@ -835,7 +866,13 @@ pub fn validate_with_existing(
                         field: format!("fds.{name}.file.path"),
                     });
                 }
-                FdSpec::Capture { head, tail, .. } => {
+                FdSpec::Capture {
+                    head,
+                    tail,
+                    compress,
+                    compress_level,
+                    ..
+                } => {
                     let window = head.unwrap_or(0).checked_add(tail.unwrap_or(0));
                     if window.is_none_or(|w| w > MAX_CAPTURE_WINDOW) {
                         return Err(SpecError::CaptureTooLarge {
@@ -843,6 +880,7 @@ pub fn validate_with_existing(
                             fd,
                         });
                     }
+                    check_compress(proc_id, fd, compress.as_deref(), *compress_level)?;
                 }
                 FdSpec::PipeWrite => {
                     write_index.insert((proc_id.as_str(), fd), writes.len());
@@ -891,6 +929,44 @@ pub fn validate_with_existing(
         });
     }
     Ok(())
+}
+
+/// Checks a capture's `compress` and `compress_level`.
+fn check_compress(
+    proc_id: &str,
+    fd: i32,
+    compress: Option<&str>,
+    level: Option<i64>,
+) -> Result<(), SpecError> {
+    let bad = |field, msg: String| SpecError::BadCompress {
+        proc_id: proc_id.to_owned(),
+        fd,
+        field,
+        msg,
+    };
+    match compress {
+        Some(c) if !COMPRESS_ALGORITHMS.contains(&c) => {
+            return Err(bad(
+                "compress",
+                format!("unknown algorithm {c:?} (expected one of {COMPRESS_ALGORITHMS:?})"),
+            ));
+        }
+        None if level.is_some() => {
+            return Err(bad("compress_level", "given without compress".to_string()));
+        }
+        _ => {}
+    }
+    match level {
+        Some(l) if !COMPRESS_LEVELS.contains(&l) => Err(bad(
+            "compress_level",
+            format!(
+                "{l} out of range {}..={}",
+                COMPRESS_LEVELS.start(),
+                COMPRESS_LEVELS.end()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Checks argv, exe and env.vars of one proc.
@@ -1021,7 +1097,9 @@ mod tests {
                 encoding: Encoding::Utf8,
                 attached: false,
                 head: None,
-                tail: None
+                tail: None,
+                compress: None,
+                compress_level: None
             }
         );
         assert_eq!(
@@ -1108,7 +1186,9 @@ mod tests {
                 encoding: Encoding::Utf8,
                 attached: false,
                 head: Some(10),
-                tail: Some(20)
+                tail: Some(20),
+                compress: None,
+                compress_level: None
             }
         );
         assert_eq!(fd(r#""pipe-write""#).unwrap(), FdSpec::PipeWrite);
@@ -1142,7 +1222,9 @@ mod tests {
                 encoding: Encoding::Base64,
                 attached: true,
                 head: None,
-                tail: None
+                tail: None,
+                compress: None,
+                compress_level: None
             }
         );
         assert_eq!(
@@ -1333,6 +1415,53 @@ mod tests {
     }
 
     #[test]
+    fn capture_compress_parses_and_validates() {
+        let spec = |cap: &str| {
+            format!(
+                r#"{{"specs": {{"p": {{"argv": ["a"], "fds": [["2", {{"capture": {cap}}}]]}}}}}}"#
+            )
+        };
+        assert_eq!(
+            fd(r#"{"capture": {"compress": "zstd", "compress_level": 5}}"#).unwrap(),
+            FdSpec::Capture {
+                mode: CaptureMode::Tempfile,
+                encoding: Encoding::Base64,
+                attached: true,
+                head: None,
+                tail: None,
+                compress: Some("zstd".into()),
+                compress_level: Some(5)
+            }
+        );
+        validated(&spec(r#"{"compress": "zstd"}"#)).unwrap();
+        validated(&spec(
+            r#"{"mode": "memory", "compress": "zstd", "compress_level": 19}"#,
+        ))
+        .unwrap();
+        let err = |cap: &str| validated(&spec(cap)).unwrap_err().to_string();
+        assert_eq!(
+            err(r#"{"compress": "gzip"}"#),
+            r#"proc p: fd 2: capture compress: unknown algorithm "gzip" (expected one of ["zstd"])"#
+        );
+        assert_eq!(
+            err(r#"{"compress": "zstd", "compress_level": 0}"#),
+            "proc p: fd 2: capture compress_level: 0 out of range 1..=19"
+        );
+        assert_eq!(
+            err(r#"{"compress": "zstd", "compress_level": 20}"#),
+            "proc p: fd 2: capture compress_level: 20 out of range 1..=19"
+        );
+        assert_eq!(
+            err(r#"{"compress_level": 3}"#),
+            "proc p: fd 2: capture compress_level: given without compress"
+        );
+        // Wrong JSON types are schema errors naming the expected type.
+        assert!(parse(&spec(r#"{"compress": 1}"#)).is_err());
+        assert!(parse(&spec(r#"{"compress": "zstd", "compress_level": "fast"}"#)).is_err());
+        assert!(parse(&spec(r#"{"compress": "zstd", "compress_level": 1.5}"#)).is_err());
+    }
+
+    #[test]
     fn validate_with_existing_rejects_existing_proc_id() {
         let input = parse(r#"{"specs": {"s1": {"argv": ["a"]}}}"#).unwrap();
         let err = validate_with_existing(&input, |id| id == "s1").unwrap_err();
@@ -1477,6 +1606,9 @@ mod tests {
             "attached",
             "head",
             "tail",
+            "compress",
+            "compress_level",
+            "zstd",
             "pipe-write",
             "pipe-read",
             "proc_id",

@@ -1,5 +1,6 @@
 //! The embedding API: [`Agent`], its commands, events and errors.
 
+use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
 use super::proc::{Content, Snapshot};
 use super::reactor::{FdContent, Reactor};
 use crate::result::ProcRes;
@@ -95,6 +96,9 @@ pub enum Event {
     Exited(ProcId),
     /// The process was deleted.
     Deleted(ProcId),
+    /// Compression of capture `fd` (normalized name, e.g. `stdout`) finished or
+    /// failed; the process's result says which.
+    Compressed(ProcId, String),
 }
 
 /// Why a start request was rejected as a whole.
@@ -148,6 +152,10 @@ pub enum FdDataError {
     /// Reading a capture file failed.
     #[error("reading fd data failed")]
     Io(#[source] std::io::Error),
+    /// The capture is not held compressed: its spec has no `compress`, or the
+    /// compression is pending or failed (the result's `compression` says which).
+    #[error("fd {0} is not held compressed")]
+    NotCompressed(String),
     /// The agent's reactor is gone.
     #[error("agent is shut down")]
     ShutDown,
@@ -327,6 +335,20 @@ impl Agent {
                     data: Bytes::from(out),
                 })
             }
+            Content::Zstd(packed) => {
+                let mut out = Vec::new();
+                let info = packed
+                    .read(start, stop, &mut out)
+                    .map_err(FdDataError::Io)?;
+                Ok(FdData {
+                    start: info.start,
+                    stop: info.stop,
+                    length: packed.raw_len(),
+                    missing: info.missing,
+                    encoding,
+                    data: Bytes::from(out),
+                })
+            }
             Content::File(file) => {
                 let length =
                     crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;
@@ -344,6 +366,54 @@ impl Agent {
                 })
             }
         }
+    }
+
+    /// [`Agent::fd_data`], with the bytes in encoding `enc` (raw, lossy UTF-8
+    /// with a flag saying whether anything was replaced, base64, or zstd). The
+    /// range and its clamping are the same; the encoding applies to the held
+    /// bytes of the range (a dropped middle is reported in `missing`, not
+    /// encoded). Encoding happens on the calling thread.
+    pub fn fd_data_as(
+        &self,
+        id: &str,
+        fd: &str,
+        start: u64,
+        stop: Option<u64>,
+        enc: ReadEncoding,
+    ) -> Result<EncodedFdData, FdDataError> {
+        let data = self.fd_data(id, fd, start, stop)?;
+        super::encoding::encode(data, enc).map_err(FdDataError::Io)
+    }
+
+    /// The compressed bytes of a capture held compressed (spec `compress`), as
+    /// stored: bytes `[start, stop)` (`stop: None` = to the end) of a `.zst`
+    /// stream, with its total length. Fails with [`FdDataError::NotCompressed`]
+    /// while compression is pending, or if it failed or was not asked for.
+    pub fn fd_compressed(
+        &self,
+        id: &str,
+        fd: &str,
+        start: u64,
+        stop: Option<u64>,
+    ) -> Result<CompressedFdData, FdDataError> {
+        let (content, _) = self
+            .call(|r| Command::FdData(id.to_string(), fd.to_string(), (0, 0), r))
+            .unwrap_or(Err(FdDataError::ShutDown))?;
+        let Content::Zstd(packed) = content else {
+            return Err(FdDataError::NotCompressed(fd.to_string()));
+        };
+        let (range, data) = packed
+            .compressed_range(start, stop.unwrap_or(u64::MAX))
+            .map_err(FdDataError::Io)?;
+        Ok(CompressedFdData {
+            algorithm: crate::capture::compress::ALGORITHM,
+            level: packed.level(),
+            range,
+            compressed_length: packed.compressed_len(),
+            length: packed.raw_len(),
+            dropped: packed.dropped(),
+            data,
+        })
     }
 }
 

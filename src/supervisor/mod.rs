@@ -10,8 +10,11 @@
 //! drained, reaped with rusage) → deleted.
 
 mod agent;
+mod encoding;
+mod packer;
 mod proc;
 mod reactor;
 mod spawner;
 
 pub use agent::{Agent, Config, Event, FdData, FdDataError, ProcError, StartError};
+pub use encoding::{CompressedFdData, Encoded, EncodedFdData, ReadEncoding};

@@ -1,5 +1,6 @@
 //! One process: its plan (built in the parent), its captures, and its result.
 
+use super::packer::{Job, Packed};
 use crate::capture::headtail::{Frozen, HeadTail};
 use crate::control;
 use crate::metrics::procstat::{ProcStat, StatContext};
@@ -47,6 +48,24 @@ pub(crate) struct Capture {
     pub encoding: spec::Encoding,
     pub attached: bool,
     pub store: Store,
+    /// The spec's `compress`, and how far it has got.
+    pub compression: Option<Compression>,
+}
+
+/// A capture's compression (spec `compress`).
+pub(crate) struct Compression {
+    pub level: i32,
+    pub state: CompressState,
+}
+
+/// Where a capture's compression stands.
+pub(crate) enum CompressState {
+    /// The process runs, or the compression thread has the job.
+    Pending,
+    /// Compressed: readers use this; the uncompressed store was released.
+    Done(Packed),
+    /// Compression failed: the capture stays uncompressed.
+    Failed(String),
 }
 
 /// What a reader gets for a capture: bytes already copied, or the file to read.
@@ -67,6 +86,8 @@ pub(crate) enum Content {
     },
     /// A tempfile capture.
     File(Arc<OwnedFd>),
+    /// A compressed capture.
+    Zstd(Packed),
 }
 
 /// A snapshot of a process result whose fd contents are read on the caller's
@@ -83,6 +104,8 @@ pub(crate) struct FdSnap {
     pub encoding: spec::Encoding,
     pub attached: bool,
     pub content: Content,
+    /// The `compression` result field, for a capture with `compress`.
+    pub compression: Option<crate::result::Compression>,
 }
 
 impl Snapshot {
@@ -104,7 +127,9 @@ impl FdSnap {
             Content::Counts { len, dropped } => (*len, dropped.clone()),
             Content::Range { len, .. } => (*len, None),
             Content::File(file) => (fd::file_len(&**file).unwrap_or(0), None),
+            Content::Zstd(p) => (p.raw_len(), p.dropped()),
         };
+        let compression = self.compression.clone();
         let dropped = dropped.map(|r| Dropped {
             start: r.start,
             stop: r.end,
@@ -117,6 +142,7 @@ impl FdSnap {
                     spec::Encoding::Base64 => Encoding::Base64,
                 },
                 dropped,
+                compression,
             };
         }
         let data = match &self.content {
@@ -126,17 +152,23 @@ impl FdSnap {
                 Ok(b) => b,
                 Err(_) => return FdRes::Error,
             },
+            Content::Zstd(p) => match p.held_bytes() {
+                Ok(b) => b,
+                Err(_) => return FdRes::Error,
+            },
         };
         match self.encoding {
             spec::Encoding::Utf8 => FdRes::Text {
                 bytes: data,
                 length,
                 dropped,
+                compression,
             },
             spec::Encoding::Base64 => FdRes::Data {
                 bytes: data,
                 length,
                 dropped,
+                compression,
             },
         }
     }
@@ -379,6 +411,7 @@ impl Proc {
                     encoding: c.encoding,
                     attached: c.attached,
                     content: if c.attached { c.content() } else { c.counts() },
+                    compression: c.compression_res(),
                 });
                 (name.clone(), snap)
             })
@@ -388,8 +421,82 @@ impl Proc {
 }
 
 impl Capture {
+    /// The compressed capture, once compression is done.
+    pub fn packed(&self) -> Option<&Packed> {
+        match &self.compression {
+            Some(Compression {
+                state: CompressState::Done(p),
+                ..
+            }) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The `compression` result field.
+    pub fn compression_res(&self) -> Option<crate::result::Compression> {
+        use crate::result::CompressionState as S;
+        let c = self.compression.as_ref()?;
+        let (state, compressed_length, error) = match &c.state {
+            CompressState::Pending => (S::Pending, None, None),
+            CompressState::Done(p) => (S::Done, Some(p.compressed_len()), None),
+            CompressState::Failed(e) => (S::Failed, None, Some(e.clone())),
+        };
+        Some(crate::result::Compression {
+            algorithm: crate::capture::compress::ALGORITHM.to_string(),
+            level: c.level,
+            state,
+            compressed_length,
+            error,
+        })
+    }
+
+    /// The compression job for a finished capture whose spec asks for one.
+    pub fn compress_job(&self, tmpdir: &Path) -> Option<Job> {
+        let c = self.compression.as_ref()?;
+        if !matches!(c.state, CompressState::Pending) {
+            return None;
+        }
+        match &self.store {
+            Store::Memory {
+                frozen: Some(f), ..
+            } => Some(Job::Memory {
+                frozen: f.clone(),
+                level: c.level,
+            }),
+            Store::Memory { .. } => None,
+            Store::Tempfile { file } => Some(Job::Tempfile {
+                src: file.clone(),
+                tmpdir: tmpdir.to_path_buf(),
+                level: c.level,
+            }),
+        }
+    }
+
+    /// Takes the compression thread's result: a compressed capture replaces the
+    /// uncompressed store (a memory capture's buffers are freed, a tempfile is
+    /// swapped for the compressed one); a failure leaves the store as it is.
+    pub fn compressed(&mut self, result: Result<Packed, String>) {
+        let Some(c) = self.compression.as_mut() else {
+            return;
+        };
+        match result {
+            Ok(packed) => {
+                match (&mut self.store, &packed) {
+                    (Store::Memory { frozen, .. }, Packed::Memory(_)) => *frozen = None,
+                    (Store::Tempfile { file }, Packed::File(f)) => *file = f.file.clone(),
+                    _ => {}
+                }
+                c.state = CompressState::Done(packed);
+            }
+            Err(e) => c.state = CompressState::Failed(e),
+        }
+    }
+
     /// Counts only, without copying a live buffer (detached results).
     pub fn counts(&self) -> Content {
+        if let Some(p) = self.packed() {
+            return Content::Zstd(p.clone());
+        }
         match &self.store {
             Store::Memory {
                 live, frozen: None, ..
@@ -404,6 +511,9 @@ impl Capture {
     /// Bytes `[start, stop)` for a reader: copied now from a live memory buffer
     /// (only the range), else the finished buffer or file to read on its thread.
     pub fn range(&self, start: u64, stop: u64) -> Content {
+        if let Some(p) = self.packed() {
+            return Content::Zstd(p.clone());
+        }
         match &self.store {
             Store::Memory {
                 live, frozen: None, ..
@@ -422,6 +532,9 @@ impl Capture {
 
     /// The capture's content as readers see it now (a copy while live).
     pub fn content(&self) -> Content {
+        if let Some(p) = self.packed() {
+            return Content::Zstd(p.clone());
+        }
         match &self.store {
             Store::Memory {
                 frozen: Some(f), ..
@@ -657,6 +770,8 @@ pub(crate) fn prepare(
                 attached,
                 head,
                 tail,
+                compress,
+                compress_level,
             } => {
                 let made = match mode {
                     CaptureMode::Memory => pipe::capture_pipe(ctx.pipe_size).map(|p| {
@@ -687,6 +802,13 @@ pub(crate) fn prepare(
                         encoding: *encoding,
                         attached: *attached,
                         store,
+                        // Validated: "zstd" is the only algorithm, levels fit i32.
+                        compression: compress.as_ref().map(|_| Compression {
+                            level: compress_level
+                                .and_then(|l| i32::try_from(l).ok())
+                                .unwrap_or(crate::capture::compress::DEFAULT_LEVEL),
+                            state: CompressState::Pending,
+                        }),
                     });
                     Some(child)
                 })

@@ -1,6 +1,7 @@
 //! The reactor thread: one io_uring, the process table, the command mailbox.
 
 use super::agent::{Command, Config, Event, FdDataError, ProcError, StartError};
+use super::packer::{self, Packer};
 use super::proc::{self, Capture, Content, Life, PlanContext, Proc, Snapshot, Store};
 use super::spawner::{Done, Spawner};
 use crate::metrics::procstat::StatContext;
@@ -63,6 +64,10 @@ pub(crate) struct Reactor {
     pending_starts: Vec<PendingStart>,
     /// Whether the sampling timer is armed.
     sampling: bool,
+    /// The compression thread (started on the first `compress` capture).
+    packer: Packer,
+    /// Compressions the compression thread finished.
+    packed_rx: std::sync::mpsc::Receiver<packer::Done>,
 }
 
 /// A start request's reply, held until its procs on the spawner thread are done.
@@ -90,6 +95,8 @@ impl Reactor {
                 rustix::io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EAGAIN));
             StartupError::Sys("starting the spawner thread", errno)
         })?;
+        let (packed_tx, packed_rx) = std::sync::mpsc::channel();
+        let packer = Packer::new(packed_tx, mailbox.wake.clone());
         tracing::debug!(features = ?ring.features, "io_uring ready");
         Ok(Reactor {
             ring,
@@ -114,6 +121,8 @@ impl Reactor {
             starting: HashMap::new(),
             pending_starts: Vec::new(),
             sampling: false,
+            packer,
+            packed_rx,
         })
     }
 
@@ -123,6 +132,7 @@ impl Reactor {
         let mut closed = false;
         loop {
             self.drain_spawned();
+            self.drain_packed();
             if !closed {
                 closed = self.drain_mailbox();
             }
@@ -365,6 +375,41 @@ impl Reactor {
         p.settle(self.stat_ctx.as_ref());
         let id = p.id.clone();
         self.emit(Event::Exited(id));
+        self.compress_captures(serial);
+    }
+
+    /// Hands the finished captures of a process whose spec asks for `compress`
+    /// to the compression thread.
+    fn compress_captures(&mut self, serial: u64) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        for (cap, c) in p.captures.iter_mut().enumerate() {
+            if let Some(job) = c.compress_job(&self.config.tmpdir) {
+                if let Err(e) = self.packer.submit(serial, cap, job) {
+                    c.compressed(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Takes compressions the compression thread finished (results for deleted
+    /// processes are dropped).
+    fn drain_packed(&mut self) {
+        while let Ok((serial, cap, result)) = self.packed_rx.try_recv() {
+            let Some(p) = self.procs.get_mut(&serial) else {
+                continue;
+            };
+            let Some(c) = p.captures.get_mut(cap) else {
+                continue;
+            };
+            if let Err(e) = &result {
+                tracing::warn!(id = %p.id, fd = %c.name, "compression failed: {e}");
+            }
+            c.compressed(result);
+            let event = Event::Compressed(p.id.clone(), c.name.clone());
+            self.emit(event);
+        }
     }
 
     fn emit(&mut self, event: Event) {
@@ -614,6 +659,7 @@ impl Reactor {
         };
         proc.life = Life::NotStarted;
         proc.settle(self.stat_ctx.as_ref());
+        self.compress_captures(serial);
     }
 
     /// Collects spawns the spawner thread finished.

@@ -1,0 +1,123 @@
+//! Encodings of fd data on read ([`crate::Agent::fd_data_as`]) and the stored
+//! compressed bytes of a capture ([`crate::Agent::fd_compressed`]).
+
+use super::agent::FdData;
+use base64::Engine as _;
+use bytes::Bytes;
+use std::ops::Range;
+
+/// How [`crate::Agent::fd_data_as`] presents the bytes of a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadEncoding {
+    /// The bytes as they are.
+    Raw,
+    /// Text: invalid UTF-8 sequences become U+FFFD, and the result says so.
+    Utf8,
+    /// Standard base64 with padding.
+    Base64,
+    /// The bytes compressed as a zstd stream at this level (see
+    /// [`crate::capture::compress::LEVELS`]).
+    Zstd {
+        /// The zstd level.
+        level: i32,
+    },
+}
+
+/// The bytes of a range in the encoding asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encoded {
+    /// [`ReadEncoding::Raw`].
+    Raw(Bytes),
+    /// [`ReadEncoding::Utf8`].
+    Utf8 {
+        /// The text.
+        text: String,
+        /// Whether any invalid byte sequence was replaced by U+FFFD.
+        replaced: bool,
+    },
+    /// [`ReadEncoding::Base64`].
+    Base64(String),
+    /// [`ReadEncoding::Zstd`]: a `.zst` stream of the range's held bytes.
+    Zstd {
+        /// The compressed bytes.
+        data: Bytes,
+        /// The level used.
+        level: i32,
+    },
+}
+
+/// An fd range, encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedFdData {
+    /// Start of the range served (the request's start, clamped to the length).
+    pub start: u64,
+    /// End of the range served (exclusive), clamped to the length.
+    pub stop: u64,
+    /// Total bytes the stream has produced so far.
+    pub length: u64,
+    /// The part of the range that fell in a head/tail capture's dropped middle
+    /// (not in the encoded bytes).
+    pub missing: Option<Range<u64>>,
+    /// Number of bytes the encoding was applied to (`stop - start` less
+    /// `missing`).
+    pub raw_length: u64,
+    /// The bytes held for `[start, stop)`, minus `missing`, encoded.
+    pub data: Encoded,
+}
+
+/// The compressed bytes of a capture as the agent holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompressedFdData {
+    /// `"zstd"`.
+    pub algorithm: &'static str,
+    /// The level the capture was compressed at.
+    pub level: i32,
+    /// The compressed bytes served: `[start, stop)` of the stored `.zst` stream.
+    pub range: Range<u64>,
+    /// Total compressed bytes stored.
+    pub compressed_length: u64,
+    /// Total bytes the stream produced (held or dropped).
+    pub length: u64,
+    /// The stream's dropped middle, for a head/tail memory capture: the `.zst`
+    /// stream decompresses to the held bytes, the head then the tail, so byte
+    /// `dropped.start` of the decompressed data is stream offset `dropped.stop`.
+    pub dropped: Option<Range<u64>>,
+    /// The compressed bytes `range`.
+    pub data: Bytes,
+}
+
+/// Encodes the held bytes of `d`.
+pub(crate) fn encode(d: FdData, enc: ReadEncoding) -> std::io::Result<EncodedFdData> {
+    let raw_length = d.data.len() as u64;
+    let data = match enc {
+        ReadEncoding::Raw => Encoded::Raw(d.data),
+        ReadEncoding::Utf8 => match String::from_utf8(d.data.to_vec()) {
+            Ok(text) => Encoded::Utf8 {
+                text,
+                replaced: false,
+            },
+            Err(e) => Encoded::Utf8 {
+                text: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                replaced: true,
+            },
+        },
+        ReadEncoding::Base64 => {
+            Encoded::Base64(base64::engine::general_purpose::STANDARD.encode(&d.data))
+        }
+        ReadEncoding::Zstd { level } => {
+            let (zst, _) = crate::capture::compress::compress_slices(&[&d.data], level)?;
+            Encoded::Zstd {
+                data: Bytes::from(zst),
+                level,
+            }
+        }
+    };
+    Ok(EncodedFdData {
+        start: d.start,
+        stop: d.stop,
+        length: d.length,
+        missing: d.missing,
+        raw_length,
+        data,
+    })
+}

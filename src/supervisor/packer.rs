@@ -1,0 +1,415 @@
+//! The compression thread: compresses finished captures off the reactor thread.
+//!
+//! The reactor hands a job (a frozen memory capture, or a capture file) to one
+//! thread, started on the first job; the result comes back over a channel and wakes
+//! the ring through the mailbox's eventfd, as the spawner's do. Until it arrives
+//! readers keep using the uncompressed capture, so a read gives the same bytes
+//! before and after.
+//!
+//! [`Packed`] is what a capture holds once compressed; it serves ranged reads
+//! (decompressing only the frames a range needs) and the compressed bytes as stored.
+
+use crate::capture::compress::{self, FrameIndex, PackedHeadTail, Source};
+use crate::capture::headtail::{Frozen, ReadInfo};
+use bytes::Bytes;
+use rustix::fd::{AsFd, OwnedFd};
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// Something to compress.
+pub(crate) enum Job {
+    /// A finished memory capture: held bytes compressed into memory.
+    Memory { frozen: Arc<Frozen>, level: i32 },
+    /// A tempfile capture: compressed into a new unlinked file in `tmpdir`.
+    Tempfile {
+        src: Arc<OwnedFd>,
+        tmpdir: PathBuf,
+        level: i32,
+    },
+    /// A kept (named) capture file: compressed into the file at `dst`, created or
+    /// truncated. The source file is left as it is; the caller decides whether
+    /// to remove it once the result is in.
+    #[allow(dead_code)] // for kept-file captures (mode "file"), merged separately
+    Kept {
+        src: Arc<OwnedFd>,
+        dst: PathBuf,
+        level: i32,
+    },
+}
+
+/// A compressed capture.
+#[derive(Clone, Debug)]
+pub(crate) enum Packed {
+    /// Held in memory.
+    Memory(Arc<PackedHeadTail>),
+    /// Held in a file.
+    File(Arc<PackedFile>),
+}
+
+/// A capture compressed into a file.
+#[derive(Debug)]
+pub(crate) struct PackedFile {
+    /// The compressed file (read with `pread`; its offset is not used).
+    pub file: Arc<OwnedFd>,
+    /// Its frames.
+    pub index: FrameIndex,
+    pub level: i32,
+    /// The file's path, for a kept file; `None` for an unlinked one.
+    #[allow(dead_code)] // read by kept-file captures (issue 5), not yet merged
+    pub path: Option<PathBuf>,
+}
+
+impl Packed {
+    /// Total bytes of the stream (held or dropped).
+    pub fn raw_len(&self) -> u64 {
+        match self {
+            Packed::Memory(m) => m.len(),
+            Packed::File(f) => f.index.raw_len(),
+        }
+    }
+
+    /// Bytes of compressed data.
+    pub fn compressed_len(&self) -> u64 {
+        match self {
+            Packed::Memory(m) => m.compressed().len() as u64,
+            Packed::File(f) => f.index.compressed_len(),
+        }
+    }
+
+    pub fn level(&self) -> i32 {
+        match self {
+            Packed::Memory(m) => m.level(),
+            Packed::File(f) => f.level,
+        }
+    }
+
+    /// The stream's dropped middle (memory head/tail captures only).
+    pub fn dropped(&self) -> Option<Range<u64>> {
+        match self {
+            Packed::Memory(m) => m.dropped(),
+            Packed::File(_) => None,
+        }
+    }
+
+    /// Bytes `[start, stop)` of the stream, as [`Frozen::read`].
+    pub fn read(&self, start: u64, stop: u64, out: &mut Vec<u8>) -> io::Result<ReadInfo> {
+        match self {
+            Packed::Memory(m) => m.read(start, stop, out),
+            Packed::File(f) => {
+                // Clamped as an uncompressed tempfile read is (`stop < start`
+                // gives `start..start`), so reads agree before and after.
+                let len = f.index.raw_len();
+                let start = start.min(len);
+                let stop = stop.min(len).max(start);
+                compress::read_range(Source::Fd(f.file.as_fd()), Some(&f.index), start, stop, out)?;
+                Ok(ReadInfo {
+                    start,
+                    stop,
+                    missing: None,
+                })
+            }
+        }
+    }
+
+    /// All held bytes, decompressed (head then tail for a memory capture).
+    pub fn held_bytes(&self) -> io::Result<Bytes> {
+        let mut out = Vec::new();
+        match self {
+            Packed::Memory(m) => {
+                compress::read_range(
+                    Source::Bytes(m.compressed()),
+                    Some(m.index()),
+                    0,
+                    u64::MAX,
+                    &mut out,
+                )?;
+            }
+            Packed::File(_) => {
+                self.read(0, u64::MAX, &mut out)?;
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Compressed bytes `[start, stop)` as stored, clamped to what exists.
+    pub fn compressed_range(&self, start: u64, stop: u64) -> io::Result<(Range<u64>, Bytes)> {
+        let len = self.compressed_len();
+        let stop = stop.min(len);
+        let start = start.min(stop);
+        let bytes = match self {
+            Packed::Memory(m) => m.compressed().slice(start as usize..stop as usize),
+            Packed::File(f) => {
+                let n = usize::try_from(stop - start)
+                    .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+                let mut buf = vec![0u8; n];
+                let got = crate::sys::fd::pread_full(&*f.file, &mut buf, start)
+                    .map_err(io::Error::from)?;
+                buf.truncate(got);
+                Bytes::from(buf)
+            }
+        };
+        Ok((start..start + bytes.len() as u64, bytes))
+    }
+}
+
+/// Runs one job on the compression thread.
+fn run(job: Job) -> io::Result<Packed> {
+    match job {
+        Job::Memory { frozen, level } => Ok(Packed::Memory(Arc::new(PackedHeadTail::pack(
+            &frozen, level,
+        )?))),
+        Job::Tempfile { src, tmpdir, level } => {
+            let dst = crate::sys::fd::tempfile(&tmpdir).map_err(io::Error::from)?;
+            let stats = compress::compress_file(&*src, &dst, level)?;
+            Ok(Packed::File(Arc::new(PackedFile {
+                file: Arc::new(dst),
+                index: stats.index,
+                level,
+                path: None,
+            })))
+        }
+        Job::Kept { src, dst, level } => {
+            let file = std::fs::File::create(&dst)?;
+            let stats = compress::compress_file(&*src, &file, level)?;
+            Ok(Packed::File(Arc::new(PackedFile {
+                file: Arc::new(OwnedFd::from(file)),
+                index: stats.index,
+                level,
+                path: Some(dst),
+            })))
+        }
+    }
+}
+
+/// A finished job: the proc's serial, the capture's index, and the outcome
+/// (an error as text for the result).
+pub(crate) type Done = (u64, usize, Result<Packed, String>);
+
+/// The compression thread and its job queue.
+pub(crate) struct Packer {
+    jobs: Option<mpsc::Sender<(u64, usize, Job)>>,
+    done: mpsc::Sender<Done>,
+    wake: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Packer {
+    /// A packer whose results go to `done`, each followed by a write to `wake`.
+    /// No thread is started until the first job.
+    pub(crate) fn new(done: mpsc::Sender<Done>, wake: Arc<OwnedFd>) -> Packer {
+        Packer {
+            jobs: None,
+            done,
+            wake,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    /// Queues a job for capture `cap` of proc `serial`, starting the thread if
+    /// need be. Fails only when the thread cannot be started.
+    pub(crate) fn submit(&mut self, serial: u64, cap: usize, job: Job) -> Result<(), String> {
+        if self.jobs.is_none() {
+            let (tx, rx) = mpsc::channel::<(u64, usize, Job)>();
+            let (done, wake, stop) = (self.done.clone(), self.wake.clone(), self.stop.clone());
+            let thread = std::thread::Builder::new()
+                .name("chaperone-zstd".into())
+                .spawn(move || {
+                    while let Ok((serial, cap, job)) = rx.recv() {
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        let result = run(job).map_err(|e| e.to_string());
+                        if done.send((serial, cap, result)).is_err() {
+                            break;
+                        }
+                        let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
+                    }
+                })
+                .map_err(|e| format!("starting the compression thread failed: {e}"))?;
+            self.jobs = Some(tx);
+            self.thread = Some(thread);
+        }
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| "no compression thread".to_string())?
+            .send((serial, cap, job))
+            .map_err(|_| "the compression thread is gone".to_string())
+    }
+}
+
+impl Drop for Packer {
+    fn drop(&mut self) {
+        // Queued jobs are skipped; the one under way finishes.
+        self.stop.store(true, Ordering::Release);
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::headtail::HeadTail;
+    use std::path::Path;
+
+    fn packer() -> (Packer, mpsc::Receiver<Done>) {
+        let (tx, rx) = mpsc::channel();
+        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        (Packer::new(tx, Arc::new(wake)), rx)
+    }
+
+    #[test]
+    fn packer_compresses_memory_and_files_off_thread() {
+        let (mut packer, rx) = packer();
+        assert!(packer.thread.is_none(), "started lazily");
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut ht = HeadTail::new(1000, 2000);
+        ht.push(&data);
+        let frozen = Arc::new(ht.freeze());
+        packer
+            .submit(
+                7,
+                1,
+                Job::Memory {
+                    frozen: frozen.clone(),
+                    level: 1,
+                },
+            )
+            .unwrap();
+        let src = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut &src, &data).unwrap();
+        let src = Arc::new(OwnedFd::from(src));
+        let dir = tempfile::tempdir().unwrap();
+        packer
+            .submit(
+                8,
+                0,
+                Job::Tempfile {
+                    src: src.clone(),
+                    tmpdir: dir.path().to_path_buf(),
+                    level: 3,
+                },
+            )
+            .unwrap();
+        let kept = dir.path().join("out.zst");
+        packer
+            .submit(
+                9,
+                2,
+                Job::Kept {
+                    src,
+                    dst: kept.clone(),
+                    level: 1,
+                },
+            )
+            .unwrap();
+
+        let (serial, cap, mem) = rx.recv().unwrap();
+        assert_eq!((serial, cap), (7, 1));
+        let mem = mem.unwrap();
+        assert_eq!(mem.raw_len(), data.len() as u64);
+        assert_eq!(mem.dropped(), frozen.dropped());
+        assert_eq!(mem.held_bytes().unwrap(), frozen.contiguous());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert_eq!(
+            mem.read(500, 398_500, &mut a).unwrap(),
+            frozen.read(500, 398_500, &mut b)
+        );
+        assert_eq!(a, b);
+
+        let (serial, cap, file) = rx.recv().unwrap();
+        assert_eq!((serial, cap), (8, 0));
+        let file = file.unwrap();
+        assert_eq!((file.raw_len(), file.level()), (data.len() as u64, 3));
+        assert_eq!(&file.held_bytes().unwrap()[..], &data[..]);
+        let (range, zst) = file.compressed_range(0, u64::MAX).unwrap();
+        assert_eq!(range, 0..file.compressed_len());
+        assert_eq!(zstd::stream::decode_all(&zst[..]).unwrap(), data);
+
+        let (serial, cap, kept_packed) = rx.recv().unwrap();
+        assert_eq!((serial, cap), (9, 2));
+        assert_eq!(kept_packed.unwrap().raw_len(), data.len() as u64);
+        let on_disk = std::fs::read(&kept).unwrap();
+        assert_eq!(zstd::stream::decode_all(&on_disk[..]).unwrap(), data);
+    }
+
+    #[test]
+    fn compressed_capture_releases_its_uncompressed_store() {
+        use crate::supervisor::proc::{Capture, CompressState, Compression, Store};
+        let capture = |store| Capture {
+            name: "stdout".into(),
+            encoding: crate::spec::Encoding::Base64,
+            attached: true,
+            store,
+            compression: Some(Compression {
+                level: 1,
+                state: CompressState::Pending,
+            }),
+        };
+        // Memory: the frozen buffers are dropped once the packed copy is in.
+        let mut ht = HeadTail::new(100, 100);
+        ht.push(&[7u8; 1000]);
+        let frozen = Arc::new(ht.freeze());
+        let mut mem = capture(Store::Memory {
+            pipe: None,
+            read_key: None,
+            live: HeadTail::default(),
+            frozen: Some(frozen.clone()),
+        });
+        let Some(Job::Memory { frozen: f, level }) = mem.compress_job(Path::new("/tmp")) else {
+            panic!("memory job expected")
+        };
+        let packed = run(Job::Memory { frozen: f, level }).unwrap();
+        assert_eq!(Arc::strong_count(&frozen), 2);
+        mem.compressed(Ok(packed));
+        assert_eq!(Arc::strong_count(&frozen), 1, "the capture let go of it");
+        assert!(mem.compress_job(Path::new("/tmp")).is_none(), "done once");
+        let p = mem.packed().expect("packed");
+        assert_eq!((p.raw_len(), p.dropped()), (1000, Some(100..900)));
+
+        // Tempfile: the uncompressed file is swapped for the compressed one.
+        let src = Arc::new(OwnedFd::from(tempfile::tempfile().unwrap()));
+        let mut tmp = capture(Store::Tempfile { file: src.clone() });
+        let job = tmp.compress_job(&std::env::temp_dir()).expect("job");
+        let packed = run(job).unwrap();
+        assert_eq!(Arc::strong_count(&src), 2);
+        tmp.compressed(Ok(packed));
+        assert_eq!(Arc::strong_count(&src), 1, "the original file is released");
+
+        // A failure keeps the store and says why.
+        let mut failed = capture(Store::Tempfile { file: src.clone() });
+        failed.compressed(Err("disk full".into()));
+        assert!(failed.packed().is_none());
+        let res = failed.compression_res().unwrap();
+        assert_eq!(res.error.as_deref(), Some("disk full"));
+        assert_eq!(Arc::strong_count(&src), 2);
+    }
+
+    #[test]
+    fn packer_reports_failures_as_text() {
+        let (mut packer, rx) = packer();
+        let src = Arc::new(OwnedFd::from(tempfile::tempfile().unwrap()));
+        packer
+            .submit(
+                1,
+                0,
+                Job::Tempfile {
+                    src,
+                    tmpdir: PathBuf::from("/nonexistent/dir"),
+                    level: 1,
+                },
+            )
+            .unwrap();
+        let (_, _, r) = rx.recv().unwrap();
+        assert!(r.is_err());
+    }
+}
