@@ -261,7 +261,8 @@ pub struct Dropped {
 /// * `{"type":"error"}`
 ///
 /// `length` on text and data and `dropped` (present only when something was
-/// dropped) are chaperone extensions. Text and data hold the raw bytes; the
+/// dropped) are chaperone extensions, as is `path` (present only for a kept
+/// capture file, mode `file`). Text and data hold the raw bytes; the
 /// lossy UTF-8 decoding or base64 encoding happens only when serializing.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "FdResWire")]
@@ -274,6 +275,8 @@ pub enum FdRes {
         length: u64,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// Extension: where a kept capture file (mode `file`) is.
+        path: Option<String>,
     },
     /// Output captured as binary data (base64 in JSON).
     Data {
@@ -283,6 +286,8 @@ pub enum FdRes {
         length: u64,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// Extension: where a kept capture file (mode `file`) is.
+        path: Option<String>,
     },
     /// Output captured but not inlined; fetch it separately.
     Detached {
@@ -292,6 +297,8 @@ pub enum FdRes {
         encoding: Encoding,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// Extension: where a kept capture file (mode `file`) is.
+        path: Option<String>,
     },
     /// The capture failed.
     Error,
@@ -305,6 +312,7 @@ impl FdRes {
             length: bytes.len() as u64,
             bytes,
             dropped: None,
+            path: None,
         }
     }
 
@@ -315,6 +323,7 @@ impl FdRes {
             length: bytes.len() as u64,
             bytes,
             dropped: None,
+            path: None,
         }
     }
 }
@@ -332,14 +341,17 @@ impl Serialize for Base64Bytes<'_> {
 
 impl Serialize for FdRes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let extra = |dropped: &Option<Dropped>| usize::from(dropped.is_some());
+        let extra = |dropped: &Option<Dropped>, path: &Option<String>| {
+            usize::from(dropped.is_some()) + usize::from(path.is_some())
+        };
         match self {
             FdRes::Text {
                 bytes,
                 length,
                 dropped,
+                path,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped, path)))?;
                 map.serialize_entry("type", "text")?;
                 let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
                 map.serialize_entry("text", &text)?;
@@ -348,14 +360,18 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                if let Some(p) = path {
+                    map.serialize_entry("path", p)?;
+                }
                 map.end()
             }
             FdRes::Data {
                 bytes,
                 length,
                 dropped,
+                path,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped, path)))?;
                 map.serialize_entry("type", "data")?;
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
@@ -363,19 +379,26 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                if let Some(p) = path {
+                    map.serialize_entry("path", p)?;
+                }
                 map.end()
             }
             FdRes::Detached {
                 length,
                 encoding,
                 dropped,
+                path,
             } => {
-                let mut map = serializer.serialize_map(Some(3 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(3 + extra(dropped, path)))?;
                 map.serialize_entry("type", "detached")?;
                 map.serialize_entry("length", length)?;
                 map.serialize_entry("encoding", encoding)?;
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
+                }
+                if let Some(p) = path {
+                    map.serialize_entry("path", p)?;
                 }
                 map.end()
             }
@@ -398,6 +421,8 @@ enum FdResWire {
         length: Option<u64>,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        path: Option<String>,
     },
     Data {
         data: String,
@@ -405,12 +430,16 @@ enum FdResWire {
         length: Option<u64>,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        path: Option<String>,
     },
     Detached {
         length: u64,
         encoding: Encoding,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        path: Option<String>,
     },
     Error,
 }
@@ -424,31 +453,37 @@ impl TryFrom<FdResWire> for FdRes {
                 text,
                 length,
                 dropped,
+                path,
             } => FdRes::Text {
                 length: length.unwrap_or(text.len() as u64),
                 bytes: Bytes::from(text.into_bytes()),
                 dropped,
+                path,
             },
             FdResWire::Data {
                 data,
                 length,
                 dropped,
+                path,
             } => {
                 let bytes = STANDARD.decode(data)?;
                 FdRes::Data {
                     length: length.unwrap_or(bytes.len() as u64),
                     bytes: Bytes::from(bytes),
                     dropped,
+                    path,
                 }
             }
             FdResWire::Detached {
                 length,
                 encoding,
                 dropped,
+                path,
             } => FdRes::Detached {
                 length,
                 encoding,
                 dropped,
+                path,
             },
             FdResWire::Error => FdRes::Error,
         })
@@ -713,6 +748,7 @@ mod tests {
             length: 1234,
             encoding: Encoding::Utf8,
             dropped: None,
+            path: None,
         };
         assert_eq!(
             serde_json::to_string(&fd).unwrap(),
@@ -726,11 +762,37 @@ mod tests {
             length: 5,
             encoding: Encoding::Base64,
             dropped: None,
+            path: None,
         };
         assert_eq!(
             serde_json::to_value(&fd).unwrap(),
             json!({"type":"detached","length":5,"encoding":"base64"})
         );
+    }
+
+    #[test]
+    fn kept_file_path_is_written_and_read_back() {
+        let fd = FdRes::Detached {
+            length: 7,
+            encoding: Encoding::Base64,
+            dropped: None,
+            path: Some("/var/log/job.stdout".into()),
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"detached","length":7,"encoding":"base64","path":"/var/log/job.stdout"})
+        );
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+        let fd = FdRes::Text {
+            bytes: Bytes::from_static(b"ab"),
+            length: 9,
+            dropped: Some(Dropped { start: 1, stop: 8 }),
+            path: Some("out".into()),
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(v["path"], "out");
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
     }
 
     #[test]
@@ -746,6 +808,7 @@ mod tests {
             bytes: Bytes::from_static(b"headtail"),
             length: 100,
             dropped: Some(Dropped { start: 4, stop: 96 }),
+            path: None,
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(

@@ -1,6 +1,7 @@
 //! One process: its plan (built in the parent), its captures, and its result.
 
 use crate::capture::headtail::{Frozen, HeadTail};
+use crate::capture::kept::{self, KeptFile};
 use crate::control;
 use crate::metrics::procstat::{ProcStat, StatContext};
 use crate::result::{
@@ -21,7 +22,8 @@ use std::time::{Instant, SystemTime};
 
 /// Where a capture's bytes live.
 pub(crate) enum Store {
-    /// A pipe drained by the reactor into a head/tail buffer.
+    /// A pipe drained by the reactor into a head/tail buffer and, for mode
+    /// `file`, into a kept file.
     Memory {
         /// The pipe's read end while it is open.
         pipe: Option<Rc<OwnedFd>>,
@@ -31,6 +33,9 @@ pub(crate) enum Store {
         live: HeadTail,
         /// The buffer once the process has exited.
         frozen: Option<Arc<Frozen>>,
+        /// Mode `file`: the kept file the reactor writes (`live` is then used
+        /// only with `"memory": true`).
+        file: Option<Box<KeptFile>>,
     },
     /// An unlinked file the child writes to directly.
     Tempfile {
@@ -65,6 +70,19 @@ pub(crate) enum Content {
     },
     /// A tempfile capture.
     File(Arc<OwnedFd>),
+    /// A kept file (mode `file`), read up to its logical length.
+    Kept(KeptContent),
+}
+
+/// A kept capture file as a reader sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct KeptContent {
+    pub file: Arc<OwnedFd>,
+    pub path: Arc<Path>,
+    /// Bytes whose writes have completed; reads stop here.
+    pub len: u64,
+    /// The head/tail memory capture (`"memory": true`), for inline results.
+    pub mem: Option<Arc<Frozen>>,
 }
 
 /// A snapshot of a process result whose fd contents are read on the caller's
@@ -98,6 +116,10 @@ impl Snapshot {
 impl FdSnap {
     fn to_fd_res(&self) -> FdRes {
         let (length, dropped) = match &self.content {
+            Content::Kept(k) => match (&k.mem, self.attached) {
+                (Some(f), true) => (f.len(), f.dropped()),
+                _ => (k.len, None),
+            },
             Content::Memory(f) => (f.len(), f.dropped()),
             Content::Counts { len, dropped } => (*len, dropped.clone()),
             Content::Range { len, .. } => (*len, None),
@@ -107,6 +129,10 @@ impl FdSnap {
             start: r.start,
             stop: r.end,
         });
+        let path = match &self.content {
+            Content::Kept(k) => Some(k.path.to_string_lossy().into_owned()),
+            _ => None,
+        };
         if !self.attached {
             return FdRes::Detached {
                 length,
@@ -115,9 +141,17 @@ impl FdSnap {
                     spec::Encoding::Base64 => Encoding::Base64,
                 },
                 dropped,
+                path,
             };
         }
         let data = match &self.content {
+            Content::Kept(k) => match &k.mem {
+                Some(f) => f.contiguous(),
+                None => match read_file(&k.file, 0, k.len) {
+                    Ok(b) => b,
+                    Err(_) => return FdRes::Error,
+                },
+            },
             Content::Memory(f) => f.contiguous(),
             Content::Counts { .. } | Content::Range { .. } => return FdRes::Error,
             Content::File(file) => match read_file(file, 0, length) {
@@ -130,11 +164,13 @@ impl FdSnap {
                 bytes: data,
                 length,
                 dropped,
+                path,
             },
             spec::Encoding::Base64 => FdRes::Data {
                 bytes: data,
                 length,
                 dropped,
+                path,
             },
         }
     }
@@ -225,17 +261,38 @@ impl Proc {
         matches!(self.life, Life::Running | Life::Starting)
     }
 
+    /// Running, or exited and reaped but not yet settled because kept-file
+    /// writes are still in flight: waiters wait, delete is refused.
+    pub fn is_busy(&self) -> bool {
+        self.is_running() || (matches!(self.life, Life::Done { .. }) && self.stop.is_none())
+    }
+
+    /// Whether every kept file of this process holds all the bytes taken for it.
+    pub fn kept_idle(&self) -> bool {
+        self.captures.iter().all(|c| match &c.store {
+            Store::Memory { file: Some(f), .. } => f.idle(),
+            _ => true,
+        })
+    }
+
     /// Makes a process that is no longer running final: stop time, memory
     /// captures frozen (pipes dropped), waiters answered.
     pub fn settle(&mut self, stat_ctx: Option<&StatContext>) {
         self.stop = Some((SystemTime::now(), Instant::now()));
         for cap in self.captures.iter_mut() {
             if let Store::Memory {
-                pipe, live, frozen, ..
+                pipe,
+                live,
+                frozen,
+                file,
+                ..
             } = &mut cap.store
             {
                 *pipe = None;
                 *frozen = Some(Arc::new(std::mem::take(live).freeze()));
+                if let Some(f) = file {
+                    f.release_buffers();
+                }
             }
         }
         let waiters = std::mem::take(&mut self.waiters);
@@ -318,6 +375,7 @@ impl Capture {
     /// Counts only, without copying a live buffer (detached results).
     pub fn counts(&self) -> Content {
         match &self.store {
+            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f, None)),
             Store::Memory {
                 live, frozen: None, ..
             } => Content::Counts {
@@ -332,6 +390,7 @@ impl Capture {
     /// (only the range), else the finished buffer or file to read on its thread.
     pub fn range(&self, start: u64, stop: u64) -> Content {
         match &self.store {
+            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f, None)),
             Store::Memory {
                 live, frozen: None, ..
             } => {
@@ -351,11 +410,32 @@ impl Capture {
     pub fn content(&self) -> Content {
         match &self.store {
             Store::Memory {
+                file: Some(f),
+                frozen,
+                live,
+                ..
+            } => {
+                let mem = f.keep_memory().then(|| match frozen {
+                    Some(fr) => fr.clone(),
+                    None => Arc::new(live.clone().freeze()),
+                });
+                Content::Kept(kept_content(f, mem))
+            }
+            Store::Memory {
                 frozen: Some(f), ..
             } => Content::Memory(f.clone()),
             Store::Memory { live, .. } => Content::Memory(Arc::new(live.clone().freeze())),
             Store::Tempfile { file } => Content::File(file.clone()),
         }
+    }
+}
+
+fn kept_content(f: &KeptFile, mem: Option<Arc<Frozen>>) -> KeptContent {
+    KeptContent {
+        file: f.file().clone(),
+        path: f.path().clone(),
+        len: f.len(),
+        mem,
     }
 }
 
@@ -601,23 +681,45 @@ pub(crate) fn prepare(
                 attached,
                 head,
                 tail,
+                path,
+                dir,
+                memory,
             } => {
+                let head = head.map_or(ctx.head, |h| usize::try_from(h).unwrap_or(usize::MAX));
+                let tail = tail.map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
                 let made = match mode {
                     CaptureMode::Memory => pipe::capture_pipe(ctx.pipe_size).map(|p| {
-                        let head =
-                            head.map_or(ctx.head, |h| usize::try_from(h).unwrap_or(usize::MAX));
-                        let tail =
-                            tail.map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
                         (
                             Store::Memory {
                                 pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
                                 read_key: None,
                                 live: HeadTail::new(head, tail),
                                 frozen: None,
+                                file: None,
                             },
                             p.write,
                         )
                     }),
+                    CaptureMode::File => {
+                        let target = (path.as_deref(), dir.as_deref());
+                        open_kept(id, &norm, target, child_cwd.as_deref()).and_then(|(f, at)| {
+                            let p = pipe::capture_pipe(ctx.pipe_size)?;
+                            let (head, tail) = if *memory { (head, tail) } else { (0, 0) };
+                            let f = fd::move_high(f, ctx.fd_floor);
+                            let cap = kept::staging_cap(ctx.pipe_size);
+                            let file = KeptFile::new(f, at, *memory, cap);
+                            Ok((
+                                Store::Memory {
+                                    pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
+                                    read_key: None,
+                                    live: HeadTail::new(head, tail),
+                                    frozen: None,
+                                    file: Some(Box::new(file)),
+                                },
+                                p.write,
+                            ))
+                        })
+                    }
                     CaptureMode::Tempfile => fd::tempfile(ctx.tmpdir).and_then(|f| {
                         let child = fd::dup_cloexec(f.as_fd())?;
                         let f = fd::move_high(f, ctx.fd_floor);
@@ -689,6 +791,28 @@ pub(crate) fn prepare(
         started_with,
         timeout,
         kill_group: ps.kill_group,
+    }
+}
+
+/// Opens a kept capture file: `path` (relative to the child's starting directory)
+/// or a new name in `dir`. Returns the file and its path.
+fn open_kept(
+    id: &str,
+    fd_name: &str,
+    (path, dir): (Option<&str>, Option<&str>),
+    cwd: Option<&Path>,
+) -> Result<(OwnedFd, PathBuf), Errno> {
+    let resolve = |p: &str| match cwd {
+        Some(c) => c.join(p),
+        None => PathBuf::from(p),
+    };
+    match (path, dir) {
+        (Some(p), _) => {
+            let p = resolve(p);
+            kept::create_at(&p).map(|f| (f, p))
+        }
+        (None, Some(d)) => kept::create_in_dir(&resolve(d), id, fd_name),
+        (None, None) => Err(Errno::INVAL),
     }
 }
 

@@ -39,6 +39,7 @@ fn capture_keeps_head_and_tail_when_child_writes_1gib() {
             bytes,
             length,
             dropped,
+            path: None,
         })) => {
             assert_eq!(*length, GIB);
             assert_eq!(
@@ -203,7 +204,8 @@ fn capture_detached_reports_length_and_serves_bytes() {
             Some(FdRes::Detached {
                 length: 27,
                 encoding: Encoding::Utf8,
-                dropped: None
+                dropped: None,
+                path: None,
             }),
             "{mode}"
         );
