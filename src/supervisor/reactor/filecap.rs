@@ -24,9 +24,10 @@ fn kept_mut(procs: &mut HashMap<u64, Proc>, serial: u64, cap: usize) -> Option<&
 }
 
 impl Reactor {
-    /// Pipe bytes went into a kept file's staging: pause the pipe once the
-    /// staging is full, and start a write if none is in flight.
+    /// Pipe bytes went into a kept file's staging: start a write if none is in
+    /// flight, and pause the pipe if the staging is still full after that.
     pub(super) fn kept_pushed(&mut self, serial: u64, cap: usize) {
+        self.pump_kept(serial, cap);
         let pause = match kept_mut(&mut self.procs, serial, cap) {
             Some(f) if f.over_cap() && !f.paused => {
                 f.paused = true;
@@ -37,7 +38,6 @@ impl Reactor {
         if pause {
             self.pauses.push((serial, cap));
         }
-        self.pump_kept(serial, cap);
     }
 
     /// Submits the next write of a kept file, if one is due.
