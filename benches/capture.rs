@@ -3,6 +3,11 @@
 //! * `capture/4g/chaperone`: a chaperone memory capture with head = tail = 1 MiB
 //!   (the agent's capture pipe is raised to `pipe-max-size`, the reactor drains
 //!   it with io_uring); timed from `start` to the final result.
+//! * `capture/4g/chaperone_file`: the same capture with a kept file as well
+//!   (capture mode `file`, `"memory": true`, same head/tail): the reactor also
+//!   writes every byte to a file in `CHAPERONE_BENCH_CAPTURE_DIR` (default: the
+//!   temp dir), removed after each run outside the timing. Target: ≥ 0.8× the
+//!   throughput of `chaperone`.
 //! * `capture/4g/raw_read`: the same writer with its stdout a `pipe2` pipe raised
 //!   to `/proc/sys/fs/pipe-max-size` (`F_SETPIPE_SZ`), drained by a plain
 //!   blocking `read()` loop of 1 MiB reads to EOF, then `waitpid`.
@@ -12,8 +17,8 @@
 //! same, cheapest possible producer. `CHAPERONE_BENCH_CAPTURE_BYTES` overrides the
 //! 4 GiB (for a quick try).
 //!
-//! `capture --paired ROUNDS` (not criterion) alternates the two, one run of each
-//! per round (the order flips every round), and prints the times as JSON.
+//! `capture --paired ROUNDS` (not criterion) alternates the three, one run of each
+//! per round (the order rotates every round), and prints the times as JSON.
 
 use chaperone::spec;
 use chaperone::{Agent, Config};
@@ -130,35 +135,70 @@ fn setup() -> (u64, String, String) {
 }
 
 fn chaperone_input(exe: &str, bytes: u64) -> spec::Input {
+    let capture = serde_json::json!({"mode": "memory", "head": 1 << 20, "tail": 1 << 20});
+    writer_input(exe, bytes, capture)
+}
+
+/// The same capture plus a kept file at `path`.
+fn file_input(exe: &str, bytes: u64, path: &std::path::Path) -> spec::Input {
+    let capture = serde_json::json!({"mode": "file", "path": path, "memory": true,
+        "head": 1 << 20, "tail": 1 << 20});
+    writer_input(exe, bytes, capture)
+}
+
+fn writer_input(exe: &str, bytes: u64, capture: serde_json::Value) -> spec::Input {
     let json = serde_json::json!({"specs": {"w": {
         "argv": [exe, "--writer", bytes.to_string()],
         "fds": [
             ["stdin", {"null": {}}],
-            ["stdout", {"capture": {"mode": "memory", "head": 1 << 20, "tail": 1 << 20}}],
+            ["stdout", {"capture": capture}],
             ["stderr", {"null": {}}],
         ],
     }}});
     spec::parse_input(json.to_string().as_bytes()).expect("valid spec")
 }
 
+/// Where the kept-file runs write (`CHAPERONE_BENCH_CAPTURE_DIR`, default the
+/// temp dir): a file unique to this bench process.
+fn kept_path() -> std::path::PathBuf {
+    let dir = std::env::var_os("CHAPERONE_BENCH_CAPTURE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!(
+        "chaperone-bench-capture-{}.out",
+        std::process::id()
+    ))
+}
+
+/// One kept-file run; the file is checked and removed after the timing.
+fn file_round(agent: &Agent, input: &spec::Input, bytes: u64, path: &std::path::Path) -> Duration {
+    let elapsed = chaperone_round(agent, input, bytes);
+    let len = std::fs::metadata(path).expect("kept file").len();
+    assert_eq!(len, bytes, "kept file length");
+    std::fs::remove_file(path).expect("remove kept file");
+    elapsed
+}
+
 fn paired(rounds: usize) {
     let (bytes, exe, name) = setup();
     let agent = Agent::new(Config::default()).expect("agent");
     let input = chaperone_input(&exe, bytes);
+    let path = kept_path();
+    let finput = file_input(&exe, bytes, &path);
     let mut buf = vec![0u8; CHUNK];
-    let (mut chap, mut raw) = (Vec::new(), Vec::new());
+    let (mut chap, mut file, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        let c = || chaperone_round(&agent, &input, bytes).as_secs_f64();
-        if round % 2 == 0 {
-            chap.push(c());
-            raw.push(raw_round(&exe, bytes, &mut buf).as_secs_f64());
-        } else {
-            raw.push(raw_round(&exe, bytes, &mut buf).as_secs_f64());
-            chap.push(c());
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => chap.push(chaperone_round(&agent, &input, bytes).as_secs_f64()),
+                1 => file.push(file_round(&agent, &finput, bytes, &path).as_secs_f64()),
+                _ => raw.push(raw_round(&exe, bytes, &mut buf).as_secs_f64()),
+            }
         }
     }
     let times = serde_json::json!({
         format!("{name}/chaperone"): chap,
+        format!("{name}/chaperone_file"): file,
         format!("{name}/raw_read"): raw,
     });
     println!("{}", serde_json::json!({"bytes": bytes, "times": times}));
@@ -178,6 +218,15 @@ fn bench_capture(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| chaperone_round(&agent, &input, bytes))
+                .sum()
+        });
+    });
+    let path = kept_path();
+    let finput = file_input(&exe, bytes, &path);
+    g.bench_function("chaperone_file", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| file_round(&agent, &finput, bytes, &path))
                 .sum()
         });
     });

@@ -310,8 +310,9 @@ pub enum CompressionState {
 /// * `{"type":"error"}`
 ///
 /// `length` on text and data, `dropped` (present only when something was
-/// dropped) and `compression` (present only for a capture whose spec has
-/// `compress`) are chaperone extensions. Text and data hold the raw bytes; the
+/// dropped), `compression` (present only for a capture whose spec has
+/// `compress`) and `path` (present only for a kept capture file, mode `file`)
+/// are chaperone extensions. Text and data hold the raw bytes; the
 /// lossy UTF-8 decoding or base64 encoding happens only when serializing.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "FdResWire")]
@@ -326,6 +327,8 @@ pub enum FdRes {
         dropped: Option<Dropped>,
         /// How the capture is compressed, if its spec asks for it.
         compression: Option<Compression>,
+        /// Extension: where a kept capture file (mode `file`) is.
+        path: Option<String>,
     },
     /// Output captured as binary data (base64 in JSON).
     Data {
@@ -337,6 +340,8 @@ pub enum FdRes {
         dropped: Option<Dropped>,
         /// How the capture is compressed, if its spec asks for it.
         compression: Option<Compression>,
+        /// Extension: where a kept capture file (mode `file`) is.
+        path: Option<String>,
     },
     /// Output captured but not inlined; fetch it separately.
     Detached {
@@ -348,6 +353,8 @@ pub enum FdRes {
         dropped: Option<Dropped>,
         /// How the capture is compressed, if its spec asks for it.
         compression: Option<Compression>,
+        /// Extension: where a kept capture file (mode `file`) is.
+        path: Option<String>,
     },
     /// The capture failed.
     Error,
@@ -362,6 +369,7 @@ impl FdRes {
             bytes,
             dropped: None,
             compression: None,
+            path: None,
         }
     }
 
@@ -373,6 +381,7 @@ impl FdRes {
             bytes,
             dropped: None,
             compression: None,
+            path: None,
         }
     }
 }
@@ -390,8 +399,12 @@ impl Serialize for Base64Bytes<'_> {
 
 impl Serialize for FdRes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let extra = |dropped: &Option<Dropped>, compression: &Option<Compression>| {
-            usize::from(dropped.is_some()) + usize::from(compression.is_some())
+        let extra = |dropped: &Option<Dropped>,
+                     compression: &Option<Compression>,
+                     path: &Option<String>| {
+            usize::from(dropped.is_some())
+                + usize::from(compression.is_some())
+                + usize::from(path.is_some())
         };
         match self {
             FdRes::Text {
@@ -399,8 +412,10 @@ impl Serialize for FdRes {
                 length,
                 dropped,
                 compression,
+                path,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped, compression)))?;
+                let mut map =
+                    serializer.serialize_map(Some(4 + extra(dropped, compression, path)))?;
                 map.serialize_entry("type", "text")?;
                 let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
                 map.serialize_entry("text", &text)?;
@@ -412,6 +427,9 @@ impl Serialize for FdRes {
                 if let Some(c) = compression {
                     map.serialize_entry("compression", c)?;
                 }
+                if let Some(p) = path {
+                    map.serialize_entry("path", p)?;
+                }
                 map.end()
             }
             FdRes::Data {
@@ -419,8 +437,10 @@ impl Serialize for FdRes {
                 length,
                 dropped,
                 compression,
+                path,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped, compression)))?;
+                let mut map =
+                    serializer.serialize_map(Some(4 + extra(dropped, compression, path)))?;
                 map.serialize_entry("type", "data")?;
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
@@ -431,6 +451,9 @@ impl Serialize for FdRes {
                 if let Some(c) = compression {
                     map.serialize_entry("compression", c)?;
                 }
+                if let Some(p) = path {
+                    map.serialize_entry("path", p)?;
+                }
                 map.end()
             }
             FdRes::Detached {
@@ -438,8 +461,10 @@ impl Serialize for FdRes {
                 encoding,
                 dropped,
                 compression,
+                path,
             } => {
-                let mut map = serializer.serialize_map(Some(3 + extra(dropped, compression)))?;
+                let mut map =
+                    serializer.serialize_map(Some(3 + extra(dropped, compression, path)))?;
                 map.serialize_entry("type", "detached")?;
                 map.serialize_entry("length", length)?;
                 map.serialize_entry("encoding", encoding)?;
@@ -448,6 +473,9 @@ impl Serialize for FdRes {
                 }
                 if let Some(c) = compression {
                     map.serialize_entry("compression", c)?;
+                }
+                if let Some(p) = path {
+                    map.serialize_entry("path", p)?;
                 }
                 map.end()
             }
@@ -472,6 +500,7 @@ enum FdResWire {
         dropped: Option<Dropped>,
         #[serde(default)]
         compression: Option<Compression>,
+        path: Option<String>,
     },
     Data {
         data: String,
@@ -481,6 +510,7 @@ enum FdResWire {
         dropped: Option<Dropped>,
         #[serde(default)]
         compression: Option<Compression>,
+        path: Option<String>,
     },
     Detached {
         length: u64,
@@ -489,6 +519,7 @@ enum FdResWire {
         dropped: Option<Dropped>,
         #[serde(default)]
         compression: Option<Compression>,
+        path: Option<String>,
     },
     Error,
 }
@@ -503,17 +534,20 @@ impl TryFrom<FdResWire> for FdRes {
                 length,
                 dropped,
                 compression,
+                path,
             } => FdRes::Text {
                 length: length.unwrap_or(text.len() as u64),
                 bytes: Bytes::from(text.into_bytes()),
                 dropped,
                 compression,
+                path,
             },
             FdResWire::Data {
                 data,
                 length,
                 dropped,
                 compression,
+                path,
             } => {
                 let bytes = STANDARD.decode(data)?;
                 FdRes::Data {
@@ -521,6 +555,7 @@ impl TryFrom<FdResWire> for FdRes {
                     bytes: Bytes::from(bytes),
                     dropped,
                     compression,
+                    path,
                 }
             }
             FdResWire::Detached {
@@ -528,11 +563,13 @@ impl TryFrom<FdResWire> for FdRes {
                 encoding,
                 dropped,
                 compression,
+                path,
             } => FdRes::Detached {
                 length,
                 encoding,
                 dropped,
                 compression,
+                path,
             },
             FdResWire::Error => FdRes::Error,
         })
@@ -800,6 +837,7 @@ mod tests {
             encoding: Encoding::Utf8,
             dropped: None,
             compression: None,
+            path: None,
         };
         assert_eq!(
             serde_json::to_string(&fd).unwrap(),
@@ -814,11 +852,39 @@ mod tests {
             encoding: Encoding::Base64,
             dropped: None,
             compression: None,
+            path: None,
         };
         assert_eq!(
             serde_json::to_value(&fd).unwrap(),
             json!({"type":"detached","length":5,"encoding":"base64"})
         );
+    }
+
+    #[test]
+    fn kept_file_path_is_written_and_read_back() {
+        let fd = FdRes::Detached {
+            length: 7,
+            encoding: Encoding::Base64,
+            dropped: None,
+            compression: None,
+            path: Some("/var/log/job.stdout".into()),
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"detached","length":7,"encoding":"base64","path":"/var/log/job.stdout"})
+        );
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+        let fd = FdRes::Text {
+            bytes: Bytes::from_static(b"ab"),
+            length: 9,
+            dropped: Some(Dropped { start: 1, stop: 8 }),
+            compression: None,
+            path: Some("out".into()),
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(v["path"], "out");
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
     }
 
     #[test]
@@ -835,6 +901,7 @@ mod tests {
             length: 100,
             dropped: Some(Dropped { start: 4, stop: 96 }),
             compression: None,
+            path: None,
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -858,6 +925,7 @@ mod tests {
                 compressed_length: Some(42),
                 error: None,
             }),
+            path: None,
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -878,6 +946,7 @@ mod tests {
                 compressed_length: None,
                 error: Some("disk full".into()),
             }),
+            path: None,
         };
         let v = serde_json::to_value(&pending).unwrap();
         assert_eq!(

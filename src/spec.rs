@@ -173,6 +173,20 @@ pub enum SpecError {
         msg: String,
     },
 
+    /// A capture's `path`, `dir` or `memory` does not fit its `mode`: mode `file`
+    /// needs exactly one of `path` and `dir`; other modes take none of the three.
+    #[error("proc {proc_id}: fd {fd}: capture {field}: {msg}")]
+    BadCapture {
+        /// The proc with the capture.
+        proc_id: ProcId,
+        /// The captured fd's number.
+        fd: i32,
+        /// The offending field (`path`, `dir`, `memory`).
+        field: &'static str,
+        /// What is wrong with it.
+        msg: &'static str,
+    },
+
     /// A capture's `head + tail` overflows or exceeds [`MAX_CAPTURE_WINDOW`].
     #[error("proc {proc_id}: fd {fd}: capture head plus tail is too large (max {max} bytes)", max = MAX_CAPTURE_WINDOW)]
     CaptureTooLarge {
@@ -648,6 +662,15 @@ pub enum FdSpec {
         /// [`DEFAULT_COMPRESS_LEVEL`]); only with `compress`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         compress_level: Option<i64>,
+        /// chaperone extension, mode `file`: the file to keep the stream in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// chaperone extension, mode `file`: a directory the agent names the file in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dir: Option<String>,
+        /// chaperone extension, mode `file`: also keep the head/tail memory capture.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        memory: bool,
     },
     /// The write end of a pipe to a `pipe-read` of another proc in the same request:
     /// `"pipe-write"`.
@@ -679,6 +702,9 @@ pub enum CaptureMode {
     Tempfile,
     /// A pipe read into agent memory (`"memory"`).
     Memory,
+    /// chaperone extension: a named file the agent writes from a pipe and keeps
+    /// after the process is deleted (`"file"`, with `path` or `dir`).
+    File,
 }
 
 /// How a capture's bytes are presented in results.
@@ -871,8 +897,13 @@ pub fn validate_with_existing(
                     tail,
                     compress,
                     compress_level,
+                    mode,
+                    path,
+                    dir,
+                    memory,
                     ..
                 } => {
+                    check_capture_target(proc_id, name, fd, *mode, path, dir, *memory)?;
                     let window = head.unwrap_or(0).checked_add(tail.unwrap_or(0));
                     if window.is_none_or(|w| w > MAX_CAPTURE_WINDOW) {
                         return Err(SpecError::CaptureTooLarge {
@@ -967,6 +998,51 @@ fn check_compress(
         )),
         _ => Ok(()),
     }
+}
+
+/// Checks `path`, `dir` and `memory` of a capture against its mode.
+fn check_capture_target(
+    proc_id: &str,
+    name: &str,
+    fd: i32,
+    mode: CaptureMode,
+    path: &Option<String>,
+    dir: &Option<String>,
+    memory: bool,
+) -> Result<(), SpecError> {
+    let bad = |field, msg| SpecError::BadCapture {
+        proc_id: proc_id.to_owned(),
+        fd,
+        field,
+        msg,
+    };
+    if mode != CaptureMode::File {
+        let extra = [
+            ("path", path.is_some()),
+            ("dir", dir.is_some()),
+            ("memory", memory),
+        ];
+        if let Some((field, _)) = extra.into_iter().find(|(_, set)| *set) {
+            return Err(bad(field, "only mode \"file\" takes it"));
+        }
+        return Ok(());
+    }
+    let (field, value) = match (path, dir) {
+        (Some(_), Some(_)) => return Err(bad("path", "give either path or dir, not both")),
+        (None, None) => return Err(bad("path", "mode \"file\" needs a path or a dir")),
+        (Some(p), None) => ("path", p),
+        (None, Some(d)) => ("dir", d),
+    };
+    if value.is_empty() {
+        return Err(bad(field, "is empty"));
+    }
+    if value.contains('\0') {
+        return Err(SpecError::Nul {
+            proc_id: proc_id.to_owned(),
+            field: format!("fds.{name}.capture.{field}"),
+        });
+    }
+    Ok(())
 }
 
 /// Checks argv, exe and env.vars of one proc.
@@ -1099,7 +1175,10 @@ mod tests {
                 head: None,
                 tail: None,
                 compress: None,
-                compress_level: None
+                compress_level: None,
+                path: None,
+                dir: None,
+                memory: false,
             }
         );
         assert_eq!(
@@ -1188,7 +1267,10 @@ mod tests {
                 head: Some(10),
                 tail: Some(20),
                 compress: None,
-                compress_level: None
+                compress_level: None,
+                path: None,
+                dir: None,
+                memory: false,
             }
         );
         assert_eq!(fd(r#""pipe-write""#).unwrap(), FdSpec::PipeWrite);
@@ -1224,7 +1306,10 @@ mod tests {
                 head: None,
                 tail: None,
                 compress: None,
-                compress_level: None
+                compress_level: None,
+                path: None,
+                dir: None,
+                memory: false,
             }
         );
         assert_eq!(
@@ -1397,6 +1482,91 @@ mod tests {
         assert_eq!(err.to_string(), "proc c: bad fd name: out");
     }
 
+    fn capture_check(capture: &str) -> Result<(), SpecError> {
+        let text = format!(
+            r#"{{"specs": {{"p": {{"argv": ["a"], "fds": [["stdout", {{"capture": {capture}}}]]}}}}}}"#
+        );
+        validate(&parse_input(text.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn file_capture_parses_path_dir_and_memory_and_round_trips() {
+        let f = fd(r#"{"capture": {"mode": "file", "path": "out.log", "memory": true}}"#).unwrap();
+        assert_eq!(
+            f,
+            FdSpec::Capture {
+                mode: CaptureMode::File,
+                encoding: Encoding::Base64,
+                attached: true,
+                head: None,
+                tail: None,
+                path: Some("out.log".into()),
+                dir: None,
+                memory: true,
+                compress: None,
+                compress_level: None,
+            }
+        );
+        let again: FdSpec = serde_json::from_value(serde_json::to_value(&f).unwrap()).unwrap();
+        assert_eq!(again, f);
+        assert!(capture_check(r#"{"mode": "file", "dir": "/tmp"}"#).is_ok());
+        assert!(capture_check(r#"{"mode": "file", "path": "x", "memory": true}"#).is_ok());
+    }
+
+    #[test]
+    fn file_capture_needs_exactly_one_of_path_and_dir() {
+        let both = capture_check(r#"{"mode": "file", "path": "a", "dir": "/tmp"}"#).unwrap_err();
+        assert!(
+            matches!(
+                both,
+                SpecError::BadCapture {
+                    field: "path",
+                    fd: 1,
+                    ..
+                }
+            ),
+            "{both:?}"
+        );
+        assert!(both.to_string().contains("either path or dir"), "{both}");
+        let neither = capture_check(r#"{"mode": "file"}"#).unwrap_err();
+        assert!(
+            neither
+                .to_string()
+                .contains("capture path: mode \"file\" needs a path or a dir"),
+            "{neither}"
+        );
+        let empty = capture_check(r#"{"mode": "file", "dir": ""}"#).unwrap_err();
+        assert!(
+            matches!(empty, SpecError::BadCapture { field: "dir", .. }),
+            "{empty:?}"
+        );
+        let nul = capture_check(r#"{"mode": "file", "path": "a\u0000b"}"#).unwrap_err();
+        assert!(nul.to_string().contains("fds.stdout.capture.path"), "{nul}");
+    }
+
+    #[test]
+    fn path_dir_and_memory_are_rejected_outside_file_mode() {
+        for (capture, field) in [
+            (r#"{"mode": "memory", "path": "a"}"#, "path"),
+            (r#"{"mode": "tempfile", "dir": "/tmp"}"#, "dir"),
+            (r#"{"memory": true}"#, "memory"),
+        ] {
+            let e = capture_check(capture).unwrap_err();
+            assert!(
+                matches!(&e, SpecError::BadCapture { field: f, .. } if *f == field),
+                "{capture}: {e:?}"
+            );
+        }
+        let bad_mode = parse_input(
+            br#"{"specs": {"p": {"argv": ["a"], "fds": [["1", {"capture": {"mode": "disk"}}]]}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            bad_mode.to_string().contains("unknown variant `disk`"),
+            "{bad_mode}"
+        );
+    }
+
     #[test]
     fn validate_rejects_overflowing_capture_window() {
         let max = u64::MAX;
@@ -1430,7 +1600,10 @@ mod tests {
                 head: None,
                 tail: None,
                 compress: Some("zstd".into()),
-                compress_level: Some(5)
+                compress_level: Some(5),
+                path: None,
+                dir: None,
+                memory: false,
             }
         );
         validated(&spec(r#"{"compress": "zstd"}"#)).unwrap();
@@ -1609,6 +1782,7 @@ mod tests {
             "compress",
             "compress_level",
             "zstd",
+            "dir",
             "pipe-write",
             "pipe-read",
             "proc_id",

@@ -7,3 +7,4 @@
 
 pub mod compress;
 pub mod headtail;
+pub mod kept;

@@ -349,6 +349,23 @@ impl Agent {
                     data: Bytes::from(out),
                 })
             }
+            Content::Kept(k) => {
+                // Never past the logical length: bytes beyond it may be a write
+                // still in flight (a hole).
+                let length = k.len;
+                let stop = stop.min(length).max(start.min(length));
+                let start = start.min(length);
+                let data = super::proc::read_file(&k.file, start, stop)
+                    .map_err(|e| FdDataError::Io(e.into()))?;
+                Ok(FdData {
+                    start,
+                    stop: start + data.len() as u64,
+                    length,
+                    missing: None,
+                    encoding,
+                    data,
+                })
+            }
             Content::File(file) => {
                 let length =
                     crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;

@@ -364,6 +364,7 @@ mod tests {
             read_key: None,
             live: HeadTail::default(),
             frozen: Some(frozen.clone()),
+            file: None,
         });
         let Some(Job::Memory { frozen: f, level }) = mem.compress_job(Path::new("/tmp")) else {
             panic!("memory job expected")

@@ -2,6 +2,7 @@
 
 use super::packer::{Job, Packed};
 use crate::capture::headtail::{Frozen, HeadTail};
+use crate::capture::kept::{self, KeptFile};
 use crate::control;
 use crate::metrics::procstat::{ProcStat, StatContext};
 use crate::metrics::{ProcIo, ProcStatm};
@@ -24,7 +25,8 @@ use std::time::{Instant, SystemTime};
 
 /// Where a capture's bytes live.
 pub(crate) enum Store {
-    /// A pipe drained by the reactor into a head/tail buffer.
+    /// A pipe drained by the reactor into a head/tail buffer and, for mode
+    /// `file`, into a kept file.
     Memory {
         /// The pipe's read end while it is open.
         pipe: Option<Rc<OwnedFd>>,
@@ -34,6 +36,9 @@ pub(crate) enum Store {
         live: HeadTail,
         /// The buffer once the process has exited.
         frozen: Option<Arc<Frozen>>,
+        /// Mode `file`: the kept file the reactor writes (`live` is then used
+        /// only with `"memory": true`).
+        file: Option<Box<KeptFile>>,
     },
     /// An unlinked file the child writes to directly.
     Tempfile {
@@ -88,6 +93,19 @@ pub(crate) enum Content {
     File(Arc<OwnedFd>),
     /// A compressed capture.
     Zstd(Packed),
+    /// A kept file (mode `file`), read up to its logical length.
+    Kept(KeptContent),
+}
+
+/// A kept capture file as a reader sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct KeptContent {
+    pub file: Arc<OwnedFd>,
+    pub path: Arc<Path>,
+    /// Bytes whose writes have completed; reads stop here.
+    pub len: u64,
+    /// The head/tail memory capture (`"memory": true`), for inline results.
+    pub mem: Option<Arc<Frozen>>,
 }
 
 /// A snapshot of a process result whose fd contents are read on the caller's
@@ -123,6 +141,10 @@ impl Snapshot {
 impl FdSnap {
     fn to_fd_res(&self) -> FdRes {
         let (length, dropped) = match &self.content {
+            Content::Kept(k) => match (&k.mem, self.attached) {
+                (Some(f), true) => (f.len(), f.dropped()),
+                _ => (k.len, None),
+            },
             Content::Memory(f) => (f.len(), f.dropped()),
             Content::Counts { len, dropped } => (*len, dropped.clone()),
             Content::Range { len, .. } => (*len, None),
@@ -134,6 +156,10 @@ impl FdSnap {
             start: r.start,
             stop: r.end,
         });
+        let path = match &self.content {
+            Content::Kept(k) => Some(k.path.to_string_lossy().into_owned()),
+            _ => None,
+        };
         if !self.attached {
             return FdRes::Detached {
                 length,
@@ -143,9 +169,17 @@ impl FdSnap {
                 },
                 dropped,
                 compression,
+                path,
             };
         }
         let data = match &self.content {
+            Content::Kept(k) => match &k.mem {
+                Some(f) => f.contiguous(),
+                None => match read_file(&k.file, 0, k.len) {
+                    Ok(b) => b,
+                    Err(_) => return FdRes::Error,
+                },
+            },
             Content::Memory(f) => f.contiguous(),
             Content::Counts { .. } | Content::Range { .. } => return FdRes::Error,
             Content::File(file) => match read_file(file, 0, length) {
@@ -163,12 +197,14 @@ impl FdSnap {
                 length,
                 dropped,
                 compression,
+                path,
             },
             spec::Encoding::Base64 => FdRes::Data {
                 bytes: data,
                 length,
                 dropped,
                 compression,
+                path,
             },
         }
     }
@@ -287,17 +323,38 @@ impl Proc {
         matches!(self.life, Life::Running | Life::Starting)
     }
 
+    /// Running, or exited and reaped but not yet settled because kept-file
+    /// writes are still in flight: waiters wait, delete is refused.
+    pub fn is_busy(&self) -> bool {
+        self.is_running() || (matches!(self.life, Life::Done { .. }) && self.stop.is_none())
+    }
+
+    /// Whether every kept file of this process holds all the bytes taken for it.
+    pub fn kept_idle(&self) -> bool {
+        self.captures.iter().all(|c| match &c.store {
+            Store::Memory { file: Some(f), .. } => f.idle(),
+            _ => true,
+        })
+    }
+
     /// Makes a process that is no longer running final: stop time, memory
     /// captures frozen (pipes dropped), waiters answered.
     pub fn settle(&mut self, stat_ctx: Option<&StatContext>) {
         self.stop = Some((SystemTime::now(), Instant::now()));
         for cap in self.captures.iter_mut() {
             if let Store::Memory {
-                pipe, live, frozen, ..
+                pipe,
+                live,
+                frozen,
+                file,
+                ..
             } = &mut cap.store
             {
                 *pipe = None;
                 *frozen = Some(Arc::new(std::mem::take(live).freeze()));
+                if let Some(f) = file {
+                    f.release_buffers();
+                }
             }
         }
         let waiters = std::mem::take(&mut self.waiters);
@@ -310,19 +367,30 @@ impl Proc {
     }
 
     /// Samples `/proc/<pid>/stat` and `statm` of a running process into
-    /// `proc_stat` and `sampled`, reusing `buf`. A process that is gone (or whose
-    /// files do not parse) leaves the previous samples as they were.
+    /// `proc_stat` and `sampled`, reusing `buf`. A process that is gone or
+    /// already exiting (or whose files do not parse) leaves the previous samples
+    /// as they were.
     pub fn sample(&mut self, ctx: &StatContext, buf: &mut Vec<u8>) {
+        /// `PF_EXITING` in `/proc/<pid>/stat`'s flags: `do_exit` has begun.
+        const PF_EXITING: u64 = 0x4;
         let (Life::Running, Some(pid)) = (&self.life, self.pid) else {
             return;
         };
-        if let Some(stat) = read_stat(pid, ctx, buf) {
-            self.proc_stat = Some(stat);
-        }
+        // statm first, then stat: a process that exits between the two reads
+        // shows it in stat, so a statm read during the exit's address-space
+        // teardown (zeros, or a part of the real figure) is never kept.
         let statm = crate::metrics::read_proc_file(pid, "statm", buf)
             .ok()
             .and_then(|()| std::str::from_utf8(buf).ok())
             .and_then(|t| crate::metrics::parse_statm(t, ctx.page_size).ok());
+        let Some(stat) = read_stat(pid, ctx, buf) else {
+            return;
+        };
+        let exiting = matches!(stat.state, 'Z' | 'X' | 'x') || stat.flags & PF_EXITING != 0;
+        if exiting {
+            return;
+        }
+        self.proc_stat = Some(stat);
         if let Some(m) = statm {
             let s = &mut self.sampled;
             s.statm = Some(m);
@@ -498,6 +566,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
+            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f, None)),
             Store::Memory {
                 live, frozen: None, ..
             } => Content::Counts {
@@ -515,6 +584,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
+            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f, None)),
             Store::Memory {
                 live, frozen: None, ..
             } => {
@@ -537,11 +607,32 @@ impl Capture {
         }
         match &self.store {
             Store::Memory {
+                file: Some(f),
+                frozen,
+                live,
+                ..
+            } => {
+                let mem = f.keep_memory().then(|| match frozen {
+                    Some(fr) => fr.clone(),
+                    None => Arc::new(live.clone().freeze()),
+                });
+                Content::Kept(kept_content(f, mem))
+            }
+            Store::Memory {
                 frozen: Some(f), ..
             } => Content::Memory(f.clone()),
             Store::Memory { live, .. } => Content::Memory(Arc::new(live.clone().freeze())),
             Store::Tempfile { file } => Content::File(file.clone()),
         }
+    }
+}
+
+fn kept_content(f: &KeptFile, mem: Option<Arc<Frozen>>) -> KeptContent {
+    KeptContent {
+        file: f.file().clone(),
+        path: f.path().clone(),
+        len: f.len(),
+        mem,
     }
 }
 
@@ -772,23 +863,45 @@ pub(crate) fn prepare(
                 tail,
                 compress,
                 compress_level,
+                path,
+                dir,
+                memory,
             } => {
+                let head = head.map_or(ctx.head, |h| usize::try_from(h).unwrap_or(usize::MAX));
+                let tail = tail.map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
                 let made = match mode {
                     CaptureMode::Memory => pipe::capture_pipe(ctx.pipe_size).map(|p| {
-                        let head =
-                            head.map_or(ctx.head, |h| usize::try_from(h).unwrap_or(usize::MAX));
-                        let tail =
-                            tail.map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
                         (
                             Store::Memory {
                                 pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
                                 read_key: None,
                                 live: HeadTail::new(head, tail),
                                 frozen: None,
+                                file: None,
                             },
                             p.write,
                         )
                     }),
+                    CaptureMode::File => {
+                        let target = (path.as_deref(), dir.as_deref());
+                        open_kept(id, &norm, target, child_cwd.as_deref()).and_then(|(f, at)| {
+                            let p = pipe::capture_pipe(ctx.pipe_size)?;
+                            let (head, tail) = if *memory { (head, tail) } else { (0, 0) };
+                            let f = fd::move_high(f, ctx.fd_floor);
+                            let cap = kept::staging_cap(ctx.pipe_size);
+                            let file = KeptFile::new(f, at, *memory, cap);
+                            Ok((
+                                Store::Memory {
+                                    pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
+                                    read_key: None,
+                                    live: HeadTail::new(head, tail),
+                                    frozen: None,
+                                    file: Some(Box::new(file)),
+                                },
+                                p.write,
+                            ))
+                        })
+                    }
                     CaptureMode::Tempfile => fd::tempfile(ctx.tmpdir).and_then(|f| {
                         let child = fd::dup_cloexec(f.as_fd())?;
                         let f = fd::move_high(f, ctx.fd_floor);
@@ -867,6 +980,28 @@ pub(crate) fn prepare(
         started_with,
         timeout,
         kill_group: ps.kill_group,
+    }
+}
+
+/// Opens a kept capture file: `path` (relative to the child's starting directory)
+/// or a new name in `dir`. Returns the file and its path.
+fn open_kept(
+    id: &str,
+    fd_name: &str,
+    (path, dir): (Option<&str>, Option<&str>),
+    cwd: Option<&Path>,
+) -> Result<(OwnedFd, PathBuf), Errno> {
+    let resolve = |p: &str| match cwd {
+        Some(c) => c.join(p),
+        None => PathBuf::from(p),
+    };
+    match (path, dir) {
+        (Some(p), _) => {
+            let p = resolve(p);
+            kept::create_at(&p).map(|f| (f, p))
+        }
+        (None, Some(d)) => kept::create_in_dir(&resolve(d), id, fd_name),
+        (None, None) => Err(Errno::INVAL),
     }
 }
 

@@ -16,6 +16,8 @@ use std::rc::Rc;
 use std::sync::mpsc::TryRecvError;
 use std::time::{Instant, SystemTime};
 
+mod filecap;
+
 /// What an in-flight ring op is for.
 #[derive(Clone, Copy, Debug)]
 enum Tag {
@@ -29,6 +31,8 @@ enum Tag {
     Timeout { proc: u64, kill: bool },
     /// The `/proc` sampling timer.
     Sample,
+    /// A write into the kept file of capture `cap` of process `proc`.
+    FileWrite { proc: u64, cap: usize },
 }
 
 pub(crate) struct Reactor {
@@ -68,6 +72,9 @@ pub(crate) struct Reactor {
     packer: Packer,
     /// Compressions the compression thread finished.
     packed_rx: std::sync::mpsc::Receiver<packer::Done>,
+    /// Kept-file captures whose pipe reads are to be paused (backpressure),
+    /// cancelled once the current batch of completions is handled.
+    pauses: Vec<(u64, usize)>,
 }
 
 /// A start request's reply, held until its procs on the spawner thread are done.
@@ -123,6 +130,7 @@ impl Reactor {
             sampling: false,
             packer,
             packed_rx,
+            pauses: Vec::new(),
         })
     }
 
@@ -136,7 +144,7 @@ impl Reactor {
             if !closed {
                 closed = self.drain_mailbox();
             }
-            if closed && !self.procs.values().any(Proc::is_running) {
+            if closed && !self.procs.values().any(Proc::is_busy) {
                 break;
             }
             if let Err(e) = self.ring.submit_and_wait(1, None) {
@@ -155,6 +163,7 @@ impl Reactor {
             }
             self.exited = exited;
             self.exited.clear();
+            self.apply_pauses();
         }
     }
 
@@ -175,14 +184,27 @@ impl Reactor {
             Tag::Pipe { proc, cap } => {
                 let data = self.ring.data(cqe);
                 let running = self.procs.get_mut(&proc).filter(|p| p.is_running());
+                let mut kept = false;
                 if let Some(Capture {
-                    store: Store::Memory { live, .. },
+                    store: Store::Memory { live, file, .. },
                     ..
                 }) = running.and_then(|p| p.captures.get_mut(cap))
                 {
-                    live.push(data);
+                    match file {
+                        Some(f) => {
+                            f.push(data);
+                            if f.keep_memory() {
+                                live.push(data);
+                            }
+                            kept = true;
+                        }
+                        None => live.push(data),
+                    }
                 }
                 self.ring.finish(cqe);
+                if kept {
+                    self.kept_pushed(proc, cap);
+                }
                 if !cqe.more {
                     self.pipe_read_ended(proc, cap, cqe);
                 }
@@ -196,6 +218,12 @@ impl Reactor {
             Tag::Sample => {
                 self.ring.finish(cqe);
                 self.sample_all();
+                return;
+            }
+            Tag::FileWrite { proc, cap } => {
+                let buf = self.ring.take_write_buf(cqe);
+                self.ring.finish(cqe);
+                self.kept_written(proc, cap, cqe.result, buf);
                 return;
             }
             Tag::Exit { proc } => {
@@ -281,7 +309,13 @@ impl Reactor {
         };
         let running = p.is_running();
         let Some(Capture {
-            store: Store::Memory { pipe, read_key, .. },
+            store:
+                Store::Memory {
+                    pipe,
+                    read_key,
+                    file,
+                    ..
+                },
             ..
         }) = p.captures.get_mut(cap)
         else {
@@ -295,6 +329,8 @@ impl Reactor {
                 e == rustix::io::Errno::NOBUFS
                     || e == rustix::io::Errno::INTR
                     || e == rustix::io::Errno::AGAIN
+                    // A kept file's read cancelled for backpressure.
+                    || (e == rustix::io::Errno::CANCELED && file.is_some())
             }
         };
         if !rearm {
@@ -302,7 +338,8 @@ impl Reactor {
             *pipe = None;
             return;
         }
-        if !running {
+        // A paused kept file re-arms when its writes catch up (`kept_written`).
+        if !running || file.as_ref().is_some_and(|f| f.paused) {
             return;
         }
         if let Some(fd) = pipe.clone() {
@@ -344,13 +381,25 @@ impl Reactor {
                 pipe: Some(fd),
                 read_key,
                 live,
+                file,
                 ..
             } = &mut cap.store
             {
                 loop {
                     match pipe::read(&**fd, &mut self.scratch) {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => live.push(self.scratch.get(..n).unwrap_or(&[])),
+                        Ok(n) => {
+                            let data = self.scratch.get(..n).unwrap_or(&[]);
+                            match file {
+                                Some(f) => {
+                                    f.push(data);
+                                    if f.keep_memory() {
+                                        live.push(data);
+                                    }
+                                }
+                                None => live.push(data),
+                            }
+                        }
                     }
                 }
                 if let Some(key) = read_key.take() {
@@ -372,10 +421,9 @@ impl Reactor {
         if let Some(key) = p.timeout.as_mut().and_then(|t| t.timer.take()) {
             self.ring.cancel(key);
         }
-        p.settle(self.stat_ctx.as_ref());
-        let id = p.id.clone();
-        self.emit(Event::Exited(id));
-        self.compress_captures(serial);
+        // Kept files get their last bytes; the process settles once they are in.
+        self.flush_kept(serial);
+        self.settle_exited(serial);
     }
 
     /// Hands the finished captures of a process whose spec asks for `compress`
@@ -473,7 +521,7 @@ impl Reactor {
                 let ctx = self.stat_ctx.as_ref();
                 match self.serial(&id).and_then(|s| self.procs.get_mut(&s)) {
                     None => reply(None),
-                    Some(p) if p.is_running() => p.waiters.push(Box::new(move |s| reply(Some(s)))),
+                    Some(p) if p.is_busy() => p.waiters.push(Box::new(move |s| reply(Some(s)))),
                     Some(p) => reply(Some(p.snapshot(ctx))),
                 }
             }
@@ -509,7 +557,7 @@ impl Reactor {
                 let r = match self.serial(&id) {
                     None => Err(ProcError::Unknown(id)),
                     Some(s) => {
-                        if self.procs.get(&s).is_some_and(Proc::is_running) {
+                        if self.procs.get(&s).is_some_and(Proc::is_busy) {
                             Err(ProcError::Running(id))
                         } else {
                             self.procs.remove(&s);

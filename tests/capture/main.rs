@@ -39,6 +39,7 @@ fn capture_keeps_head_and_tail_when_child_writes_1gib() {
             bytes,
             length,
             dropped,
+            path: None,
             ..
         })) => {
             assert_eq!(*length, GIB);
@@ -205,7 +206,8 @@ fn capture_detached_reports_length_and_serves_bytes() {
                 length: 27,
                 encoding: Encoding::Utf8,
                 dropped: None,
-                compression: None
+                compression: None,
+                path: None,
             }),
             "{mode}"
         );

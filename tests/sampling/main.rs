@@ -21,13 +21,17 @@ fn agent_sampling(every: Option<Duration>) -> Agent {
 
 const MIB: u64 = 1 << 20;
 
-// A process that fills 200 MiB and sleeps: after it exits, `proc_statm` is the
-// last sample taken while it ran (not null), and the peak resident size seen is
+// A process that fills 200 MiB, sleeps and exits: after it exits, `proc_statm`
+// is the last sample taken while it ran (not null, and not a read of the
+// half-torn-down address space during exit), and the peak resident size seen is
 // at least the 200 MiB it touched.
 #[test]
 fn statm_last_sample_and_peak_survive_exit() {
     let a = agent_sampling(Some(Duration::from_millis(50)));
-    let code = "b = b'\\x01' * (200 << 20); import time; time.sleep(0.6)";
+    // os._exit: no interpreter teardown freeing the buffer before the exit, so
+    // the last sample taken while it runs is of the full 200 MiB; samples taken
+    // during the kernel's own exit teardown must not replace it.
+    let code = "import os, time; b = b'\\x01' * (200 << 20); time.sleep(0.6); os._exit(0)";
     start(
         &a,
         &json!({"specs": {"big": {"argv": [PYTHON, "-c", code]}}}),

@@ -1,0 +1,190 @@
+//! The reactor's side of kept capture files (capture mode `file`, see
+//! [`crate::capture::kept`]): writes from the staged pipe data with
+//! `IORING_OP_WRITE`, backpressure on the pipe, and settling an exited process
+//! only once its files hold every byte it wrote.
+
+use super::super::agent::Event;
+use super::super::proc::{Capture, Proc, Store};
+use super::{Reactor, Tag};
+use crate::capture::kept::{Completed, KeptFile};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The kept file of capture `cap` of process `serial`, if it has one.
+fn kept_mut(procs: &mut HashMap<u64, Proc>, serial: u64, cap: usize) -> Option<&mut KeptFile> {
+    match procs.get_mut(&serial)?.captures.get_mut(cap)? {
+        Capture {
+            store: Store::Memory { file: Some(f), .. },
+            ..
+        } => Some(f),
+        _ => None,
+    }
+}
+
+impl Reactor {
+    /// Pipe bytes went into a kept file's staging: start a write if none is in
+    /// flight, and pause the pipe if the staging is still full after that.
+    pub(super) fn kept_pushed(&mut self, serial: u64, cap: usize) {
+        self.pump_kept(serial, cap);
+        let pause = match kept_mut(&mut self.procs, serial, cap) {
+            Some(f) if f.over_cap() && !f.paused => {
+                f.paused = true;
+                true
+            }
+            _ => false,
+        };
+        if pause {
+            self.pauses.push((serial, cap));
+        }
+    }
+
+    /// Submits the next write of a kept file, if one is due.
+    fn pump_kept(&mut self, serial: u64, cap: usize) {
+        let Some(f) = kept_mut(&mut self.procs, serial, cap) else {
+            return;
+        };
+        if let Some((buf, offset)) = f.next_write() {
+            let file = f.file().clone();
+            self.ring
+                .write(file, buf, offset, Tag::FileWrite { proc: serial, cap });
+        }
+    }
+
+    /// Cancels the pipe reads of kept files paused during the last batch.
+    ///
+    /// Done after the whole batch, not at the completion that filled the
+    /// staging: a read op's final completion later in the same batch frees its
+    /// slot, and an op armed after it could take the same key, which a cancel
+    /// queued earlier would then hit. Here `read_key` names a live read.
+    pub(super) fn apply_pauses(&mut self) {
+        let mut pauses = std::mem::take(&mut self.pauses);
+        for (serial, cap) in pauses.drain(..) {
+            let Some(p) = self.procs.get(&serial).filter(|p| p.is_running()) else {
+                continue;
+            };
+            if let Some(Capture {
+                store:
+                    Store::Memory {
+                        read_key: Some(key),
+                        file: Some(f),
+                        ..
+                    },
+                ..
+            }) = p.captures.get(cap)
+            {
+                if f.paused {
+                    self.ring.cancel(*key);
+                }
+            }
+        }
+        self.pauses = pauses;
+    }
+
+    /// A kept file's write completed: account for it, go on with the rest or
+    /// the next batch, resume a paused pipe once the staging has room, and
+    /// settle the process if it has exited and this was its last write.
+    pub(super) fn kept_written(
+        &mut self,
+        serial: u64,
+        cap: usize,
+        result: Result<u32, Errno>,
+        buf: Vec<u8>,
+    ) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        let running = p.is_running();
+        let Some(Capture {
+            store:
+                Store::Memory {
+                    pipe,
+                    read_key,
+                    file: Some(f),
+                    ..
+                },
+            ..
+        }) = p.captures.get_mut(cap)
+        else {
+            return;
+        };
+        let tag = Tag::FileWrite { proc: serial, cap };
+        let next = match f.completed(result, buf) {
+            Completed::Rest(rest, offset) => Some((rest, offset)),
+            Completed::Done => f.next_write(),
+            Completed::Failed(msg) => {
+                tracing::warn!(id = %p.id, "{msg}");
+                p.errors.push(msg);
+                None
+            }
+        };
+        if let Some((buf, offset)) = next {
+            self.ring.write(f.file().clone(), buf, offset, tag);
+        }
+        if f.paused && f.may_resume() {
+            f.paused = false;
+            if running && read_key.is_none() {
+                if let Some(fd) = pipe.clone() {
+                    *read_key = Some(
+                        self.ring
+                            .read_multishot(fd, Tag::Pipe { proc: serial, cap }),
+                    );
+                }
+            }
+        }
+        if !running {
+            self.settle_exited(serial);
+        }
+    }
+
+    /// After the exit drain: starts the writes of what is left staged.
+    pub(super) fn flush_kept(&mut self, serial: u64) {
+        let n = self.procs.get(&serial).map_or(0, |p| p.captures.len());
+        for cap in 0..n {
+            self.pump_kept(serial, cap);
+        }
+    }
+
+    /// Settles an exited (reaped) process once every kept-file write of it has
+    /// completed: freezes it, answers waiters, emits [`Event::Exited`]. Until then
+    /// it stays busy ([`Proc::is_busy`]), so no waiter or result sees a short file.
+    pub(super) fn settle_exited(&mut self, serial: u64) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        if p.is_running() || p.stop.is_some() || !p.kept_idle() {
+            return;
+        }
+        let finished: Vec<(usize, Arc<Path>, u64)> = p
+            .captures
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.store {
+                Store::Memory { file: Some(f), .. } if !f.failed() => {
+                    Some((i, f.path().clone(), f.len()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (cap, path, len) in finished {
+            self.kept_file_finished(serial, cap, &path, len);
+        }
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        p.settle(self.stat_ctx.as_ref());
+        let id = p.id.clone();
+        self.emit(Event::Exited(id));
+        self.compress_captures(serial);
+    }
+
+    /// Hook: the kept file of capture `cap` of process `serial` is complete: the
+    /// process has exited and all `len` bytes it wrote are in the file at `path`
+    /// (its logical length). Called once per file, on the reactor thread, just
+    /// before the process settles; not called after a write error. Post-processing
+    /// of finished files (e.g. compression, off this thread) starts here.
+    fn kept_file_finished(&mut self, serial: u64, cap: usize, path: &Path, len: u64) {
+        tracing::debug!(serial, cap, path = %path.display(), len, "kept capture file finished");
+    }
+}
