@@ -47,6 +47,10 @@ pub struct Args {
     /// (a name such as SIGTERM, or a number). Default: none; children outlive it.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal_arg)]
     pub pdeath_sig: Option<i32>,
+    /// Count perf events (task clock, page faults, …; cycles etc. where the
+    /// machine has a PMU) for every spec that has no `perf` field.
+    #[arg(long)]
+    pub perf: bool,
 }
 
 fn parse_signal_arg(s: &str) -> Result<i32, String> {
@@ -107,6 +111,7 @@ pub fn run(args: Args) -> u8 {
         capture_head: args.capture_head,
         capture_tail: args.capture_tail,
         pdeath_sig: args.pdeath_sig,
+        perf: args.perf,
         ..Config::default()
     };
     let agent = match Agent::new(config) {

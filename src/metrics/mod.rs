@@ -5,6 +5,8 @@
 //!   names and `starttime` as an RFC 3339 string.
 //! * [`statm`] parses `/proc/<pid>/statm` into [`ProcStatm`] (the result's
 //!   `proc_statm`), in bytes.
+//! * [`perf`] opens, reads and reports per-process perf counters (the
+//!   result's `perf` extension); its syscalls live in `crate::sys::perf`.
 //! * [`read_proc_file`] reads one such file into a reusable buffer, and
 //!   [`format_rfc3339`] formats a Unix time the way Procstar does.
 //!
@@ -18,6 +20,7 @@
     clippy::panic
 )]
 
+pub mod perf;
 pub mod procstat;
 pub mod statm;
 

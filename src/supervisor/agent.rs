@@ -66,6 +66,9 @@ pub struct Config {
     /// Signal every child gets when the agent dies, unless its spec says
     /// otherwise (`--pdeath-sig`); `None`: children outlive the agent.
     pub pdeath_sig: Option<i32>,
+    /// Whether procs whose spec has no `perf` field count every perf event
+    /// (`--perf`).
+    pub perf: bool,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             buf_entries: 4,
             ring_entries: 512,
             pdeath_sig: None,
+            perf: false,
         }
     }
 }
