@@ -350,13 +350,45 @@ pub fn errno_name(e: Errno) -> String {
 }
 
 /// The agent's probe, made on first use and logged once.
+///
+/// It also leaves one disabled counter of every available event open on the
+/// agent for the agent's lifetime (see [`hold_events`]).
 pub fn probe() -> &'static Probe {
-    static PROBE: OnceLock<Probe> = OnceLock::new();
-    PROBE.get_or_init(|| {
+    static PROBE: OnceLock<(Probe, Vec<OwnedFd>)> = OnceLock::new();
+    let (p, _held) = PROBE.get_or_init(|| {
         let p = probe_with(|attr| sys::open(attr, 0, -1, -1).map(drop));
         log_probe(&p);
-        p
-    })
+        let held = hold_events(&p);
+        (p, held)
+    });
+    p
+}
+
+/// Opens a disabled, non-inherited counter of each available event on the
+/// calling thread, to keep open for good.
+///
+/// The kernel turns its perf hooks on and off with static keys (one per
+/// software event, one for task contexts) counted by the events that exist;
+/// going from 0 to 1 and back patches kernel text. Without a holder, a spawn
+/// whose counters are the only ones alive pays that twice per event: measured
+/// ~0.4 ms for six software counters (open + close) against ~0.03 ms with the
+/// keys held. A disabled counter counts nothing and is not inherited by children.
+fn hold_events(p: &Probe) -> Vec<OwnedFd> {
+    let floor = crate::sys::fd::high_floor();
+    p.access
+        .iter()
+        .filter_map(|(event, access)| {
+            let flags = match access {
+                Access::Full => sys::FLAG_DISABLED,
+                Access::UserOnly => sys::FLAG_DISABLED | sys::FLAG_EXCLUDE_KERNEL,
+                Access::Unavailable(_) => return None,
+            };
+            let (type_, config) = event.type_config();
+            let attr = PerfEventAttr::counting(type_, config, 0, flags);
+            let fd = sys::open(&attr, 0, -1, -1).ok()?;
+            Some(crate::sys::fd::move_high(fd, floor))
+        })
+        .collect()
 }
 
 fn log_probe(p: &Probe) {
