@@ -89,10 +89,8 @@ fn true_is_counted_from_exec() {
     assert!(count(p, "task_clock") > 0, "{p:?}");
     assert!(count(p, "page_faults") > 0, "{p:?}");
     assert!(count(p, "minor_faults") > 0, "{p:?}");
-    assert_eq!(
-        count(p, "page_faults"),
-        count(p, "minor_faults") + count(p, "major_faults")
-    );
+    // Every fault is counted at entry; minor/major only when it completes.
+    assert!(count(p, "page_faults") >= count(p, "minor_faults") + count(p, "major_faults"));
     for e in perf::ALL {
         assert!(
             p.counts.contains_key(e.name()),
