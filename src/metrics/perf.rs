@@ -352,7 +352,7 @@ pub fn errno_name(e: Errno) -> String {
 /// The agent's probe, made on first use and logged once.
 ///
 /// It also leaves one disabled counter of every available event open on the
-/// agent for the agent's lifetime (see [`hold_events`]).
+/// agent for the agent's lifetime (see `hold_events`).
 pub fn probe() -> &'static Probe {
     static PROBE: OnceLock<(Probe, Vec<OwnedFd>)> = OnceLock::new();
     let (p, _held) = PROBE.get_or_init(|| {
@@ -643,7 +643,7 @@ impl PerfState {
                     if res.counts.get(e.name()).is_none_or(|v| v.is_none()) {
                         res.unavailable
                             .entry(e.name().to_string())
-                            .or_insert_with(|| "the process did not start".into());
+                            .or_insert_with(|| "no counters: the process has not started".into());
                     }
                 }
                 res
