@@ -8,6 +8,9 @@
 //! * `spawn/true/all_fields`: the `chaperone` loop with every child-control
 //!   field set in each spec (cwd, umask, pdeath_sig, signals, rlimits,
 //!   process_group, kill_group, a timeout that never fires).
+//! * `spawn/true/perf`: the `chaperone` loop with `"perf": true` in each spec
+//!   (every perf counter the machine has, opened in the child, read at exit);
+//!   `ci/bench` compares it with `chaperone` (perf off).
 //! * `spawn/true/raw_vfork`: the machine ceiling, a tight libc loop: glibc
 //!   `posix_spawn` (a `clone(CLONE_VM|CLONE_VFORK)`) with two `pipe2` pipes
 //!   dup'ed onto 1 and 2, `pidfd_open`, `poll`+`read` of both pipes to EOF,
@@ -80,6 +83,19 @@ fn chaperone_input_all_fields(n: usize) -> Input {
             "rlimits": {{"core": 0, "nofile": [1024, 1024]}},
             "process_group": 0, "kill_group": true,
             "timeout": {{"after": 3600, "kill_after": 10}}}}"#
+    );
+    let specs: Vec<String> = (0..n).map(|i| format!(r#""t{i}": {spec}"#)).collect();
+    let json = format!(r#"{{"specs": {{{}}}}}"#, specs.join(","));
+    spec::parse_input(json.as_bytes()).expect("valid spec")
+}
+
+/// [`chaperone_input`] with `"perf": true` in each spec: every perf counter the
+/// machine has (hardware ones only with a PMU). Compared with `chaperone` in
+/// `ci/bench` (target: perf on at least 0.8× the throughput of perf off).
+fn chaperone_input_perf(n: usize) -> Input {
+    let spec = format!(
+        r#"{{"argv": ["{TRUE}"], "fds": [["stdout", {{"capture": {{"mode": "memory"}}}}],
+            ["stderr", {{"capture": {{"mode": "memory"}}}}]], "perf": true}}"#
     );
     let specs: Vec<String> = (0..n).map(|i| format!(r#""t{i}": {spec}"#)).collect();
     let json = format!(r#"{{"specs": {{{}}}}}"#, specs.join(","));
@@ -449,6 +465,14 @@ fn bench_spawn(c: &mut Criterion) {
                 per_iter(iters, || chaperone_round_events(&agent, &events, &input))
             });
         });
+        let with_perf = chaperone_input_perf(N);
+        g.bench_function("perf", |b| {
+            b.iter_custom(|iters| {
+                per_iter(iters, || {
+                    chaperone_round_events(&agent, &events, &with_perf)
+                })
+            });
+        });
         let all_fields = chaperone_input_all_fields(N);
         g.bench_function("all_fields", |b| {
             b.iter_custom(|iters| {
@@ -556,6 +580,7 @@ impl Drop for Ballast {
 /// Prints one JSON object: `{"n": N, "times": {id: [seconds per round]}}`.
 fn paired(rounds: usize) {
     let input = chaperone_input(N);
+    let input_perf = chaperone_input_perf(N);
     let agent = Agent::new(Config::default()).expect("agent");
     let cmd = RawCmd::new(TRUE);
     let mut buf = vec![0u8; 64 * 1024];
@@ -563,7 +588,7 @@ fn paired(rounds: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let ids: [&str; 8] = [
+    let ids: [&str; 9] = [
         "chaperone",
         "raw_vfork",
         "std_command",
@@ -572,16 +597,18 @@ fn paired(rounds: usize) {
         "parent_rss_1g",
         "std_command_parent_rss_1g",
         "chaperone_wait_each",
+        "perf",
     ];
     let events = agent.subscribe();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); ids.len()];
     // One untimed warm-up round.
     for round in 0..=rounds {
-        // Seven blocks, in an order rotated every round so that no variant always
+        // Eight blocks, in an order rotated every round so that no variant always
         // runs first or after the same neighbour.
-        let mut t = [Duration::ZERO; 8];
-        for block in 0..7 {
-            match (block + round) % 7 {
+        let mut t = [Duration::ZERO; 9];
+        for block in 0..8 {
+            match (block + round) % 8 {
+                7 => t[8] = chaperone_round_events(&agent, &events, &input_perf),
                 6 => t[7] = chaperone_round(&agent, &input),
                 0 => t[0] = chaperone_round_events(&agent, &events, &input),
                 1 => t[1] = timed(|| raw_round(&cmd, N, RAW_IN_FLIGHT, &mut buf)),

@@ -47,6 +47,10 @@ pub struct Args {
     /// (a name such as SIGTERM, or a number). Default: none; children outlive it.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal_arg)]
     pub pdeath_sig: Option<i32>,
+    /// Count perf events (task clock, page faults, …; cycles etc. where the
+    /// machine has a PMU) for every spec that has no `perf` field.
+    #[arg(long)]
+    pub perf: bool,
     /// Seconds between samples of running processes' `/proc/<pid>/stat` and
     /// `statm` (fractions allowed); 0 samples only when a result is requested.
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "1")]
@@ -121,6 +125,7 @@ pub fn run(args: Args) -> u8 {
         capture_tail: args.capture_tail,
         pdeath_sig: args.pdeath_sig,
         sample_interval: Some(args.sample_interval),
+        perf: args.perf,
         ..Config::default()
     };
     let agent = match Agent::new(config) {

@@ -66,6 +66,9 @@ pub struct ProcRes {
     /// Extension: the spec's timeout, and whether and when it fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutRes>,
+    /// Extension: perf counters, when the spec (or `--perf`) asked for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf: Option<PerfRes>,
     /// Extension: `/proc/<pid>/io` (live while running, read at exit before reaping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proc_io: Option<crate::metrics::ProcIo>,
@@ -85,6 +88,28 @@ pub struct SamplesRes {
     pub peak_resident: u64,
     /// The largest `size` (virtual) seen in any sample, in bytes.
     pub peak_size: u64,
+}
+
+/// Extension: a process's perf counters (see `crate::metrics::perf`).
+///
+/// One key per requested event (`"task_clock"` in ns, `"page_faults"`, …), `null`
+/// when it could not be counted, plus the keys below.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerfRes {
+    /// Event name → count (`null`: not counted; see `unavailable`).
+    #[serde(flatten)]
+    pub counts: BTreeMap<String, Option<u64>>,
+    /// Events counted in user space only, because the kernel demanded
+    /// `exclude_kernel` (`perf_event_paranoid` without `CAP_PERFMON`).
+    #[serde(default)]
+    pub exclude_kernel: Vec<String>,
+    /// Event name → why its count is `null`.
+    #[serde(default)]
+    pub unavailable: BTreeMap<String, String>,
+    /// Events whose counters were multiplexed: the fraction of the time they ran.
+    /// Their counts are extrapolated (`raw × time_enabled / time_running`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scaled: BTreeMap<String, f64>,
 }
 
 /// Extension: what a process's timeout did.
@@ -685,6 +710,7 @@ mod tests {
             timeout: None,
             proc_io: None,
             statm_samples: None,
+            perf: None,
         };
         let v = serde_json::to_value(&res).unwrap();
         assert_eq!(v["state"], "error");
@@ -964,5 +990,22 @@ mod tests {
             s,
             r#"{"type":"text","text":"hi","encoding":"utf-8","length":2}"#
         );
+    }
+
+    #[test]
+    fn perf_object_round_trips_with_event_keys_beside_the_notes() {
+        let mut perf = PerfRes::default();
+        perf.counts.insert("task_clock".into(), Some(1_234_567));
+        perf.counts.insert("cycles".into(), None);
+        perf.unavailable
+            .insert("cycles".into(), "no hardware PMU (ENOENT)".into());
+        let v = serde_json::to_value(&perf).unwrap();
+        assert_eq!(
+            v,
+            json!({"task_clock": 1_234_567, "cycles": null, "exclude_kernel": [],
+                   "unavailable": {"cycles": "no hardware PMU (ENOENT)"}})
+        );
+        let back: PerfRes = serde_json::from_value(v).unwrap();
+        assert_eq!(back, perf);
     }
 }

@@ -187,6 +187,15 @@ pub enum SpecError {
         msg: &'static str,
     },
 
+    /// `perf` names an event chaperone does not know.
+    #[error("proc {proc_id}: perf: unknown event {name:?} (known: {known})", known = crate::metrics::perf::known_names())]
+    BadPerfEvent {
+        /// The proc whose spec holds the name.
+        proc_id: ProcId,
+        /// The unknown event name.
+        name: String,
+    },
+
     /// A capture's `head + tail` overflows or exceeds [`MAX_CAPTURE_WINDOW`].
     #[error("proc {proc_id}: fd {fd}: capture head plus tail is too large (max {max} bytes)", max = MAX_CAPTURE_WINDOW)]
     CaptureTooLarge {
@@ -386,6 +395,10 @@ pub struct ProcSpec {
     /// Signals from the API and timeouts go to the whole process group.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub kill_group: bool,
+    /// perf counters: `true`, `false` or a list of event names (default: the
+    /// agent's `--perf`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perf: Option<crate::metrics::perf::PerfSpec>,
 }
 
 /// A signal given by name (`"SIGTERM"`, `"TERM"`) or number (`15`).
@@ -852,6 +865,7 @@ pub fn validate(input: &Input) -> Result<(), SpecError> {
 /// * an empty `argv`;
 /// * a NUL byte in `exe`, `argv`, an `env.vars` name or value, or a file path;
 /// * an `env.vars` name that is empty or contains `=`;
+/// * an unknown event name in `perf`;
 /// * a bad fd name (also in a `pipe-read`'s `fd`);
 /// * an fd listed twice in one proc, including aliases (`"1"` and `"stdout"`);
 /// * a capture whose `head + tail` exceeds [`MAX_CAPTURE_WINDOW`];
@@ -875,6 +889,12 @@ pub fn validate_with_existing(
             });
         }
         validate_strings(proc_id, spec)?;
+        if let Some(name) = spec.perf.as_ref().and_then(|p| p.unknown_event()) {
+            return Err(SpecError::BadPerfEvent {
+                proc_id: proc_id.clone(),
+                name: name.to_owned(),
+            });
+        }
 
         let mut seen = HashSet::new();
         for (name, fd_spec) in &spec.fds {
@@ -1420,6 +1440,40 @@ mod tests {
             err.to_string(),
             "proc p: fds.1.file.path contains a nul byte"
         );
+    }
+
+    #[test]
+    fn validate_rejects_unknown_perf_event_naming_it_and_the_field() {
+        let err =
+            validated(r#"{"specs": {"p": {"argv": ["a"], "perf": ["task_clock", "cpu-cycles"]}}}"#)
+                .unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::BadPerfEvent {
+                proc_id: "p".into(),
+                name: "cpu-cycles".into()
+            }
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(r#"proc p: perf: unknown event "cpu-cycles""#),
+            "{msg}"
+        );
+        assert!(msg.contains("task_clock"), "{msg}");
+        validated(r#"{"specs": {"p": {"argv": ["a"], "perf": ["cycles", "task_clock"]}}}"#)
+            .unwrap();
+        validated(r#"{"specs": {"p": {"argv": ["a"], "perf": false}}}"#).unwrap();
+    }
+
+    #[test]
+    fn perf_of_the_wrong_type_is_a_json_error_naming_the_field() {
+        let err = validated(r#"{"specs": {"p": {"argv": ["a"], "perf": "yes"}}}"#).unwrap_err();
+        assert!(
+            matches!(err, SpecError::Json(ref m) if m.contains("`perf`")),
+            "{err}"
+        );
+        let err = validated(r#"{"specs": {"p": {"argv": ["a"], "perf": [1]}}}"#).unwrap_err();
+        assert!(matches!(err, SpecError::Json(_)), "{err}");
     }
 
     #[test]

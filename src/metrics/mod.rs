@@ -7,6 +7,8 @@
 //!   `proc_statm`), in bytes.
 //! * [`procio`] parses `/proc/<pid>/io` into [`ProcIo`] (the result's `proc_io`
 //!   extension).
+//! * [`perf`] opens, reads and reports per-process perf counters (the
+//!   result's `perf` extension); its syscalls live in `crate::sys::perf`.
 //! * [`read_proc_file`] reads one such file into a reusable buffer, and
 //!   [`format_rfc3339`] formats a Unix time the way Procstar does.
 //!
@@ -20,6 +22,7 @@
     clippy::panic
 )]
 
+pub mod perf;
 pub mod procio;
 pub mod procstat;
 pub mod statm;

@@ -70,6 +70,9 @@ pub struct Config {
     /// How often `/proc/<pid>/stat` and `statm` of running processes are sampled
     /// (also on every live result request); `None` or zero: only on requests.
     pub sample_interval: Option<std::time::Duration>,
+    /// Whether procs whose spec has no `perf` field count every perf event
+    /// (`--perf`).
+    pub perf: bool,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             ring_entries: 512,
             pdeath_sig: None,
             sample_interval: Some(std::time::Duration::from_secs(1)),
+            perf: false,
         }
     }
 }

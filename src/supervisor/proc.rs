@@ -254,6 +254,8 @@ pub(crate) struct Proc {
     pub timeout: Option<TimeoutState>,
     /// Whether signals go to the whole process group.
     pub kill_group: bool,
+    /// perf counters, when the spec (or the agent's default) asks for them.
+    pub perf: Option<crate::metrics::perf::PerfState>,
     /// What sampling `/proc` while it runs has seen.
     pub sampled: Sampled,
 }
@@ -470,6 +472,7 @@ impl Proc {
             timeout: self.timeout.as_ref().map(TimeoutState::to_res),
             proc_io: self.sampled.io,
             statm_samples: self.sampled.to_res(),
+            perf: self.perf.as_ref().map(|p| p.result()),
         };
         let fds = self
             .fds
@@ -705,6 +708,8 @@ pub(crate) struct PlanContext<'a> {
     pub pdeath_sig: Option<i32>,
     /// The agent's working directory, read once at start (as its environment is).
     pub cwd: Option<&'a Path>,
+    /// Whether procs whose spec has no `perf` count every perf event (`Config::perf`).
+    pub perf: bool,
 }
 
 /// Pipes between procs of one request, keyed by (writer proc id, writer fd).
@@ -739,6 +744,8 @@ pub(crate) struct Prepared {
     pub timeout: Option<TimeoutState>,
     /// Whether signals go to the whole process group.
     pub kill_group: bool,
+    /// The perf counters the child opens, if any are asked for.
+    pub perf: Option<crate::metrics::perf::PerfState>,
 }
 
 /// Builds the child plan for one spec. Failures to open fds are collected as
@@ -955,6 +962,20 @@ pub(crate) fn prepare(
     if !errors.is_empty() {
         plan = None;
     }
+    // perf counters: only when asked for (no probe, no cost otherwise).
+    let perf = match plan.as_mut() {
+        Some(p) => {
+            let events = crate::metrics::perf::requested(ps.perf.as_ref(), ctx.perf);
+            let setup = (!events.is_empty())
+                .then(|| crate::metrics::perf::Setup::new(&events, crate::metrics::perf::probe()))
+                .flatten();
+            setup.map(|s| {
+                p.set_perf(s.plan(ctx.fd_floor));
+                crate::metrics::perf::PerfState::Pending(s)
+            })
+        }
+        None => None,
+    };
     let started_with = StartInfo {
         cwd: child_cwd.map(|p| p.to_string_lossy().into_owned()),
         umask: ctl
@@ -980,6 +1001,7 @@ pub(crate) fn prepare(
         started_with,
         timeout,
         kill_group: ps.kill_group,
+        perf,
     }
 }
 

@@ -96,6 +96,10 @@ impl Reactor {
         );
         let stack = ChildStack::new().map_err(|e| StartupError::Sys("mmap of child stack", e))?;
         let stat_ctx = StatContext::from_system().ok();
+        if config.perf {
+            // Probe (and log what the machine allows) at startup, not at the first spawn.
+            crate::metrics::perf::probe();
+        }
         let (done_tx, spawned_rx) = std::sync::mpsc::channel();
         let spawner = Spawner::new(done_tx, mailbox.wake.clone()).map_err(|e| {
             let errno =
@@ -373,6 +377,11 @@ impl Reactor {
         }
         // Still readable for the zombie: its final I/O counts.
         p.read_io(&mut self.stat_buf);
+        // The zombie's counters are final (its exited children's counts folded in):
+        // read them before the reap, and close them.
+        if let Some(perf) = p.perf.as_mut() {
+            perf.finish();
+        }
         // Drain what the process wrote. Under DEFER_TASKRUN no read of ours runs
         // outside io_uring_enter, so every completion already handled is older
         // than these bytes, and any later one is newer.
@@ -598,6 +607,7 @@ impl Reactor {
                 fd_floor: self.fd_floor,
                 pdeath_sig: self.config.pdeath_sig,
                 cwd: self.cwd.as_deref(),
+                perf: self.config.perf,
             };
             let prep = proc::prepare(id, ps, &ctx, &mut pipes);
             self.launch(id.clone(), prep);
@@ -627,6 +637,7 @@ impl Reactor {
             timeout: prep.timeout,
             kill_group: prep.kill_group,
             sampled: Default::default(),
+            perf: prep.perf,
         };
         self.procs.insert(serial, proc);
         self.ids.insert(id.clone(), serial);
@@ -657,7 +668,10 @@ impl Reactor {
             return;
         };
         match result {
-            Ok(child) => {
+            Ok(mut child) => {
+                if let Some(perf) = proc.perf.as_mut() {
+                    perf.attach(std::mem::take(&mut child.perf));
+                }
                 if let Some(f) = child.failure {
                     proc.errors.push(proc::failure_message(&f, exe));
                     proc.failure = Some(f);

@@ -67,8 +67,9 @@ pub(crate) extern "C" fn child_main(arg: *mut c_void) -> i32 {
 
 /// Runs the setup steps in order and execs; returns only on failure.
 ///
-/// Order: signal dispositions → session or process group → umask → cwd → rlimits
-/// → credentials → parent-death signal → fd table → signal mask → exec.
+/// Order: signal dispositions → perf counters → session or process group → umask
+/// → cwd → rlimits → credentials → parent-death signal → fd table → signal mask →
+/// exec.
 /// `PR_SET_PDEATHSIG` comes after the credentials because the kernel clears it
 /// when the effective uid or gid changes.
 fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
@@ -99,6 +100,8 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
             )
         };
     }
+
+    open_perf(plan);
 
     if plan.setsid {
         // SAFETY: setsid has no memory arguments.
@@ -258,6 +261,48 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
     // pointer arrays owned by the plan.
     unsafe { libc::syscall(libc::SYS_execve, plan.exe, plan.argv, plan.envp) };
     (Stage::Exec, -1, super::errno())
+}
+
+/// Opens the plan's perf counters on this task (`pid` 0, any cpu), writing each
+/// fd or `-errno` into the plan; a failure is only recorded, never fatal.
+///
+/// This runs before `close_range(CLOSE_RANGE_UNSHARE)`, so each fd lands in the fd
+/// table shared with the agent, which owns it once `clone` returns; our own copy
+/// (if the fd is below the window) is close-on-exec. It runs before the rlimits
+/// (a low `RLIMIT_NOFILE` must not stop it) and before the credentials change, so
+/// the open has the agent's privilege, which the agent's startup probe measured.
+/// Leaders are `disabled` + `enable_on_exec`: counting starts at `execve`.
+fn open_perf(plan: &ChildPlanView) {
+    for (i, entry) in plan.perf_entries().iter().enumerate() {
+        let group = if entry.leader < 0 {
+            -1
+        } else {
+            let leader = plan.perf_result(entry.leader as usize);
+            if leader < 0 {
+                // The leader failed: so does its group, with the leader's errno.
+                plan.set_perf_result(i, leader);
+                continue;
+            }
+            leader
+        };
+        // SAFETY: `entry.attr` is a valid `perf_event_attr` owned by the plan.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &entry.attr as *const super::perf::PerfEventAttr,
+                0 as libc::c_int,
+                -1 as libc::c_int,
+                group,
+                super::perf::FLAG_FD_CLOEXEC,
+            )
+        };
+        let value = if rc < 0 {
+            -super::errno()
+        } else {
+            i32::try_from(rc).unwrap_or(-libc::EBADF)
+        };
+        plan.set_perf_result(i, value);
+    }
 }
 
 /// The kernel's `struct sigaction` for `rt_sigaction` on x86_64 and aarch64.

@@ -13,6 +13,7 @@
 //! - glibc `sysdeps/unix/sysv/linux/spawni.c`
 
 use super::child::{ChildReport, child_main};
+use super::perf::{PerfEntry, PerfPlan};
 use core::ffi::{c_char, c_void};
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use rustix::io::Errno;
@@ -174,6 +175,8 @@ pub struct ChildPlan {
     cwd: Option<CString>,
     rlimits: Vec<RlimitEntry>,
     creds: Option<Creds>,
+    /// perf counters the child opens on itself before exec.
+    perf: Option<PerfPlan>,
 }
 
 /// One `prlimit64` call of the child.
@@ -222,6 +225,7 @@ impl ChildPlan {
             cwd: None,
             rlimits: Vec::new(),
             creds: None,
+            perf: None,
         })
     }
 
@@ -270,6 +274,12 @@ impl ChildPlan {
     /// Switches to `gid` with supplementary `groups`, then to `uid` when given.
     pub fn set_user(&mut self, uid: Option<u32>, gid: u32, groups: Vec<u32>) {
         self.creds = Some(Creds { uid, gid, groups });
+    }
+
+    /// perf counters the child opens on itself (see `sys::perf`); their fds come
+    /// back in [`Spawned::perf`].
+    pub fn set_perf(&mut self, perf: PerfPlan) {
+        self.perf = Some(perf);
     }
 
     /// Whether the child calls `setsid()` (Procstar does; default true).
@@ -377,6 +387,10 @@ pub(crate) struct ChildPlanView {
     pub(crate) groups_len: usize,
     /// One past the highest fd the child keeps (targets, sources, 0–2).
     pub(crate) fd_window: u32,
+    /// perf counters to open, and `perf_len` result slots (fd or `-errno`).
+    pub(crate) perf: *const PerfEntry,
+    pub(crate) perf_out: *mut i32,
+    pub(crate) perf_len: usize,
 }
 
 impl ChildPlanView {
@@ -396,6 +410,35 @@ impl ChildPlanView {
         // SAFETY: the pointer and length come from a live `Vec<RlimitEntry>` in the
         // plan that outlives the child's use of this view (the parent is suspended).
         unsafe { core::slice::from_raw_parts(self.rlimits, self.rlimits_len) }
+    }
+
+    pub(crate) fn perf_entries(&self) -> &[PerfEntry] {
+        if self.perf_len == 0 {
+            return &[];
+        }
+        // SAFETY: the pointer and length come from a live `Vec<PerfEntry>` in the
+        // plan that outlives the child's use of this view (the parent is suspended).
+        unsafe { core::slice::from_raw_parts(self.perf, self.perf_len) }
+    }
+
+    /// The fd (or `-errno`) written for perf entry `i`; `-EBADF` out of range.
+    pub(crate) fn perf_result(&self, i: usize) -> i32 {
+        if i >= self.perf_len {
+            return -libc::EBADF;
+        }
+        // SAFETY: `perf_out` points to `perf_len` i32s in the plan (see `perf_entries`)
+        // and `i` is in range.
+        unsafe { core::ptr::read_volatile(self.perf_out.wrapping_add(i)) }
+    }
+
+    /// Records the fd (or `-errno`) of perf entry `i`; ignored out of range.
+    pub(crate) fn set_perf_result(&self, i: usize, value: i32) {
+        if i >= self.perf_len {
+            return;
+        }
+        // SAFETY: as in `perf_result`; only the child writes here, while the parent
+        // is suspended and holds no reference into the slots.
+        unsafe { core::ptr::write_volatile(self.perf_out.wrapping_add(i), value) };
     }
 }
 
@@ -483,6 +526,9 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
     /// The setup failure, if the child did not reach `execve`.
     pub failure: Option<ChildFailure>,
+    /// One entry per [`ChildPlan::set_perf`] entry, in order: the counter's fd
+    /// (moved high), or why it did not open. Empty without perf counters.
+    pub perf: Vec<Result<OwnedFd, Errno>>,
 }
 
 /// Starts a child from `plan` on `stack`.
@@ -496,6 +542,14 @@ pub struct Spawned {
 /// `CLONE_PIDFD`, before Linux 5.2).
 pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Errno> {
     plan.lift_sources()?;
+    let (perf, perf_out, perf_len) = match plan.perf.as_mut() {
+        Some(p) => (
+            p.entries.as_ptr(),
+            p.out.as_mut_ptr(),
+            p.entries.len().min(p.out.len()),
+        ),
+        None => (core::ptr::null(), core::ptr::null_mut(), 0),
+    };
     let view = ChildPlanView {
         exe: plan.exe.as_ptr(),
         argv: plan.argv.as_ptr(),
@@ -525,6 +579,9 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
             .map_or(core::ptr::null(), |c| c.groups.as_ptr()),
         groups_len: plan.creds.as_ref().map_or(0, |c| c.groups.len()),
         fd_window: plan.fd_window(),
+        perf,
+        perf_out,
+        perf_len,
     };
     let mut report = ChildReport::default();
     let mut args = ChildArgs {
@@ -558,6 +615,26 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     // SAFETY: restoring the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
     let cwd = plan.cwd.take();
+    // The perf fds the child opened are in our fd table (CLONE_FILES): take them
+    // and move them high, as every long-lived fd. After a failed clone the slots
+    // still hold their initial -EBADF.
+    let perf_floor = plan.perf.as_ref().map_or(0, |p| p.floor);
+    let perf: Vec<Result<OwnedFd, Errno>> = (0..perf_len)
+        .map(|i| {
+            // SAFETY: `perf_out` points to `perf_len` slots of the plan's `out`, still
+            // alive (`plan` is dropped below); the child's writes finished before
+            // clone returned (CLONE_VFORK).
+            let raw = unsafe { core::ptr::read_volatile(perf_out.wrapping_add(i)) };
+            if raw >= 0 {
+                // SAFETY: the child opened this fd in our shared table and nothing
+                // else owns it.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                Ok(super::fd::move_high(fd, perf_floor))
+            } else {
+                Err(Errno::from_raw_os_error(raw.saturating_neg()))
+            }
+        })
+        .collect();
     drop(plan); // closes the sources: the child has its own copies now
     if pid < 0 {
         return Err(Errno::from_raw_os_error(clone_errno));
@@ -582,6 +659,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
         pid: rustix::process::Pid::from_raw(pid).ok_or(Errno::SRCH)?,
         pidfd,
         failure,
+        perf,
     })
 }
 
