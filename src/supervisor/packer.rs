@@ -32,11 +32,11 @@ pub(crate) enum Job {
         level: i32,
     },
     /// A kept (named) capture file: compressed into the file at `dst`, created or
-    /// truncated. The source file is left as it is; the caller decides whether
-    /// to remove it once the result is in.
-    #[allow(dead_code)] // for kept-file captures (mode "file"), merged separately
+    /// truncated; once that is complete, `src_path` (the uncompressed file) is
+    /// removed, so the compressed file replaces it.
     Kept {
         src: Arc<OwnedFd>,
+        src_path: PathBuf,
         dst: PathBuf,
         level: i32,
     },
@@ -60,7 +60,6 @@ pub(crate) struct PackedFile {
     pub index: FrameIndex,
     pub level: i32,
     /// The file's path, for a kept file; `None` for an unlinked one.
-    #[allow(dead_code)] // read by kept-file captures (issue 5), not yet merged
     pub path: Option<PathBuf>,
 }
 
@@ -173,9 +172,28 @@ fn run(job: Job) -> io::Result<Packed> {
                 path: None,
             })))
         }
-        Job::Kept { src, dst, level } => {
-            let file = std::fs::File::create(&dst)?;
-            let stats = compress::compress_file(&*src, &file, level)?;
+        Job::Kept {
+            src,
+            src_path,
+            dst,
+            level,
+        } => {
+            // Read and write: ranged reads are served from this file later.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&dst)?;
+            let stats = match compress::compress_file(&*src, &file, level) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Never leave a partial .zst beside the intact original.
+                    let _ = std::fs::remove_file(&dst);
+                    return Err(e);
+                }
+            };
+            std::fs::remove_file(&src_path)?;
             Ok(Packed::File(Arc::new(PackedFile {
                 file: Arc::new(OwnedFd::from(file)),
                 index: stats.index,
@@ -300,13 +318,16 @@ mod tests {
                 },
             )
             .unwrap();
+        let kept_src = dir.path().join("out");
+        std::fs::write(&kept_src, &data).unwrap();
         let kept = dir.path().join("out.zst");
         packer
             .submit(
                 9,
                 2,
                 Job::Kept {
-                    src,
+                    src: Arc::new(OwnedFd::from(std::fs::File::open(&kept_src).unwrap())),
+                    src_path: kept_src.clone(),
                     dst: kept.clone(),
                     level: 1,
                 },
@@ -340,6 +361,11 @@ mod tests {
         assert_eq!(kept_packed.unwrap().raw_len(), data.len() as u64);
         let on_disk = std::fs::read(&kept).unwrap();
         assert_eq!(zstd::stream::decode_all(&on_disk[..]).unwrap(), data);
+        assert!(
+            !kept_src.exists(),
+            "the .zst replaces the uncompressed file"
+        );
+        drop(src);
     }
 
     #[test]

@@ -158,6 +158,9 @@ impl FdSnap {
         });
         let path = match &self.content {
             Content::Kept(k) => Some(k.path.to_string_lossy().into_owned()),
+            Content::Zstd(Packed::File(f)) => {
+                f.path.as_ref().map(|p| p.to_string_lossy().into_owned())
+            }
             _ => None,
         };
         if !self.attached {
@@ -528,6 +531,19 @@ impl Capture {
             return None;
         }
         match &self.store {
+            // A complete kept file: the whole stream, compressed to `<path>.zst`,
+            // which replaces it.
+            Store::Memory { file: Some(k), .. } if !k.failed() => {
+                let mut dst = k.path().as_os_str().to_owned();
+                dst.push(".zst");
+                Some(Job::Kept {
+                    src: k.file().clone(),
+                    src_path: k.path().to_path_buf(),
+                    dst: PathBuf::from(dst),
+                    level: c.level,
+                })
+            }
+            Store::Memory { file: Some(_), .. } => None,
             Store::Memory {
                 frozen: Some(f), ..
             } => Some(Job::Memory {
@@ -554,6 +570,16 @@ impl Capture {
             Ok(packed) => {
                 match (&mut self.store, &packed) {
                     (Store::Memory { frozen, .. }, Packed::Memory(_)) => *frozen = None,
+                    // The compressed file holds the whole stream: the head/tail
+                    // copy (`"memory": true`) is no longer needed.
+                    (
+                        Store::Memory {
+                            frozen,
+                            file: Some(_),
+                            ..
+                        },
+                        Packed::File(_),
+                    ) => *frozen = None,
                     (Store::Tempfile { file }, Packed::File(f)) => *file = f.file.clone(),
                     _ => {}
                 }

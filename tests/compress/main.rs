@@ -218,6 +218,52 @@ fn zstd_tempfile_capture_reads_like_uncompressed() {
     assert_same_reads(&a, "plain", "zst", &data, None);
 }
 
+// A kept capture file (mode "file") with compress: once complete, `<path>.zst`
+// replaces it (the uncompressed file is removed), the result's path names the
+// .zst, it survives delete, decompresses to the original bytes, and ranged reads
+// (decompressing as needed) match the same capture uncompressed.
+#[test]
+fn zstd_kept_file_is_replaced_by_its_compressed_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = log_text(9 * MIB as usize + 777);
+    let file = data_file(dir.path(), "log", &data);
+    let plain_path = dir.path().join("plain.out");
+    let zst_path = dir.path().join("job.out");
+    let a = agent();
+    run_cat(
+        &a,
+        "plain",
+        &file,
+        json!({"capture": {"mode": "file", "path": plain_path, "attached": false}}),
+    );
+    run_cat(
+        &a,
+        "zst",
+        &file,
+        json!({"capture": {"mode": "file", "path": zst_path, "memory": true, "attached": false,
+                           "compress": "zstd"}}),
+    );
+    let c = compression(&a, "zst");
+    assert_eq!(c.state, CompressionState::Done, "{c:?}");
+    let zst_file = dir.path().join("job.out.zst");
+    assert!(!zst_path.exists(), "the uncompressed kept file is replaced");
+    let res = a.result("zst").unwrap();
+    match res.fds.get("stdout") {
+        Some(Some(FdRes::Detached { path, length, .. })) => {
+            assert_eq!(path.as_deref(), zst_file.to_str());
+            assert_eq!(*length, data.len() as u64);
+        }
+        other => panic!("stdout: {other:?}"),
+    }
+    assert_same_reads(&a, "plain", "zst", &data, None);
+    let stored = a.fd_compressed("zst", "stdout", 0, None).unwrap();
+    assert_eq!(stored.compressed_length, c.compressed_length.unwrap());
+    a.delete("zst").unwrap();
+    drop(a);
+    let on_disk = std::fs::read(&zst_file).expect("the .zst survives delete");
+    assert!(zstd::stream::decode_all(&on_disk[..]).unwrap() == data);
+}
+
 #[test]
 fn zstd_result_is_pending_at_exit_then_done() {
     let a = agent();
