@@ -8,6 +8,11 @@
 //!   writes every byte to a file in `CHAPERONE_BENCH_CAPTURE_DIR` (default: the
 //!   temp dir), removed after each run outside the timing. Target: ≥ 0.8× the
 //!   throughput of `chaperone`.
+//! * `capture/4g/direct_file`: the floor for any kept file: the same writer with
+//!   its stdout opened straight onto a file in the same directory (a `file` fd:
+//!   the agent never sees the bytes). `chaperone_file / direct_file` is how much
+//!   the agent's pipe → reactor → file path costs over the child writing the file
+//!   itself.
 //! * `capture/4g/raw_read`: the same writer with its stdout a `pipe2` pipe raised
 //!   to `/proc/sys/fs/pipe-max-size` (`F_SETPIPE_SZ`), drained by a plain
 //!   blocking `read()` loop of 1 MiB reads to EOF, then `waitpid`.
@@ -112,8 +117,10 @@ fn chaperone_round(agent: &Agent, input: &spec::Input, bytes: u64) -> Duration {
         "{:?}",
         res.errors
     );
-    let data = agent.fd_data("w", "stdout", 0, Some(0)).expect("fd data");
-    assert_eq!(data.length, bytes);
+    // A `file` fd (direct_file) is no capture: its length is checked on disk.
+    if let Ok(data) = agent.fd_data("w", "stdout", 0, Some(0)) {
+        assert_eq!(data.length, bytes);
+    }
     agent.delete("w").expect("delete");
     elapsed
 }
@@ -146,12 +153,25 @@ fn file_input(exe: &str, bytes: u64, path: &std::path::Path) -> spec::Input {
     writer_input(exe, bytes, capture)
 }
 
+/// The writer with its stdout opened directly onto the file at `path`.
+fn direct_input(exe: &str, bytes: u64, path: &std::path::Path) -> spec::Input {
+    writer_input_fd(
+        exe,
+        bytes,
+        serde_json::json!({"file": {"path": path, "flags": "Write"}}),
+    )
+}
+
 fn writer_input(exe: &str, bytes: u64, capture: serde_json::Value) -> spec::Input {
+    writer_input_fd(exe, bytes, serde_json::json!({ "capture": capture }))
+}
+
+fn writer_input_fd(exe: &str, bytes: u64, stdout: serde_json::Value) -> spec::Input {
     let json = serde_json::json!({"specs": {"w": {
         "argv": [exe, "--writer", bytes.to_string()],
         "fds": [
             ["stdin", {"null": {}}],
-            ["stdout", {"capture": capture}],
+            ["stdout", stdout],
             ["stderr", {"null": {}}],
         ],
     }}});
@@ -185,13 +205,16 @@ fn paired(rounds: usize) {
     let input = chaperone_input(&exe, bytes);
     let path = kept_path();
     let finput = file_input(&exe, bytes, &path);
+    let dinput = direct_input(&exe, bytes, &path);
     let mut buf = vec![0u8; CHUNK];
-    let (mut chap, mut file, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut chap, mut file, mut direct, mut raw) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        for k in 0..3 {
-            match (round + k) % 3 {
+        for k in 0..4 {
+            match (round + k) % 4 {
                 0 => chap.push(chaperone_round(&agent, &input, bytes).as_secs_f64()),
                 1 => file.push(file_round(&agent, &finput, bytes, &path).as_secs_f64()),
+                2 => direct.push(file_round(&agent, &dinput, bytes, &path).as_secs_f64()),
                 _ => raw.push(raw_round(&exe, bytes, &mut buf).as_secs_f64()),
             }
         }
@@ -199,6 +222,7 @@ fn paired(rounds: usize) {
     let times = serde_json::json!({
         format!("{name}/chaperone"): chap,
         format!("{name}/chaperone_file"): file,
+        format!("{name}/direct_file"): direct,
         format!("{name}/raw_read"): raw,
     });
     println!("{}", serde_json::json!({"bytes": bytes, "times": times}));
@@ -227,6 +251,14 @@ fn bench_capture(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| file_round(&agent, &finput, bytes, &path))
+                .sum()
+        });
+    });
+    let dinput = direct_input(&exe, bytes, &path);
+    g.bench_function("direct_file", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| file_round(&agent, &dinput, bytes, &path))
                 .sum()
         });
     });

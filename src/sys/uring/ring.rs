@@ -361,9 +361,14 @@ impl<T> Ring<T> {
         };
         // The Vec's heap block does not move when the slab grows (only the Vec
         // header does), and nothing touches the Vec until the op completes.
+        // IOSQE_ASYNC: the kernel would otherwise first try the write inline, in
+        // io_uring_enter on this (the reactor) thread, where copying megabytes
+        // into the page cache, or a filesystem's dirty throttling, would hold up
+        // every other process's pipes; an io-wq worker does it on another core.
         let entry = opcode::Write::new(raw, buf.as_ptr(), len)
             .offset(offset)
             .build()
+            .flags(squeue::Flags::ASYNC)
             .user_data(key);
         self.push(entry);
         key
