@@ -8,6 +8,9 @@
 //! * `spawn/true/all_fields`: the `chaperone` loop with every child-control
 //!   field set in each spec (cwd, umask, pdeath_sig, signals, rlimits,
 //!   process_group, kill_group, a timeout that never fires).
+//! * `spawn/true/sampling_1ms`: the `chaperone` loop on an agent that samples
+//!   `/proc/<pid>/stat` and `statm` of every running process every millisecond
+//!   (the default is every second); `ci/bench` compares it with `chaperone`.
 //! * `spawn/true/perf`: the `chaperone` loop with `"perf": true` in each spec
 //!   (every perf counter the machine has, opened in the child, read at exit);
 //!   `ci/bench` compares it with `chaperone` (perf off).
@@ -473,6 +476,15 @@ fn bench_spawn(c: &mut Criterion) {
                 })
             });
         });
+        {
+            let sampling = sampling_agent();
+            let events = sampling.subscribe();
+            g.bench_function("sampling_1ms", |b| {
+                b.iter_custom(|iters| {
+                    per_iter(iters, || chaperone_round_events(&sampling, &events, &input))
+                });
+            });
+        }
         let all_fields = chaperone_input_all_fields(N);
         g.bench_function("all_fields", |b| {
             b.iter_custom(|iters| {
@@ -578,17 +590,28 @@ impl Drop for Ballast {
 /// each pair of figures saw the same machine load. The 1 GiB variants hold a
 /// touched 1 GiB anonymous mapping (dropped between rounds) instead of a capture.
 /// Prints one JSON object: `{"n": N, "times": {id: [seconds per round]}}`.
+/// An agent sampling `/proc` of its running processes every millisecond.
+fn sampling_agent() -> Agent {
+    Agent::new(Config {
+        sample_interval: Some(Duration::from_millis(1)),
+        ..Config::default()
+    })
+    .expect("agent")
+}
+
 fn paired(rounds: usize) {
     let input = chaperone_input(N);
     let input_perf = chaperone_input_perf(N);
     let agent = Agent::new(Config::default()).expect("agent");
+    let sampling = sampling_agent();
+    let sampling_events = sampling.subscribe();
     let cmd = RawCmd::new(TRUE);
     let mut buf = vec![0u8; 64 * 1024];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let ids: [&str; 9] = [
+    let ids: [&str; 10] = [
         "chaperone",
         "raw_vfork",
         "std_command",
@@ -598,16 +621,18 @@ fn paired(rounds: usize) {
         "std_command_parent_rss_1g",
         "chaperone_wait_each",
         "perf",
+        "sampling_1ms",
     ];
     let events = agent.subscribe();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); ids.len()];
     // One untimed warm-up round.
     for round in 0..=rounds {
-        // Eight blocks, in an order rotated every round so that no variant always
+        // Nine blocks, in an order rotated every round so that no variant always
         // runs first or after the same neighbour.
-        let mut t = [Duration::ZERO; 9];
-        for block in 0..8 {
-            match (block + round) % 8 {
+        let mut t = [Duration::ZERO; 10];
+        for block in 0..9 {
+            match (block + round) % 9 {
+                8 => t[9] = chaperone_round_events(&sampling, &sampling_events, &input),
                 7 => t[8] = chaperone_round_events(&agent, &events, &input_perf),
                 6 => t[7] = chaperone_round(&agent, &input),
                 0 => t[0] = chaperone_round_events(&agent, &events, &input),
