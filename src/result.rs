@@ -274,6 +274,12 @@ pub enum FdRes {
         length: u64,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// Extension: bytes a memory capture holds (head plus tail), reported
+        /// when some were dropped; `None`: not reported (all `length` bytes
+        /// are held, or the capture is not in memory).
+        held: Option<u64>,
+        /// Extension: bytes were dropped to keep within `--output-limit`.
+        limited: bool,
     },
     /// Output captured as binary data (base64 in JSON).
     Data {
@@ -283,6 +289,12 @@ pub enum FdRes {
         length: u64,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// Extension: bytes a memory capture holds (head plus tail), reported
+        /// when some were dropped; `None`: not reported (all `length` bytes
+        /// are held, or the capture is not in memory).
+        held: Option<u64>,
+        /// Extension: bytes were dropped to keep within `--output-limit`.
+        limited: bool,
     },
     /// Output captured but not inlined; fetch it separately.
     Detached {
@@ -292,6 +304,12 @@ pub enum FdRes {
         encoding: Encoding,
         /// The byte range cut out of the middle, if any.
         dropped: Option<Dropped>,
+        /// Extension: bytes a memory capture holds (head plus tail), reported
+        /// when some were dropped; `None`: not reported (all `length` bytes
+        /// are held, or the capture is not in memory).
+        held: Option<u64>,
+        /// Extension: bytes were dropped to keep within `--output-limit`.
+        limited: bool,
     },
     /// The capture failed.
     Error,
@@ -305,6 +323,8 @@ impl FdRes {
             length: bytes.len() as u64,
             bytes,
             dropped: None,
+            held: None,
+            limited: false,
         }
     }
 
@@ -315,6 +335,8 @@ impl FdRes {
             length: bytes.len() as u64,
             bytes,
             dropped: None,
+            held: None,
+            limited: false,
         }
     }
 }
@@ -332,14 +354,32 @@ impl Serialize for Base64Bytes<'_> {
 
 impl Serialize for FdRes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let extra = |dropped: &Option<Dropped>| usize::from(dropped.is_some());
+        let extra = |dropped: &Option<Dropped>, held: &Option<u64>, limited: &bool| {
+            usize::from(dropped.is_some()) + usize::from(held.is_some()) + usize::from(*limited)
+        };
+        // The extension keys after `dropped`: `held`, then `limited` when true.
+        fn ext<M: SerializeMap>(
+            map: &mut M,
+            held: &Option<u64>,
+            limited: bool,
+        ) -> Result<(), M::Error> {
+            if let Some(h) = held {
+                map.serialize_entry("held", h)?;
+            }
+            if limited {
+                map.serialize_entry("limited", &true)?;
+            }
+            Ok(())
+        }
         match self {
             FdRes::Text {
                 bytes,
                 length,
                 dropped,
+                held,
+                limited,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped, held, limited)))?;
                 map.serialize_entry("type", "text")?;
                 let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
                 map.serialize_entry("text", &text)?;
@@ -348,14 +388,17 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                ext(&mut map, held, *limited)?;
                 map.end()
             }
             FdRes::Data {
                 bytes,
                 length,
                 dropped,
+                held,
+                limited,
             } => {
-                let mut map = serializer.serialize_map(Some(4 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(4 + extra(dropped, held, limited)))?;
                 map.serialize_entry("type", "data")?;
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
@@ -363,20 +406,24 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                ext(&mut map, held, *limited)?;
                 map.end()
             }
             FdRes::Detached {
                 length,
                 encoding,
                 dropped,
+                held,
+                limited,
             } => {
-                let mut map = serializer.serialize_map(Some(3 + extra(dropped)))?;
+                let mut map = serializer.serialize_map(Some(3 + extra(dropped, held, limited)))?;
                 map.serialize_entry("type", "detached")?;
                 map.serialize_entry("length", length)?;
                 map.serialize_entry("encoding", encoding)?;
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                ext(&mut map, held, *limited)?;
                 map.end()
             }
             FdRes::Error => {
@@ -398,6 +445,10 @@ enum FdResWire {
         length: Option<u64>,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        held: Option<u64>,
+        #[serde(default)]
+        limited: bool,
     },
     Data {
         data: String,
@@ -405,12 +456,20 @@ enum FdResWire {
         length: Option<u64>,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        held: Option<u64>,
+        #[serde(default)]
+        limited: bool,
     },
     Detached {
         length: u64,
         encoding: Encoding,
         #[serde(default)]
         dropped: Option<Dropped>,
+        #[serde(default)]
+        held: Option<u64>,
+        #[serde(default)]
+        limited: bool,
     },
     Error,
 }
@@ -424,31 +483,43 @@ impl TryFrom<FdResWire> for FdRes {
                 text,
                 length,
                 dropped,
+                held,
+                limited,
             } => FdRes::Text {
                 length: length.unwrap_or(text.len() as u64),
                 bytes: Bytes::from(text.into_bytes()),
                 dropped,
+                held,
+                limited,
             },
             FdResWire::Data {
                 data,
                 length,
                 dropped,
+                held,
+                limited,
             } => {
                 let bytes = STANDARD.decode(data)?;
                 FdRes::Data {
                     length: length.unwrap_or(bytes.len() as u64),
                     bytes: Bytes::from(bytes),
                     dropped,
+                    held,
+                    limited,
                 }
             }
             FdResWire::Detached {
                 length,
                 encoding,
                 dropped,
+                held,
+                limited,
             } => FdRes::Detached {
                 length,
                 encoding,
                 dropped,
+                held,
+                limited,
             },
             FdResWire::Error => FdRes::Error,
         })
@@ -713,6 +784,8 @@ mod tests {
             length: 1234,
             encoding: Encoding::Utf8,
             dropped: None,
+            held: None,
+            limited: false,
         };
         assert_eq!(
             serde_json::to_string(&fd).unwrap(),
@@ -726,6 +799,8 @@ mod tests {
             length: 5,
             encoding: Encoding::Base64,
             dropped: None,
+            held: None,
+            limited: false,
         };
         assert_eq!(
             serde_json::to_value(&fd).unwrap(),
@@ -746,6 +821,8 @@ mod tests {
             bytes: Bytes::from_static(b"headtail"),
             length: 100,
             dropped: Some(Dropped { start: 4, stop: 96 }),
+            held: None,
+            limited: false,
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -754,6 +831,37 @@ mod tests {
                    "dropped":{"start":4,"stop":96}})
         );
         assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+    }
+
+    #[test]
+    fn held_and_limited_shapes() {
+        let fd = FdRes::Data {
+            bytes: Bytes::from_static(b"ht"),
+            length: 100,
+            dropped: Some(Dropped { start: 1, stop: 99 }),
+            held: Some(2),
+            limited: true,
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"data","data":"aHQ=","encoding":"base64","length":100,
+                   "dropped":{"start":1,"stop":99},"held":2,"limited":true})
+        );
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+        let fd = FdRes::Detached {
+            length: 7,
+            encoding: Encoding::Utf8,
+            dropped: None,
+            held: Some(7),
+            limited: false,
+        };
+        let s = serde_json::to_string(&fd).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"detached","length":7,"encoding":"utf-8","held":7}"#
+        );
+        assert_eq!(serde_json::from_str::<FdRes>(&s).unwrap(), fd);
     }
 
     #[test]

@@ -5,3 +5,4 @@
 //! writing `head + tail`.
 
 pub mod headtail;
+pub mod limit;

@@ -66,6 +66,10 @@ pub struct Config {
     /// Signal every child gets when the agent dies, unless its spec says
     /// otherwise (`--pdeath-sig`); `None`: children outlive the agent.
     pub pdeath_sig: Option<i32>,
+    /// Total bytes all memory captures may hold (`--output-limit`); past it,
+    /// bytes are dropped from the middle of the largest captures first.
+    /// `None`: only each capture's head and tail bound it.
+    pub output_limit: Option<u64>,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             buf_entries: 4,
             ring_entries: 512,
             pdeath_sig: None,
+            output_limit: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! drained, reaped with rusage) → deleted.
 
 mod agent;
+mod outlimit;
 mod proc;
 mod reactor;
 mod spawner;

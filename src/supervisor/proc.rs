@@ -56,6 +56,9 @@ pub(crate) enum Content {
     Counts {
         len: u64,
         dropped: Option<std::ops::Range<u64>>,
+        /// Bytes held, and whether `--output-limit` dropped some.
+        held: u64,
+        limited: bool,
     },
     /// Bytes `[start, stop)` copied from a live memory capture.
     Range {
@@ -97,12 +100,23 @@ impl Snapshot {
 
 impl FdSnap {
     fn to_fd_res(&self) -> FdRes {
-        let (length, dropped) = match &self.content {
-            Content::Memory(f) => (f.len(), f.dropped()),
-            Content::Counts { len, dropped } => (*len, dropped.clone()),
-            Content::Range { len, .. } => (*len, None),
-            Content::File(file) => (fd::file_len(&**file).unwrap_or(0), None),
+        let (length, dropped, held, limited) = match &self.content {
+            Content::Memory(f) => (f.len(), f.dropped(), Some(f.held() as u64), f.limited()),
+            Content::Counts {
+                len,
+                dropped,
+                held,
+                limited,
+            } => (*len, dropped.clone(), Some(*held), *limited),
+            Content::Range { len, .. } => (*len, None, None, false),
+            Content::File(file) => {
+                // Nothing of a tempfile is held in memory; `held` is not reported.
+                (fd::file_len(&**file).unwrap_or(0), None, None, false)
+            }
         };
+        // `held` only when it says something: with nothing dropped it equals
+        // `length`, and the result keeps Procstar's keys.
+        let held = held.filter(|_| dropped.is_some());
         let dropped = dropped.map(|r| Dropped {
             start: r.start,
             stop: r.end,
@@ -115,6 +129,8 @@ impl FdSnap {
                     spec::Encoding::Base64 => Encoding::Base64,
                 },
                 dropped,
+                held,
+                limited,
             };
         }
         let data = match &self.content {
@@ -130,11 +146,15 @@ impl FdSnap {
                 bytes: data,
                 length,
                 dropped,
+                held,
+                limited,
             },
             spec::Encoding::Base64 => FdRes::Data {
                 bytes: data,
                 length,
                 dropped,
+                held,
+                limited,
             },
         }
     }
@@ -323,6 +343,8 @@ impl Capture {
             } => Content::Counts {
                 len: live.len(),
                 dropped: live.dropped(),
+                held: live.held() as u64,
+                limited: live.limited(),
             },
             _ => self.content(),
         }

@@ -1,6 +1,7 @@
 //! The reactor thread: one io_uring, the process table, the command mailbox.
 
 use super::agent::{Command, Config, Event, FdDataError, ProcError, StartError};
+use super::outlimit;
 use super::proc::{self, Capture, Content, Life, PlanContext, Proc, Snapshot, Store};
 use super::spawner::{Done, Spawner};
 use crate::metrics::procstat::StatContext;
@@ -59,6 +60,8 @@ pub(crate) struct Reactor {
     starting: HashMap<u64, String>,
     /// Start requests waiting for procs on the spawner thread.
     pending_starts: Vec<PendingStart>,
+    /// Bytes held by memory captures under `--output-limit`, if set.
+    budget: Option<crate::capture::limit::Budget<super::outlimit::CapKey>>,
 }
 
 /// A start request's reply, held until its procs on the spawner thread are done.
@@ -87,6 +90,7 @@ impl Reactor {
             StartupError::Sys("starting the spawner thread", errno)
         })?;
         tracing::debug!(features = ?ring.features, "io_uring ready");
+        let output_limit = config.output_limit.map(crate::capture::limit::Budget::new);
         Ok(Reactor {
             ring,
             mailbox,
@@ -109,6 +113,7 @@ impl Reactor {
             spawned_rx,
             starting: HashMap::new(),
             pending_starts: Vec::new(),
+            budget: output_limit,
         })
     }
 
@@ -159,13 +164,8 @@ impl Reactor {
             }
             Tag::Pipe { proc, cap } => {
                 let data = self.ring.data(cqe);
-                let running = self.procs.get_mut(&proc).filter(|p| p.is_running());
-                if let Some(Capture {
-                    store: Store::Memory { live, .. },
-                    ..
-                }) = running.and_then(|p| p.captures.get_mut(cap))
-                {
-                    live.push(data);
+                if self.procs.get(&proc).is_some_and(Proc::is_running) {
+                    outlimit::push(self.budget.as_mut(), &mut self.procs, proc, cap, data);
                 }
                 self.ring.finish(cqe);
                 if !cqe.more {
@@ -285,25 +285,42 @@ impl Reactor {
         // Drain what the process wrote. Under DEFER_TASKRUN no read of ours runs
         // outside io_uring_enter, so every completion already handled is older
         // than these bytes, and any later one is newer.
-        for cap in p.captures.iter_mut() {
-            if let Store::Memory {
-                pipe: Some(fd),
-                read_key,
-                live,
+        for cap in 0..p.captures.len() {
+            let Some(Capture {
+                store:
+                    Store::Memory {
+                        pipe: Some(fd),
+                        read_key,
+                        ..
+                    },
                 ..
-            } = &mut cap.store
-            {
-                loop {
-                    match pipe::read(&**fd, &mut self.scratch) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => live.push(self.scratch.get(..n).unwrap_or(&[])),
-                    }
-                }
-                if let Some(key) = read_key.take() {
-                    self.ring.cancel(key);
+            }) = self
+                .procs
+                .get_mut(&serial)
+                .and_then(|p| p.captures.get_mut(cap))
+            else {
+                continue;
+            };
+            let fd = fd.clone();
+            if let Some(key) = read_key.take() {
+                self.ring.cancel(key);
+            }
+            loop {
+                match pipe::read(&*fd, &mut self.scratch) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => outlimit::push(
+                        self.budget.as_mut(),
+                        &mut self.procs,
+                        serial,
+                        cap,
+                        self.scratch.get(..n).unwrap_or(&[]),
+                    ),
                 }
             }
         }
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
         let reaped = match p.pidfd.as_ref().map(|fd| wait::reap(&**fd)) {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
@@ -423,7 +440,9 @@ impl Reactor {
                         if self.procs.get(&s).is_some_and(Proc::is_running) {
                             Err(ProcError::Running(id))
                         } else {
-                            self.procs.remove(&s);
+                            if let Some(p) = self.procs.remove(&s) {
+                                outlimit::forget(self.budget.as_mut(), s, &p);
+                            }
                             self.ids.remove(&id);
                             self.emit(Event::Deleted(id));
                             Ok(())
