@@ -331,8 +331,9 @@ impl Agent {
             Content::File(file) => {
                 let length =
                     crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;
-                let stop = stop.min(length).max(start.min(length));
-                let start = start.min(length);
+                // Same clamping as memory captures (`ReadInfo`).
+                let stop = stop.min(length);
+                let start = start.min(stop);
                 let data = super::proc::read_file(&file, start, stop)
                     .map_err(|e| FdDataError::Io(e.into()))?;
                 Ok(FdData {

@@ -163,7 +163,10 @@ impl FdSnap {
 /// Reads `[start, stop)` of a file.
 pub(crate) fn read_file(file: &OwnedFd, start: u64, stop: u64) -> Result<Bytes, Errno> {
     let len = usize::try_from(stop.saturating_sub(start)).map_err(|_| Errno::FBIG)?;
-    let mut buf = vec![0u8; len];
+    // A huge range is an error (ENOMEM), not an abort.
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| Errno::NOMEM)?;
+    buf.resize(len, 0);
     let n = fd::pread_full(file, &mut buf, start)?;
     buf.truncate(n);
     Ok(Bytes::from(buf))
