@@ -257,6 +257,8 @@ impl HeadTail {
         self.head_limit = h;
         if h < self.head.len() {
             self.head.truncate(h);
+        }
+        if self.head.capacity() > h {
             self.head.shrink_to(h);
         }
 
@@ -809,6 +811,119 @@ mod tests {
             }
             assert_eq!(out, want, "read({start}, {stop})");
             assert_eq!(info.copied() as usize, out.len() - 1);
+        }
+    }
+
+    /// Head a prefix, tail a suffix, the dropped range between: what must hold
+    /// after any sheds.
+    fn check_prefix_suffix(ht: &HeadTail, model: &[u8]) {
+        let total = model.len();
+        let [head, t0, t1] = ht.slices();
+        let tail = [t0, t1].concat();
+        assert_eq!(ht.len(), total as u64);
+        assert_eq!(head, &model[..head.len()]);
+        assert_eq!(&tail[..], &model[total - tail.len()..]);
+        let (lo, hi) = (head.len() as u64, (total - tail.len()) as u64);
+        assert_eq!(ht.dropped(), (lo < hi).then_some(lo..hi));
+        assert!(ht.head.capacity() <= ht.head_limit().max(head.len()));
+        assert!(ht.tail.capacity() <= ht.tail_max);
+    }
+
+    #[test]
+    fn shed_takes_the_larger_side_first_and_frees_it() {
+        let mut ht = HeadTail::new(100, 100);
+        ht.push(&seq(150));
+        // head 100, tail 50: the head gives its newest bytes.
+        assert_eq!(ht.shed(30, 0), 30);
+        assert_eq!(ht.slices()[0].len(), 70);
+        assert_eq!(ht.head.capacity(), 70);
+        assert_eq!(ht.dropped(), Some(70..100));
+        // 70 / 50: 20 from the head, then 5 from each.
+        assert_eq!(ht.shed(30, 0), 30);
+        assert_eq!((ht.head.len(), ht.tail.len()), (45, 45));
+        assert_eq!(ht.tail.capacity(), 45);
+        assert_eq!(ht.dropped(), Some(45..105));
+        assert!(ht.limited());
+        // The lowered limits hold: more output overwrites the tail in place.
+        ht.push(&seq(20));
+        assert_eq!(ht.held(), 90);
+        let mut model = seq(150);
+        model.extend_from_slice(&seq(20));
+        check_prefix_suffix(&ht, &model);
+        let f = ht.freeze();
+        assert!(f.limited());
+        assert_eq!(f.dropped(), Some(45..125));
+    }
+
+    #[test]
+    fn shed_with_pending_makes_the_push_fit() {
+        let mut ht = HeadTail::new(1000, 1000);
+        ht.push(&seq(100));
+        let footprint = ht.held() + ht.growth(60);
+        assert_eq!(ht.shed(60, 60), 60);
+        ht.push(&seq(60));
+        assert_eq!(ht.held(), footprint - 60);
+        ht.reopen_tail();
+        let mut model = seq(100);
+        model.extend_from_slice(&seq(60));
+        check_prefix_suffix(&ht, &model);
+    }
+
+    #[test]
+    fn frozen_shed_copies_when_shared_and_keeps_readers_whole() {
+        let mut ht = HeadTail::new(10, 10);
+        ht.push(b"0123456789abcdefghij");
+        let mut f = ht.freeze();
+        let reader = f.clone();
+        assert_eq!(f.shed(4), 4);
+        assert_eq!(f.contiguous().as_ref(), b"01234567cdefghij");
+        assert_eq!(f.dropped(), Some(8..12));
+        assert!(f.limited());
+        // The reader's snapshot is untouched.
+        assert_eq!(reader.contiguous().as_ref(), b"0123456789abcdefghij");
+        assert_eq!(reader.dropped(), None);
+        // Unshared now: shed in place.
+        let ptr = f.head().as_ptr();
+        drop(reader);
+        assert_eq!(f.shed(2), 2);
+        assert_eq!(f.contiguous().as_ref(), b"0123456defghij");
+        assert_eq!(f.head().as_ptr(), ptr);
+    }
+
+    proptest! {
+        #[test]
+        fn shed_keeps_prefix_suffix_and_exact_footprint(
+            head in 0usize..60,
+            tail in 0usize..60,
+            ops in prop::collection::vec((0u8..3, 0usize..80, prop::collection::vec(any::<u8>(), 0..90)), 0..30),
+        ) {
+            let mut ht = HeadTail::new(head, tail);
+            let mut model = Vec::new();
+            for (op, k, data) in &ops {
+                match op {
+                    0 => {
+                        let (held, growth) = (ht.held(), ht.growth(data.len()));
+                        ht.push(data);
+                        model.extend_from_slice(data);
+                        prop_assert_eq!(ht.held(), held + growth);
+                    }
+                    1 => {
+                        let held = ht.held();
+                        prop_assert_eq!(ht.shed(*k, 0), (*k).min(held));
+                        prop_assert_eq!(ht.held(), held - (*k).min(held));
+                    }
+                    _ => {
+                        let fp = ht.held() + ht.growth(data.len());
+                        let done = ht.shed(*k, data.len());
+                        prop_assert_eq!(done, (*k).min(fp));
+                        ht.push(data);
+                        model.extend_from_slice(data);
+                        prop_assert_eq!(ht.held(), fp - done);
+                        ht.reopen_tail();
+                    }
+                }
+                check_prefix_suffix(&ht, &model);
+            }
         }
     }
 
