@@ -43,6 +43,11 @@ pub struct Args {
     /// Default tail size of memory captures (bytes; K, M, G suffixes allowed).
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub capture_tail: usize,
+    /// Total bytes all memory captures may hold together (K, M, G suffixes
+    /// allowed). Past it, bytes are dropped from the middle of the largest
+    /// captures first. Default: no limit beyond each capture's head and tail.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub output_limit: Option<usize>,
     /// Signal children get when the agent dies, unless a spec sets `pdeath_sig`
     /// (a name such as SIGTERM, or a number). Default: none; children outlive it.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal_arg)]
@@ -126,6 +131,7 @@ pub fn run(args: Args) -> u8 {
         pdeath_sig: args.pdeath_sig,
         sample_interval: Some(args.sample_interval),
         perf: args.perf,
+        output_limit: args.output_limit.map(|n| n as u64),
         ..Config::default()
     };
     let agent = match Agent::new(config) {

@@ -354,6 +354,12 @@ pub enum FdRes {
         compression: Option<Compression>,
         /// Extension: where a kept capture file (mode `file`) is.
         path: Option<String>,
+        /// Extension: bytes a memory capture holds (head plus tail), reported
+        /// when some were dropped; `None`: not reported (all `length` bytes
+        /// are held, or the capture is not in memory).
+        held: Option<u64>,
+        /// Extension: bytes were dropped to keep within `--output-limit`.
+        limited: bool,
     },
     /// Output captured as binary data (base64 in JSON).
     Data {
@@ -367,6 +373,12 @@ pub enum FdRes {
         compression: Option<Compression>,
         /// Extension: where a kept capture file (mode `file`) is.
         path: Option<String>,
+        /// Extension: bytes a memory capture holds (head plus tail), reported
+        /// when some were dropped; `None`: not reported (all `length` bytes
+        /// are held, or the capture is not in memory).
+        held: Option<u64>,
+        /// Extension: bytes were dropped to keep within `--output-limit`.
+        limited: bool,
     },
     /// Output captured but not inlined; fetch it separately.
     Detached {
@@ -380,6 +392,12 @@ pub enum FdRes {
         compression: Option<Compression>,
         /// Extension: where a kept capture file (mode `file`) is.
         path: Option<String>,
+        /// Extension: bytes a memory capture holds (head plus tail), reported
+        /// when some were dropped; `None`: not reported (all `length` bytes
+        /// are held, or the capture is not in memory).
+        held: Option<u64>,
+        /// Extension: bytes were dropped to keep within `--output-limit`.
+        limited: bool,
     },
     /// The capture failed.
     Error,
@@ -395,6 +413,8 @@ impl FdRes {
             dropped: None,
             compression: None,
             path: None,
+            held: None,
+            limited: false,
         }
     }
 
@@ -407,6 +427,8 @@ impl FdRes {
             dropped: None,
             compression: None,
             path: None,
+            held: None,
+            limited: false,
         }
     }
 }
@@ -425,12 +447,30 @@ impl Serialize for Base64Bytes<'_> {
 impl Serialize for FdRes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let extra = |dropped: &Option<Dropped>,
+                     held: &Option<u64>,
+                     limited: &bool,
                      compression: &Option<Compression>,
                      path: &Option<String>| {
             usize::from(dropped.is_some())
+                + usize::from(held.is_some())
+                + usize::from(*limited)
                 + usize::from(compression.is_some())
                 + usize::from(path.is_some())
         };
+        // The extension keys after `dropped`: `held`, then `limited` when true.
+        fn ext<M: SerializeMap>(
+            map: &mut M,
+            held: &Option<u64>,
+            limited: bool,
+        ) -> Result<(), M::Error> {
+            if let Some(h) = held {
+                map.serialize_entry("held", h)?;
+            }
+            if limited {
+                map.serialize_entry("limited", &true)?;
+            }
+            Ok(())
+        }
         match self {
             FdRes::Text {
                 bytes,
@@ -438,9 +478,11 @@ impl Serialize for FdRes {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             } => {
-                let mut map =
-                    serializer.serialize_map(Some(4 + extra(dropped, compression, path)))?;
+                let mut map = serializer
+                    .serialize_map(Some(4 + extra(dropped, held, limited, compression, path)))?;
                 map.serialize_entry("type", "text")?;
                 let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
                 map.serialize_entry("text", &text)?;
@@ -449,6 +491,7 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                ext(&mut map, held, *limited)?;
                 if let Some(c) = compression {
                     map.serialize_entry("compression", c)?;
                 }
@@ -463,9 +506,11 @@ impl Serialize for FdRes {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             } => {
-                let mut map =
-                    serializer.serialize_map(Some(4 + extra(dropped, compression, path)))?;
+                let mut map = serializer
+                    .serialize_map(Some(4 + extra(dropped, held, limited, compression, path)))?;
                 map.serialize_entry("type", "data")?;
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
@@ -473,6 +518,7 @@ impl Serialize for FdRes {
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                ext(&mut map, held, *limited)?;
                 if let Some(c) = compression {
                     map.serialize_entry("compression", c)?;
                 }
@@ -487,15 +533,18 @@ impl Serialize for FdRes {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             } => {
-                let mut map =
-                    serializer.serialize_map(Some(3 + extra(dropped, compression, path)))?;
+                let mut map = serializer
+                    .serialize_map(Some(3 + extra(dropped, held, limited, compression, path)))?;
                 map.serialize_entry("type", "detached")?;
                 map.serialize_entry("length", length)?;
                 map.serialize_entry("encoding", encoding)?;
                 if let Some(d) = dropped {
                     map.serialize_entry("dropped", d)?;
                 }
+                ext(&mut map, held, *limited)?;
                 if let Some(c) = compression {
                     map.serialize_entry("compression", c)?;
                 }
@@ -526,6 +575,9 @@ enum FdResWire {
         #[serde(default)]
         compression: Option<Compression>,
         path: Option<String>,
+        held: Option<u64>,
+        #[serde(default)]
+        limited: bool,
     },
     Data {
         data: String,
@@ -536,6 +588,9 @@ enum FdResWire {
         #[serde(default)]
         compression: Option<Compression>,
         path: Option<String>,
+        held: Option<u64>,
+        #[serde(default)]
+        limited: bool,
     },
     Detached {
         length: u64,
@@ -545,6 +600,9 @@ enum FdResWire {
         #[serde(default)]
         compression: Option<Compression>,
         path: Option<String>,
+        held: Option<u64>,
+        #[serde(default)]
+        limited: bool,
     },
     Error,
 }
@@ -560,12 +618,16 @@ impl TryFrom<FdResWire> for FdRes {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             } => FdRes::Text {
                 length: length.unwrap_or(text.len() as u64),
                 bytes: Bytes::from(text.into_bytes()),
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             },
             FdResWire::Data {
                 data,
@@ -573,6 +635,8 @@ impl TryFrom<FdResWire> for FdRes {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             } => {
                 let bytes = STANDARD.decode(data)?;
                 FdRes::Data {
@@ -581,6 +645,8 @@ impl TryFrom<FdResWire> for FdRes {
                     dropped,
                     compression,
                     path,
+                    held,
+                    limited,
                 }
             }
             FdResWire::Detached {
@@ -589,12 +655,16 @@ impl TryFrom<FdResWire> for FdRes {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             } => FdRes::Detached {
                 length,
                 encoding,
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             },
             FdResWire::Error => FdRes::Error,
         })
@@ -864,6 +934,8 @@ mod tests {
             dropped: None,
             compression: None,
             path: None,
+            held: None,
+            limited: false,
         };
         assert_eq!(
             serde_json::to_string(&fd).unwrap(),
@@ -879,6 +951,8 @@ mod tests {
             dropped: None,
             compression: None,
             path: None,
+            held: None,
+            limited: false,
         };
         assert_eq!(
             serde_json::to_value(&fd).unwrap(),
@@ -892,6 +966,8 @@ mod tests {
             length: 7,
             encoding: Encoding::Base64,
             dropped: None,
+            held: None,
+            limited: false,
             compression: None,
             path: Some("/var/log/job.stdout".into()),
         };
@@ -905,6 +981,8 @@ mod tests {
             bytes: Bytes::from_static(b"ab"),
             length: 9,
             dropped: Some(Dropped { start: 1, stop: 8 }),
+            held: None,
+            limited: false,
             compression: None,
             path: Some("out".into()),
         };
@@ -928,6 +1006,8 @@ mod tests {
             dropped: Some(Dropped { start: 4, stop: 96 }),
             compression: None,
             path: None,
+            held: None,
+            limited: false,
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -944,6 +1024,8 @@ mod tests {
             length: 100,
             encoding: Encoding::Base64,
             dropped: None,
+            held: None,
+            limited: false,
             compression: Some(Compression {
                 algorithm: "zstd".into(),
                 level: 1,
@@ -965,6 +1047,8 @@ mod tests {
             bytes: Bytes::from_static(b"x"),
             length: 1,
             dropped: None,
+            held: None,
+            limited: false,
             compression: Some(Compression {
                 algorithm: "zstd".into(),
                 level: 3,
@@ -981,6 +1065,41 @@ mod tests {
                    "error":"disk full"})
         );
         assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), pending);
+    }
+
+    #[test]
+    fn held_and_limited_shapes() {
+        let fd = FdRes::Data {
+            bytes: Bytes::from_static(b"ht"),
+            length: 100,
+            dropped: Some(Dropped { start: 1, stop: 99 }),
+            compression: None,
+            path: None,
+            held: Some(2),
+            limited: true,
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"data","data":"aHQ=","encoding":"base64","length":100,
+                   "dropped":{"start":1,"stop":99},"held":2,"limited":true})
+        );
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+        let fd = FdRes::Detached {
+            length: 7,
+            encoding: Encoding::Utf8,
+            dropped: None,
+            compression: None,
+            path: None,
+            held: Some(7),
+            limited: false,
+        };
+        let s = serde_json::to_string(&fd).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"detached","length":7,"encoding":"utf-8","held":7}"#
+        );
+        assert_eq!(serde_json::from_str::<FdRes>(&s).unwrap(), fd);
     }
 
     #[test]

@@ -63,6 +63,9 @@ impl ReadInfo {
 pub struct HeadTail {
     head_limit: usize,
     tail_limit: usize,
+    /// The tail limit the capture was created with (`tail_limit` is lowered
+    /// by [`HeadTail::shed`]).
+    tail_max: usize,
     /// First bytes of the stream, `len <= head_limit`.
     head: Vec<u8>,
     /// Ring buffer of the last bytes, `len <= tail_limit`. While
@@ -72,6 +75,8 @@ pub struct HeadTail {
     pos: usize,
     /// Total bytes pushed.
     total: u64,
+    /// Whether [`HeadTail::shed`] has ever taken bytes (an agent-wide limit).
+    limited: bool,
 }
 
 impl HeadTail {
@@ -82,10 +87,12 @@ impl HeadTail {
         HeadTail {
             head_limit: head,
             tail_limit: tail,
+            tail_max: tail,
             head: Vec::new(),
             tail: Vec::new(),
             pos: 0,
             total: 0,
+            limited: false,
         }
     }
 
@@ -211,6 +218,82 @@ impl HeadTail {
         Bytes::from(v)
     }
 
+    /// How many bytes [`HeadTail::held`] would grow by if `n` more bytes were
+    /// pushed now: the head fills first, then the tail up to its limit.
+    pub fn growth(&self, n: usize) -> usize {
+        let room = (self.head_limit - self.head.len()) + (self.tail_limit - self.tail.len());
+        room.min(n)
+    }
+
+    /// Whether [`HeadTail::shed`] has taken bytes from this capture.
+    pub fn limited(&self) -> bool {
+        self.limited
+    }
+
+    /// Gives up `k` bytes of the capture's footprint, which is what it would
+    /// hold after `pending` more bytes are pushed (`held() + growth(pending)`),
+    /// for an agent-wide memory limit. Returns the reduction (`k`, or the whole
+    /// footprint if smaller).
+    ///
+    /// The bytes go from the middle of the stream: from the larger of head and
+    /// tail first (the head's newest bytes, or the tail's oldest), then evenly
+    /// from both, so the dropped range stays one contiguous range that only
+    /// grows. The limits are lowered to the new sizes, so that pushing the
+    /// `pending` bytes next stays within the footprint (a full tail then
+    /// overwrites its oldest bytes in place); see [`HeadTail::reopen_tail`].
+    /// Removed bytes are freed at once (the buffers shrink).
+    pub fn shed(&mut self, k: usize, pending: usize) -> usize {
+        let to_head = (self.head_limit - self.head.len()).min(pending);
+        let to_tail = (self.tail_limit - self.tail.len()).min(pending - to_head);
+        let hf = self.head.len() + to_head;
+        let tf = self.tail.len() + to_tail;
+        let k = k.min(hf + tf);
+        if k == 0 {
+            return 0;
+        }
+        self.limited = true;
+        let (h, t) = split_shed(hf, tf, k);
+
+        self.head_limit = h;
+        if h < self.head.len() {
+            self.head.truncate(h);
+        }
+        if self.head.capacity() > h {
+            self.head.shrink_to(h);
+        }
+
+        self.tail_limit = t;
+        if t < self.tail.len() {
+            // Into stream order, then drop the oldest bytes.
+            if self.pos != 0 {
+                self.tail.rotate_left(self.pos);
+                self.pos = 0;
+            }
+            let cut = self.tail.len() - t;
+            self.tail.drain(..cut);
+        }
+        if self.tail.capacity() > t {
+            self.tail.shrink_to(t);
+        }
+        k
+    }
+
+    /// After a [`HeadTail::shed`] and the push it made room for: lets the tail
+    /// grow again (up to the limit it was created with) while it is shorter
+    /// than the head and still in stream order, so that later output can win
+    /// room from the head (through further sheds) until the two are balanced.
+    /// Growth is still reported by [`HeadTail::growth`], so a memory budget
+    /// sees it before it happens.
+    pub fn reopen_tail(&mut self) {
+        if self.pos == 0
+            && self.tail.len() == self.tail_limit
+            && self.tail.len() < self.head.len()
+            && self.head.len() == self.head_limit
+        {
+            self.tail_limit = self.tail_max;
+        }
+    }
+
     /// Finishes capture, turning the buffers into immutable [`Bytes`]. The
     /// tail ring is rotated into stream order in place, without copying it
     /// to a new buffer.
@@ -223,6 +306,7 @@ impl HeadTail {
             head: Bytes::from(self.head),
             tail: Bytes::from(tail),
             total: self.total,
+            limited: self.limited,
         }
     }
 
@@ -249,6 +333,7 @@ impl fmt::Debug for HeadTail {
             .field("tail_len", &self.tail.len())
             .field("len", &self.total)
             .field("dropped", &self.dropped())
+            .field("limited", &self.limited)
             .finish()
     }
 }
@@ -260,6 +345,7 @@ pub struct Frozen {
     head: Bytes,
     tail: Bytes,
     total: u64,
+    limited: bool,
 }
 
 impl Frozen {
@@ -298,6 +384,48 @@ impl Frozen {
     /// Same as [`HeadTail::read`].
     pub fn read(&self, start: u64, stop: u64, out: &mut Vec<u8>) -> ReadInfo {
         read_parts(&self.head, (&self.tail, &[]), self.total, start, stop, out)
+    }
+
+    /// Whether bytes were shed for an agent-wide memory limit.
+    pub fn limited(&self) -> bool {
+        self.limited
+    }
+
+    /// Same as [`HeadTail::shed`] with nothing pending: drops `k` held bytes
+    /// from the middle. A buffer not shared with a reader is shrunk in place;
+    /// a shared one is replaced by a copy of the part kept (the old one is
+    /// freed when its last reader lets go).
+    pub fn shed(&mut self, k: usize) -> usize {
+        let k = k.min(self.held());
+        if k == 0 {
+            return 0;
+        }
+        self.limited = true;
+        let (h, t) = split_shed(self.head.len(), self.tail.len(), k);
+        if h < self.head.len() {
+            let head = std::mem::take(&mut self.head);
+            self.head = if head.is_unique() {
+                let mut v = Vec::from(head);
+                v.truncate(h);
+                v.shrink_to(h);
+                Bytes::from(v)
+            } else {
+                Bytes::copy_from_slice(&head[..h])
+            };
+        }
+        if t < self.tail.len() {
+            let tail = std::mem::take(&mut self.tail);
+            let cut = tail.len() - t;
+            self.tail = if tail.is_unique() {
+                let mut v = Vec::from(tail);
+                v.drain(..cut);
+                v.shrink_to(t);
+                Bytes::from(v)
+            } else {
+                Bytes::copy_from_slice(&tail[cut..])
+            };
+        }
+        k
     }
 
     /// The held bytes (head followed by tail) in stream order. Free (a
@@ -342,6 +470,19 @@ fn reserve_capped(v: &mut Vec<u8>, additional: usize, limit: usize) {
         .max(MIN_ALLOC)
         .min(limit);
     v.reserve_exact(target - v.len());
+}
+
+/// Splits a footprint of `hf` head and `tf` tail bytes, less `k` (at most
+/// `hf + tf`), into new (head, tail) sizes: the larger side gives first, then
+/// both evenly (an odd byte stays in the tail).
+fn split_shed(hf: usize, tf: usize, k: usize) -> (usize, usize) {
+    let diff = hf.abs_diff(tf);
+    if k <= diff {
+        return if hf > tf { (hf - k, tf) } else { (hf, tf - k) };
+    }
+    let keep = hf + tf - k;
+    let h = keep / 2;
+    (h, keep - h)
 }
 
 fn dropped_range(head_len: usize, tail_len: usize, total: u64) -> Option<Range<u64>> {
@@ -670,6 +811,119 @@ mod tests {
             }
             assert_eq!(out, want, "read({start}, {stop})");
             assert_eq!(info.copied() as usize, out.len() - 1);
+        }
+    }
+
+    /// Head a prefix, tail a suffix, the dropped range between: what must hold
+    /// after any sheds.
+    fn check_prefix_suffix(ht: &HeadTail, model: &[u8]) {
+        let total = model.len();
+        let [head, t0, t1] = ht.slices();
+        let tail = [t0, t1].concat();
+        assert_eq!(ht.len(), total as u64);
+        assert_eq!(head, &model[..head.len()]);
+        assert_eq!(&tail[..], &model[total - tail.len()..]);
+        let (lo, hi) = (head.len() as u64, (total - tail.len()) as u64);
+        assert_eq!(ht.dropped(), (lo < hi).then_some(lo..hi));
+        assert!(ht.head.capacity() <= ht.head_limit().max(head.len()));
+        assert!(ht.tail.capacity() <= ht.tail_max);
+    }
+
+    #[test]
+    fn shed_takes_the_larger_side_first_and_frees_it() {
+        let mut ht = HeadTail::new(100, 100);
+        ht.push(&seq(150));
+        // head 100, tail 50: the head gives its newest bytes.
+        assert_eq!(ht.shed(30, 0), 30);
+        assert_eq!(ht.slices()[0].len(), 70);
+        assert_eq!(ht.head.capacity(), 70);
+        assert_eq!(ht.dropped(), Some(70..100));
+        // 70 / 50: 20 from the head, then 5 from each.
+        assert_eq!(ht.shed(30, 0), 30);
+        assert_eq!((ht.head.len(), ht.tail.len()), (45, 45));
+        assert_eq!(ht.tail.capacity(), 45);
+        assert_eq!(ht.dropped(), Some(45..105));
+        assert!(ht.limited());
+        // The lowered limits hold: more output overwrites the tail in place.
+        ht.push(&seq(20));
+        assert_eq!(ht.held(), 90);
+        let mut model = seq(150);
+        model.extend_from_slice(&seq(20));
+        check_prefix_suffix(&ht, &model);
+        let f = ht.freeze();
+        assert!(f.limited());
+        assert_eq!(f.dropped(), Some(45..125));
+    }
+
+    #[test]
+    fn shed_with_pending_makes_the_push_fit() {
+        let mut ht = HeadTail::new(1000, 1000);
+        ht.push(&seq(100));
+        let footprint = ht.held() + ht.growth(60);
+        assert_eq!(ht.shed(60, 60), 60);
+        ht.push(&seq(60));
+        assert_eq!(ht.held(), footprint - 60);
+        ht.reopen_tail();
+        let mut model = seq(100);
+        model.extend_from_slice(&seq(60));
+        check_prefix_suffix(&ht, &model);
+    }
+
+    #[test]
+    fn frozen_shed_copies_when_shared_and_keeps_readers_whole() {
+        let mut ht = HeadTail::new(10, 10);
+        ht.push(b"0123456789abcdefghij");
+        let mut f = ht.freeze();
+        let reader = f.clone();
+        assert_eq!(f.shed(4), 4);
+        assert_eq!(f.contiguous().as_ref(), b"01234567cdefghij");
+        assert_eq!(f.dropped(), Some(8..12));
+        assert!(f.limited());
+        // The reader's snapshot is untouched.
+        assert_eq!(reader.contiguous().as_ref(), b"0123456789abcdefghij");
+        assert_eq!(reader.dropped(), None);
+        // Unshared now: shed in place.
+        let ptr = f.head().as_ptr();
+        drop(reader);
+        assert_eq!(f.shed(2), 2);
+        assert_eq!(f.contiguous().as_ref(), b"0123456defghij");
+        assert_eq!(f.head().as_ptr(), ptr);
+    }
+
+    proptest! {
+        #[test]
+        fn shed_keeps_prefix_suffix_and_exact_footprint(
+            head in 0usize..60,
+            tail in 0usize..60,
+            ops in prop::collection::vec((0u8..3, 0usize..80, prop::collection::vec(any::<u8>(), 0..90)), 0..30),
+        ) {
+            let mut ht = HeadTail::new(head, tail);
+            let mut model = Vec::new();
+            for (op, k, data) in &ops {
+                match op {
+                    0 => {
+                        let (held, growth) = (ht.held(), ht.growth(data.len()));
+                        ht.push(data);
+                        model.extend_from_slice(data);
+                        prop_assert_eq!(ht.held(), held + growth);
+                    }
+                    1 => {
+                        let held = ht.held();
+                        prop_assert_eq!(ht.shed(*k, 0), (*k).min(held));
+                        prop_assert_eq!(ht.held(), held - (*k).min(held));
+                    }
+                    _ => {
+                        let fp = ht.held() + ht.growth(data.len());
+                        let done = ht.shed(*k, data.len());
+                        prop_assert_eq!(done, (*k).min(fp));
+                        ht.push(data);
+                        model.extend_from_slice(data);
+                        prop_assert_eq!(ht.held(), fp - done);
+                        ht.reopen_tail();
+                    }
+                }
+                check_prefix_suffix(&ht, &model);
+            }
         }
     }
 

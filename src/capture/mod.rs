@@ -8,3 +8,4 @@
 pub mod compress;
 pub mod headtail;
 pub mod kept;
+pub mod limit;

@@ -73,6 +73,10 @@ pub struct Config {
     /// Whether procs whose spec has no `perf` field count every perf event
     /// (`--perf`).
     pub perf: bool,
+    /// Total bytes all memory captures may hold (`--output-limit`); past it,
+    /// bytes are dropped from the middle of the largest captures first.
+    /// `None`: only each capture's head and tail bound it.
+    pub output_limit: Option<u64>,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             pdeath_sig: None,
             sample_interval: Some(std::time::Duration::from_secs(1)),
             perf: false,
+            output_limit: None,
         }
     }
 }
@@ -320,8 +325,8 @@ impl Agent {
                 data,
             }),
             Content::Counts { len, .. } => Ok(FdData {
-                start: start.min(len),
-                stop: start.min(len),
+                start: start.min(stop).min(len),
+                stop: start.min(stop).min(len),
                 length: len,
                 missing: None,
                 encoding,
@@ -356,9 +361,11 @@ impl Agent {
             Content::Kept(k) => {
                 // Never past the logical length: bytes beyond it may be a write
                 // still in flight (a hole).
+                // Clamped as every other capture: `stop` to the length, then
+                // `start` to `stop`.
                 let length = k.len;
-                let stop = stop.min(length).max(start.min(length));
-                let start = start.min(length);
+                let stop = stop.min(length);
+                let start = start.min(stop);
                 let data = super::proc::read_file(&k.file, start, stop)
                     .map_err(|e| FdDataError::Io(e.into()))?;
                 Ok(FdData {
@@ -373,8 +380,9 @@ impl Agent {
             Content::File(file) => {
                 let length =
                     crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;
-                let stop = stop.min(length).max(start.min(length));
-                let start = start.min(length);
+                // Same clamping as memory captures (`ReadInfo`).
+                let stop = stop.min(length);
+                let start = start.min(stop);
                 let data = super::proc::read_file(&file, start, stop)
                     .map_err(|e| FdDataError::Io(e.into()))?;
                 Ok(FdData {

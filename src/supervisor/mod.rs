@@ -11,6 +11,7 @@
 
 mod agent;
 mod encoding;
+mod outlimit;
 mod packer;
 mod proc;
 mod reactor;

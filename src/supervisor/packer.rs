@@ -100,11 +100,11 @@ impl Packed {
         match self {
             Packed::Memory(m) => m.read(start, stop, out),
             Packed::File(f) => {
-                // Clamped as an uncompressed tempfile read is (`stop < start`
-                // gives `start..start`), so reads agree before and after.
+                // Clamped as every uncompressed read is (`stop` to the length,
+                // then `start` to `stop`), so reads agree before and after.
                 let len = f.index.raw_len();
-                let start = start.min(len);
-                let stop = stop.min(len).max(start);
+                let stop = stop.min(len);
+                let start = start.min(stop);
                 compress::read_range(Source::Fd(f.file.as_fd()), Some(&f.index), start, stop, out)?;
                 Ok(ReadInfo {
                     start,

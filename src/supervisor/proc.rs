@@ -82,6 +82,9 @@ pub(crate) enum Content {
     Counts {
         len: u64,
         dropped: Option<std::ops::Range<u64>>,
+        /// Bytes held, and whether `--output-limit` dropped some.
+        held: u64,
+        limited: bool,
     },
     /// Bytes `[start, stop)` copied from a live memory capture.
     Range {
@@ -140,17 +143,29 @@ impl Snapshot {
 
 impl FdSnap {
     fn to_fd_res(&self) -> FdRes {
-        let (length, dropped) = match &self.content {
+        let (length, dropped, held, limited) = match &self.content {
             Content::Kept(k) => match (&k.mem, self.attached) {
-                (Some(f), true) => (f.len(), f.dropped()),
-                _ => (k.len, None),
+                (Some(f), true) => (f.len(), f.dropped(), Some(f.held() as u64), f.limited()),
+                _ => (k.len, None, None, false),
             },
-            Content::Memory(f) => (f.len(), f.dropped()),
-            Content::Counts { len, dropped } => (*len, dropped.clone()),
-            Content::Range { len, .. } => (*len, None),
-            Content::File(file) => (fd::file_len(&**file).unwrap_or(0), None),
-            Content::Zstd(p) => (p.raw_len(), p.dropped()),
+            Content::Memory(f) => (f.len(), f.dropped(), Some(f.held() as u64), f.limited()),
+            Content::Counts {
+                len,
+                dropped,
+                held,
+                limited,
+            } => (*len, dropped.clone(), Some(*held), *limited),
+            Content::Range { len, .. } => (*len, None, None, false),
+            Content::File(file) => {
+                // Nothing of a tempfile is held in memory; `held` is not reported.
+                (fd::file_len(&**file).unwrap_or(0), None, None, false)
+            }
+            // Compressed: what is held is the compressed form (see `compression`).
+            Content::Zstd(p) => (p.raw_len(), p.dropped(), None, false),
         };
+        // `held` only when it says something: with nothing dropped it equals
+        // `length`, and the result keeps Procstar's keys.
+        let held = held.filter(|_| dropped.is_some());
         let compression = self.compression.clone();
         let dropped = dropped.map(|r| Dropped {
             start: r.start,
@@ -173,6 +188,8 @@ impl FdSnap {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             };
         }
         let data = match &self.content {
@@ -201,6 +218,8 @@ impl FdSnap {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             },
             spec::Encoding::Base64 => FdRes::Data {
                 bytes: data,
@@ -208,6 +227,8 @@ impl FdSnap {
                 dropped,
                 compression,
                 path,
+                held,
+                limited,
             },
         }
     }
@@ -216,7 +237,10 @@ impl FdSnap {
 /// Reads `[start, stop)` of a file.
 pub(crate) fn read_file(file: &OwnedFd, start: u64, stop: u64) -> Result<Bytes, Errno> {
     let len = usize::try_from(stop.saturating_sub(start)).map_err(|_| Errno::FBIG)?;
-    let mut buf = vec![0u8; len];
+    // A huge range is an error (ENOMEM), not an abort.
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| Errno::NOMEM)?;
+    buf.resize(len, 0);
     let n = fd::pread_full(file, &mut buf, start)?;
     buf.truncate(n);
     Ok(Bytes::from(buf))
@@ -601,6 +625,8 @@ impl Capture {
             } => Content::Counts {
                 len: live.len(),
                 dropped: live.dropped(),
+                held: live.held() as u64,
+                limited: live.limited(),
             },
             _ => self.content(),
         }

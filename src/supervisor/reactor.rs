@@ -1,6 +1,7 @@
 //! The reactor thread: one io_uring, the process table, the command mailbox.
 
 use super::agent::{Command, Config, Event, FdDataError, ProcError, StartError};
+use super::outlimit;
 use super::packer::{self, Packer};
 use super::proc::{self, Capture, Content, Life, PlanContext, Proc, Snapshot, Store};
 use super::spawner::{Done, Spawner};
@@ -75,6 +76,8 @@ pub(crate) struct Reactor {
     /// Kept-file captures whose pipe reads are to be paused (backpressure),
     /// cancelled once the current batch of completions is handled.
     pauses: Vec<(u64, usize)>,
+    /// Bytes held by memory captures under `--output-limit`, if set.
+    budget: Option<crate::capture::limit::Budget<super::outlimit::CapKey>>,
 }
 
 /// A start request's reply, held until its procs on the spawner thread are done.
@@ -109,6 +112,7 @@ impl Reactor {
         let (packed_tx, packed_rx) = std::sync::mpsc::channel();
         let packer = Packer::new(packed_tx, mailbox.wake.clone());
         tracing::debug!(features = ?ring.features, "io_uring ready");
+        let output_limit = config.output_limit.map(crate::capture::limit::Budget::new);
         Ok(Reactor {
             ring,
             mailbox,
@@ -135,6 +139,7 @@ impl Reactor {
             packer,
             packed_rx,
             pauses: Vec::new(),
+            budget: output_limit,
         })
     }
 
@@ -187,23 +192,9 @@ impl Reactor {
             }
             Tag::Pipe { proc, cap } => {
                 let data = self.ring.data(cqe);
-                let running = self.procs.get_mut(&proc).filter(|p| p.is_running());
                 let mut kept = false;
-                if let Some(Capture {
-                    store: Store::Memory { live, file, .. },
-                    ..
-                }) = running.and_then(|p| p.captures.get_mut(cap))
-                {
-                    match file {
-                        Some(f) => {
-                            f.push(data);
-                            if f.keep_memory() {
-                                live.push(data);
-                            }
-                            kept = true;
-                        }
-                        None => live.push(data),
-                    }
+                if self.procs.get(&proc).is_some_and(Proc::is_running) {
+                    kept = outlimit::push(self.budget.as_mut(), &mut self.procs, proc, cap, data);
                 }
                 self.ring.finish(cqe);
                 if kept {
@@ -385,37 +376,45 @@ impl Reactor {
         // Drain what the process wrote. Under DEFER_TASKRUN no read of ours runs
         // outside io_uring_enter, so every completion already handled is older
         // than these bytes, and any later one is newer.
-        for cap in p.captures.iter_mut() {
-            if let Store::Memory {
-                pipe: Some(fd),
-                read_key,
-                live,
-                file,
+        for cap in 0..p.captures.len() {
+            let Some(Capture {
+                store:
+                    Store::Memory {
+                        pipe: Some(fd),
+                        read_key,
+                        ..
+                    },
                 ..
-            } = &mut cap.store
-            {
-                loop {
-                    match pipe::read(&**fd, &mut self.scratch) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let data = self.scratch.get(..n).unwrap_or(&[]);
-                            match file {
-                                Some(f) => {
-                                    f.push(data);
-                                    if f.keep_memory() {
-                                        live.push(data);
-                                    }
-                                }
-                                None => live.push(data),
-                            }
-                        }
+            }) = self
+                .procs
+                .get_mut(&serial)
+                .and_then(|p| p.captures.get_mut(cap))
+            else {
+                continue;
+            };
+            let fd = fd.clone();
+            if let Some(key) = read_key.take() {
+                self.ring.cancel(key);
+            }
+            loop {
+                match pipe::read(&*fd, &mut self.scratch) {
+                    Ok(0) | Err(_) => break,
+                    // Kept files' staged bytes are written by `flush_kept` below.
+                    Ok(n) => {
+                        _ = outlimit::push(
+                            self.budget.as_mut(),
+                            &mut self.procs,
+                            serial,
+                            cap,
+                            self.scratch.get(..n).unwrap_or(&[]),
+                        )
                     }
-                }
-                if let Some(key) = read_key.take() {
-                    self.ring.cancel(key);
                 }
             }
         }
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
         let reaped = match p.pidfd.as_ref().map(|fd| wait::reap(&**fd)) {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
@@ -463,7 +462,18 @@ impl Reactor {
             if let Err(e) = &result {
                 tracing::warn!(id = %p.id, fd = %c.name, "compression failed: {e}");
             }
+            let held = |c: &proc::Capture| match &c.store {
+                Store::Memory {
+                    frozen: Some(f), ..
+                } => Some(f.held() as u64),
+                _ => None,
+            };
+            let before = held(c);
             c.compressed(result);
+            // The uncompressed buffers are gone: their bytes leave the budget.
+            if let (Some(bytes), None, Some(budget)) = (before, held(c), self.budget.as_mut()) {
+                budget.remove((serial, cap), bytes);
+            }
             let event = Event::Compressed(p.id.clone(), c.name.clone());
             self.emit(event);
         }
@@ -569,7 +579,9 @@ impl Reactor {
                         if self.procs.get(&s).is_some_and(Proc::is_busy) {
                             Err(ProcError::Running(id))
                         } else {
-                            self.procs.remove(&s);
+                            if let Some(p) = self.procs.remove(&s) {
+                                outlimit::forget(self.budget.as_mut(), s, &p);
+                            }
                             self.ids.remove(&id);
                             self.emit(Event::Deleted(id));
                             Ok(())

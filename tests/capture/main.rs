@@ -39,9 +39,13 @@ fn capture_keeps_head_and_tail_when_child_writes_1gib() {
             bytes,
             length,
             dropped,
+            held,
+            limited,
             path: None,
             ..
         })) => {
+            assert_eq!(*held, Some(2 * MIB));
+            assert!(!limited);
             assert_eq!(*length, GIB);
             assert_eq!(
                 *dropped,
@@ -200,6 +204,8 @@ fn capture_detached_reports_length_and_serves_bytes() {
                 "fds": [["stdout", {"capture": {"mode": mode, "encoding": "utf-8", "attached": false}}]]}}}),
         );
         let res = wait(&a, "d");
+        // Nothing dropped: no `held` (it would equal `length`).
+        let held = None;
         assert_eq!(
             res.fds["stdout"],
             Some(FdRes::Detached {
@@ -208,13 +214,16 @@ fn capture_detached_reports_length_and_serves_bytes() {
                 dropped: None,
                 compression: None,
                 path: None,
+                held,
+                limited: false,
             }),
             "{mode}"
         );
         let v = serde_json::to_value(&res).unwrap();
         assert_eq!(
             v["fds"]["stdout"],
-            json!({"type": "detached", "length": 27, "encoding": "utf-8"})
+            json!({"type": "detached", "length": 27, "encoding": "utf-8"}),
+            "{mode}"
         );
         assert_eq!(
             &a.fd_data("d", "stdout", 0, None).unwrap().data[..],
