@@ -358,41 +358,13 @@ impl Agent {
                     data: Bytes::from(out),
                 })
             }
-            Content::Kept(k) => {
-                // Never past the logical length: bytes beyond it may be a write
-                // still in flight (a hole).
-                // Clamped as every other capture: `stop` to the length, then
-                // `start` to `stop`.
-                let length = k.len;
-                let stop = stop.min(length);
-                let start = start.min(stop);
-                let data = super::proc::read_file(&k.file, start, stop)
-                    .map_err(|e| FdDataError::Io(e.into()))?;
-                Ok(FdData {
-                    start,
-                    stop: start + data.len() as u64,
-                    length,
-                    missing: None,
-                    encoding,
-                    data,
-                })
-            }
+            // Never past a kept file's logical length: bytes beyond it may be a
+            // write still in flight (a hole).
+            Content::Kept(k) => file_range(&k.file, k.len, start, stop, encoding),
             Content::File(file) => {
                 let length =
                     crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;
-                // Same clamping as memory captures (`ReadInfo`).
-                let stop = stop.min(length);
-                let start = start.min(stop);
-                let data = super::proc::read_file(&file, start, stop)
-                    .map_err(|e| FdDataError::Io(e.into()))?;
-                Ok(FdData {
-                    start,
-                    stop: start + data.len() as u64,
-                    length,
-                    missing: None,
-                    encoding,
-                    data,
-                })
+                file_range(&file, length, start, stop, encoding)
             }
         }
     }
@@ -444,6 +416,28 @@ impl Agent {
             data,
         })
     }
+}
+
+/// Bytes `[start, stop)` of a capture file whose readable length is `length`,
+/// clamped as every capture is: `stop` to the length, then `start` to `stop`.
+fn file_range(
+    file: &rustix::fd::OwnedFd,
+    length: u64,
+    start: u64,
+    stop: u64,
+    encoding: spec::Encoding,
+) -> Result<FdData, FdDataError> {
+    let stop = stop.min(length);
+    let start = start.min(stop);
+    let data = super::proc::read_file(file, start, stop).map_err(|e| FdDataError::Io(e.into()))?;
+    Ok(FdData {
+        start,
+        stop: start + data.len() as u64,
+        length,
+        missing: None,
+        encoding,
+        data,
+    })
 }
 
 impl Drop for Agent {
