@@ -297,14 +297,23 @@ impl HeadTail {
     /// Finishes capture, turning the buffers into immutable [`Bytes`]. The
     /// tail ring is rotated into stream order in place, without copying it
     /// to a new buffer.
+    ///
+    /// The tail is appended to the head's buffer (grown in place where the
+    /// allocator can), so the frozen capture is one buffer: a result's
+    /// head-then-tail bytes are then a reference, not a second copy of
+    /// everything held.
     pub fn freeze(self) -> Frozen {
-        let mut tail = self.tail;
-        if self.pos != 0 {
-            tail.rotate_left(self.pos);
-        }
+        let (newer, older) = self.tail.split_at(self.pos);
+        let h = self.head.len();
+        let mut buf = self.head;
+        buf.reserve_exact(older.len() + newer.len());
+        buf.extend_from_slice(older);
+        buf.extend_from_slice(newer);
+        let joined = Bytes::from(buf);
         Frozen {
-            head: Bytes::from(self.head),
-            tail: Bytes::from(tail),
+            head: joined.slice(..h),
+            tail: joined.slice(h..),
+            joined,
             total: self.total,
             limited: self.limited,
         }
@@ -344,6 +353,9 @@ impl fmt::Debug for HeadTail {
 pub struct Frozen {
     head: Bytes,
     tail: Bytes,
+    /// Head and tail as one buffer (both are slices of it), so that
+    /// [`Frozen::contiguous`] is free; empty when they are separate buffers.
+    joined: Bytes,
     total: u64,
     limited: bool,
 }
@@ -402,6 +414,31 @@ impl Frozen {
         }
         self.limited = true;
         let (h, t) = split_shed(self.head.len(), self.tail.len(), k);
+        if !self.joined.is_empty() {
+            // One buffer holds both. Unshared: close the gap in place and
+            // shrink it; shared with a reader: keep the parts kept in a new one
+            // (the old one is freed when its last reader lets go).
+            let (head_len, cut) = (self.head.len(), self.tail.len() - t);
+            self.head = Bytes::new();
+            self.tail = Bytes::new();
+            let joined = std::mem::take(&mut self.joined);
+            let v = if joined.is_unique() {
+                let mut v = Vec::from(joined);
+                v.copy_within(head_len + cut.., h);
+                v.truncate(h + t);
+                v.shrink_to(h + t);
+                v
+            } else {
+                let mut v = Vec::with_capacity(h + t);
+                v.extend_from_slice(&joined[..h]);
+                v.extend_from_slice(&joined[head_len + cut..]);
+                v
+            };
+            self.joined = Bytes::from(v);
+            self.head = self.joined.slice(..h);
+            self.tail = self.joined.slice(h..);
+            return k;
+        }
         if h < self.head.len() {
             let head = std::mem::take(&mut self.head);
             self.head = if head.is_unique() {
@@ -432,6 +469,9 @@ impl Frozen {
     /// reference count bump) when the head or the tail is empty, otherwise
     /// one new allocation.
     pub fn contiguous(&self) -> Bytes {
+        if !self.joined.is_empty() {
+            return self.joined.clone();
+        }
         if self.tail.is_empty() {
             return self.head.clone();
         }
