@@ -318,7 +318,9 @@ impl Sampled {
 pub(crate) struct StartInfo {
     pub cwd: Option<String>,
     pub umask: Option<u32>,
-    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// Shared between processes that got the same environment (see
+    /// `Reactor::launch`): a thousand children of one spec hold one map.
+    pub env: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
 /// A process's timeout: the plan, and what has happened.
@@ -495,7 +497,7 @@ impl Proc {
             }),
             cwd: self.started_with.cwd.clone(),
             umask: self.started_with.umask,
-            env: self.started_with.env.clone(),
+            env: self.started_with.env.as_deref().cloned(),
             timeout: self.timeout.as_ref().map(TimeoutState::to_res),
             proc_io: self.sampled.io,
             statm_samples: self.sampled.to_res(),
@@ -1034,7 +1036,7 @@ pub(crate) fn prepare(
             .as_ref()
             .and_then(|c| c.umask)
             .or_else(|| control::agent_info().umask),
-        env: Some(env_map),
+        env: Some(Arc::new(env_map)),
     };
     let timeout = ctl.as_ref().and_then(|c| c.timeout).map(|t| TimeoutState {
         timer: None,

@@ -69,6 +69,8 @@ pub(crate) struct Reactor {
     pending_starts: Vec<PendingStart>,
     /// Whether the sampling timer is armed.
     sampling: bool,
+    /// The environment map of the last process started (see `share_env`).
+    last_env: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
     /// The compression thread (started on the first `compress` capture).
     packer: Packer,
     /// Compressions the compression thread finished.
@@ -136,6 +138,7 @@ impl Reactor {
             starting: HashMap::new(),
             pending_starts: Vec::new(),
             sampling: false,
+            last_env: None,
             packer,
             packed_rx,
             pauses: Vec::new(),
@@ -645,7 +648,7 @@ impl Reactor {
             fds: prep.fds,
             captures: prep.captures,
             waiters: Vec::new(),
-            started_with: prep.started_with,
+            started_with: self.share_env(prep.started_with),
             timeout: prep.timeout,
             kill_group: prep.kill_group,
             sampled: Default::default(),
@@ -671,6 +674,17 @@ impl Reactor {
             None => self.settle_unstarted(serial),
         }
         self.emit(Event::Started(id));
+    }
+
+    /// Replaces `info.env` by the previous process's map when they are equal,
+    /// so that processes started alike share one environment map.
+    fn share_env(&mut self, mut info: proc::StartInfo) -> proc::StartInfo {
+        match (&mut info.env, &self.last_env) {
+            (Some(env), Some(last)) if **env == **last => *env = last.clone(),
+            (Some(env), _) => self.last_env = Some(env.clone()),
+            (None, _) => {}
+        }
+        info
     }
 
     /// Takes the outcome of a spawn: arms the exit wait, the pipe reads and the
