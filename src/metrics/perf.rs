@@ -653,6 +653,23 @@ impl PerfState {
         }
     }
 
+    /// The child failed before exec, so its counters never ran (they are
+    /// enabled by the exec): closes them and reports every count as null, with
+    /// `why`, rather than as zeros.
+    pub fn never_ran(&mut self, why: &str) {
+        let setup = match self {
+            PerfState::Pending(setup) | PerfState::Live { setup, .. } => setup.clone(),
+            PerfState::Done(_) => return,
+        };
+        let mut res = base_res(&setup);
+        for &e in &setup.requested {
+            res.unavailable
+                .entry(e.name().to_string())
+                .or_insert_with(|| why.to_string());
+        }
+        *self = PerfState::Done(res);
+    }
+
     /// Reads the final counts and closes the counters.
     pub fn finish(&mut self) {
         if !matches!(self, PerfState::Done(_)) {

@@ -697,6 +697,9 @@ impl Reactor {
             Ok(mut child) => {
                 if let Some(perf) = proc.perf.as_mut() {
                     perf.attach(std::mem::take(&mut child.perf));
+                    if child.failure.is_some() {
+                        perf.never_ran("no counts: the child failed before exec");
+                    }
                 }
                 if let Some(f) = child.failure {
                     proc.errors.push(proc::failure_message(&f, exe));

@@ -341,3 +341,32 @@ fn cli_perf_flag_prints_the_perf_object() {
     let (code, _) = run_cli(&json!({"specs": {"t": {"argv": ["/bin/true"], "perf": ["nope"]}}}));
     assert_eq!(code, i32::from(chaperone::cli::EXIT_START));
 }
+
+// A child whose exec fails never ran its program: its counts are null with the
+// reason (not zeros), and its counters are closed at once.
+#[test]
+fn failed_exec_reports_null_counts_not_zeros() {
+    let _g = serial();
+    let a = agent();
+    perf::probe();
+    let held = agent_perf_fds();
+    start(
+        &a,
+        &json!({"specs": {"p": {"argv": ["/no/such/program"], "perf": true}}}),
+    );
+    let res = wait(&a, "p");
+    assert_eq!(res.state, State::Error, "{:?}", res.errors);
+    let p = perf_of(&res);
+    assert!(!p.counts.is_empty());
+    for (name, v) in &p.counts {
+        assert_eq!(*v, None, "{name} counted for a process that never ran");
+        assert!(
+            p.unavailable
+                .get(name)
+                .is_some_and(|why| why.contains("before exec") || why.contains("PMU")),
+            "{name}: {:?}",
+            p.unavailable.get(name)
+        );
+    }
+    assert_eq!(agent_perf_fds(), held, "the counters are closed");
+}
