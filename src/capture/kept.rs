@@ -204,6 +204,12 @@ pub fn create_at(path: &Path) -> Result<OwnedFd, Errno> {
     crate::sys::fd::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o666)
 }
 
+/// Creates the kept file at `path`, which must not exist yet (`O_EXCL`),
+/// for reading and writing, close-on-exec, mode 0666 before the umask.
+pub fn create_new_at(path: &Path) -> Result<OwnedFd, Errno> {
+    crate::sys::fd::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o666)
+}
+
 /// Creates a new file in `dir` named `<proc id>.<fd name>`, or with `.1`, `.2`, …
 /// appended when that name is taken (`O_EXCL`: an existing file is never reused).
 /// The proc id is reduced to `[A-Za-z0-9._-]` (see [`sanitize`]).

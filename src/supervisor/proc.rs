@@ -877,6 +877,8 @@ pub(crate) fn prepare(
 
     let mut fds = Vec::new();
     let mut captures = Vec::new();
+    // Kept capture files this proc created (removed again if it cannot start).
+    let mut created_kept: Vec<PathBuf> = Vec::new();
     // The child's fd table as the list is applied: target → raw source in the plan
     // (or the agent's own 0–2), for `dup` resolution in list order.
     let mut table: HashMap<RawFd, Option<RawFd>> = (0..=2).map(|fd| (fd, Some(fd))).collect();
@@ -945,23 +947,28 @@ pub(crate) fn prepare(
                     }),
                     CaptureMode::File => {
                         let target = (path.as_deref(), dir.as_deref());
-                        open_kept(id, &norm, target, child_cwd.as_deref()).and_then(|(f, at)| {
-                            let p = pipe::capture_pipe(ctx.pipe_size)?;
-                            let (head, tail) = if *memory { (head, tail) } else { (0, 0) };
-                            let f = fd::move_high(f, ctx.fd_floor);
-                            let cap = kept::staging_cap(ctx.pipe_size);
-                            let file = KeptFile::new(f, at, *memory, cap);
-                            Ok((
-                                Store::Memory {
-                                    pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
-                                    read_key: None,
-                                    live: HeadTail::new(head, tail),
-                                    frozen: None,
-                                    file: Some(Box::new(file)),
-                                },
-                                p.write,
-                            ))
-                        })
+                        open_kept(id, &norm, target, child_cwd.as_deref()).and_then(
+                            |(f, at, new)| {
+                                if new {
+                                    created_kept.push(at.clone());
+                                }
+                                let p = pipe::capture_pipe(ctx.pipe_size)?;
+                                let (head, tail) = if *memory { (head, tail) } else { (0, 0) };
+                                let f = fd::move_high(f, ctx.fd_floor);
+                                let cap = kept::staging_cap(ctx.pipe_size);
+                                let file = KeptFile::new(f, at, *memory, cap);
+                                Ok((
+                                    Store::Memory {
+                                        pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
+                                        read_key: None,
+                                        live: HeadTail::new(head, tail),
+                                        frozen: None,
+                                        file: Some(Box::new(file)),
+                                    },
+                                    p.write,
+                                ))
+                            },
+                        )
                     }
                     CaptureMode::Tempfile => fd::tempfile(ctx.tmpdir).and_then(|f| {
                         let child = fd::dup_cloexec(f.as_fd())?;
@@ -1015,6 +1022,11 @@ pub(crate) fn prepare(
     }
     if !errors.is_empty() {
         plan = None;
+        // Nothing starts: remove the kept files this proc created (an existing
+        // file named by `path` was truncated, and is left).
+        for p in &created_kept {
+            let _ = std::fs::remove_file(p);
+        }
     }
     // perf counters: only when asked for (no probe, no cost otherwise).
     let perf = match plan.as_mut() {
@@ -1066,7 +1078,7 @@ fn open_kept(
     fd_name: &str,
     (path, dir): (Option<&str>, Option<&str>),
     cwd: Option<&Path>,
-) -> Result<(OwnedFd, PathBuf), Errno> {
+) -> Result<(OwnedFd, PathBuf, bool), Errno> {
     let resolve = |p: &str| match cwd {
         Some(c) => c.join(p),
         None => PathBuf::from(p),
@@ -1074,9 +1086,13 @@ fn open_kept(
     match (path, dir) {
         (Some(p), _) => {
             let p = resolve(p);
-            kept::create_at(&p).map(|f| (f, p))
+            match kept::create_new_at(&p) {
+                Ok(f) => Ok((f, p, true)),
+                Err(Errno::EXIST) => kept::create_at(&p).map(|f| (f, p, false)),
+                Err(e) => Err(e),
+            }
         }
-        (None, Some(d)) => kept::create_in_dir(&resolve(d), id, fd_name),
+        (None, Some(d)) => kept::create_in_dir(&resolve(d), id, fd_name).map(|(f, p)| (f, p, true)),
         (None, None) => Err(Errno::INVAL),
     }
 }

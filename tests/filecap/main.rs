@@ -296,6 +296,35 @@ fn filecap_path_in_a_missing_directory_fails_fd_setup_and_starts_nothing() {
     );
 }
 
+// A proc that cannot start (another fd fails) leaves no kept files behind that
+// it created; an existing file named by `path` stays (truncated, as opened).
+#[test]
+fn filecap_proc_that_cannot_start_removes_the_kept_files_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let new_path = dir.path().join("new.out");
+    let old_path = dir.path().join("old.out");
+    std::fs::write(&old_path, b"previous contents").unwrap();
+    let missing = dir.path().join("no/such/dir/in");
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {"m": {"argv": ["/bin/true"],
+            "fds": [["stdout", kept(json!({"dir": logs}))],
+                    ["stderr", kept(json!({"path": new_path}))],
+                    ["3", kept(json!({"path": old_path}))],
+                    ["stdin", {"file": {"path": missing, "flags": "Read"}}]]}}}),
+    );
+    let res = wait(&a, "m");
+    assert_eq!(res.state, State::Error, "{:?}", res.errors);
+    assert_eq!(res.pid, None, "no child started");
+    let left: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
+    assert!(left.is_empty(), "files left in dir: {left:?}");
+    assert!(!new_path.exists(), "a new kept file is removed");
+    assert!(old_path.exists(), "an existing file is not removed");
+}
+
 #[test]
 fn filecap_write_error_is_reported_with_the_path_and_the_child_still_finishes() {
     // /dev/full: every write fails with ENOSPC. The child writes more than a
