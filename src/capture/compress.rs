@@ -19,7 +19,7 @@
 //! * [`read_range`]: bytes `[start, stop)` of the decompressed stream, from
 //!   compressed bytes in memory or in a file, with or without an index.
 //!
-//! No unsafe code: the file I/O goes through `rustix`'s safe wrappers.
+//! Safe code only: the file I/O goes through `rustix`'s safe wrappers.
 
 use std::io;
 use std::ops::{Range, RangeInclusive};
