@@ -33,7 +33,9 @@ const MAX_SUFFIX: u32 = 10_000;
 pub struct KeptFile {
     file: Arc<OwnedFd>,
     path: Arc<Path>,
-    keep_memory: bool,
+    /// `"memory": true`: the head and tail sizes an attached result shows,
+    /// read back from the file (nothing of the stream is held in memory).
+    window: Option<(u64, u64)>,
     /// Bytes waiting for the next write.
     staging: Vec<u8>,
     /// The other buffer, back from its last write (empty, capacity kept).
@@ -62,11 +64,11 @@ pub enum Completed {
 
 impl KeptFile {
     /// A kept file with nothing written yet; `cap` is the staging cap in bytes.
-    pub fn new(file: OwnedFd, path: PathBuf, keep_memory: bool, cap: usize) -> Self {
+    pub fn new(file: OwnedFd, path: PathBuf, window: Option<(u64, u64)>, cap: usize) -> Self {
         KeptFile {
             file: Arc::new(file),
             path: Arc::from(path),
-            keep_memory,
+            window,
             staging: Vec::new(),
             spare: Vec::new(),
             writing: false,
@@ -89,7 +91,12 @@ impl KeptFile {
 
     /// Whether the head/tail memory capture is kept as well (`"memory": true`).
     pub fn keep_memory(&self) -> bool {
-        self.keep_memory
+        self.window.is_some()
+    }
+
+    /// The head and tail sizes an attached result shows (`"memory": true`).
+    pub fn window(&self) -> Option<(u64, u64)> {
+        self.window
     }
 
     /// The logical length: bytes whose writes have completed.
@@ -263,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let fd = create_at(&path).unwrap();
-        (dir, KeptFile::new(fd, path, false, cap))
+        (dir, KeptFile::new(fd, path, None, cap))
     }
 
     #[test]

@@ -42,8 +42,8 @@ impl Captures<CapKey> for Table<'_> {
 }
 
 /// Pushes bytes read from a pipe into capture `cap` of process `serial`: a kept
-/// file's staging (returns true: the caller starts its write), and the memory
-/// capture, if it keeps one, within the budget if there is one.
+/// file's staging (returns true: the caller starts its write), or the memory
+/// capture, within the budget if there is one.
 pub(crate) fn push(
     budget: Option<&mut Budget<CapKey>>,
     procs: &mut HashMap<u64, Proc>,
@@ -51,20 +51,18 @@ pub(crate) fn push(
     cap: usize,
     data: &[u8],
 ) -> bool {
-    let mut kept = false;
     if let Some(Store::Memory { file: Some(f), .. }) = procs
         .get_mut(&serial)
         .and_then(|p| p.captures.get_mut(cap))
         .map(|c| &mut c.store)
     {
+        // A kept file holds nothing in memory: even its head/tail window
+        // (`"memory": true`) is read back from the file.
         f.push(data);
-        if !f.keep_memory() {
-            return true;
-        }
-        kept = true;
+        return true;
     }
     limit::push(budget, &mut Table(procs), (serial, cap), data);
-    kept
+    false
 }
 
 /// Forgets the memory captures of a deleted process.

@@ -107,8 +107,6 @@ pub(crate) struct KeptContent {
     pub path: Arc<Path>,
     /// Bytes whose writes have completed; reads stop here.
     pub len: u64,
-    /// The head/tail memory capture (`"memory": true`), for inline results.
-    pub mem: Option<Arc<Frozen>>,
 }
 
 /// A snapshot of a process result whose fd contents are read on the caller's
@@ -127,6 +125,8 @@ pub(crate) struct FdSnap {
     pub content: Content,
     /// The `compression` result field, for a capture with `compress`.
     pub compression: Option<crate::result::Compression>,
+    /// A kept file's head/tail window (`"memory": true`).
+    pub window: Option<(u64, u64)>,
 }
 
 impl Snapshot {
@@ -142,12 +142,36 @@ impl Snapshot {
 }
 
 impl FdSnap {
+    /// For a kept file with a head/tail window (`"memory": true`): the stream
+    /// offsets an attached result leaves out, if any.
+    fn window_gap(&self, len: u64) -> Option<std::ops::Range<u64>> {
+        let (head, tail) = self.window.filter(|_| self.attached)?;
+        (len > head.saturating_add(tail)).then(|| head..len - tail)
+    }
+
+    /// An attached kept file's bytes: the whole stream, or with a window its
+    /// head followed by its tail, read through `read(start, stop)`.
+    fn windowed(
+        &self,
+        len: u64,
+        read: impl Fn(u64, u64) -> Result<Bytes, Errno>,
+    ) -> Result<Bytes, Errno> {
+        match self.window_gap(len) {
+            None => read(0, len),
+            Some(gap) => {
+                let head = read(0, gap.start)?;
+                let tail = read(gap.end, len)?;
+                let mut v = Vec::with_capacity(head.len() + tail.len());
+                v.extend_from_slice(&head);
+                v.extend_from_slice(&tail);
+                Ok(Bytes::from(v))
+            }
+        }
+    }
+
     fn to_fd_res(&self) -> FdRes {
         let (length, dropped, held, limited) = match &self.content {
-            Content::Kept(k) => match (&k.mem, self.attached) {
-                (Some(f), true) => (f.len(), f.dropped(), Some(f.held() as u64), f.limited()),
-                _ => (k.len, None, None, false),
-            },
+            Content::Kept(k) => (k.len, self.window_gap(k.len), None, false),
             Content::Memory(f) => (f.len(), f.dropped(), Some(f.held() as u64), f.limited()),
             Content::Counts {
                 len,
@@ -161,7 +185,10 @@ impl FdSnap {
                 (fd::file_len(&**file).unwrap_or(0), None, None, false)
             }
             // Compressed: what is held is the compressed form (see `compression`).
-            Content::Zstd(p) => (p.raw_len(), p.dropped(), None, false),
+            Content::Zstd(p) => {
+                let gap = p.dropped().or_else(|| self.window_gap(p.raw_len()));
+                (p.raw_len(), gap, None, false)
+            }
         };
         // `held` only when it says something: with nothing dropped it equals
         // `length`, and the result keeps Procstar's keys.
@@ -193,12 +220,9 @@ impl FdSnap {
             };
         }
         let data = match &self.content {
-            Content::Kept(k) => match &k.mem {
-                Some(f) => f.contiguous(),
-                None => match read_file(&k.file, 0, k.len) {
-                    Ok(b) => b,
-                    Err(_) => return FdRes::Error,
-                },
+            Content::Kept(k) => match self.windowed(k.len, |a, b| read_file(&k.file, a, b)) {
+                Ok(b) => b,
+                Err(_) => return FdRes::Error,
             },
             Content::Memory(f) => f.contiguous(),
             Content::Counts { .. } | Content::Range { .. } => return FdRes::Error,
@@ -206,6 +230,19 @@ impl FdSnap {
                 Ok(b) => b,
                 Err(_) => return FdRes::Error,
             },
+            // A kept file's window applies to its compressed form too.
+            Content::Zstd(p @ Packed::File(_)) if self.window.is_some() => {
+                let read = |a, b| {
+                    let mut out = Vec::new();
+                    p.read(a, b, &mut out)
+                        .map(|_| Bytes::from(out))
+                        .map_err(|_| Errno::IO)
+                };
+                match self.windowed(p.raw_len(), read) {
+                    Ok(b) => b,
+                    Err(_) => return FdRes::Error,
+                }
+            }
             Content::Zstd(p) => match p.held_bytes() {
                 Ok(b) => b,
                 Err(_) => return FdRes::Error,
@@ -512,6 +549,10 @@ impl Proc {
                     attached: c.attached,
                     content: if c.attached { c.content() } else { c.counts() },
                     compression: c.compression_res(),
+                    window: match &c.store {
+                        Store::Memory { file: Some(f), .. } => f.window(),
+                        _ => None,
+                    },
                 });
                 (name.clone(), snap)
             })
@@ -621,7 +662,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f, None)),
+            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f)),
             Store::Memory {
                 live, frozen: None, ..
             } => Content::Counts {
@@ -641,7 +682,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f, None)),
+            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f)),
             Store::Memory {
                 live, frozen: None, ..
             } => {
@@ -663,18 +704,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory {
-                file: Some(f),
-                frozen,
-                live,
-                ..
-            } => {
-                let mem = f.keep_memory().then(|| match frozen {
-                    Some(fr) => fr.clone(),
-                    None => Arc::new(live.clone().freeze()),
-                });
-                Content::Kept(kept_content(f, mem))
-            }
+            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f)),
             Store::Memory {
                 frozen: Some(f), ..
             } => Content::Memory(f.clone()),
@@ -684,12 +714,11 @@ impl Capture {
     }
 }
 
-fn kept_content(f: &KeptFile, mem: Option<Arc<Frozen>>) -> KeptContent {
+fn kept_content(f: &KeptFile) -> KeptContent {
     KeptContent {
         file: f.file().clone(),
         path: f.path().clone(),
         len: f.len(),
-        mem,
     }
 }
 
@@ -953,15 +982,16 @@ pub(crate) fn prepare(
                                     created_kept.push(at.clone());
                                 }
                                 let p = pipe::capture_pipe(ctx.pipe_size)?;
-                                let (head, tail) = if *memory { (head, tail) } else { (0, 0) };
+                                let window = memory.then_some((head as u64, tail as u64));
                                 let f = fd::move_high(f, ctx.fd_floor);
                                 let cap = kept::staging_cap(ctx.pipe_size);
-                                let file = KeptFile::new(f, at, *memory, cap);
+                                let file = KeptFile::new(f, at, window, cap);
                                 Ok((
                                     Store::Memory {
                                         pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
                                         read_key: None,
-                                        live: HeadTail::new(head, tail),
+                                        // Nothing in memory: the file holds it all.
+                                        live: HeadTail::new(0, 0),
                                         frozen: None,
                                         file: Some(Box::new(file)),
                                     },
