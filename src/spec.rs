@@ -849,7 +849,49 @@ pub fn fd_name(fd: i32) -> String {
 /// Parses a request's JSON. Schema errors become [`SpecError::Json`] with serde's
 /// message. Call [`validate`] (or [`validate_with_existing`]) on the result.
 pub fn parse_input(json: &[u8]) -> Result<Input, SpecError> {
-    serde_json::from_slice(json).map_err(|e| SpecError::Json(e.to_string()))
+    serde_json::from_slice(json).map_err(|e| {
+        let msg = e.to_string();
+        SpecError::Json(locate_error(json, &e, &msg).unwrap_or(msg))
+    })
+}
+
+/// For a type error inside one proc's spec, the message with the proc (and the
+/// fd entry) it is in named first: serde reports only a line and column, and
+/// says "expected a boolean" without saying whose. Found by decoding each proc
+/// (and each fd) of the request on its own, on the error path only.
+fn locate_error(json: &[u8], e: &serde_json::Error, msg: &str) -> Option<String> {
+    if !e.is_data() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    // The same error, decoded from a value (which has no position to report).
+    let same = |err: serde_json::Error| msg.starts_with(&err.to_string());
+    for (id, spec) in v.get("specs")?.as_object()? {
+        let Err(err) = serde_json::from_value::<ProcSpec>(spec.clone()) else {
+            continue;
+        };
+        if !same(err) {
+            continue;
+        }
+        for entry in spec
+            .get("fds")
+            .and_then(|f| f.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let (Some(name), Some(fd)) = (entry.get(0), entry.get(1)) else {
+                continue;
+            };
+            if serde_json::from_value::<FdSpec>(fd.clone()).is_err() {
+                let name = name
+                    .as_str()
+                    .map_or_else(|| name.to_string(), str::to_string);
+                return Some(format!("proc {id}: fd {name}: {msg}"));
+            }
+        }
+        return Some(format!("proc {id}: {msg}"));
+    }
+    None
 }
 
 /// Checks what the types cannot: see [`validate_with_existing`], with no existing procs.
@@ -1234,6 +1276,28 @@ mod tests {
             msg.contains("unknown field `procs`, expected `specs`"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn type_errors_name_the_proc_and_fd() {
+        let msg = json_err(
+            r#"{"specs": {"ok": {"argv": ["x"]},
+                 "p": {"argv": ["x"], "fds": [["stdin", {"null": {}}],
+                       ["stdout", {"capture": {"mode": "memory", "attached": "yes"}}]]}}}"#,
+        );
+        assert!(
+            msg.starts_with("proc p: fd stdout: invalid type: string \"yes\", expected a boolean"),
+            "{msg}"
+        );
+        assert!(msg.contains("at line 3"), "keeps serde's position: {msg}");
+        let msg = json_err(r#"{"specs": {"q": {"argv": ["x"], "kill_group": 1}}}"#);
+        assert!(
+            msg.starts_with("proc q: invalid type: integer `1`"),
+            "{msg}"
+        );
+        // Syntax and top-level errors are left as serde reports them.
+        let msg = json_err(r#"{"specs": {"p": "#);
+        assert!(msg.starts_with("EOF while parsing"), "{msg}");
     }
 
     #[test]
