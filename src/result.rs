@@ -457,17 +457,30 @@ impl Serialize for FdRes {
                 + usize::from(compression.is_some())
                 + usize::from(path.is_some())
         };
-        // The extension keys after `dropped`: `held`, then `limited` when true.
+        // The extension keys, in this order: `dropped`, `held`, `limited` (when
+        // true), `compression`, `path`; each only when it says something.
         fn ext<M: SerializeMap>(
             map: &mut M,
+            dropped: &Option<Dropped>,
             held: &Option<u64>,
             limited: bool,
+            compression: &Option<Compression>,
+            path: &Option<String>,
         ) -> Result<(), M::Error> {
+            if let Some(d) = dropped {
+                map.serialize_entry("dropped", d)?;
+            }
             if let Some(h) = held {
                 map.serialize_entry("held", h)?;
             }
             if limited {
                 map.serialize_entry("limited", &true)?;
+            }
+            if let Some(c) = compression {
+                map.serialize_entry("compression", c)?;
+            }
+            if let Some(p) = path {
+                map.serialize_entry("path", p)?;
             }
             Ok(())
         }
@@ -488,16 +501,7 @@ impl Serialize for FdRes {
                 map.serialize_entry("text", &text)?;
                 map.serialize_entry("encoding", &Encoding::Utf8)?;
                 map.serialize_entry("length", length)?;
-                if let Some(d) = dropped {
-                    map.serialize_entry("dropped", d)?;
-                }
-                ext(&mut map, held, *limited)?;
-                if let Some(c) = compression {
-                    map.serialize_entry("compression", c)?;
-                }
-                if let Some(p) = path {
-                    map.serialize_entry("path", p)?;
-                }
+                ext(&mut map, dropped, held, *limited, compression, path)?;
                 map.end()
             }
             FdRes::Data {
@@ -515,16 +519,7 @@ impl Serialize for FdRes {
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
                 map.serialize_entry("length", length)?;
-                if let Some(d) = dropped {
-                    map.serialize_entry("dropped", d)?;
-                }
-                ext(&mut map, held, *limited)?;
-                if let Some(c) = compression {
-                    map.serialize_entry("compression", c)?;
-                }
-                if let Some(p) = path {
-                    map.serialize_entry("path", p)?;
-                }
+                ext(&mut map, dropped, held, *limited, compression, path)?;
                 map.end()
             }
             FdRes::Detached {
@@ -541,16 +536,7 @@ impl Serialize for FdRes {
                 map.serialize_entry("type", "detached")?;
                 map.serialize_entry("length", length)?;
                 map.serialize_entry("encoding", encoding)?;
-                if let Some(d) = dropped {
-                    map.serialize_entry("dropped", d)?;
-                }
-                ext(&mut map, held, *limited)?;
-                if let Some(c) = compression {
-                    map.serialize_entry("compression", c)?;
-                }
-                if let Some(p) = path {
-                    map.serialize_entry("path", p)?;
-                }
+                ext(&mut map, dropped, held, *limited, compression, path)?;
                 map.end()
             }
             FdRes::Error => {
