@@ -36,8 +36,8 @@ pub(crate) enum Store {
         live: HeadTail,
         /// The buffer once the process has exited.
         frozen: Option<Arc<Frozen>>,
-        /// Mode `file`: the kept file the reactor writes (`live` is then used
-        /// only with `"memory": true`).
+        /// Mode `file`: the kept file the reactor writes; `live` then stays
+        /// empty (a `"memory": true` head/tail is read back from the file).
         file: Option<Box<KeptFile>>,
     },
     /// An unlinked file the child writes to directly.
@@ -230,8 +230,9 @@ impl FdSnap {
                 Ok(b) => b,
                 Err(_) => return FdRes::Error,
             },
-            // A kept file's window applies to its compressed form too.
-            Content::Zstd(p @ Packed::File(_)) if self.window.is_some() => {
+            // The held bytes (a range read skips a dropped middle), or a kept
+            // file's head/tail window of its compressed form.
+            Content::Zstd(p) => {
                 let read = |a, b| {
                     let mut out = Vec::new();
                     p.read(a, b, &mut out)
@@ -243,10 +244,6 @@ impl FdSnap {
                     Err(_) => return FdRes::Error,
                 }
             }
-            Content::Zstd(p) => match p.held_bytes() {
-                Ok(b) => b,
-                Err(_) => return FdRes::Error,
-            },
         };
         match self.encoding {
             spec::Encoding::Utf8 => FdRes::Text {
@@ -447,10 +444,9 @@ impl Proc {
         // statm first, then stat: a process that exits between the two reads
         // shows it in stat, so a statm read during the exit's address-space
         // teardown (zeros, or a part of the real figure) is never kept.
-        let statm = crate::metrics::read_proc_file(pid, "statm", buf)
-            .ok()
-            .and_then(|()| std::str::from_utf8(buf).ok())
-            .and_then(|t| crate::metrics::parse_statm(t, ctx.page_size).ok());
+        let statm = read_parsed(pid, "statm", buf, |t| {
+            crate::metrics::parse_statm(t, ctx.page_size).ok()
+        });
         let Some(stat) = read_stat(pid, ctx, buf) else {
             return;
         };
@@ -476,10 +472,7 @@ impl Proc {
         if matches!(self.life, Life::Done { .. } | Life::NotStarted) {
             return;
         }
-        let io = crate::metrics::read_proc_file(pid, "io", buf)
-            .ok()
-            .and_then(|()| std::str::from_utf8(buf).ok())
-            .and_then(|t| crate::metrics::parse_io(t).ok());
+        let io = read_parsed(pid, "io", buf, |t| crate::metrics::parse_io(t).ok());
         if io.is_some() {
             self.sampled.io = io;
         }
@@ -637,16 +630,6 @@ impl Capture {
             Ok(packed) => {
                 match (&mut self.store, &packed) {
                     (Store::Memory { frozen, .. }, Packed::Memory(_)) => *frozen = None,
-                    // The compressed file holds the whole stream: the head/tail
-                    // copy (`"memory": true`) is no longer needed.
-                    (
-                        Store::Memory {
-                            frozen,
-                            file: Some(_),
-                            ..
-                        },
-                        Packed::File(_),
-                    ) => *frozen = None,
                     (Store::Tempfile { file }, Packed::File(f)) => *file = f.file.clone(),
                     _ => {}
                 }
@@ -725,9 +708,21 @@ fn kept_content(f: &KeptFile) -> KeptContent {
 /// Reads and parses `/proc/<pid>/stat` into `buf`'s storage; `None` if the
 /// process is gone or the text does not parse.
 pub(crate) fn read_stat(pid: i32, ctx: &StatContext, buf: &mut Vec<u8>) -> Option<ProcStat> {
-    crate::metrics::read_proc_file(pid, "stat", buf).ok()?;
-    let text = std::str::from_utf8(buf).ok()?;
-    crate::metrics::procstat::parse_stat(text, ctx).ok()
+    read_parsed(pid, "stat", buf, |t| {
+        crate::metrics::procstat::parse_stat(t, ctx).ok()
+    })
+}
+
+/// Reads `/proc/<pid>/<name>` into `buf` and parses its text; `None` if the
+/// process is gone or the text does not parse.
+fn read_parsed<T>(
+    pid: i32,
+    name: &str,
+    buf: &mut Vec<u8>,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Option<T> {
+    crate::metrics::read_proc_file(pid, name, buf).ok()?;
+    parse(std::str::from_utf8(buf).ok()?)
 }
 
 /// RFC 3339 with nanoseconds, as Procstar prints times.
@@ -1102,7 +1097,8 @@ pub(crate) fn prepare(
 }
 
 /// Opens a kept capture file: `path` (relative to the child's starting directory)
-/// or a new name in `dir`. Returns the file and its path.
+/// or a new name in `dir`. Returns the file, its path, and whether this call
+/// created it (so that a proc that cannot start removes only what it made).
 fn open_kept(
     id: &str,
     fd_name: &str,
