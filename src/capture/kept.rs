@@ -31,7 +31,8 @@ const MAX_SUFFIX: u32 = 10_000;
 /// The write side of one kept capture file.
 #[derive(Debug)]
 pub struct KeptFile {
-    file: Arc<OwnedFd>,
+    /// The open file; `None` once released (its compressed copy replaced it).
+    file: Option<Arc<OwnedFd>>,
     path: Arc<Path>,
     /// `"memory": true`: the head and tail sizes an attached result shows,
     /// read back from the file (nothing of the stream is held in memory).
@@ -66,7 +67,7 @@ impl KeptFile {
     /// A kept file with nothing written yet; `cap` is the staging cap in bytes.
     pub fn new(file: OwnedFd, path: PathBuf, window: Option<(u64, u64)>, cap: usize) -> Self {
         KeptFile {
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             path: Arc::from(path),
             window,
             staging: Vec::new(),
@@ -79,9 +80,16 @@ impl KeptFile {
         }
     }
 
-    /// The open file (readers pread it on their own thread).
-    pub fn file(&self) -> &Arc<OwnedFd> {
-        &self.file
+    /// The open file (readers pread it on their own thread); `None` once
+    /// [`KeptFile::take_file`] released it.
+    pub fn file(&self) -> Option<&Arc<OwnedFd>> {
+        self.file.as_ref()
+    }
+
+    /// Releases the open file (after its compressed copy replaced it), for the
+    /// caller to close where closing a large file may take its time.
+    pub fn take_file(&mut self) -> Option<Arc<OwnedFd>> {
+        self.file.take()
     }
 
     /// Where the file is.

@@ -40,6 +40,9 @@ pub(crate) enum Job {
         dst: PathBuf,
         level: i32,
     },
+    /// Not a compression: a file to close on this thread (see
+    /// [`Packer::release`]); nothing is reported back.
+    Release(Arc<OwnedFd>),
 }
 
 /// A compressed capture.
@@ -181,7 +184,11 @@ fn run(job: Job) -> io::Result<Packed> {
                     return Err(e);
                 }
             };
-            std::fs::remove_file(&src_path)?;
+            if let Err(e) = std::fs::remove_file(&src_path) {
+                // The original stays the capture: no second copy beside it.
+                let _ = std::fs::remove_file(&dst);
+                return Err(e);
+            }
             Ok(Packed::File(Arc::new(PackedFile {
                 file: Arc::new(OwnedFd::from(file)),
                 index: stats.index,
@@ -189,6 +196,8 @@ fn run(job: Job) -> io::Result<Packed> {
                 path: Some(dst),
             })))
         }
+        // Handled by the thread's loop before `run`.
+        Job::Release(_) => Err(io::Error::other("not a compression job")),
     }
 }
 
@@ -228,6 +237,10 @@ impl Packer {
                 .name("chaperone-zstd".into())
                 .spawn(move || {
                     while let Ok((serial, cap, job)) = rx.recv() {
+                        if let Job::Release(file) = job {
+                            drop(file); // closed here, not on the reactor
+                            continue;
+                        }
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
@@ -247,6 +260,15 @@ impl Packer {
             .ok_or_else(|| "no compression thread".to_string())?
             .send((serial, cap, job))
             .map_err(|_| "the compression thread is gone".to_string())
+    }
+}
+
+impl Packer {
+    /// Closes `file` on the compression thread: the last close of a large
+    /// deleted file frees all its blocks, which must not hold up the reactor.
+    /// (Closed here instead if the thread cannot take it.)
+    pub(crate) fn release(&mut self, file: Arc<OwnedFd>) {
+        let _ = self.submit(0, 0, Job::Release(file));
     }
 }
 

@@ -566,6 +566,17 @@ impl Capture {
         }
     }
 
+    /// Whether the capture's compression failed (it stays uncompressed).
+    pub fn compression_failed(&self) -> bool {
+        matches!(
+            self.compression,
+            Some(Compression {
+                state: CompressState::Failed(_),
+                ..
+            })
+        )
+    }
+
     /// The `compression` result field.
     pub fn compression_res(&self) -> Option<crate::result::Compression> {
         use crate::result::CompressionState as S;
@@ -584,26 +595,34 @@ impl Capture {
         })
     }
 
-    /// The compression job for a finished capture whose spec asks for one.
-    pub fn compress_job(&self, tmpdir: &Path) -> Option<Job> {
-        let c = self.compression.as_ref()?;
+    /// The compression job for a finished capture whose spec asks for one. A
+    /// kept file whose writes failed is not compressed, and says so.
+    pub fn compress_job(&mut self, tmpdir: &Path) -> Option<Job> {
+        let c = self.compression.as_mut()?;
         if !matches!(c.state, CompressState::Pending) {
             return None;
         }
         match &self.store {
             // A complete kept file: the whole stream, compressed to `<path>.zst`,
             // which replaces it.
-            Store::Memory { file: Some(k), .. } if !k.failed() => {
-                let mut dst = k.path().as_os_str().to_owned();
-                dst.push(".zst");
-                Some(Job::Kept {
-                    src: k.file().clone(),
-                    src_path: k.path().to_path_buf(),
-                    dst: PathBuf::from(dst),
-                    level: c.level,
-                })
-            }
-            Store::Memory { file: Some(_), .. } => None,
+            Store::Memory { file: Some(k), .. } => match k.file() {
+                Some(src) if !k.failed() => {
+                    let mut dst = k.path().as_os_str().to_owned();
+                    dst.push(".zst");
+                    Some(Job::Kept {
+                        src: src.clone(),
+                        src_path: k.path().to_path_buf(),
+                        dst: PathBuf::from(dst),
+                        level: c.level,
+                    })
+                }
+                _ => {
+                    c.state = CompressState::Failed(
+                        "not compressed: the kept file is incomplete (a write failed)".into(),
+                    );
+                    None
+                }
+            },
             Store::Memory {
                 frozen: Some(f), ..
             } => Some(Job::Memory {
@@ -622,21 +641,31 @@ impl Capture {
     /// Takes the compression thread's result: a compressed capture replaces the
     /// uncompressed store (a memory capture's buffers are freed, a tempfile is
     /// swapped for the compressed one); a failure leaves the store as it is.
-    pub fn compressed(&mut self, result: Result<Packed, String>) {
-        let Some(c) = self.compression.as_mut() else {
-            return;
-        };
+    ///
+    /// Returns the file the compressed copy replaced (a tempfile, or a kept file
+    /// already unlinked), for the caller to close off the reactor thread: closing
+    /// the last fd of a large deleted file frees all its blocks.
+    pub fn compressed(&mut self, result: Result<Packed, String>) -> Option<Arc<OwnedFd>> {
+        let c = self.compression.as_mut()?;
+        let mut released = None;
         match result {
             Ok(packed) => {
                 match (&mut self.store, &packed) {
                     (Store::Memory { frozen, .. }, Packed::Memory(_)) => *frozen = None,
-                    (Store::Tempfile { file }, Packed::File(f)) => *file = f.file.clone(),
+                    (Store::Tempfile { file }, Packed::File(f)) => {
+                        released = Some(std::mem::replace(file, f.file.clone()));
+                    }
+                    // The .zst replaced the kept file, which is unlinked now.
+                    (Store::Memory { file: Some(k), .. }, Packed::File(_)) => {
+                        released = k.take_file();
+                    }
                     _ => {}
                 }
                 c.state = CompressState::Done(packed);
             }
             Err(e) => c.state = CompressState::Failed(e),
         }
+        released
     }
 
     /// Counts only, without copying a live buffer (detached results).
@@ -645,7 +674,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f)),
+            Store::Memory { file: Some(f), .. } => kept_content(f),
             Store::Memory {
                 live, frozen: None, ..
             } => Content::Counts {
@@ -665,7 +694,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f)),
+            Store::Memory { file: Some(f), .. } => kept_content(f),
             Store::Memory {
                 live, frozen: None, ..
             } => {
@@ -687,7 +716,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => Content::Kept(kept_content(f)),
+            Store::Memory { file: Some(f), .. } => kept_content(f),
             Store::Memory {
                 frozen: Some(f), ..
             } => Content::Memory(f.clone()),
@@ -697,11 +726,21 @@ impl Capture {
     }
 }
 
-fn kept_content(f: &KeptFile) -> KeptContent {
-    KeptContent {
-        file: f.file().clone(),
-        path: f.path().clone(),
-        len: f.len(),
+/// A kept file as readers see it: its fd and how far it is written. (Once its
+/// file is released, the compressed copy is read instead: see `packed`.)
+fn kept_content(f: &KeptFile) -> Content {
+    match f.file() {
+        Some(file) => Content::Kept(KeptContent {
+            file: file.clone(),
+            path: f.path().clone(),
+            len: f.len(),
+        }),
+        None => Content::Counts {
+            len: f.len(),
+            dropped: None,
+            held: 0,
+            limited: false,
+        },
     }
 }
 

@@ -443,12 +443,21 @@ impl Reactor {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
+        let mut failed = Vec::new();
         for (cap, c) in p.captures.iter_mut().enumerate() {
             if let Some(job) = c.compress_job(&self.config.tmpdir) {
                 if let Err(e) = self.packer.submit(serial, cap, job) {
-                    c.compressed(Err(e));
+                    let _ = c.compressed(Err(e));
                 }
             }
+            // Failed without a job (or its submission): done, as far as
+            // subscribers waiting for `Compressed` are concerned.
+            if c.compression_failed() {
+                failed.push(Event::Compressed(p.id.clone(), c.name.clone()));
+            }
+        }
+        for event in failed {
+            self.emit(event);
         }
     }
 
@@ -472,7 +481,9 @@ impl Reactor {
                 _ => None,
             };
             let before = held(c);
-            c.compressed(result);
+            if let Some(old) = c.compressed(result) {
+                self.packer.release(old);
+            }
             // The uncompressed buffers are gone: their bytes leave the budget.
             if let (Some(bytes), None, Some(budget)) = (before, held(c), self.budget.as_mut()) {
                 budget.remove((serial, cap), bytes);

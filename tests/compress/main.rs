@@ -264,6 +264,29 @@ fn zstd_kept_file_is_replaced_by_its_compressed_copy() {
     assert!(zstd::stream::decode_all(&on_disk[..]).unwrap() == data);
 }
 
+// A kept file whose writes failed is incomplete: it is not compressed, the
+// result says so (not "pending" forever), and Compressed is still emitted.
+#[test]
+fn zstd_kept_file_with_a_write_error_reports_failed_compression() {
+    let a = agent();
+    let events = a.subscribe();
+    start(
+        &a,
+        &json!({"specs": {"full": {"argv": ["/bin/sh", "-c", "head -c 100000 /dev/zero"],
+            "fds": [["stdout", {"capture": {"mode": "file", "path": "/dev/full",
+                                            "attached": false, "compress": "zstd"}}]]}}}),
+    );
+    let res = wait(&a, "full");
+    assert_eq!(res.state, State::Error, "the write error is reported");
+    wait_compressed(&events, "full", "stdout");
+    let c = compression(&a, "full");
+    assert_eq!(c.state, CompressionState::Failed, "{c:?}");
+    assert!(
+        c.error.as_deref().is_some_and(|e| e.contains("incomplete")),
+        "{c:?}"
+    );
+}
+
 #[test]
 fn zstd_result_is_pending_at_exit_then_done() {
     let a = agent();

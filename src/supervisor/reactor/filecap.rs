@@ -45,8 +45,10 @@ impl Reactor {
         let Some(f) = kept_mut(&mut self.procs, serial, cap) else {
             return;
         };
+        let Some(file) = f.file().cloned() else {
+            return;
+        };
         if let Some((buf, offset)) = f.next_write() {
-            let file = f.file().clone();
             self.ring
                 .write(file, buf, offset, Tag::FileWrite { proc: serial, cap });
         }
@@ -119,8 +121,8 @@ impl Reactor {
                 None
             }
         };
-        if let Some((buf, offset)) = next {
-            self.ring.write(f.file().clone(), buf, offset, tag);
+        if let (Some((buf, offset)), Some(file)) = (next, f.file()) {
+            self.ring.write(file.clone(), buf, offset, tag);
         }
         if f.paused && f.may_resume() {
             f.paused = false;
