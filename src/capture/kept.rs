@@ -34,9 +34,6 @@ pub struct KeptFile {
     /// The open file; `None` once released (its compressed copy replaced it).
     file: Option<Arc<OwnedFd>>,
     path: Arc<Path>,
-    /// `"memory": true`: the head and tail sizes an attached result shows,
-    /// read back from the file (nothing of the stream is held in memory).
-    window: Option<(u64, u64)>,
     /// Bytes waiting for the next write.
     staging: Vec<u8>,
     /// The other buffer, back from its last write (empty, capacity kept).
@@ -65,11 +62,10 @@ pub enum Completed {
 
 impl KeptFile {
     /// A kept file with nothing written yet; `cap` is the staging cap in bytes.
-    pub fn new(file: OwnedFd, path: PathBuf, window: Option<(u64, u64)>, cap: usize) -> Self {
+    pub fn new(file: OwnedFd, path: PathBuf, cap: usize) -> Self {
         KeptFile {
             file: Some(Arc::new(file)),
             path: Arc::from(path),
-            window,
             staging: Vec::new(),
             spare: Vec::new(),
             writing: false,
@@ -97,16 +93,6 @@ impl KeptFile {
         &self.path
     }
 
-    /// Whether the head/tail memory capture is kept as well (`"memory": true`).
-    pub fn keep_memory(&self) -> bool {
-        self.window.is_some()
-    }
-
-    /// The head and tail sizes an attached result shows (`"memory": true`).
-    pub fn window(&self) -> Option<(u64, u64)> {
-        self.window
-    }
-
     /// The logical length: bytes whose writes have completed.
     pub fn len(&self) -> u64 {
         self.written
@@ -115,11 +101,6 @@ impl KeptFile {
     /// Whether nothing has been written yet.
     pub fn is_empty(&self) -> bool {
         self.written == 0
-    }
-
-    /// Bytes staged and not yet handed to a write.
-    pub fn staged(&self) -> usize {
-        self.staging.len()
     }
 
     /// Whether a write failed (the file then stops growing).
@@ -278,7 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let fd = create_at(&path).unwrap();
-        (dir, KeptFile::new(fd, path, None, cap))
+        (dir, KeptFile::new(fd, path, cap))
     }
 
     #[test]

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ParseError;
 
-/// I/O counters of a process (and its reaped descendants' are *not* included:
-/// these are the task's own, summed over its threads).
+/// I/O counters of a process: its threads' own plus those of the descendants
+/// it has reaped (the kernel folds a reaped child's counts into its parent's,
+/// as it does for rusage); descendants still running are not included.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcIo {
     /// Bytes passed to `read`-like syscalls (including pipes and page cache hits).

@@ -386,6 +386,7 @@ mod tests {
             encoding: crate::spec::Encoding::Base64,
             attached: true,
             store,
+            window: None,
             compression: Some(Compression {
                 level: 1,
                 state: CompressState::Pending,

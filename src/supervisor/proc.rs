@@ -53,6 +53,9 @@ pub(crate) struct Capture {
     pub encoding: spec::Encoding,
     pub attached: bool,
     pub store: Store,
+    /// Mode `file` with `"memory": true`: the head and tail sizes an attached
+    /// result shows, read back from the file.
+    pub window: Option<(u64, u64)>,
     /// The spec's `compress`, and how far it has got.
     pub compression: Option<Compression>,
 }
@@ -542,10 +545,7 @@ impl Proc {
                     attached: c.attached,
                     content: if c.attached { c.content() } else { c.counts() },
                     compression: c.compression_res(),
-                    window: match &c.store {
-                        Store::Memory { file: Some(f), .. } => f.window(),
-                        _ => None,
-                    },
+                    window: c.window,
                 });
                 (name.clone(), snap)
             })
@@ -1016,10 +1016,9 @@ pub(crate) fn prepare(
                                     created_kept.push(at.clone());
                                 }
                                 let p = pipe::capture_pipe(ctx.pipe_size)?;
-                                let window = memory.then_some((head as u64, tail as u64));
                                 let f = fd::move_high(f, ctx.fd_floor);
                                 let cap = kept::staging_cap(ctx.pipe_size);
-                                let file = KeptFile::new(f, at, window, cap);
+                                let file = KeptFile::new(f, at, cap);
                                 Ok((
                                     Store::Memory {
                                         pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
@@ -1047,6 +1046,8 @@ pub(crate) fn prepare(
                         encoding: *encoding,
                         attached: *attached,
                         store,
+                        window: (*mode == CaptureMode::File && *memory)
+                            .then_some((head as u64, tail as u64)),
                         // Validated: "zstd" is the only algorithm, levels fit i32.
                         compression: compress.as_ref().map(|_| Compression {
                             level: compress_level

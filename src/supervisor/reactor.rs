@@ -399,11 +399,21 @@ impl Reactor {
             if let Some(key) = read_key.take() {
                 self.ring.cancel(key);
             }
-            loop {
-                match pipe::read(&*fd, &mut self.scratch) {
+            // At most one pipe's worth: all a dead writer can have left. A
+            // descendant still writing into the pipe must not keep the reactor
+            // here (or a kept file's staging growing); its later output is not
+            // part of this process's capture.
+            // (The kernel rounds a pipe's size up to a power of two pages; one
+            // that kept its default has 16 pages.)
+            let default_pipe = 16 * rustix::param::page_size();
+            let mut left = self.config.pipe_size.max(default_pipe).next_power_of_two();
+            while left > 0 {
+                let want = self.scratch.len().min(left);
+                match pipe::read(&*fd, self.scratch.get_mut(..want).unwrap_or(&mut [])) {
                     Ok(0) | Err(_) => break,
                     // Kept files' staged bytes are written by `flush_kept` below.
                     Ok(n) => {
+                        left = left.saturating_sub(n);
                         _ = outlimit::push(
                             self.budget.as_mut(),
                             &mut self.procs,

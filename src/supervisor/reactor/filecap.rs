@@ -9,8 +9,6 @@ use super::{Reactor, Tag};
 use crate::capture::kept::{Completed, KeptFile};
 use rustix::io::Errno;
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 
 /// The kept file of capture `cap` of process `serial`, if it has one.
 fn kept_mut(procs: &mut HashMap<u64, Proc>, serial: u64, cap: usize) -> Option<&mut KeptFile> {
@@ -152,41 +150,15 @@ impl Reactor {
     /// completed: freezes it, answers waiters, emits [`Event::Exited`]. Until then
     /// it stays busy ([`Proc::is_busy`]), so no waiter or result sees a short file.
     pub(super) fn settle_exited(&mut self, serial: u64) {
-        let Some(p) = self.procs.get(&serial) else {
+        let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
         if p.is_running() || p.stop.is_some() || !p.kept_idle() {
             return;
         }
-        let finished: Vec<(usize, Arc<Path>, u64)> = p
-            .captures
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| match &c.store {
-                Store::Memory { file: Some(f), .. } if !f.failed() => {
-                    Some((i, f.path().clone(), f.len()))
-                }
-                _ => None,
-            })
-            .collect();
-        for (cap, path, len) in finished {
-            self.kept_file_finished(serial, cap, &path, len);
-        }
-        let Some(p) = self.procs.get_mut(&serial) else {
-            return;
-        };
         p.settle(self.stat_ctx.as_ref());
         let id = p.id.clone();
         self.emit(Event::Exited(id));
         self.compress_captures(serial);
-    }
-
-    /// Hook: the kept file of capture `cap` of process `serial` is complete: the
-    /// process has exited and all `len` bytes it wrote are in the file at `path`
-    /// (its logical length). Called once per file, on the reactor thread, just
-    /// before the process settles; not called after a write error. Post-processing
-    /// of finished files (e.g. compression, off this thread) starts here.
-    fn kept_file_finished(&mut self, serial: u64, cap: usize, path: &Path, len: u64) {
-        tracing::debug!(serial, cap, path = %path.display(), len, "kept capture file finished");
     }
 }
