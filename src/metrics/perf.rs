@@ -638,15 +638,7 @@ impl PerfState {
     pub fn result(&self) -> PerfRes {
         match self {
             PerfState::Pending(setup) => {
-                let mut res = base_res(setup);
-                for &e in &setup.requested {
-                    if res.counts.get(e.name()).is_none_or(|v| v.is_none()) {
-                        res.unavailable
-                            .entry(e.name().to_string())
-                            .or_insert_with(|| "no counters: the process has not started".into());
-                    }
-                }
-                res
+                all_null(setup, "no counters: the process has not started")
             }
             PerfState::Live { setup, fds } => read_counters(setup, fds),
             PerfState::Done(res) => res.clone(),
@@ -661,13 +653,7 @@ impl PerfState {
             PerfState::Pending(setup) | PerfState::Live { setup, .. } => setup.clone(),
             PerfState::Done(_) => return,
         };
-        let mut res = base_res(&setup);
-        for &e in &setup.requested {
-            res.unavailable
-                .entry(e.name().to_string())
-                .or_insert_with(|| why.to_string());
-        }
-        *self = PerfState::Done(res);
+        *self = PerfState::Done(all_null(&setup, why));
     }
 
     /// Reads the final counts and closes the counters.
@@ -676,6 +662,18 @@ impl PerfState {
             *self = PerfState::Done(self.result());
         }
     }
+}
+
+/// A result with no counts: every requested event `null`, with the setup's own
+/// reason where it has one, else `why`.
+fn all_null(setup: &Setup, why: &str) -> PerfRes {
+    let mut res = base_res(setup);
+    for &e in &setup.requested {
+        res.unavailable
+            .entry(e.name().to_string())
+            .or_insert_with(|| why.to_string());
+    }
+    res
 }
 
 /// A result with every requested event `null` and the setup's limits filled in.
@@ -707,16 +705,26 @@ fn read_counters(setup: &Setup, fds: &[Result<OwnedFd, Errno>]) -> PerfRes {
             }
         };
         if setup.group_read {
-            match group_fds.first() {
-                Some(Ok(leader)) => match read_into(leader, &mut buf).and_then(|n| {
-                    parse_read(buf.get(..n).unwrap_or(&[]), true, group.len())
+            // A member that failed to open is not in the group: the leader's
+            // read covers the members that opened, in order; the others say
+            // why they did not.
+            let mut opened = Vec::with_capacity(group.len());
+            for (i, &event) in group.iter().enumerate() {
+                match group_fds.get(i) {
+                    Some(Ok(_)) => opened.push(event),
+                    Some(Err(e)) => unavailable(&[event], open_failed(*e)),
+                    None => unavailable(&[event], "not opened".into()),
+                }
+            }
+            // Without a leader there is no group: every member already says why.
+            if let Some(Ok(leader)) = group_fds.first() {
+                match read_into(leader, &mut buf).and_then(|n| {
+                    parse_read(buf.get(..n).unwrap_or(&[]), true, opened.len())
                         .map_err(|e| e.to_string())
                 }) {
-                    Ok(reading) => apply_reading(group, &reading, &mut res),
-                    Err(why) => unavailable(group, why),
-                },
-                Some(Err(e)) => unavailable(group, open_failed(*e)),
-                None => unavailable(group, "not opened".into()),
+                    Ok(reading) => apply_reading(&opened, &reading, &mut res),
+                    Err(why) => unavailable(&opened, why),
+                }
             }
             continue;
         }
@@ -760,6 +768,73 @@ mod tests {
 
     fn words(ws: &[u64]) -> Vec<u8> {
         ws.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    }
+
+    // A member that failed to open does not blank its group: the leader's read
+    // covers the members that opened, and the failed one says why. Real software
+    // counters on this thread (enabled at once, not on exec).
+    #[test]
+    fn failed_group_member_leaves_the_others_counted() {
+        let group = vec![Event::TaskClock, Event::PageFaults, Event::ContextSwitches];
+        let setup = Setup {
+            requested: group.clone(),
+            groups: vec![group],
+            unavailable: BTreeMap::new(),
+            user_only: Vec::new(),
+            group_read: true,
+        };
+        // Counting now (not disabled until exec), user space only (allowed at
+        // any perf_event_paranoid level).
+        let counting = |e: Event| {
+            let (t, c) = e.type_config();
+            PerfEventAttr::counting(t, c, read_format(true), sys::FLAG_EXCLUDE_KERNEL)
+        };
+        let leader = match sys::open(&counting(Event::TaskClock), 0, -1, -1) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("skipped: cannot open a software perf counter here ({e:?})");
+                return;
+            }
+        };
+        let member = sys::open(
+            &counting(Event::ContextSwitches),
+            0,
+            -1,
+            std::os::fd::AsRawFd::as_raw_fd(&leader),
+        );
+        let member = match member {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("skipped: cannot open a group member here ({e:?})");
+                return;
+            }
+        };
+        let _work: u64 = (0..1_000_000u64).map(std::hint::black_box).sum();
+        let fds = vec![Ok(leader), Err(Errno::MFILE), Ok(member)];
+        let res = read_counters(&setup, &fds);
+        assert!(
+            res.counts
+                .get("task_clock")
+                .copied()
+                .flatten()
+                .is_some_and(|v| v > 0),
+            "{res:?}"
+        );
+        assert!(
+            res.counts
+                .get("context_switches")
+                .copied()
+                .flatten()
+                .is_some(),
+            "{res:?}"
+        );
+        assert_eq!(res.counts.get("page_faults"), Some(&None), "{res:?}");
+        assert!(
+            res.unavailable
+                .get("page_faults")
+                .is_some_and(|w| w.contains("EMFILE")),
+            "{res:?}"
+        );
     }
 
     #[test]
