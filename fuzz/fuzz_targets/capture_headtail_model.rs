@@ -177,8 +177,8 @@ fuzz_target!(|input: Input| {
     assert_eq!(done, k.min(held));
     assert_eq!(frozen.held(), held - done);
     let (h, t) = (frozen.head().len(), frozen.tail().len());
-    assert_eq!(frozen.head().as_ref(), &model[..h]);
-    assert_eq!(frozen.tail().as_ref(), &model[model.len() - t..]);
+    assert_eq!(frozen.head(), &model[..h]);
+    assert_eq!(frozen.tail(), &model[model.len() - t..]);
     let (lo, hi) = (h as u64, (model.len() - t) as u64);
     assert_eq!(frozen.dropped(), (lo < hi).then_some(lo..hi));
 });

@@ -294,26 +294,30 @@ impl HeadTail {
         }
     }
 
-    /// Finishes capture, turning the buffers into immutable [`Bytes`]. The
-    /// tail ring is rotated into stream order in place, without copying it
-    /// to a new buffer.
-    ///
-    /// The tail is appended to the head's buffer (grown in place where the
-    /// allocator can), so the frozen capture is one buffer: a result's
-    /// head-then-tail bytes are then a reference, not a second copy of
-    /// everything held.
+    /// Finishes capture: the tail is appended, in stream order, to the head's
+    /// buffer (grown in place where the allocator can), which becomes the
+    /// frozen capture's one buffer.
     pub fn freeze(self) -> Frozen {
         let (newer, older) = self.tail.split_at(self.pos);
-        let h = self.head.len();
+        let head_len = self.head.len();
         let mut buf = self.head;
         buf.reserve_exact(older.len() + newer.len());
         buf.extend_from_slice(older);
         buf.extend_from_slice(newer);
-        let joined = Bytes::from(buf);
         Frozen {
-            head: joined.slice(..h),
-            tail: joined.slice(h..),
-            joined,
+            held: Bytes::from(buf),
+            head_len,
+            total: self.total,
+            limited: self.limited,
+        }
+    }
+
+    /// A frozen copy of the capture so far (it goes on): one copy of the held
+    /// bytes, for a live result.
+    pub fn snapshot(&self) -> Frozen {
+        Frozen {
+            held: self.contiguous(),
+            head_len: self.head.len(),
             total: self.total,
             limited: self.limited,
         }
@@ -347,15 +351,14 @@ impl fmt::Debug for HeadTail {
     }
 }
 
-/// An immutable, cheaply clonable snapshot of a finished [`HeadTail`]: the
-/// head and the (in-order) tail as [`Bytes`], plus the total stream length.
+/// An immutable, cheaply clonable snapshot of a finished [`HeadTail`]: the held
+/// bytes (head then in-order tail) as one [`Bytes`], so a result's bytes are a
+/// reference, not a copy, plus the total stream length.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Frozen {
-    head: Bytes,
-    tail: Bytes,
-    /// Head and tail as one buffer (both are slices of it), so that
-    /// [`Frozen::contiguous`] is free; empty when they are separate buffers.
-    joined: Bytes,
+    /// Head followed by tail.
+    held: Bytes,
+    head_len: usize,
     total: u64,
     limited: bool,
 }
@@ -373,29 +376,36 @@ impl Frozen {
 
     /// Number of bytes held (head plus tail).
     pub fn held(&self) -> usize {
-        self.head.len() + self.tail.len()
+        self.held.len()
     }
 
     /// Stream offsets dropped between the head and the tail, or `None` when
     /// every byte is held.
     pub fn dropped(&self) -> Option<Range<u64>> {
-        dropped_range(self.head.len(), self.tail.len(), self.total)
+        dropped_range(self.head_len, self.held.len() - self.head_len, self.total)
     }
 
     /// The leading bytes of the stream (offsets `[0, head.len())`).
-    pub fn head(&self) -> &Bytes {
-        &self.head
+    pub fn head(&self) -> &[u8] {
+        self.held.get(..self.head_len).unwrap_or_default()
     }
 
     /// The trailing bytes of the stream in order (offsets
     /// `[len - tail.len(), len)`).
-    pub fn tail(&self) -> &Bytes {
-        &self.tail
+    pub fn tail(&self) -> &[u8] {
+        self.held.get(self.head_len..).unwrap_or_default()
     }
 
     /// Same as [`HeadTail::read`].
     pub fn read(&self, start: u64, stop: u64, out: &mut Vec<u8>) -> ReadInfo {
-        read_parts(&self.head, (&self.tail, &[]), self.total, start, stop, out)
+        read_parts(
+            self.head(),
+            (self.tail(), &[]),
+            self.total,
+            start,
+            stop,
+            out,
+        )
     }
 
     /// Whether bytes were shed for an agent-wide memory limit.
@@ -404,92 +414,47 @@ impl Frozen {
     }
 
     /// Same as [`HeadTail::shed`] with nothing pending: drops `k` held bytes
-    /// from the middle. A buffer not shared with a reader is shrunk in place;
-    /// a shared one is replaced by a copy of the part kept (the old one is
-    /// freed when its last reader lets go).
+    /// from the middle. A buffer not shared with a reader is shrunk in place
+    /// (the gap closed, the allocation shrunk); a shared one is replaced by a
+    /// copy of the part kept (the old one is freed when its last reader lets go).
     pub fn shed(&mut self, k: usize) -> usize {
         let k = k.min(self.held());
         if k == 0 {
             return 0;
         }
         self.limited = true;
-        let (h, t) = split_shed(self.head.len(), self.tail.len(), k);
-        if !self.joined.is_empty() {
-            // One buffer holds both. Unshared: close the gap in place and
-            // shrink it; shared with a reader: keep the parts kept in a new one
-            // (the old one is freed when its last reader lets go).
-            let (head_len, cut) = (self.head.len(), self.tail.len() - t);
-            self.head = Bytes::new();
-            self.tail = Bytes::new();
-            let joined = std::mem::take(&mut self.joined);
-            let v = if joined.is_unique() {
-                let mut v = Vec::from(joined);
-                v.copy_within(head_len + cut.., h);
-                v.truncate(h + t);
-                v.shrink_to(h + t);
-                v
-            } else {
-                let mut v = Vec::with_capacity(h + t);
-                v.extend_from_slice(&joined[..h]);
-                v.extend_from_slice(&joined[head_len + cut..]);
-                v
-            };
-            self.joined = Bytes::from(v);
-            self.head = self.joined.slice(..h);
-            self.tail = self.joined.slice(h..);
-            return k;
-        }
-        if h < self.head.len() {
-            let head = std::mem::take(&mut self.head);
-            self.head = if head.is_unique() {
-                let mut v = Vec::from(head);
-                v.truncate(h);
-                v.shrink_to(h);
-                Bytes::from(v)
-            } else {
-                Bytes::copy_from_slice(&head[..h])
-            };
-        }
-        if t < self.tail.len() {
-            let tail = std::mem::take(&mut self.tail);
-            let cut = tail.len() - t;
-            self.tail = if tail.is_unique() {
-                let mut v = Vec::from(tail);
-                v.drain(..cut);
-                v.shrink_to(t);
-                Bytes::from(v)
-            } else {
-                Bytes::copy_from_slice(&tail[cut..])
-            };
-        }
+        let (head_len, tail_len) = (self.head_len, self.held() - self.head_len);
+        let (h, t) = split_shed(head_len, tail_len, k);
+        let cut = tail_len - t;
+        let held = std::mem::take(&mut self.held);
+        let v = if held.is_unique() {
+            let mut v = Vec::from(held);
+            v.copy_within(head_len + cut.., h);
+            v.truncate(h + t);
+            v.shrink_to(h + t);
+            v
+        } else {
+            let mut v = Vec::with_capacity(h + t);
+            v.extend_from_slice(held.get(..h).unwrap_or_default());
+            v.extend_from_slice(held.get(head_len + cut..).unwrap_or_default());
+            v
+        };
+        self.held = Bytes::from(v);
+        self.head_len = h;
         k
     }
 
-    /// The held bytes (head followed by tail) in stream order. Free (a
-    /// reference count bump) when the head or the tail is empty, otherwise
-    /// one new allocation.
+    /// The held bytes (head followed by tail) in stream order: a reference.
     pub fn contiguous(&self) -> Bytes {
-        if !self.joined.is_empty() {
-            return self.joined.clone();
-        }
-        if self.tail.is_empty() {
-            return self.head.clone();
-        }
-        if self.head.is_empty() {
-            return self.tail.clone();
-        }
-        let mut v = Vec::with_capacity(self.held());
-        v.extend_from_slice(&self.head);
-        v.extend_from_slice(&self.tail);
-        Bytes::from(v)
+        self.held.clone()
     }
 }
 
 impl fmt::Debug for Frozen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Frozen")
-            .field("head_len", &self.head.len())
-            .field("tail_len", &self.tail.len())
+            .field("head_len", &self.head_len)
+            .field("tail_len", &(self.held() - self.head_len))
             .field("len", &self.total)
             .field("dropped", &self.dropped())
             .finish()
@@ -787,8 +752,8 @@ mod tests {
         assert_ne!(ht.pos, 0);
         let expect = held_of(&ht);
         let frozen = ht.freeze();
-        assert_eq!(frozen.head().as_ref(), b"ab");
-        assert_eq!(frozen.tail().as_ref(), b"efgh");
+        assert_eq!(frozen.head(), b"ab");
+        assert_eq!(frozen.tail(), b"efgh");
         assert_eq!(frozen.contiguous().as_ref(), &expect[..]);
         assert_eq!(frozen.dropped(), Some(2..4));
         assert_eq!(frozen.len(), 8);

@@ -720,7 +720,7 @@ impl Capture {
             Store::Memory {
                 frozen: Some(f), ..
             } => Content::Memory(f.clone()),
-            Store::Memory { live, .. } => Content::Memory(Arc::new(live.clone().freeze())),
+            Store::Memory { live, .. } => Content::Memory(Arc::new(live.snapshot())),
             Store::Tempfile { file } => Content::File(file.clone()),
         }
     }
