@@ -55,13 +55,15 @@ pub const SECRET_ENV_VARS: [&str; 3] = [
 pub const MAX_CAPTURE_WINDOW: u64 = isize::MAX as u64;
 
 /// The `capture.compress` values the agent knows.
-pub const COMPRESS_ALGORITHMS: &[&str] = &["zstd"];
+pub const COMPRESS_ALGORITHMS: &[&str] = &[crate::capture::compress::ALGORITHM];
 
 /// The `capture.compress_level` values accepted.
-pub const COMPRESS_LEVELS: std::ops::RangeInclusive<i64> = 1..=19;
+pub const COMPRESS_LEVELS: std::ops::RangeInclusive<i64> = (*crate::capture::compress::LEVELS
+    .start() as i64)
+    ..=(*crate::capture::compress::LEVELS.end() as i64);
 
 /// The `capture.compress_level` used when a spec gives none.
-pub const DEFAULT_COMPRESS_LEVEL: i64 = 1;
+pub const DEFAULT_COMPRESS_LEVEL: i64 = crate::capture::compress::DEFAULT_LEVEL as i64;
 
 /// The default `mode` of a `file` fd spec: `0o666`, before the umask.
 pub const DEFAULT_FILE_MODE: u32 = 0o666;

@@ -160,7 +160,9 @@ impl FrameWriter {
         check_level(level)?;
         Ok(FrameWriter {
             cctx: zstd::bulk::Compressor::new(level)?,
-            out: Vec::with_capacity(zstd::zstd_safe::compress_bound(FRAME_SIZE)),
+            // Grown by `frame` to what its input needs (a small read must not
+            // cost a whole frame's bound).
+            out: Vec::new(),
         })
     }
 
@@ -177,25 +179,9 @@ impl FrameWriter {
     }
 }
 
-fn errno(e: Errno) -> io::Error {
-    io::Error::from_raw_os_error(e.raw_os_error())
-}
-
 /// Reads from `fd` at `offset` until `buf` is full or end of file.
-fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], mut offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
-        match rustix::io::pread(fd, rest, offset) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                offset += n as u64;
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(errno(e)),
-        }
-    }
-    Ok(done)
+fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    crate::sys::fd::pread_full(fd, buf, offset).map_err(io::Error::from)
 }
 
 fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
@@ -204,7 +190,7 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = data.get(n..).unwrap_or_default(),
             Err(Errno::INTR) => {}
-            Err(e) => return Err(errno(e)),
+            Err(e) => return Err(io::Error::from(e)),
         }
     }
     Ok(())

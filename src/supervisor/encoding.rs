@@ -91,16 +91,15 @@ pub(crate) fn encode(d: FdData, enc: ReadEncoding) -> std::io::Result<EncodedFdD
     let raw_length = d.data.len() as u64;
     let data = match enc {
         ReadEncoding::Raw => Encoded::Raw(d.data),
-        ReadEncoding::Utf8 => match String::from_utf8(d.data.to_vec()) {
-            Ok(text) => Encoded::Utf8 {
-                text,
-                replaced: false,
-            },
-            Err(e) => Encoded::Utf8 {
-                text: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                replaced: true,
-            },
-        },
+        ReadEncoding::Utf8 => {
+            // Borrowed when the bytes are valid UTF-8, owned when any were replaced.
+            let text = String::from_utf8_lossy(&d.data);
+            let replaced = matches!(text, std::borrow::Cow::Owned(_));
+            Encoded::Utf8 {
+                text: text.into_owned(),
+                replaced,
+            }
+        }
         ReadEncoding::Base64 => {
             Encoded::Base64(base64::engine::general_purpose::STANDARD.encode(&d.data))
         }

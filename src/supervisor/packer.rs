@@ -134,13 +134,7 @@ impl Packed {
         let bytes = match self {
             Packed::Memory(m) => m.compressed().slice(start as usize..stop as usize),
             Packed::File(f) => {
-                let n = usize::try_from(stop - start)
-                    .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
-                let mut buf = vec![0u8; n];
-                let got = crate::sys::fd::pread_full(&*f.file, &mut buf, start)
-                    .map_err(io::Error::from)?;
-                buf.truncate(got);
-                Bytes::from(buf)
+                super::proc::read_file(&f.file, start, stop).map_err(io::Error::from)?
             }
         };
         Ok((start..start + bytes.len() as u64, bytes))
