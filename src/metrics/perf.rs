@@ -752,13 +752,8 @@ fn open_failed(e: Errno) -> String {
 }
 
 fn read_into(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, String> {
-    loop {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(n) => return Ok(n),
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(format!("reading the counter failed ({})", errno_name(e))),
-        }
-    }
+    rustix::io::retry_on_intr(|| rustix::io::read(fd, &mut *buf))
+        .map_err(|e| format!("reading the counter failed ({})", errno_name(e)))
 }
 
 #[cfg(test)]

@@ -285,17 +285,8 @@ fn open_perf(plan: &ChildPlanView) {
             }
             leader
         };
-        // SAFETY: `entry.attr` is a valid `perf_event_attr` owned by the plan.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                &entry.attr as *const super::perf::PerfEventAttr,
-                0 as libc::c_int,
-                -1 as libc::c_int,
-                group,
-                super::perf::FLAG_FD_CLOEXEC,
-            )
-        };
+        // On ourselves (pid 0), any CPU.
+        let rc = super::perf::open_raw(&entry.attr, 0, -1, group);
         let value = if rc < 0 {
             -super::errno()
         } else {

@@ -138,14 +138,12 @@ impl PerfEventAttr {
     }
 }
 
-/// `perf_event_open(attr, pid, cpu, group_fd, PERF_FLAG_FD_CLOEXEC)` in the agent.
-///
-/// # Errors
-/// The kernel's: `ENOENT`/`EOPNOTSUPP`/`ENODEV` (no such event, e.g. no hardware
-/// PMU), `EACCES`/`EPERM` (`perf_event_paranoid`), `EINVAL`, `EMFILE`, `ENOSYS`.
-pub fn open(attr: &PerfEventAttr, pid: i32, cpu: i32, group: RawFd) -> Result<OwnedFd, Errno> {
+/// The bare `perf_event_open(attr, pid, cpu, group_fd, PERF_FLAG_FD_CLOEXEC)`
+/// syscall: the new fd, or -1 with errno set. Raw enough for the vfork child
+/// (no allocation, no locks), which reads errno itself.
+pub(crate) fn open_raw(attr: &PerfEventAttr, pid: i32, cpu: i32, group: RawFd) -> libc::c_long {
     // SAFETY: `attr` is a valid `perf_event_attr` of `attr.size` bytes for the call.
-    let rc = unsafe {
+    unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
             attr as *const PerfEventAttr,
@@ -154,7 +152,16 @@ pub fn open(attr: &PerfEventAttr, pid: i32, cpu: i32, group: RawFd) -> Result<Ow
             group,
             FLAG_FD_CLOEXEC,
         )
-    };
+    }
+}
+
+/// `perf_event_open(attr, pid, cpu, group_fd, PERF_FLAG_FD_CLOEXEC)` in the agent.
+///
+/// # Errors
+/// The kernel's: `ENOENT`/`EOPNOTSUPP`/`ENODEV` (no such event, e.g. no hardware
+/// PMU), `EACCES`/`EPERM` (`perf_event_paranoid`), `EINVAL`, `EMFILE`, `ENOSYS`.
+pub fn open(attr: &PerfEventAttr, pid: i32, cpu: i32, group: RawFd) -> Result<OwnedFd, Errno> {
+    let rc = open_raw(attr, pid, cpu, group);
     if rc < 0 {
         return Err(super::last_errno());
     }
