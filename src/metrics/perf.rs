@@ -265,8 +265,8 @@ fn read_format(group_read: bool) -> u64 {
 /// * `EACCES`/`EPERM` without `exclude_kernel` but success with it: user-only
 ///   (except for the scheduler's events, which count only in the kernel and are
 ///   then unavailable);
-/// * `EINVAL` for the group read format with `inherit` on the first event, but
-///   success without it: counters are read one by one;
+/// * `EINVAL` for the group read format with `inherit`, but success without it
+///   (with or without `exclude_kernel`): counters are read one by one;
 /// * any other error: unavailable, with the errno in the reason (`ENOENT` for a
 ///   hardware event means no PMU).
 pub fn probe_with(mut open: impl FnMut(&PerfEventAttr) -> Result<(), Errno>) -> Probe {
@@ -280,17 +280,26 @@ pub fn probe_with(mut open: impl FnMut(&PerfEventAttr) -> Result<(), Errno>) -> 
         )
     };
     let mut group_read = true;
-    let mut access = Vec::with_capacity(ALL.len());
-    for (i, &event) in ALL.iter().enumerate() {
-        let mut first = open(&attr(event, group_read, 0));
-        if i == 0 && first == Err(Errno::INVAL) && open(&attr(event, false, 0)).is_ok() {
-            group_read = false;
-            first = Ok(());
+    // Opens `event` with `flags`; a kernel that refuses the group read format
+    // with `inherit` (EINVAL) but takes the single one turns group reads off,
+    // whichever flags the open needed.
+    let mut try_open = |event: Event, flags: u64, group_read: &mut bool| match open(&attr(
+        event,
+        *group_read,
+        flags,
+    )) {
+        Err(Errno::INVAL) if *group_read && open(&attr(event, false, flags)).is_ok() => {
+            *group_read = false;
+            Ok(())
         }
-        let a = match first {
+        r => r,
+    };
+    let mut access = Vec::with_capacity(ALL.len());
+    for &event in ALL.iter() {
+        let a = match try_open(event, 0, &mut group_read) {
             Ok(()) => Access::Full,
             Err(e) if e == Errno::ACCESS || e == Errno::PERM => {
-                match open(&attr(event, group_read, sys::FLAG_EXCLUDE_KERNEL)) {
+                match try_open(event, sys::FLAG_EXCLUDE_KERNEL, &mut group_read) {
                     Ok(()) if event.kernel_only() => Access::Unavailable(format!(
                         "counted only in the kernel, and the kernel allows only user-space \
                          counting ({}: perf_event_paranoid, no CAP_PERFMON)",
@@ -931,6 +940,18 @@ mod tests {
         });
         assert!(!p.group_read);
         assert_eq!(p.access(Event::PageFaults), Access::Full);
+        // The same under perf_event_paranoid: found on the exclude_kernel retry.
+        let p = probe_with(|a| {
+            if a.flags & sys::FLAG_EXCLUDE_KERNEL == 0 {
+                Err(Errno::ACCESS)
+            } else if a.read_format & sys::FORMAT_GROUP != 0 {
+                Err(Errno::INVAL)
+            } else {
+                Ok(())
+            }
+        });
+        assert!(!p.group_read);
+        assert_eq!(p.access(Event::PageFaults), Access::UserOnly);
     }
 
     #[test]
