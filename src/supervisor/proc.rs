@@ -153,23 +153,22 @@ impl FdSnap {
     }
 
     /// An attached kept file's bytes: the whole stream, or with a window its
-    /// head followed by its tail, read through `read(start, stop)`.
+    /// head followed by its tail, appended to one buffer by `read(start, stop,
+    /// out)`.
     fn windowed(
         &self,
         len: u64,
-        read: impl Fn(u64, u64) -> Result<Bytes, Errno>,
+        mut read: impl FnMut(u64, u64, &mut Vec<u8>) -> Result<(), Errno>,
     ) -> Result<Bytes, Errno> {
+        let mut out = Vec::new();
         match self.window_gap(len) {
-            None => read(0, len),
+            None => read(0, len, &mut out)?,
             Some(gap) => {
-                let head = read(0, gap.start)?;
-                let tail = read(gap.end, len)?;
-                let mut v = Vec::with_capacity(head.len() + tail.len());
-                v.extend_from_slice(&head);
-                v.extend_from_slice(&tail);
-                Ok(Bytes::from(v))
+                read(0, gap.start, &mut out)?;
+                read(gap.end, len, &mut out)?;
             }
         }
+        Ok(Bytes::from(out))
     }
 
     fn to_fd_res(&self) -> FdRes {
@@ -223,10 +222,12 @@ impl FdSnap {
             };
         }
         let data = match &self.content {
-            Content::Kept(k) => match self.windowed(k.len, |a, b| read_file(&k.file, a, b)) {
-                Ok(b) => b,
-                Err(_) => return FdRes::Error,
-            },
+            Content::Kept(k) => {
+                match self.windowed(k.len, |a, b, out| read_file_into(&k.file, a, b, out)) {
+                    Ok(b) => b,
+                    Err(_) => return FdRes::Error,
+                }
+            }
             Content::Memory(f) => f.contiguous(),
             Content::Counts { .. } | Content::Range { .. } => return FdRes::Error,
             Content::File(file) => match read_file(file, 0, length) {
@@ -236,12 +237,8 @@ impl FdSnap {
             // The held bytes (a range read skips a dropped middle), or a kept
             // file's head/tail window of its compressed form.
             Content::Zstd(p) => {
-                let read = |a, b| {
-                    let mut out = Vec::new();
-                    p.read(a, b, &mut out)
-                        .map(|_| Bytes::from(out))
-                        .map_err(|_| Errno::IO)
-                };
+                let read =
+                    |a, b, out: &mut Vec<u8>| p.read(a, b, out).map(drop).map_err(|_| Errno::IO);
                 match self.windowed(p.raw_len(), read) {
                     Ok(b) => b,
                     Err(_) => return FdRes::Error,
@@ -273,14 +270,26 @@ impl FdSnap {
 
 /// Reads `[start, stop)` of a file.
 pub(crate) fn read_file(file: &OwnedFd, start: u64, stop: u64) -> Result<Bytes, Errno> {
+    let mut buf = Vec::new();
+    read_file_into(file, start, stop, &mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Appends `[start, stop)` of a file (less at end of file) to `out`.
+pub(crate) fn read_file_into(
+    file: &OwnedFd,
+    start: u64,
+    stop: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), Errno> {
     let len = usize::try_from(stop.saturating_sub(start)).map_err(|_| Errno::FBIG)?;
     // A huge range is an error (ENOMEM), not an abort.
-    let mut buf = Vec::new();
-    buf.try_reserve_exact(len).map_err(|_| Errno::NOMEM)?;
-    buf.resize(len, 0);
-    let n = fd::pread_full(file, &mut buf, start)?;
-    buf.truncate(n);
-    Ok(Bytes::from(buf))
+    out.try_reserve_exact(len).map_err(|_| Errno::NOMEM)?;
+    let at = out.len();
+    out.resize(at + len, 0);
+    let n = fd::pread_full(file, out.get_mut(at..).unwrap_or_default(), start)?;
+    out.truncate(at + n);
+    Ok(())
 }
 
 /// Life of a process.
