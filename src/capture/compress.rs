@@ -166,6 +166,32 @@ impl FrameWriter {
         })
     }
 
+    /// Compresses `chunk` into one frame, hands it to `sink` and indexes it.
+    fn emit(
+        &mut self,
+        chunk: &[u8],
+        index: &mut FrameIndex,
+        sink: &mut impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let frame = self.frame(chunk)?;
+        sink(frame)?;
+        index.push(chunk.len() as u64, frame.len() as u64);
+        Ok(())
+    }
+
+    /// Ends a stream: one empty frame if there is none yet, so that the output
+    /// is a valid `.zst` of nothing.
+    fn finish(
+        &mut self,
+        index: &mut FrameIndex,
+        sink: &mut impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if index.frames() == 0 {
+            self.emit(&[], index, sink)?;
+        }
+        Ok(())
+    }
+
     /// Compresses `input` (at most [`FRAME_SIZE`] bytes) into one frame, left in
     /// `self.out`.
     fn frame(&mut self, input: &[u8]) -> io::Result<&[u8]> {
@@ -207,29 +233,24 @@ pub fn compress_file(src: impl AsFd, dst: impl AsFd, level: i32) -> io::Result<S
     let (src, dst) = (src.as_fd(), dst.as_fd());
     let mut writer = FrameWriter::new(level)?;
     let mut buf = vec![0u8; FRAME_SIZE];
-    let mut stats = Stats::default();
+    let mut index = FrameIndex::default();
+    let mut sink = |frame: &[u8]| write_all(dst, frame);
     loop {
-        let n = pread_full(src, &mut buf, stats.raw_len)?;
+        let n = pread_full(src, &mut buf, index.raw_len())?;
         if n == 0 {
             break;
         }
-        let frame = writer.frame(buf.get(..n).unwrap_or_default())?;
-        write_all(dst, frame)?;
-        stats.index.push(n as u64, frame.len() as u64);
-        stats.raw_len += n as u64;
-        stats.compressed_len += frame.len() as u64;
+        writer.emit(buf.get(..n).unwrap_or_default(), &mut index, &mut sink)?;
         if n < FRAME_SIZE {
             break;
         }
     }
-    if stats.index.frames() == 0 {
-        // One empty frame, so that the output is a valid `.zst` of nothing.
-        let frame = writer.frame(&[])?;
-        write_all(dst, frame)?;
-        stats.index.push(0, frame.len() as u64);
-        stats.compressed_len = frame.len() as u64;
-    }
-    Ok(stats)
+    writer.finish(&mut index, &mut sink)?;
+    Ok(Stats {
+        raw_len: index.raw_len(),
+        compressed_len: index.compressed_len(),
+        index,
+    })
 }
 
 /// [`compress_file`] from the file at `src` into a new file at `dst` (created
@@ -258,20 +279,16 @@ fn compress_framed(
     // Log-like text at level 1 shrinks several times; grow from a quarter.
     let mut out = Vec::with_capacity(total / 4 + 64);
     let mut index = FrameIndex::default();
+    let mut sink = |frame: &[u8]| {
+        out.extend_from_slice(frame);
+        Ok(())
+    };
     for part in parts {
         for chunk in part.chunks(frame_size.max(1)) {
-            let frame = writer.frame(chunk)?;
-            out.extend_from_slice(frame);
-            index.push(chunk.len() as u64, frame.len() as u64);
+            writer.emit(chunk, &mut index, &mut sink)?;
         }
     }
-    if index.frames() == 0 {
-        // One empty frame, so that the output is a valid `.zst` of nothing.
-        let frame = writer.frame(&[])?;
-        out.extend_from_slice(frame);
-        index.push(0, frame.len() as u64);
-    }
-    out.shrink_to_fit();
+    writer.finish(&mut index, &mut sink)?;
     Ok((out, index))
 }
 
