@@ -38,7 +38,7 @@ fn compress(src: &str, dst: &str, level: i32) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .open(dst)?;
-    let stats = chaperone::capture::compress::compress_file(&src, &dst, level)?;
+    let stats = chaperone::capture::compress::compress_file(&src, &dst, level, None)?;
     println!("{} {}", stats.raw_len, stats.compressed_len);
     Ok(())
 }

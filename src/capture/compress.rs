@@ -25,6 +25,7 @@ use std::io;
 use std::ops::{Range, RangeInclusive};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use rustix::io::Errno;
@@ -150,29 +151,42 @@ fn invalid(msg: &str) -> io::Error {
 }
 
 /// One reusable compression context and its output buffer.
-struct FrameWriter {
+struct FrameWriter<'a> {
     cctx: zstd::bulk::Compressor<'static>,
     out: Vec<u8>,
+    cancel: Option<&'a AtomicBool>,
 }
 
-impl FrameWriter {
-    fn new(level: i32) -> io::Result<FrameWriter> {
+/// The error a compression stopped by its cancel flag fails with
+/// ([`io::ErrorKind::Interrupted`]).
+pub fn cancelled() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "compression cancelled")
+}
+
+impl<'a> FrameWriter<'a> {
+    fn new(level: i32, cancel: Option<&'a AtomicBool>) -> io::Result<FrameWriter<'a>> {
         check_level(level)?;
         Ok(FrameWriter {
             cctx: zstd::bulk::Compressor::new(level)?,
             // Grown by `frame` to what its input needs (a small read must not
             // cost a whole frame's bound).
             out: Vec::new(),
+            cancel,
         })
     }
 
     /// Compresses `chunk` into one frame, hands it to `sink` and indexes it.
+    /// Fails with [`cancelled`] instead once the cancel flag is set, so a long
+    /// compression stops within one frame's time.
     fn emit(
         &mut self,
         chunk: &[u8],
         index: &mut FrameIndex,
         sink: &mut impl FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+            return Err(cancelled());
+        }
         let frame = self.frame(chunk)?;
         sink(frame)?;
         index.push(chunk.len() as u64, frame.len() as u64);
@@ -227,11 +241,17 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
 /// [`FRAME_SIZE`] bytes at a time; memory used is about twice that plus the
 /// zstd context.
 ///
-/// An empty `src` gives one empty frame. Fails on an I/O error or a level
-/// outside [`LEVELS`]; `dst` then holds a partial stream.
-pub fn compress_file(src: impl AsFd, dst: impl AsFd, level: i32) -> io::Result<Stats> {
+/// An empty `src` gives one empty frame. Fails on an I/O error, a level
+/// outside [`LEVELS`], or with [`cancelled`] once `cancel` is set (checked
+/// before every frame); `dst` then holds a partial stream.
+pub fn compress_file(
+    src: impl AsFd,
+    dst: impl AsFd,
+    level: i32,
+    cancel: Option<&AtomicBool>,
+) -> io::Result<Stats> {
     let (src, dst) = (src.as_fd(), dst.as_fd());
-    let mut writer = FrameWriter::new(level)?;
+    let mut writer = FrameWriter::new(level, cancel)?;
     let mut buf = vec![0u8; FRAME_SIZE];
     let mut index = FrameIndex::default();
     let mut sink = |frame: &[u8]| write_all(dst, frame);
@@ -258,23 +278,25 @@ pub fn compress_file(src: impl AsFd, dst: impl AsFd, level: i32) -> io::Result<S
 pub fn compress_path(src: &Path, dst: &Path, level: i32) -> io::Result<Stats> {
     let src = std::fs::File::open(src)?;
     let dst = std::fs::File::create(dst)?;
-    compress_file(&src, &dst, level)
+    compress_file(&src, &dst, level, None)
 }
 
 /// Compresses the concatenation of `parts` into frames of at most
 /// [`FRAME_SIZE`] bytes (no frame spans two parts). Empty input gives one
 /// empty frame.
 pub fn compress_slices(parts: &[&[u8]], level: i32) -> io::Result<(Vec<u8>, FrameIndex)> {
-    compress_framed(parts, level, FRAME_SIZE)
+    compress_framed(parts, level, FRAME_SIZE, None)
 }
 
-/// [`compress_slices`] with frames of at most `frame_size` bytes.
+/// [`compress_slices`] with frames of at most `frame_size` bytes, stopped
+/// (with [`cancelled`]) once `cancel` is set.
 fn compress_framed(
     parts: &[&[u8]],
     level: i32,
     frame_size: usize,
+    cancel: Option<&AtomicBool>,
 ) -> io::Result<(Vec<u8>, FrameIndex)> {
-    let mut writer = FrameWriter::new(level)?;
+    let mut writer = FrameWriter::new(level, cancel)?;
     let total: usize = parts.iter().map(|p| p.len()).sum();
     // Log-like text at level 1 shrinks several times; grow from a quarter.
     let mut out = Vec::with_capacity(total / 4 + 64);
@@ -474,9 +496,15 @@ pub struct PackedHeadTail {
 }
 
 impl PackedHeadTail {
-    /// Compresses the held bytes of `frozen`.
-    pub fn pack(frozen: &Frozen, level: i32) -> io::Result<PackedHeadTail> {
-        let (zst, index) = compress_slices(&[frozen.head(), frozen.tail()], level)?;
+    /// Compresses the held bytes of `frozen`; fails with [`cancelled`] once
+    /// `cancel` is set (checked before every frame).
+    pub fn pack(
+        frozen: &Frozen,
+        level: i32,
+        cancel: Option<&AtomicBool>,
+    ) -> io::Result<PackedHeadTail> {
+        let (zst, index) =
+            compress_framed(&[frozen.head(), frozen.tail()], level, FRAME_SIZE, cancel)?;
         Ok(PackedHeadTail {
             zst: Bytes::from(zst),
             index,
@@ -598,7 +626,7 @@ mod tests {
         src.write_all(&data).unwrap();
         // The source's file offset is at its end: compress_file reads from 0.
         let mut dst = tempfile::tempfile().unwrap();
-        let stats = compress_file(&src, &dst, 1).unwrap();
+        let stats = compress_file(&src, &dst, 1, None).unwrap();
         assert_eq!(stats.raw_len, data.len() as u64);
         assert_eq!(stats.index.frames(), 3);
         assert_eq!(stats.index.raw_len(), data.len() as u64);
@@ -621,10 +649,30 @@ mod tests {
     }
 
     #[test]
+    fn compress_stops_at_a_frame_boundary_once_cancelled() {
+        let data = log_text(FRAME_SIZE + 1);
+        let mut src = tempfile::tempfile().unwrap();
+        src.write_all(&data).unwrap();
+        let mut dst = tempfile::tempfile().unwrap();
+        let cancel = AtomicBool::new(true);
+        let err = compress_file(&src, &dst, 1, Some(&cancel)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(dst.stream_position().unwrap(), 0, "no frame written");
+        let mut ht = HeadTail::new(1000, 1000);
+        ht.push(&data);
+        let err = PackedHeadTail::pack(&ht.freeze(), 1, Some(&cancel)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        // Unset, the same calls go through.
+        cancel.store(false, Ordering::Release);
+        let stats = compress_file(&src, &dst, 1, Some(&cancel)).unwrap();
+        assert_eq!(stats.raw_len, data.len() as u64);
+    }
+
+    #[test]
     fn compress_file_of_empty_file_is_empty() {
         let src = tempfile::tempfile().unwrap();
         let dst = tempfile::tempfile().unwrap();
-        let stats = compress_file(&src, &dst, 1).unwrap();
+        let stats = compress_file(&src, &dst, 1, None).unwrap();
         assert_eq!(stats.raw_len, 0);
         assert!(stats.compressed_len > 0, "one empty frame");
         let mut out = Vec::new();
@@ -704,7 +752,7 @@ mod tests {
         let mut ht = HeadTail::new(10, 20);
         ht.push(&data);
         let frozen = ht.freeze();
-        let packed = PackedHeadTail::pack(&frozen, 1).unwrap();
+        let packed = PackedHeadTail::pack(&frozen, 1, None).unwrap();
         assert_eq!(packed.len(), 100);
         assert_eq!(packed.held(), 30);
         assert_eq!(packed.dropped(), Some(10..80));
@@ -743,7 +791,7 @@ mod tests {
             let data = log_text(len);
             let cut = len / parts;
             let pieces: Vec<&[u8]> = if parts == 1 { vec![&data] } else { vec![&data[..cut], &data[cut..]] };
-            let (zst, index) = compress_framed(&pieces, 1, frame).unwrap();
+            let (zst, index) = compress_framed(&pieces, 1, frame, None).unwrap();
             prop_assert_eq!(index.raw_len(), len as u64);
             prop_assert_eq!(FrameIndex::scan(&zst).unwrap(), index.clone());
             let mut out = Vec::new();
@@ -769,7 +817,7 @@ mod tests {
                 ht.push(chunk);
             }
             let frozen = ht.freeze();
-            let packed = PackedHeadTail::pack(&frozen, 1).unwrap();
+            let packed = PackedHeadTail::pack(&frozen, 1, None).unwrap();
             prop_assert_eq!(packed.dropped(), frozen.dropped());
             let (mut want, mut got) = (Vec::new(), Vec::new());
             let wi = frozen.read(start, stop, &mut want);

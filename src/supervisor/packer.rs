@@ -141,15 +141,16 @@ impl Packed {
     }
 }
 
-/// Runs one job on the compression thread.
-fn run(job: Job) -> io::Result<Packed> {
+/// Runs one job on the compression thread; `cancel` stops it between frames
+/// (the agent is shutting down).
+fn run(job: Job, cancel: Option<&AtomicBool>) -> io::Result<Packed> {
     match job {
         Job::Memory { frozen, level } => Ok(Packed::Memory(Arc::new(PackedHeadTail::pack(
-            &frozen, level,
+            &frozen, level, cancel,
         )?))),
         Job::Tempfile { src, tmpdir, level } => {
             let dst = crate::sys::fd::tempfile(&tmpdir).map_err(io::Error::from)?;
-            let stats = compress::compress_file(&*src, &dst, level)?;
+            let stats = compress::compress_file(&*src, &dst, level, cancel)?;
             Ok(Packed::File(Arc::new(PackedFile {
                 file: Arc::new(dst),
                 index: stats.index,
@@ -170,7 +171,7 @@ fn run(job: Job) -> io::Result<Packed> {
                 .create(true)
                 .truncate(true)
                 .open(&dst)?;
-            let stats = match compress::compress_file(&*src, &file, level) {
+            let stats = match compress::compress_file(&*src, &file, level, cancel) {
                 Ok(s) => s,
                 Err(e) => {
                     // Never leave a partial .zst beside the intact original.
@@ -238,7 +239,7 @@ impl Packer {
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
-                        let result = run(job).map_err(|e| e.to_string());
+                        let result = run(job, Some(&stop)).map_err(|e| e.to_string());
                         if done.send((serial, cap, result)).is_err() {
                             break;
                         }
@@ -268,7 +269,8 @@ impl Packer {
 
 impl Drop for Packer {
     fn drop(&mut self) {
-        // Queued jobs are skipped; the one under way finishes.
+        // Queued jobs are skipped; the one under way stops before its next
+        // frame (a kept file's partial `.zst` is removed, the original stays).
         self.stop.store(true, Ordering::Release);
         self.jobs = None;
         if let Some(t) = self.thread.take() {
@@ -400,7 +402,7 @@ mod tests {
         let Some(Job::Memory { frozen: f, level }) = mem.compress_job(Path::new("/tmp")) else {
             panic!("memory job expected")
         };
-        let packed = run(Job::Memory { frozen: f, level }).unwrap();
+        let packed = run(Job::Memory { frozen: f, level }, None).unwrap();
         assert_eq!(Arc::strong_count(&frozen), 2);
         mem.compressed(Ok(packed));
         assert_eq!(Arc::strong_count(&frozen), 1, "the capture let go of it");
@@ -412,7 +414,7 @@ mod tests {
         let src = Arc::new(OwnedFd::from(tempfile::tempfile().unwrap()));
         let mut tmp = capture(Store::Tempfile { file: src.clone() });
         let job = tmp.compress_job(&std::env::temp_dir()).expect("job");
-        let packed = run(job).unwrap();
+        let packed = run(job, None).unwrap();
         assert_eq!(Arc::strong_count(&src), 2);
         tmp.compressed(Ok(packed));
         assert_eq!(Arc::strong_count(&src), 1, "the original file is released");
@@ -424,6 +426,47 @@ mod tests {
         let res = failed.compression_res().unwrap();
         assert_eq!(res.error.as_deref(), Some("disk full"));
         assert_eq!(Arc::strong_count(&src), 2);
+    }
+
+    #[test]
+    fn dropping_the_packer_cancels_a_kept_file_job_and_keeps_the_original() {
+        let (mut packer, _rx) = packer();
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("out");
+        // 32 frames of incompressible bytes: seconds of work at level 19.
+        let mut data = vec![0u8; 32 * compress::FRAME_SIZE];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(&src_path, &data).unwrap();
+        let dst = dir.path().join("out.zst");
+        packer
+            .submit(
+                1,
+                0,
+                Job::Kept {
+                    src: Arc::new(OwnedFd::from(std::fs::File::open(&src_path).unwrap())),
+                    src_path: src_path.clone(),
+                    dst: dst.clone(),
+                    level: 19,
+                },
+            )
+            .unwrap();
+        // Wait for the first frame, then drop mid-job.
+        while std::fs::metadata(&dst).map_or(0, |m| m.len()) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(packer);
+        assert!(!dst.exists(), "the partial .zst is removed");
+        assert_eq!(
+            std::fs::metadata(&src_path).unwrap().len(),
+            data.len() as u64,
+            "the original stays whole"
+        );
     }
 
     #[test]
