@@ -22,6 +22,17 @@
 //! same, cheapest possible producer. `CHAPERONE_BENCH_CAPTURE_BYTES` overrides the
 //! 4 GiB (for a quick try).
 //!
+//! Before every timed run of every variant, the bench touches and frees as much
+//! anonymous memory as the run will write (`prefault`), untimed. On a VM with
+//! virtio-balloon free page reporting (this one has it), guest pages left free
+//! for ~2 s are handed back to the host, and the next touch of each costs a
+//! host fault: a run that allocates fresh page-cache pages (a kept file,
+//! `direct_file`) then takes up to twice as long, depending only on how long
+//! ago the memory was freed, while a memory capture, which recycles a few pipe
+//! pages, never notices. Prefaulting gives every variant the same, host-backed
+//! free memory to start from; on bare metal it changes nothing.
+//! `CHAPERONE_BENCH_PREFAULT=0` turns it off (to see the VM's effect).
+//!
 //! `capture --paired ROUNDS` (not criterion) alternates the three, one run of each
 //! per round (the order rotates every round), and prints the times as JSON.
 
@@ -54,6 +65,33 @@ fn writer(n: u64) -> ! {
     std::process::exit(0);
 }
 
+/// Touches and frees `bytes` of anonymous memory, so that the next run finds
+/// free guest memory the host has backed (see the module docs). Off with
+/// `CHAPERONE_BENCH_PREFAULT=0`.
+fn prefault(bytes: u64) {
+    if std::env::var_os("CHAPERONE_BENCH_PREFAULT").is_some_and(|v| v == "0") {
+        return;
+    }
+    let Ok(len) = usize::try_from(bytes) else {
+        return;
+    };
+    // SAFETY: a fresh private anonymous mapping, unmapped below; no Rust
+    // reference to it exists.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            libc::munmap(p, len);
+        }
+    }
+}
+
 fn pipe_max_size() -> usize {
     std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
         .ok()
@@ -63,6 +101,7 @@ fn pipe_max_size() -> usize {
 
 /// The raw baseline: one run, timed from spawn to reap.
 fn raw_round(exe: &str, bytes: u64, buf: &mut [u8]) -> Duration {
+    prefault(bytes);
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two fds pipe2 writes.
     let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
@@ -107,6 +146,7 @@ fn raw_round(exe: &str, bytes: u64, buf: &mut [u8]) -> Duration {
 /// The chaperone side: one run, timed from `start` to the final result.
 fn chaperone_round(agent: &Agent, input: &spec::Input, bytes: u64) -> Duration {
     let input = input.clone();
+    prefault(bytes);
     let t0 = Instant::now();
     agent.start(input).expect("start");
     let res = agent.wait("w").expect("known id");
