@@ -51,10 +51,10 @@ pub(crate) fn push(
     cap: usize,
     data: &[u8],
 ) -> bool {
-    if let Some(Store::Memory { file: Some(f), .. }) = procs
+    if let Some(f) = procs
         .get_mut(&serial)
         .and_then(|p| p.captures.get_mut(cap))
-        .map(|c| &mut c.store)
+        .and_then(|c| c.store.kept_mut())
     {
         // A kept file holds nothing in memory: even its head/tail window
         // (`"memory": true`) is read back from the file.

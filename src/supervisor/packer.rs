@@ -393,11 +393,9 @@ mod tests {
         ht.push(&[7u8; 1000]);
         let frozen = Arc::new(ht.freeze());
         let mut mem = capture(Store::Memory {
-            pipe: None,
-            read_key: None,
+            pipe: Default::default(),
             live: HeadTail::default(),
             frozen: Some(frozen.clone()),
-            file: None,
         });
         let Some(Job::Memory { frozen: f, level }) = mem.compress_job(Path::new("/tmp")) else {
             panic!("memory job expected")

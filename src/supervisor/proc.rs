@@ -25,26 +25,59 @@ use std::time::{Instant, SystemTime};
 
 /// Where a capture's bytes live.
 pub(crate) enum Store {
-    /// A pipe drained by the reactor into a head/tail buffer and, for mode
-    /// `file`, into a kept file.
+    /// A pipe drained by the reactor into a head/tail buffer.
     Memory {
-        /// The pipe's read end while it is open.
-        pipe: Option<Rc<OwnedFd>>,
-        /// The key of the armed read op, if any.
-        read_key: Option<u64>,
+        pipe: PipeIn,
         /// The buffer while the process runs.
         live: HeadTail,
         /// The buffer once the process has exited.
         frozen: Option<Arc<Frozen>>,
-        /// Mode `file`: the kept file the reactor writes; `live` then stays
-        /// empty (a `"memory": true` head/tail is read back from the file).
-        file: Option<Box<KeptFile>>,
     },
+    /// Mode `file`: a pipe drained by the reactor into a kept file. Nothing is
+    /// held in memory; a `"memory": true` head/tail ([`Capture::window`]) is
+    /// read back from the file.
+    Kept { pipe: PipeIn, file: Box<KeptFile> },
     /// An unlinked file the child writes to directly.
     Tempfile {
         /// The file, shared with readers on other threads.
         file: Arc<OwnedFd>,
     },
+}
+
+/// The read side of a capture pipe the reactor drains.
+#[derive(Default)]
+pub(crate) struct PipeIn {
+    /// The pipe's read end while it is open.
+    pub fd: Option<Rc<OwnedFd>>,
+    /// The key of the armed read op, if any.
+    pub read_key: Option<u64>,
+}
+
+impl PipeIn {
+    fn new(fd: OwnedFd) -> PipeIn {
+        PipeIn {
+            fd: Some(Rc::new(fd)),
+            read_key: None,
+        }
+    }
+}
+
+impl Store {
+    /// The pipe the reactor drains, for the two stores that have one.
+    pub fn pipe_mut(&mut self) -> Option<&mut PipeIn> {
+        match self {
+            Store::Memory { pipe, .. } | Store::Kept { pipe, .. } => Some(pipe),
+            Store::Tempfile { .. } => None,
+        }
+    }
+
+    /// The kept file of a mode `file` capture.
+    pub fn kept_mut(&mut self) -> Option<&mut KeptFile> {
+        match self {
+            Store::Kept { file, .. } => Some(file),
+            _ => None,
+        }
+    }
 }
 
 /// A captured fd of a process.
@@ -409,7 +442,7 @@ impl Proc {
     /// Whether every kept file of this process holds all the bytes taken for it.
     pub fn kept_idle(&self) -> bool {
         self.captures.iter().all(|c| match &c.store {
-            Store::Memory { file: Some(f), .. } => f.idle(),
+            Store::Kept { file, .. } => file.idle(),
             _ => true,
         })
     }
@@ -419,19 +452,18 @@ impl Proc {
     pub fn settle(&mut self, stat_ctx: Option<&StatContext>) {
         self.stop = Some((SystemTime::now(), Instant::now()));
         for cap in self.captures.iter_mut() {
-            if let Store::Memory {
-                pipe,
-                live,
-                frozen,
-                file,
-                ..
-            } = &mut cap.store
-            {
-                *pipe = None;
-                *frozen = Some(Arc::new(std::mem::take(live).freeze()));
-                if let Some(f) = file {
-                    f.release_buffers();
+            match &mut cap.store {
+                Store::Memory {
+                    pipe, live, frozen, ..
+                } => {
+                    pipe.fd = None;
+                    *frozen = Some(Arc::new(std::mem::take(live).freeze()));
                 }
+                Store::Kept { pipe, file } => {
+                    pipe.fd = None;
+                    file.release_buffers();
+                }
+                Store::Tempfile { .. } => {}
             }
         }
         let waiters = std::mem::take(&mut self.waiters);
@@ -614,7 +646,7 @@ impl Capture {
         match &self.store {
             // A complete kept file: the whole stream, compressed to `<path>.zst`,
             // which replaces it.
-            Store::Memory { file: Some(k), .. } => match k.file() {
+            Store::Kept { file: k, .. } => match k.file() {
                 Some(src) if !k.failed() => {
                     let mut dst = k.path().as_os_str().to_owned();
                     dst.push(".zst");
@@ -665,7 +697,7 @@ impl Capture {
                         released = Some(std::mem::replace(file, f.file.clone()));
                     }
                     // The .zst replaced the kept file, which is unlinked now.
-                    (Store::Memory { file: Some(k), .. }, Packed::File(_)) => {
+                    (Store::Kept { file: k, .. }, Packed::File(_)) => {
                         released = k.take_file();
                     }
                     _ => {}
@@ -683,7 +715,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => kept_content(f),
+            Store::Kept { file, .. } => kept_content(file),
             Store::Memory {
                 live, frozen: None, ..
             } => Content::Counts {
@@ -703,7 +735,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => kept_content(f),
+            Store::Kept { file, .. } => kept_content(file),
             Store::Memory {
                 live, frozen: None, ..
             } => {
@@ -725,7 +757,7 @@ impl Capture {
             return Content::Zstd(p.clone());
         }
         match &self.store {
-            Store::Memory { file: Some(f), .. } => kept_content(f),
+            Store::Kept { file, .. } => kept_content(file),
             Store::Memory {
                 frozen: Some(f), ..
             } => Content::Memory(f.clone()),
@@ -1008,11 +1040,9 @@ pub(crate) fn prepare(
                     CaptureMode::Memory => pipe::capture_pipe(ctx.pipe_size).map(|p| {
                         (
                             Store::Memory {
-                                pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
-                                read_key: None,
+                                pipe: PipeIn::new(fd::move_high(p.read, ctx.fd_floor)),
                                 live: HeadTail::new(head, tail),
                                 frozen: None,
-                                file: None,
                             },
                             p.write,
                         )
@@ -1029,13 +1059,9 @@ pub(crate) fn prepare(
                                 let cap = kept::staging_cap(ctx.pipe_size);
                                 let file = KeptFile::new(f, at, cap);
                                 Ok((
-                                    Store::Memory {
-                                        pipe: Some(Rc::new(fd::move_high(p.read, ctx.fd_floor))),
-                                        read_key: None,
-                                        // Nothing in memory: the file holds it all.
-                                        live: HeadTail::new(0, 0),
-                                        frozen: None,
-                                        file: Some(Box::new(file)),
+                                    Store::Kept {
+                                        pipe: PipeIn::new(fd::move_high(p.read, ctx.fd_floor)),
+                                        file: Box::new(file),
                                     },
                                     p.write,
                                 ))

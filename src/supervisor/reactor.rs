@@ -3,7 +3,7 @@
 use super::agent::{Command, Config, Event, FdDataError, ProcError, StartError};
 use super::outlimit;
 use super::packer::{self, Packer};
-use super::proc::{self, Capture, Content, Life, PlanContext, Proc, Snapshot, Store};
+use super::proc::{self, Content, Life, PipeIn, PlanContext, Proc, Snapshot, Store};
 use super::spawner::{Done, Spawner};
 use crate::metrics::procstat::StatContext;
 use crate::result::Rusage;
@@ -306,20 +306,15 @@ impl Reactor {
             return;
         };
         let running = p.is_running();
-        let Some(Capture {
-            store:
-                Store::Memory {
-                    pipe,
-                    read_key,
-                    file,
-                    ..
-                },
-            ..
-        }) = p.captures.get_mut(cap)
-        else {
+        let Some(store) = p.captures.get_mut(cap).map(|c| &mut c.store) else {
             return;
         };
-        *read_key = None;
+        // Whether this is a kept file, and one paused for backpressure.
+        let kept = store.kept_mut().map(|f| f.paused);
+        let Some(pipe) = store.pipe_mut() else {
+            return;
+        };
+        pipe.read_key = None;
         let rearm = match cqe.result {
             Ok(0) => false, // EOF
             Ok(_) => true,  // single-shot read
@@ -328,32 +323,23 @@ impl Reactor {
                     || e == rustix::io::Errno::INTR
                     || e == rustix::io::Errno::AGAIN
                     // A kept file's read cancelled for backpressure.
-                    || (e == rustix::io::Errno::CANCELED && file.is_some())
+                    || (e == rustix::io::Errno::CANCELED && kept.is_some())
             }
         };
         if !rearm {
             // End of file, or an error a re-armed read would only repeat.
-            *pipe = None;
+            pipe.fd = None;
             return;
         }
         // A paused kept file re-arms when its writes catch up (`kept_written`).
-        if !running || file.as_ref().is_some_and(|f| f.paused) {
+        if !running || kept == Some(true) {
             return;
         }
-        if let Some(fd) = pipe.clone() {
-            let key = self
-                .ring
-                .read_multishot(fd, Tag::Pipe { proc: serial, cap });
-            if let Some(Capture {
-                store: Store::Memory { read_key, .. },
-                ..
-            }) = self
-                .procs
-                .get_mut(&serial)
-                .and_then(|p| p.captures.get_mut(cap))
-            {
-                *read_key = Some(key);
-            }
+        if let Some(fd) = pipe.fd.clone() {
+            pipe.read_key = Some(
+                self.ring
+                    .read_multishot(fd, Tag::Pipe { proc: serial, cap }),
+            );
         }
     }
 
@@ -380,18 +366,14 @@ impl Reactor {
         // outside io_uring_enter, so every completion already handled is older
         // than these bytes, and any later one is newer.
         for cap in 0..p.captures.len() {
-            let Some(Capture {
-                store:
-                    Store::Memory {
-                        pipe: Some(fd),
-                        read_key,
-                        ..
-                    },
-                ..
+            let Some(PipeIn {
+                fd: Some(fd),
+                read_key,
             }) = self
                 .procs
                 .get_mut(&serial)
                 .and_then(|p| p.captures.get_mut(cap))
+                .and_then(|c| c.store.pipe_mut())
             else {
                 continue;
             };
@@ -740,11 +722,10 @@ impl Reactor {
                     t.timer = Some(self.ring.timeout(t.after, tag));
                 }
                 for (cap, c) in proc.captures.iter_mut().enumerate() {
-                    if let Store::Memory {
-                        pipe: Some(fd),
+                    if let Some(PipeIn {
+                        fd: Some(fd),
                         read_key,
-                        ..
-                    } = &mut c.store
+                    }) = c.store.pipe_mut()
                     {
                         *read_key = Some(
                             self.ring

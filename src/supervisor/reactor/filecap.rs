@@ -4,7 +4,7 @@
 //! only once its files hold every byte it wrote.
 
 use super::super::agent::Event;
-use super::super::proc::{Capture, Proc, Store};
+use super::super::proc::{Capture, PipeIn, Proc, Store};
 use super::{Reactor, Tag};
 use crate::capture::kept::{Completed, KeptFile};
 use rustix::io::Errno;
@@ -12,13 +12,12 @@ use std::collections::HashMap;
 
 /// The kept file of capture `cap` of process `serial`, if it has one.
 fn kept_mut(procs: &mut HashMap<u64, Proc>, serial: u64, cap: usize) -> Option<&mut KeptFile> {
-    match procs.get_mut(&serial)?.captures.get_mut(cap)? {
-        Capture {
-            store: Store::Memory { file: Some(f), .. },
-            ..
-        } => Some(f),
-        _ => None,
-    }
+    procs
+        .get_mut(&serial)?
+        .captures
+        .get_mut(cap)?
+        .store
+        .kept_mut()
 }
 
 impl Reactor {
@@ -66,15 +65,18 @@ impl Reactor {
             };
             if let Some(Capture {
                 store:
-                    Store::Memory {
-                        read_key: Some(key),
-                        file: Some(f),
-                        ..
+                    Store::Kept {
+                        pipe:
+                            PipeIn {
+                                read_key: Some(key),
+                                ..
+                            },
+                        file,
                     },
                 ..
             }) = p.captures.get(cap)
             {
-                if f.paused {
+                if file.paused {
                     self.ring.cancel(*key);
                 }
             }
@@ -97,13 +99,7 @@ impl Reactor {
         };
         let running = p.is_running();
         let Some(Capture {
-            store:
-                Store::Memory {
-                    pipe,
-                    read_key,
-                    file: Some(f),
-                    ..
-                },
+            store: Store::Kept { pipe, file: f },
             ..
         }) = p.captures.get_mut(cap)
         else {
@@ -124,9 +120,9 @@ impl Reactor {
         }
         if f.paused && f.may_resume() {
             f.paused = false;
-            if running && read_key.is_none() {
-                if let Some(fd) = pipe.clone() {
-                    *read_key = Some(
+            if running && pipe.read_key.is_none() {
+                if let Some(fd) = pipe.fd.clone() {
+                    pipe.read_key = Some(
                         self.ring
                             .read_multishot(fd, Tag::Pipe { proc: serial, cap }),
                     );
