@@ -458,12 +458,9 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// The counters for `requested` events given what `probe` found; `None` when
-    /// nothing is requested.
-    pub fn new(requested: &[Event], probe: &Probe) -> Option<Setup> {
-        if requested.is_empty() {
-            return None;
-        }
+    /// The counters for `requested` events given what `probe` found (no groups
+    /// when nothing is requested; callers skip the probe then).
+    pub fn new(requested: &[Event], probe: &Probe) -> Setup {
         let mut setup = Setup {
             requested: requested.to_vec(),
             groups: Vec::new(),
@@ -492,7 +489,7 @@ impl Setup {
             .into_iter()
             .filter(|g| !g.is_empty())
             .collect();
-        Some(setup)
+        setup
     }
 
     /// The plan entries for the child, group by group, leader first: the leader
@@ -966,7 +963,7 @@ mod tests {
     #[test]
     fn setup_groups_software_apart_from_hardware() {
         let probe = probe_with(|_| Ok(()));
-        let s = Setup::new(&ALL, &probe).unwrap();
+        let s = Setup::new(&ALL, &probe);
         assert_eq!(s.groups.len(), 2);
         let plan = s.plan(0);
         let e = plan.entries();
@@ -986,7 +983,7 @@ mod tests {
             e.iter()
                 .all(|x| x.attr.flags & sys::FLAG_EXCLUDE_KERNEL == 0)
         );
-        assert!(Setup::new(&[], &probe).is_none());
+        assert!(Setup::new(&[], &probe).groups.is_empty());
     }
 
     #[test]
@@ -998,7 +995,7 @@ mod tests {
                 Ok(())
             }
         });
-        let s = Setup::new(&[Event::TaskClock, Event::Cycles], &probe).unwrap();
+        let s = Setup::new(&[Event::TaskClock, Event::Cycles], &probe);
         assert_eq!(s.groups, vec![vec![Event::TaskClock]]);
         let res = PerfState::Pending(s).result();
         assert_eq!(res.counts.get("cycles"), Some(&None));

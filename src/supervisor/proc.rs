@@ -1133,8 +1133,7 @@ pub(crate) fn prepare(
         Some(p) => {
             let events = crate::metrics::perf::requested(ps.perf.as_ref(), ctx.perf);
             let setup = (!events.is_empty())
-                .then(|| crate::metrics::perf::Setup::new(&events, crate::metrics::perf::probe()))
-                .flatten();
+                .then(|| crate::metrics::perf::Setup::new(&events, crate::metrics::perf::probe()));
             setup.map(|s| {
                 p.set_perf(s.plan(ctx.fd_floor));
                 crate::metrics::perf::PerfState::Pending(s)
