@@ -23,7 +23,7 @@
 
 use crate::result::PerfRes;
 use crate::sys::perf::{self as sys, PerfEntry, PerfEventAttr, PerfPlan};
-use rustix::fd::{OwnedFd, RawFd};
+use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -495,7 +495,7 @@ impl Setup {
     /// The plan entries for the child, group by group, leader first: the leader
     /// `disabled` + `enable_on_exec`, every counter `inherit`, `exclude_kernel`
     /// only where the probe found it required.
-    pub fn plan(&self, floor: RawFd) -> PerfPlan {
+    pub fn plan(&self) -> PerfPlan {
         let mut entries = Vec::new();
         for group in &self.groups {
             let leader_index = i32::try_from(entries.len()).unwrap_or(-1);
@@ -519,7 +519,7 @@ impl Setup {
                 });
             }
         }
-        PerfPlan::new(entries, floor)
+        PerfPlan::new(entries)
     }
 }
 
@@ -965,7 +965,7 @@ mod tests {
         let probe = probe_with(|_| Ok(()));
         let s = Setup::new(&ALL, &probe);
         assert_eq!(s.groups.len(), 2);
-        let plan = s.plan(0);
+        let plan = s.plan();
         let e = plan.entries();
         assert_eq!(e.len(), 10);
         assert_eq!(e[0].leader, -1);

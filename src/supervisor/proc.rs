@@ -1135,7 +1135,7 @@ pub(crate) fn prepare(
             let setup = (!events.is_empty())
                 .then(|| crate::metrics::perf::Setup::new(&events, crate::metrics::perf::probe()));
             setup.map(|s| {
-                p.set_perf(s.plan(ctx.fd_floor));
+                p.set_perf(s.plan());
                 crate::metrics::perf::PerfState::Pending(s)
             })
         }

@@ -699,7 +699,11 @@ impl Reactor {
         match result {
             Ok(mut child) => {
                 if let Some(perf) = proc.perf.as_mut() {
-                    perf.attach(std::mem::take(&mut child.perf));
+                    // Long-lived fds live above the floor, as the pidfd below.
+                    let fds = std::mem::take(&mut child.perf)
+                        .into_iter()
+                        .map(|r| r.map(|fd| crate::sys::fd::move_high(fd, self.fd_floor)));
+                    perf.attach(fds.collect());
                     if child.failure.is_some() {
                         perf.never_ran("no counts: the child failed before exec");
                     }

@@ -184,24 +184,19 @@ pub struct PerfEntry {
 /// The counters a child opens on itself before exec, and where it writes the fds.
 ///
 /// The child writes each entry's fd, or `-errno`, into `out`; a failed open never
-/// fails the spawn. `spawn` hands the fds to the caller, moved to `floor` or above.
+/// fails the spawn. `spawn` hands the fds to the caller as they were opened (low
+/// numbers: the caller moves long-lived ones high, as it does the pidfd).
 #[derive(Debug, Clone)]
 pub struct PerfPlan {
     pub(crate) entries: Vec<PerfEntry>,
     pub(crate) out: Vec<i32>,
-    pub(crate) floor: RawFd,
 }
 
 impl PerfPlan {
-    /// A plan for `entries`, whose fds are later moved to `floor` or above
-    /// (see `fd::move_high`).
-    pub fn new(entries: Vec<PerfEntry>, floor: RawFd) -> Self {
+    /// A plan for `entries`.
+    pub fn new(entries: Vec<PerfEntry>) -> Self {
         let out = vec![-libc::EBADF; entries.len()];
-        PerfPlan {
-            entries,
-            out,
-            floor,
-        }
+        PerfPlan { entries, out }
     }
 
     /// The entries, in open order.

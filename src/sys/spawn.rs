@@ -615,10 +615,8 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     // SAFETY: restoring the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
     let cwd = plan.cwd.take();
-    // The perf fds the child opened are in our fd table (CLONE_FILES): take them
-    // and move them high, as every long-lived fd. After a failed clone the slots
-    // still hold their initial -EBADF.
-    let perf_floor = plan.perf.as_ref().map_or(0, |p| p.floor);
+    // The perf fds the child opened are in our fd table (CLONE_FILES): take
+    // them. After a failed clone the slots still hold their initial -EBADF.
     let perf: Vec<Result<OwnedFd, Errno>> = (0..perf_len)
         .map(|i| {
             // SAFETY: `perf_out` points to `perf_len` slots of the plan's `out`, still
@@ -629,7 +627,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
                 // SAFETY: the child opened this fd in our shared table and nothing
                 // else owns it.
                 let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                Ok(super::fd::move_high(fd, perf_floor))
+                Ok(fd)
             } else {
                 Err(Errno::from_raw_os_error(raw.saturating_neg()))
             }
