@@ -151,6 +151,9 @@ pub(crate) struct KeptContent {
 pub(crate) struct Snapshot {
     pub res: ProcRes,
     pub fds: Vec<(String, Option<FdSnap>)>,
+    /// The shared environment map, copied into `res.env` by [`Snapshot::into_res`]
+    /// on the caller's thread rather than on the reactor's.
+    pub env: Option<Arc<std::collections::BTreeMap<String, String>>>,
 }
 
 /// One fd of a [`Snapshot`].
@@ -169,6 +172,7 @@ impl Snapshot {
     /// Fills in `res.fds`, reading tempfiles; runs on the caller's thread.
     pub fn into_res(self) -> ProcRes {
         let mut res = self.res;
+        res.env = self.env.map(Arc::unwrap_or_clone);
         for (name, snap) in self.fds {
             let value = snap.map(|s| s.to_fd_res());
             res.fds.insert(name, value);
@@ -571,7 +575,7 @@ impl Proc {
             }),
             cwd: self.started_with.cwd.clone(),
             umask: self.started_with.umask,
-            env: self.started_with.env.as_deref().cloned(),
+            env: None, // from `Snapshot::env`, on the caller's thread
             timeout: self.timeout.as_ref().map(TimeoutState::to_res),
             proc_io: self.sampled.io,
             statm_samples: self.sampled.to_res(),
@@ -591,7 +595,11 @@ impl Proc {
                 (name.clone(), snap)
             })
             .collect();
-        Snapshot { res, fds }
+        Snapshot {
+            res,
+            fds,
+            env: self.started_with.env.clone(),
+        }
     }
 }
 
