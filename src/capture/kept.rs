@@ -233,7 +233,7 @@ pub fn create_in_dir(
 
 /// A file-name-safe form of `s`: every character outside `[A-Za-z0-9._-]`
 /// becomes `_`, a leading `.` too (no hidden files, no `..`), at most
-/// [`MAX_STEM`] bytes; never empty.
+/// 200 bytes (`MAX_STEM`); never empty.
 pub fn sanitize(s: &str) -> String {
     let mut out: String = s
         .chars()

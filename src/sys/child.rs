@@ -4,7 +4,7 @@
 //! suspended (`CLONE_VFORK`). Any lock it takes may be held by another of the
 //! parent's threads forever, and anything it allocates or frees corrupts the
 //! parent's heap. So this file may do only three things: raw async-signal-safe
-//! syscalls, reads of the prebuilt [`ChildPlan`], and one volatile write of a
+//! syscalls, reads of the prebuilt [`ChildPlan`](super::spawn::ChildPlan), and one volatile write of a
 //! [`ChildReport`] into memory the parent owns. No allocation, no locks, no
 //! logging, no panics, no unwinding, no drop of an owned value. It leaves only by
 //! `execve` or by `_exit(127)`.
