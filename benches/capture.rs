@@ -86,7 +86,12 @@ fn prefault(bytes: u64) {
             -1,
             0,
         );
-        if p != libc::MAP_FAILED {
+        if p == libc::MAP_FAILED {
+            eprintln!(
+                "capture bench: prefault of {len} bytes failed: {}; this run is not prefaulted",
+                std::io::Error::last_os_error()
+            );
+        } else {
             libc::munmap(p, len);
         }
     }
