@@ -5,8 +5,10 @@
 //! loaded, 65 (`EX_DATAERR`) when the request cannot be started or no mode is
 //! chosen.
 
-use crate::{Agent, Config, spec};
+use crate::result::CompressionState;
+use crate::{Agent, Config, Event, spec};
 use clap::Parser;
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -25,13 +27,13 @@ pub const EXIT_START: u8 = 65;
 pub struct Args {
     /// Spec file, or `-` for standard input.
     pub input: Option<PathBuf>,
-    /// Once no process is running, print the results as JSON and exit.
+    /// Once no process is running and every `compress` is done, print the results as JSON and exit.
     #[arg(short, long)]
     pub print: bool,
-    /// Once no process is running, write the results as JSON to PATH and exit.
+    /// Once no process is running and every `compress` is done, write the results as JSON to PATH and exit.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
-    /// Exit once no process is running.
+    /// Exit once no process is running and every `compress` is done.
     #[arg(short = 'x', long)]
     pub exit: bool,
     /// Log level: trace, debug, info, warn or error.
@@ -141,6 +143,8 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
+    // Subscribed before the start, so that no `Compressed` event is missed.
+    let events = agent.subscribe();
     let ids = match agent.start(input) {
         Ok(ids) => ids,
         Err(e) => {
@@ -151,7 +155,31 @@ pub fn run(args: Args) -> u8 {
     for id in &ids {
         agent.wait(id);
     }
-    let results = agent.results();
+    let mut results = agent.results();
+    // Compression (`"compress"`) runs after exit, off the reactor: wait for it,
+    // so that the results are final and compressed files complete when we exit
+    // (dropping the agent would cancel it).
+    let mut pending: HashSet<(String, String)> = results
+        .iter()
+        .flat_map(|(id, res)| {
+            res.fds.iter().filter_map(move |(fd, r)| {
+                let c = r.as_ref()?.compression()?;
+                (c.state == CompressionState::Pending).then(|| (id.to_string(), fd.clone()))
+            })
+        })
+        .collect();
+    if !pending.is_empty() {
+        while !pending.is_empty() {
+            match events.recv() {
+                Ok(Event::Compressed(id, fd)) => {
+                    pending.remove(&(id.to_string(), fd));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        results = agent.results();
+    }
     let write = |w: &mut dyn Write| -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, &results)?;
         w.write_all(b"\n")?;

@@ -404,6 +404,16 @@ pub enum FdRes {
 }
 
 impl FdRes {
+    /// The capture's compression, if its spec asks for one.
+    pub fn compression(&self) -> Option<&Compression> {
+        match self {
+            FdRes::Text { compression, .. }
+            | FdRes::Data { compression, .. }
+            | FdRes::Detached { compression, .. } => compression.as_ref(),
+            FdRes::Error => None,
+        }
+    }
+
     /// A complete text capture of `bytes`.
     pub fn text(bytes: impl Into<Bytes>) -> FdRes {
         let bytes = bytes.into();

@@ -495,3 +495,38 @@ fn cli_runs_example_spec() {
     assert_eq!(text_of(&res["consumer"], "stdout"), "3\n2\n1\n");
     assert_eq!(res["missing"]["state"], "error");
 }
+
+// `compress` runs after exit, off the reactor: the one-shot CLI waits for it, so
+// that its results say `done` and a kept file's `.zst` is complete on exit
+// (dropping the agent earlier cancels a compression under way).
+#[test]
+fn cli_waits_for_compression_before_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("out");
+    // About 23 MB: several 4 MiB frames, so compression takes a while.
+    let argv = json!(["/usr/bin/seq", "1", "3000000"]);
+    let (code, res) = run_cli(&json!({"specs": {
+        "kept": {"argv": argv, "fds": [["stdout", {"capture": {
+            "mode": "file", "path": kept, "compress": "zstd", "attached": false}}]]},
+        "mem": {"argv": argv, "fds": [["stdout", {"capture": {
+            "mode": "memory", "compress": "zstd", "attached": false}}]]}}}));
+    assert_eq!(code, 0);
+    let expected: Vec<u8> = (1..=3_000_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    for id in ["kept", "mem"] {
+        assert_exit0(&res[id]);
+        let fd = &res[id]["fds"]["stdout"];
+        assert_eq!(fd["length"], expected.len() as u64, "{id}");
+        assert_eq!(fd["compression"]["state"], "done", "{id}: {fd}");
+    }
+    let zst = dir.path().join("out.zst");
+    assert_eq!(res["kept"]["fds"]["stdout"]["path"], json!(zst));
+    assert!(!kept.exists(), "the .zst replaced the original");
+    let packed = std::fs::read(&zst).unwrap();
+    assert_eq!(
+        res["kept"]["fds"]["stdout"]["compression"]["compressed_length"],
+        packed.len() as u64
+    );
+    assert!(zstd::stream::decode_all(&packed[..]).unwrap() == expected);
+}
