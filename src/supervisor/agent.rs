@@ -189,6 +189,10 @@ pub struct FdData {
 
 /// A running agent: a reactor thread with its ring and process table.
 ///
+/// Dropping it waits until no process runs. A compression (`"compress"`) not yet
+/// finished is then cancelled at its next frame: a kept file stays uncompressed
+/// at its path. Wait for [`Event::Compressed`] first to keep it.
+///
 /// ```
 /// use chaperone::{Agent, Config, spec};
 /// let agent = Agent::new(Config::default())?;
