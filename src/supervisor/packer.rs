@@ -141,6 +141,15 @@ impl Packed {
     }
 }
 
+/// A job's outcome as the reactor takes it: an error as text. A panic fails
+/// the job, not the thread, so every job gets its answer (waiters for
+/// `Compressed`, such as the CLI, rely on that).
+fn answer(job: impl FnOnce() -> io::Result<Packed>) -> Result<Packed, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+        .unwrap_or_else(|_| Err(io::Error::other("the compressor panicked")))
+        .map_err(|e| e.to_string())
+}
+
 /// Runs one job on the compression thread; `cancel` stops it between frames
 /// (the agent is shutting down).
 fn run(job: Job, cancel: Option<&AtomicBool>) -> io::Result<Packed> {
@@ -239,7 +248,7 @@ impl Packer {
                         if stop.load(Ordering::Acquire) {
                             break;
                         }
-                        let result = run(job, Some(&stop)).map_err(|e| e.to_string());
+                        let result = answer(|| run(job, Some(&stop)));
                         if done.send((serial, cap, result)).is_err() {
                             break;
                         }
@@ -465,6 +474,14 @@ mod tests {
             data.len() as u64,
             "the original stays whole"
         );
+    }
+
+    #[test]
+    fn a_panicking_job_is_answered_with_an_error() {
+        let r = answer(|| panic!("boom"));
+        assert_eq!(r.err().as_deref(), Some("the compressor panicked"));
+        let r = answer(|| Err(io::Error::other("disk full")));
+        assert_eq!(r.err().as_deref(), Some("disk full"));
     }
 
     #[test]
