@@ -143,8 +143,20 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
-    // Subscribed before the start, so that no `Compressed` event is missed.
-    let events = agent.subscribe();
+    // Subscribed before the start, so that no `Compressed` event is missed; only
+    // when a capture asks for compression (events pile up unread otherwise).
+    let compress = input.specs.iter().any(|(_, p)| {
+        p.fds.iter().any(|(_, fd)| {
+            matches!(
+                fd,
+                spec::FdSpec::Capture {
+                    compress: Some(_),
+                    ..
+                }
+            )
+        })
+    });
+    let events = compress.then(|| agent.subscribe());
     let ids = match agent.start(input) {
         Ok(ids) => ids,
         Err(e) => {
@@ -168,7 +180,7 @@ pub fn run(args: Args) -> u8 {
             })
         })
         .collect();
-    if !pending.is_empty() {
+    if let (false, Some(events)) = (pending.is_empty(), events.as_ref()) {
         while !pending.is_empty() {
             match events.recv() {
                 Ok(Event::Compressed(id, fd)) => {
