@@ -175,7 +175,7 @@ pub fn run(args: Args) -> u8 {
         .iter()
         .flat_map(|(id, res)| {
             res.fds.iter().filter_map(move |(fd, r)| {
-                let c = r.as_ref()?.compression()?;
+                let c = r.as_ref()?.ext()?.compression.as_ref()?;
                 (c.state == CompressionState::Pending).then(|| (id.to_string(), fd.clone()))
             })
         })

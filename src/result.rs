@@ -334,11 +334,9 @@ pub enum CompressionState {
 /// * `{"type":"detached","length":N,"encoding":"utf-8"|"base64"}`
 /// * `{"type":"error"}`
 ///
-/// `length` on text and data, `dropped` (present only when something was
-/// dropped), `compression` (present only for a capture whose spec has
-/// `compress`) and `path` (present only for a kept capture file, mode `file`)
-/// are chaperone extensions. Text and data hold the raw bytes; the
-/// lossy UTF-8 decoding or base64 encoding happens only when serializing.
+/// `length` on text and data, and the [`FdExt`] keys, are chaperone
+/// extensions. Text and data hold the raw bytes; the lossy UTF-8 decoding or
+/// base64 encoding happens only when serializing.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "FdResWire")]
 pub enum FdRes {
@@ -348,18 +346,8 @@ pub enum FdRes {
         bytes: Bytes,
         /// Total bytes the stream produced, including any dropped.
         length: u64,
-        /// The byte range cut out of the middle, if any.
-        dropped: Option<Dropped>,
-        /// How the capture is compressed, if its spec asks for it.
-        compression: Option<Compression>,
-        /// Extension: where a kept capture file (mode `file`) is.
-        path: Option<String>,
-        /// Extension: bytes a memory capture holds (head plus tail), reported
-        /// when some were dropped; `None`: not reported (all `length` bytes
-        /// are held, or the capture is not in memory).
-        held: Option<u64>,
-        /// Extension: bytes were dropped to keep within `--output-limit`.
-        limited: bool,
+        /// The extension keys.
+        ext: FdExt,
     },
     /// Output captured as binary data (base64 in JSON).
     Data {
@@ -367,18 +355,8 @@ pub enum FdRes {
         bytes: Bytes,
         /// Total bytes the stream produced, including any dropped.
         length: u64,
-        /// The byte range cut out of the middle, if any.
-        dropped: Option<Dropped>,
-        /// How the capture is compressed, if its spec asks for it.
-        compression: Option<Compression>,
-        /// Extension: where a kept capture file (mode `file`) is.
-        path: Option<String>,
-        /// Extension: bytes a memory capture holds (head plus tail), reported
-        /// when some were dropped; `None`: not reported (all `length` bytes
-        /// are held, or the capture is not in memory).
-        held: Option<u64>,
-        /// Extension: bytes were dropped to keep within `--output-limit`.
-        limited: bool,
+        /// The extension keys.
+        ext: FdExt,
     },
     /// Output captured but not inlined; fetch it separately.
     Detached {
@@ -386,30 +364,82 @@ pub enum FdRes {
         length: u64,
         /// How the data will be encoded when fetched.
         encoding: Encoding,
-        /// The byte range cut out of the middle, if any.
-        dropped: Option<Dropped>,
-        /// How the capture is compressed, if its spec asks for it.
-        compression: Option<Compression>,
-        /// Extension: where a kept capture file (mode `file`) is.
-        path: Option<String>,
-        /// Extension: bytes a memory capture holds (head plus tail), reported
-        /// when some were dropped; `None`: not reported (all `length` bytes
-        /// are held, or the capture is not in memory).
-        held: Option<u64>,
-        /// Extension: bytes were dropped to keep within `--output-limit`.
-        limited: bool,
+        /// The extension keys.
+        ext: FdExt,
     },
     /// The capture failed.
     Error,
 }
 
+/// Extension keys of a captured fd's result, the same for text, data and
+/// detached. Each is written only when it says something, in this order:
+/// `dropped`, `held`, `limited`, `compression`, `path`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct FdExt {
+    /// The byte range cut out of the middle, if any.
+    pub dropped: Option<Dropped>,
+    /// Bytes a memory capture holds (head plus tail), reported when some were
+    /// dropped; `None`: not reported (all `length` bytes are held, or the
+    /// capture is not in memory).
+    pub held: Option<u64>,
+    /// Bytes were dropped to keep within `--output-limit` (written only when
+    /// true).
+    pub limited: bool,
+    /// How the capture is compressed, if its spec asks for it.
+    pub compression: Option<Compression>,
+    /// Where a kept capture file (mode `file`) is.
+    pub path: Option<String>,
+}
+
+impl FdExt {
+    /// How many keys [`FdExt::serialize_into`] writes.
+    fn len(&self) -> usize {
+        usize::from(self.dropped.is_some())
+            + usize::from(self.held.is_some())
+            + usize::from(self.limited)
+            + usize::from(self.compression.is_some())
+            + usize::from(self.path.is_some())
+    }
+
+    /// Writes the keys that say something into `map`.
+    fn serialize_into<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+        if let Some(d) = &self.dropped {
+            map.serialize_entry("dropped", d)?;
+        }
+        if let Some(h) = &self.held {
+            map.serialize_entry("held", h)?;
+        }
+        if self.limited {
+            map.serialize_entry("limited", &true)?;
+        }
+        if let Some(c) = &self.compression {
+            map.serialize_entry("compression", c)?;
+        }
+        if let Some(p) = &self.path {
+            map.serialize_entry("path", p)?;
+        }
+        Ok(())
+    }
+}
+
 impl FdRes {
-    /// The capture's compression, if its spec asks for one.
-    pub fn compression(&self) -> Option<&Compression> {
+    /// Total bytes the stream produced; `None` for a failed capture.
+    pub fn length(&self) -> Option<u64> {
         match self {
-            FdRes::Text { compression, .. }
-            | FdRes::Data { compression, .. }
-            | FdRes::Detached { compression, .. } => compression.as_ref(),
+            FdRes::Text { length, .. }
+            | FdRes::Data { length, .. }
+            | FdRes::Detached { length, .. } => Some(*length),
+            FdRes::Error => None,
+        }
+    }
+
+    /// The extension keys; `None` for a failed capture.
+    pub fn ext(&self) -> Option<&FdExt> {
+        match self {
+            FdRes::Text { ext, .. } | FdRes::Data { ext, .. } | FdRes::Detached { ext, .. } => {
+                Some(ext)
+            }
             FdRes::Error => None,
         }
     }
@@ -420,11 +450,7 @@ impl FdRes {
         FdRes::Text {
             length: bytes.len() as u64,
             bytes,
-            dropped: None,
-            compression: None,
-            path: None,
-            held: None,
-            limited: false,
+            ext: FdExt::default(),
         }
     }
 
@@ -434,11 +460,7 @@ impl FdRes {
         FdRes::Data {
             length: bytes.len() as u64,
             bytes,
-            dropped: None,
-            compression: None,
-            path: None,
-            held: None,
-            limited: false,
+            ext: FdExt::default(),
         }
     }
 }
@@ -456,97 +478,36 @@ impl Serialize for Base64Bytes<'_> {
 
 impl Serialize for FdRes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let extra = |dropped: &Option<Dropped>,
-                     held: &Option<u64>,
-                     limited: &bool,
-                     compression: &Option<Compression>,
-                     path: &Option<String>| {
-            usize::from(dropped.is_some())
-                + usize::from(held.is_some())
-                + usize::from(*limited)
-                + usize::from(compression.is_some())
-                + usize::from(path.is_some())
-        };
-        // The extension keys, in this order: `dropped`, `held`, `limited` (when
-        // true), `compression`, `path`; each only when it says something.
-        fn ext<M: SerializeMap>(
-            map: &mut M,
-            dropped: &Option<Dropped>,
-            held: &Option<u64>,
-            limited: bool,
-            compression: &Option<Compression>,
-            path: &Option<String>,
-        ) -> Result<(), M::Error> {
-            if let Some(d) = dropped {
-                map.serialize_entry("dropped", d)?;
-            }
-            if let Some(h) = held {
-                map.serialize_entry("held", h)?;
-            }
-            if limited {
-                map.serialize_entry("limited", &true)?;
-            }
-            if let Some(c) = compression {
-                map.serialize_entry("compression", c)?;
-            }
-            if let Some(p) = path {
-                map.serialize_entry("path", p)?;
-            }
-            Ok(())
-        }
         match self {
-            FdRes::Text {
-                bytes,
-                length,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
-            } => {
-                let mut map = serializer
-                    .serialize_map(Some(4 + extra(dropped, held, limited, compression, path)))?;
+            FdRes::Text { bytes, length, ext } => {
+                let mut map = serializer.serialize_map(Some(4 + ext.len()))?;
                 map.serialize_entry("type", "text")?;
                 let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
                 map.serialize_entry("text", &text)?;
                 map.serialize_entry("encoding", &Encoding::Utf8)?;
                 map.serialize_entry("length", length)?;
-                ext(&mut map, dropped, held, *limited, compression, path)?;
+                ext.serialize_into(&mut map)?;
                 map.end()
             }
-            FdRes::Data {
-                bytes,
-                length,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
-            } => {
-                let mut map = serializer
-                    .serialize_map(Some(4 + extra(dropped, held, limited, compression, path)))?;
+            FdRes::Data { bytes, length, ext } => {
+                let mut map = serializer.serialize_map(Some(4 + ext.len()))?;
                 map.serialize_entry("type", "data")?;
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
                 map.serialize_entry("length", length)?;
-                ext(&mut map, dropped, held, *limited, compression, path)?;
+                ext.serialize_into(&mut map)?;
                 map.end()
             }
             FdRes::Detached {
                 length,
                 encoding,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
+                ext,
             } => {
-                let mut map = serializer
-                    .serialize_map(Some(3 + extra(dropped, held, limited, compression, path)))?;
+                let mut map = serializer.serialize_map(Some(3 + ext.len()))?;
                 map.serialize_entry("type", "detached")?;
                 map.serialize_entry("length", length)?;
                 map.serialize_entry("encoding", encoding)?;
-                ext(&mut map, dropped, held, *limited, compression, path)?;
+                ext.serialize_into(&mut map)?;
                 map.end()
             }
             FdRes::Error => {
@@ -566,39 +527,21 @@ enum FdResWire {
         text: String,
         #[serde(default)]
         length: Option<u64>,
-        #[serde(default)]
-        dropped: Option<Dropped>,
-        #[serde(default)]
-        compression: Option<Compression>,
-        path: Option<String>,
-        held: Option<u64>,
-        #[serde(default)]
-        limited: bool,
+        #[serde(flatten)]
+        ext: FdExt,
     },
     Data {
         data: String,
         #[serde(default)]
         length: Option<u64>,
-        #[serde(default)]
-        dropped: Option<Dropped>,
-        #[serde(default)]
-        compression: Option<Compression>,
-        path: Option<String>,
-        held: Option<u64>,
-        #[serde(default)]
-        limited: bool,
+        #[serde(flatten)]
+        ext: FdExt,
     },
     Detached {
         length: u64,
         encoding: Encoding,
-        #[serde(default)]
-        dropped: Option<Dropped>,
-        #[serde(default)]
-        compression: Option<Compression>,
-        path: Option<String>,
-        held: Option<u64>,
-        #[serde(default)]
-        limited: bool,
+        #[serde(flatten)]
+        ext: FdExt,
     },
     Error,
 }
@@ -608,59 +551,27 @@ impl TryFrom<FdResWire> for FdRes {
 
     fn try_from(wire: FdResWire) -> Result<FdRes, base64::DecodeError> {
         Ok(match wire {
-            FdResWire::Text {
-                text,
-                length,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
-            } => FdRes::Text {
+            FdResWire::Text { text, length, ext } => FdRes::Text {
                 length: length.unwrap_or(text.len() as u64),
                 bytes: Bytes::from(text.into_bytes()),
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
+                ext,
             },
-            FdResWire::Data {
-                data,
-                length,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
-            } => {
+            FdResWire::Data { data, length, ext } => {
                 let bytes = STANDARD.decode(data)?;
                 FdRes::Data {
                     length: length.unwrap_or(bytes.len() as u64),
                     bytes: Bytes::from(bytes),
-                    dropped,
-                    compression,
-                    path,
-                    held,
-                    limited,
+                    ext,
                 }
             }
             FdResWire::Detached {
                 length,
                 encoding,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
+                ext,
             } => FdRes::Detached {
                 length,
                 encoding,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
+                ext,
             },
             FdResWire::Error => FdRes::Error,
         })
@@ -927,11 +838,13 @@ mod tests {
         let fd = FdRes::Detached {
             length: 1234,
             encoding: Encoding::Utf8,
-            dropped: None,
-            compression: None,
-            path: None,
-            held: None,
-            limited: false,
+            ext: FdExt {
+                dropped: None,
+                compression: None,
+                path: None,
+                held: None,
+                limited: false,
+            },
         };
         assert_eq!(
             serde_json::to_string(&fd).unwrap(),
@@ -944,11 +857,13 @@ mod tests {
         let fd = FdRes::Detached {
             length: 5,
             encoding: Encoding::Base64,
-            dropped: None,
-            compression: None,
-            path: None,
-            held: None,
-            limited: false,
+            ext: FdExt {
+                dropped: None,
+                compression: None,
+                path: None,
+                held: None,
+                limited: false,
+            },
         };
         assert_eq!(
             serde_json::to_value(&fd).unwrap(),
@@ -961,11 +876,13 @@ mod tests {
         let fd = FdRes::Detached {
             length: 7,
             encoding: Encoding::Base64,
-            dropped: None,
-            held: None,
-            limited: false,
-            compression: None,
-            path: Some("/var/log/job.stdout".into()),
+            ext: FdExt {
+                dropped: None,
+                held: None,
+                limited: false,
+                compression: None,
+                path: Some("/var/log/job.stdout".into()),
+            },
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -976,11 +893,13 @@ mod tests {
         let fd = FdRes::Text {
             bytes: Bytes::from_static(b"ab"),
             length: 9,
-            dropped: Some(Dropped { start: 1, stop: 8 }),
-            held: None,
-            limited: false,
-            compression: None,
-            path: Some("out".into()),
+            ext: FdExt {
+                dropped: Some(Dropped { start: 1, stop: 8 }),
+                held: None,
+                limited: false,
+                compression: None,
+                path: Some("out".into()),
+            },
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(v["path"], "out");
@@ -999,11 +918,13 @@ mod tests {
         let fd = FdRes::Text {
             bytes: Bytes::from_static(b"headtail"),
             length: 100,
-            dropped: Some(Dropped { start: 4, stop: 96 }),
-            compression: None,
-            path: None,
-            held: None,
-            limited: false,
+            ext: FdExt {
+                dropped: Some(Dropped { start: 4, stop: 96 }),
+                compression: None,
+                path: None,
+                held: None,
+                limited: false,
+            },
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -1019,17 +940,19 @@ mod tests {
         let fd = FdRes::Detached {
             length: 100,
             encoding: Encoding::Base64,
-            dropped: None,
-            held: None,
-            limited: false,
-            compression: Some(Compression {
-                algorithm: "zstd".into(),
-                level: 1,
-                state: CompressionState::Done,
-                compressed_length: Some(42),
-                error: None,
-            }),
-            path: None,
+            ext: FdExt {
+                dropped: None,
+                held: None,
+                limited: false,
+                compression: Some(Compression {
+                    algorithm: "zstd".into(),
+                    level: 1,
+                    state: CompressionState::Done,
+                    compressed_length: Some(42),
+                    error: None,
+                }),
+                path: None,
+            },
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -1042,17 +965,19 @@ mod tests {
         let pending = FdRes::Text {
             bytes: Bytes::from_static(b"x"),
             length: 1,
-            dropped: None,
-            held: None,
-            limited: false,
-            compression: Some(Compression {
-                algorithm: "zstd".into(),
-                level: 3,
-                state: CompressionState::Failed,
-                compressed_length: None,
-                error: Some("disk full".into()),
-            }),
-            path: None,
+            ext: FdExt {
+                dropped: None,
+                held: None,
+                limited: false,
+                compression: Some(Compression {
+                    algorithm: "zstd".into(),
+                    level: 3,
+                    state: CompressionState::Failed,
+                    compressed_length: None,
+                    error: Some("disk full".into()),
+                }),
+                path: None,
+            },
         };
         let v = serde_json::to_value(&pending).unwrap();
         assert_eq!(
@@ -1068,11 +993,13 @@ mod tests {
         let fd = FdRes::Data {
             bytes: Bytes::from_static(b"ht"),
             length: 100,
-            dropped: Some(Dropped { start: 1, stop: 99 }),
-            compression: None,
-            path: None,
-            held: Some(2),
-            limited: true,
+            ext: FdExt {
+                dropped: Some(Dropped { start: 1, stop: 99 }),
+                compression: None,
+                path: None,
+                held: Some(2),
+                limited: true,
+            },
         };
         let v = serde_json::to_value(&fd).unwrap();
         assert_eq!(
@@ -1084,11 +1011,13 @@ mod tests {
         let fd = FdRes::Detached {
             length: 7,
             encoding: Encoding::Utf8,
-            dropped: None,
-            compression: None,
-            path: None,
-            held: Some(7),
-            limited: false,
+            ext: FdExt {
+                dropped: None,
+                compression: None,
+                path: None,
+                held: Some(7),
+                limited: false,
+            },
         };
         let s = serde_json::to_string(&fd).unwrap();
         assert_eq!(

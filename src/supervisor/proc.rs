@@ -7,8 +7,8 @@ use crate::control;
 use crate::metrics::procstat::{ProcStat, StatContext};
 use crate::metrics::{ProcIo, ProcStatm};
 use crate::result::{
-    ChildFailure as ResFailure, Dropped, Encoding, FdRes, ProcRes, Rusage, SamplesRes, State,
-    Status, Times,
+    ChildFailure as ResFailure, Dropped, Encoding, FdExt, FdRes, ProcRes, Rusage, SamplesRes,
+    State, Status, Times,
 };
 use crate::spec::{self, CaptureMode, FdSpec, ProcId, ProcSpec};
 use crate::sys::fd;
@@ -231,18 +231,21 @@ impl FdSnap {
         };
         // `held` only when it says something: with nothing dropped it equals
         // `length`, and the result keeps Procstar's keys.
-        let held = held.filter(|_| dropped.is_some());
-        let compression = self.compression.clone();
-        let dropped = dropped.map(|r| Dropped {
-            start: r.start,
-            stop: r.end,
-        });
-        let path = match &self.content {
-            Content::Kept(k) => Some(k.path.to_string_lossy().into_owned()),
-            Content::Zstd(Packed::File(f)) => {
-                f.path.as_ref().map(|p| p.to_string_lossy().into_owned())
-            }
-            _ => None,
+        let ext = FdExt {
+            held: held.filter(|_| dropped.is_some()),
+            dropped: dropped.map(|r| Dropped {
+                start: r.start,
+                stop: r.end,
+            }),
+            limited,
+            compression: self.compression.clone(),
+            path: match &self.content {
+                Content::Kept(k) => Some(k.path.to_string_lossy().into_owned()),
+                Content::Zstd(Packed::File(f)) => {
+                    f.path.as_ref().map(|p| p.to_string_lossy().into_owned())
+                }
+                _ => None,
+            },
         };
         if !self.attached {
             return FdRes::Detached {
@@ -251,11 +254,7 @@ impl FdSnap {
                     spec::Encoding::Utf8 => Encoding::Utf8,
                     spec::Encoding::Base64 => Encoding::Base64,
                 },
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
+                ext,
             };
         }
         let data = match &self.content {
@@ -286,20 +285,12 @@ impl FdSnap {
             spec::Encoding::Utf8 => FdRes::Text {
                 bytes: data,
                 length,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
+                ext,
             },
             spec::Encoding::Base64 => FdRes::Data {
                 bytes: data,
                 length,
-                dropped,
-                compression,
-                path,
-                held,
-                limited,
+                ext,
             },
         }
     }

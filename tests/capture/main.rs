@@ -6,7 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
-use chaperone::result::{Dropped, Encoding, FdRes, State};
+use chaperone::result::{Dropped, Encoding, FdExt, FdRes, State};
 use chaperone::{Agent, FdDataError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -38,11 +38,14 @@ fn capture_keeps_head_and_tail_when_child_writes_1gib() {
         Some(Some(FdRes::Data {
             bytes,
             length,
-            dropped,
-            held,
-            limited,
-            path: None,
-            ..
+            ext:
+                FdExt {
+                    dropped,
+                    held,
+                    limited,
+                    path: None,
+                    ..
+                },
         })) => {
             assert_eq!(*held, Some(2 * MIB));
             assert!(!limited);
@@ -211,11 +214,13 @@ fn capture_detached_reports_length_and_serves_bytes() {
             Some(FdRes::Detached {
                 length: 27,
                 encoding: Encoding::Utf8,
-                dropped: None,
-                compression: None,
-                path: None,
-                held,
-                limited: false,
+                ext: FdExt {
+                    dropped: None,
+                    compression: None,
+                    path: None,
+                    held,
+                    limited: false,
+                },
             }),
             "{mode}"
         );

@@ -8,7 +8,7 @@
 mod util;
 
 use base64::Engine as _;
-use chaperone::result::{CompressionState, FdRes, State};
+use chaperone::result::{CompressionState, FdExt, FdRes, State};
 use chaperone::{Agent, Encoded, Event, FdDataError, ReadEncoding, StartError, spec};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -78,13 +78,10 @@ fn run_cat(a: &Agent, id: &str, file: &Path, capture: Value) {
 /// The `compression` field of `id`'s stdout.
 fn compression(a: &Agent, id: &str) -> chaperone::result::Compression {
     let res = a.result(id).unwrap();
-    match res.fds.get("stdout") {
-        Some(Some(
-            FdRes::Text { compression, .. }
-            | FdRes::Data { compression, .. }
-            | FdRes::Detached { compression, .. },
-        )) => compression.clone().expect("compression field"),
-        other => panic!("stdout: {other:?}"),
+    let fd = res.fds.get("stdout");
+    match fd.and_then(|r| r.as_ref()?.ext()?.compression.clone()) {
+        Some(c) => c,
+        None => panic!("stdout: no compression field: {fd:?}"),
     }
 }
 
@@ -178,14 +175,12 @@ fn zstd_memory_head_tail_capture_reads_like_uncompressed() {
             Some(FdRes::Data {
                 bytes: pb,
                 length: pl,
-                dropped: pd,
-                ..
+                ext: FdExt { dropped: pd, .. },
             }),
             Some(FdRes::Data {
                 bytes: zb,
                 length: zl,
-                dropped: zd,
-                ..
+                ext: FdExt { dropped: zd, .. },
             }),
         ) => {
             assert!(pb == zb, "attached bytes differ");
@@ -249,7 +244,11 @@ fn zstd_kept_file_is_replaced_by_its_compressed_copy() {
     assert!(!zst_path.exists(), "the uncompressed kept file is replaced");
     let res = a.result("zst").unwrap();
     match res.fds.get("stdout") {
-        Some(Some(FdRes::Detached { path, length, .. })) => {
+        Some(Some(FdRes::Detached {
+            length,
+            ext: FdExt { path, .. },
+            ..
+        })) => {
             assert_eq!(path.as_deref(), zst_file.to_str());
             assert_eq!(*length, data.len() as u64);
         }

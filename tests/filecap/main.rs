@@ -7,7 +7,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
-use chaperone::result::{Dropped, FdRes, State};
+use chaperone::result::{Dropped, FdExt, FdRes, State};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -58,22 +58,20 @@ fn kept(extra: Value) -> Value {
 }
 
 fn fd_path(res: &chaperone::result::ProcRes, fd: &str) -> PathBuf {
-    match res.fds.get(fd) {
-        Some(Some(
-            FdRes::Text { path, .. } | FdRes::Data { path, .. } | FdRes::Detached { path, .. },
-        )) => PathBuf::from(path.as_deref().expect("kept file has a path")),
-        other => panic!("fd {fd}: {other:?}"),
+    match res
+        .fds
+        .get(fd)
+        .and_then(|r| r.as_ref()?.ext()?.path.as_deref())
+    {
+        Some(path) => PathBuf::from(path),
+        None => panic!("fd {fd}: no kept-file path: {:?}", res.fds.get(fd)),
     }
 }
 
 fn fd_length(res: &chaperone::result::ProcRes, fd: &str) -> u64 {
-    match res.fds.get(fd) {
-        Some(Some(
-            FdRes::Text { length, .. }
-            | FdRes::Data { length, .. }
-            | FdRes::Detached { length, .. },
-        )) => *length,
-        other => panic!("fd {fd}: {other:?}"),
+    match res.fds.get(fd).and_then(|r| r.as_ref()?.length()) {
+        Some(length) => length,
+        None => panic!("fd {fd}: {:?}", res.fds.get(fd)),
     }
 }
 
@@ -141,9 +139,9 @@ fn filecap_with_memory_keeps_head_and_tail_in_the_result_and_everything_in_the_f
         Some(Some(FdRes::Data {
             bytes,
             length,
-            dropped,
-            path: p,
-            ..
+            ext: FdExt {
+                dropped, path: p, ..
+            },
         })) => {
             assert_eq!(*length, len as u64);
             assert_eq!(

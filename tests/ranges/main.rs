@@ -8,7 +8,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
-use chaperone::result::{FdRes, State};
+use chaperone::result::{FdExt, FdRes, State};
 use chaperone::{Agent, Config, FdData};
 use serde_json::{Value, json};
 use std::ops::Range;
@@ -134,7 +134,10 @@ fn ranges_clamp_on_finished_memory_tempfile_and_head_tail_captures() {
     for (id, cap, dropped) in cases {
         let res = run_offsets(&a, id, len, cap);
         if let Some(Some(FdRes::Data {
-            dropped: d, held, ..
+            ext: FdExt {
+                dropped: d, held, ..
+            },
+            ..
         })) = res.fds.get("stdout")
         {
             assert_eq!(d.map(|d| d.start..d.stop), dropped, "{id}");
@@ -218,7 +221,9 @@ fn ranges_read_64mib_detached_output_back_in_chunks() {
         );
         match res.fds.get("stdout") {
             Some(Some(FdRes::Detached {
-                length, dropped, ..
+                length,
+                ext: FdExt { dropped, .. },
+                ..
             })) => {
                 assert_eq!((*length, *dropped), (len, None), "{mode}");
             }
@@ -285,26 +290,9 @@ fn ranges_follow_a_live_capture_to_its_end() {
 /// Sum of what the memory captures of `res` hold: `held` when reported, else
 /// the whole length.
 fn held_of(fd: &FdRes) -> (u64, u64, bool) {
-    match fd {
-        FdRes::Data {
-            length,
-            held,
-            limited,
-            ..
-        }
-        | FdRes::Text {
-            length,
-            held,
-            limited,
-            ..
-        }
-        | FdRes::Detached {
-            length,
-            held,
-            limited,
-            ..
-        } => (*length, held.unwrap_or(*length), *limited),
-        FdRes::Error => panic!("capture error"),
+    match (fd.length(), fd.ext()) {
+        (Some(length), Some(ext)) => (length, ext.held.unwrap_or(length), ext.limited),
+        _ => panic!("capture error"),
     }
 }
 
