@@ -5,10 +5,8 @@
 //! loaded, 65 (`EX_DATAERR`) when the request cannot be started or no mode is
 //! chosen.
 
-use crate::result::CompressionState;
-use crate::{Agent, Config, Event, spec};
+use crate::{Agent, Config, spec};
 use clap::Parser;
-use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -143,20 +141,6 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
-    // Subscribed before the start, so that no `Compressed` event is missed; only
-    // when a capture asks for compression (events pile up unread otherwise).
-    let compress = input.specs.iter().any(|(_, p)| {
-        p.fds.iter().any(|(_, fd)| {
-            matches!(
-                fd,
-                spec::FdSpec::Capture {
-                    compress: Some(_),
-                    ..
-                }
-            )
-        })
-    });
-    let events = compress.then(|| agent.subscribe());
     let ids = match agent.start(input) {
         Ok(ids) => ids,
         Err(e) => {
@@ -164,34 +148,13 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
+    // Compression (`"compress"`) runs after exit, off the reactor: wait for it
+    // too, so that the results are final and compressed files complete when we
+    // exit (dropping the agent would cancel it).
     for id in &ids {
-        agent.wait(id);
+        agent.wait_compressed(id);
     }
-    let mut results = agent.results();
-    // Compression (`"compress"`) runs after exit, off the reactor: wait for it,
-    // so that the results are final and compressed files complete when we exit
-    // (dropping the agent would cancel it).
-    let mut pending: HashSet<(String, String)> = results
-        .iter()
-        .flat_map(|(id, res)| {
-            res.fds.iter().filter_map(move |(fd, r)| {
-                let c = r.as_ref()?.ext()?.compression.as_ref()?;
-                (c.state == CompressionState::Pending).then(|| (id.to_string(), fd.clone()))
-            })
-        })
-        .collect();
-    if let (false, Some(events)) = (pending.is_empty(), events.as_ref()) {
-        while !pending.is_empty() {
-            match events.recv() {
-                Ok(Event::Compressed(id, fd)) => {
-                    pending.remove(&(id.to_string(), fd));
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        results = agent.results();
-    }
+    let results = agent.results();
     let write = |w: &mut dyn Write| -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, &results)?;
         w.write_all(b"\n")?;

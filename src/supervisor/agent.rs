@@ -20,7 +20,8 @@ pub(crate) enum Command {
     Result(ProcId, Reply<Option<Snapshot>>),
     Results(Reply<Vec<(ProcId, Snapshot)>>),
     Ids(Reply<Vec<ProcId>>),
-    Wait(ProcId, Reply<Option<Snapshot>>),
+    /// Wait for exit; with `true`, also for every compression of the process.
+    Wait(ProcId, bool, Reply<Option<Snapshot>>),
     Signal(ProcId, i32, Reply<Result<(), ProcError>>),
     FdData(
         ProcId,
@@ -191,7 +192,7 @@ pub struct FdData {
 ///
 /// Dropping it waits until no process runs. A compression (`"compress"`) not yet
 /// finished is then cancelled at its next frame: a kept file stays uncompressed
-/// at its path. Wait for [`Event::Compressed`] first to keep it.
+/// at its path. [`Agent::wait_compressed`] first to keep it.
 ///
 /// ```
 /// use chaperone::{Agent, Config, spec};
@@ -279,7 +280,17 @@ impl Agent {
 
     /// Blocks until the process has exited and returns its final result.
     pub fn wait(&self, id: &str) -> Option<ProcRes> {
-        self.call(|r| Command::Wait(id.to_string(), r))
+        self.call(|r| Command::Wait(id.to_string(), false, r))
+            .flatten()
+            .map(Snapshot::into_res)
+    }
+
+    /// As [`Agent::wait`], and then until every compression its spec asks for
+    /// (`"compress"`) has finished, done or failed: the result is final in every
+    /// field, and compressed files are complete. `None` if the process is
+    /// unknown, or deleted before then.
+    pub fn wait_compressed(&self, id: &str) -> Option<ProcRes> {
+        self.call(|r| Command::Wait(id.to_string(), true, r))
             .flatten()
             .map(Snapshot::into_res)
     }

@@ -349,6 +349,9 @@ pub(crate) struct Proc {
     pub captures: Vec<Capture>,
     /// Callers waiting for this process to finish.
     pub waiters: Vec<Box<dyn FnOnce(Snapshot) + Send>>,
+    /// Callers waiting for it to finish and its compressions too
+    /// ([`Proc::is_final`]).
+    pub final_waiters: Vec<Box<dyn FnOnce(Snapshot) + Send>>,
     /// The start state the child was given (result extensions).
     pub started_with: StartInfo,
     /// The spec's timeout and what it has done.
@@ -432,6 +435,24 @@ impl Proc {
     /// writes are still in flight: waiters wait, delete is refused.
     pub fn is_busy(&self) -> bool {
         self.is_running() || (matches!(self.life, Life::Done { .. }) && self.stop.is_none())
+    }
+
+    /// Settled, with no compression still pending: nothing in its result will
+    /// change.
+    pub fn is_final(&self) -> bool {
+        !self.is_busy() && !self.captures.iter().any(Capture::compression_pending)
+    }
+
+    /// Answers the callers of [`Agent::wait_compressed`](crate::Agent::wait_compressed)
+    /// once the process [is final](Proc::is_final).
+    pub fn answer_final_waiters(&mut self, stat_ctx: Option<&StatContext>) {
+        if self.final_waiters.is_empty() || !self.is_final() {
+            return;
+        }
+        let snap = self.snapshot(stat_ctx);
+        for w in std::mem::take(&mut self.final_waiters) {
+            w(snap.clone());
+        }
     }
 
     /// Whether every kept file of this process holds all the bytes taken for it.
@@ -604,6 +625,17 @@ impl Capture {
             }) => Some(p),
             _ => None,
         }
+    }
+
+    /// Whether the compression the spec asks for has not finished yet.
+    pub fn compression_pending(&self) -> bool {
+        matches!(
+            self.compression,
+            Some(Compression {
+                state: CompressState::Pending,
+                ..
+            })
+        )
     }
 
     /// Whether the capture's compression failed (it stays uncompressed).

@@ -448,6 +448,8 @@ impl Reactor {
                 failed.push(Event::Compressed(p.id.clone(), c.name.clone()));
             }
         }
+        // Nothing to compress (or all failed at once): final now.
+        p.answer_final_waiters(self.stat_ctx.as_ref());
         for event in failed {
             self.emit(event);
         }
@@ -481,6 +483,7 @@ impl Reactor {
                 budget.remove((serial, cap), bytes);
             }
             let event = Event::Compressed(p.id.clone(), c.name.clone());
+            p.answer_final_waiters(self.stat_ctx.as_ref());
             self.emit(event);
         }
     }
@@ -542,10 +545,13 @@ impl Reactor {
                 ids.sort();
                 reply(ids);
             }
-            Command::Wait(id, reply) => {
+            Command::Wait(id, compressed, reply) => {
                 let ctx = self.stat_ctx.as_ref();
                 match self.serial(&id).and_then(|s| self.procs.get_mut(&s)) {
                     None => reply(None),
+                    Some(p) if compressed && !p.is_final() => {
+                        p.final_waiters.push(Box::new(move |s| reply(Some(s))));
+                    }
                     Some(p) if p.is_busy() => p.waiters.push(Box::new(move |s| reply(Some(s)))),
                     Some(p) => reply(Some(p.snapshot(ctx))),
                 }
@@ -651,6 +657,7 @@ impl Reactor {
             fds: prep.fds,
             captures: prep.captures,
             waiters: Vec::new(),
+            final_waiters: Vec::new(),
             started_with: self.share_env(prep.started_with),
             timeout: prep.timeout,
             kill_group: prep.kill_group,

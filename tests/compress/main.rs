@@ -62,17 +62,12 @@ fn wait_compressed(events: &Receiver<Event>, id: &str, fd: &str) {
 /// Runs `cat <file>` with `capture` on stdout and returns once it has exited
 /// (and, with `compress`, once compression finished).
 fn run_cat(a: &Agent, id: &str, file: &Path, capture: Value) {
-    let events = a.subscribe();
-    let compress = capture["capture"].get("compress").is_some();
     start(
         a,
         &json!({"specs": {id: {"argv": ["/bin/cat", file], "fds": [["stdout", capture]]}}}),
     );
-    let res = wait(a, id);
+    let res = a.wait_compressed(id).expect("known id");
     assert_eq!(res.state, State::Terminated, "{:?}", res.errors);
-    if compress {
-        wait_compressed(&events, id, "stdout");
-    }
 }
 
 /// The `compression` field of `id`'s stdout.
@@ -320,6 +315,42 @@ fn zstd_result_is_pending_at_exit_then_done() {
     );
     let v = serde_json::to_value(wait(&a2, "q")).unwrap();
     assert!(v["fds"]["stdout"].get("compression").is_none(), "{v}");
+}
+
+// `wait_compressed` answers once exit and every compression are done; `wait`
+// once the process exits.
+#[test]
+fn wait_compressed_returns_the_final_result() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two 4 MiB frames, so compression is still under way at exit.
+    let file = data_file(dir.path(), "log", &log_text(8 * MIB as usize));
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {
+            "z": {"argv": ["/bin/cat", &file],
+                  "fds": [["stdout", {"capture": {"mode": "memory", "compress": "zstd",
+                                                  "attached": false}}]]},
+            "plain": {"argv": ["/bin/echo", "x"], "fds": [["stdout", mem_utf8()]]}}}),
+    );
+    let res = a.wait_compressed("z").expect("known id");
+    let v = serde_json::to_value(&res).unwrap();
+    let c = &v["fds"]["stdout"]["compression"];
+    assert_eq!(c["state"], "done", "{v}");
+    assert!(c["compressed_length"].as_u64().unwrap() > 0, "{v}");
+    // Asked again once final: answered at once, the same.
+    assert_eq!(
+        serde_json::to_value(a.wait_compressed("z").unwrap()).unwrap()["fds"],
+        v["fds"]
+    );
+    // Nothing to compress: the same as `wait`.
+    let res = a.wait_compressed("plain").expect("known id");
+    assert_eq!(res.state, State::Terminated, "{:?}", res.errors);
+    assert_eq!(
+        text_of(&serde_json::to_value(&res).unwrap(), "stdout"),
+        "x\n"
+    );
+    assert!(a.wait_compressed("nope").is_none());
 }
 
 /// Decodes `zst` with the `zstd` command, or `None` when it is not installed.
