@@ -706,13 +706,15 @@ impl Reactor {
         match result {
             Ok(mut child) => {
                 if let Some(perf) = proc.perf.as_mut() {
-                    // Long-lived fds live above the floor, as the pidfd below.
-                    let fds = std::mem::take(&mut child.perf)
-                        .into_iter()
-                        .map(|r| r.map(|fd| crate::sys::fd::move_high(fd, self.fd_floor)));
-                    perf.attach(fds.collect());
                     if child.failure.is_some() {
+                        // Its counters close with `child.perf`, never read.
                         perf.never_ran("no counts: the child failed before exec");
+                    } else {
+                        // Long-lived fds live above the floor, as the pidfd below.
+                        let fds = std::mem::take(&mut child.perf)
+                            .into_iter()
+                            .map(|r| r.map(|fd| crate::sys::fd::move_high(fd, self.fd_floor)));
+                        perf.attach(fds.collect());
                     }
                 }
                 if let Some(f) = child.failure {
