@@ -838,13 +838,7 @@ mod tests {
         let fd = FdRes::Detached {
             length: 1234,
             encoding: Encoding::Utf8,
-            ext: FdExt {
-                dropped: None,
-                compression: None,
-                path: None,
-                held: None,
-                limited: false,
-            },
+            ext: FdExt::default(),
         };
         assert_eq!(
             serde_json::to_string(&fd).unwrap(),
@@ -857,13 +851,7 @@ mod tests {
         let fd = FdRes::Detached {
             length: 5,
             encoding: Encoding::Base64,
-            ext: FdExt {
-                dropped: None,
-                compression: None,
-                path: None,
-                held: None,
-                limited: false,
-            },
+            ext: FdExt::default(),
         };
         assert_eq!(
             serde_json::to_value(&fd).unwrap(),
@@ -877,11 +865,8 @@ mod tests {
             length: 7,
             encoding: Encoding::Base64,
             ext: FdExt {
-                dropped: None,
-                held: None,
-                limited: false,
-                compression: None,
                 path: Some("/var/log/job.stdout".into()),
+                ..FdExt::default()
             },
         };
         let v = serde_json::to_value(&fd).unwrap();
@@ -1012,11 +997,8 @@ mod tests {
             length: 7,
             encoding: Encoding::Utf8,
             ext: FdExt {
-                dropped: None,
-                compression: None,
-                path: None,
                 held: Some(7),
-                limited: false,
+                ..FdExt::default()
             },
         };
         let s = serde_json::to_string(&fd).unwrap();

@@ -215,11 +215,8 @@ fn capture_detached_reports_length_and_serves_bytes() {
                 length: 27,
                 encoding: Encoding::Utf8,
                 ext: FdExt {
-                    dropped: None,
-                    compression: None,
-                    path: None,
                     held,
-                    limited: false,
+                    ..FdExt::default()
                 },
             }),
             "{mode}"
