@@ -1,7 +1,10 @@
 //! The io_uring ring and its in-flight table.
 //!
-//! Every in-flight operation has a slot in a slab; the slot key is the entry's
-//! `user_data`. A slot owns everything the kernel may touch for that op (the fd
+//! Every in-flight operation has a slot in a slab. The entry's `user_data` is the
+//! op's id: the slot key in the low 32 bits and the slot's generation in the high
+//! 32, so an id names one op only, never a later op that reused its slot (a
+//! cancel queued for an op that has since ended finds nothing instead of hitting
+//! its successor). A slot owns everything the kernel may touch for that op (the fd
 //! through an `Rc<OwnedFd>`, a boxed `siginfo_t`, a boxed read buffer or timespec),
 //! and is freed only on the op's final completion (`!more` for multishot ops).
 //! Slab growth moves slots, so the kernel only ever gets pointers to heap
@@ -73,13 +76,26 @@ enum Owned {
 }
 
 struct Slot<T> {
+    /// The op id's high half; see [`op_id`].
+    generation: u32,
     tag: T,
     owned: Owned,
+}
+
+/// The op id of slot `key` in generation `generation`.
+fn op_id(key: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | (key as u64 & 0xffff_ffff)
+}
+
+/// The slot key of op id `id`.
+fn slot_key(id: u64) -> usize {
+    (id & 0xffff_ffff) as usize
 }
 
 /// One completion, copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
 pub struct Cqe {
+    /// The op id (`user_data`).
     key: u64,
     /// The result: bytes or a non-negative value, or the errno.
     pub result: Result<u32, Errno>,
@@ -89,7 +105,7 @@ pub struct Cqe {
 }
 
 impl Cqe {
-    /// The slot key (for debugging).
+    /// The op id (for debugging).
     pub fn key(&self) -> u64 {
         self.key
     }
@@ -101,6 +117,11 @@ pub struct Ring<T> {
     // kernel still holds) before the slots and the buffer ring are freed.
     ring: IoUring,
     ops: Slab<Slot<T>>,
+    /// The generation the next slot gets.
+    generation: u32,
+    /// How many enters left completions waiting in the kernel's overflow list
+    /// (the completion queue was full).
+    cq_overflows: u64,
     /// Entries that did not fit the submission queue, in order.
     backlog: std::collections::VecDeque<squeue::Entry>,
     bufs: Option<BufRing>,
@@ -169,6 +190,8 @@ impl<T> Ring<T> {
         Ok(Ring {
             ring,
             ops: Slab::with_capacity(256),
+            generation: 0,
+            cq_overflows: 0,
             backlog: std::collections::VecDeque::new(),
             bufs: None,
             features,
@@ -222,6 +245,12 @@ impl<T> Ring<T> {
         self.bufs.as_ref().map_or(0, |b| b.buf_size())
     }
 
+    /// How many times an enter left completions in the kernel's overflow list
+    /// (they are posted in order once the queue has room).
+    pub fn cq_overflows(&self) -> u64 {
+        self.cq_overflows
+    }
+
     /// Number of in-flight ops.
     pub fn in_flight(&self) -> usize {
         self.ops.len()
@@ -243,7 +272,7 @@ impl<T> Ring<T> {
 
     fn try_push(&mut self, entry: &squeue::Entry) -> bool {
         // SAFETY: every pointer in `entry` targets heap memory owned by the slot
-        // whose key is the entry's user_data (or by nothing, for IGNORED
+        // whose op id is the entry's user_data (or by nothing, for IGNORED
         // entries), and a slot is removed only on its op's final completion.
         unsafe { self.ring.submission().push(entry) }.is_ok()
     }
@@ -271,10 +300,30 @@ impl<T> Ring<T> {
     }
 
     fn insert(&mut self, tag: T, owned: Owned) -> (u64, &mut Owned) {
+        let generation = self.generation;
+        // Never u32::MAX: with slot key u32::MAX that would be IGNORED.
+        self.generation = generation.wrapping_add(1) % u32::MAX;
         let entry = self.ops.vacant_entry();
-        let key = entry.key() as u64;
-        let slot = entry.insert(Slot { tag, owned });
-        (key, &mut slot.owned)
+        let id = op_id(entry.key(), generation);
+        let slot = entry.insert(Slot {
+            generation,
+            tag,
+            owned,
+        });
+        (id, &mut slot.owned)
+    }
+
+    /// The slot of op `id`, if that op is still in flight.
+    fn slot(&self, id: u64) -> Option<&Slot<T>> {
+        self.ops
+            .get(slot_key(id))
+            .filter(|s| op_id(slot_key(id), s.generation) == id)
+    }
+
+    fn slot_mut(&mut self, id: u64) -> Option<&mut Slot<T>> {
+        self.ops
+            .get_mut(slot_key(id))
+            .filter(|s| op_id(slot_key(id), s.generation) == id)
     }
 
     /// Arms a multishot read of `fd` into the provided-buffer ring (falls back to a
@@ -378,7 +427,7 @@ impl<T> Ring<T> {
     /// Call before [`Ring::finish`]; the kernel is done with it once the write's
     /// completion has arrived.
     pub fn take_write_buf(&mut self, cqe: &Cqe) -> Vec<u8> {
-        match self.ops.get_mut(cqe.key as usize) {
+        match self.slot_mut(cqe.key) {
             Some(Slot {
                 owned: Owned::Write(_, buf),
                 ..
@@ -401,17 +450,26 @@ impl<T> Ring<T> {
     }
 
     /// Asks the kernel to cancel op `key`; its slot stays until its own final
-    /// completion arrives.
+    /// completion arrives. An op that has already ended is left alone, and so
+    /// is whatever op has taken its slot since.
     pub fn cancel(&mut self, key: u64) {
-        if self.ops.contains(key as usize) {
+        if self.slot(key).is_some() {
             self.push(opcode::AsyncCancel::new(key).build().user_data(IGNORED));
         }
     }
 
     /// Submits what is queued and waits for at least `want` completions, or until
     /// `timeout` if given.
+    ///
+    /// `want == 0` still runs the ring's deferred work (`DEFER_TASKRUN` runs it
+    /// only in an enter that asks for events), so the completions that are due
+    /// are posted: it is a wait for one completion with a zero timeout.
     pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> Result<(), Errno> {
         self.flush_backlog();
+        let (want, timeout) = match (want, timeout) {
+            (0, None) => (1, Some(Duration::ZERO)),
+            w => w,
+        };
         let r = match timeout {
             Some(t) => {
                 let ts = types::Timespec::new()
@@ -422,6 +480,9 @@ impl<T> Ring<T> {
             }
             None => self.ring.submitter().submit_and_wait(want),
         };
+        if self.ring.submission().cq_overflow() {
+            self.cq_overflows += 1;
+        }
         match r {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
@@ -465,7 +526,7 @@ impl<T> Ring<T> {
 
     /// The tag of the op a completion belongs to.
     pub fn tag(&self, cqe: &Cqe) -> Option<&T> {
-        self.ops.get(cqe.key as usize).map(|s| &s.tag)
+        self.slot(cqe.key).map(|s| &s.tag)
     }
 
     /// The bytes a completion delivered through the provided-buffer ring, if any.
@@ -484,7 +545,7 @@ impl<T> Ring<T> {
 
     /// The bytes a plain [`Ring::read`] completed with.
     pub fn read_buf(&self, cqe: &Cqe) -> &[u8] {
-        match (self.ops.get(cqe.key as usize), cqe.result) {
+        match (self.slot(cqe.key), cqe.result) {
             (
                 Some(Slot {
                     owned: Owned::Buf(_, buf),
@@ -498,7 +559,7 @@ impl<T> Ring<T> {
 
     /// The siginfo a WAITID completion filled in.
     pub fn siginfo(&self, cqe: &Cqe) -> Option<&libc::siginfo_t> {
-        match self.ops.get(cqe.key as usize) {
+        match self.slot(cqe.key) {
             Some(Slot {
                 owned: Owned::Wait(_, info),
                 ..
@@ -520,7 +581,8 @@ impl<T> Ring<T> {
         if cqe.more {
             None
         } else {
-            self.ops.try_remove(cqe.key as usize).map(|s| s.tag)
+            self.slot(cqe.key)?;
+            self.ops.try_remove(slot_key(cqe.key)).map(|s| s.tag)
         }
     }
 }
@@ -530,7 +592,11 @@ impl<T> Drop for Ring<T> {
         // Cancel everything still in flight so the kernel lets go of our buffers;
         // closing the ring (field drop) then completes the teardown before the
         // slots and the buffer ring are freed.
-        let keys: Vec<u64> = self.ops.iter().map(|(k, _)| k as u64).collect();
+        let keys: Vec<u64> = self
+            .ops
+            .iter()
+            .map(|(k, s)| op_id(k, s.generation))
+            .collect();
         for key in keys {
             self.push(opcode::AsyncCancel::new(key).build().user_data(IGNORED));
         }
@@ -660,6 +726,77 @@ mod tests {
         let got = collect(&mut ring, 40);
         assert_eq!(got.len(), 40, "every queued read reached the kernel");
         assert!(got.iter().all(|(_, data, _)| data == b"x"));
+    }
+
+    #[test]
+    fn a_cancel_for_an_ended_op_spares_the_op_that_took_its_slot() {
+        let mut ring = ring();
+        let (r1, w1) = crate::sys::pipe::pipe().expect("pipe");
+        let old = ring.read_multishot(Rc::new(r1), 1);
+        drop(w1);
+        let ended = collect(&mut ring, 1);
+        assert_eq!(ended.last().map(|e| e.2), Some(Some(1)), "first read ended");
+        let (r2, w2) = crate::sys::pipe::pipe().expect("pipe");
+        let new = ring.read_multishot(Rc::new(r2), 2);
+        assert_eq!(slot_key(old), slot_key(new), "the slot was reused");
+        assert_ne!(old, new, "a reused slot gets a new op id");
+        ring.cancel(old);
+        rustix::io::write(&w2, b"still here").expect("write");
+        let got = collect(&mut ring, 1);
+        let (cqe, data, _) = got.first().expect("a completion for the second read");
+        assert_eq!(data, b"still here", "{cqe:?}");
+        assert!(
+            cqe.result.is_ok(),
+            "the second read was not cancelled: {cqe:?}"
+        );
+    }
+
+    #[test]
+    fn completions_past_a_full_completion_queue_all_arrive() {
+        // 2 submission entries: a completion queue of 8 for 200 pipes' reads.
+        let mut ring = Ring::<u32>::new(2).expect("io_uring available");
+        ring.register_buf_ring(256, 4096, 0).expect("buffer ring");
+        let mut writers = Vec::new();
+        let mut readers = Vec::new();
+        for i in 0..200u32 {
+            let (r, w) = crate::sys::pipe::pipe().expect("pipe");
+            let r = Rc::new(r);
+            ring.read_multishot(r.clone(), i);
+            readers.push(r);
+            writers.push(w);
+        }
+        ring.submit_and_wait(0, None).expect("enter");
+        for (i, w) in writers.iter().enumerate() {
+            rustix::io::write(w, format!("pipe {i};").as_bytes()).expect("write");
+        }
+        writers.clear(); // end of file on every pipe
+        let mut got = vec![Vec::new(); 200];
+        let mut open = 200;
+        let mut cqes = Vec::new();
+        let start = std::time::Instant::now();
+        while open > 0 && start.elapsed() < Duration::from_secs(5) {
+            ring.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .expect("enter");
+            ring.reap(&mut cqes);
+            for cqe in &cqes {
+                let i = *ring.tag(cqe).expect("known op") as usize;
+                got[i].extend_from_slice(ring.data(cqe));
+                if ring.finish(cqe).is_some() {
+                    match cqe.result {
+                        Ok(0) => open -= 1,
+                        // Ended early (ENOBUFS, overflow, single-shot): again.
+                        _ => _ = ring.read_multishot(readers[i].clone(), i as u32),
+                    }
+                }
+            }
+        }
+        assert!(
+            ring.cq_overflows() > 0,
+            "the completion queue never overflowed"
+        );
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g, format!("pipe {i};").as_bytes(), "pipe {i}");
+        }
     }
 
     #[test]
