@@ -60,6 +60,11 @@ pub struct Args {
     /// `statm` (fractions allowed); 0 samples only when a result is requested.
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "1")]
     pub sample_interval: std::time::Duration,
+    /// The most processes running at once; the rest wait in a queue, in spec
+    /// order, and start as others finish. Default: a quarter of the soft fd
+    /// limit (`ulimit -n`), past a reserve of 256.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_running: Option<u64>,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -132,6 +137,9 @@ pub fn run(args: Args) -> u8 {
         sample_interval: Some(args.sample_interval),
         perf: args.perf,
         output_limit: args.output_limit.map(|n| n as u64),
+        max_running: args
+            .max_running
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         ..Config::default()
     };
     let agent = match Agent::new(config) {

@@ -47,6 +47,8 @@ pub struct KeptFile {
     pub paused: bool,
     /// The first write error; no more writes after it.
     error: Option<Errno>,
+    /// Whether [`KeptFile::close`] closed the file (it is complete on disk).
+    closed: bool,
 }
 
 /// What [`KeptFile::completed`] asks of the reactor.
@@ -73,6 +75,7 @@ impl KeptFile {
             cap: cap.max(1),
             paused: false,
             error: None,
+            closed: false,
         }
     }
 
@@ -86,6 +89,19 @@ impl KeptFile {
     /// caller to close where closing a large file may take its time.
     pub fn take_file(&mut self) -> Option<Arc<OwnedFd>> {
         self.file.take()
+    }
+
+    /// Closes the file once every write is in: readers open [`KeptFile::path`]
+    /// from then on.
+    pub fn close(&mut self) {
+        if !self.writing && self.file.take().is_some() {
+            self.closed = true;
+        }
+    }
+
+    /// Whether [`KeptFile::close`] closed the file.
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     /// Where the file is.

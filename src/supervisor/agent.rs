@@ -78,6 +78,13 @@ pub struct Config {
     /// bytes are dropped from the middle of the largest captures first.
     /// `None`: only each capture's head and tail bound it.
     pub output_limit: Option<u64>,
+    /// The most processes started and not yet finished at once
+    /// (`--max-running`); more wait in a queue, in request order, and start as
+    /// others finish. `None`: as many as the soft fd limit has room for (a
+    /// quarter of it, past a reserve). Also, a process that cannot get its fds
+    /// waits for others to let go of theirs rather than failing, as long as any
+    /// hold some.
+    pub max_running: Option<usize>,
 }
 
 impl Default for Config {
@@ -93,6 +100,7 @@ impl Default for Config {
             sample_interval: Some(std::time::Duration::from_secs(1)),
             perf: false,
             output_limit: None,
+            max_running: None,
         }
     }
 }
@@ -375,7 +383,10 @@ impl Agent {
             }
             // Never past a kept file's logical length: bytes beyond it may be a
             // write still in flight (a hole).
-            Content::Kept(k) => file_range(&k.file, k.len, start, stop, encoding),
+            Content::Kept(k) => {
+                let file = k.open().map_err(|e| FdDataError::Io(e.into()))?;
+                file_range(&file, k.len, start, stop, encoding)
+            }
             Content::File(file) => {
                 let length =
                     crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;

@@ -64,6 +64,14 @@ impl PipeIn {
 
 impl Store {
     /// The pipe the reactor drains, for the two stores that have one.
+    pub fn pipe(&self) -> Option<&PipeIn> {
+        match self {
+            Store::Memory { pipe, .. } | Store::Kept { pipe, .. } => Some(pipe),
+            Store::Tempfile { .. } => None,
+        }
+    }
+
+    /// The pipe of a pipe-fed capture, to change.
     pub fn pipe_mut(&mut self) -> Option<&mut PipeIn> {
         match self {
             Store::Memory { pipe, .. } | Store::Kept { pipe, .. } => Some(pipe),
@@ -139,10 +147,23 @@ pub(crate) enum Content {
 /// A kept capture file as a reader sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct KeptContent {
-    pub file: Arc<OwnedFd>,
+    /// The file while the agent holds it open (being written, or waiting for
+    /// its compression); `None` once it is complete and closed, when readers
+    /// open `path` on their own thread.
+    pub file: Option<Arc<OwnedFd>>,
     pub path: Arc<Path>,
     /// Bytes whose writes have completed; reads stop here.
     pub len: u64,
+}
+
+impl KeptContent {
+    /// The file to read: the agent's open fd, or the path opened anew.
+    pub fn open(&self) -> Result<Arc<OwnedFd>, Errno> {
+        match &self.file {
+            Some(f) => Ok(f.clone()),
+            None => fd::open(&self.path, libc::O_RDONLY, 0).map(Arc::new),
+        }
+    }
 }
 
 /// A snapshot of a process result whose fd contents are read on the caller's
@@ -259,7 +280,8 @@ impl FdSnap {
         }
         let data = match &self.content {
             Content::Kept(k) => {
-                match self.windowed(k.len, |a, b, out| read_file_into(&k.file, a, b, out)) {
+                let read = |a, b, out: &mut Vec<u8>| read_file_into(&*k.open()?, a, b, out);
+                match self.windowed(k.len, read) {
                     Ok(b) => b,
                     Err(_) => return FdRes::Error,
                 }
@@ -322,12 +344,19 @@ pub(crate) fn read_file_into(
 
 /// Life of a process.
 pub(crate) enum Life {
+    /// Waiting for its turn to start (`Config::max_running`, or fds to free up).
+    Queued,
     /// Never started: the plan failed in the parent (errors say why).
     NotStarted,
     /// Being spawned on the spawner thread.
     Starting,
     /// Running; waiting for exit.
     Running,
+    /// Exited (a zombie, not yet reaped); its pipe reads are being cancelled.
+    /// Their completions still carry its output, so its captures take bytes
+    /// until the last read has ended; then the pipes are drained and it is
+    /// reaped.
+    Exiting,
     /// Exited, reaped, final.
     Done { status: i32, rusage: Rusage },
 }
@@ -342,7 +371,11 @@ pub(crate) struct Proc {
     pub failure: Option<ChildFailure>,
     pub start: SystemTime,
     pub start_mono: Instant,
+    /// Set once it is settled: when its exit was seen (so `elapsed` is the
+    /// process's, not the time its last output took to land).
     pub stop: Option<(SystemTime, Instant)>,
+    /// When its exit was seen.
+    pub exited_at: Option<(SystemTime, Instant)>,
     pub proc_stat: Option<ProcStat>,
     /// fd name → capture index, in spec order; `None` for uncaptured fds.
     pub fds: Vec<(String, Option<usize>)>,
@@ -362,6 +395,11 @@ pub(crate) struct Proc {
     pub perf: Option<crate::metrics::perf::PerfState>,
     /// What sampling `/proc` while it runs has seen.
     pub sampled: Sampled,
+    /// Whether it counts against `Config::max_running`: from its launch until it
+    /// is settled (it holds fds all that time).
+    pub holds_slot: bool,
+    /// The start request it belongs to, until it has started or failed.
+    pub request: Option<u64>,
 }
 
 /// `/proc` samples of a running process; kept after exit, when the files are gone
@@ -427,14 +465,71 @@ impl TimeoutState {
 }
 
 impl Proc {
+    /// A process of a start request, queued until it can be launched.
+    pub fn queued(id: ProcId, request: u64) -> Proc {
+        Proc {
+            id,
+            pid: None,
+            pidfd: None,
+            life: Life::Queued,
+            errors: Vec::new(),
+            failure: None,
+            start: SystemTime::now(),
+            start_mono: Instant::now(),
+            stop: None,
+            exited_at: None,
+            proc_stat: None,
+            fds: Vec::new(),
+            captures: Vec::new(),
+            waiters: Vec::new(),
+            final_waiters: Vec::new(),
+            started_with: StartInfo::default(),
+            timeout: None,
+            kill_group: false,
+            sampled: Sampled::default(),
+            perf: None,
+            holds_slot: false,
+            request: Some(request),
+        }
+    }
+
+    /// Takes what plan building made for it (the plan itself goes to the spawn),
+    /// and starts its clock.
+    pub fn launched(&mut self, prep: Prepared, started_with: StartInfo) {
+        self.errors = prep.errors;
+        self.fds = prep.fds;
+        self.captures = prep.captures;
+        self.started_with = started_with;
+        self.timeout = prep.timeout;
+        self.kill_group = prep.kill_group;
+        self.perf = prep.perf;
+        self.start = SystemTime::now();
+        self.start_mono = Instant::now();
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(self.life, Life::Running | Life::Starting)
     }
 
-    /// Running, or exited and reaped but not yet settled because kept-file
-    /// writes are still in flight: waiters wait, delete is refused.
+    /// Whether its captures still take pipe bytes: running, or exited with a
+    /// pipe read still to end ([`Life::Exiting`]).
+    pub fn takes_output(&self) -> bool {
+        self.is_running() || matches!(self.life, Life::Exiting)
+    }
+
+    /// Whether any capture has a pipe read in flight.
+    pub fn reading(&self) -> bool {
+        self.captures
+            .iter()
+            .any(|c| c.store.pipe().is_some_and(|p| p.read_key.is_some()))
+    }
+
+    /// Not yet settled: running, exiting, or exited and reaped with kept-file
+    /// writes still in flight. Waiters wait, delete is refused.
     pub fn is_busy(&self) -> bool {
-        self.is_running() || (matches!(self.life, Life::Done { .. }) && self.stop.is_none())
+        self.takes_output()
+            || matches!(self.life, Life::Queued)
+            || (matches!(self.life, Life::Done { .. }) && self.stop.is_none())
     }
 
     /// Settled, with no compression still pending: nothing in its result will
@@ -466,7 +561,10 @@ impl Proc {
     /// Makes a process that is no longer running final: stop time, memory
     /// captures frozen (pipes dropped), waiters answered.
     pub fn settle(&mut self, stat_ctx: Option<&StatContext>) {
-        self.stop = Some((SystemTime::now(), Instant::now()));
+        self.stop = Some(
+            self.exited_at
+                .unwrap_or_else(|| (SystemTime::now(), Instant::now())),
+        );
         for cap in self.captures.iter_mut() {
             match &mut cap.store {
                 Store::Memory {
@@ -478,6 +576,12 @@ impl Proc {
                 Store::Kept { pipe, file } => {
                     pipe.fd = None;
                     file.release_buffers();
+                    // Complete: a thousand finished results must not hold a
+                    // thousand fds. A compression still needs it (and then
+                    // replaces it).
+                    if cap.compression.is_none() {
+                        file.close();
+                    }
                 }
                 Store::Tempfile { .. } => {}
             }
@@ -555,7 +659,7 @@ impl Proc {
         };
         let state = if !self.errors.is_empty() {
             State::Error
-        } else if self.is_running() {
+        } else if self.takes_output() || matches!(self.life, Life::Queued) {
             State::Running
         } else {
             State::Terminated
@@ -803,7 +907,12 @@ impl Capture {
 fn kept_content(f: &KeptFile) -> Content {
     match f.file() {
         Some(file) => Content::Kept(KeptContent {
-            file: file.clone(),
+            file: Some(file.clone()),
+            path: f.path().clone(),
+            len: f.len(),
+        }),
+        None if f.closed() => Content::Kept(KeptContent {
+            file: None,
             path: f.path().clone(),
             len: f.len(),
         }),
@@ -927,6 +1036,9 @@ pub(crate) struct Prepared {
     pub fds: Vec<(String, Option<usize>)>,
     pub captures: Vec<Capture>,
     pub errors: Vec<String>,
+    /// Whether the errors include running out of fds (`EMFILE`, `ENFILE`), so
+    /// that the same spec may start once other processes have let go of theirs.
+    pub out_of_fds: bool,
     /// The start state given to the child (result extensions).
     pub started_with: StartInfo,
     /// The resolved timeout, if the spec has one.
@@ -1017,6 +1129,8 @@ pub(crate) fn prepare(
     // The child's fd table as the list is applied: target → raw source in the plan
     // (or the agent's own 0–2), for `dup` resolution in list order.
     let mut table: HashMap<RawFd, Option<RawFd>> = (0..=2).map(|fd| (fd, Some(fd))).collect();
+    // Whether an fd failed for want of fds (EMFILE, ENFILE): worth a retry later.
+    let mut out_of_fds = false;
 
     for (name, fs) in &ps.fds {
         let fd = match spec::parse_fd_name(name) {
@@ -1147,7 +1261,10 @@ pub(crate) fn prepare(
                 }
             }
             Ok(None) => {}
-            Err(e) => errors.push(fd_error(fd, e)),
+            Err(e) => {
+                out_of_fds |= e == Errno::MFILE || e == Errno::NFILE;
+                errors.push(fd_error(fd, e));
+            }
         }
         fds.push((norm, cap_index));
     }
@@ -1194,6 +1311,7 @@ pub(crate) fn prepare(
         fds,
         captures,
         errors,
+        out_of_fds,
         started_with,
         timeout,
         kill_group: ps.kill_group,

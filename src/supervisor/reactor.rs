@@ -63,10 +63,22 @@ pub(crate) struct Reactor {
     spawner: Spawner,
     /// Spawns the spawner thread finished.
     spawned_rx: std::sync::mpsc::Receiver<Done>,
-    /// Exe paths of procs on the spawner thread (for error messages).
-    starting: HashMap<u64, String>,
-    /// Start requests waiting for procs on the spawner thread.
-    pending_starts: Vec<PendingStart>,
+    /// Procs on the spawner thread: their exe path (for error messages) and
+    /// their queue entry (to queue them again if the spawn ran out of fds).
+    starting: HashMap<u64, (String, Queued)>,
+    /// Processes waiting to be launched, in request order.
+    queue: std::collections::VecDeque<Queued>,
+    /// Processes launched and not yet settled (see `Proc::holds_slot`).
+    active: usize,
+    /// The most processes [`Reactor::active`] may count.
+    max_running: usize,
+    /// A launch ran out of fds: no launch until a process lets go of its fds.
+    fds_short: bool,
+    /// Start requests not yet answered, by request number: the procs still
+    /// to start or fail, their ids and the reply.
+    pending_starts: HashMap<u64, PendingStart>,
+    /// The number of the next start request.
+    next_request: u64,
     /// Whether the sampling timer is armed.
     sampling: bool,
     /// The environment map of the last process started (see `share_env`).
@@ -82,12 +94,25 @@ pub(crate) struct Reactor {
     budget: Option<crate::capture::limit::Budget<super::outlimit::CapKey>>,
 }
 
-/// A start request's reply, held until its procs on the spawner thread are done.
+/// A start request's reply, held until each of its procs has started or failed:
+/// how many have not, the ids, the reply.
 type PendingStart = (
-    Vec<u64>,
+    usize,
     Vec<ProcId>,
     Box<dyn FnOnce(Result<Vec<ProcId>, StartError>) + Send>,
 );
+
+/// A process waiting to be launched: its spec, and the pipes of its request
+/// (`pipe` fds between the request's processes).
+struct Queued {
+    serial: u64,
+    spec: Rc<spec::ProcSpec>,
+    pipes: Rc<std::cell::RefCell<proc::RequestPipes>>,
+}
+
+/// How long the reactor spawns before it serves completions, timers and
+/// commands again.
+const SPAWN_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Reactor {
     pub(crate) fn new(config: Config, mailbox: Mailbox<Command>) -> Result<Reactor, StartupError> {
@@ -115,6 +140,10 @@ impl Reactor {
         let packer = Packer::new(packed_tx, mailbox.wake.clone());
         tracing::debug!(features = ?ring.features, "io_uring ready");
         let output_limit = config.output_limit.map(crate::capture::limit::Budget::new);
+        let max_running = config
+            .max_running
+            .unwrap_or_else(default_max_running)
+            .max(1);
         Ok(Reactor {
             ring,
             mailbox,
@@ -136,7 +165,12 @@ impl Reactor {
             spawner,
             spawned_rx,
             starting: HashMap::new(),
-            pending_starts: Vec::new(),
+            queue: std::collections::VecDeque::new(),
+            active: 0,
+            max_running,
+            fds_short: false,
+            pending_starts: HashMap::new(),
+            next_request: 0,
             sampling: false,
             last_env: None,
             packer,
@@ -156,10 +190,13 @@ impl Reactor {
             if !closed {
                 closed = self.drain_mailbox();
             }
+            self.launch_queued();
             if closed && !self.procs.values().any(Proc::is_busy) {
                 break;
             }
-            if let Err(e) = self.ring.submit_and_wait(1, None) {
+            // With processes still to launch, only look at what has completed.
+            let want = usize::from(!self.may_launch());
+            if let Err(e) = self.ring.submit_and_wait(want, None) {
                 tracing::error!("io_uring_enter failed: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -196,7 +233,7 @@ impl Reactor {
             Tag::Pipe { proc, cap } => {
                 let data = self.ring.data(cqe);
                 let mut kept = false;
-                if self.procs.get(&proc).is_some_and(Proc::is_running) {
+                if self.procs.get(&proc).is_some_and(Proc::takes_output) {
                     kept = outlimit::push(self.budget.as_mut(), &mut self.procs, proc, cap, data);
                 }
                 self.ring.finish(cqe);
@@ -306,6 +343,7 @@ impl Reactor {
             return;
         };
         let running = p.is_running();
+        let exiting = matches!(p.life, Life::Exiting);
         let Some(store) = p.captures.get_mut(cap).map(|c| &mut c.store) else {
             return;
         };
@@ -315,6 +353,13 @@ impl Reactor {
             return;
         };
         pipe.read_key = None;
+        if exiting {
+            // Its last read may have ended: the exit goes on (`finish_exit`).
+            if !self.exited.contains(&serial) {
+                self.exited.push(serial);
+            }
+            return;
+        }
         let rearm = match cqe.result {
             Ok(0) => false, // EOF
             Ok(_) => true,  // single-shot read
@@ -343,15 +388,22 @@ impl Reactor {
         }
     }
 
-    /// The process exited (not yet reaped): snapshot `/proc/<pid>/stat`, drain its
-    /// pipes, reap it with rusage, freeze its captures, publish.
+    /// The process exited (not yet reaped), or the last pipe read of an exited
+    /// one ended. At the exit: snapshot `/proc/<pid>/stat`, `io` and perf of the
+    /// zombie, and cancel its pipe reads. Once no read of its pipes can complete
+    /// any more (each read's final completion, which may still carry bytes, has
+    /// been handled): drain what is left in the pipes, reap it with rusage,
+    /// freeze its captures, publish.
     fn finish_exit(&mut self, serial: u64) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        if !p.is_running() {
-            return;
+        match p.life {
+            Life::Running => {}
+            Life::Exiting if !p.reading() => return self.complete_exit(serial),
+            _ => return,
         }
+        p.exited_at = Some((SystemTime::now(), Instant::now()));
         if let (Some(pid), Some(ctx)) = (p.pid, self.stat_ctx.as_ref()) {
             p.proc_stat = proc::read_stat(pid, ctx, &mut self.stat_buf).or(p.proc_stat.take());
         }
@@ -362,13 +414,32 @@ impl Reactor {
         if let Some(perf) = p.perf.as_mut() {
             perf.finish();
         }
-        // Drain what the process wrote. Under DEFER_TASKRUN no read of ours runs
-        // outside io_uring_enter, so every completion already handled is older
-        // than these bytes, and any later one is newer.
-        for cap in 0..p.captures.len() {
+        p.life = Life::Exiting;
+        // A read's bytes may reach us after the exit's completion: a multishot
+        // read that overflowed the completion queue ends with a completion that
+        // carries its last bytes, posted after completions that came later. So
+        // the captures wait for every read's final completion, not just the exit.
+        for c in p.captures.iter_mut() {
+            if let Some(PipeIn {
+                read_key: Some(key),
+                ..
+            }) = c.store.pipe_mut()
+            {
+                self.ring.cancel(*key);
+            }
+        }
+        if !p.reading() {
+            self.complete_exit(serial);
+        }
+    }
+
+    /// An exited process none of whose pipe reads is in flight: drain the pipes
+    /// (their bytes are newer than every completion handled), reap, settle.
+    fn complete_exit(&mut self, serial: u64) {
+        for cap in 0..self.procs.get(&serial).map_or(0, |p| p.captures.len()) {
             let Some(PipeIn {
                 fd: Some(fd),
-                read_key,
+                read_key: None,
             }) = self
                 .procs
                 .get_mut(&serial)
@@ -378,9 +449,6 @@ impl Reactor {
                 continue;
             };
             let fd = fd.clone();
-            if let Some(key) = read_key.take() {
-                self.ring.cancel(key);
-            }
             // At most one pipe's worth: all a dead writer can have left. A
             // descendant still writing into the pipe must not keep the reactor
             // here (or a kept file's staging growing); its later output is not
@@ -410,7 +478,9 @@ impl Reactor {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        let reaped = match p.pidfd.as_ref().map(|fd| wait::reap(&**fd)) {
+        // Reaped, the pidfd has nothing more to say: close it (a thousand
+        // finished results must not hold a thousand fds).
+        let reaped = match p.pidfd.take().map(|fd| wait::reap(&*fd)) {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
                 p.errors.push(format!("waitid failed: {e}"));
@@ -505,24 +575,15 @@ impl Reactor {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Start(input, reply) => {
-                let first = self.next_serial;
-                match self.start(input) {
-                    Ok(ids) => {
-                        // Reply once every proc of the request has a pid (or has
-                        // failed): callers may signal or query it at once.
-                        let waiting: Vec<u64> = (first..self.next_serial)
-                            .filter(|s| self.starting.contains_key(s))
-                            .collect();
-                        if waiting.is_empty() {
-                            reply(Ok(ids));
-                        } else {
-                            self.pending_starts.push((waiting, ids, reply));
-                        }
-                    }
-                    Err(e) => reply(Err(e)),
+            Command::Start(input, reply) => match self.start(input) {
+                // Answered once every proc of the request has a pid (or has
+                // failed): callers may signal or query it at once.
+                Ok((request, ids)) if !ids.is_empty() => {
+                    self.pending_starts.insert(request, (ids.len(), ids, reply));
                 }
-            }
+                Ok((_, ids)) => reply(Ok(ids)),
+                Err(e) => reply(Err(e)),
+            },
             Command::Result(id, reply) => {
                 let snap = self
                     .serial(&id)
@@ -610,80 +671,136 @@ impl Reactor {
         self.ids.get(id).copied()
     }
 
-    /// Validates a request and starts each of its processes.
-    fn start(&mut self, input: Input) -> Result<Vec<ProcId>, StartError> {
+    /// Validates a request and queues each of its processes; returns the
+    /// request's number and its ids.
+    fn start(&mut self, input: Input) -> Result<(u64, Vec<ProcId>), StartError> {
         let ids = &self.ids;
         spec::validate_with_existing(&input, |id| ids.contains_key(id))
             .map_err(StartError::Spec)?;
-        let mut pipes = proc::request_pipes(&input)
+        let pipes = proc::request_pipes(&input)
             .map_err(|(id, msg)| StartError::Resource { proc_id: id, msg })?;
-        // Prepare and launch one process at a time: a plan's transient fds (pipe
-        // write ends, opened files) are closed by its spawn before the next plan is
-        // made, so every child's low fd window stays small.
+        let pipes = Rc::new(std::cell::RefCell::new(pipes));
+        let request = self.next_request;
+        self.next_request += 1;
         let mut started = Vec::with_capacity(input.specs.len());
-        for (id, ps) in input.specs.iter() {
-            let ctx = PlanContext {
-                env: &self.env,
-                tmpdir: &self.config.tmpdir,
-                pipe_size: self.config.pipe_size,
-                head: self.config.capture_head,
-                tail: self.config.capture_tail,
-                fd_floor: self.fd_floor,
-                pdeath_sig: self.config.pdeath_sig,
-                cwd: self.cwd.as_deref(),
-                perf: self.config.perf,
-            };
-            let prep = proc::prepare(id, ps, &ctx, &mut pipes);
-            self.launch(id.clone(), prep);
-            started.push(id.clone());
+        for (id, ps) in input.specs {
+            let serial = self.next_serial;
+            self.next_serial += 1;
+            self.procs.insert(serial, Proc::queued(id.clone(), request));
+            self.ids.insert(id.clone(), serial);
+            self.queue.push_back(Queued {
+                serial,
+                spec: Rc::new(ps),
+                pipes: pipes.clone(),
+            });
+            started.push(id);
         }
-        Ok(started)
+        Ok((request, started))
     }
 
-    fn launch(&mut self, id: ProcId, prep: proc::Prepared) {
-        let serial = self.next_serial;
-        self.next_serial += 1;
-        let proc = Proc {
-            id: id.clone(),
-            pid: None,
-            pidfd: None,
-            life: Life::NotStarted,
-            errors: prep.errors,
-            failure: None,
-            start: SystemTime::now(),
-            start_mono: Instant::now(),
-            stop: None,
-            proc_stat: None,
-            fds: prep.fds,
-            captures: prep.captures,
-            waiters: Vec::new(),
-            final_waiters: Vec::new(),
-            started_with: self.share_env(prep.started_with),
-            timeout: prep.timeout,
-            kill_group: prep.kill_group,
-            sampled: Default::default(),
-            perf: prep.perf,
+    /// Whether a queued process may be launched now.
+    fn may_launch(&self) -> bool {
+        !self.queue.is_empty() && self.active < self.max_running && !self.fds_short
+    }
+
+    /// Launches queued processes for at most [`SPAWN_SLICE`], while
+    /// `max_running` and the fds allow.
+    fn launch_queued(&mut self) {
+        let until = Instant::now() + SPAWN_SLICE;
+        while self.may_launch() && Instant::now() < until {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            self.launch(q);
+        }
+    }
+
+    /// Builds the plan of a queued process and spawns it (on the spawner thread
+    /// if it is idle). A plan that ran out of fds goes back to the head of the
+    /// queue while other processes hold fds that they will let go of.
+    fn launch(&mut self, q: Queued) {
+        let serial = q.serial;
+        let Some(id) = self.procs.get(&serial).map(|p| p.id.clone()) else {
+            return;
         };
-        self.procs.insert(serial, proc);
-        self.ids.insert(id.clone(), serial);
-        match prep.plan {
-            // Two execs at once: the spawner thread takes this one if it is idle,
-            // otherwise the reactor spawns it (and is suspended until it execs).
-            Some(plan) => match self.spawner.try_spawn(serial, Box::new(plan)) {
-                Ok(()) => {
-                    if let Some(p) = self.procs.get_mut(&serial) {
+        let ctx = PlanContext {
+            env: &self.env,
+            tmpdir: &self.config.tmpdir,
+            pipe_size: self.config.pipe_size,
+            head: self.config.capture_head,
+            tail: self.config.capture_tail,
+            fd_floor: self.fd_floor,
+            pdeath_sig: self.config.pdeath_sig,
+            cwd: self.cwd.as_deref(),
+            perf: self.config.perf,
+        };
+        let mut prep = proc::prepare(&id, &q.spec, &ctx, &mut q.pipes.borrow_mut());
+        if prep.out_of_fds && self.active > 0 {
+            tracing::debug!(%id, active = self.active, "out of fds: queued until some are freed");
+            self.fds_short = true;
+            self.queue.push_front(q);
+            return;
+        }
+        if prep.out_of_fds {
+            prep.errors.push(out_of_fds_message());
+        }
+        let plan = prep.plan.take();
+        let exe = std::mem::take(&mut prep.exe);
+        let started_with = self.share_env(std::mem::take(&mut prep.started_with));
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        p.launched(prep, started_with);
+        match plan {
+            Some(plan) => {
+                p.holds_slot = true;
+                self.active += 1;
+                // Two execs at once: the spawner thread takes this one if it is
+                // idle, otherwise the reactor spawns it (and is suspended until
+                // it execs).
+                match self.spawner.try_spawn(serial, Box::new(plan)) {
+                    Ok(()) => {
                         p.life = Life::Starting;
+                        self.starting.insert(serial, (exe, q));
                     }
-                    self.starting.insert(serial, prep.exe);
+                    Err(plan) => {
+                        let result = spawn(*plan, &mut self.stack);
+                        self.spawned(serial, result, &exe, q);
+                    }
                 }
-                Err(plan) => {
-                    let result = spawn(*plan, &mut self.stack);
-                    self.spawned(serial, result, &prep.exe);
-                }
-            },
-            None => self.settle_unstarted(serial),
+            }
+            None => {
+                self.settle_unstarted(serial);
+                self.start_resolved(serial);
+            }
         }
         self.emit(Event::Started(id));
+    }
+
+    /// Process `serial` has started or failed: answer its start request once
+    /// that was the last of the request's processes to do so.
+    fn start_resolved(&mut self, serial: u64) {
+        let Some(request) = self.procs.get_mut(&serial).and_then(|p| p.request.take()) else {
+            return;
+        };
+        let Some((left, _, _)) = self.pending_starts.get_mut(&request) else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            if let Some((_, ids, reply)) = self.pending_starts.remove(&request) {
+                reply(Ok(ids));
+            }
+        }
+    }
+
+    /// A process that held a slot (and fds) let go of them.
+    fn release_slot(&mut self, serial: u64) {
+        if let Some(p) = self.procs.get_mut(&serial).filter(|p| p.holds_slot) {
+            p.holds_slot = false;
+            self.active = self.active.saturating_sub(1);
+            self.fds_short = false;
+        }
     }
 
     /// Replaces `info.env` by the previous process's map when they are equal,
@@ -699,7 +816,30 @@ impl Reactor {
 
     /// Takes the outcome of a spawn: arms the exit wait, the pipe reads and the
     /// timeout of a started child, or records why it did not start.
-    fn spawned(&mut self, serial: u64, result: Result<Spawned, rustix::io::Errno>, exe: &str) {
+    fn spawned(
+        &mut self,
+        serial: u64,
+        result: Result<Spawned, rustix::io::Errno>,
+        exe: &str,
+        q: Queued,
+    ) {
+        let out_of_fds = matches!(
+            result,
+            Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE)
+        );
+        if out_of_fds && self.active > 1 {
+            // No pidfd to be had now: start it again once fds are freed. Its
+            // captures (and their pipes) are made anew then.
+            self.release_slot(serial);
+            self.fds_short = true;
+            if let Some(p) = self.procs.get_mut(&serial) {
+                let request = p.request;
+                *p = Proc::queued(p.id.clone(), 0);
+                p.request = request;
+            }
+            self.queue.push_front(q);
+            return;
+        }
         let Some(proc) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -750,10 +890,14 @@ impl Reactor {
             Err(e) => {
                 proc.errors
                     .push(format!("spawn failed: {}", std::io::Error::from(e)));
+                if out_of_fds {
+                    proc.errors.push(out_of_fds_message());
+                }
                 proc.life = Life::NotStarted;
                 self.settle_unstarted(serial);
             }
         }
+        self.start_resolved(serial);
         self.arm_sampling();
     }
 
@@ -765,27 +909,41 @@ impl Reactor {
         };
         proc.life = Life::NotStarted;
         proc.settle(self.stat_ctx.as_ref());
+        self.release_slot(serial);
         self.compress_captures(serial);
     }
 
     /// Collects spawns the spawner thread finished.
     fn drain_spawned(&mut self) {
-        let mut any = false;
         while let Ok((serial, result)) = self.spawned_rx.try_recv() {
-            let exe = self.starting.remove(&serial).unwrap_or_default();
-            self.spawned(serial, result, &exe);
-            any = true;
-        }
-        if any {
-            let starting = &self.starting;
-            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_starts)
-                .into_iter()
-                .partition(|(serials, _, _)| serials.iter().all(|s| !starting.contains_key(s)));
-            self.pending_starts = waiting;
-            for (_, ids, reply) in ready {
-                reply(Ok(ids));
+            if let Some((exe, q)) = self.starting.remove(&serial) {
+                self.spawned(serial, result, &exe, q);
             }
         }
+    }
+}
+
+/// The default of `Config::max_running`: as many processes as the soft fd
+/// limit has room for at four long-lived fds each (a pidfd and three captures),
+/// past a reserve for the agent's own.
+pub(crate) fn default_max_running() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    usize::try_from(soft.saturating_sub(256) / 4)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The error of a process that could not get its fds with no other process
+/// holding any that might be freed.
+fn out_of_fds_message() -> String {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(n) => format!(
+            "out of file descriptors: the agent's RLIMIT_NOFILE is {n}; raise it (ulimit -n) or lower --max-running"
+        ),
+        None => "out of file descriptors (system-wide limit, fs.file-max)".to_string(),
     }
 }
 

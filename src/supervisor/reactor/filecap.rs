@@ -4,7 +4,7 @@
 //! only once its files hold every byte it wrote.
 
 use super::super::agent::Event;
-use super::super::proc::{Capture, PipeIn, Proc, Store};
+use super::super::proc::{Capture, Life, PipeIn, Proc, Store};
 use super::{Reactor, Tag};
 use crate::capture::kept::{Completed, KeptFile};
 use rustix::io::Errno;
@@ -149,11 +149,12 @@ impl Reactor {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        if p.is_running() || p.stop.is_some() || !p.kept_idle() {
+        if !matches!(p.life, Life::Done { .. }) || p.stop.is_some() || !p.kept_idle() {
             return;
         }
         p.settle(self.stat_ctx.as_ref());
         let id = p.id.clone();
+        self.release_slot(serial);
         self.emit(Event::Exited(id));
         self.compress_captures(serial);
     }
