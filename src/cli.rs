@@ -149,8 +149,8 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
-    let ids = match agent.start(input) {
-        Ok(ids) => ids,
+    match agent.start(input) {
+        Ok(_) => {}
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_START;
@@ -159,9 +159,7 @@ pub fn run(args: Args) -> u8 {
     // Compression (`"compress"`) runs after exit, off the reactor: wait for it
     // too, so that the results are final and compressed files complete when we
     // exit (dropping the agent would cancel it).
-    for id in &ids {
-        agent.wait_compressed(id);
-    }
+    agent.wait_all();
     let results = agent.results();
     let write = |w: &mut dyn Write| -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, &results)?;

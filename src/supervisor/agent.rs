@@ -22,6 +22,8 @@ pub(crate) enum Command {
     Ids(Reply<Vec<ProcId>>),
     /// Wait for exit; with `true`, also for every compression of the process.
     Wait(ProcId, bool, Reply<Option<Snapshot>>),
+    /// Wait until every process in the table is final (settled, compressed).
+    WaitAll(Reply<()>),
     Signal(ProcId, i32, Reply<Result<(), ProcError>>),
     FdData(
         ProcId,
@@ -41,6 +43,7 @@ impl std::fmt::Debug for Command {
             Command::Results(..) => "Results",
             Command::Ids(..) => "Ids",
             Command::Wait(..) => "Wait",
+            Command::WaitAll(..) => "WaitAll",
             Command::Signal(..) => "Signal",
             Command::FdData(..) => "FdData",
             Command::Delete(..) => "Delete",
@@ -301,6 +304,14 @@ impl Agent {
         self.call(|r| Command::Wait(id.to_string(), true, r))
             .flatten()
             .map(Snapshot::into_res)
+    }
+
+    /// Blocks until every process started so far is final, as
+    /// [`Agent::wait_compressed`] would say of each: exited (or failed to
+    /// start), settled, and done with its compressions. One round trip for a
+    /// whole table, however large.
+    pub fn wait_all(&self) {
+        let _ = self.call(Command::WaitAll);
     }
 
     /// Sends signal `signum` through the process's pidfd.

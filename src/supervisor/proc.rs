@@ -13,7 +13,7 @@ use crate::result::{
 use crate::spec::{self, CaptureMode, FdSpec, ProcId, ProcSpec};
 use crate::sys::fd;
 use crate::sys::pipe;
-use crate::sys::spawn::{ChildFailure, ChildPlan, Stage};
+use crate::sys::spawn::{CStringArray, ChildFailure, ChildPlan, Stage};
 use bytes::Bytes;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use rustix::io::Errno;
@@ -1029,6 +1029,60 @@ pub(crate) fn request_pipes(input: &spec::Input) -> Result<RequestPipes, (ProcId
     Ok(pipes)
 }
 
+/// A child environment built from an [`spec::EnvSpec`] and the agent's own: the
+/// array the child execs with, and the map its result reports.
+#[derive(Clone)]
+pub(crate) struct BuiltEnv {
+    pub envp: Arc<CStringArray>,
+    pub map: Arc<BTreeMap<String, String>>,
+}
+
+/// The environment last built, for the next process whose spec asks for the
+/// same one: a fan-out of one spec builds (and holds) its environment once.
+#[derive(Default)]
+pub(crate) struct EnvCache {
+    last: Option<(spec::EnvSpec, BuiltEnv)>,
+}
+
+impl EnvCache {
+    /// The environment `spec` gives a child of an agent whose own is `agent`;
+    /// `Err` if a name or value holds a NUL byte.
+    fn get(
+        &mut self,
+        spec: &spec::EnvSpec,
+        agent: &[(std::ffi::OsString, std::ffi::OsString)],
+    ) -> Result<BuiltEnv, Errno> {
+        if let Some((s, built)) = &self.last {
+            if s == spec {
+                return Ok(built.clone());
+            }
+        }
+        let vars = spec.build(agent.iter().cloned());
+        let map = vars
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        let envp = CStringArray::new(vars.into_iter().map(|(k, v)| {
+            use std::os::unix::ffi::OsStrExt;
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            kv
+        }))?;
+        let built = BuiltEnv {
+            envp: Arc::new(envp),
+            map: Arc::new(map),
+        };
+        self.last = Some((spec.clone(), built.clone()));
+        Ok(built)
+    }
+}
+
 /// A plan ready to spawn, with the captures it sets up.
 pub(crate) struct Prepared {
     pub plan: Option<ChildPlan>,
@@ -1056,6 +1110,7 @@ pub(crate) fn prepare(
     ps: &ProcSpec,
     ctx: &PlanContext<'_>,
     pipes: &mut RequestPipes,
+    env_cache: &mut EnvCache,
 ) -> Prepared {
     let exe = ps.exe().unwrap_or_default().to_string();
     let mut errors = Vec::new();
@@ -1083,28 +1138,13 @@ pub(crate) fn prepare(
         }
         None => &ps.env,
     };
-    let built = env_spec.build(ctx.env.iter().cloned());
-    let env_map: BTreeMap<String, String> = built
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
-        .collect();
-    let env: Vec<Vec<u8>> = built
-        .into_iter()
-        .map(|(k, v)| {
-            use std::os::unix::ffi::OsStrExt;
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            kv
-        })
-        .collect();
+    let env = env_cache.get(env_spec, ctx.env);
     let argv: Vec<Vec<u8>> = ps.argv.iter().map(|a| a.as_bytes().to_vec()).collect();
-    let mut plan = match ChildPlan::new(std::ffi::OsStr::new(&exe), argv, env) {
+    let plan = env
+        .as_ref()
+        .map_err(|_| Errno::INVAL)
+        .and_then(|e| ChildPlan::with_env(std::ffi::OsStr::new(&exe), argv, e.envp.clone()));
+    let mut plan = match plan {
         Ok(p) => Some(p),
         Err(_) => {
             errors.push(format!("proc {id}: exe, argv or env contains a NUL byte"));
@@ -1295,7 +1335,7 @@ pub(crate) fn prepare(
             .as_ref()
             .and_then(|c| c.umask)
             .or_else(|| control::agent_info().umask),
-        env: Some(Arc::new(env_map)),
+        env: env.ok().map(|e| e.map),
     };
     let timeout = ctl.as_ref().and_then(|c| c.timeout).map(|t| TimeoutState {
         timer: None,

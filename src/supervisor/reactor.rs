@@ -81,8 +81,8 @@ pub(crate) struct Reactor {
     next_request: u64,
     /// Whether the sampling timer is armed.
     sampling: bool,
-    /// The environment map of the last process started (see `share_env`).
-    last_env: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
+    /// The environment last built (processes started alike share one).
+    env_cache: proc::EnvCache,
     /// The compression thread (started on the first `compress` capture).
     packer: Packer,
     /// Compressions the compression thread finished.
@@ -90,6 +90,11 @@ pub(crate) struct Reactor {
     /// Kept-file captures whose pipe reads are to be paused (backpressure),
     /// cancelled once the current batch of completions is handled.
     pauses: Vec<(u64, usize)>,
+    /// Callers waiting for every process to be final (`Command::WaitAll`).
+    all_waiters: Vec<Box<dyn FnOnce(()) + Send>>,
+    /// Whether a process settled or finished a compression since the last
+    /// look at `all_waiters`.
+    settled: bool,
     /// Bytes held by memory captures under `--output-limit`, if set.
     budget: Option<crate::capture::limit::Budget<super::outlimit::CapKey>>,
 }
@@ -172,11 +177,13 @@ impl Reactor {
             pending_starts: HashMap::new(),
             next_request: 0,
             sampling: false,
-            last_env: None,
+            env_cache: proc::EnvCache::default(),
             packer,
             packed_rx,
             pauses: Vec::new(),
             budget: output_limit,
+            all_waiters: Vec::new(),
+            settled: false,
         })
     }
 
@@ -213,6 +220,20 @@ impl Reactor {
             self.exited = exited;
             self.exited.clear();
             self.apply_pauses();
+            self.answer_all_waiters();
+        }
+    }
+
+    /// Answers [`Command::WaitAll`] once every process is final. Looks only
+    /// after something settled, so a long wait costs nothing per loop.
+    fn answer_all_waiters(&mut self) {
+        if self.all_waiters.is_empty() || !std::mem::take(&mut self.settled) {
+            return;
+        }
+        if self.queue.is_empty() && self.procs.values().all(Proc::is_final) {
+            for w in std::mem::take(&mut self.all_waiters) {
+                w(());
+            }
         }
     }
 
@@ -553,6 +574,7 @@ impl Reactor {
                 budget.remove((serial, cap), bytes);
             }
             let event = Event::Compressed(p.id.clone(), c.name.clone());
+            self.settled = true;
             p.answer_final_waiters(self.stat_ctx.as_ref());
             self.emit(event);
         }
@@ -616,6 +638,11 @@ impl Reactor {
                     Some(p) if p.is_busy() => p.waiters.push(Box::new(move |s| reply(Some(s)))),
                     Some(p) => reply(Some(p.snapshot(ctx))),
                 }
+            }
+            Command::WaitAll(reply) => {
+                self.all_waiters.push(reply);
+                self.settled = true;
+                self.answer_all_waiters();
             }
             Command::Signal(id, signum, reply) => {
                 let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
@@ -734,7 +761,13 @@ impl Reactor {
             cwd: self.cwd.as_deref(),
             perf: self.config.perf,
         };
-        let mut prep = proc::prepare(&id, &q.spec, &ctx, &mut q.pipes.borrow_mut());
+        let mut prep = proc::prepare(
+            &id,
+            &q.spec,
+            &ctx,
+            &mut q.pipes.borrow_mut(),
+            &mut self.env_cache,
+        );
         if prep.out_of_fds && self.active > 0 {
             tracing::debug!(%id, active = self.active, "out of fds: queued until some are freed");
             self.fds_short = true;
@@ -746,7 +779,7 @@ impl Reactor {
         }
         let plan = prep.plan.take();
         let exe = std::mem::take(&mut prep.exe);
-        let started_with = self.share_env(std::mem::take(&mut prep.started_with));
+        let started_with = std::mem::take(&mut prep.started_with);
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -796,22 +829,12 @@ impl Reactor {
 
     /// A process that held a slot (and fds) let go of them.
     fn release_slot(&mut self, serial: u64) {
+        self.settled = true;
         if let Some(p) = self.procs.get_mut(&serial).filter(|p| p.holds_slot) {
             p.holds_slot = false;
             self.active = self.active.saturating_sub(1);
             self.fds_short = false;
         }
-    }
-
-    /// Replaces `info.env` by the previous process's map when they are equal,
-    /// so that processes started alike share one environment map.
-    fn share_env(&mut self, mut info: proc::StartInfo) -> proc::StartInfo {
-        match (&mut info.env, &self.last_env) {
-            (Some(env), Some(last)) if **env == **last => *env = last.clone(),
-            (Some(env), _) => self.last_env = Some(env.clone()),
-            (None, _) => {}
-        }
-        info
     }
 
     /// Takes the outcome of a spawn: arms the exit wait, the pipe reads and the

@@ -158,7 +158,8 @@ impl CStringArray {
 pub struct ChildPlan {
     pub(crate) exe: CString,
     pub(crate) argv: CStringArray,
-    pub(crate) envp: CStringArray,
+    /// Shared by plans of processes started with the same environment.
+    pub(crate) envp: std::sync::Arc<CStringArray>,
     fd_actions: Vec<FdAction>,
     /// Sources kept open until the clone returns; moved above all targets.
     sources: Vec<OwnedFd>,
@@ -200,6 +201,9 @@ struct Creds {
 // SAFETY: the raw pointers in `CStringArray` point into the `CString`s the same plan
 // owns, which never move (CString's heap buffer is stable) and are never mutated.
 unsafe impl Send for CStringArray {}
+// SAFETY: as above: nothing mutates a built array, so shared references to it
+// from several threads only read.
+unsafe impl Sync for CStringArray {}
 
 impl ChildPlan {
     /// Starts a plan for `exe` with `argv` and `env` (`NAME=value` entries).
@@ -210,10 +214,24 @@ impl ChildPlan {
         E: IntoIterator,
         E::Item: Into<Vec<u8>>,
     {
+        Self::with_env(exe, argv, std::sync::Arc::new(CStringArray::new(env)?))
+    }
+
+    /// Starts a plan for `exe` with `argv` and an environment array built before
+    /// (and perhaps shared with other plans).
+    pub fn with_env<A>(
+        exe: &std::ffi::OsStr,
+        argv: A,
+        envp: std::sync::Arc<CStringArray>,
+    ) -> Result<Self, Errno>
+    where
+        A: IntoIterator,
+        A::Item: Into<Vec<u8>>,
+    {
         Ok(ChildPlan {
             exe: CString::new(exe.as_bytes()).map_err(|_| Errno::INVAL)?,
             argv: CStringArray::new(argv)?,
-            envp: CStringArray::new(env)?,
+            envp,
             fd_actions: Vec::new(),
             sources: Vec::new(),
             setsid: true,

@@ -6,7 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
-use chaperone::result::State;
+use chaperone::result::{CompressionState, State};
 use chaperone::{Event, ProcError};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -427,4 +427,39 @@ fn spawn_runs_while_agent_holds_512mib() {
     );
     run_trues(&a, "held-", 100);
     assert_eq!(a.proc_ids().len(), 101);
+}
+
+/// `Agent::wait_all` returns once every process is final: a slow one, a quick
+/// one, one that cannot start, and one with a compression to finish.
+#[test]
+fn wait_all_returns_once_every_process_is_final() {
+    let agent = agent();
+    let ids = start(
+        &agent,
+        &json!({"specs": {
+            "slow": {"argv": ["/bin/sleep", "0.3"]},
+            "quick": {"argv": ["/bin/true"]},
+            "missing": {"argv": ["/nonexistent/exe"]},
+            "packed": {"argv": ["/bin/sh", "-c", "seq 100000"],
+                "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8",
+                    "compress": "zstd"}}]]},
+        }}),
+    );
+    let t0 = Instant::now();
+    agent.wait_all();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "returned before the sleep ended"
+    );
+    let results = agent.results();
+    for id in &ids {
+        let res = &results[id];
+        assert_ne!(res.state, State::Running, "{id} still running");
+        if let Some(Some(fd)) = res.fds.get("stdout") {
+            if let Some(c) = fd.ext().and_then(|e| e.compression.as_ref()) {
+                assert_eq!(c.state, CompressionState::Done, "{id}: {c:?}");
+            }
+        }
+    }
+    assert_eq!(results["missing"].state, State::Error);
 }
