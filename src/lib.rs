@@ -34,6 +34,6 @@ pub mod supervisor;
 pub mod sys;
 
 pub use supervisor::{
-    Agent, CompressedFdData, Config, Encoded, EncodedFdData, Event, FdData, FdDataError, ProcError,
-    ReadEncoding, StartError,
+    Agent, Call, CompressedFdData, Config, Encoded, EncodedFdData, Event, FdData, FdDataError,
+    Handle, ProcError, ReadEncoding, StartError,
 };

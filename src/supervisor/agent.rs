@@ -1,10 +1,11 @@
 //! The embedding API: [`Agent`], its commands, events and errors.
 
 use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
-use super::proc::{Content, Snapshot};
+use super::handle::Handle;
+use super::proc::Snapshot;
 use super::reactor::{FdContent, Reactor};
 use crate::result::ProcRes;
-use crate::ring::{Mailbox, Sender};
+use crate::ring::Mailbox;
 use crate::spec::{self, Input, ProcId, SpecError};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub(crate) enum Command {
     ),
     Delete(ProcId, Reply<Result<(), ProcError>>),
     Subscribe(mpsc::Sender<Event>),
+    /// The agent is dropped: take no more commands, finish once nothing runs.
+    Close,
 }
 
 impl std::fmt::Debug for Command {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Command {
             Command::FdData(..) => "FdData",
             Command::Delete(..) => "Delete",
             Command::Subscribe(..) => "Subscribe",
+            Command::Close => "Close",
         };
         f.write_str(name)
     }
@@ -217,7 +221,7 @@ pub struct FdData {
 /// ```
 #[derive(Debug)]
 pub struct Agent {
-    tx: Option<Sender<Command>>,
+    handle: Handle,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -240,7 +244,7 @@ impl Agent {
             })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Agent {
-                tx: Some(tx),
+                handle: Handle::new(tx),
                 thread: Some(thread),
             }),
             Ok(Err(msg)) => {
@@ -251,49 +255,38 @@ impl Agent {
         }
     }
 
-    fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Option<T> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let cmd = make(Box::new(move |v| {
-            let _ = tx.send(v);
-        }));
-        self.tx.as_ref()?.send(cmd).ok()?;
-        rx.recv().ok()
+    /// A clonable, non-blocking handle on this agent, for async front ends
+    /// (every call returns a future; see [`Handle`]). The agent's own methods
+    /// are these calls, waited for.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
     }
 
     /// Validates `input` and starts its processes; returns their ids. A rejected
     /// request starts nothing. A process that fails to start is still started in
     /// the sense that it has a result in error state.
     pub fn start(&self, input: Input) -> Result<Vec<ProcId>, StartError> {
-        self.call(|r| Command::Start(input, r))
-            .unwrap_or(Err(StartError::ShutDown))
+        self.handle.start(input).wait()
     }
 
     /// The current result of a process (live figures while it runs).
     pub fn result(&self, id: &str) -> Option<ProcRes> {
-        self.call(|r| Command::Result(id.to_string(), r))
-            .flatten()
-            .map(Snapshot::into_res)
+        self.handle.result(id).wait()
     }
 
     /// The current results of all processes.
     pub fn results(&self) -> BTreeMap<ProcId, ProcRes> {
-        self.call(Command::Results)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(id, s)| (id, s.into_res()))
-            .collect()
+        self.handle.results().wait()
     }
 
     /// Ids of all processes, sorted.
     pub fn proc_ids(&self) -> Vec<ProcId> {
-        self.call(Command::Ids).unwrap_or_default()
+        self.handle.proc_ids().wait()
     }
 
     /// Blocks until the process has exited and returns its final result.
     pub fn wait(&self, id: &str) -> Option<ProcRes> {
-        self.call(|r| Command::Wait(id.to_string(), false, r))
-            .flatten()
-            .map(Snapshot::into_res)
+        self.handle.wait(id).wait()
     }
 
     /// As [`Agent::wait`], and then until every compression its spec asks for
@@ -301,9 +294,7 @@ impl Agent {
     /// field, and compressed files are complete. `None` if the process is
     /// unknown, or deleted before then.
     pub fn wait_compressed(&self, id: &str) -> Option<ProcRes> {
-        self.call(|r| Command::Wait(id.to_string(), true, r))
-            .flatten()
-            .map(Snapshot::into_res)
+        self.handle.wait_compressed(id).wait()
     }
 
     /// Blocks until every process started so far is final, as
@@ -311,33 +302,27 @@ impl Agent {
     /// start), settled, and done with its compressions. One round trip for a
     /// whole table, however large.
     pub fn wait_all(&self) {
-        let _ = self.call(Command::WaitAll);
+        self.handle.wait_all().wait()
     }
 
     /// Sends signal `signum` through the process's pidfd.
     pub fn signal(&self, id: &str, signum: i32) -> Result<(), ProcError> {
-        self.call(|r| Command::Signal(id.to_string(), signum, r))
-            .unwrap_or(Err(ProcError::ShutDown))
+        self.handle.signal(id, signum).wait()
     }
 
     /// Deletes a process that is no longer running.
     pub fn delete(&self, id: &str) -> Result<(), ProcError> {
-        self.call(|r| Command::Delete(id.to_string(), r))
-            .unwrap_or(Err(ProcError::ShutDown))
+        self.handle.delete(id).wait()
     }
 
     /// Subscribes to process events.
     pub fn subscribe(&self) -> mpsc::Receiver<Event> {
-        let (tx, rx) = mpsc::channel();
-        if let Some(s) = self.tx.as_ref() {
-            let _ = s.send(Command::Subscribe(tx));
-        }
-        rx
+        self.handle.subscribe()
     }
 
     /// Bytes `[start, stop)` of a captured fd (`stop: None` = to the end), clamped
     /// to what exists. Never fails for a range: out-of-range requests return
-    /// empty data with the current length. Reads happen on the calling thread.
+    /// empty data with the current length.
     pub fn fd_data(
         &self,
         id: &str,
@@ -345,65 +330,7 @@ impl Agent {
         start: u64,
         stop: Option<u64>,
     ) -> Result<FdData, FdDataError> {
-        let stop = stop.unwrap_or(u64::MAX);
-        let (content, encoding) = self
-            .call(|r| Command::FdData(id.to_string(), fd.to_string(), (start, stop), r))
-            .unwrap_or(Err(FdDataError::ShutDown))?;
-        match content {
-            Content::Range { data, info, len } => Ok(FdData {
-                start: info.start,
-                stop: info.stop,
-                length: len,
-                missing: info.missing,
-                encoding,
-                data,
-            }),
-            Content::Counts { len, .. } => Ok(FdData {
-                start: start.min(stop).min(len),
-                stop: start.min(stop).min(len),
-                length: len,
-                missing: None,
-                encoding,
-                data: Bytes::new(),
-            }),
-            Content::Memory(frozen) => {
-                let mut out = Vec::new();
-                let info = frozen.read(start, stop, &mut out);
-                Ok(FdData {
-                    start: info.start,
-                    stop: info.stop,
-                    length: frozen.len(),
-                    missing: info.missing,
-                    encoding,
-                    data: Bytes::from(out),
-                })
-            }
-            Content::Zstd(packed) => {
-                let mut out = Vec::new();
-                let info = packed
-                    .read(start, stop, &mut out)
-                    .map_err(FdDataError::Io)?;
-                Ok(FdData {
-                    start: info.start,
-                    stop: info.stop,
-                    length: packed.raw_len(),
-                    missing: info.missing,
-                    encoding,
-                    data: Bytes::from(out),
-                })
-            }
-            // Never past a kept file's logical length: bytes beyond it may be a
-            // write still in flight (a hole).
-            Content::Kept(k) => {
-                let file = k.open().map_err(|e| FdDataError::Io(e.into()))?;
-                file_range(&file, k.len, start, stop, encoding)
-            }
-            Content::File(file) => {
-                let length =
-                    crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;
-                file_range(&file, length, start, stop, encoding)
-            }
-        }
+        self.handle.fd_data(id, fd, start, stop).wait()
     }
 
     /// [`Agent::fd_data`], with the bytes in encoding `enc` (raw, lossy UTF-8
@@ -434,53 +361,15 @@ impl Agent {
         start: u64,
         stop: Option<u64>,
     ) -> Result<CompressedFdData, FdDataError> {
-        let (content, _) = self
-            .call(|r| Command::FdData(id.to_string(), fd.to_string(), (0, 0), r))
-            .unwrap_or(Err(FdDataError::ShutDown))?;
-        let Content::Zstd(packed) = content else {
-            return Err(FdDataError::NotCompressed(fd.to_string()));
-        };
-        let (range, data) = packed
-            .compressed_range(start, stop.unwrap_or(u64::MAX))
-            .map_err(FdDataError::Io)?;
-        Ok(CompressedFdData {
-            algorithm: crate::capture::compress::ALGORITHM,
-            level: packed.level(),
-            range,
-            compressed_length: packed.compressed_len(),
-            length: packed.raw_len(),
-            dropped: packed.dropped(),
-            data,
-        })
+        self.handle.fd_compressed(id, fd, start, stop).wait()
     }
-}
-
-/// Bytes `[start, stop)` of a capture file whose readable length is `length`,
-/// clamped as every capture is: `stop` to the length, then `start` to `stop`.
-fn file_range(
-    file: &rustix::fd::OwnedFd,
-    length: u64,
-    start: u64,
-    stop: u64,
-    encoding: spec::Encoding,
-) -> Result<FdData, FdDataError> {
-    let stop = stop.min(length);
-    let start = start.min(stop);
-    let data = super::proc::read_file(file, start, stop).map_err(|e| FdDataError::Io(e.into()))?;
-    Ok(FdData {
-        start,
-        stop: start + data.len() as u64,
-        length,
-        missing: None,
-        encoding,
-        data,
-    })
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // Closing the mailbox lets the reactor finish once nothing runs.
-        self.tx = None;
+        // The reactor takes no more commands (from this agent's handles either)
+        // and finishes once nothing runs.
+        let _ = self.handle.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -11,6 +11,8 @@
 
 mod agent;
 mod encoding;
+mod handle;
+mod oneshot;
 mod outlimit;
 mod packer;
 mod proc;
@@ -19,3 +21,5 @@ mod spawner;
 
 pub use agent::{Agent, Config, Event, FdData, FdDataError, ProcError, StartError};
 pub use encoding::{CompressedFdData, Encoded, EncodedFdData, ReadEncoding};
+pub use handle::{Call, Handle};
+pub use oneshot::Canceled;

@@ -144,6 +144,16 @@ pub(crate) enum Content {
     Kept(KeptContent),
 }
 
+impl Content {
+    /// Whether reading it may read a file (and so wait for a disk).
+    pub fn in_file(&self) -> bool {
+        matches!(
+            self,
+            Content::Kept(_) | Content::File(_) | Content::Zstd(Packed::File(_))
+        )
+    }
+}
+
 /// A kept capture file as a reader sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct KeptContent {

@@ -588,6 +588,7 @@ impl Reactor {
     fn drain_mailbox(&mut self) -> bool {
         loop {
             match self.mailbox.try_recv() {
+                Ok(Command::Close) => return true,
                 Ok(cmd) => self.command(cmd),
                 Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => return true,
@@ -691,6 +692,7 @@ impl Reactor {
                 reply(r);
             }
             Command::Subscribe(tx) => self.subscribers.push(tx),
+            Command::Close => {}
         }
     }
 

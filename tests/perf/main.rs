@@ -116,8 +116,10 @@ fn sh_jobs_count_their_children() {
         rusage_cpu(&pair)
     );
     // The shell runs at least the first awk as a child: without inherit only the
-    // shell itself (and perhaps the last awk it execs) would be counted.
-    assert!(t2 >= 1.6 * t1, "two runs {t2:.4} s vs one {t1:.4} s");
+    // shell itself (and perhaps the last awk it execs) would be counted, about
+    // as much as one run. (Not 2x: a loaded machine slows one run more than
+    // another; the close match with rusage below is the exact check.)
+    assert!(t2 >= 1.3 * t1, "two runs {t2:.4} s vs one {t1:.4} s");
     assert_close("busy; busy", t2, rusage_cpu(&pair));
 }
 

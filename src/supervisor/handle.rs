@@ -1,0 +1,442 @@
+//! [`Handle`]: the non-blocking face of an agent, for front ends.
+//!
+//! Every call sends one command to the reactor and returns a [`Call`] at once: a
+//! future for any executor (the core runs none), which a blocking thread can
+//! also [`Call::wait`] on. What a reply needs beyond the reactor's snapshot
+//! (building a result, encoding bytes) is done by whoever polls it; reading a
+//! capture that lives in a file is done on a reader thread, so an async caller's
+//! thread never waits for a disk.
+
+use super::agent::{Command, FdData, FdDataError, ProcError, StartError};
+use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
+use super::oneshot::{self, Canceled};
+use super::proc::{Content, Snapshot};
+use crate::result::ProcRes;
+use crate::ring::Sender;
+use crate::spec::{self, Input, ProcId};
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::task::{Context, Poll};
+
+/// What a reply carries: the rest of the work, done where it is received.
+type Finish<T> = Box<dyn FnOnce() -> T + Send>;
+
+/// A request in flight: `.await` it, or [`Call::wait`] for it on a thread that
+/// may block. Dropping it abandons the answer (the request still happens).
+#[must_use = "a Call does nothing more unless awaited or waited for"]
+pub struct Call<T> {
+    rx: oneshot::Receiver<Finish<T>>,
+    /// The answer when the agent dropped the request (shutting down).
+    canceled: fn() -> T,
+}
+
+impl<T> Call<T> {
+    /// Blocks until the answer comes.
+    pub fn wait(self) -> T {
+        match self.rx.wait() {
+            Ok(finish) => finish(),
+            Err(Canceled) => (self.canceled)(),
+        }
+    }
+}
+
+impl<T> Future for Call<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let canceled = self.canceled;
+        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            Ok(finish) => finish(),
+            Err(Canceled) => canceled(),
+        })
+    }
+}
+
+impl<T> std::fmt::Debug for Call<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Call")
+    }
+}
+
+/// A clonable, `Send` handle on an agent; every call is non-blocking.
+///
+/// ```
+/// use chaperone::{Agent, Config, spec};
+/// let agent = Agent::new(Config::default())?;
+/// let handle = agent.handle();
+/// let rt = tokio::runtime::Builder::new_current_thread().build()?;
+/// rt.block_on(async {
+///     let input = spec::parse_input(br#"{"specs": {"hi": {"argv": ["/bin/echo", "hi"],
+///         "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}]]}}}"#)?;
+///     handle.start(input).await?;
+///     let res = handle.wait("hi").await.expect("known id");
+///     assert_eq!(res.status.unwrap().exit_code, Some(0));
+///     let out = handle.fd_data("hi", "stdout", 0, None).await?;
+///     assert_eq!(&out.data[..], b"hi\n");
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: Sender<Command>,
+    reader: Arc<Reader>,
+}
+
+impl Handle {
+    pub(crate) fn new(tx: Sender<Command>) -> Handle {
+        Handle {
+            tx,
+            reader: Arc::new(Reader::default()),
+        }
+    }
+
+    /// Sends the command `make` builds around its reply; the reply's value is
+    /// finished by `finish` on the receiving side.
+    fn call<R: Send + 'static, T: 'static>(
+        &self,
+        make: impl FnOnce(Box<dyn FnOnce(R) + Send>) -> Command,
+        finish: fn(R) -> T,
+        canceled: fn() -> T,
+    ) -> Call<T> {
+        let (tx, rx) = oneshot::channel::<Finish<T>>();
+        let cmd = make(Box::new(move |r: R| tx.send(Box::new(move || finish(r)))));
+        // A refused send drops the command and with it the reply: canceled.
+        let _ = self.tx.send(cmd);
+        Call { rx, canceled }
+    }
+
+    /// Validates `input` and starts its processes; answers with their ids once
+    /// each has a pid (or has failed to start). A rejected request starts
+    /// nothing.
+    pub fn start(&self, input: Input) -> Call<Result<Vec<ProcId>, StartError>> {
+        self.call(
+            |r| Command::Start(input, r),
+            |r| r,
+            || Err(StartError::ShutDown),
+        )
+    }
+
+    /// The current result of a process (live figures while it runs); `None`
+    /// for an unknown id.
+    pub fn result(&self, id: &str) -> Call<Option<ProcRes>> {
+        self.call(
+            |r| Command::Result(id.to_string(), r),
+            |s: Option<Snapshot>| s.map(Snapshot::into_res),
+            || None,
+        )
+    }
+
+    /// The current results of all processes, by id.
+    pub fn results(&self) -> Call<std::collections::BTreeMap<ProcId, ProcRes>> {
+        self.call(
+            Command::Results,
+            |v: Vec<(ProcId, Snapshot)>| v.into_iter().map(|(id, s)| (id, s.into_res())).collect(),
+            Default::default,
+        )
+    }
+
+    /// Ids of all processes, sorted.
+    pub fn proc_ids(&self) -> Call<Vec<ProcId>> {
+        self.call(Command::Ids, |v| v, Vec::new)
+    }
+
+    /// The final result, once the process has exited and settled; `None` for
+    /// an unknown id (or one deleted meanwhile).
+    pub fn wait(&self, id: &str) -> Call<Option<ProcRes>> {
+        self.call(
+            |r| Command::Wait(id.to_string(), false, r),
+            |s: Option<Snapshot>| s.map(Snapshot::into_res),
+            || None,
+        )
+    }
+
+    /// As [`Handle::wait`], and then until every compression of the process
+    /// has finished: every field is final and compressed files are complete.
+    pub fn wait_compressed(&self, id: &str) -> Call<Option<ProcRes>> {
+        self.call(
+            |r| Command::Wait(id.to_string(), true, r),
+            |s: Option<Snapshot>| s.map(Snapshot::into_res),
+            || None,
+        )
+    }
+
+    /// Answers once every process started so far is final (exited or failed,
+    /// settled, compressions done).
+    pub fn wait_all(&self) -> Call<()> {
+        self.call(Command::WaitAll, |()| (), || ())
+    }
+
+    /// Sends signal `signum` to a running process (through its pidfd).
+    pub fn signal(&self, id: &str, signum: i32) -> Call<Result<(), ProcError>> {
+        self.call(
+            |r| Command::Signal(id.to_string(), signum, r),
+            |r| r,
+            || Err(ProcError::ShutDown),
+        )
+    }
+
+    /// Deletes a process that is no longer running.
+    pub fn delete(&self, id: &str) -> Call<Result<(), ProcError>> {
+        self.call(
+            |r| Command::Delete(id.to_string(), r),
+            |r| r,
+            || Err(ProcError::ShutDown),
+        )
+    }
+
+    /// Bytes `[start, stop)` of a captured fd (`stop: None` = to the end),
+    /// clamped to what exists: a range never fails, it comes back empty with
+    /// the current length. A capture in a file is read on a reader thread.
+    pub fn fd_data(
+        &self,
+        id: &str,
+        fd: &str,
+        start: u64,
+        stop: Option<u64>,
+    ) -> Call<Result<FdData, FdDataError>> {
+        let stop = stop.unwrap_or(u64::MAX);
+        let (tx, rx) = oneshot::channel::<Finish<Result<FdData, FdDataError>>>();
+        let reader = self.reader.clone();
+        let reply = Box::new(move |r: Result<super::reactor::FdContent, FdDataError>| {
+            match r {
+                Ok((content, encoding)) if content.in_file() => {
+                    // Off the reactor and off the caller's thread.
+                    reader.run(Box::new(move || {
+                        let data = read_content(content, encoding, start, stop);
+                        tx.send(Box::new(move || data));
+                    }));
+                }
+                Ok((content, encoding)) => tx.send(Box::new(move || {
+                    read_content(content, encoding, start, stop)
+                })),
+                Err(e) => tx.send(Box::new(move || Err(e))),
+            }
+        });
+        let _ = self.tx.send(Command::FdData(
+            id.to_string(),
+            fd.to_string(),
+            (start, stop),
+            reply,
+        ));
+        Call {
+            rx,
+            canceled: || Err(FdDataError::ShutDown),
+        }
+    }
+
+    /// [`Handle::fd_data`], with the bytes in encoding `enc` (raw, lossy UTF-8
+    /// flagged, base64, or zstd); a dropped middle is reported in `missing`,
+    /// not encoded. Encoding happens where the answer is received.
+    pub fn fd_data_as(
+        &self,
+        id: &str,
+        fd: &str,
+        start: u64,
+        stop: Option<u64>,
+        enc: ReadEncoding,
+    ) -> impl Future<Output = Result<EncodedFdData, FdDataError>> + Send + 'static {
+        let data = self.fd_data(id, fd, start, stop);
+        async move { super::encoding::encode(data.await?, enc).map_err(FdDataError::Io) }
+    }
+
+    /// The compressed bytes of a capture held compressed (spec `compress`), as
+    /// stored: bytes `[start, stop)` of its `.zst` stream. Fails with
+    /// [`FdDataError::NotCompressed`] while compression is pending, or if it
+    /// failed or was not asked for.
+    pub fn fd_compressed(
+        &self,
+        id: &str,
+        fd: &str,
+        start: u64,
+        stop: Option<u64>,
+    ) -> Call<Result<CompressedFdData, FdDataError>> {
+        let name = fd.to_string();
+        let (tx, rx) = oneshot::channel::<Finish<Result<CompressedFdData, FdDataError>>>();
+        let reader = self.reader.clone();
+        let reply = Box::new(move |r: Result<super::reactor::FdContent, FdDataError>| {
+            let read = move || -> Result<CompressedFdData, FdDataError> {
+                let (content, _) = r?;
+                let Content::Zstd(packed) = content else {
+                    return Err(FdDataError::NotCompressed(name));
+                };
+                let (range, data) = packed
+                    .compressed_range(start, stop.unwrap_or(u64::MAX))
+                    .map_err(FdDataError::Io)?;
+                Ok(CompressedFdData {
+                    algorithm: crate::capture::compress::ALGORITHM,
+                    level: packed.level(),
+                    range,
+                    compressed_length: packed.compressed_len(),
+                    length: packed.raw_len(),
+                    dropped: packed.dropped(),
+                    data,
+                })
+            };
+            // Compressed frames may live in a file: read them on a reader thread.
+            reader.run(Box::new(move || {
+                let data = read();
+                tx.send(Box::new(move || data));
+            }));
+        });
+        let _ = self.tx.send(Command::FdData(
+            id.to_string(),
+            fd.to_string(),
+            (0, 0),
+            reply,
+        ));
+        Call {
+            rx,
+            canceled: || Err(FdDataError::ShutDown),
+        }
+    }
+
+    /// Tells the reactor to take no more commands (the agent is dropped).
+    pub(crate) fn close(&self) -> Result<(), Command> {
+        self.tx.send(Command::Close)
+    }
+
+    /// Subscribes to process events.
+    pub fn subscribe(&self) -> mpsc::Receiver<super::agent::Event> {
+        let (tx, rx) = mpsc::channel();
+        let _ = self.tx.send(Command::Subscribe(tx));
+        rx
+    }
+}
+
+/// The bytes `[start, stop)` of a capture's content, clamped to its length.
+/// May read a file: not for the reactor's or an async caller's thread.
+fn read_content(
+    content: Content,
+    encoding: spec::Encoding,
+    start: u64,
+    stop: u64,
+) -> Result<FdData, FdDataError> {
+    match content {
+        Content::Range { data, info, len } => Ok(FdData {
+            start: info.start,
+            stop: info.stop,
+            length: len,
+            missing: info.missing,
+            encoding,
+            data,
+        }),
+        Content::Counts { len, .. } => Ok(FdData {
+            start: start.min(stop).min(len),
+            stop: start.min(stop).min(len),
+            length: len,
+            missing: None,
+            encoding,
+            data: Bytes::new(),
+        }),
+        Content::Memory(frozen) => {
+            let mut out = Vec::new();
+            let info = frozen.read(start, stop, &mut out);
+            Ok(FdData {
+                start: info.start,
+                stop: info.stop,
+                length: frozen.len(),
+                missing: info.missing,
+                encoding,
+                data: Bytes::from(out),
+            })
+        }
+        Content::Zstd(packed) => {
+            let mut out = Vec::new();
+            let info = packed
+                .read(start, stop, &mut out)
+                .map_err(FdDataError::Io)?;
+            Ok(FdData {
+                start: info.start,
+                stop: info.stop,
+                length: packed.raw_len(),
+                missing: info.missing,
+                encoding,
+                data: Bytes::from(out),
+            })
+        }
+        // Never past a kept file's logical length: bytes beyond it may be a
+        // write still in flight (a hole).
+        Content::Kept(k) => {
+            let file = k.open().map_err(|e| FdDataError::Io(e.into()))?;
+            file_range(&file, k.len, start, stop, encoding)
+        }
+        Content::File(file) => {
+            let length = crate::sys::fd::file_len(&*file).map_err(|e| FdDataError::Io(e.into()))?;
+            file_range(&file, length, start, stop, encoding)
+        }
+    }
+}
+
+/// Bytes `[start, stop)` of a capture file whose readable length is `length`,
+/// clamped as every capture is: `stop` to the length, then `start` to `stop`.
+fn file_range(
+    file: &rustix::fd::OwnedFd,
+    length: u64,
+    start: u64,
+    stop: u64,
+    encoding: spec::Encoding,
+) -> Result<FdData, FdDataError> {
+    let stop = stop.min(length);
+    let start = start.min(stop);
+    let data = super::proc::read_file(file, start, stop).map_err(|e| FdDataError::Io(e.into()))?;
+    Ok(FdData {
+        start,
+        stop: start + data.len() as u64,
+        length,
+        missing: None,
+        encoding,
+        data,
+    })
+}
+
+/// A read for a reader thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that read capture files for handles, started on the first read.
+#[derive(Debug, Default)]
+struct Reader {
+    jobs: OnceLock<Mutex<mpsc::Sender<Job>>>,
+}
+
+/// Reader threads: enough that one slow disk does not hold up every read.
+const READERS: usize = 2;
+
+impl Reader {
+    /// Runs `job` on a reader thread (on this one if none could be started).
+    fn run(&self, job: Job) {
+        let jobs = self.jobs.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            // With no thread started, `rx` goes with this scope and every send
+            // fails: jobs then run on the calling thread.
+            for i in 0..READERS {
+                let rx = rx.clone();
+                let _ = std::thread::Builder::new()
+                    .name(format!("chaperone-read{i}"))
+                    .spawn(move || {
+                        loop {
+                            let job = match rx.lock() {
+                                Ok(r) => r.recv(),
+                                Err(_) => return,
+                            };
+                            match job {
+                                Ok(job) => job(),
+                                Err(_) => return, // every handle is gone
+                            }
+                        }
+                    });
+            }
+            Mutex::new(tx)
+        });
+        let refused = match jobs.lock() {
+            Ok(tx) => tx.send(job).err().map(|e| e.0),
+            Err(_) => Some(job),
+        };
+        if let Some(job) = refused {
+            job();
+        }
+    }
+}

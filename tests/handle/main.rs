@@ -1,0 +1,134 @@
+//! The non-blocking [`chaperone::Handle`], awaited from a tokio current-thread
+//! runtime: every call, with no `spawn_blocking`.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+use chaperone::result::State;
+use chaperone::{Agent, Config, FdDataError, ProcError, ReadEncoding, spec};
+use serde_json::json;
+
+fn input(v: serde_json::Value) -> spec::Input {
+    spec::parse_input(&serde_json::to_vec(&v).expect("json")).expect("spec")
+}
+
+#[test]
+fn every_handle_call_can_be_awaited_on_one_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kept = dir.path().join("kept.out");
+    let agent = Agent::new(Config::default()).expect("agent");
+    let handle = agent.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let ids = handle
+            .start(input(json!({"specs": {
+                "mem": {"argv": ["/bin/echo", "in memory"], "fds": [["stdout", util::mem_utf8()]]},
+                "tmp": {"argv": ["/bin/echo", "in a tempfile"], "fds": [["stdout", util::tmp_utf8()]]},
+                "kept": {"argv": ["/bin/echo", "in a kept file"],
+                    "fds": [["stdout", {"capture": {"mode": "file", "path": kept}}]]},
+                "packed": {"argv": ["/bin/sh", "-c", "seq 1000"],
+                    "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8",
+                        "compress": "zstd"}}]]},
+                "sleeper": {"argv": ["/bin/sleep", "30"]},
+            }})))
+            .await
+            .expect("started");
+        assert_eq!(ids.len(), 5);
+        let mut known = handle.proc_ids().await;
+        known.sort();
+        assert_eq!(known, ["kept", "mem", "packed", "sleeper", "tmp"]);
+
+        let live = handle.result("sleeper").await.expect("sleeper's result");
+        assert_eq!(live.state, State::Running);
+        assert!(handle.result("nobody").await.is_none());
+
+        handle.signal("sleeper", libc::SIGKILL).await.expect("signalled");
+        let done = handle.wait("sleeper").await.expect("sleeper's end");
+        assert_eq!(done.status.and_then(|s| s.signal).as_deref(), Some("SIGKILL"));
+        assert!(matches!(
+            handle.signal("sleeper", libc::SIGTERM).await,
+            Err(ProcError::NoProcess)
+        ));
+
+        let packed = handle.wait_compressed("packed").await.expect("packed's end");
+        assert_eq!(packed.state, State::Terminated);
+        handle.wait_all().await;
+        let all = handle.results().await;
+        assert!(all.values().all(|r| r.state == State::Terminated), "{all:?}");
+
+        for (id, want) in [
+            ("mem", "in memory\n"),
+            ("tmp", "in a tempfile\n"),
+            ("kept", "in a kept file\n"),
+        ] {
+            let data = handle.fd_data(id, "stdout", 0, None).await.expect("data");
+            assert_eq!(&data.data[..], want.as_bytes(), "{id}");
+            let part = handle.fd_data(id, "stdout", 3, Some(5)).await.expect("range");
+            assert_eq!(&part.data[..], &want.as_bytes()[3..5], "{id}");
+        }
+        let text = handle
+            .fd_data_as("mem", "stdout", 0, None, ReadEncoding::Utf8)
+            .await
+            .expect("utf-8");
+        assert_eq!(text.length, 10);
+        let zst = handle
+            .fd_compressed("packed", "stdout", 0, None)
+            .await
+            .expect("compressed");
+        assert!(!zst.data.is_empty());
+        assert!(matches!(
+            handle.fd_compressed("mem", "stdout", 0, None).await,
+            Err(FdDataError::NotCompressed(_))
+        ));
+        assert!(matches!(
+            handle.fd_data("nobody", "stdout", 0, None).await,
+            Err(FdDataError::Unknown(_))
+        ));
+
+        handle.delete("mem").await.expect("deleted");
+        assert!(matches!(
+            handle.delete("mem").await,
+            Err(ProcError::Unknown(_))
+        ));
+    });
+}
+
+/// A handle that outlives its agent gets answers saying so, and dropping the
+/// agent does not wait for that handle.
+#[test]
+fn a_handle_outliving_its_agent_is_told_it_is_shut_down() {
+    let agent = Agent::new(Config::default()).expect("agent");
+    let handle = agent.handle();
+    drop(agent);
+    assert!(matches!(
+        handle.signal("x", libc::SIGTERM).wait(),
+        Err(ProcError::ShutDown)
+    ));
+    assert!(handle.results().wait().is_empty());
+}
+
+/// Handles are `Send` and `Clone`: many threads can call at once.
+#[test]
+fn handles_are_shared_across_threads() {
+    let agent = Agent::new(Config::default()).expect("agent");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let h = agent.handle();
+            std::thread::spawn(move || {
+                let id = format!("t{t}");
+                h.start(input(
+                    json!({"specs": {id.clone(): {"argv": ["/bin/true"]}}}),
+                ))
+                .wait()
+                .expect("started");
+                h.wait(&id).wait().expect("result").state
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("thread"), State::Terminated);
+    }
+}
