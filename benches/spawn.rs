@@ -131,7 +131,7 @@ fn chaperone_round(agent: &Agent, input: &Input) -> Duration {
 /// `results()` call.
 fn chaperone_round_events(
     agent: &Agent,
-    events: &std::sync::mpsc::Receiver<chaperone::Event>,
+    events: &chaperone::Subscription,
     input: &Input,
 ) -> Duration {
     let input = input.clone();
@@ -462,7 +462,7 @@ fn bench_spawn(c: &mut Criterion) {
     let input = chaperone_input(N);
     {
         let agent = Agent::new(Config::default()).expect("agent");
-        let events = agent.subscribe();
+        let events = agent.handle().subscribe_bounded(1 << 20);
         g.bench_function("chaperone", |b| {
             b.iter_custom(|iters| {
                 per_iter(iters, || chaperone_round_events(&agent, &events, &input))
@@ -478,7 +478,7 @@ fn bench_spawn(c: &mut Criterion) {
         });
         {
             let sampling = sampling_agent();
-            let events = sampling.subscribe();
+            let events = sampling.handle().subscribe_bounded(1 << 20);
             g.bench_function("sampling_1ms", |b| {
                 b.iter_custom(|iters| {
                     per_iter(iters, || chaperone_round_events(&sampling, &events, &input))
@@ -526,10 +526,10 @@ fn bench_spawn(c: &mut Criterion) {
     drop(rt);
 
     // Made on first use, so that a filter that skips both benches skips the 1 GiB.
-    let mut big: Option<(Agent, std::sync::mpsc::Receiver<chaperone::Event>)> = None;
+    let mut big: Option<(Agent, chaperone::Subscription)> = None;
     let make_big = || {
         let agent = agent_holding_big();
-        let events = agent.subscribe();
+        let events = agent.handle().subscribe_bounded(1 << 20);
         (agent, events)
     };
     g.bench_function("parent_rss_1g", |b| {
@@ -604,7 +604,7 @@ fn paired(rounds: usize) {
     let input_perf = chaperone_input_perf(N);
     let agent = Agent::new(Config::default()).expect("agent");
     let sampling = sampling_agent();
-    let sampling_events = sampling.subscribe();
+    let sampling_events = sampling.handle().subscribe_bounded(1 << 20);
     let cmd = RawCmd::new(TRUE);
     let mut buf = vec![0u8; 64 * 1024];
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -623,7 +623,7 @@ fn paired(rounds: usize) {
         "perf",
         "sampling_1ms",
     ];
-    let events = agent.subscribe();
+    let events = agent.handle().subscribe_bounded(1 << 20);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); ids.len()];
     // One untimed warm-up round.
     for round in 0..=rounds {

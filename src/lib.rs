@@ -35,5 +35,5 @@ pub mod sys;
 
 pub use supervisor::{
     Agent, Call, CompressedFdData, Config, Encoded, EncodedFdData, Event, FdData, FdDataError,
-    Handle, ProcError, ReadEncoding, StartError,
+    Handle, ProcError, ReadEncoding, ShutdownPolicy, ShutdownState, StartError, Subscription,
 };

@@ -33,7 +33,11 @@ pub(crate) enum Command {
         Reply<Result<FdContent, FdDataError>>,
     ),
     Delete(ProcId, Reply<Result<(), ProcError>>),
-    Subscribe(mpsc::Sender<Event>),
+    Subscribe(std::sync::Arc<super::events::Shared>),
+    /// Begin shutting down by a policy (answered once it is under way).
+    Shutdown(ShutdownPolicy, Reply<()>),
+    /// Wait for the shutdown state `done`.
+    WaitDone(Reply<()>),
     /// The agent is dropped: take no more commands, finish once nothing runs.
     Close,
 }
@@ -52,6 +56,8 @@ impl std::fmt::Debug for Command {
             Command::Delete(..) => "Delete",
             Command::Subscribe(..) => "Subscribe",
             Command::Close => "Close",
+            Command::Shutdown(..) => "Shutdown",
+            Command::WaitDone(..) => "WaitDone",
         };
         f.write_str(name)
     }
@@ -124,6 +130,56 @@ pub enum Event {
     /// Compression of capture `fd` (normalized name, e.g. `stdout`) finished or
     /// failed; the process's result says which.
     Compressed(ProcId, String),
+    /// The agent's shutdown state changed.
+    Shutdown(ShutdownState),
+    /// This subscriber fell behind and missed this many events (see
+    /// [`Subscription`](super::Subscription)): resync from full results.
+    Missed(u64),
+}
+
+/// Procstar's shutdown states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShutdownState {
+    /// Taking new processes.
+    Active,
+    /// Refusing new processes; finishing (or ending) the ones it has.
+    Idling,
+    /// Finished: nothing runs and, for the idle policy, nothing is left.
+    Done,
+}
+
+impl ShutdownState {
+    /// The name on the wire: `active`, `idling`, `done`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownState::Active => "active",
+            ShutdownState::Idling => "idling",
+            ShutdownState::Done => "done",
+        }
+    }
+}
+
+/// How the agent shuts down (Procstar's three, as its signals choose them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownPolicy {
+    /// SIGTERM to every running process, SIGKILL to any still running after
+    /// `grace`; done once none runs. Queued processes never start.
+    Terminate {
+        /// How long processes have between SIGTERM and SIGKILL.
+        grace: std::time::Duration,
+    },
+    /// SIGKILL to every running process now; done once none runs. Queued
+    /// processes never start.
+    Kill,
+    /// Refuse new starts and let every process finish; done once every one
+    /// has been deleted.
+    Idle,
+}
+
+impl ShutdownPolicy {
+    /// Procstar's grace between SIGTERM and SIGKILL.
+    pub const TERMINATE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 }
 
 /// Why a start request was rejected as a whole.
@@ -143,6 +199,9 @@ pub enum StartError {
     /// The agent's reactor is gone.
     #[error("agent is shut down")]
     ShutDown,
+    /// The agent is shutting down and takes no new processes.
+    #[error("agent shutting down: {}", .0.name())]
+    ShuttingDown(ShutdownState),
 }
 
 /// Why a request about one process failed.
@@ -315,9 +374,21 @@ impl Agent {
         self.handle.delete(id).wait()
     }
 
-    /// Subscribes to process events.
-    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+    /// Subscribes to process events (a bounded queue of its own; see
+    /// [`Subscription`](super::Subscription)).
+    pub fn subscribe(&self) -> super::Subscription {
         self.handle.subscribe()
+    }
+
+    /// Begins shutting down by `policy`; the state and its changes come as
+    /// [`Event::Shutdown`] events.
+    pub fn shutdown(&self, policy: ShutdownPolicy) {
+        self.handle.shutdown(policy).wait()
+    }
+
+    /// Blocks until the shutdown state is `done`.
+    pub fn wait_done(&self) {
+        self.handle.wait_done().wait()
     }
 
     /// Bytes `[start, stop)` of a captured fd (`stop: None` = to the end), clamped

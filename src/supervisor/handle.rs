@@ -7,8 +7,9 @@
 //! capture that lives in a file is done on a reader thread, so an async caller's
 //! thread never waits for a disk.
 
-use super::agent::{Command, FdData, FdDataError, ProcError, StartError};
+use super::agent::{Command, FdData, FdDataError, ProcError, ShutdownPolicy, StartError};
 use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
+use super::events::Subscription;
 use super::oneshot::{self, Canceled};
 use super::proc::{Content, Snapshot};
 use crate::result::ProcRes;
@@ -109,8 +110,9 @@ impl Handle {
     }
 
     /// Validates `input` and starts its processes; answers with their ids once
-    /// each has a pid (or has failed to start). A rejected request starts
-    /// nothing.
+    /// each has a pid, has failed to start, or waits in the queue behind
+    /// [`Config::max_running`](super::Config::max_running) (it starts as others
+    /// finish). A rejected request starts nothing.
     pub fn start(&self, input: Input) -> Call<Result<Vec<ProcId>, StartError>> {
         self.call(
             |r| Command::Start(input, r),
@@ -298,11 +300,31 @@ impl Handle {
         self.tx.send(Command::Close)
     }
 
-    /// Subscribes to process events.
-    pub fn subscribe(&self) -> mpsc::Receiver<super::agent::Event> {
-        let (tx, rx) = mpsc::channel();
-        let _ = self.tx.send(Command::Subscribe(tx));
-        rx
+    /// Subscribes to process events, with a queue of
+    /// [`Subscription::CAPACITY`] events of its own.
+    pub fn subscribe(&self) -> Subscription {
+        self.subscribe_bounded(Subscription::CAPACITY)
+    }
+
+    /// Subscribes with a queue of `capacity` events (past it, events are
+    /// counted as missed; see [`Subscription`]).
+    pub fn subscribe_bounded(&self, capacity: usize) -> Subscription {
+        let (sub, shared) = Subscription::new(capacity);
+        if let Err(Command::Subscribe(shared)) = self.tx.send(Command::Subscribe(shared)) {
+            shared.close();
+        }
+        sub
+    }
+
+    /// Begins shutting down by `policy` (answered once it is under way); the
+    /// state's changes come as [`Event::Shutdown`](super::Event::Shutdown).
+    pub fn shutdown(&self, policy: ShutdownPolicy) -> Call<()> {
+        self.call(|r| Command::Shutdown(policy, r), |()| (), || ())
+    }
+
+    /// Answers once the shutdown state is `done` (or the agent is gone).
+    pub fn wait_done(&self) -> Call<()> {
+        self.call(Command::WaitDone, |()| (), || ())
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod agent;
 mod encoding;
+mod events;
 mod handle;
 mod oneshot;
 mod outlimit;
@@ -19,7 +20,10 @@ mod proc;
 mod reactor;
 mod spawner;
 
-pub use agent::{Agent, Config, Event, FdData, FdDataError, ProcError, StartError};
+pub use agent::{
+    Agent, Config, Event, FdData, FdDataError, ProcError, ShutdownPolicy, ShutdownState, StartError,
+};
 pub use encoding::{CompressedFdData, Encoded, EncodedFdData, ReadEncoding};
+pub use events::{Next, RecvError, Subscription};
 pub use handle::{Call, Handle};
 pub use oneshot::Canceled;

@@ -1,6 +1,8 @@
 //! The reactor thread: one io_uring, the process table, the command mailbox.
 
-use super::agent::{Command, Config, Event, FdDataError, ProcError, StartError};
+use super::agent::{
+    Command, Config, Event, FdDataError, ProcError, ShutdownPolicy, ShutdownState, StartError,
+};
 use super::outlimit;
 use super::packer::{self, Packer};
 use super::proc::{self, Content, Life, PipeIn, PlanContext, Proc, Snapshot, Store};
@@ -49,7 +51,14 @@ pub(crate) struct Reactor {
     procs: HashMap<u64, Proc>,
     ids: HashMap<ProcId, u64>,
     next_serial: u64,
-    subscribers: Vec<std::sync::mpsc::Sender<Event>>,
+    subscribers: Vec<std::sync::Arc<super::events::Shared>>,
+    /// Procstar's shutdown state, and the policy that left `Active`.
+    shutdown: ShutdownState,
+    policy: Option<ShutdownPolicy>,
+    /// When the terminate policy's grace ends: SIGKILL to what still runs.
+    kill_at: Option<Instant>,
+    /// Callers waiting for the shutdown state `done`.
+    done_waiters: Vec<Box<dyn FnOnce(()) + Send>>,
     /// Processes whose exit completed in the current batch.
     exited: Vec<u64>,
     /// Buffer for draining pipes at exit.
@@ -162,6 +171,10 @@ impl Reactor {
             ids: HashMap::new(),
             next_serial: 0,
             subscribers: Vec::new(),
+            shutdown: ShutdownState::Active,
+            policy: None,
+            kill_at: None,
+            done_waiters: Vec::new(),
             exited: Vec::new(),
             scratch: vec![0u8; 64 * 1024],
             stat_buf: Vec::with_capacity(1024),
@@ -203,7 +216,10 @@ impl Reactor {
             }
             // With processes still to launch, only look at what has completed.
             let want = usize::from(!self.may_launch());
-            if let Err(e) = self.ring.submit_and_wait(want, None) {
+            let until_kill = self
+                .kill_at
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.ring.submit_and_wait(want, until_kill) {
                 tracing::error!("io_uring_enter failed: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -220,7 +236,96 @@ impl Reactor {
             self.exited = exited;
             self.exited.clear();
             self.apply_pauses();
+            if self.kill_at.is_some_and(|t| t <= Instant::now()) {
+                self.kill_at = None;
+                self.signal_all(libc::SIGKILL);
+            }
+            self.check_done();
             self.answer_all_waiters();
+        }
+        self.shutdown_state(ShutdownState::Done);
+        for s in &self.subscribers {
+            s.close();
+        }
+    }
+
+    /// Leaves `Active` by `policy`: new starts are refused from now on.
+    fn begin_shutdown(&mut self, policy: ShutdownPolicy) {
+        if self.shutdown != ShutdownState::Active {
+            // Already on the way: a harder policy still applies its signals.
+            if matches!(policy, ShutdownPolicy::Kill) {
+                self.signal_all(libc::SIGKILL);
+            }
+            return;
+        }
+        tracing::info!(?policy, "shutting down");
+        self.policy = Some(policy);
+        self.shutdown_state(ShutdownState::Idling);
+        match policy {
+            ShutdownPolicy::Idle => {}
+            ShutdownPolicy::Kill => {
+                self.unqueue_all();
+                self.signal_all(libc::SIGKILL);
+            }
+            ShutdownPolicy::Terminate { grace } => {
+                self.unqueue_all();
+                self.signal_all(libc::SIGTERM);
+                self.kill_at = Some(Instant::now() + grace);
+            }
+        }
+        self.settled = true;
+    }
+
+    /// Processes still queued never start: each fails, saying why.
+    fn unqueue_all(&mut self) {
+        for q in std::mem::take(&mut self.queue) {
+            if let Some(p) = self.procs.get_mut(&q.serial) {
+                p.errors
+                    .push("not started: the agent is shutting down".to_string());
+            }
+            self.settle_unstarted(q.serial);
+            self.start_resolved(q.serial);
+        }
+    }
+
+    /// Sends `signum` to every running process.
+    fn signal_all(&mut self, signum: i32) {
+        for p in self.procs.values() {
+            if matches!(p.life, Life::Running) {
+                if let Err(e) = signal_proc(p, signum) {
+                    tracing::debug!(id = %p.id, signum, "shutdown signal failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Moves to `state` (once), telling subscribers; `done` answers its waiters.
+    fn shutdown_state(&mut self, state: ShutdownState) {
+        if self.shutdown == state {
+            return;
+        }
+        self.shutdown = state;
+        self.emit(Event::Shutdown(state));
+        if state == ShutdownState::Done {
+            for w in std::mem::take(&mut self.done_waiters) {
+                w(());
+            }
+        }
+    }
+
+    /// Whether shutting down has finished: nothing runs (terminate, kill) or
+    /// nothing is left (idle). Looked at only after something settled.
+    fn check_done(&mut self) {
+        if self.shutdown != ShutdownState::Idling || !self.settled {
+            return;
+        }
+        let done = match self.policy {
+            Some(ShutdownPolicy::Idle) => self.procs.is_empty(),
+            Some(_) => self.queue.is_empty() && !self.procs.values().any(Proc::is_busy),
+            None => false,
+        };
+        if done {
+            self.shutdown_state(ShutdownState::Done);
         }
     }
 
@@ -581,7 +686,12 @@ impl Reactor {
     }
 
     fn emit(&mut self, event: Event) {
-        self.subscribers.retain(|s| s.send(event.clone()).is_ok());
+        // A subscription its subscriber dropped is held here only.
+        self.subscribers
+            .retain(|s| std::sync::Arc::strong_count(s) > 1);
+        for s in &self.subscribers {
+            s.push(&event);
+        }
     }
 
     /// Handles queued commands; returns true once every sender is gone.
@@ -599,8 +709,9 @@ impl Reactor {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Start(input, reply) => match self.start(input) {
-                // Answered once every proc of the request has a pid (or has
-                // failed): callers may signal or query it at once.
+                // Answered once every proc of the request has a pid, has
+                // failed, or waits in the queue behind `max_running`: callers
+                // may signal or query a started one at once.
                 Ok((request, ids)) if !ids.is_empty() => {
                     self.pending_starts.insert(request, (ids.len(), ids, reply));
                 }
@@ -684,6 +795,7 @@ impl Reactor {
                                 outlimit::forget(self.budget.as_mut(), s, &p);
                             }
                             self.ids.remove(&id);
+                            self.settled = true;
                             self.emit(Event::Deleted(id));
                             Ok(())
                         }
@@ -691,8 +803,17 @@ impl Reactor {
                 };
                 reply(r);
             }
-            Command::Subscribe(tx) => self.subscribers.push(tx),
+            Command::Subscribe(shared) => self.subscribers.push(shared),
             Command::Close => {}
+            Command::Shutdown(policy, reply) => {
+                self.begin_shutdown(policy);
+                reply(());
+            }
+            Command::WaitDone(reply) => {
+                self.done_waiters.push(reply);
+                self.settled = true;
+                self.check_done();
+            }
         }
     }
 
@@ -703,6 +824,9 @@ impl Reactor {
     /// Validates a request and queues each of its processes; returns the
     /// request's number and its ids.
     fn start(&mut self, input: Input) -> Result<(u64, Vec<ProcId>), StartError> {
+        if self.shutdown != ShutdownState::Active {
+            return Err(StartError::ShuttingDown(self.shutdown));
+        }
         let ids = &self.ids;
         spec::validate_with_existing(&input, |id| ids.contains_key(id))
             .map_err(StartError::Spec)?;
@@ -741,6 +865,31 @@ impl Reactor {
                 break;
             };
             self.launch(q);
+        }
+        if !self.queue.is_empty() && !self.may_launch() {
+            self.answer_queued();
+        }
+    }
+
+    /// The queue waits for `max_running` or fds: a start request need not wait
+    /// for its queued processes to be launched, only for the ones launched to
+    /// have pids. Counts the queued processes as done for their requests'
+    /// answers, from the back of the queue (the newest) to the first already
+    /// counted: everything ahead of it was counted before.
+    fn answer_queued(&mut self) {
+        let newest: Vec<u64> = self
+            .queue
+            .iter()
+            .rev()
+            .take_while(|q| {
+                self.procs
+                    .get(&q.serial)
+                    .is_some_and(|p| p.request.is_some())
+            })
+            .map(|q| q.serial)
+            .collect();
+        for serial in newest {
+            self.answer_request(serial);
         }
     }
 
@@ -809,12 +958,22 @@ impl Reactor {
                 self.start_resolved(serial);
             }
         }
-        self.emit(Event::Started(id));
     }
 
-    /// Process `serial` has started or failed: answer its start request once
-    /// that was the last of the request's processes to do so.
+    /// Process `serial` has started (it has a pid) or failed: tell
+    /// subscribers, and answer its start request once that was the last of the
+    /// request's processes to do so.
     fn start_resolved(&mut self, serial: u64) {
+        let Some(id) = self.procs.get(&serial).map(|p| p.id.clone()) else {
+            return;
+        };
+        self.emit(Event::Started(id));
+        self.answer_request(serial);
+    }
+
+    /// Counts process `serial` as done for its start request's answer, which
+    /// goes out once every process of the request is.
+    fn answer_request(&mut self, serial: u64) {
         let Some(request) = self.procs.get_mut(&serial).and_then(|p| p.request.take()) else {
             return;
         };

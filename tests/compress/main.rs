@@ -8,11 +8,11 @@
 mod util;
 
 use base64::Engine as _;
+use chaperone::Subscription;
 use chaperone::result::{CompressionState, FdExt, FdRes, State};
 use chaperone::{Agent, Encoded, Event, FdDataError, ReadEncoding, StartError, spec};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 use util::*;
 
@@ -48,7 +48,7 @@ fn data_file(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
 }
 
 /// Waits for the `Compressed` event of `id`'s `fd` (after it exited).
-fn wait_compressed(events: &Receiver<Event>, id: &str, fd: &str) {
+fn wait_compressed(events: &Subscription, id: &str, fd: &str) {
     loop {
         // A generous guard against a hang, not a speed check.
         match events.recv_timeout(Duration::from_secs(120)) {

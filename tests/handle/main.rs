@@ -23,6 +23,7 @@ fn every_handle_call_can_be_awaited_on_one_thread() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
+        let mut events = handle.subscribe();
         let ids = handle
             .start(input(json!({"specs": {
                 "mem": {"argv": ["/bin/echo", "in memory"], "fds": [["stdout", util::mem_utf8()]]},
@@ -37,6 +38,10 @@ fn every_handle_call_can_be_awaited_on_one_thread() {
             .await
             .expect("started");
         assert_eq!(ids.len(), 5);
+        assert!(
+            matches!(events.event().await, Some(chaperone::Event::Started(_))),
+            "an event awaited"
+        );
         let mut known = handle.proc_ids().await;
         known.sort();
         assert_eq!(known, ["kept", "mem", "packed", "sleeper", "tmp"]);
@@ -131,4 +136,37 @@ fn handles_are_shared_across_threads() {
     for t in threads {
         assert_eq!(t.join().expect("thread"), State::Terminated);
     }
+}
+
+/// A request larger than `max_running` is answered once the processes that
+/// fit have pids, not once the queued ones have run.
+#[test]
+fn a_start_past_max_running_is_answered_without_waiting_for_the_queue() {
+    let config = Config {
+        max_running: Some(2),
+        ..Config::default()
+    };
+    let agent = Agent::new(config).expect("agent");
+    let specs: serde_json::Map<String, serde_json::Value> = (0..5)
+        .map(|i| (format!("s{i}"), json!({"argv": ["/bin/sleep", "1"]})))
+        .collect();
+    let t0 = std::time::Instant::now();
+    let ids = agent
+        .start(input(json!({ "specs": specs })))
+        .expect("started");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(900),
+        "start waited for the queue: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(ids.len(), 5);
+    let res = agent.results();
+    let with_pid = res.values().filter(|r| r.pid.is_some()).count();
+    assert_eq!(with_pid, 2, "two started, three queued: {res:?}");
+    agent.wait_all();
+    let res = agent.results();
+    assert!(
+        res.values().all(|r| r.state == State::Terminated),
+        "{res:?}"
+    );
 }

@@ -729,6 +729,21 @@ mod tests {
     }
 
     #[test]
+    fn a_timer_completes_while_the_ring_waits() {
+        let mut ring = ring();
+        let t0 = std::time::Instant::now();
+        ring.timeout(Duration::from_millis(100), 9);
+        let mut cqes = Vec::new();
+        while cqes.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+            ring.submit_and_wait(1, None).expect("enter");
+            ring.reap(&mut cqes);
+        }
+        assert_eq!(cqes.len(), 1);
+        assert_eq!(ring.tag(&cqes[0]), Some(&9));
+        assert!(t0.elapsed() >= Duration::from_millis(90));
+    }
+
+    #[test]
     fn a_cancel_for_an_ended_op_spares_the_op_that_took_its_slot() {
         let mut ring = ring();
         let (r1, w1) = crate::sys::pipe::pipe().expect("pipe");
