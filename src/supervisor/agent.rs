@@ -33,7 +33,7 @@ pub(crate) enum Command {
         Reply<Result<FdContent, FdDataError>>,
     ),
     Delete(ProcId, Reply<Result<(), ProcError>>),
-    Subscribe(std::sync::Arc<super::events::Shared>),
+    Subscribe(super::events::Publisher),
     /// Begin shutting down by a policy (answered once it is under way).
     Shutdown(ShutdownPolicy, Reply<()>),
     /// Wait for the shutdown state `done`.

@@ -38,11 +38,13 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `event`, or counts it as missed when the queue is full.
-    pub(crate) fn push(&self, event: &Event) {
+    /// Queues `event`, or counts it as missed when the queue is full (or
+    /// events are already missed: none is queued after a gap until the
+    /// subscriber has been told of it).
+    fn push(&self, event: &Event) {
         let waker = {
             let mut q = self.lock();
-            if q.events.len() >= self.capacity {
+            if q.events.len() >= self.capacity || q.missed > 0 {
                 q.missed += 1;
             } else {
                 q.events.push_back(event.clone());
@@ -56,7 +58,7 @@ impl Shared {
     }
 
     /// The agent is going away.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         let waker = {
             let mut q = self.lock();
             q.closed = true;
@@ -66,6 +68,27 @@ impl Shared {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+}
+
+/// The reactor's end of a subscription; dropping it closes the subscription.
+pub(crate) struct Publisher(Arc<Shared>);
+
+impl Publisher {
+    /// Queues `event` for this subscriber (see [`Shared::push`]).
+    pub(crate) fn push(&self, event: &Event) {
+        self.0.push(event);
+    }
+
+    /// Whether the subscriber still holds its end.
+    pub(crate) fn subscribed(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -97,7 +120,7 @@ impl Subscription {
     pub const CAPACITY: usize = 4096;
 
     /// A subscription and the reactor's end of it, queueing at most `capacity`.
-    pub(crate) fn new(capacity: usize) -> (Subscription, Arc<Shared>) {
+    pub(crate) fn new(capacity: usize) -> (Subscription, Publisher) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
@@ -107,7 +130,7 @@ impl Subscription {
             Subscription {
                 shared: shared.clone(),
             },
-            shared,
+            Publisher(shared),
         )
     }
 
@@ -209,26 +232,28 @@ mod tests {
 
     #[test]
     fn a_subscriber_past_its_bound_learns_how_many_it_missed() {
-        let (sub, shared) = Subscription::new(2);
+        let (sub, publisher) = Subscription::new(2);
         for i in 0..5 {
-            shared.push(&Event::Deleted(format!("p{i}")));
+            publisher.push(&Event::Deleted(format!("p{i}")));
         }
         assert_eq!(sub.try_recv(), Ok(Event::Deleted("p0".into())));
+        // Room again, but after a gap nothing is queued until it is told.
+        publisher.push(&Event::Deleted("p5".into()));
         assert_eq!(sub.try_recv(), Ok(Event::Deleted("p1".into())));
-        assert_eq!(sub.try_recv(), Ok(Event::Missed(3)));
+        assert_eq!(sub.try_recv(), Ok(Event::Missed(4)));
         assert_eq!(sub.try_recv(), Err(RecvError::Timeout));
-        shared.push(&Event::Deleted("p5".into()));
-        assert_eq!(sub.try_recv(), Ok(Event::Deleted("p5".into())));
-        shared.close();
+        publisher.push(&Event::Deleted("p6".into()));
+        assert_eq!(sub.try_recv(), Ok(Event::Deleted("p6".into())));
+        drop(publisher);
         assert_eq!(sub.recv(), Err(RecvError::Closed));
     }
 
     #[test]
     fn recv_waits_for_an_event_from_another_thread() {
-        let (sub, shared) = Subscription::new(8);
+        let (sub, publisher) = Subscription::new(8);
         let t = std::thread::spawn(move || sub.recv_timeout(Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(20));
-        shared.push(&Event::Started("x".into()));
+        publisher.push(&Event::Started("x".into()));
         assert_eq!(t.join().expect("thread"), Ok(Event::Started("x".into())));
     }
 }

@@ -88,9 +88,13 @@ pub struct Handle {
 
 impl Handle {
     pub(crate) fn new(tx: Sender<Command>) -> Handle {
+        let reader = Reader::default();
+        // Started here, on the agent's creator's thread: not later on the
+        // reactor's, where the first read is handed out.
+        reader.start();
         Handle {
             tx,
-            reader: Arc::new(Reader::default()),
+            reader: Arc::new(reader),
         }
     }
 
@@ -309,10 +313,9 @@ impl Handle {
     /// Subscribes with a queue of `capacity` events (past it, events are
     /// counted as missed; see [`Subscription`]).
     pub fn subscribe_bounded(&self, capacity: usize) -> Subscription {
-        let (sub, shared) = Subscription::new(capacity);
-        if let Err(Command::Subscribe(shared)) = self.tx.send(Command::Subscribe(shared)) {
-            shared.close();
-        }
+        // Refused, the command (and the publisher in it) is dropped: closed.
+        let (sub, publisher) = Subscription::new(capacity);
+        let _ = self.tx.send(Command::Subscribe(publisher));
         sub
     }
 
@@ -427,9 +430,24 @@ struct Reader {
 const READERS: usize = 2;
 
 impl Reader {
+    /// Starts the reader threads.
+    fn start(&self) {
+        self.jobs();
+    }
+
     /// Runs `job` on a reader thread (on this one if none could be started).
     fn run(&self, job: Job) {
-        let jobs = self.jobs.get_or_init(|| {
+        let refused = match self.jobs().lock() {
+            Ok(tx) => tx.send(job).err().map(|e| e.0),
+            Err(_) => Some(job),
+        };
+        if let Some(job) = refused {
+            job();
+        }
+    }
+
+    fn jobs(&self) -> &Mutex<mpsc::Sender<Job>> {
+        self.jobs.get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Job>();
             let rx = Arc::new(Mutex::new(rx));
             // With no thread started, `rx` goes with this scope and every send
@@ -452,13 +470,6 @@ impl Reader {
                     });
             }
             Mutex::new(tx)
-        });
-        let refused = match jobs.lock() {
-            Ok(tx) => tx.send(job).err().map(|e| e.0),
-            Err(_) => Some(job),
-        };
-        if let Some(job) = refused {
-            job();
-        }
+        })
     }
 }

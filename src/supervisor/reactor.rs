@@ -51,7 +51,7 @@ pub(crate) struct Reactor {
     procs: HashMap<u64, Proc>,
     ids: HashMap<ProcId, u64>,
     next_serial: u64,
-    subscribers: Vec<std::sync::Arc<super::events::Shared>>,
+    subscribers: Vec<super::events::Publisher>,
     /// Procstar's shutdown state, and the policy that left `Active`.
     shutdown: ShutdownState,
     policy: Option<ShutdownPolicy>,
@@ -104,6 +104,8 @@ pub(crate) struct Reactor {
     /// Whether a process settled or finished a compression since the last
     /// look at `all_waiters`.
     settled: bool,
+    /// Whether a process settled or was deleted since `check_done` last looked.
+    settled_for_done: bool,
     /// Bytes held by memory captures under `--output-limit`, if set.
     budget: Option<crate::capture::limit::Budget<super::outlimit::CapKey>>,
 }
@@ -197,6 +199,7 @@ impl Reactor {
             budget: output_limit,
             all_waiters: Vec::new(),
             settled: false,
+            settled_for_done: false,
         })
     }
 
@@ -244,18 +247,20 @@ impl Reactor {
             self.answer_all_waiters();
         }
         self.shutdown_state(ShutdownState::Done);
-        for s in &self.subscribers {
-            s.close();
-        }
+        // Dropping the publishers (and any subscription still in the mailbox)
+        // closes the subscriptions.
     }
 
     /// Leaves `Active` by `policy`: new starts are refused from now on.
     fn begin_shutdown(&mut self, policy: ShutdownPolicy) {
-        if self.shutdown != ShutdownState::Active {
-            // Already on the way: a harder policy still applies its signals.
-            if matches!(policy, ShutdownPolicy::Kill) {
-                self.signal_all(libc::SIGKILL);
-            }
+        let harder = match (self.policy, policy) {
+            (None, _) => true,
+            (Some(ShutdownPolicy::Idle), ShutdownPolicy::Idle) => false,
+            (Some(ShutdownPolicy::Idle), _) => true,
+            (Some(ShutdownPolicy::Terminate { .. }), ShutdownPolicy::Kill) => true,
+            _ => false,
+        };
+        if self.shutdown == ShutdownState::Done || !harder {
             return;
         }
         tracing::info!(?policy, "shutting down");
@@ -265,6 +270,7 @@ impl Reactor {
             ShutdownPolicy::Idle => {}
             ShutdownPolicy::Kill => {
                 self.unqueue_all();
+                self.kill_at = None;
                 self.signal_all(libc::SIGKILL);
             }
             ShutdownPolicy::Terminate { grace } => {
@@ -273,7 +279,7 @@ impl Reactor {
                 self.kill_at = Some(Instant::now() + grace);
             }
         }
-        self.settled = true;
+        self.settled_for_done = true;
     }
 
     /// Processes still queued never start: each fails, saying why.
@@ -316,7 +322,7 @@ impl Reactor {
     /// Whether shutting down has finished: nothing runs (terminate, kill) or
     /// nothing is left (idle). Looked at only after something settled.
     fn check_done(&mut self) {
-        if self.shutdown != ShutdownState::Idling || !self.settled {
+        if self.shutdown != ShutdownState::Idling || !std::mem::take(&mut self.settled_for_done) {
             return;
         }
         let done = match self.policy {
@@ -686,9 +692,7 @@ impl Reactor {
     }
 
     fn emit(&mut self, event: Event) {
-        // A subscription its subscriber dropped is held here only.
-        self.subscribers
-            .retain(|s| std::sync::Arc::strong_count(s) > 1);
+        self.subscribers.retain(|s| s.subscribed());
         for s in &self.subscribers {
             s.push(&event);
         }
@@ -795,7 +799,7 @@ impl Reactor {
                                 outlimit::forget(self.budget.as_mut(), s, &p);
                             }
                             self.ids.remove(&id);
-                            self.settled = true;
+                            self.settled_for_done = true;
                             self.emit(Event::Deleted(id));
                             Ok(())
                         }
@@ -809,9 +813,10 @@ impl Reactor {
                 self.begin_shutdown(policy);
                 reply(());
             }
+            Command::WaitDone(reply) if self.shutdown == ShutdownState::Done => reply(()),
             Command::WaitDone(reply) => {
                 self.done_waiters.push(reply);
-                self.settled = true;
+                self.settled_for_done = true;
                 self.check_done();
             }
         }
@@ -851,9 +856,21 @@ impl Reactor {
         Ok((request, started))
     }
 
-    /// Whether a queued process may be launched now.
+    /// Whether a queued process may be launched now. One with `pipe` fds to
+    /// others of its request goes past `max_running`: its peers may be running
+    /// and waiting for it (a full pipe), which a queue would deadlock.
     fn may_launch(&self) -> bool {
-        !self.queue.is_empty() && self.active < self.max_running && !self.fds_short
+        let Some(q) = self.queue.front() else {
+            return false;
+        };
+        !self.fds_short && (self.active < self.max_running || has_request_pipes(&q.spec))
+    }
+
+    /// Whether a process that ran out of fds may wait for them in the queue:
+    /// not while shutting down, and not with `pipe` fds (their ends were
+    /// handed to this attempt and are gone with it).
+    fn may_requeue(&self, q: &Queued) -> bool {
+        self.shutdown == ShutdownState::Active && !has_request_pipes(&q.spec)
     }
 
     /// Launches queued processes for at most [`SPAWN_SLICE`], while
@@ -919,10 +936,11 @@ impl Reactor {
             &mut q.pipes.borrow_mut(),
             &mut self.env_cache,
         );
-        if prep.out_of_fds && self.active > 0 {
+        if prep.out_of_fds && self.active > 0 && self.may_requeue(&q) {
             tracing::debug!(%id, active = self.active, "out of fds: queued until some are freed");
             self.fds_short = true;
             self.queue.push_front(q);
+            self.answer_request(serial);
             return;
         }
         if prep.out_of_fds {
@@ -991,6 +1009,7 @@ impl Reactor {
     /// A process that held a slot (and fds) let go of them.
     fn release_slot(&mut self, serial: u64) {
         self.settled = true;
+        self.settled_for_done = true;
         if let Some(p) = self.procs.get_mut(&serial).filter(|p| p.holds_slot) {
             p.holds_slot = false;
             self.active = self.active.saturating_sub(1);
@@ -1011,17 +1030,21 @@ impl Reactor {
             result,
             Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE)
         );
-        if out_of_fds && self.active > 1 {
+        if out_of_fds && self.active > 1 && self.may_requeue(&q) {
             // No pidfd to be had now: start it again once fds are freed. Its
             // captures (and their pipes) are made anew then.
             self.release_slot(serial);
             self.fds_short = true;
             if let Some(p) = self.procs.get_mut(&serial) {
-                let request = p.request;
-                *p = Proc::queued(p.id.clone(), 0);
-                p.request = request;
+                let mut fresh = Proc::queued(p.id.clone(), 0);
+                fresh.request = p.request;
+                fresh.waiters = std::mem::take(&mut p.waiters);
+                fresh.final_waiters = std::mem::take(&mut p.final_waiters);
+                *p = fresh;
             }
             self.queue.push_front(q);
+            // Its request need not wait for it (see `answer_queued`).
+            self.answer_request(serial);
             return;
         }
         let Some(proc) = self.procs.get_mut(&serial) else {
@@ -1081,6 +1104,17 @@ impl Reactor {
                 self.settle_unstarted(serial);
             }
         }
+        // Started while shutting down by terminate or kill (it was on the
+        // spawner thread): it gets the policy's signal now.
+        let late = match self.policy {
+            Some(ShutdownPolicy::Kill) => Some(libc::SIGKILL),
+            Some(ShutdownPolicy::Terminate { .. }) if self.kill_at.is_some() => Some(libc::SIGTERM),
+            Some(ShutdownPolicy::Terminate { .. }) => Some(libc::SIGKILL),
+            _ => None,
+        };
+        if let (Some(signum), Some(p)) = (late, self.procs.get(&serial)) {
+            let _ = signal_proc(p, signum);
+        }
         self.start_resolved(serial);
         self.arm_sampling();
     }
@@ -1105,6 +1139,13 @@ impl Reactor {
             }
         }
     }
+}
+
+/// Whether a spec has `pipe` fds to others of its request.
+fn has_request_pipes(ps: &spec::ProcSpec) -> bool {
+    ps.fds
+        .iter()
+        .any(|(_, fs)| matches!(fs, spec::FdSpec::PipeWrite | spec::FdSpec::PipeRead { .. }))
 }
 
 /// The default of `Config::max_running`: as many processes as the soft fd

@@ -170,3 +170,35 @@ fn a_start_past_max_running_is_answered_without_waiting_for_the_queue() {
         "{res:?}"
     );
 }
+
+/// Processes joined by a `pipe` go past `max_running`: with a limit of 1 the
+/// reader would otherwise wait in the queue for a writer blocked on the full
+/// pipe, forever.
+#[test]
+fn pipe_connected_processes_are_not_held_apart_by_max_running() {
+    let config = Config {
+        max_running: Some(1),
+        ..Config::default()
+    };
+    let agent = Agent::new(config).expect("agent");
+    // 1 MB: more than a pipe holds.
+    agent
+        .start(input(json!({"specs": {
+            "a-producer": {"argv": ["/bin/sh", "-c", "head -c 1000000 /dev/zero"],
+                "fds": [["stdout", "pipe-write"]]},
+            "b-consumer": {"argv": ["/usr/bin/wc", "-c"],
+                "fds": [["stdin", {"pipe-read": {"proc_id": "a-producer", "fd": "stdout"}}],
+                        ["stdout", util::mem_utf8()]]},
+        }})))
+        .expect("started");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = agent.handle();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.wait("b-consumer").wait());
+    });
+    let res = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the consumer finished (no deadlock)")
+        .expect("result");
+    assert_eq!(util::string_of(&res, "stdout").trim(), "1000000");
+}

@@ -118,6 +118,7 @@ fn kill_sends_sigkill_at_once() {
     std::thread::sleep(Duration::from_millis(200));
     agent.shutdown(ShutdownPolicy::Kill);
     agent.wait_done();
+    agent.wait_done(); // once done, at once
     let got = events_until_done(&events);
     let res = agent.results();
     for id in ["a", "b"] {
@@ -232,4 +233,23 @@ fn started_comes_once_the_pid_exists() {
     );
     let res = agent.result("s").expect("result");
     assert!(res.pid.is_some(), "{res:?}");
+}
+
+/// Idle, then kill: the harder policy takes over (its signal, its `done`).
+#[test]
+fn a_harder_policy_takes_over_from_idle() {
+    let agent = Agent::new(Config::default()).expect("agent");
+    agent
+        .start(input(
+            json!({"specs": {"s": {"argv": ["/bin/sleep", "100"]}}}),
+        ))
+        .expect("started");
+    agent.shutdown(ShutdownPolicy::Idle);
+    agent.shutdown(ShutdownPolicy::Kill);
+    agent.wait_done();
+    let res = agent.result("s").expect("result");
+    assert_eq!(
+        res.status.as_ref().and_then(|s| s.signal.as_deref()),
+        Some("SIGKILL")
+    );
 }

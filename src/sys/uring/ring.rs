@@ -467,7 +467,7 @@ impl<T> Ring<T> {
     pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> Result<(), Errno> {
         self.flush_backlog();
         let (want, timeout) = match (want, timeout) {
-            (0, None) => (1, Some(Duration::ZERO)),
+            (0, _) => (1, Some(Duration::ZERO)),
             w => w,
         };
         let r = match timeout {
