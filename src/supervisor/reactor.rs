@@ -214,6 +214,14 @@ impl Reactor {
                 closed = self.drain_mailbox();
             }
             self.launch_queued();
+            if self.kill_at.is_some_and(|t| t <= Instant::now()) {
+                self.kill_at = None;
+                self.signal_all(libc::SIGKILL);
+            }
+            // After the drains above (a compression or spawn they took in may
+            // be what a waiter waits for) and before blocking in the ring.
+            self.check_done();
+            self.answer_all_waiters();
             if closed && !self.procs.values().any(Proc::is_busy) {
                 break;
             }
@@ -239,12 +247,6 @@ impl Reactor {
             self.exited = exited;
             self.exited.clear();
             self.apply_pauses();
-            if self.kill_at.is_some_and(|t| t <= Instant::now()) {
-                self.kill_at = None;
-                self.signal_all(libc::SIGKILL);
-            }
-            self.check_done();
-            self.answer_all_waiters();
         }
         self.shutdown_state(ShutdownState::Done);
         // Dropping the publishers (and any subscription still in the mailbox)
