@@ -5,12 +5,8 @@
 mod util;
 
 use chaperone::result::State;
-use chaperone::{Agent, Config, FdDataError, ProcError, ReadEncoding, spec};
+use chaperone::{Agent, Config, FdDataError, ProcError, ReadEncoding};
 use serde_json::json;
-
-fn input(v: serde_json::Value) -> spec::Input {
-    spec::parse_input(&serde_json::to_vec(&v).expect("json")).expect("spec")
-}
 
 #[test]
 fn every_handle_call_can_be_awaited_on_one_thread() {
@@ -25,7 +21,7 @@ fn every_handle_call_can_be_awaited_on_one_thread() {
     rt.block_on(async move {
         let mut events = handle.subscribe();
         let ids = handle
-            .start(input(json!({"specs": {
+            .start(util::input(&json!({"specs": {
                 "mem": {"argv": ["/bin/echo", "in memory"], "fds": [["stdout", util::mem_utf8()]]},
                 "tmp": {"argv": ["/bin/echo", "in a tempfile"], "fds": [["stdout", util::tmp_utf8()]]},
                 "kept": {"argv": ["/bin/echo", "in a kept file"],
@@ -124,8 +120,8 @@ fn handles_are_shared_across_threads() {
             let h = agent.handle();
             std::thread::spawn(move || {
                 let id = format!("t{t}");
-                h.start(input(
-                    json!({"specs": {id.clone(): {"argv": ["/bin/true"]}}}),
+                h.start(util::input(
+                    &json!({"specs": {id.clone(): {"argv": ["/bin/true"]}}}),
                 ))
                 .wait()
                 .expect("started");
@@ -152,7 +148,7 @@ fn a_start_past_max_running_is_answered_without_waiting_for_the_queue() {
         .collect();
     let t0 = std::time::Instant::now();
     let ids = agent
-        .start(input(json!({ "specs": specs })))
+        .start(util::input(&json!({ "specs": specs })))
         .expect("started");
     assert!(
         t0.elapsed() < std::time::Duration::from_millis(900),
@@ -183,7 +179,7 @@ fn pipe_connected_processes_are_not_held_apart_by_max_running() {
     let agent = Agent::new(config).expect("agent");
     // 1 MB: more than a pipe holds.
     agent
-        .start(input(json!({"specs": {
+        .start(util::input(&json!({"specs": {
             "a-producer": {"argv": ["/bin/sh", "-c", "head -c 1000000 /dev/zero"],
                 "fds": [["stdout", "pipe-write"]]},
             "b-consumer": {"argv": ["/usr/bin/wc", "-c"],

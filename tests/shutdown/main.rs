@@ -5,15 +5,9 @@
 mod util;
 
 use chaperone::result::State;
-use chaperone::{
-    Agent, Config, Event, ShutdownPolicy, ShutdownState, StartError, Subscription, spec,
-};
+use chaperone::{Agent, Config, Event, ShutdownPolicy, ShutdownState, StartError, Subscription};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-fn input(v: Value) -> spec::Input {
-    spec::parse_input(&serde_json::to_vec(&v).expect("json")).expect("spec")
-}
 
 /// Every event until the shutdown state is `done` (or a guard of 60 s).
 fn events_until_done(events: &Subscription) -> Vec<Event> {
@@ -52,7 +46,7 @@ fn terminate_sends_sigterm_then_sigkill_after_the_grace_and_queued_never_start()
     let agent = Agent::new(config).expect("agent");
     let events = agent.subscribe();
     agent
-        .start(input(json!({"specs": {
+        .start(util::input(&json!({"specs": {
             "a-polite": {"argv": ["/bin/sh", "-c", TRAPS_TERM], "fds": [["stdout", util::mem_utf8()]]},
             "b-stubborn": {"argv": ["/bin/sleep", "100"], "signals": {"ignore": ["SIGTERM"]}},
             "c-queued": {"argv": ["/bin/true"]},
@@ -97,7 +91,9 @@ fn terminate_sends_sigterm_then_sigkill_after_the_grace_and_queued_never_start()
     assert!(idling < position(&got, &Event::Exited("b-stubborn".into())));
     assert_eq!(got.last(), Some(&Event::Shutdown(ShutdownState::Done)));
 
-    match agent.start(input(json!({"specs": {"late": {"argv": ["/bin/true"]}}}))) {
+    match agent.start(util::input(
+        &json!({"specs": {"late": {"argv": ["/bin/true"]}}}),
+    )) {
         Err(e @ StartError::ShuttingDown(_)) => {
             assert_eq!(e.to_string(), "agent shutting down: done")
         }
@@ -110,7 +106,7 @@ fn kill_sends_sigkill_at_once() {
     let agent = Agent::new(Config::default()).expect("agent");
     let events = agent.subscribe();
     agent
-        .start(input(json!({"specs": {
+        .start(util::input(&json!({"specs": {
             "a": {"argv": ["/bin/sh", "-c", TRAPS_TERM]},
             "b": {"argv": ["/bin/sleep", "100"]},
         }})))
@@ -139,12 +135,14 @@ fn idle_refuses_new_starts_lets_processes_finish_and_is_done_once_all_are_delete
     let agent = Agent::new(Config::default()).expect("agent");
     let events = agent.subscribe();
     agent
-        .start(input(
-            json!({"specs": {"runner": {"argv": ["/bin/sleep", "0.4"]}}}),
+        .start(util::input(
+            &json!({"specs": {"runner": {"argv": ["/bin/sleep", "0.4"]}}}),
         ))
         .expect("started");
     agent.shutdown(ShutdownPolicy::Idle);
-    match agent.start(input(json!({"specs": {"late": {"argv": ["/bin/true"]}}}))) {
+    match agent.start(util::input(
+        &json!({"specs": {"late": {"argv": ["/bin/true"]}}}),
+    )) {
         Err(e @ StartError::ShuttingDown(ShutdownState::Idling)) => {
             assert_eq!(e.to_string(), "agent shutting down: idling")
         }
@@ -191,7 +189,7 @@ fn a_subscriber_that_falls_behind_learns_what_it_missed_and_resyncs() {
         .map(|i| (format!("p{i:02}"), json!({"argv": ["/bin/true"]})))
         .collect();
     agent
-        .start(input(json!({ "specs": specs })))
+        .start(util::input(&json!({ "specs": specs })))
         .expect("started");
     agent.wait_all();
     // Every process has started and exited: 2 events each.
@@ -223,8 +221,8 @@ fn started_comes_once_the_pid_exists() {
     let agent = Agent::new(Config::default()).expect("agent");
     let events = agent.subscribe();
     agent
-        .start(input(
-            json!({"specs": {"s": {"argv": ["/bin/sleep", "0.2"]}}}),
+        .start(util::input(
+            &json!({"specs": {"s": {"argv": ["/bin/sleep", "0.2"]}}}),
         ))
         .expect("started");
     assert_eq!(
@@ -240,8 +238,8 @@ fn started_comes_once_the_pid_exists() {
 fn a_harder_policy_takes_over_from_idle() {
     let agent = Agent::new(Config::default()).expect("agent");
     agent
-        .start(input(
-            json!({"specs": {"s": {"argv": ["/bin/sleep", "100"]}}}),
+        .start(util::input(
+            &json!({"specs": {"s": {"argv": ["/bin/sleep", "100"]}}}),
         ))
         .expect("started");
     agent.shutdown(ShutdownPolicy::Idle);

@@ -77,8 +77,12 @@ pub fn agent() -> Agent {
 
 /// Starts `spec` (a `{"specs": …}` value) on `agent`; panics if it is rejected.
 pub fn start(agent: &Agent, spec: &Value) -> Vec<String> {
-    let input = spec::parse_input(&serde_json::to_vec(spec).expect("spec JSON")).expect("parses");
-    agent.start(input).expect("request starts")
+    agent.start(input(spec)).expect("request starts")
+}
+
+/// Parses a `{"specs": …}` value into a request; panics if it does not parse.
+pub fn input(spec: &Value) -> spec::Input {
+    spec::parse_input(&serde_json::to_vec(spec).expect("spec JSON")).expect("parses")
 }
 
 /// Waits for `id` and returns its final result.
