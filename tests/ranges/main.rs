@@ -368,6 +368,11 @@ fn output_limit_is_shared_and_the_largest_captures_give_first() {
         })
         .collect();
     start(&a, &json!({ "specs": specs }));
+    // Wait for all first: a finished capture still gives bytes to one that
+    // grows later, so the held sizes are only one state once all have ended.
+    for &(id, _) in &sizes {
+        wait(&a, id);
+    }
     let mut total = 0;
     for &(id, n) in &sizes {
         let res = wait(&a, id);
