@@ -1,26 +1,44 @@
-//! The one-shot command line: run a spec file to completion and print results.
+//! The command line: Procstar's flags, modes and exit codes.
 //!
-//! `chaperone [--print | --output PATH | --exit] [--log-level L] SPEC|-`, with
-//! Procstar's flags and exit codes: 0 on success, 2 when the spec cannot be
-//! loaded, 65 (`EX_DATAERR`) when the request cannot be started or no mode is
-//! chosen.
+//! `chaperone [MODES] [OPTIONS] [SPEC|-]` starts the spec's processes (if one
+//! is given), then runs every mode asked for on one tokio current-thread
+//! runtime: one-shot (`--print`, `--output PATH`, `--exit`: results once no
+//! process runs), `--wait` (until every process has been deleted), `--agent`
+//! (the Procstar WebSocket agent, see [`crate::proto::ws`]) and `--stdio`
+//! (the same protocol as JSON lines, see [`crate::proto::stdio`]).
+//!
+//! Exit codes: 0 on success, 1 when the agent gave up connecting, 2 when the
+//! spec cannot be loaded or no agent host is known, 65 (`EX_DATAERR`) when the
+//! request cannot be started or no mode is chosen.
+//!
+//! Signals, in every mode: SIGTERM or SIGINT end the processes by Procstar's
+//! terminate policy (SIGTERM, then SIGKILL after 60 s), SIGQUIT by SIGKILL,
+//! SIGUSR1 makes the agent idle (no new starts; done once every process has
+//! been deleted). One-shot modes still write the results.
 
+use crate::proto::ws::{self, WsConfig};
+use crate::supervisor::{Handle, ShutdownPolicy};
 use crate::{Agent, Config, spec};
 use clap::Parser;
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Exit code for a spec that cannot be loaded.
 pub const EXIT_LOAD: u8 = 2;
 /// Exit code for a request that cannot be started (`EX_DATAERR`).
 pub const EXIT_START: u8 = 65;
+/// Exit code when the agent gave up connecting to its server.
+pub const EXIT_GAVE_UP: u8 = 1;
 
 /// Command-line flags (Procstar's, plus chaperone's capture bounds).
 #[derive(Debug, Parser)]
 #[command(
     name = "chaperone",
     version,
-    about = "Runs processes from JSON specs and reports on them"
+    about = "Runs processes from JSON specs and reports on them",
+    args_override_self = true
 )]
 pub struct Args {
     /// Spec file, or `-` for standard input.
@@ -34,6 +52,52 @@ pub struct Args {
     /// Exit once no process is running and every `compress` is done.
     #[arg(short = 'x', long)]
     pub exit: bool,
+    /// Exit once every process has been deleted. With `--agent`, first wait
+    /// for a process to be started, up to `--wait-timeout`.
+    #[arg(short, long)]
+    pub wait: bool,
+    /// With `--wait --agent`: how long to wait for the first process (seconds).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "600")]
+    pub wait_timeout: Duration,
+    /// Serve the Procstar agent protocol over WebSocket: connect to
+    /// `wss://AGENT_HOST:AGENT_PORT/` and take requests from that server.
+    #[arg(short, long)]
+    pub agent: bool,
+    /// The agent server's host (default: `PROCSTAR_AGENT_HOST`).
+    #[arg(long, value_name = "HOST")]
+    pub agent_host: Option<String>,
+    /// The agent server's port.
+    #[arg(long, value_name = "PORT", default_value_t = 59789)]
+    pub agent_port: u16,
+    /// The agent's group.
+    #[arg(long, value_name = "ID", default_value = "default")]
+    pub group_id: String,
+    /// The connection id (default: a random UUID).
+    #[arg(long, value_name = "ID", hide = true)]
+    pub conn_id: Option<String>,
+    /// First wait before reconnecting (seconds).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "1")]
+    pub connect_interval_start: Duration,
+    /// Factor between successive reconnect waits.
+    #[arg(long, value_name = "FACTOR", default_value_t = 2.0)]
+    pub connect_interval_mult: f64,
+    /// Longest wait before reconnecting (seconds).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "60")]
+    pub connect_interval_max: Duration,
+    /// Failed connections in a row before the agent exits (code 1).
+    #[arg(long, value_name = "N", default_value_t = u64::MAX)]
+    pub connect_count_max: u64,
+    /// Reconnect when nothing has come from the server for this long (seconds).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "60", hide = true)]
+    pub agent_read_timeout: Duration,
+    /// Serve the agent protocol as JSON lines on standard input and output;
+    /// end of input shuts the agent down (terminate policy).
+    #[arg(long)]
+    pub stdio: bool,
+    /// Only this exact executable may be run; any other process becomes an
+    /// error result.
+    #[arg(long, value_name = "PATH")]
+    pub restrict_exe: Option<String>,
     /// Log level: trace, debug, info, warn or error.
     #[arg(long, default_value = "warn")]
     pub log_level: String,
@@ -102,33 +166,31 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 /// Runs the CLI; returns the process exit code.
 pub fn run(args: Args) -> u8 {
     init_logging(&args.log_level);
-    if !(args.print || args.exit || args.output.is_some()) {
-        eprintln!("error: no mode given: use --print, --output PATH or --exit");
+    if !(args.print || args.exit || args.output.is_some() || args.wait || args.agent || args.stdio)
+    {
+        eprintln!(
+            "error: no mode given: use --print, --output PATH, --exit, --wait, --agent or --stdio"
+        );
         return EXIT_START;
     }
-    let Some(path) = args.input.as_ref() else {
+    if args.exit && args.wait {
+        tracing::warn!("--exit and --wait both given: exiting once no process runs");
+    }
+    let input = match args.input.as_ref().map(|p| load(p)).transpose() {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    if input.is_none() && !(args.agent || args.stdio) {
         eprintln!("error: no spec given (a file path, or - for standard input)");
         return EXIT_START;
-    };
-    let raw = if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    }
+    let ws = if args.agent {
+        match ws_config(&args) {
+            Ok(c) => Some(c),
+            Err(code) => return code,
+        }
     } else {
-        std::fs::read(path)
-    };
-    let raw = match raw {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot read spec {}: {e}", path.display());
-            return EXIT_LOAD;
-        }
-    };
-    let input = match spec::parse_input(&raw) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_LOAD;
-        }
+        None
     };
     let config = Config {
         capture_head: args.capture_head,
@@ -140,6 +202,7 @@ pub fn run(args: Args) -> u8 {
         max_running: args
             .max_running
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        restrict_exe: args.restrict_exe.clone(),
         ..Config::default()
     };
     let agent = match Agent::new(config) {
@@ -149,18 +212,265 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
-    match agent.start(input) {
-        Ok(_) => {}
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: cannot start the runtime: {e}");
             return EXIT_START;
         }
     };
-    // Compression (`"compress"`) runs after exit, off the reactor: wait for it
-    // too, so that the results are final and compressed files complete when we
-    // exit (dropping the agent would cancel it).
-    agent.wait_all();
-    let results = agent.results();
+    let code = rt.block_on(modes(&args, agent.handle(), input, ws));
+    // Nothing may keep the agent from dropping: whatever still runs (the
+    // agent gave up on its server) is killed.
+    if code == EXIT_GAVE_UP {
+        rt.block_on(async {
+            agent.handle().shutdown(ShutdownPolicy::Kill).await;
+            agent.handle().wait_done().await;
+        });
+    }
+    code
+}
+
+/// Reads and parses the spec at `path` (`-`: standard input); on failure, the
+/// exit code.
+fn load(path: &std::path::Path) -> Result<spec::Input, u8> {
+    let raw = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(path)
+    };
+    let raw = raw.map_err(|e| {
+        eprintln!("error: cannot read spec {}: {e}", path.display());
+        EXIT_LOAD
+    })?;
+    spec::parse_input(&raw).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_LOAD
+    })
+}
+
+/// The WebSocket agent's settings from flags and `PROCSTAR_AGENT_*`; on
+/// failure, the exit code.
+fn ws_config(args: &Args) -> Result<(WsConfig, std::sync::Arc<rustls::ClientConfig>), u8> {
+    let Some(host) = args
+        .agent_host
+        .clone()
+        .or_else(|| std::env::var("PROCSTAR_AGENT_HOST").ok())
+    else {
+        eprintln!("error: no agent host: use --agent-host or set PROCSTAR_AGENT_HOST");
+        return Err(EXIT_LOAD);
+    };
+    let cert = std::env::var_os("PROCSTAR_AGENT_CERT").map(PathBuf::from);
+    let tls = ws::tls_config(cert.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_LOAD
+    })?;
+    if !(args.connect_interval_mult.is_finite() && args.connect_interval_mult >= 1.0) {
+        eprintln!(
+            "error: --connect-interval-mult must be at least 1, not {}",
+            args.connect_interval_mult
+        );
+        return Err(EXIT_LOAD);
+    }
+    let config = WsConfig {
+        host,
+        port: args.agent_port,
+        group_id: args.group_id.clone(),
+        conn_id: args.conn_id.clone().unwrap_or_else(uuid_v4),
+        interval_start: args.connect_interval_start,
+        interval_mult: args.connect_interval_mult,
+        interval_max: args.connect_interval_max,
+        count_max: args.connect_count_max.max(1),
+        read_timeout: args.agent_read_timeout,
+        access_token: std::env::var("PROCSTAR_AGENT_TOKEN").unwrap_or_default(),
+        cert,
+        restricted_exe: args.restrict_exe.clone(),
+    };
+    Ok((config, tls))
+}
+
+/// A random (version 4) UUID, for a connection id.
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// A future that never ends unless `on`.
+async fn when<T>(on: bool, fut: impl Future<Output = T>) -> T {
+    if on {
+        fut.await
+    } else {
+        std::future::pending().await
+    }
+}
+
+/// Starts `input`, then runs the modes asked for until the first one ends;
+/// returns the exit code.
+async fn modes(
+    args: &Args,
+    handle: Handle,
+    input: Option<spec::Input>,
+    ws: Option<(WsConfig, std::sync::Arc<rustls::ClientConfig>)>,
+) -> u8 {
+    // Subscribed before anything starts, so that no event is missed.
+    let ws_events = ws.as_ref().map(|_| handle.subscribe());
+    let stdio_events = args.stdio.then(|| handle.subscribe());
+    let wait_events = args.wait.then(|| handle.subscribe());
+    let had_input = input.is_some();
+    if let Some(input) = input {
+        if let Err(e) = handle.start(input).await {
+            eprintln!("error: {e}");
+            return EXIT_START;
+        }
+    }
+    tokio::spawn(shutdown_on_signals(handle.clone()));
+
+    let one_shot = args.print || args.exit || args.output.is_some();
+    let ws_run = async {
+        match (ws, ws_events) {
+            (Some((config, tls)), Some(events)) => {
+                match ws::run(handle.clone(), events, config, tls).await {
+                    ws::Outcome::Done => 0,
+                    ws::Outcome::GaveUp => EXIT_GAVE_UP,
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let stdio_run = async {
+        let Some(events) = stdio_events else {
+            return std::future::pending().await;
+        };
+        let stdin = tokio::io::BufReader::with_capacity(1 << 16, tokio::io::stdin());
+        match crate::proto::stdio::run(
+            handle.clone(),
+            events,
+            stdin,
+            tokio::io::stdout(),
+            ShutdownPolicy::TERMINATE_GRACE,
+        )
+        .await
+        {
+            Ok(()) => 0,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            Err(e) => {
+                eprintln!("error: writing to standard output: {e}");
+                1
+            }
+        }
+    };
+    let wait_run = async {
+        let Some(events) = wait_events else {
+            return std::future::pending().await;
+        };
+        wait_idle(&handle, events, args.agent && !had_input, args.wait_timeout).await;
+        0
+    };
+    // Without a front end to tell, a shutdown is over once the processes
+    // have ended and had a few seconds to be deleted.
+    let done_run = async {
+        handle.wait_done().await;
+        let deadline = tokio::time::Instant::now() + ws::DELETE_GRACE;
+        while !handle.proc_ids().await.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        0
+    };
+    tokio::select! {
+        code = ws_run => code,
+        code = stdio_run => code,
+        code = when(one_shot, handle.wait_all()) => { let () = code; write_results(args, &handle).await }
+        code = wait_run => code,
+        code = when(!one_shot && !args.agent && !args.stdio, done_run) => code,
+    }
+}
+
+/// `--wait`: returns once no process is left (after a first one has been
+/// started, if `first` and within `timeout`).
+async fn wait_idle(
+    handle: &Handle,
+    mut events: crate::Subscription,
+    mut first: bool,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !first && handle.proc_ids().await.is_empty() {
+            return;
+        }
+        let next = if first {
+            match tokio::time::timeout_at(deadline, events.event()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    tracing::warn!("--wait: no process started within {timeout:?}; exiting");
+                    return;
+                }
+            }
+        } else {
+            events.event().await
+        };
+        match next {
+            None => return,
+            Some(crate::Event::Started(_)) => first = false,
+            Some(_) => {}
+        }
+    }
+}
+
+/// Procstar's signals: SIGTERM and SIGINT terminate, SIGQUIT kills, SIGUSR1
+/// idles.
+async fn shutdown_on_signals(handle: Handle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+    ];
+    let mut streams = Vec::new();
+    for k in kinds {
+        match signal(k) {
+            Ok(s) => streams.push(s),
+            Err(e) => {
+                tracing::error!("cannot handle signal {k:?}: {e}");
+                return;
+            }
+        }
+    }
+    let [term, int, quit, usr1] = &mut streams[..] else {
+        return;
+    };
+    loop {
+        let policy = tokio::select! {
+            _ = term.recv() => ShutdownPolicy::Terminate { grace: ShutdownPolicy::TERMINATE_GRACE },
+            _ = int.recv() => ShutdownPolicy::Terminate { grace: ShutdownPolicy::TERMINATE_GRACE },
+            _ = quit.recv() => ShutdownPolicy::Kill,
+            _ = usr1.recv() => ShutdownPolicy::Idle,
+        };
+        tracing::info!("shutting down: {policy:?}");
+        handle.shutdown(policy).await;
+    }
+}
+
+/// Writes the results for `--print` or `--output`; returns the exit code.
+async fn write_results(args: &Args, handle: &Handle) -> u8 {
+    let results = handle.results().await;
     let write = |w: &mut dyn Write| -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, &results)?;
         w.write_all(b"\n")?;
@@ -187,8 +497,16 @@ pub fn run(args: Args) -> u8 {
     }
 }
 
+/// Logging to stderr at `level` for chaperone itself (its libraries log
+/// warnings and errors only); a full filter (`chaperone=debug,rustls=trace`)
+/// is taken as it is.
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let directives = if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("warn,chaperone={level}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -23,9 +23,12 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod capture;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod control;
 pub mod metrics;
+#[cfg(feature = "cli")]
+pub mod proto;
 pub mod result;
 pub mod ring;
 pub mod signal;

@@ -98,6 +98,9 @@ pub struct Config {
     /// waits for others to let go of theirs rather than failing, as long as any
     /// hold some.
     pub max_running: Option<usize>,
+    /// Only this exact `exe` (or `argv[0]` when there is no `exe`) may run
+    /// (`--restrict-exe`); any other process becomes an error result.
+    pub restrict_exe: Option<String>,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             perf: false,
             output_limit: None,
             max_running: None,
+            restrict_exe: None,
         }
     }
 }

@@ -1018,6 +1018,8 @@ pub(crate) struct PlanContext<'a> {
     pub cwd: Option<&'a Path>,
     /// Whether procs whose spec has no `perf` count every perf event (`Config::perf`).
     pub perf: bool,
+    /// The one exe allowed (`Config::restrict_exe`).
+    pub restrict_exe: Option<&'a str>,
 }
 
 /// Pipes between procs of one request, keyed by (writer proc id, writer fd).
@@ -1124,6 +1126,11 @@ pub(crate) fn prepare(
 ) -> Prepared {
     let exe = ps.exe().unwrap_or_default().to_string();
     let mut errors = Vec::new();
+    if let Some(allowed) = ctx.restrict_exe.filter(|a| *a != exe) {
+        errors.push(format!(
+            "proc {id}: exe {exe:?} is not allowed: this agent runs only {allowed:?} (--restrict-exe)"
+        ));
+    }
     let defaults = control::Defaults {
         pdeath_sig: ctx.pdeath_sig,
     };

@@ -930,6 +930,7 @@ impl Reactor {
             pdeath_sig: self.config.pdeath_sig,
             cwd: self.cwd.as_deref(),
             perf: self.config.perf,
+            restrict_exe: self.config.restrict_exe.as_deref(),
         };
         let mut prep = proc::prepare(
             &id,

@@ -1,5 +1,5 @@
 //! User and group lookups for the `user`/`group` spec fields: `getpwnam_r`,
-//! `getpwuid_r`, `getgrnam_r` and `getgrouplist`.
+//! `getpwuid_r`, `getgrnam_r`, `getgrgid_r` and `getgrouplist`.
 //!
 //! These run in the agent (the parent), never in a vfork child: NSS may load
 //! modules, take locks and allocate. The child gets only the resulting numbers.
@@ -131,6 +131,22 @@ pub fn group_by_name(name: &str) -> Result<Option<u32>, Errno> {
             unsafe { libc::getgrnam_r(cname.as_ptr(), gr, buf, len, result) }
         },
         |gr: &libc::group| gr.gr_gid,
+    )
+}
+
+/// Looks up a group's name by gid. `Ok(None)`: no group entry for it.
+///
+/// # Errors
+/// A lookup failure other than "not found".
+pub fn group_name_by_gid(gid: u32) -> Result<Option<String>, Errno> {
+    lookup_r(
+        |gr, buf, len, result| {
+            // SAFETY: `gr` and `result` point to locals, `buf` has `len` bytes.
+            unsafe { libc::getgrgid_r(gid, gr, buf, len, result) }
+        },
+        // SAFETY: `gr_name` points into the lookup buffer, alive while the
+        // conversion runs.
+        |gr: &libc::group| unsafe { c_str(gr.gr_name) },
     )
 }
 

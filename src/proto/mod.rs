@@ -1,0 +1,545 @@
+//! Procstar's agent protocol: the messages, and how a request is served
+//! through a [`Handle`].
+//!
+//! One message set, two framings: MessagePack maps in binary WebSocket frames
+//! ([`ws`], the agent Apsis talks to) and one JSON object per line on stdio
+//! ([`stdio`]). Every message is a map with a `type` tag naming its variant
+//! and its fields by name, as Procstar's Rust agent and PyPI `procstar`'s
+//! server write them; byte payloads are MessagePack `bin` (base64 or a string
+//! on stdio, see [`Payload`]).
+//!
+//! Requests are decoded in two steps, first to a generic value, then to a
+//! [`Request`]: whatever fails, the reply is a [`Reply::RequestError`] that
+//! echoes what could be read of the message (always with a `type` key, which
+//! the Python server looks up) and says what was wrong. Nothing a peer sends
+//! ends the connection or the agent.
+
+pub mod stdio;
+pub mod ws;
+
+use crate::result::ProcRes;
+use crate::spec::{self, Encoding, ProcId};
+use crate::supervisor::{Event, FdDataError, Handle, ProcError, ShutdownState, StartError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use std::future::Future;
+
+/// A message from the server (or the stdio peer) to the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type")]
+pub enum Request {
+    /// The reply to `Register`; valid only as the handshake's.
+    Registered,
+    /// Starts the processes of `specs` (a spec input's `specs` object).
+    ProcStartRequest {
+        /// Process id → spec.
+        specs: serde_json::Map<String, Value>,
+    },
+    /// Asks for the ids of every process.
+    ProcidListRequest,
+    /// Asks for one process's result.
+    ProcResultRequest {
+        /// The process.
+        proc_id: ProcId,
+    },
+    /// Sends a signal to one process.
+    ProcSignalRequest {
+        /// The process.
+        proc_id: ProcId,
+        /// The signal number.
+        signum: i32,
+    },
+    /// Asks for bytes `[start, stop)` of a captured fd.
+    ProcFdDataRequest {
+        /// The process.
+        proc_id: ProcId,
+        /// The fd's name (`stdout`) or number.
+        fd: String,
+        /// First byte.
+        #[serde(default)]
+        start: u64,
+        /// End (exclusive); `null` for the end of what exists.
+        #[serde(default)]
+        stop: Option<u64>,
+    },
+    /// Deletes a process that is no longer running.
+    ProcDeleteRequest {
+        /// The process.
+        proc_id: ProcId,
+    },
+}
+
+/// A message from the agent.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type")]
+pub enum Reply {
+    /// The first message of every WebSocket connection.
+    Register {
+        /// Who is connecting.
+        conn: ConnInfo,
+        /// The agent process.
+        proc: ProcInfo,
+        /// The ids of every process the agent has.
+        proc_ids: Vec<ProcId>,
+        /// `PROCSTAR_AGENT_TOKEN`, or empty.
+        access_token: String,
+        /// The agent's shutdown state.
+        shutdown_state: ShutdownState,
+    },
+    /// A process's result: on start, on termination or error, and on request.
+    ProcResult {
+        /// The process.
+        proc_id: ProcId,
+        /// Its result.
+        res: Box<ProcRes>,
+    },
+    /// Bytes of a captured fd.
+    ProcFdData {
+        /// The process.
+        proc_id: ProcId,
+        /// The fd's name as asked.
+        fd: String,
+        /// First byte.
+        start: u64,
+        /// End (exclusive) of the bytes sent.
+        stop: u64,
+        /// The capture's encoding (`null` raw, `"utf-8"`).
+        encoding: Encoding,
+        /// The bytes.
+        data: Payload,
+    },
+    /// A process was deleted.
+    ProcDelete {
+        /// The process.
+        proc_id: ProcId,
+    },
+    /// The ids of every process.
+    ProcidList {
+        /// The ids.
+        proc_ids: Vec<ProcId>,
+    },
+    /// A request named a process the agent does not have.
+    ProcUnknown {
+        /// The id asked for.
+        proc_id: ProcId,
+    },
+    /// A request failed.
+    RequestError {
+        /// The request as read (always a map with a `type` key).
+        msg: Value,
+        /// What was wrong.
+        err: String,
+    },
+    /// The agent's shutdown state changed.
+    ShutDown {
+        /// The new state.
+        shutdown_state: ShutdownState,
+    },
+}
+
+/// `Register`'s `conn`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnInfo {
+    /// The connection id (stable across reconnects).
+    pub conn_id: String,
+    /// The agent's group.
+    pub group_id: String,
+    /// `--restrict-exe`, if given.
+    pub restricted_exe: Option<String>,
+}
+
+/// `Register`'s `proc`: the agent process.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcInfo {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent's pid.
+    pub ppid: i32,
+    /// Real uid.
+    pub uid: u32,
+    /// Effective uid.
+    pub euid: u32,
+    /// The real uid's user name (empty if it has none).
+    pub username: String,
+    /// Real gid.
+    pub gid: u32,
+    /// Effective gid.
+    pub egid: u32,
+    /// The real gid's group name (empty if it has none).
+    pub groupname: String,
+    /// The host's name.
+    pub hostname: String,
+}
+
+impl ProcInfo {
+    /// This process's.
+    pub fn current() -> ProcInfo {
+        use rustix::process;
+        let uid = process::getuid().as_raw();
+        let gid = process::getgid().as_raw();
+        ProcInfo {
+            pid: process::getpid().as_raw_nonzero().get(),
+            ppid: process::getppid().map_or(0, |p| p.as_raw_nonzero().get()),
+            uid,
+            euid: process::geteuid().as_raw(),
+            username: crate::sys::user::user_by_uid(uid)
+                .ok()
+                .flatten()
+                .map(|p| p.name)
+                .unwrap_or_default(),
+            gid,
+            egid: process::getegid().as_raw(),
+            groupname: crate::sys::user::group_name_by_gid(gid)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            hostname: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+}
+
+/// A byte payload: MessagePack `bin`; in a text framing (JSON), a string when
+/// the capture's encoding is text, else base64.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payload {
+    /// The bytes.
+    pub bytes: Bytes,
+    /// Whether a text framing writes them as a string (lossy UTF-8).
+    pub text: bool,
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            s.serialize_bytes(&self.bytes)
+        } else if self.text {
+            s.serialize_str(&String::from_utf8_lossy(&self.bytes))
+        } else {
+            use base64::Engine;
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.bytes))
+        }
+    }
+}
+
+/// A request decoded as far as it goes: the generic value (for echoes in
+/// errors) and the request, or what was wrong with it.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The message as read; `{"type": null}` if it was not a map.
+    pub value: Value,
+    /// The request, or why it is not one.
+    pub request: Result<Request, String>,
+}
+
+impl Decoded {
+    /// Decodes a generic value (a MessagePack or JSON map) into a request.
+    pub fn from_value(value: Result<Value, String>) -> Decoded {
+        match value {
+            Err(e) => Decoded {
+                value: serde_json::json!({ "type": null }),
+                request: Err(e),
+            },
+            Ok(value) => {
+                let request = match &value {
+                    Value::Object(m) => match m.get("type") {
+                        None => Err("message has no \"type\"".to_string()),
+                        Some(Value::String(_)) => {
+                            Request::deserialize(&value).map_err(|e| match m.get("type") {
+                                Some(Value::String(t)) => format!("invalid {t} message: {e}"),
+                                _ => e.to_string(),
+                            })
+                        }
+                        Some(t) => Err(format!("message \"type\" is not a string: {t}")),
+                    },
+                    _ => Err(format!("message is not a map: {}", kind(&value))),
+                };
+                let value = match value {
+                    Value::Object(mut m) => {
+                        m.entry("type").or_insert(Value::Null);
+                        Value::Object(m)
+                    }
+                    _ => serde_json::json!({ "type": null }),
+                };
+                Decoded { value, request }
+            }
+        }
+    }
+
+    /// The error reply for this message.
+    pub fn error(&self, err: impl Into<String>) -> Reply {
+        Reply::RequestError {
+            msg: self.value.clone(),
+            err: err.into(),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nil",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// Decodes one MessagePack message.
+pub fn decode_msgpack(frame: &[u8]) -> Decoded {
+    Decoded::from_value(
+        rmp_serde::from_slice::<Value>(frame).map_err(|e| format!("not a MessagePack map: {e}")),
+    )
+}
+
+/// Encodes one message as a MessagePack map with named fields.
+pub fn encode_msgpack(reply: &Reply) -> Vec<u8> {
+    // Serializing these types cannot fail: every map key is a string.
+    rmp_serde::to_vec_named(reply).unwrap_or_else(|e| {
+        rmp_serde::to_vec_named(&Reply::RequestError {
+            msg: serde_json::json!({ "type": null }),
+            err: format!("internal: cannot encode a reply: {e}"),
+        })
+        .unwrap_or_default()
+    })
+}
+
+/// Serves one decoded request: the command reaches the agent before this
+/// returns (so requests take effect in the order they came), and the future
+/// gives the replies. `Registered` outside a handshake, and every malformed
+/// message, get a `RequestError`.
+pub fn serve(handle: &Handle, msg: Decoded) -> impl Future<Output = Vec<Reply>> + 'static {
+    let pending: Pending = match &msg.request {
+        Err(e) => Pending::Ready(vec![msg.error(e.clone())]),
+        Ok(Request::Registered) => Pending::Ready(vec![msg.error("unexpected")]),
+        Ok(Request::ProcStartRequest { specs }) => match start_input(specs) {
+            Err(e) => Pending::Ready(vec![msg.error(e)]),
+            Ok(input) => Pending::Start(Box::pin(handle.start(input))),
+        },
+        Ok(Request::ProcidListRequest) => Pending::Ids(Box::pin(handle.proc_ids())),
+        Ok(Request::ProcResultRequest { proc_id }) => {
+            Pending::Result(proc_id.clone(), Box::pin(handle.result(proc_id)))
+        }
+        Ok(Request::ProcSignalRequest { proc_id, signum }) => {
+            if *signum <= 0 || *signum > 64 {
+                Pending::Ready(vec![msg.error(format!("invalid signal number: {signum}"))])
+            } else {
+                Pending::Proc(proc_id.clone(), Box::pin(handle.signal(proc_id, *signum)))
+            }
+        }
+        Ok(Request::ProcDeleteRequest { proc_id }) => {
+            Pending::Delete(proc_id.clone(), Box::pin(handle.delete(proc_id)))
+        }
+        Ok(Request::ProcFdDataRequest {
+            proc_id,
+            fd,
+            start,
+            stop,
+        }) => {
+            if stop.is_some_and(|s| s < *start) {
+                Pending::Ready(vec![msg.error(format!(
+                    "invalid range for fd {fd}: start {start} > stop {}",
+                    stop.unwrap_or_default()
+                ))])
+            } else {
+                Pending::FdData(
+                    proc_id.clone(),
+                    fd.clone(),
+                    Box::pin(handle.fd_data(proc_id, fd, *start, *stop)),
+                )
+            }
+        }
+    };
+    async move { pending.finish(msg).await }
+}
+
+type Boxed<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A request's reply still to come.
+enum Pending {
+    Ready(Vec<Reply>),
+    Start(Boxed<Result<Vec<ProcId>, StartError>>),
+    Ids(Boxed<Vec<ProcId>>),
+    Result(ProcId, Boxed<Option<ProcRes>>),
+    Proc(ProcId, Boxed<Result<(), ProcError>>),
+    Delete(ProcId, Boxed<Result<(), ProcError>>),
+    FdData(
+        ProcId,
+        String,
+        Boxed<Result<crate::supervisor::FdData, FdDataError>>,
+    ),
+}
+
+impl Pending {
+    async fn finish(self, msg: Decoded) -> Vec<Reply> {
+        match self {
+            Pending::Ready(r) => r,
+            // Each started process reports itself (its running or error
+            // result) through the notification path.
+            Pending::Start(call) => match call.await {
+                Ok(_) => vec![],
+                Err(e) => vec![msg.error(start_error(&e))],
+            },
+            Pending::Ids(call) => vec![Reply::ProcidList {
+                proc_ids: call.await,
+            }],
+            Pending::Result(proc_id, call) => vec![match call.await {
+                Some(res) => Reply::ProcResult {
+                    proc_id,
+                    res: Box::new(res),
+                },
+                None => Reply::ProcUnknown { proc_id },
+            }],
+            Pending::Proc(proc_id, call) => match call.await {
+                Ok(()) => vec![],
+                Err(e) => vec![proc_error(&msg, proc_id, e)],
+            },
+            // Success is told by the `ProcDelete` notification, as Procstar
+            // does, so every connection hears of it once.
+            Pending::Delete(proc_id, call) => match call.await {
+                Ok(()) => vec![],
+                Err(e) => vec![proc_error(&msg, proc_id, e)],
+            },
+            Pending::FdData(proc_id, fd, call) => match call.await {
+                Err(FdDataError::Unknown(_)) => vec![Reply::ProcUnknown { proc_id }],
+                Err(e) => vec![msg.error(e.to_string())],
+                Ok(d) => vec![fd_data_reply(&msg, proc_id, fd, d)],
+            },
+        }
+    }
+}
+
+fn start_error(e: &StartError) -> String {
+    e.to_string()
+}
+
+fn proc_error(msg: &Decoded, proc_id: ProcId, e: ProcError) -> Reply {
+    match e {
+        ProcError::Unknown(_) => Reply::ProcUnknown { proc_id },
+        e => msg.error(e.to_string()),
+    }
+}
+
+/// A range reply. The data must be exactly `[start, stop)`, as a peer that
+/// stitches ranges expects: a range reaching into a head/tail capture's
+/// dropped middle is cut where the middle starts, and one starting inside it
+/// is an error that says which bytes are gone.
+fn fd_data_reply(
+    msg: &Decoded,
+    proc_id: ProcId,
+    fd: String,
+    d: crate::supervisor::FdData,
+) -> Reply {
+    let text = d.encoding == Encoding::Utf8;
+    match d.missing {
+        Some(m) if m.start <= d.start => msg.error(format!(
+            "fd {fd}: bytes {}..{} of {} were dropped (head/tail capture); \
+             the next byte held is {}",
+            m.start, m.end, d.length, m.end
+        )),
+        Some(m) => {
+            let held = usize::try_from(m.start - d.start).unwrap_or(usize::MAX);
+            Reply::ProcFdData {
+                proc_id,
+                fd,
+                start: d.start,
+                stop: m.start,
+                encoding: d.encoding,
+                data: Payload {
+                    bytes: d.data.slice(..held.min(d.data.len())),
+                    text,
+                },
+            }
+        }
+        None => Reply::ProcFdData {
+            proc_id,
+            fd,
+            start: d.start,
+            stop: d.stop,
+            encoding: d.encoding,
+            data: Payload {
+                bytes: d.data,
+                text,
+            },
+        },
+    }
+}
+
+/// Parses a start request's specs as a spec input.
+fn start_input(specs: &serde_json::Map<String, Value>) -> Result<spec::Input, String> {
+    let json = serde_json::to_vec(&serde_json::json!({ "specs": specs }))
+        .map_err(|e| format!("specs: {e}"))?;
+    spec::parse_input(&json).map_err(|e| e.to_string())
+}
+
+/// The notifications for a batch of events, in order: each started or ended
+/// process's current result (fetched in one round trip; one per process per
+/// batch), then deletions and shutdown-state changes. The shutdown states seen
+/// come back too; `done` is left to the caller to announce, as it decides when
+/// the agent is finished.
+pub async fn notifications(
+    handle: &Handle,
+    events: Vec<Event>,
+) -> (Vec<Reply>, Vec<ShutdownState>) {
+    let mut ids = Vec::new();
+    let mut all = false;
+    let mut after = Vec::new();
+    let mut states = Vec::new();
+    for e in events {
+        match e {
+            Event::Started(id) | Event::Exited(id) => ids.push(id),
+            Event::Deleted(id) => {
+                ids.retain(|i| *i != id);
+                after.push(Reply::ProcDelete { proc_id: id });
+            }
+            Event::Compressed(..) => {}
+            Event::Missed(n) => {
+                tracing::warn!("{n} events missed; sending every result");
+                all = true;
+            }
+            Event::Shutdown(s) => {
+                states.push(s);
+                if s != ShutdownState::Done {
+                    after.push(Reply::ShutDown { shutdown_state: s });
+                }
+            }
+        }
+    }
+    if all {
+        ids = handle.proc_ids().await;
+    }
+    let mut replies = results(handle, ids).await;
+    replies.extend(after);
+    (replies, states)
+}
+
+/// The current result of each of `ids` (each once, in order; a process
+/// deleted meanwhile is left out), asked for in one round trip.
+pub async fn results(handle: &Handle, ids: Vec<ProcId>) -> Vec<Reply> {
+    let mut seen = std::collections::HashSet::new();
+    let calls: Vec<_> = ids
+        .into_iter()
+        .filter(|i| seen.insert(i.clone()))
+        .map(|id| {
+            let call = handle.result(&id);
+            (id, call)
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(calls.len());
+    for (proc_id, call) in calls {
+        if let Some(res) = call.await {
+            replies.push(Reply::ProcResult {
+                proc_id,
+                res: Box::new(res),
+            });
+        }
+    }
+    replies
+}
+
+#[cfg(test)]
+mod tests;

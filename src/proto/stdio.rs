@@ -1,0 +1,213 @@
+//! The agent protocol over stdio (`--stdio`): one JSON object per line.
+//!
+//! Requests come on standard input, replies and notifications go to standard
+//! output, each a single line. The messages are those of the WebSocket agent
+//! (see [`super`]) without the registration: no `Register`/`Registered`.
+//! Byte payloads (`ProcFdData`'s `data`) are strings for a `utf-8` capture and
+//! base64 otherwise. End of input means shut down by the terminate policy;
+//! the last line is then `{"type":"ShutDown","shutdown_state":"done"}`.
+//!
+//! A line longer than [`MAX_LINE`] is skipped with a `RequestError`; so is a
+//! line that is not a JSON object or not a known message.
+
+use super::{Decoded, Reply, serve};
+use crate::supervisor::{Handle, ShutdownPolicy, ShutdownState, Subscription};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// The longest request line read, bytes.
+pub const MAX_LINE: usize = 64 << 20;
+
+/// A line read, or one too long to keep.
+enum Line {
+    Full(Vec<u8>),
+    TooLong(usize),
+}
+
+/// Reads one line of at most `max` bytes (without its newline); `None` at the
+/// end of input. A longer line is consumed and reported by its length.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match (len, line.is_empty()) {
+                (0, _) => None,
+                (n, _) if n > max => Some(Line::TooLong(n)),
+                _ => Some(Line::Full(line)),
+            });
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        len += chunk.len();
+        if len <= max {
+            line.extend_from_slice(chunk);
+        } else {
+            line = Vec::new();
+        }
+        let used = done.unwrap_or(buf.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(Some(if len > max {
+                Line::TooLong(len)
+            } else {
+                Line::Full(line)
+            }));
+        }
+    }
+}
+
+/// Decodes one request line.
+pub fn decode_line(line: &[u8]) -> Decoded {
+    Decoded::from_value(
+        serde_json::from_slice::<serde_json::Value>(line)
+            .map_err(|e| format!("not a JSON object: {e}")),
+    )
+}
+
+/// Writes one message as a line.
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await
+}
+
+/// Serves requests from `input` and writes replies and notifications to
+/// `output` until the agent is done: after the end of input (which starts a
+/// terminate shutdown with `grace`) or a shutdown begun elsewhere. `events`
+/// must have been subscribed before any process was started.
+pub async fn run<R, W>(
+    handle: Handle,
+    mut events: Subscription,
+    input: R,
+    mut output: W,
+    grace: std::time::Duration,
+) -> std::io::Result<()>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut input = Some(input);
+    let (tx, mut replies) = mpsc::unbounded_channel::<Vec<Reply>>();
+    let mut in_flight = 0usize;
+    let mut done = false;
+    loop {
+        if done && in_flight == 0 {
+            return write(
+                &mut output,
+                &Reply::ShutDown {
+                    shutdown_state: ShutdownState::Done,
+                },
+            )
+            .await;
+        }
+        tokio::select! {
+            line = async {
+                match input.as_mut() {
+                    Some(r) => read_line(r, MAX_LINE).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match line {
+                    Ok(Some(Line::Full(line))) => {
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        let call = serve(&handle, decode_line(&line));
+                        let tx = tx.clone();
+                        in_flight += 1;
+                        tokio::spawn(async move {
+                            let _ = tx.send(call.await);
+                        });
+                    }
+                    Ok(Some(Line::TooLong(n))) => {
+                        let d = Decoded::from_value(Err(format!(
+                            "line of {n} bytes is longer than the limit of {MAX_LINE}"
+                        )));
+                        write(&mut output, &d.error("line too long")).await?;
+                    }
+                    Ok(None) | Err(_) => {
+                        if let Err(e) = line {
+                            tracing::warn!("reading standard input: {e}; shutting down");
+                        }
+                        input = None;
+                        handle.shutdown(ShutdownPolicy::Terminate { grace }).await;
+                    }
+                }
+            }
+            Some(batch) = replies.recv() => {
+                in_flight -= 1;
+                for r in &batch {
+                    write(&mut output, r).await?;
+                }
+            }
+            e = events.event() => {
+                let Some(e) = e else {
+                    done = true;
+                    continue;
+                };
+                let mut batch = vec![e];
+                batch.extend(events.try_iter());
+                let (out, states) = super::notifications(&handle, batch).await;
+                done |= states.contains(&ShutdownState::Done);
+                for r in &out {
+                    write(&mut output, r).await?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, usize>> {
+        let mut r = tokio::io::BufReader::with_capacity(4, input);
+        let mut out = Vec::new();
+        while let Some(l) = read_line(&mut r, max).await.expect("read") {
+            out.push(match l {
+                Line::Full(v) => Ok(v),
+                Line::TooLong(n) => Err(n),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn lines_are_split_and_long_ones_skipped_whole() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let got = rt.block_on(lines(b"ab\n0123456789\n\nxyz", 5));
+        assert_eq!(
+            got,
+            vec![Ok(b"ab".to_vec()), Err(10), Ok(vec![]), Ok(b"xyz".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_an_object_is_an_error_naming_why() {
+        let d = decode_line(b"[1, 2]");
+        assert_eq!(
+            d.request.expect_err("not a request"),
+            "message is not a map: an array"
+        );
+        assert_eq!(d.value, serde_json::json!({"type": null}));
+        let d = decode_line(b"{\"type\": \"ProcResultRequest\"}");
+        let e = d.request.expect_err("no proc_id");
+        assert!(
+            e.contains("invalid ProcResultRequest message") && e.contains("proc_id"),
+            "{e}"
+        );
+        let d = decode_line(b"{not json");
+        assert!(d.request.expect_err("bad").starts_with("not a JSON object"));
+    }
+}

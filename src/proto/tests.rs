@@ -1,0 +1,187 @@
+//! The protocol's encoding against frames recorded from PyPI procstar 1.1.0's
+//! `procstar.proto.serialize_message` and Python `msgpack.dumps` (the server's
+//! side), byte for byte.
+
+use super::*;
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+fn server_requests_decode_as_procstar_sends_them() {
+    // {"type":"ProcFdDataRequest","proc_id":"p1","fd":"stdout","start":6,"stop":None}
+    let d = decode_msgpack(&unhex(
+        "85a474797065b150726f6346644461746152657175657374a770726f635f6964a27031\
+         a26664a67374646f7574a5737461727406a473746f70c0",
+    ));
+    assert_eq!(
+        d.request,
+        Ok(Request::ProcFdDataRequest {
+            proc_id: "p1".into(),
+            fd: "stdout".into(),
+            start: 6,
+            stop: None
+        })
+    );
+    let d = decode_msgpack(&unhex(
+        "83a474797065b150726f635369676e616c52657175657374a770726f635f6964a27031\
+         a67369676e756d0f",
+    ));
+    assert_eq!(
+        d.request,
+        Ok(Request::ProcSignalRequest {
+            proc_id: "p1".into(),
+            signum: 15
+        })
+    );
+    let d = decode_msgpack(&unhex("81a474797065aa52656769737465726564"));
+    assert_eq!(d.request, Ok(Request::Registered));
+}
+
+#[test]
+fn agent_messages_encode_byte_for_byte_as_python_msgpack() {
+    let cases = [
+        (
+            Reply::ProcFdData {
+                proc_id: "p1".into(),
+                fd: "stdout".into(),
+                start: 0,
+                stop: 6,
+                encoding: Encoding::Utf8,
+                data: Payload {
+                    bytes: Bytes::from_static(b"hello\n"),
+                    text: true,
+                },
+            },
+            "87a474797065aa50726f63466444617461a770726f635f6964a27031a26664a67374646f7574\
+             a5737461727400a473746f7006a8656e636f64696e67a57574662d38a464617461c40668656c6c6f0a",
+        ),
+        (
+            Reply::ProcDelete {
+                proc_id: "p1".into(),
+            },
+            "82a474797065aa50726f6344656c657465a770726f635f6964a27031",
+        ),
+        (
+            Reply::ShutDown {
+                shutdown_state: ShutdownState::Idling,
+            },
+            "82a474797065a853687574446f776eae73687574646f776e5f7374617465a669646c696e67",
+        ),
+        (
+            Reply::ProcidList {
+                proc_ids: vec!["a".into(), "b".into()],
+            },
+            "82a474797065aa50726f6369644c697374a870726f635f69647392a161a162",
+        ),
+    ];
+    for (reply, hex) in cases {
+        assert_eq!(encode_msgpack(&reply), unhex(hex), "{reply:?}");
+    }
+}
+
+#[test]
+fn register_has_procstars_fields_and_nothing_else() {
+    let r = Reply::Register {
+        conn: ConnInfo {
+            conn_id: "c1".into(),
+            group_id: "g1".into(),
+            restricted_exe: None,
+        },
+        proc: ProcInfo::current(),
+        proc_ids: vec!["p1".into()],
+        access_token: "t".into(),
+        shutdown_state: ShutdownState::Active,
+    };
+    let v: Value = rmp_serde::from_slice(&encode_msgpack(&r)).expect("decodes");
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().expect("map").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&v),
+        [
+            "access_token",
+            "conn",
+            "proc",
+            "proc_ids",
+            "shutdown_state",
+            "type"
+        ]
+    );
+    assert_eq!(keys(&v["conn"]), ["conn_id", "group_id", "restricted_exe"]);
+    assert_eq!(
+        keys(&v["proc"]),
+        [
+            "egid",
+            "euid",
+            "gid",
+            "groupname",
+            "hostname",
+            "pid",
+            "ppid",
+            "uid",
+            "username"
+        ]
+    );
+    assert_eq!(v["type"], "Register");
+    assert_eq!(v["shutdown_state"], "active");
+    assert_eq!(v["proc"]["pid"], std::process::id());
+}
+
+#[test]
+fn malformed_messages_say_what_was_wrong_and_echo_a_type() {
+    let d = decode_msgpack(b"\xc1");
+    assert!(
+        d.request
+            .as_ref()
+            .is_err_and(|e| e.starts_with("not a MessagePack map"))
+    );
+    assert_eq!(d.value, serde_json::json!({"type": null}));
+
+    // {"type": "Bogus"}
+    let d = decode_msgpack(
+        &rmp_serde::to_vec_named(&serde_json::json!({"type": "Bogus"})).expect("enc"),
+    );
+    let e = d.request.as_ref().expect_err("unknown");
+    assert!(
+        e.contains("invalid Bogus message") && e.contains("unknown variant"),
+        "{e}"
+    );
+    assert_eq!(d.value["type"], "Bogus");
+
+    let d = Decoded::from_value(Ok(serde_json::json!({"proc_id": "x"})));
+    assert_eq!(d.request, Err("message has no \"type\"".to_string()));
+    assert_eq!(d.value, serde_json::json!({"type": null, "proc_id": "x"}));
+
+    let d = Decoded::from_value(Ok(serde_json::json!({"type": 7})));
+    assert_eq!(
+        d.request,
+        Err("message \"type\" is not a string: 7".to_string())
+    );
+
+    let d = Decoded::from_value(Ok(serde_json::json!(
+        {"type": "ProcFdDataRequest", "proc_id": "x", "fd": "stdout", "start": -1}
+    )));
+    let e = d.request.expect_err("negative start");
+    assert!(e.starts_with("invalid ProcFdDataRequest message"), "{e}");
+}
+
+#[test]
+fn payloads_are_bin_in_msgpack_and_text_or_base64_in_json() {
+    let p = |text| Payload {
+        bytes: Bytes::from_static(b"hi\xff"),
+        text,
+    };
+    assert_eq!(rmp_serde::to_vec(&p(true)).expect("enc"), b"\xc4\x03hi\xff");
+    assert_eq!(
+        serde_json::to_string(&p(true)).expect("enc"),
+        "\"hi\u{fffd}\""
+    );
+    assert_eq!(serde_json::to_string(&p(false)).expect("enc"), "\"aGn/\"");
+}

@@ -1,0 +1,504 @@
+//! The Procstar agent over WebSocket (`--agent`): chaperone dials the
+//! scheduler's server (`wss://HOST:PORT/`), registers, and serves its requests.
+//!
+//! - Each connection opens with `Register`; the server must answer
+//!   `Registered` within [`REGISTER_TIMEOUT`], else the attempt failed.
+//! - Failed attempts back off from `--connect-interval-start`, times
+//!   `--connect-interval-mult`, up to `--connect-interval-max`;
+//!   `--connect-count-max` failures in a row end the agent (exit 1). A
+//!   successful registration resets both.
+//! - A WebSocket ping goes out every [`PING_INTERVAL`]; a connection on which
+//!   nothing has arrived for `--agent-read-timeout` is dropped and redialled.
+//! - A process's result is sent unasked when it starts and when it ends. What
+//!   happens while no connection is up is remembered per process (one entry
+//!   each, so the memory is bounded by the process table) and its current
+//!   result is sent once the next connection has registered: a server restart
+//!   loses no termination.
+//! - Requests are served concurrently (a large read does not hold up a
+//!   signal), but each reaches the agent in the order it arrived.
+
+use super::{Decoded, Reply, decode_msgpack, encode_msgpack, serve};
+use crate::spec::ProcId;
+use crate::supervisor::{Event, Handle, ShutdownState, Subscription};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+/// How long the server has to answer `Register` with `Registered`.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the agent pings the server.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a TCP + TLS + WebSocket handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long, once every process has ended in a terminate or kill shutdown,
+/// the server has to delete them before the agent says done.
+pub const DELETE_GRACE: Duration = Duration::from_secs(5);
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// The agent's group.
+    pub group_id: String,
+    /// The connection id, stable across reconnects.
+    pub conn_id: String,
+    /// First reconnect interval.
+    pub interval_start: Duration,
+    /// Factor between successive intervals.
+    pub interval_mult: f64,
+    /// Longest interval.
+    pub interval_max: Duration,
+    /// Consecutive failed attempts before giving up.
+    pub count_max: u64,
+    /// Redial when nothing has arrived for this long.
+    pub read_timeout: Duration,
+    /// Sent in `Register` (`PROCSTAR_AGENT_TOKEN`).
+    pub access_token: String,
+    /// An extra trusted root certificate, PEM (`PROCSTAR_AGENT_CERT`).
+    pub cert: Option<PathBuf>,
+    /// `--restrict-exe`, reported in `Register`.
+    pub restricted_exe: Option<String>,
+}
+
+/// How the agent loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent shut down and told the server (`ShutDown` done).
+    Done,
+    /// `count_max` attempts in a row failed.
+    GaveUp,
+}
+
+/// Why the TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The extra root certificate could not be read.
+    #[error("cannot read PROCSTAR_AGENT_CERT {path}: {err}")]
+    Cert {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        err: String,
+    },
+    /// The root store or configuration could not be built.
+    #[error("TLS setup: {0}")]
+    Config(String),
+}
+
+/// The TLS client configuration: the system's roots plus `cert`.
+pub fn tls_config(cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!("system root certificates: {e}");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!("system root certificates: {added} added, {ignored} ignored");
+    if let Some(path) = cert {
+        let err = |err: String| TlsError::Cert {
+            path: path.to_path_buf(),
+            err,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no certificate in the file".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| err(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What is owed to the server once a connection is up.
+#[derive(Default)]
+struct Owed {
+    /// Processes whose result changed while no connection was up.
+    results: BTreeSet<ProcId>,
+    /// Every process's result (after missed events).
+    all: bool,
+}
+
+/// The agent's side of the protocol across connections.
+struct Agent {
+    handle: Handle,
+    cfg: WsConfig,
+    tls: Arc<rustls::ClientConfig>,
+    events: Subscription,
+    state: ShutdownState,
+    owed: Owed,
+    /// When the shutdown state became done in the core: the server then has
+    /// [`DELETE_GRACE`] to delete what is left.
+    done_at: Option<Instant>,
+}
+
+/// Runs the agent until it shuts down or gives up. `events` must have been
+/// subscribed before any process was started, so that none is missed.
+pub async fn run(
+    handle: Handle,
+    events: Subscription,
+    cfg: WsConfig,
+    tls: Arc<rustls::ClientConfig>,
+) -> Outcome {
+    let mut agent = Agent {
+        handle,
+        cfg,
+        tls,
+        events,
+        state: ShutdownState::Active,
+        owed: Owed::default(),
+        done_at: None,
+    };
+    agent.run().await
+}
+
+/// What a wait between connections ended with.
+enum Woke<T> {
+    Ready(T),
+    /// The agent is done: stop trying.
+    Done,
+}
+
+impl Agent {
+    async fn run(&mut self) -> Outcome {
+        let mut failures: u64 = 0;
+        let mut interval = self.cfg.interval_start;
+        loop {
+            let attempt = {
+                let (handle, cfg) = (self.handle.clone(), self.cfg.clone());
+                let (tls, state) = (self.tls.clone(), self.state);
+                let connect = async move { connect_and_register(&handle, &cfg, tls, state).await };
+                self.absorb_while(connect).await
+            };
+            let ws = match attempt {
+                Woke::Done => return Outcome::Done,
+                Woke::Ready(Ok(ws)) => ws,
+                Woke::Ready(Err(e)) => {
+                    failures += 1;
+                    tracing::warn!(
+                        "connecting to wss://{}:{}/ failed ({failures} in a row): {e}",
+                        self.cfg.host,
+                        self.cfg.port
+                    );
+                    if failures >= self.cfg.count_max {
+                        tracing::error!("giving up after {failures} failed connections");
+                        return Outcome::GaveUp;
+                    }
+                    if let Woke::Done = self.absorb_while(tokio::time::sleep(interval)).await {
+                        return Outcome::Done;
+                    }
+                    interval = interval
+                        .mul_f64(self.cfg.interval_mult)
+                        .min(self.cfg.interval_max);
+                    continue;
+                }
+            };
+            failures = 0;
+            interval = self.cfg.interval_start;
+            tracing::info!("registered with wss://{}:{}/", self.cfg.host, self.cfg.port);
+            if self.connected(ws).await {
+                return Outcome::Done;
+            }
+        }
+    }
+
+    /// Waits for `fut` while no connection is up, noting what the server will
+    /// be owed.
+    async fn absorb_while<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Woke<T> {
+        tokio::pin!(fut);
+        loop {
+            if self.done_while_disconnected() {
+                return Woke::Done;
+            }
+            tokio::select! {
+                r = &mut fut => return Woke::Ready(r),
+                e = self.events.event() => match e {
+                    Some(e) => self.owe(e),
+                    None => return Woke::Done,
+                },
+            }
+        }
+    }
+
+    /// Notes an event that no connection can carry now.
+    fn owe(&mut self, e: Event) {
+        match e {
+            Event::Started(id) | Event::Exited(id) => {
+                self.owed.results.insert(id);
+            }
+            // The next `Register`'s ids tell the server.
+            Event::Deleted(id) => {
+                self.owed.results.remove(&id);
+            }
+            Event::Compressed(..) => {}
+            Event::Missed(_) => self.owed.all = true,
+            Event::Shutdown(s) => self.shutdown_state(s),
+        }
+    }
+
+    fn shutdown_state(&mut self, s: ShutdownState) {
+        if s == ShutdownState::Done {
+            self.done_at.get_or_insert_with(Instant::now);
+        } else {
+            self.state = s;
+        }
+    }
+
+    /// With no server to tell, a done agent stops at once.
+    fn done_while_disconnected(&self) -> bool {
+        self.done_at.is_some()
+    }
+
+    /// Serves one registered connection; true once the agent is done.
+    async fn connected(&mut self, mut ws: Ws) -> bool {
+        let (tx, mut replies) = mpsc::unbounded_channel::<Vec<Reply>>();
+        let mut deadline = Instant::now() + self.cfg.read_timeout;
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        // First what the server missed while no connection was up.
+        let owed = std::mem::take(&mut self.owed);
+        let ids: Vec<ProcId> = if owed.all {
+            self.handle.proc_ids().await
+        } else {
+            owed.results.into_iter().collect()
+        };
+        if self.send_results(&mut ws, ids).await.is_err() {
+            return false;
+        }
+
+        loop {
+            if let Some(at) = self.done_at {
+                let left = self.handle.proc_ids().await.len();
+                tracing::debug!(left, elapsed = ?at.elapsed(), "shutdown done in the agent; waiting for deletions");
+                if left == 0 || at.elapsed() >= DELETE_GRACE {
+                    // What happened before the last answer (a deletion above
+                    // all) is told first.
+                    let batch: Vec<Event> = self.events.try_iter().collect();
+                    if !batch.is_empty() && self.notify(&mut ws, batch).await.is_err() {
+                        return true;
+                    }
+                    while let Ok(batch) = replies.try_recv() {
+                        for r in &batch {
+                            if send(&mut ws, r).await.is_err() {
+                                return true;
+                            }
+                        }
+                    }
+                    let done = Reply::ShutDown {
+                        shutdown_state: ShutdownState::Done,
+                    };
+                    if send(&mut ws, &done).await.is_ok() {
+                        let _ = ws.close(None).await;
+                    }
+                    return true;
+                }
+            }
+            let grace = self.done_at.map(|at| at + DELETE_GRACE).unwrap_or(deadline);
+            tokio::select! {
+                msg = ws.next() => {
+                    deadline = Instant::now() + self.cfg.read_timeout;
+                    match msg {
+                        Some(Ok(Message::Binary(frame))) => {
+                            let call = serve(&self.handle, decode_msgpack(&frame));
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let _ = tx.send(call.await);
+                            });
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            let reply = Decoded::from_value(Err(format!(
+                                "text frame ({} bytes): messages are binary MessagePack",
+                                t.len()
+                            )))
+                            .error_reply();
+                            tracing::warn!("text frame from the server; answered with an error");
+                            if send(&mut ws, &reply).await.is_err() {
+                                return false;
+                            }
+                        }
+                        Some(Ok(Message::Close(c))) => {
+                            tracing::warn!("server closed the connection: {c:?}");
+                            return false;
+                        }
+                        Some(Ok(_)) => {} // ping (answered by the stack), pong
+                        Some(Err(e)) => {
+                            tracing::warn!("connection failed: {e}");
+                            return false;
+                        }
+                        None => {
+                            tracing::warn!("connection ended");
+                            return false;
+                        }
+                    }
+                }
+                Some(batch) = replies.recv() => {
+                    for r in &batch {
+                        if send(&mut ws, r).await.is_err() {
+                            return false;
+                        }
+                    }
+                }
+                e = self.events.event() => {
+                    let Some(e) = e else { return true };
+                    // Take every event waiting, so a burst costs one round trip.
+                    let mut batch = vec![e];
+                    batch.extend(self.events.try_iter());
+                    if self.notify(&mut ws, batch).await.is_err() {
+                        return false;
+                    }
+                }
+                _ = ping.tick() => {
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return false;
+                    }
+                }
+                _ = tokio::time::sleep_until(grace) => {
+                    if self.done_at.is_none() {
+                        tracing::warn!(
+                            "nothing from the server for {:?}; reconnecting",
+                            self.cfg.read_timeout
+                        );
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what `events` tell the server; on a failed send, the results not
+    /// sent are owed to the next connection.
+    async fn notify(&mut self, ws: &mut Ws, events: Vec<Event>) -> Result<(), ()> {
+        let (replies, states) = super::notifications(&self.handle, events).await;
+        for s in states {
+            self.shutdown_state(s);
+        }
+        self.send_all(ws, replies).await
+    }
+
+    /// Sends the current result of each of `ids`; on failure, they are owed.
+    async fn send_results(&mut self, ws: &mut Ws, ids: Vec<ProcId>) -> Result<(), ()> {
+        let replies = super::results(&self.handle, ids).await;
+        self.send_all(ws, replies).await
+    }
+
+    /// Sends `replies` in order; after a failed send, the processes whose
+    /// results were not sent are owed to the next connection.
+    async fn send_all(&mut self, ws: &mut Ws, replies: Vec<Reply>) -> Result<(), ()> {
+        let mut replies = replies.into_iter();
+        for r in replies.by_ref() {
+            if send(ws, &r).await.is_err() {
+                if let Reply::ProcResult { proc_id, .. } = r {
+                    self.owed.results.insert(proc_id);
+                }
+                for r in replies {
+                    if let Reply::ProcResult { proc_id, .. } = r {
+                        self.owed.results.insert(proc_id);
+                    }
+                }
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Decoded {
+    /// The error reply for a message that could not be read at all.
+    fn error_reply(&self) -> Reply {
+        match &self.request {
+            Err(e) => self.error(e.clone()),
+            Ok(_) => self.error("unexpected"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, reply: &Reply) -> Result<(), ()> {
+    ws.send(Message::Binary(encode_msgpack(reply).into()))
+        .await
+        .map_err(|e| tracing::warn!("sending failed: {e}"))
+}
+
+/// Dials the server, sends `Register` and waits for `Registered`.
+async fn connect_and_register(
+    handle: &Handle,
+    cfg: &WsConfig,
+    tls: Arc<rustls::ClientConfig>,
+    state: ShutdownState,
+) -> Result<Ws, String> {
+    let host = if cfg.host.contains(':') && !cfg.host.starts_with('[') {
+        format!("[{}]", cfg.host)
+    } else {
+        cfg.host.clone()
+    };
+    let url = format!("wss://{host}:{}/", cfg.port);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        true,
+        Some(Connector::Rustls(tls)),
+    );
+    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let register = Reply::Register {
+        conn: super::ConnInfo {
+            conn_id: cfg.conn_id.clone(),
+            group_id: cfg.group_id.clone(),
+            restricted_exe: cfg.restricted_exe.clone(),
+        },
+        proc: super::ProcInfo::current(),
+        proc_ids: handle.proc_ids().await,
+        access_token: cfg.access_token.clone(),
+        shutdown_state: state,
+    };
+    send(&mut ws, &register)
+        .await
+        .map_err(|()| "sending Register failed".to_string())?;
+    let deadline = Instant::now() + REGISTER_TIMEOUT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| format!("no Registered within {REGISTER_TIMEOUT:?}"))?;
+        match msg {
+            Some(Ok(Message::Binary(frame))) => {
+                return match decode_msgpack(&frame).request {
+                    Ok(super::Request::Registered) => Ok(ws),
+                    Ok(other) => Err(format!("expected Registered, got {other:?}")),
+                    Err(e) => Err(format!("expected Registered: {e}")),
+                };
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(c))) => {
+                return Err(format!("closed before Registered (a wrong token?): {c:?}"));
+            }
+            Some(Ok(other)) => return Err(format!("expected Registered, got {other:?}")),
+            Some(Err(e)) => return Err(format!("before Registered: {e}")),
+            None => return Err("closed before Registered (a wrong token?)".into()),
+        }
+    }
+}

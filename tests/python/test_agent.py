@@ -1,0 +1,447 @@
+"""chaperone as a Procstar agent, driven by PyPI procstar 1.1.0's real
+WebSocket server (procstar.agent.server.Server) through its test Assembly."""
+
+import asyncio
+import base64
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from procstar import proto
+from procstar.agent.exc import NoOpenConnectionInGroup
+from procstar.agent.proc import AgentMessageError, FdData, Result
+from procstar.testing.agent import Assembly, ProcstarError
+
+# Reconnect fast and keep trying: Assembly passes --connect-count-max 1 first,
+# and a later flag overrides it.
+PATIENT = [
+    "--connect-count-max", "1000",
+    "--connect-interval-start", "0.1",
+    "--connect-interval-max", "0.5",
+]
+
+MEMORY = {"capture": {"mode": "memory", "encoding": "utf-8"}}
+TEMPFILE = {"capture": {"mode": "tempfile", "encoding": "utf-8", "attached": False}}
+
+
+def new_id():
+    return str(uuid.uuid4())
+
+
+async def update(proc, kind, timeout=20):
+    """The next update of type `kind` (others are skipped); a RequestError
+    raises AgentMessageError.
+
+    Reads the process's message queue directly: `Process.updates` is a single
+    generator that ends at the first error, and these tests go on after one.
+    """
+    queue = proc._Process__msgs
+
+    async def next_of_kind():
+        while True:
+            msg = await queue.get()
+            match msg:
+                case proto.ProcResult(_, res):
+                    u = Result(res)
+                case proto.ProcFdData(_, fd, start, stop, encoding, data):
+                    u = FdData(fd=fd, interval=proto_interval(start, stop),
+                               encoding=encoding, data=data)
+                case proto.RequestError(m, err):
+                    raise AgentMessageError(m, err)
+                case _:
+                    u = msg
+            if isinstance(u, kind):
+                return u
+    return await asyncio.wait_for(next_of_kind(), timeout)
+
+
+async def final(proc, timeout=20):
+    """The first result that is not running."""
+    while True:
+        res = await update(proc, Result, timeout)
+        if res.state != "running":
+            return res
+
+
+async def fetch(proc, fd, start=0, stop=None, timeout=20):
+    await proc.request_fd_data(fd, interval=proto_interval(start, stop))
+    return await update(proc, FdData, timeout)
+
+
+def proto_interval(start, stop):
+    from procstar.lib.py import Interval
+    return Interval(start, stop)
+
+
+def only_conn(asm):
+    (conn,) = asm.server.connections.values()
+    return conn
+
+
+def capture_messages(asm):
+    """Records every message the server receives."""
+    seen = []
+    orig = asm.server.processes.on_message
+
+    def on_message(conn, msg):
+        seen.append(msg)
+        return orig(conn, msg)
+
+    asm.server.processes.on_message = on_message
+    return seen
+
+
+async def until(pred, timeout=20, step=0.05):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+@pytest.mark.asyncio
+async def test_every_fd_kind_starts_and_reports(tmp_path):
+    out_file = tmp_path / "out.txt"
+    async with Assembly.start() as asm:
+        res = await asm.run({
+            "argv": ["/bin/sh", "-c", "echo out; echo err >&2; echo file >&3; cat"],
+            "fds": [
+                ["stdin", {"null": {}}],
+                ["stdout", MEMORY],
+                ["stderr", {"capture": {"mode": "tempfile", "encoding": None}}],
+                ["3", {"file": {"path": str(out_file), "flags": "Write"}}],
+            ],
+        })
+        assert res.state == "terminated", res
+        assert res.status.exit_code == 0
+        assert res.fds.stdout.text == "out\n"
+        assert base64.b64decode(res.fds.stderr.data) == b"err\n"
+        assert out_file.read_text() == "file\n"
+        # dup: stderr into the stdout capture, in program order.
+        res = await asm.run({
+            "argv": ["/bin/sh", "-c", "echo a; echo b >&2; echo c"],
+            "fds": [["stdout", MEMORY], ["stderr", {"dup": {"fd": 1}}]],
+        })
+        assert res.fds.stdout.text == "a\nb\nc\n"
+        assert res.fds.stderr is None
+        # A bad exe is an error result, not a failed request.
+        res = await asm.run({"argv": ["/nonexistent/prog"]})
+        assert res.state == "error"
+        assert any("No such file or directory" in e for e in res.errors), res.errors
+
+
+@pytest.mark.asyncio
+async def test_incremental_output_concatenates_exactly():
+    async with Assembly.start() as asm:
+        proc, res = await asm.server.start(new_id(), {
+            "argv": ["/bin/sh", "-c",
+                     "for i in $(seq 1 40); do echo line $i; sleep 0.02; done"],
+            "fds": [["stdout", TEMPFILE], ["stderr", {"dup": {"fd": 1}}]],
+        })
+        assert res.state == "running"
+        assert res.fds.stdout.type == "detached"
+        got = b""
+        chunks = 0
+        while True:
+            d = await fetch(proc, "stdout", len(got))
+            assert d.interval.start == len(got)
+            assert d.interval.stop - d.interval.start == len(d.data)
+            got += d.data
+            chunks += d.data != b""
+            await proc.request_result()
+            res = await update(proc, Result)
+            if res.state != "running" and res.fds.stdout.length == len(got):
+                break
+            await asyncio.sleep(0.05)
+        assert got == b"".join(b"line %d\n" % i for i in range(1, 41))
+        assert chunks > 1, "output came in more than one piece"
+        # Past the end: clamped, empty; start past stop: an error naming the fd.
+        d = await fetch(proc, "stdout", len(got) + 100, len(got) + 200)
+        assert d.data == b""
+        await proc.request_fd_data("stdout", interval=proto_interval(10, 5))
+        with pytest.raises(AgentMessageError, match="stdout"):
+            await update(proc, FdData)
+
+
+@pytest.mark.asyncio
+async def test_fd_data_errors_leave_the_agent_up():
+    async with Assembly.start() as asm:
+        proc, res = await asm.server.start(new_id(), {
+            "argv": ["/bin/echo", "hi"], "fds": [["stdout", MEMORY]]})
+        await final(proc)
+        await proc.request_fd_data("stderr")
+        with pytest.raises(AgentMessageError, match="no fd: stderr"):
+            await update(proc, FdData)
+        # Still serving.
+        res = await asm.run({"argv": ["/bin/echo", "x"], "fds": [["stdout", MEMORY]]})
+        assert res.fds.stdout.text == "x\n"
+
+
+@pytest.mark.asyncio
+async def test_signal_and_delete_with_their_errors():
+    async with Assembly.start() as asm:
+        proc, res = await asm.server.start(new_id(), {"argv": ["/bin/sleep", "100"]})
+        assert res.state == "running"
+        await proc.request_delete()
+        with pytest.raises(AgentMessageError, match="process running"):
+            await update(proc, Result)
+        await proc.send_signal(signal.SIGTERM)
+        res = await final(proc)
+        assert res.status.signal == "SIGTERM"
+        assert res.status.exit_code is None
+        await proc.send_signal(signal.SIGTERM)
+        with pytest.raises(AgentMessageError, match="no process"):
+            await update(proc, Result)
+        proc_id = proc.proc_id
+        await asyncio.wait_for(proc.delete(), 20)
+        assert proc_id not in asm.server.processes
+        seen = capture_messages(asm)
+        await only_conn(asm).send(proto.ProcidListRequest())
+        await until(lambda: any(isinstance(m, proto.ProcidList) for m in seen))
+        (lst,) = [m for m in seen if isinstance(m, proto.ProcidList)]
+        assert proc_id not in lst.proc_ids
+
+
+@pytest.mark.asyncio
+async def test_malformed_frames_get_request_errors_and_the_connection_survives():
+    async with Assembly.start() as asm:
+        conn = only_conn(asm)
+        seen = capture_messages(asm)
+        for frame in [b"\xc1", b"\x93\x01\x02\x03",
+                      b"\x81\xa4type\xa5Bogus",
+                      b"\x82\xa4type\xb1ProcResultRequest\xa3foo\x01"]:
+            await conn.ws.send(frame)
+        await until(lambda: len([m for m in seen if isinstance(m, proto.RequestError)]) == 4)
+        errs = [m.err for m in seen if isinstance(m, proto.RequestError)]
+        assert "not a MessagePack map" in errs[0]
+        assert "not a map" in errs[1]
+        assert "Bogus" in errs[2]
+        assert "proc_id" in errs[3]
+        # A text frame too.
+        await conn.ws.send("hello")
+        await until(lambda: len([m for m in seen if isinstance(m, proto.RequestError)]) == 5)
+        assert conn.open
+        res = await asm.run({"argv": ["/bin/echo", "ok"], "fds": [["stdout", MEMORY]]})
+        assert res.fds.stdout.text == "ok\n"
+
+
+@pytest.mark.asyncio
+async def test_wrong_token_never_registers_and_the_agent_gives_up_with_exit_1():
+    asm = Assembly(access_token="right")
+    await asm.start_server()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ProcstarError, match="1"):
+            await asm.start_procstars(
+                {"default": 1}, access_token="wrong",
+                args=["--connect-count-max", "3", "--connect-interval-start", "0.2"])
+        # Three attempts, two waits between them (0.2 s, then 0.4 s).
+        assert time.monotonic() - t0 >= 0.6
+        assert len(asm.server.connections) == 0
+    finally:
+        await asm.aclose()
+
+
+@pytest.mark.asyncio
+async def test_no_server_exits_1(chaperone):
+    p = await asyncio.create_subprocess_exec(
+        chaperone, "--agent", "--agent-host", "localhost", "--agent-port", "9",
+        "--connect-count-max", "1",
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(p.communicate(), 30)
+    assert p.returncode == 1, err
+
+
+@pytest.mark.asyncio
+async def test_no_agent_host_exits_2(chaperone):
+    env = {k: v for k, v in os.environ.items() if k != "PROCSTAR_AGENT_HOST"}
+    p = await asyncio.create_subprocess_exec(
+        chaperone, "--agent", stderr=asyncio.subprocess.PIPE, env=env)
+    _, err = await asyncio.wait_for(p.communicate(), 30)
+    assert p.returncode == 2
+    assert b"no agent host" in err
+
+
+@pytest.mark.asyncio
+async def test_server_restart_loses_no_result():
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1}, args=PATIENT)
+    try:
+        procs = []
+        for i in range(8):
+            proc, res = await asm.server.start(f"r{i}", {
+                "argv": ["/bin/sh", "-c", f"sleep 0.5; echo done {i}"],
+                "fds": [["stdout", MEMORY]]})
+            assert res.state == "running"
+            procs.append(proc)
+        await asm.stop_server()
+        # They all end while no server is up.
+        await asyncio.sleep(1.5)
+        await asm.start_server()
+        for i, proc in enumerate(procs):
+            res = await final(proc)
+            assert res.status.exit_code == 0
+            assert res.fds.stdout.text == f"done {i}\n"
+        # Reconnected on the same connection: Register carried the ids.
+        conn = only_conn(asm)
+        assert conn.info.stats.num_connections == 1 or conn.open
+    finally:
+        await asm.aclose()
+
+
+@pytest.mark.asyncio
+async def test_many_processes_output_fetched_across_a_server_restart():
+    n, size = 256, 1 << 20
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1}, args=PATIENT)
+    try:
+        procs = {}
+        for i in range(n):
+            text = f"{i:04d}\n"
+            proc, _ = await asm.server.start(f"m{i}", {
+                "argv": ["/bin/sh", "-c",
+                         f"sleep 0.5; yes {text.strip()} | head -c {size}"],
+                "fds": [["stdout", TEMPFILE]]})
+            procs[i] = proc
+        await asm.stop_server()
+        await asyncio.sleep(1.0)
+        await asm.start_server()
+        for i, proc in procs.items():
+            res = await final(proc, timeout=60)
+            assert res.status.exit_code == 0, res
+            assert res.fds.stdout.length == size
+        for i, proc in procs.items():
+            got = b""
+            while len(got) < size:
+                d = await fetch(proc, "stdout", len(got), min(len(got) + (256 << 10), size))
+                assert d.interval.start == len(got)
+                got += d.data
+            want = (f"{i:04d}\n".encode() * (size // 5 + 1))[:size]
+            assert got == want, i
+    finally:
+        await asm.aclose()
+
+
+@pytest.mark.asyncio
+async def test_groups_route_processes():
+    async with Assembly.start(counts={"g1": 2, "g2": 2, "g3": 2}) as asm:
+        async def one(i):
+            group = f"g{i % 3 + 1}"
+            proc, res = await asm.server.start(
+                f"p{i}", {"argv": ["/bin/echo", str(i)], "fds": [["stdout", MEMORY]]},
+                group_id=group)
+            conn = asm.server.connections[proc.conn_id]
+            assert conn.info.conn.group_id == group
+            if res.state == "running":
+                res = await final(proc)
+            assert res.fds.stdout.text == f"{i}\n"
+        await asyncio.gather(*(one(i) for i in range(64)))
+
+
+async def signal_agent(asm, signum):
+    (p,) = asm.conn_procs.values()
+    p.send_signal(signum)
+    return p
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("signum,want", [
+    (signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGTERM"), (signal.SIGQUIT, "SIGKILL")])
+async def test_shutdown_signals_end_processes_and_then_the_agent(signum, want):
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1})
+    try:
+        proc, res = await asm.server.start(new_id(), {"argv": ["/bin/sleep", "100"]})
+        seen = capture_messages(asm)
+        p = await signal_agent(asm, signum)
+        res = await final(proc)
+        assert res.status.signal == want
+        await asyncio.wait_for(proc.delete(), 20)
+        # Done once every process is deleted; then the agent exits 0.
+        assert await asyncio.wait_for(p.wait(), 20) == 0
+        states = [m.shutdown_state.name for m in seen if isinstance(m, proto.ShutDown)]
+        assert states[0] == "idling" and states[-1] == "done", states
+        asm.conn_procs.clear()
+    finally:
+        await asm.aclose()
+
+
+@pytest.mark.asyncio
+async def test_sigusr1_idles_refuses_starts_and_exits_once_all_deleted():
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1})
+    try:
+        proc, _ = await asm.server.start(new_id(), {"argv": ["/bin/sleep", "1"]})
+        conn = only_conn(asm)
+        seen = capture_messages(asm)
+        p = await signal_agent(asm, signal.SIGUSR1)
+        await until(lambda: conn.shutdown_state == proto.ShutdownState.idling)
+        # The server no longer picks it...
+        with pytest.raises(NoOpenConnectionInGroup):
+            await asm.server.start(new_id(), {"argv": ["/bin/true"]})
+        # ... and a start sent anyway is refused with Procstar's error.
+        await conn.send(proto.ProcStartRequest(specs={"late": {"argv": ["/bin/true"]}}))
+        await until(lambda: any(isinstance(m, proto.RequestError) for m in seen))
+        (err,) = [m for m in seen if isinstance(m, proto.RequestError)]
+        assert err.err == "agent shutting down: idling"
+        # The running one finishes naturally.
+        res = await final(proc)
+        assert res.status.exit_code == 0
+        assert p.returncode is None
+        await asyncio.wait_for(proc.delete(), 20)
+        assert await asyncio.wait_for(p.wait(), 20) == 0
+        asm.conn_procs.clear()
+    finally:
+        await asm.aclose()
+
+
+@pytest.mark.asyncio
+async def test_wait_exits_once_every_process_is_deleted():
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1}, args=["--wait"])
+    try:
+        (p,) = asm.conn_procs.values()
+        proc, res = await asm.server.start(new_id(), {"argv": ["/bin/sleep", "0.2"]})
+        assert res.state == "running"
+        await final(proc)
+        await asyncio.sleep(0.3)
+        assert p.returncode is None
+        await asyncio.wait_for(proc.delete(), 20)
+        assert await asyncio.wait_for(p.wait(), 20) == 0
+        asm.conn_procs.clear()
+    finally:
+        await asm.aclose()
+
+
+@pytest.mark.asyncio
+async def test_restrict_exe_is_reported_and_enforced():
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1}, args=["--restrict-exe", "/bin/echo"])
+    try:
+        assert only_conn(asm).info.conn.restricted_exe == "/bin/echo"
+        res = await asm.run({"argv": ["/bin/echo", "ok"], "fds": [["stdout", MEMORY]]})
+        assert res.fds.stdout.text == "ok\n"
+        res = await asm.run({"argv": ["/bin/true"]})
+        assert res.state == "error"
+        assert any("restrict-exe" in e for e in res.errors), res.errors
+    finally:
+        await asm.aclose()
+
+
+@pytest.mark.asyncio
+async def test_agent_secrets_never_reach_a_child():
+    async with Assembly.start() as asm:
+        res = await asm.run({
+            "argv": ["/usr/bin/env"], "fds": [["stdout", MEMORY]]})
+        env = res.fds.stdout.text
+        assert "PROCSTAR_AGENT_TOKEN" not in env
+        assert "PROCSTAR_AGENT_CERT" not in env
