@@ -333,13 +333,13 @@ async fn modes(
     let stdio_events = args.stdio.then(|| handle.subscribe());
     let wait_events = args.wait.then(|| handle.subscribe());
     let had_input = input.is_some();
+    tokio::spawn(shutdown_on_signals(handle.clone()));
     if let Some(input) = input {
         if let Err(e) = handle.start(input).await {
             eprintln!("error: {e}");
             return EXIT_START;
         }
     }
-    tokio::spawn(shutdown_on_signals(handle.clone()));
 
     let one_shot = args.print || args.exit || args.output.is_some();
     let ws_run = async {
@@ -434,37 +434,42 @@ async fn wait_idle(
 }
 
 /// Procstar's signals: SIGTERM and SIGINT terminate, SIGQUIT kills, SIGUSR1
-/// idles.
-async fn shutdown_on_signals(handle: Handle) {
+/// idles. The handlers are installed when this is called (before any process
+/// starts); the future applies the policies.
+fn shutdown_on_signals(handle: Handle) -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let kinds = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::quit(), "SIGQUIT"),
+        (SignalKind::user_defined1(), "SIGUSR1"),
     ];
-    let mut streams = Vec::new();
-    for k in kinds {
-        match signal(k) {
-            Ok(s) => streams.push(s),
-            Err(e) => {
-                tracing::error!("cannot handle signal {k:?}: {e}");
-                return;
-            }
-        }
-    }
-    let [term, int, quit, usr1] = &mut streams[..] else {
-        return;
-    };
-    loop {
-        let policy = tokio::select! {
-            _ = term.recv() => ShutdownPolicy::Terminate { grace: ShutdownPolicy::TERMINATE_GRACE },
-            _ = int.recv() => ShutdownPolicy::Terminate { grace: ShutdownPolicy::TERMINATE_GRACE },
-            _ = quit.recv() => ShutdownPolicy::Kill,
-            _ = usr1.recv() => ShutdownPolicy::Idle,
+    let streams: Vec<_> = kinds
+        .into_iter()
+        .filter_map(|(k, name)| {
+            signal(k)
+                .map_err(|e| tracing::error!("cannot handle {name}: {e}"))
+                .ok()
+        })
+        .collect();
+    async move {
+        let mut streams = streams;
+        let [term, int, quit, usr1] = &mut streams[..] else {
+            return;
         };
-        tracing::info!("shutting down: {policy:?}");
-        handle.shutdown(policy).await;
+        let terminate = ShutdownPolicy::Terminate {
+            grace: ShutdownPolicy::TERMINATE_GRACE,
+        };
+        loop {
+            let policy = tokio::select! {
+                _ = term.recv() => terminate,
+                _ = int.recv() => terminate,
+                _ = quit.recv() => ShutdownPolicy::Kill,
+                _ = usr1.recv() => ShutdownPolicy::Idle,
+            };
+            tracing::info!("shutting down: {policy:?}");
+            handle.shutdown(policy).await;
+        }
     }
 }
 

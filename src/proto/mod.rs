@@ -476,44 +476,67 @@ fn start_input(specs: &serde_json::Map<String, Value>) -> Result<spec::Input, St
     spec::parse_input(&json).map_err(|e| e.to_string())
 }
 
-/// The notifications for a batch of events, in order: each started or ended
-/// process's current result (fetched in one round trip; one per process per
-/// batch), then deletions and shutdown-state changes. The shutdown states seen
-/// come back too; `done` is left to the caller to announce, as it decides when
-/// the agent is finished.
+/// The notifications for a batch of events, in the events' order: each
+/// started or ended process's current result (asked for in one round trip,
+/// and sent once per batch, where its last event was), deletions and
+/// shutdown-state changes. The shutdown states seen come back too; `done` is
+/// left to the caller to announce, as it decides when the agent is finished.
 pub async fn notifications(
     handle: &Handle,
     events: Vec<Event>,
 ) -> (Vec<Reply>, Vec<ShutdownState>) {
-    let mut ids = Vec::new();
-    let mut all = false;
-    let mut after = Vec::new();
+    enum Slot {
+        Result(ProcId, crate::supervisor::Call<Option<ProcRes>>),
+        Reply(Reply),
+        Gone,
+    }
+    let mut slots = Vec::with_capacity(events.len());
+    let mut last: std::collections::HashMap<ProcId, usize> = Default::default();
     let mut states = Vec::new();
     for e in events {
         match e {
-            Event::Started(id) | Event::Exited(id) => ids.push(id),
-            Event::Deleted(id) => {
-                ids.retain(|i| *i != id);
-                after.push(Reply::ProcDelete { proc_id: id });
+            Event::Started(id) | Event::Exited(id) => {
+                if let Some(i) = last.insert(id.clone(), slots.len()) {
+                    slots[i] = Slot::Gone;
+                }
+                let call = handle.result(&id);
+                slots.push(Slot::Result(id, call));
             }
+            Event::Deleted(id) => slots.push(Slot::Reply(Reply::ProcDelete { proc_id: id })),
             Event::Compressed(..) => {}
             Event::Missed(n) => {
                 tracing::warn!("{n} events missed; sending every result");
-                all = true;
+                for id in handle.proc_ids().await {
+                    if let Some(i) = last.insert(id.clone(), slots.len()) {
+                        slots[i] = Slot::Gone;
+                    }
+                    let call = handle.result(&id);
+                    slots.push(Slot::Result(id, call));
+                }
             }
             Event::Shutdown(s) => {
                 states.push(s);
                 if s != ShutdownState::Done {
-                    after.push(Reply::ShutDown { shutdown_state: s });
+                    slots.push(Slot::Reply(Reply::ShutDown { shutdown_state: s }));
                 }
             }
         }
     }
-    if all {
-        ids = handle.proc_ids().await;
+    let mut replies = Vec::with_capacity(slots.len());
+    for slot in slots {
+        match slot {
+            Slot::Result(proc_id, call) => {
+                if let Some(res) = call.await {
+                    replies.push(Reply::ProcResult {
+                        proc_id,
+                        res: Box::new(res),
+                    });
+                }
+            }
+            Slot::Reply(r) => replies.push(r),
+            Slot::Gone => {}
+        }
     }
-    let mut replies = results(handle, ids).await;
-    replies.extend(after);
     (replies, states)
 }
 

@@ -35,9 +35,9 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     loop {
         let buf = r.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(match (len, line.is_empty()) {
-                (0, _) => None,
-                (n, _) if n > max => Some(Line::TooLong(n)),
+            return Ok(match len {
+                0 => None,
+                n if n > max => Some(Line::TooLong(n)),
                 _ => Some(Line::Full(line)),
             });
         }
@@ -91,15 +91,29 @@ pub async fn run<R, W>(
     grace: std::time::Duration,
 ) -> std::io::Result<()>
 where
-    R: AsyncBufRead + Unpin,
+    R: AsyncBufRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin,
 {
-    let mut input = Some(input);
+    // Lines are read by a task of their own: reading one is not cancel-safe
+    // (a line may be half taken), and the loop below selects.
+    let (line_tx, mut lines) = mpsc::channel::<std::io::Result<Option<Line>>>(16);
+    let reader = tokio::spawn(async move {
+        let mut input = input;
+        loop {
+            let line = read_line(&mut input, MAX_LINE).await;
+            let end = !matches!(line, Ok(Some(_)));
+            if line_tx.send(line).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut reading = true;
     let (tx, mut replies) = mpsc::unbounded_channel::<Vec<Reply>>();
     let mut in_flight = 0usize;
     let mut done = false;
     loop {
         if done && in_flight == 0 {
+            reader.abort();
             return write(
                 &mut output,
                 &Reply::ShutDown {
@@ -109,12 +123,7 @@ where
             .await;
         }
         tokio::select! {
-            line = async {
-                match input.as_mut() {
-                    Some(r) => read_line(r, MAX_LINE).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            Some(line) = lines.recv(), if reading => {
                 match line {
                     Ok(Some(Line::Full(line))) => {
                         if line.iter().all(u8::is_ascii_whitespace) {
@@ -137,7 +146,7 @@ where
                         if let Err(e) = line {
                             tracing::warn!("reading standard input: {e}; shutting down");
                         }
-                        input = None;
+                        reading = false;
                         handle.shutdown(ShutdownPolicy::Terminate { grace }).await;
                     }
                 }

@@ -1,0 +1,260 @@
+//! `chaperone --stdio` (the agent protocol as JSON lines) and Procstar's
+//! shutdown signals in the one-shot modes, driven as a user would: the binary.
+
+#[path = "../util/mod.rs"]
+#[allow(dead_code)]
+mod util;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct StdioAgent {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+fn agent(args: &[&str]) -> StdioAgent {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .arg("--stdio")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn chaperone --stdio");
+    let stdin = child.stdin.take();
+    let stdout: ChildStdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    StdioAgent {
+        child,
+        stdin,
+        lines,
+    }
+}
+
+impl StdioAgent {
+    fn send_raw(&mut self, line: &[u8]) {
+        let w = self.stdin.as_mut().expect("stdin open");
+        w.write_all(line).expect("write");
+        w.write_all(b"\n").expect("write");
+        w.flush().expect("flush");
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.send_raw(&serde_json::to_vec(v).expect("json"));
+    }
+
+    fn next(&self) -> Value {
+        let l = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a line from the agent within 20 s");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+    }
+
+    /// The next message of `ty`, skipping others.
+    fn next_of(&self, ty: &str) -> Value {
+        loop {
+            let m = self.next();
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    }
+
+    /// The first result of `id` that is not running.
+    fn final_result(&self, id: &str) -> Value {
+        loop {
+            let m = self.next_of("ProcResult");
+            if m["proc_id"] == id && m["res"]["state"] != "running" {
+                return m["res"].clone();
+            }
+        }
+    }
+}
+
+#[test]
+fn stdio_runs_a_process_serves_its_output_and_ends_at_eof() {
+    let mut a = agent(&[]);
+    a.send(&json!({"type": "ProcStartRequest", "specs": {
+        "t": {"argv": ["/bin/sh", "-c", "printf 'hi\\377'"],
+              "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}]]},
+        "b": {"argv": ["/bin/sh", "-c", "printf 'hi\\377'"],
+              "fds": [["stdout", {"capture": {"mode": "memory"}}]]}}}));
+    let res = a.final_result("b");
+    assert_eq!(res["status"]["exit_code"], 0);
+    a.final_result("t");
+    // Text captures come back as a string, raw ones as base64.
+    a.send(&json!({"type": "ProcFdDataRequest", "proc_id": "t", "fd": "stdout"}));
+    let d = a.next_of("ProcFdData");
+    assert_eq!(d["data"], "hi\u{fffd}");
+    assert_eq!(
+        (d["start"].clone(), d["stop"].clone()),
+        (json!(0), json!(3))
+    );
+    assert_eq!(d["encoding"], "utf-8");
+    a.send(&json!({"type": "ProcFdDataRequest", "proc_id": "b", "fd": "stdout", "start": 1, "stop": 99}));
+    let d = a.next_of("ProcFdData");
+    assert_eq!(d["data"], "af8=", "base64 of b\"i\\xff\"");
+    assert_eq!(d["encoding"], Value::Null);
+    assert_eq!(d["stop"], 3, "clamped to the length");
+
+    a.send(&json!({"type": "ProcidListRequest"}));
+    let mut ids = a.next_of("ProcidList")["proc_ids"].clone();
+    ids.as_array_mut()
+        .expect("list")
+        .sort_by_key(|v| v.to_string());
+    assert_eq!(ids, json!(["b", "t"]));
+
+    a.send(&json!({"type": "ProcDeleteRequest", "proc_id": "t"}));
+    assert_eq!(a.next_of("ProcDelete")["proc_id"], "t");
+    a.send(&json!({"type": "ProcResultRequest", "proc_id": "t"}));
+    assert_eq!(a.next_of("ProcUnknown")["proc_id"], "t");
+
+    // End of input: shut down (terminate), done last, exit 0.
+    a.stdin = None;
+    let mut last = a.next();
+    while last["type"] != "ShutDown" || last["shutdown_state"] != "done" {
+        last = a.next();
+    }
+    assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+}
+
+#[test]
+fn stdio_answers_garbage_with_errors_and_keeps_serving() {
+    let mut a = agent(&[]);
+    a.send_raw(b"{not json");
+    let e = a.next_of("RequestError");
+    assert!(
+        e["err"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("not a JSON object"),
+        "{e}"
+    );
+    assert_eq!(e["msg"], json!({"type": null}));
+    a.send_raw(b"[1,2,3]");
+    assert_eq!(
+        a.next_of("RequestError")["err"],
+        "message is not a map: an array"
+    );
+    a.send(&json!({"type": "Bogus", "x": 1}));
+    let e = a.next_of("RequestError");
+    assert!(
+        e["err"].as_str().unwrap_or_default().contains("Bogus"),
+        "{e}"
+    );
+    assert_eq!(
+        e["msg"],
+        json!({"type": "Bogus", "x": 1}),
+        "the request is echoed"
+    );
+    a.send(&json!({"type": "ProcSignalRequest", "proc_id": "nope", "signum": 15}));
+    assert_eq!(a.next_of("ProcUnknown")["proc_id"], "nope");
+    a.send(&json!({"type": "ProcStartRequest", "specs": {"x": {"argv": []}}}));
+    let e = a.next_of("RequestError");
+    assert_eq!(e["msg"]["type"], "ProcStartRequest");
+    // A running process: delete refused, signal taken, then "no process".
+    a.send(&json!({"type": "ProcStartRequest", "specs": {"s": {"argv": ["/bin/sleep", "100"]}}}));
+    assert_eq!(a.next_of("ProcResult")["res"]["state"], "running");
+    a.send(&json!({"type": "ProcDeleteRequest", "proc_id": "s"}));
+    assert_eq!(a.next_of("RequestError")["err"], "process running: s");
+    a.send(&json!({"type": "ProcSignalRequest", "proc_id": "s", "signum": 9}));
+    assert_eq!(a.final_result("s")["status"]["signal"], "SIGKILL");
+    a.send(&json!({"type": "ProcSignalRequest", "proc_id": "s", "signum": 9}));
+    assert_eq!(a.next_of("RequestError")["err"], "no process");
+    a.send(&json!({"type": "ProcSignalRequest", "proc_id": "s", "signum": 1000}));
+    assert_eq!(
+        a.next_of("RequestError")["err"],
+        "invalid signal number: 1000"
+    );
+    a.stdin = None;
+    assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+}
+
+#[test]
+fn stdio_eof_terminates_running_processes() {
+    let mut a = agent(&[]);
+    a.send(&json!({"type": "ProcStartRequest", "specs": {"s": {"argv": ["/bin/sleep", "100"]}}}));
+    assert_eq!(a.next_of("ProcResult")["res"]["state"], "running");
+    a.stdin = None;
+    assert_eq!(a.next_of("ShutDown")["shutdown_state"], "idling");
+    assert_eq!(a.final_result("s")["status"]["signal"], "SIGTERM");
+    assert_eq!(a.next_of("ShutDown")["shutdown_state"], "done");
+    assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+}
+
+fn one_shot_with_signal(sig: i32, want: &str) {
+    let spec = json!({"specs": {"s": {"argv": ["/bin/sleep", "100"],
+                                      "fds": [["stdout", {"null": {}}]]}}});
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .args(["--print", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(&serde_json::to_vec(&spec).expect("json"))
+        .expect("write");
+    drop(stdin);
+    // Until the process runs (its sleep is a child of the agent).
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Children are forked by the agent's spawner thread: look at every task.
+    let has_child = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("children"))
+                    .is_ok_and(|c| !c.trim().is_empty())
+            })
+    };
+    while !has_child() {
+        assert!(std::time::Instant::now() < deadline, "child never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0));
+    let res: Value = serde_json::from_slice(&out.stdout).expect("results JSON");
+    assert_eq!(res["s"]["status"]["signal"], want, "{res}");
+}
+
+#[test]
+fn one_shot_sigterm_and_sigint_terminate_and_still_print() {
+    one_shot_with_signal(libc::SIGTERM, "SIGTERM");
+    one_shot_with_signal(libc::SIGINT, "SIGTERM");
+}
+
+#[test]
+fn one_shot_sigquit_kills_and_still_prints() {
+    one_shot_with_signal(libc::SIGQUIT, "SIGKILL");
+}
+
+#[test]
+fn no_mode_exits_65() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .arg("/dev/null")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mode given"));
+}
