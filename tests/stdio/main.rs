@@ -1,10 +1,6 @@
 //! `chaperone --stdio` (the agent protocol as JSON lines) and Procstar's
 //! shutdown signals in the one-shot modes, driven as a user would: the binary.
 
-#[path = "../util/mod.rs"]
-#[allow(dead_code)]
-mod util;
-
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
