@@ -405,24 +405,33 @@ impl Agent {
         self.send_all(ws, replies).await
     }
 
-    /// Sends `replies` in order; after a failed send, the processes whose
-    /// results were not sent are owed to the next connection.
+    /// Sends `replies` in order; if any send fails, every process whose
+    /// result was in the batch is owed to the next connection (a frame queued
+    /// is not a frame delivered; a result sent twice does no harm).
     async fn send_all(&mut self, ws: &mut Ws, replies: Vec<Reply>) -> Result<(), ()> {
-        let mut replies = replies.into_iter();
-        for r in replies.by_ref() {
-            if send(ws, &r).await.is_err() {
-                if let Reply::ProcResult { proc_id, .. } = r {
-                    self.owed.results.insert(proc_id);
-                }
-                for r in replies {
-                    if let Reply::ProcResult { proc_id, .. } = r {
-                        self.owed.results.insert(proc_id);
-                    }
-                }
-                return Err(());
+        let ids: Vec<ProcId> = replies
+            .iter()
+            .filter_map(|r| match r {
+                Reply::ProcResult { proc_id, .. } => Some(proc_id.clone()),
+                _ => None,
+            })
+            .collect();
+        // Queued frame by frame, flushed once: a burst of a thousand results
+        // is a few TLS records, not a thousand writes.
+        let mut sent = Ok(());
+        for r in &replies {
+            sent = ws.feed(Message::Binary(encode_msgpack(r).into())).await;
+            if sent.is_err() {
+                break;
             }
         }
-        Ok(())
+        if sent.is_ok() {
+            sent = ws.flush().await;
+        }
+        sent.map_err(|e| {
+            tracing::warn!("sending failed: {e}");
+            self.owed.results.extend(ids);
+        })
     }
 }
 
