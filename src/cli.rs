@@ -224,13 +224,22 @@ pub fn run(args: Args) -> u8 {
     };
     let code = rt.block_on(modes(&args, agent.handle(), input, ws));
     // Nothing may keep the agent from dropping: whatever still runs (the
-    // agent gave up on its server) is killed.
-    if code == EXIT_GAVE_UP {
-        rt.block_on(async {
-            agent.handle().shutdown(ShutdownPolicy::Kill).await;
-            agent.handle().wait_done().await;
-        });
-    }
+    // agent gave up on its server, stdout went away under --stdio) is killed.
+    // In the other endings nothing runs any more and this returns at once.
+    rt.block_on(async {
+        let h = agent.handle();
+        if h.results()
+            .await
+            .values()
+            .any(|r| r.pid.is_some() && r.status.is_none())
+        {
+            h.shutdown(ShutdownPolicy::Kill).await;
+            h.wait_done().await;
+        }
+    });
+    // A blocking read of standard input (--stdio) cannot be cancelled: do
+    // not wait for it.
+    rt.shutdown_background();
     code
 }
 
@@ -281,17 +290,21 @@ fn ws_config(args: &Args) -> Result<(WsConfig, std::sync::Arc<rustls::ClientConf
         port: args.agent_port,
         group_id: args.group_id.clone(),
         conn_id: args.conn_id.clone().unwrap_or_else(uuid_v4),
-        interval_start: args.connect_interval_start,
+        interval_start: args.connect_interval_start.min(LONGEST),
         interval_mult: args.connect_interval_mult,
-        interval_max: args.connect_interval_max,
+        interval_max: args.connect_interval_max.min(LONGEST),
         count_max: args.connect_count_max.max(1),
-        read_timeout: args.agent_read_timeout,
+        read_timeout: args.agent_read_timeout.min(LONGEST),
         access_token: std::env::var("PROCSTAR_AGENT_TOKEN").unwrap_or_default(),
         cert,
         restricted_exe: args.restrict_exe.clone(),
     };
     Ok((config, tls))
 }
+
+/// The longest interval a flag may set (a year): longer ones are taken as
+/// this, so that deadline arithmetic cannot overflow.
+const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A random (version 4) UUID, for a connection id.
 fn uuid_v4() -> String {
@@ -380,6 +393,12 @@ async fn modes(
             return std::future::pending().await;
         };
         wait_idle(&handle, events, args.agent && !had_input, args.wait_timeout).await;
+        if args.agent || args.stdio {
+            // Let the front ends tell their peer (the last deletion, then
+            // done): the idle policy is done at once with nothing left.
+            handle.shutdown(ShutdownPolicy::Idle).await;
+            return std::future::pending().await;
+        }
         0
     };
     // Without a front end to tell, a shutdown is over once the processes

@@ -12,6 +12,10 @@
 
 use super::{Decoded, Reply, serve};
 use crate::supervisor::{Handle, ShutdownPolicy, ShutdownState, Subscription};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -108,11 +112,11 @@ where
         }
     });
     let mut reading = true;
-    let (tx, mut replies) = mpsc::unbounded_channel::<Vec<Reply>>();
-    let mut in_flight = 0usize;
+    // One output in the order requests and events came in (see `ws`).
+    let mut out: FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>> = FuturesOrdered::new();
     let mut done = false;
     loop {
-        if done && in_flight == 0 {
+        if done && out.is_empty() {
             reader.abort();
             return write(
                 &mut output,
@@ -123,24 +127,22 @@ where
             .await;
         }
         tokio::select! {
-            Some(line) = lines.recv(), if reading => {
+            biased;
+            Some(line) = lines.recv(), if reading && out.len() < super::ws::MAX_IN_FLIGHT => {
                 match line {
                     Ok(Some(Line::Full(line))) => {
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
                         let call = serve(&handle, decode_line(&line));
-                        let tx = tx.clone();
-                        in_flight += 1;
-                        tokio::spawn(async move {
-                            let _ = tx.send(call.await);
-                        });
+                        out.push_back(Box::pin(async move { (call.await, Vec::new()) }));
                     }
                     Ok(Some(Line::TooLong(n))) => {
                         let d = Decoded::from_value(Err(format!(
                             "line of {n} bytes is longer than the limit of {MAX_LINE}"
                         )));
-                        write(&mut output, &d.error("line too long")).await?;
+                        let reply = d.error("line too long");
+                        out.push_back(Box::pin(std::future::ready((vec![reply], Vec::new()))));
                     }
                     Ok(None) | Err(_) => {
                         if let Err(e) = line {
@@ -151,9 +153,9 @@ where
                     }
                 }
             }
-            Some(batch) = replies.recv() => {
-                in_flight -= 1;
-                for r in &batch {
+            Some((replies, states)) = out.next() => {
+                done |= states.contains(&ShutdownState::Done);
+                for r in &replies {
                     write(&mut output, r).await?;
                 }
             }
@@ -164,15 +166,15 @@ where
                 };
                 let mut batch = vec![e];
                 batch.extend(events.try_iter());
-                let (out, states) = super::notifications(&handle, batch).await;
-                done |= states.contains(&ShutdownState::Done);
-                for r in &out {
-                    write(&mut output, r).await?;
-                }
+                let h = handle.clone();
+                out.push_back(Box::pin(async move { super::notifications(&h, batch).await }));
             }
         }
     }
 }
+
+/// An entry of the output: replies, and the shutdown states they saw.
+type Out = (Vec<Reply>, Vec<ShutdownState>);
 
 #[cfg(test)]
 mod tests {

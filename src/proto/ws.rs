@@ -20,13 +20,15 @@
 use super::{Decoded, Reply, decode_msgpack, encode_msgpack, serve};
 use crate::spec::ProcId;
 use crate::supervisor::{Event, Handle, ShutdownState, Subscription};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
@@ -37,6 +39,11 @@ pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a TCP + TLS + WebSocket handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a write may wait for the server to take it before the
+/// connection is dropped (and redialled).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests served at once on one connection; past it, reading waits.
+pub const MAX_IN_FLIGHT: usize = 1024;
 /// How long, once every process has ended in a terminate or kill shutdown,
 /// the server has to delete them before the agent says done.
 pub const DELETE_GRACE: Duration = Duration::from_secs(5);
@@ -133,6 +140,13 @@ pub fn tls_config(cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCo
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// An entry of a connection's output: a request's replies, or the
+/// notifications for a batch of events with the shutdown states it saw.
+enum Out {
+    Replies(Vec<Reply>),
+    Notes(Vec<Reply>, Vec<ShutdownState>),
+}
+
 /// What is owed to the server once a connection is up.
 #[derive(Default)]
 struct Owed {
@@ -210,9 +224,11 @@ impl Agent {
                     if let Woke::Done = self.absorb_while(tokio::time::sleep(interval)).await {
                         return Outcome::Done;
                     }
-                    interval = interval
-                        .mul_f64(self.cfg.interval_mult)
-                        .min(self.cfg.interval_max);
+                    interval = Duration::try_from_secs_f64(
+                        interval.as_secs_f64() * self.cfg.interval_mult,
+                    )
+                    .unwrap_or(self.cfg.interval_max)
+                    .min(self.cfg.interval_max);
                     continue;
                 }
             };
@@ -220,6 +236,11 @@ impl Agent {
             interval = self.cfg.interval_start;
             tracing::info!("registered with wss://{}:{}/", self.cfg.host, self.cfg.port);
             if self.connected(ws).await {
+                return Outcome::Done;
+            }
+            // A server that takes the connection and drops it at once must
+            // not make a tight loop.
+            if let Woke::Done = self.absorb_while(tokio::time::sleep(interval)).await {
                 return Outcome::Done;
             }
         }
@@ -273,61 +294,64 @@ impl Agent {
     }
 
     /// Serves one registered connection; true once the agent is done.
+    ///
+    /// Replies and notifications go out in one order, the order their
+    /// requests and events came in: a result asked for while a process ran
+    /// never follows the notice that it ended, and nothing about a process
+    /// follows its `ProcDelete`. At most [`MAX_IN_FLIGHT`] requests are
+    /// served at once; past that the connection is not read.
     async fn connected(&mut self, mut ws: Ws) -> bool {
-        let (tx, mut replies) = mpsc::unbounded_channel::<Vec<Reply>>();
+        let mut out: FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>> =
+            FuturesOrdered::new();
         let mut deadline = Instant::now() + self.cfg.read_timeout;
         let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         // First what the server missed while no connection was up.
         let owed = std::mem::take(&mut self.owed);
-        let ids: Vec<ProcId> = if owed.all {
-            self.handle.proc_ids().await
-        } else {
-            owed.results.into_iter().collect()
-        };
-        if self.send_results(&mut ws, ids).await.is_err() {
-            return false;
-        }
+        let h = self.handle.clone();
+        out.push_back(Box::pin(async move {
+            let ids: Vec<ProcId> = if owed.all {
+                h.proc_ids().await
+            } else {
+                owed.results.into_iter().collect()
+            };
+            Out::Replies(super::results(&h, ids).await)
+        }));
 
         loop {
             if let Some(at) = self.done_at {
                 let left = self.handle.proc_ids().await.len();
-                tracing::debug!(left, elapsed = ?at.elapsed(), "shutdown done in the agent; waiting for deletions");
                 if left == 0 || at.elapsed() >= DELETE_GRACE {
                     // What happened before the last answer (a deletion above
                     // all) is told first.
                     let batch: Vec<Event> = self.events.try_iter().collect();
-                    if !batch.is_empty() && self.notify(&mut ws, batch).await.is_err() {
-                        return true;
+                    if !batch.is_empty() {
+                        out.push_back(self.notes(batch));
                     }
-                    while let Ok(batch) = replies.try_recv() {
-                        for r in &batch {
-                            if send(&mut ws, r).await.is_err() {
-                                return true;
-                            }
+                    while let Some(o) = out.next().await {
+                        if self.deliver(&mut ws, o).await.is_err() {
+                            return true;
                         }
                     }
                     let done = Reply::ShutDown {
                         shutdown_state: ShutdownState::Done,
                     };
-                    if send(&mut ws, &done).await.is_ok() {
-                        let _ = ws.close(None).await;
+                    if self.send_all(&mut ws, vec![done]).await.is_ok() {
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(None)).await;
                     }
                     return true;
                 }
             }
             let grace = self.done_at.map(|at| at + DELETE_GRACE).unwrap_or(deadline);
             tokio::select! {
-                msg = ws.next() => {
+                biased;
+                msg = ws.next(), if out.len() < MAX_IN_FLIGHT => {
                     deadline = Instant::now() + self.cfg.read_timeout;
                     match msg {
                         Some(Ok(Message::Binary(frame))) => {
                             let call = serve(&self.handle, decode_msgpack(&frame));
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let _ = tx.send(call.await);
-                            });
+                            out.push_back(Box::pin(async move { Out::Replies(call.await) }));
                         }
                         Some(Ok(Message::Text(t))) => {
                             let reply = Decoded::from_value(Err(format!(
@@ -336,9 +360,7 @@ impl Agent {
                             )))
                             .error_reply();
                             tracing::warn!("text frame from the server; answered with an error");
-                            if send(&mut ws, &reply).await.is_err() {
-                                return false;
-                            }
+                            out.push_back(Box::pin(std::future::ready(Out::Replies(vec![reply]))));
                         }
                         Some(Ok(Message::Close(c))) => {
                             tracing::warn!("server closed the connection: {c:?}");
@@ -355,11 +377,9 @@ impl Agent {
                         }
                     }
                 }
-                Some(batch) = replies.recv() => {
-                    for r in &batch {
-                        if send(&mut ws, r).await.is_err() {
-                            return false;
-                        }
+                Some(o) = out.next() => {
+                    if self.deliver(&mut ws, o).await.is_err() {
+                        return false;
                     }
                 }
                 e = self.events.event() => {
@@ -367,12 +387,11 @@ impl Agent {
                     // Take every event waiting, so a burst costs one round trip.
                     let mut batch = vec![e];
                     batch.extend(self.events.try_iter());
-                    if self.notify(&mut ws, batch).await.is_err() {
-                        return false;
-                    }
+                    out.push_back(self.notes(batch));
                 }
                 _ = ping.tick() => {
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    let ping = ws.send(Message::Ping(Default::default()));
+                    if !matches!(tokio::time::timeout(WRITE_TIMEOUT, ping).await, Ok(Ok(()))) {
                         return false;
                     }
                 }
@@ -389,20 +408,26 @@ impl Agent {
         }
     }
 
-    /// Sends what `events` tell the server; on a failed send, the results not
-    /// sent are owed to the next connection.
-    async fn notify(&mut self, ws: &mut Ws, events: Vec<Event>) -> Result<(), ()> {
-        let (replies, states) = super::notifications(&self.handle, events).await;
-        for s in states {
-            self.shutdown_state(s);
-        }
-        self.send_all(ws, replies).await
+    /// The notifications for a batch of events, as an entry of the output.
+    fn notes(&self, batch: Vec<Event>) -> Pin<Box<dyn Future<Output = Out> + Send>> {
+        let h = self.handle.clone();
+        Box::pin(async move {
+            let (replies, states) = super::notifications(&h, batch).await;
+            Out::Notes(replies, states)
+        })
     }
 
-    /// Sends the current result of each of `ids`; on failure, they are owed.
-    async fn send_results(&mut self, ws: &mut Ws, ids: Vec<ProcId>) -> Result<(), ()> {
-        let replies = super::results(&self.handle, ids).await;
-        self.send_all(ws, replies).await
+    /// Sends one entry of the output.
+    async fn deliver(&mut self, ws: &mut Ws, o: Out) -> Result<(), ()> {
+        match o {
+            Out::Replies(r) => self.send_all(ws, r).await,
+            Out::Notes(r, states) => {
+                for s in states {
+                    self.shutdown_state(s);
+                }
+                self.send_all(ws, r).await
+            }
+        }
     }
 
     /// Sends `replies` in order; if any send fails, every process whose
@@ -418,16 +443,16 @@ impl Agent {
             .collect();
         // Queued frame by frame, flushed once: a burst of a thousand results
         // is a few TLS records, not a thousand writes.
-        let mut sent = Ok(());
-        for r in &replies {
-            sent = ws.feed(Message::Binary(encode_msgpack(r).into())).await;
-            if sent.is_err() {
-                break;
+        let write = async {
+            for r in &replies {
+                ws.feed(Message::Binary(encode_msgpack(r).into())).await?;
             }
-        }
-        if sent.is_ok() {
-            sent = ws.flush().await;
-        }
+            ws.flush().await
+        };
+        let sent = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the server took nothing for {WRITE_TIMEOUT:?}")),
+        };
         sent.map_err(|e| {
             tracing::warn!("sending failed: {e}");
             self.owed.results.extend(ids);

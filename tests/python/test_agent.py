@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+import procstar.agent.server
+
 from procstar import proto
 from procstar.agent.exc import NoOpenConnectionInGroup
 from procstar.agent.proc import AgentMessageError, FdData, Result
@@ -234,7 +236,7 @@ async def test_wrong_token_never_registers_and_the_agent_gives_up_with_exit_1():
     await asm.start_server()
     try:
         t0 = time.monotonic()
-        with pytest.raises(ProcstarError, match="1"):
+        with pytest.raises(ProcstarError, match=r"failed with 1 before"):
             await asm.start_procstars(
                 {"default": 1}, access_token="wrong",
                 args=["--connect-count-max", "3", "--connect-interval-start", "0.2"])
@@ -271,24 +273,29 @@ async def test_server_restart_loses_no_result():
     await asm.start_server()
     await asm.start_procstars({"default": 1}, args=PATIENT)
     try:
-        procs = []
         for i in range(8):
             proc, res = await asm.server.start(f"r{i}", {
                 "argv": ["/bin/sh", "-c", f"sleep 0.5; echo done {i}"],
                 "fds": [["stdout", MEMORY]]})
             assert res.state == "running"
-            procs.append(proc)
         await asm.stop_server()
-        # They all end while no server is up.
+        # They all end while no server is up. The new server knows none of
+        # them, so it asks for nothing: the agent must send each termination
+        # of its own accord after registering.
         await asyncio.sleep(1.5)
+        asm.server = procstar.agent.server.Server()
+        seen = capture_messages(asm)
         await asm.start_server()
-        for i, proc in enumerate(procs):
-            res = await final(proc)
-            assert res.status.exit_code == 0
-            assert res.fds.stdout.text == f"done {i}\n"
-        # Reconnected on the same connection: Register carried the ids.
-        conn = only_conn(asm)
-        assert conn.info.stats.num_connections == 1 or conn.open
+        def ended():
+            return {m.proc_id: m.res for m in seen
+                    if isinstance(m, proto.ProcResult) and m.res["state"] != "running"}
+        await until(lambda: len(ended()) == 8)
+        for i in range(8):
+            res = ended()[f"r{i}"]
+            assert res["status"]["exit_code"] == 0
+            assert res["fds"]["stdout"]["text"] == f"done {i}\n"
+        # And the new server adopted them from Register's proc_ids.
+        assert {f"r{i}" for i in range(8)} <= set(asm.server.processes)
     finally:
         await asm.aclose()
 

@@ -88,9 +88,15 @@ fn stdio_runs_a_process_serves_its_output_and_ends_at_eof() {
               "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}]]},
         "b": {"argv": ["/bin/sh", "-c", "printf 'hi\\377'"],
               "fds": [["stdout", {"capture": {"mode": "memory"}}]]}}}));
-    let res = a.final_result("b");
-    assert_eq!(res["status"]["exit_code"], 0);
-    a.final_result("t");
+    let mut ended = std::collections::BTreeMap::new();
+    while ended.len() < 2 {
+        let m = a.next_of("ProcResult");
+        if m["res"]["state"] != "running" {
+            ended.insert(m["proc_id"].as_str().unwrap_or_default().to_string(), m);
+        }
+    }
+    assert_eq!(ended["b"]["res"]["status"]["exit_code"], 0);
+    assert_eq!(ended["t"]["res"]["status"]["exit_code"], 0);
     // Text captures come back as a string, raw ones as base64.
     a.send(&json!({"type": "ProcFdDataRequest", "proc_id": "t", "fd": "stdout"}));
     let d = a.next_of("ProcFdData");
