@@ -356,6 +356,13 @@ async def signal_agent(asm, signum):
     return p
 
 
+async def delete_and_see_exit_0(asm, proc, p):
+    """Deletes `proc`, the agent's last one, and sees agent process `p` exit 0."""
+    await asyncio.wait_for(proc.delete(), 20)
+    assert await asyncio.wait_for(p.wait(), 20) == 0
+    asm.conn_procs.clear()  # nothing left for aclose to kill
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("signum,want", [
     (signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGTERM"), (signal.SIGQUIT, "SIGKILL")])
@@ -369,12 +376,10 @@ async def test_shutdown_signals_end_processes_and_then_the_agent(signum, want):
         p = await signal_agent(asm, signum)
         res = await final(proc)
         assert res.status.signal == want
-        await asyncio.wait_for(proc.delete(), 20)
         # Done once every process is deleted; then the agent exits 0.
-        assert await asyncio.wait_for(p.wait(), 20) == 0
+        await delete_and_see_exit_0(asm, proc, p)
         states = [m.shutdown_state.name for m in seen if isinstance(m, proto.ShutDown)]
         assert states[0] == "idling" and states[-1] == "done", states
-        asm.conn_procs.clear()
     finally:
         await asm.aclose()
 
@@ -402,9 +407,7 @@ async def test_sigusr1_idles_refuses_starts_and_exits_once_all_deleted():
         res = await final(proc)
         assert res.status.exit_code == 0
         assert p.returncode is None
-        await asyncio.wait_for(proc.delete(), 20)
-        assert await asyncio.wait_for(p.wait(), 20) == 0
-        asm.conn_procs.clear()
+        await delete_and_see_exit_0(asm, proc, p)
     finally:
         await asm.aclose()
 
@@ -421,9 +424,7 @@ async def test_wait_exits_once_every_process_is_deleted():
         await final(proc)
         await asyncio.sleep(0.3)
         assert p.returncode is None
-        await asyncio.wait_for(proc.delete(), 20)
-        assert await asyncio.wait_for(p.wait(), 20) == 0
-        asm.conn_procs.clear()
+        await delete_and_see_exit_0(asm, proc, p)
     finally:
         await asm.aclose()
 
