@@ -94,6 +94,11 @@ pub struct Args {
     /// end of input shuts the agent down (terminate policy).
     #[arg(long)]
     pub stdio: bool,
+    /// Put each child's environment in its result (`env`), unless its spec's
+    /// `env.report` says otherwise. Off by default: environments can hold
+    /// credentials, and results are sent to and stored by the server.
+    #[arg(long)]
+    pub report_env: bool,
     /// Only this exact executable may be run; any other process becomes an
     /// error result.
     #[arg(long, value_name = "PATH")]
@@ -203,6 +208,7 @@ pub fn run(args: Args) -> u8 {
             .max_running
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         restrict_exe: args.restrict_exe.clone(),
+        report_env: args.report_env,
         ..Config::default()
     };
     let agent = match Agent::new(config) {

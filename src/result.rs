@@ -329,12 +329,13 @@ pub enum CompressionState {
 ///
 /// Serialized, internally tagged by `"type"`:
 ///
-/// * `{"type":"text","text":…,"encoding":"utf-8","length":N}`
-/// * `{"type":"data","data":<base64>,"encoding":"base64","length":N}`
+/// * `{"type":"text","text":…,"encoding":"utf-8"}`
+/// * `{"type":"data","data":<base64>,"encoding":"base64"}`
 /// * `{"type":"detached","length":N,"encoding":"utf-8"|"base64"}`
 /// * `{"type":"error"}`
 ///
-/// `length` on text and data, and the [`FdExt`] keys, are chaperone
+/// `length` on text and data (written only when bytes were dropped, so it
+/// differs from what is held), and the [`FdExt`] keys, are chaperone
 /// extensions. Text and data hold the raw bytes; the lossy UTF-8 decoding or
 /// base64 encoding happens only when serializing.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -480,21 +481,29 @@ impl Serialize for FdRes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             FdRes::Text { bytes, length, ext } => {
-                let mut map = serializer.serialize_map(Some(4 + ext.len()))?;
+                // `length` only when it says more than the text (Procstar's
+                // shape otherwise).
+                let cut = *length != bytes.len() as u64;
+                let mut map = serializer.serialize_map(Some(3 + usize::from(cut) + ext.len()))?;
                 map.serialize_entry("type", "text")?;
                 let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
                 map.serialize_entry("text", &text)?;
                 map.serialize_entry("encoding", &Encoding::Utf8)?;
-                map.serialize_entry("length", length)?;
+                if cut {
+                    map.serialize_entry("length", length)?;
+                }
                 ext.serialize_into(&mut map)?;
                 map.end()
             }
             FdRes::Data { bytes, length, ext } => {
-                let mut map = serializer.serialize_map(Some(4 + ext.len()))?;
+                let cut = *length != bytes.len() as u64;
+                let mut map = serializer.serialize_map(Some(3 + usize::from(cut) + ext.len()))?;
                 map.serialize_entry("type", "data")?;
                 map.serialize_entry("data", &Base64Bytes(bytes))?;
                 map.serialize_entry("encoding", &Encoding::Base64)?;
-                map.serialize_entry("length", length)?;
+                if cut {
+                    map.serialize_entry("length", length)?;
+                }
                 ext.serialize_into(&mut map)?;
                 map.end()
             }
@@ -655,8 +664,7 @@ mod tests {
         let again = serde_json::to_value(&map).unwrap();
         let mut extra = Vec::new();
         assert_covers(&original, &again, "", &mut extra);
-        assert_eq!(extra, vec![".hello.fds.stdout.length"]);
-        assert_eq!(again["hello"]["fds"]["stdout"]["length"], 14);
+        assert_eq!(extra, Vec::<String>::new(), "Procstar's keys and no more");
 
         // And back again, to the same structure.
         let map2: ResMap = serde_json::from_value(again).unwrap();
@@ -795,7 +803,7 @@ mod tests {
         assert_eq!(text, "abc\u{FFFD}\u{FFFD}def");
         assert_eq!(text.chars().count(), 8);
         assert_eq!(text, String::from_utf8_lossy(b"abc\x80\x80def"));
-        assert_eq!(v["length"], 8);
+        assert_eq!(v.get("length"), None, "nothing dropped: Procstar's shape");
         assert_eq!(v["encoding"], "utf-8");
     }
 
@@ -805,7 +813,7 @@ mod tests {
         let s = serde_json::to_string(&fd).unwrap();
         assert_eq!(
             s,
-            r#"{"type":"data","data":"SGVsbG8sIHdvcmxkLg==","encoding":"base64","length":13}"#
+            r#"{"type":"data","data":"SGVsbG8sIHdvcmxkLg==","encoding":"base64"}"#
         );
         let back: FdRes = serde_json::from_str(&s).unwrap();
         assert_eq!(back, fd);
@@ -1012,10 +1020,26 @@ mod tests {
     #[test]
     fn text_key_order_is_procstars() {
         let s = serde_json::to_string(&FdRes::text("hi")).unwrap();
-        assert_eq!(
-            s,
-            r#"{"type":"text","text":"hi","encoding":"utf-8","length":2}"#
-        );
+        assert_eq!(s, r#"{"type":"text","text":"hi","encoding":"utf-8"}"#);
+    }
+
+    #[test]
+    fn length_is_written_only_when_bytes_were_dropped() {
+        let fd = FdRes::Text {
+            bytes: Bytes::from_static(b"ab"),
+            length: 10,
+            ext: FdExt {
+                dropped: Some(Dropped { start: 1, stop: 9 }),
+                held: Some(2),
+                ..FdExt::default()
+            },
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(v["length"], 10);
+        assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+        let back: FdRes =
+            serde_json::from_str(r#"{"type":"text","text":"hi","encoding":"utf-8"}"#).unwrap();
+        assert_eq!(back.length(), Some(2), "an absent length is the text's");
     }
 
     #[test]

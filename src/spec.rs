@@ -499,6 +499,11 @@ pub struct EnvSpec {
     pub user_env: bool,
     /// Variables to set (a string) or unset (`null`), applied after `inherit`.
     pub vars: BTreeMap<String, Option<String>>,
+    /// chaperone extension: whether the result carries the environment the
+    /// child got (`env`). Default: the agent's `--report-env` (off), since an
+    /// environment can hold credentials and results go to the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<bool>,
 }
 
 /// Which of the agent's environment variables a child inherits.
@@ -1808,6 +1813,7 @@ mod tests {
         let env = EnvSpec {
             inherit: EnvInherit::Names(vec!["USER".into(), "TERM".into(), "NOT_A_VAR".into()]),
             user_env: false,
+            report: None,
             vars: BTreeMap::new(),
         };
         let parent = os(&[("PATH", "/bin"), ("TERM", "xterm"), ("USER", "me")]);
@@ -1819,6 +1825,7 @@ mod tests {
         let env = EnvSpec {
             inherit: EnvInherit::All,
             user_env: false,
+            report: None,
             vars: BTreeMap::from([
                 ("B".to_owned(), Some("new".to_owned())),
                 ("C".to_owned(), None),
@@ -1838,6 +1845,7 @@ mod tests {
         let env = EnvSpec {
             inherit: EnvInherit::None,
             user_env: false,
+            report: None,
             vars: BTreeMap::from([("X".to_owned(), Some("1".to_owned()))]),
         };
         assert_eq!(env.build(os(&[("A", "a")])), os(&[("X", "1")]));
@@ -1859,6 +1867,7 @@ mod tests {
         let env = EnvSpec {
             inherit: EnvInherit::Names(vec!["PROCSTAR_AGENT_TOKEN".into()]),
             user_env: false,
+            report: None,
             vars: BTreeMap::from([("PROCSTAR_AGENT_KEY".to_owned(), Some("x".to_owned()))]),
         };
         assert_eq!(env.build(parent), os(&[]));

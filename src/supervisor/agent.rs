@@ -101,6 +101,9 @@ pub struct Config {
     /// Only this exact `exe` (or `argv[0]` when there is no `exe`) may run
     /// (`--restrict-exe`); any other process becomes an error result.
     pub restrict_exe: Option<String>,
+    /// Whether results carry each child's environment unless its spec says
+    /// (`env.report`); off by default (`--report-env`).
+    pub report_env: bool,
 }
 
 impl Default for Config {
@@ -118,6 +121,7 @@ impl Default for Config {
             output_limit: None,
             max_running: None,
             restrict_exe: None,
+            report_env: false,
         }
     }
 }

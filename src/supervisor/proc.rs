@@ -1020,6 +1020,8 @@ pub(crate) struct PlanContext<'a> {
     pub perf: bool,
     /// The one exe allowed (`Config::restrict_exe`).
     pub restrict_exe: Option<&'a str>,
+    /// Whether results carry the environment by default (`Config::report_env`).
+    pub report_env: bool,
 }
 
 /// Pipes between procs of one request, keyed by (writer proc id, writer fd).
@@ -1352,7 +1354,10 @@ pub(crate) fn prepare(
             .as_ref()
             .and_then(|c| c.umask)
             .or_else(|| control::agent_info().umask),
-        env: env.ok().map(|e| e.map),
+        env: env
+            .ok()
+            .filter(|_| ps.env.report.unwrap_or(ctx.report_env))
+            .map(|e| e.map),
     };
     let timeout = ctl.as_ref().and_then(|c| c.timeout).map(|t| TimeoutState {
         timer: None,

@@ -931,6 +931,7 @@ impl Reactor {
             cwd: self.cwd.as_deref(),
             perf: self.config.perf,
             restrict_exe: self.config.restrict_exe.as_deref(),
+            report_env: self.config.report_env,
         };
         let mut prep = proc::prepare(
             &id,

@@ -7,7 +7,7 @@
 //! syscalls, reads of the prebuilt [`ChildPlan`](super::spawn::ChildPlan), and one volatile write of a
 //! [`ChildReport`] into memory the parent owns. No allocation, no locks, no
 //! logging, no panics, no unwinding, no drop of an owned value. It leaves only by
-//! `execve` or by `_exit(127)`.
+//! `execve` or by `_exit(63)` (Procstar's code for a failed exec).
 //!
 //! This follows glibc's `posix_spawn` child (`sysdeps/unix/sysv/linux/spawni.c`)
 //! and the reasoning in Rust std's `do_exec` comment on malloc deadlocks.
@@ -26,7 +26,7 @@ use super::spawn::{ChildArgs, ChildPlanView, FdAction, Stage};
 use core::ffi::c_void;
 
 /// Exit status of a child whose setup or exec failed (as glibc's `posix_spawn`).
-pub(crate) const SPAWN_FAILED: i32 = 127;
+pub(crate) const SPAWN_FAILED: i32 = 63;
 
 /// Where in its setup the child failed, written into the parent's memory.
 #[repr(C)]

@@ -534,7 +534,7 @@ pub struct ChildFailure {
 
 /// A started child: its pid, its pidfd, and whether its setup failed.
 ///
-/// On a setup failure the child has already called `_exit(127)`; it is a zombie
+/// On a setup failure the child has already called `_exit(63)`; it is a zombie
 /// to reap like any other, which keeps the pid and status in the result.
 #[derive(Debug)]
 pub struct Spawned {

@@ -132,7 +132,7 @@ fn missing_cwd_is_a_chdir_failure_naming_the_path() {
     );
     let f = res.failure.expect("failure extension");
     assert_eq!((f.stage.as_str(), f.errno), ("chdir", 2));
-    assert_eq!(res.status.and_then(|s| s.exit_code), Some(127));
+    assert_eq!(res.status.and_then(|s| s.exit_code), Some(63));
 }
 
 #[test]
@@ -266,7 +266,8 @@ fn user_env_sets_home_user_logname_shell() {
     let res = run_one(
         json!({"argv": ["/bin/sh", "-c", "echo $HOME $USER $LOGNAME $SHELL $KEEP"],
                              "user": "nobody",
-                             "env": {"user_env": true, "vars": {"KEEP": "k", "SHELL": "/bin/sh"}}}),
+                             "env": {"user_env": true, "report": true,
+                                     "vars": {"KEEP": "k", "SHELL": "/bin/sh"}}}),
     );
     assert_ok(&res);
     // `vars` applies after user_env, so SHELL is the spec's.
@@ -282,7 +283,8 @@ fn user_env_sets_home_user_logname_shell() {
 fn result_env_is_what_the_child_got_without_secrets() {
     let a = chaperone::Agent::new(chaperone::Config::default()).unwrap();
     let spec = json!({"specs": {"p": {"argv": ["/usr/bin/env"],
-        "env": {"inherit": false, "vars": {"A": "1", "PROCSTAR_AGENT_TOKEN": "secret"}},
+        "env": {"inherit": false, "report": true,
+                "vars": {"A": "1", "PROCSTAR_AGENT_TOKEN": "secret"}},
         "fds": [["stdout", mem_utf8()]]}}});
     start(&a, &spec);
     let res = wait(&a, "p");
