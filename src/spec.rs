@@ -355,7 +355,9 @@ pub struct ProcSpec {
     /// The child's environment.
     pub env: EnvSpec,
     /// fd name and what to do with that fd, applied in list order. fds not listed are
-    /// inherited. In JSON, a list of two-element lists `[fd_name, fd_spec]`.
+    /// inherited. In JSON, a list of two-element lists `[fd_name, fd_spec]`, or
+    /// (an extension) an object `{fd_name: fd_spec}`, applied in the order written.
+    #[serde(deserialize_with = "fds_list_or_object")]
     pub fds: Vec<(String, FdSpec)>,
     /// systemd scope and slice properties: accepted and kept, but unused.
     pub systemd_properties: Option<serde_json::Value>,
@@ -472,6 +474,41 @@ pub struct TimeoutSpec {
     /// Seconds after `signal` when SIGKILL follows (default: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_after: Option<f64>,
+}
+
+/// `fds` as Procstar's list of `[name, spec]` pairs, or as an object of
+/// `name: spec` in the order written.
+fn fds_list_or_object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, FdSpec)>, D::Error> {
+    struct Fds;
+    impl<'de> serde::de::Visitor<'de> for Fds {
+        type Value = Vec<(String, FdSpec)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of [fd, spec] pairs, or an object of fd: spec")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut fds = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+            while let Some(e) = a.next_element::<(String, FdSpec)>()? {
+                fds.push(e);
+            }
+            Ok(fds)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut fds = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+            while let Some(e) = a.next_entry::<String, FdSpec>()? {
+                fds.push(e);
+            }
+            Ok(fds)
+        }
+    }
+    d.deserialize_any(Fds)
 }
 
 impl ProcSpec {
@@ -1806,6 +1843,31 @@ mod tests {
             let json = serde_json::to_string(&inherit).unwrap();
             assert_eq!(serde_json::from_str::<EnvInherit>(&json).unwrap(), inherit);
         }
+    }
+
+    #[test]
+    fn fds_as_an_object_apply_in_the_order_written() {
+        let input = parse_input(
+            br#"{"specs": {"p": {"argv": ["x"], "fds": {"stdout": {"capture": {"mode": "memory"}},
+                "stderr": {"dup": {"fd": 1}}, "stdin": "close"}}}}"#,
+        )
+        .unwrap();
+        let fds = &input.specs.get("p").unwrap().fds;
+        let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["stdout", "stderr", "stdin"]);
+        assert_eq!(fds[1].1, FdSpec::Dup { fd: 1 });
+        // The same duplicate-alias check as the list form.
+        let input = parse_input(
+            br#"{"specs": {"p": {"argv": ["x"], "fds": {"stdout": "close", "1": "inherit"}}}}"#,
+        )
+        .unwrap();
+        assert!(validate(&input).is_err());
+        let e = parse_input(br#"{"specs": {"p": {"argv": ["x"], "fds": 3}}}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a list of [fd, spec] pairs, or an object"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -129,6 +129,16 @@ async def test_every_fd_kind_starts_and_reports(tmp_path):
         })
         assert res.fds.stdout.text == "a\nb\nc\n"
         assert res.fds.stderr is None
+        # fds as an object, applied in the order written, through the socket.
+        res = await asm.run({
+            "argv": ["/bin/sh", "-c", "echo a; echo b >&2"],
+            "fds": {"stdout": MEMORY, "stderr": {"dup": {"fd": 1}}},
+        })
+        assert res.fds.stdout.text == "a\nb\n"
+        # env is in a result only when asked for.
+        assert "env" not in res.__dict__
+        res = await asm.run({"argv": ["/bin/true"], "env": {"vars": {"X": "1"}, "report": True}})
+        assert res.env.X == "1"
         # A bad exe is an error result, not a failed request.
         res = await asm.run({"argv": ["/nonexistent/prog"]})
         assert res.state == "error"
