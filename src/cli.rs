@@ -452,7 +452,8 @@ async fn wait_idle(
         };
         match next {
             None => return,
-            Some(crate::Event::Started(_)) => first = false,
+            // After missed events, look at the table itself.
+            Some(crate::Event::Started(_) | crate::Event::Missed(_)) => first = false,
             Some(_) => {}
         }
     }

@@ -506,6 +506,12 @@ pub async fn notifications(
             Event::Compressed(..) => {}
             Event::Missed(n) => {
                 tracing::warn!("{n} events missed; sending every result");
+                // A missed shutdown change would never come again.
+                let s = handle.shutdown_state().await;
+                states.push(s);
+                if s != ShutdownState::Done {
+                    slots.push(Slot::Reply(Reply::ShutDown { shutdown_state: s }));
+                }
                 for id in handle.proc_ids().await {
                     if let Some(i) = last.insert(id.clone(), slots.len()) {
                         slots[i] = Slot::Gone;
@@ -538,6 +544,26 @@ pub async fn notifications(
         }
     }
     (replies, states)
+}
+
+/// Drops from a batch of notifications the final results already sent
+/// unasked: a process that ended before its start was reported has its final
+/// result sent for the start, and its end need not send it again. `sent` holds
+/// the processes whose final result went out (forgotten at deletion).
+pub fn drop_repeated_finals(
+    sent: &mut std::collections::HashSet<ProcId>,
+    replies: &mut Vec<Reply>,
+) {
+    replies.retain(|r| match r {
+        Reply::ProcResult { proc_id, res } if res.state != crate::result::State::Running => {
+            sent.insert(proc_id.clone())
+        }
+        Reply::ProcDelete { proc_id } => {
+            sent.remove(proc_id);
+            true
+        }
+        _ => true,
+    });
 }
 
 /// The current result of each of `ids` (each once, in order; a process

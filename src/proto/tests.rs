@@ -185,3 +185,43 @@ fn payloads_are_bin_in_msgpack_and_text_or_base64_in_json() {
     );
     assert_eq!(serde_json::to_string(&p(false)).expect("enc"), "\"aGn/\"");
 }
+
+#[test]
+fn a_final_result_is_sent_unasked_once_until_deletion() {
+    let res = |state: &str| -> Box<ProcRes> {
+        Box::new(
+            serde_json::from_value(serde_json::json!({"state": state, "pid": 1}))
+                .expect("a result"),
+        )
+    };
+    let r = |id: &str, state: &str| Reply::ProcResult {
+        proc_id: id.into(),
+        res: res(state),
+    };
+    let kinds = |v: &[Reply]| -> Vec<String> {
+        v.iter()
+            .map(|r| match r {
+                Reply::ProcResult { proc_id, res } => format!("{proc_id}:{:?}", res.state),
+                Reply::ProcDelete { proc_id } => format!("{proc_id}:deleted"),
+                _ => "other".into(),
+            })
+            .collect()
+    };
+    let mut sent = std::collections::HashSet::new();
+    let mut batch = vec![r("a", "running"), r("b", "terminated")];
+    drop_repeated_finals(&mut sent, &mut batch);
+    assert_eq!(kinds(&batch), ["a:Running", "b:Terminated"]);
+    // b's end, already told with its start; a's end is new.
+    let mut batch = vec![r("b", "terminated"), r("a", "terminated")];
+    drop_repeated_finals(&mut sent, &mut batch);
+    assert_eq!(kinds(&batch), ["a:Terminated"]);
+    // Deleted, then an id reused: its final result goes out again.
+    let mut batch = vec![
+        Reply::ProcDelete {
+            proc_id: "b".into(),
+        },
+        r("b", "error"),
+    ];
+    drop_repeated_finals(&mut sent, &mut batch);
+    assert_eq!(kinds(&batch), ["b:deleted", "b:Error"]);
+}

@@ -164,6 +164,9 @@ struct Agent {
     events: Subscription,
     state: ShutdownState,
     owed: Owed,
+    /// Processes whose final result was sent unasked (see
+    /// [`super::drop_repeated_finals`]).
+    finals: std::collections::HashSet<ProcId>,
     /// When the shutdown state became done in the core: the server then has
     /// [`DELETE_GRACE`] to delete what is left.
     done_at: Option<Instant>,
@@ -184,6 +187,7 @@ pub async fn run(
         events,
         state: ShutdownState::Active,
         owed: Owed::default(),
+        finals: Default::default(),
         done_at: None,
     };
     agent.run().await
@@ -257,6 +261,12 @@ impl Agent {
             tokio::select! {
                 r = &mut fut => return Woke::Ready(r),
                 e = self.events.event() => match e {
+                    Some(Event::Missed(n)) => {
+                        // A missed shutdown change would never come again.
+                        self.owe(Event::Missed(n));
+                        let s = self.handle.shutdown_state().await;
+                        self.shutdown_state(s);
+                    }
                     Some(e) => self.owe(e),
                     None => return Woke::Done,
                 },
@@ -421,10 +431,11 @@ impl Agent {
     async fn deliver(&mut self, ws: &mut Ws, o: Out) -> Result<(), ()> {
         match o {
             Out::Replies(r) => self.send_all(ws, r).await,
-            Out::Notes(r, states) => {
+            Out::Notes(mut r, states) => {
                 for s in states {
                     self.shutdown_state(s);
                 }
+                super::drop_repeated_finals(&mut self.finals, &mut r);
                 self.send_all(ws, r).await
             }
         }
@@ -508,7 +519,12 @@ async fn connect_and_register(
         proc: super::ProcInfo::current(),
         proc_ids: handle.proc_ids().await,
         access_token: cfg.access_token.clone(),
-        shutdown_state: state,
+        // The agent's own, not what the events last said: they may have
+        // been missed.
+        shutdown_state: match handle.shutdown_state().await {
+            ShutdownState::Done => state,
+            s => s,
+        },
     };
     send(&mut ws, &register)
         .await

@@ -38,6 +38,8 @@ pub(crate) enum Command {
     Shutdown(ShutdownPolicy, Reply<()>),
     /// Wait for the shutdown state `done`.
     WaitDone(Reply<()>),
+    /// The shutdown state now.
+    State(Reply<ShutdownState>),
     /// The agent is dropped: take no more commands, finish once nothing runs.
     Close,
 }
@@ -58,6 +60,7 @@ impl std::fmt::Debug for Command {
             Command::Close => "Close",
             Command::Shutdown(..) => "Shutdown",
             Command::WaitDone(..) => "WaitDone",
+            Command::State(..) => "State",
         };
         f.write_str(name)
     }

@@ -7,7 +7,9 @@
 //! capture that lives in a file is done on a reader thread, so an async caller's
 //! thread never waits for a disk.
 
-use super::agent::{Command, FdData, FdDataError, ProcError, ShutdownPolicy, StartError};
+use super::agent::{
+    Command, FdData, FdDataError, ProcError, ShutdownPolicy, ShutdownState, StartError,
+};
 use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
 use super::events::Subscription;
 use super::oneshot::{self, Canceled};
@@ -323,6 +325,12 @@ impl Handle {
     /// state's changes come as [`Event::Shutdown`](super::Event::Shutdown).
     pub fn shutdown(&self, policy: ShutdownPolicy) -> Call<()> {
         self.call(|r| Command::Shutdown(policy, r), |()| (), || ())
+    }
+
+    /// The shutdown state now (`done` once the agent is gone): what a
+    /// subscriber that missed events resyncs from, with the results.
+    pub fn shutdown_state(&self) -> Call<ShutdownState> {
+        self.call(Command::State, |s| s, || ShutdownState::Done)
     }
 
     /// Answers once the shutdown state is `done` (or the agent is gone).

@@ -815,6 +815,7 @@ impl Reactor {
                 self.begin_shutdown(policy);
                 reply(());
             }
+            Command::State(reply) => reply(self.shutdown),
             Command::WaitDone(reply) if self.shutdown == ShutdownState::Done => reply(()),
             Command::WaitDone(reply) => {
                 self.done_waiters.push(reply);

@@ -251,3 +251,23 @@ fn a_harder_policy_takes_over_from_idle() {
         Some("SIGKILL")
     );
 }
+
+#[test]
+fn the_shutdown_state_can_be_asked_for_at_any_time() {
+    let a = Agent::new(Config::default()).unwrap();
+    let h = a.handle();
+    assert_eq!(h.shutdown_state().wait(), ShutdownState::Active);
+    util::start(
+        &a,
+        &json!({"specs": {"s": {"argv": ["/bin/sleep", "100"]}}}),
+    );
+    h.shutdown(ShutdownPolicy::Idle).wait();
+    // Idle: done only once every process has been deleted.
+    assert_eq!(h.shutdown_state().wait(), ShutdownState::Idling);
+    a.signal("s", libc::SIGKILL).unwrap();
+    util::wait(&a, "s");
+    assert_eq!(h.shutdown_state().wait(), ShutdownState::Idling);
+    a.delete("s").unwrap();
+    h.wait_done().wait();
+    assert_eq!(h.shutdown_state().wait(), ShutdownState::Done);
+}
