@@ -90,6 +90,23 @@ pub struct Args {
     /// Reconnect when nothing has come from the server for this long (seconds).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "60", hide = true)]
     pub agent_read_timeout: Duration,
+    /// Serve Procstar's HTTP API (see docs/http.md).
+    #[arg(short, long)]
+    pub serve: bool,
+    /// The HTTP API's port.
+    #[arg(long, value_name = "PORT", default_value_t = 3000)]
+    pub serve_port: u16,
+    /// The HTTP API's address. Anything but loopback also needs
+    /// `--serve-token` (or `CHAPERONE_SERVE_TOKEN`), or `--serve-insecure`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub serve_host: String,
+    /// A bearer token every HTTP request must carry (default:
+    /// `CHAPERONE_SERVE_TOKEN`).
+    #[arg(long, value_name = "TOKEN")]
+    pub serve_token: Option<String>,
+    /// Serve a non-loopback address without a token.
+    #[arg(long)]
+    pub serve_insecure: bool,
     /// Serve the agent protocol as JSON lines on standard input and output;
     /// end of input shuts the agent down (terminate policy).
     #[arg(long)]
@@ -171,10 +188,17 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 /// Runs the CLI; returns the process exit code.
 pub fn run(args: Args) -> u8 {
     init_logging(&args.log_level);
-    if !(args.print || args.exit || args.output.is_some() || args.wait || args.agent || args.stdio)
+    if !(args.print
+        || args.exit
+        || args.output.is_some()
+        || args.wait
+        || args.agent
+        || args.stdio
+        || args.serve)
     {
         eprintln!(
-            "error: no mode given: use --print, --output PATH, --exit, --wait, --agent or --stdio"
+            "error: no mode given: use --print, --output PATH, --exit, --wait, --agent, \
+             --serve or --stdio"
         );
         return EXIT_START;
     }
@@ -185,7 +209,7 @@ pub fn run(args: Args) -> u8 {
         Ok(i) => i,
         Err(code) => return code,
     };
-    if input.is_none() && !(args.agent || args.stdio) {
+    if input.is_none() && !(args.agent || args.stdio || args.serve) {
         eprintln!("error: no spec given (a file path, or - for standard input)");
         return EXIT_START;
     }
@@ -228,7 +252,15 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
-    let code = rt.block_on(modes(&args, agent.handle(), input, ws));
+    let serve = if args.serve {
+        match rt.block_on(listen(&args)) {
+            Ok(s) => Some(s),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let code = rt.block_on(modes(&args, agent.handle(), input, ws, serve));
     // Nothing may keep the agent from dropping: whatever still runs (the
     // agent gave up on its server, stdout went away under --stdio) is killed.
     // In the other endings nothing runs any more and this returns at once.
@@ -312,6 +344,47 @@ fn ws_config(args: &Args) -> Result<(WsConfig, std::sync::Arc<rustls::ClientConf
 /// this, so that deadline arithmetic cannot overflow.
 const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// `--serve`: the listening socket and the token; on failure, the exit code.
+async fn listen(args: &Args) -> Result<(tokio::net::TcpListener, Option<String>), u8> {
+    let token = args
+        .serve_token
+        .clone()
+        .or_else(|| std::env::var("CHAPERONE_SERVE_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    let addr = (args.serve_host.as_str(), args.serve_port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        eprintln!(
+            "error: cannot listen on {}:{}: {e}",
+            args.serve_host, args.serve_port
+        );
+        EXIT_LOAD
+    })?;
+    let local = listener.local_addr().map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_LOAD
+    })?;
+    if !local.ip().is_loopback() && token.is_none() {
+        if !args.serve_insecure {
+            eprintln!(
+                "error: --serve-host {} is reachable from other hosts: give --serve-token \
+                 (or CHAPERONE_SERVE_TOKEN), or --serve-insecure to serve it without one",
+                args.serve_host
+            );
+            return Err(EXIT_LOAD);
+        }
+        tracing::warn!("serving {local} to other hosts without a token (--serve-insecure)");
+    }
+    tracing::info!(
+        "serving the HTTP API on http://{local}/{}",
+        if token.is_some() {
+            " (token required)"
+        } else {
+            ""
+        }
+    );
+    Ok((listener, token))
+}
+
 /// A random (version 4) UUID, for a connection id.
 fn uuid_v4() -> String {
     let mut b = [0u8; 16];
@@ -346,6 +419,7 @@ async fn modes(
     handle: Handle,
     input: Option<spec::Input>,
     ws: Option<(WsConfig, std::sync::Arc<rustls::ClientConfig>)>,
+    serve: Option<(tokio::net::TcpListener, Option<String>)>,
 ) -> u8 {
     // Subscribed before anything starts, so that no event is missed.
     let ws_events = ws.as_ref().map(|_| handle.subscribe());
@@ -361,6 +435,18 @@ async fn modes(
     }
 
     let one_shot = args.print || args.exit || args.output.is_some();
+    let serve_run = async {
+        let Some((listener, token)) = serve else {
+            return std::future::pending().await;
+        };
+        match crate::http::serve(listener, handle.clone(), token).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: the HTTP API stopped: {e}");
+                1
+            }
+        }
+    };
     let ws_run = async {
         match (ws, ws_events) {
             (Some((config, tls)), Some(events)) => {
@@ -419,6 +505,7 @@ async fn modes(
     };
     tokio::select! {
         code = ws_run => code,
+        code = serve_run => code,
         code = stdio_run => code,
         code = when(one_shot, handle.wait_all()) => { let () = code; write_results(args, &handle).await }
         code = wait_run => code,

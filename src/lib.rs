@@ -26,6 +26,8 @@ pub mod capture;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod control;
+#[cfg(feature = "cli")]
+pub mod http;
 pub mod metrics;
 #[cfg(feature = "cli")]
 pub mod proto;

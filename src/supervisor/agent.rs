@@ -241,7 +241,8 @@ pub enum FdDataError {
     /// No process has this id.
     #[error("unknown proc id: {0}")]
     Unknown(ProcId),
-    /// The fd is not captured.
+    /// The fd is not captured (its number, or the name as given if it is not
+    /// an fd name).
     #[error("no fd: {0}")]
     NoFd(String),
     /// Reading a capture file failed.

@@ -783,7 +783,10 @@ impl Reactor {
                             .map(spec::fd_name)
                             .unwrap_or(fd.clone());
                         match p.captures.iter().find(|c| c.name == norm) {
-                            None => Err(FdDataError::NoFd(fd)),
+                            // Procstar's wording names the number: "no fd: 2".
+                            None => Err(FdDataError::NoFd(
+                                spec::parse_fd_name(&fd).map_or(fd, |n| n.to_string()),
+                            )),
                             Some(c) => Ok((c.range(start, stop), c.encoding)),
                         }
                     }

@@ -184,7 +184,7 @@ fn capture_fd_data_fails_when_fd_or_proc_unknown() {
     digits(&a, "tempfile");
     assert!(matches!(
         a.fd_data("d", "stderr", 0, None),
-        Err(FdDataError::NoFd(fd)) if fd == "stderr"
+        Err(FdDataError::NoFd(fd)) if fd == "2"
     ));
     assert!(matches!(
         a.fd_data("nope", "stdout", 0, None),

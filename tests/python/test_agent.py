@@ -185,7 +185,7 @@ async def test_fd_data_errors_leave_the_agent_up():
             "argv": ["/bin/echo", "hi"], "fds": [["stdout", MEMORY]]})
         await final(proc)
         await proc.request_fd_data("stderr")
-        with pytest.raises(AgentMessageError, match="no fd: stderr"):
+        with pytest.raises(AgentMessageError, match="no fd: 2"):
             await update(proc, FdData)
         # Still serving.
         res = await asm.run({"argv": ["/bin/echo", "x"], "fds": [["stdout", MEMORY]]})
