@@ -20,7 +20,9 @@
 //! `X-Chaperone-Dropped: START-STOP` header says which. Bodies are streamed
 //! in [`CHUNK`]-byte reads, so a slow client reading a huge capture holds one
 //! chunk. A bearer token (`--serve-token` or `CHAPERONE_SERVE_TOKEN`) is
-//! compared in constant time; without it every request is 401.
+//! compared in constant time; without it every request is 401. `GET /agent`
+//! describes the agent; `POST /shutdown?policy=terminate|kill|idle` begins
+//! one of Procstar's shutdowns.
 
 use crate::spec;
 use crate::supervisor::{FdDataError, Handle, ProcError, StartError};
@@ -45,6 +47,7 @@ pub const MAX_BODY: usize = 64 << 20;
 struct App {
     handle: Handle,
     token: Option<Arc<[u8]>>,
+    started: (std::time::SystemTime, std::time::Instant),
 }
 
 /// The API's router over `handle`; with `token`, every request must carry
@@ -53,12 +56,15 @@ pub fn router(handle: Handle, token: Option<String>) -> Router {
     let app = App {
         handle,
         token: token.map(|t| Arc::from(t.into_bytes())),
+        started: (std::time::SystemTime::now(), std::time::Instant::now()),
     };
     Router::new()
         .route("/procs", get(get_procs).post(post_procs))
         .route("/procs/{id}", get(get_proc).delete(delete_proc))
         .route("/procs/{id}/signals/{sig}", post(signal_proc))
         .route("/procs/{id}/output/{fd}/data", get(get_output))
+        .route("/agent", get(get_agent))
+        .route("/shutdown", post(post_shutdown))
         .fallback(|| async { error(StatusCode::NOT_FOUND, None) })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, None) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -146,6 +152,58 @@ fn unknown(id: &str) -> Response {
         StatusCode::NOT_FOUND,
         Some(format!("unknown proc id: {id}")),
     )
+}
+
+/// `GET /agent`: who and how the agent is.
+async fn get_agent(State(app): State<App>) -> Response {
+    let results = app.handle.results().await;
+    let running = results
+        .values()
+        .filter(|r| r.pid.is_some() && r.status.is_none())
+        .count();
+    let since_epoch = app
+        .started
+        .0
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    data(serde_json::json!({ "agent": {
+        "version": env!("CARGO_PKG_VERSION"),
+        "proc": crate::proto::ProcInfo::current(),
+        "started": crate::metrics::format_rfc3339(since_epoch),
+        "uptime": app.started.1.elapsed().as_secs_f64(),
+        "shutdown_state": app.handle.shutdown_state().await,
+        "procs": {"total": results.len(), "running": running},
+    }}))
+}
+
+/// `POST /shutdown?policy=terminate|kill|idle` (terminate: `&grace=SECONDS`,
+/// default 60): begins shutting down; answers the state.
+async fn post_shutdown(
+    State(app): State<App>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    use crate::supervisor::ShutdownPolicy;
+    let grace = match query.get("grace").map(|g| g.parse::<f64>()) {
+        None => ShutdownPolicy::TERMINATE_GRACE,
+        Some(Ok(g)) if g.is_finite() && g >= 0.0 && g < 1e9 => {
+            std::time::Duration::from_secs_f64(g)
+        }
+        Some(_) => {
+            return bad(format!(
+                "grace={:?} is not a number of seconds",
+                query["grace"]
+            ));
+        }
+    };
+    let policy = match query.get("policy").map(String::as_str) {
+        Some("terminate") => ShutdownPolicy::Terminate { grace },
+        Some("kill") => ShutdownPolicy::Kill,
+        Some("idle") => ShutdownPolicy::Idle,
+        Some(p) => return bad(format!("unknown policy {p:?}: terminate, kill or idle")),
+        None => return bad("policy= is required: terminate, kill or idle"),
+    };
+    app.handle.shutdown(policy).await;
+    data(serde_json::json!({ "shutdown_state": app.handle.shutdown_state().await }))
 }
 
 async fn get_procs(State(app): State<App>) -> Response {

@@ -225,3 +225,26 @@ def test_non_loopback_needs_a_token_or_insecure(chaperone):
                        capture_output=True, timeout=20)
     assert p.returncode == 2
     assert b"--serve-token" in p.stderr
+
+
+@pytest.mark.asyncio
+async def test_agent_description_and_shutdown(served):
+    u = served.url
+    async with httpx.AsyncClient() as http:
+        await http.post(f"{u}/procs", json={"specs": {"s": {"argv": ["/bin/sleep", "100"]}}})
+        r = await http.get(f"{u}/agent")
+        a = r.json()["data"]["agent"]
+        assert a["proc"]["pid"] == served.proc.pid
+        assert a["shutdown_state"] == "active"
+        assert a["procs"] == {"total": 1, "running": 1}
+        assert a["uptime"] > 0
+        r = await http.post(f"{u}/shutdown?policy=later")
+        assert r.status_code == 400 and "terminate, kill or idle" in r.json()["errors"]["detail"]
+        r = await http.post(f"{u}/shutdown?policy=kill")
+        assert r.json()["data"]["shutdown_state"] in ("idling", "done")
+        client = AsyncClient(("127.0.0.1", served.port), http)
+        res = await wait_done(client, "s")
+        assert res["status"]["signal"] == "SIGKILL"
+        # Done, and after the deletion grace (nobody deletes), it exits 0.
+        assert await asyncio.get_running_loop().run_in_executor(
+            None, lambda: served.proc.wait(20)) == 0
