@@ -185,9 +185,7 @@ async fn post_shutdown(
     use crate::supervisor::ShutdownPolicy;
     let grace = match query.get("grace").map(|g| g.parse::<f64>()) {
         None => ShutdownPolicy::TERMINATE_GRACE,
-        Some(Ok(g)) if g.is_finite() && g >= 0.0 && g < 1e9 => {
-            std::time::Duration::from_secs_f64(g)
-        }
+        Some(Ok(g)) if (0.0..1e9).contains(&g) => std::time::Duration::from_secs_f64(g),
         Some(_) => {
             return bad(format!(
                 "grace={:?} is not a number of seconds",
