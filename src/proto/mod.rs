@@ -225,6 +225,14 @@ impl Serialize for Payload {
     }
 }
 
+impl Reply {
+    /// The error reply for a message that could not be read at all (so
+    /// nothing of it can be echoed): `msg` is `{"type": null}`.
+    pub fn unreadable(err: String) -> Reply {
+        Decoded::from_value(Err(err.clone())).error(err)
+    }
+}
+
 /// A request decoded as far as it goes: the generic value (for echoes in
 /// errors) and the request, or what was wrong with it.
 #[derive(Debug)]
@@ -382,7 +390,7 @@ impl Pending {
             // result) through the notification path.
             Pending::Start(call) => match call.await {
                 Ok(_) => vec![],
-                Err(e) => vec![msg.error(start_error(&e))],
+                Err(e) => vec![msg.error(e.to_string())],
             },
             Pending::Ids(call) => vec![Reply::ProcidList {
                 proc_ids: call.await,
@@ -411,10 +419,6 @@ impl Pending {
             },
         }
     }
-}
-
-fn start_error(e: &StartError) -> String {
-    e.to_string()
 }
 
 fn proc_error(msg: &Decoded, proc_id: ProcId, e: ProcError) -> Reply {

@@ -139,10 +139,9 @@ where
                         out.push_back(Box::pin(async move { (call.await, Vec::new(), false) }));
                     }
                     Ok(Some(Line::TooLong(n))) => {
-                        let d = Decoded::from_value(Err(format!(
+                        let reply = Reply::unreadable(format!(
                             "line of {n} bytes is longer than the limit of {MAX_LINE}"
-                        )));
-                        let reply = d.error("line too long");
+                        ));
                         out.push_back(Box::pin(std::future::ready((vec![reply], Vec::new(), false))));
                     }
                     Ok(None) | Err(_) => {

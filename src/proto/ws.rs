@@ -17,7 +17,7 @@
 //! - Requests are served concurrently (a large read does not hold up a
 //!   signal), but each reaches the agent in the order it arrived.
 
-use super::{Decoded, Reply, decode_msgpack, encode_msgpack, serve};
+use super::{Reply, decode_msgpack, encode_msgpack, serve};
 use crate::spec::ProcId;
 use crate::supervisor::{Event, Handle, ShutdownState, Subscription};
 use futures_util::stream::FuturesOrdered;
@@ -255,7 +255,8 @@ impl Agent {
     async fn absorb_while<T>(&mut self, fut: impl std::future::Future<Output = T>) -> Woke<T> {
         tokio::pin!(fut);
         loop {
-            if self.done_while_disconnected() {
+            // With no server to tell, a done agent stops at once.
+            if self.done_at.is_some() {
                 return Woke::Done;
             }
             tokio::select! {
@@ -296,11 +297,6 @@ impl Agent {
         } else {
             self.state = s;
         }
-    }
-
-    /// With no server to tell, a done agent stops at once.
-    fn done_while_disconnected(&self) -> bool {
-        self.done_at.is_some()
     }
 
     /// Serves one registered connection; true once the agent is done.
@@ -364,11 +360,10 @@ impl Agent {
                             out.push_back(Box::pin(async move { Out::Replies(call.await) }));
                         }
                         Some(Ok(Message::Text(t))) => {
-                            let reply = Decoded::from_value(Err(format!(
+                            let reply = Reply::unreadable(format!(
                                 "text frame ({} bytes): messages are binary MessagePack",
                                 t.len()
-                            )))
-                            .error_reply();
+                            ));
                             tracing::warn!("text frame from the server; answered with an error");
                             out.push_back(Box::pin(std::future::ready(Out::Replies(vec![reply]))));
                         }
@@ -468,16 +463,6 @@ impl Agent {
             tracing::warn!("sending failed: {e}");
             self.owed.results.extend(ids);
         })
-    }
-}
-
-impl Decoded {
-    /// The error reply for a message that could not be read at all.
-    fn error_reply(&self) -> Reply {
-        match &self.request {
-            Err(e) => self.error(e.clone()),
-            Ok(_) => self.error("unexpected"),
-        }
     }
 }
 
