@@ -287,12 +287,21 @@ fn zstd_result_is_pending_at_exit_then_done() {
     let events = a.subscribe();
     start(
         &a,
-        &json!({"specs": {"p": {"argv": ["/bin/echo", "hello"],
+        &json!({"specs": {"p": {"argv": ["/bin/sh", "-c", "echo hello; exec sleep 100"],
             "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8",
                 "attached": false, "compress": "zstd"}}]]}}}),
     );
     // The result handed to waiters is made at exit, before compression starts.
-    let res = wait(&a, "p");
+    // The waiter is registered while the process still runs (commands are
+    // served in order), so a slow test thread cannot see a later result.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while a.fd_data("p", "stdout", 0, None).unwrap().data.len() < 6 {
+        assert!(std::time::Instant::now() < deadline, "no output from p");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let waiter = a.handle().wait("p");
+    a.signal("p", libc::SIGKILL).unwrap();
+    let res = waiter.wait().expect("p is known");
     let v = serde_json::to_value(&res).unwrap();
     assert_eq!(
         v["fds"]["stdout"]["compression"],
