@@ -40,5 +40,6 @@ pub mod sys;
 
 pub use supervisor::{
     Agent, Call, CompressedFdData, Config, Encoded, EncodedFdData, Event, FdData, FdDataError,
-    Handle, ProcError, ReadEncoding, ShutdownPolicy, ShutdownState, StartError, Subscription,
+    FdWaited, Handle, ProcError, ReadEncoding, ShutdownPolicy, ShutdownState, StartError,
+    Subscription,
 };

@@ -32,6 +32,15 @@ pub(crate) enum Command {
         (u64, u64),
         Reply<Result<FdContent, FdDataError>>,
     ),
+    /// Wait until a capture holds more than `offset` bytes, can grow no more,
+    /// or the deadline passes.
+    FdWait(
+        ProcId,
+        String,
+        u64,
+        std::time::Instant,
+        Reply<Result<FdWaited, FdDataError>>,
+    ),
     Delete(ProcId, Reply<Result<(), ProcError>>),
     Subscribe(super::events::Publisher),
     /// Begin shutting down by a policy (answered once it is under way).
@@ -55,6 +64,7 @@ impl std::fmt::Debug for Command {
             Command::WaitAll(..) => "WaitAll",
             Command::Signal(..) => "Signal",
             Command::FdData(..) => "FdData",
+            Command::FdWait(..) => "FdWait",
             Command::Delete(..) => "Delete",
             Command::Subscribe(..) => "Subscribe",
             Command::Close => "Close",
@@ -64,6 +74,17 @@ impl std::fmt::Debug for Command {
         };
         f.write_str(name)
     }
+}
+
+/// Where a capture stands after [`Handle::fd_wait`](super::Handle::fd_wait).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdWaited {
+    /// Bytes the capture has produced so far; `None` for a `tempfile`
+    /// capture, which the child writes directly, so the agent does not see
+    /// it grow (read its length with an empty `fd_data`, and poll).
+    pub length: Option<u64>,
+    /// Whether the capture may still grow (its pipe is open).
+    pub open: bool,
 }
 
 /// Agent-wide settings.

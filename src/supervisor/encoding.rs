@@ -15,6 +15,10 @@ pub enum ReadEncoding {
     Utf8,
     /// Standard base64 with padding.
     Base64,
+    /// base2048: 11 bits per character, for text channels that count
+    /// characters rather than bytes. A range whose length is a multiple of
+    /// 11 bytes encodes without a tail mark, so such ranges concatenate.
+    Base2048,
     /// The bytes compressed as a zstd stream at this level (see
     /// [`crate::capture::compress::LEVELS`]).
     Zstd {
@@ -37,6 +41,8 @@ pub enum Encoded {
     },
     /// [`ReadEncoding::Base64`].
     Base64(String),
+    /// [`ReadEncoding::Base2048`].
+    Base2048(String),
     /// [`ReadEncoding::Zstd`]: a `.zst` stream of the range's held bytes.
     Zstd {
         /// The compressed bytes.
@@ -103,6 +109,7 @@ pub(crate) fn encode(d: FdData, enc: ReadEncoding) -> std::io::Result<EncodedFdD
         ReadEncoding::Base64 => {
             Encoded::Base64(base64::engine::general_purpose::STANDARD.encode(&d.data))
         }
+        ReadEncoding::Base2048 => Encoded::Base2048(base2048::encode(&d.data)),
         ReadEncoding::Zstd { level } => {
             let (zst, _) = crate::capture::compress::compress_slices(&[&d.data], level)?;
             Encoded::Zstd {

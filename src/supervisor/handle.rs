@@ -8,7 +8,7 @@
 //! thread never waits for a disk.
 
 use super::agent::{
-    Command, FdData, FdDataError, ProcError, ShutdownPolicy, ShutdownState, StartError,
+    Command, FdData, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState, StartError,
 };
 use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
 use super::events::Subscription;
@@ -227,6 +227,38 @@ impl Handle {
             id.to_string(),
             fd.to_string(),
             (start, stop),
+            reply,
+        ));
+        Call {
+            rx,
+            canceled: || Err(FdDataError::ShutDown),
+        }
+    }
+
+    /// Waits until capture `fd` of `id` holds more than `offset` bytes, can
+    /// grow no more (its pipe closed, its process finished), or `timeout`
+    /// passes, then says where it stands. The reactor answers as bytes
+    /// arrive, so a follower needs no polling; only a `tempfile` capture,
+    /// which the child writes directly, answers at once with no length.
+    pub fn fd_wait(
+        &self,
+        id: &str,
+        fd: &str,
+        offset: u64,
+        timeout: std::time::Duration,
+    ) -> Call<Result<FdWaited, FdDataError>> {
+        let deadline = std::time::Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(1 << 32));
+        let (tx, rx) = oneshot::channel::<Finish<Result<FdWaited, FdDataError>>>();
+        let reply = Box::new(move |r: Result<FdWaited, FdDataError>| {
+            tx.send(Box::new(move || r));
+        });
+        let _ = self.tx.send(Command::FdWait(
+            id.to_string(),
+            fd.to_string(),
+            offset,
+            deadline,
             reply,
         ));
         Call {

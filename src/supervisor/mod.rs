@@ -21,7 +21,8 @@ mod reactor;
 mod spawner;
 
 pub use agent::{
-    Agent, Config, Event, FdData, FdDataError, ProcError, ShutdownPolicy, ShutdownState, StartError,
+    Agent, Config, Event, FdData, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState,
+    StartError,
 };
 pub use encoding::{CompressedFdData, Encoded, EncodedFdData, ReadEncoding};
 pub use events::{Next, RecvError, Subscription};

@@ -854,6 +854,23 @@ impl Capture {
         released
     }
 
+    /// Bytes produced so far, and whether more may come; the length is `None`
+    /// for a tempfile, which the agent does not see grow (and which may grow
+    /// while its process, `busy`, has not finished).
+    pub fn growth(&self, busy: bool) -> (Option<u64>, bool) {
+        if let Some(p) = self.packed() {
+            return (Some(p.raw_len()), false);
+        }
+        match &self.store {
+            Store::Memory {
+                frozen: Some(f), ..
+            } => (Some(f.len()), false),
+            Store::Memory { live, pipe, .. } => (Some(live.len()), pipe.fd.is_some()),
+            Store::Kept { file, pipe, .. } => (Some(file.len()), pipe.fd.is_some()),
+            Store::Tempfile { .. } => (None, busy),
+        }
+    }
+
     /// Counts only, without copying a live buffer (detached results).
     pub fn counts(&self) -> Content {
         if let Some(p) = self.packed() {

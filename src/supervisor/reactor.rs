@@ -1,7 +1,8 @@
 //! The reactor thread: one io_uring, the process table, the command mailbox.
 
 use super::agent::{
-    Command, Config, Event, FdDataError, ProcError, ShutdownPolicy, ShutdownState, StartError,
+    Command, Config, Event, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState,
+    StartError,
 };
 use super::outlimit;
 use super::packer::{self, Packer};
@@ -106,6 +107,9 @@ pub(crate) struct Reactor {
     settled: bool,
     /// Whether a process settled or was deleted since `check_done` last looked.
     settled_for_done: bool,
+    /// Readers waiting for a capture to grow (`Command::FdWait`), looked at
+    /// once per loop while there are any.
+    data_waiters: Vec<DataWaiter>,
     /// Bytes held by memory captures under `--output-limit`, if set.
     budget: Option<crate::capture::limit::Budget<super::outlimit::CapKey>>,
 }
@@ -117,6 +121,16 @@ type PendingStart = (
     Vec<ProcId>,
     Box<dyn FnOnce(Result<Vec<ProcId>, StartError>) + Send>,
 );
+
+/// A reader waiting for capture `cap` of process `serial` to hold more than
+/// `offset` bytes.
+struct DataWaiter {
+    serial: u64,
+    cap: usize,
+    offset: u64,
+    deadline: Instant,
+    reply: Box<dyn FnOnce(Result<FdWaited, FdDataError>) + Send>,
+}
 
 /// A process waiting to be launched: its spec, and the pipes of its request
 /// (`pipe` fds between the request's processes).
@@ -200,6 +214,7 @@ impl Reactor {
             all_waiters: Vec::new(),
             settled: false,
             settled_for_done: false,
+            data_waiters: Vec::new(),
         })
     }
 
@@ -222,14 +237,17 @@ impl Reactor {
             // be what a waiter waits for) and before blocking in the ring.
             self.check_done();
             self.answer_all_waiters();
+            let next_deadline = self.answer_data_waiters();
             if closed && !self.procs.values().any(Proc::is_busy) {
                 break;
             }
             // With processes still to launch, only look at what has completed.
             let want = usize::from(!self.may_launch());
-            let until_kill = self
-                .kill_at
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let until_kill = match (self.kill_at, next_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.ring.submit_and_wait(want, until_kill) {
                 tracing::error!("io_uring_enter failed: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -348,6 +366,50 @@ impl Reactor {
                 w(());
             }
         }
+    }
+
+    /// Answers the readers whose capture grew past their offset, can grow no
+    /// more, or whose process is gone, and those whose deadline passed; returns
+    /// the nearest deadline left.
+    fn answer_data_waiters(&mut self) -> Option<Instant> {
+        if self.data_waiters.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut i = 0;
+        while i < self.data_waiters.len() {
+            let w = &self.data_waiters[i];
+            let state = self.procs.get(&w.serial).and_then(|p| {
+                let c = p.captures.get(w.cap)?;
+                Some((c.name.clone(), c.growth(p.is_busy())))
+            });
+            let answer = match state {
+                None => Some(Err(FdDataError::Unknown(String::new()))),
+                Some((_, (length, open)))
+                    if !open || length.is_some_and(|l| l > w.offset) || w.deadline <= now =>
+                {
+                    Some(Ok(FdWaited { length, open }))
+                }
+                // A tempfile grows unseen: its readers poll.
+                Some((_, (None, _))) => Some(Ok(FdWaited {
+                    length: None,
+                    open: true,
+                })),
+                Some(_) => None,
+            };
+            match answer {
+                Some(a) => {
+                    let w = self.data_waiters.swap_remove(i);
+                    (w.reply)(a);
+                }
+                None => {
+                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                    i += 1;
+                }
+            }
+        }
+        next
     }
 
     fn dispatch(&mut self, cqe: &Cqe) {
@@ -792,6 +854,42 @@ impl Reactor {
                     }
                 };
                 reply(r);
+            }
+            Command::FdWait(id, fd, offset, deadline, reply) => {
+                let found = match self.serial(&id).map(|s| (s, self.procs.get(&s))) {
+                    Some((s, Some(p))) => {
+                        let norm = spec::parse_fd_name(&fd)
+                            .map(spec::fd_name)
+                            .unwrap_or(fd.clone());
+                        match p.captures.iter().position(|c| c.name == norm) {
+                            None => Err(FdDataError::NoFd(
+                                spec::parse_fd_name(&fd).map_or(fd, |n| n.to_string()),
+                            )),
+                            Some(cap) => Ok((s, cap)),
+                        }
+                    }
+                    _ => Err(FdDataError::Unknown(id.clone())),
+                };
+                match found {
+                    Err(e) => reply(Err(e)),
+                    Ok((serial, cap)) => {
+                        // A process deleted while its reader waits answers
+                        // Unknown with its id.
+                        let reply = Box::new(move |r: Result<FdWaited, FdDataError>| {
+                            reply(r.map_err(|e| match e {
+                                FdDataError::Unknown(_) => FdDataError::Unknown(id),
+                                e => e,
+                            }))
+                        });
+                        self.data_waiters.push(DataWaiter {
+                            serial,
+                            cap,
+                            offset,
+                            deadline,
+                            reply,
+                        });
+                    }
+                }
             }
             Command::Delete(id, reply) => {
                 let r = match self.serial(&id) {

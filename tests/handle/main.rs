@@ -198,3 +198,92 @@ fn pipe_connected_processes_are_not_held_apart_by_max_running() {
         .expect("result");
     assert_eq!(util::string_of(&res, "stdout").trim(), "1000000");
 }
+
+// `fd_wait` answers when bytes past the offset arrive, at its deadline with
+// nothing new, and at once when the capture can grow no more; errors name
+// the id and fd.
+#[test]
+fn fd_wait_answers_as_output_arrives_and_when_it_ends() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("go");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let kept = dir.path().join("kept.out");
+    let agent = Agent::new(Config::default()).expect("agent");
+    let h = agent.handle();
+    // Each writes "a", then "bc" once the fifo is written, then waits.
+    let body = format!(
+        "printf a; read x < {}; printf bc; exec sleep 100",
+        fifo.display()
+    );
+    util::start(
+        &agent,
+        &json!({"specs": {
+            "mem": {"argv": ["/bin/sh", "-c", body], "fds": [["stdout", util::mem_utf8()]]},
+            "tmp": {"argv": ["/bin/sleep", "100"], "fds": [["stdout", util::tmp_utf8()]]},
+            "kept": {"argv": ["/bin/sh", "-c", "printf xyz; exec sleep 100"],
+                "fds": [["stdout", {"capture": {"mode": "file", "path": kept}}]]},
+        }}),
+    );
+    let long = Duration::from_secs(60);
+    let w = h.fd_wait("mem", "stdout", 0, long).wait().expect("waited");
+    assert_eq!((w.length, w.open), (Some(1), true));
+    // Nothing past 1 byte yet: the deadline answers with the same length.
+    let t = Instant::now();
+    let w = h
+        .fd_wait("mem", "stdout", 1, Duration::from_millis(200))
+        .wait()
+        .unwrap();
+    assert_eq!((w.length, w.open), (Some(1), true));
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    // A waiter registered now is answered by the bytes, not the deadline.
+    let waiter = h.fd_wait("mem", "stdout", 1, long);
+    std::fs::write(&fifo, "go\n").unwrap();
+    let w = waiter.wait().unwrap();
+    assert!(w.length.unwrap() > 1 && w.open, "{w:?}");
+    let d = agent.fd_data("mem", "stdout", 0, None).unwrap();
+    assert!(d.data.starts_with(b"a"), "{:?}", d.data);
+    // A kept file's length is what is written to it.
+    let mut w = h.fd_wait("kept", "stdout", 0, long).wait().unwrap();
+    while w.length < Some(3) {
+        w = h
+            .fd_wait("kept", "stdout", w.length.unwrap(), long)
+            .wait()
+            .unwrap();
+    }
+    assert_eq!((w.length, w.open), (Some(3), true));
+    // A tempfile grows unseen: answered at once, without a length.
+    let w = h.fd_wait("tmp", "stdout", 0, long).wait().unwrap();
+    assert_eq!((w.length, w.open), (None, true));
+    // Once the process is killed, a waiter at the end learns it is closed.
+    let waiter = h.fd_wait("mem", "stdout", 3, long);
+    agent.signal("mem", libc::SIGKILL).unwrap();
+    let w = waiter.wait().unwrap();
+    assert_eq!((w.length, w.open), (Some(3), false));
+    let w = h.fd_wait("mem", "stdout", 99, long).wait().unwrap();
+    assert_eq!((w.length, w.open), (Some(3), false), "answered at once");
+    // Errors.
+    assert!(matches!(
+        h.fd_wait("nope", "stdout", 0, long).wait(),
+        Err(FdDataError::Unknown(id)) if id == "nope"
+    ));
+    assert!(matches!(
+        h.fd_wait("mem", "stderr", 0, long).wait(),
+        Err(FdDataError::NoFd(fd)) if fd == "2"
+    ));
+    agent.wait("mem");
+    for id in ["tmp", "kept"] {
+        agent.signal(id, libc::SIGKILL).unwrap();
+        agent.wait(id);
+    }
+}
