@@ -107,6 +107,13 @@ pub struct Args {
     /// Serve a non-loopback address without a token.
     #[arg(long)]
     pub serve_insecure: bool,
+    /// Serve the HTTP API over TLS with this PEM certificate chain (needs
+    /// `--serve-key`).
+    #[arg(long, value_name = "PEM", requires = "serve_key")]
+    pub serve_cert: Option<PathBuf>,
+    /// The PEM private key of `--serve-cert`.
+    #[arg(long, value_name = "PEM", requires = "serve_cert")]
+    pub serve_key: Option<PathBuf>,
     /// Serve the agent protocol as JSON lines on standard input and output;
     /// end of input shuts the agent down (terminate policy).
     #[arg(long)]
@@ -323,11 +330,13 @@ fn ws_config(args: &Args) -> Result<(WsConfig, std::sync::Arc<rustls::ClientConf
         );
         return Err(EXIT_LOAD);
     }
+    let conn_id = args.conn_id.clone().unwrap_or_else(uuid_v4);
+    let link = ws::Link::new(&host, args.agent_port, &args.group_id, &conn_id);
     let config = WsConfig {
         host,
         port: args.agent_port,
         group_id: args.group_id.clone(),
-        conn_id: args.conn_id.clone().unwrap_or_else(uuid_v4),
+        conn_id,
         interval_start: args.connect_interval_start.min(LONGEST),
         interval_mult: args.connect_interval_mult,
         interval_max: args.connect_interval_max.min(LONGEST),
@@ -336,6 +345,7 @@ fn ws_config(args: &Args) -> Result<(WsConfig, std::sync::Arc<rustls::ClientConf
         access_token: std::env::var("PROCSTAR_AGENT_TOKEN").unwrap_or_default(),
         cert,
         restricted_exe: args.restrict_exe.clone(),
+        link,
     };
     Ok((config, tls))
 }
@@ -344,8 +354,23 @@ fn ws_config(args: &Args) -> Result<(WsConfig, std::sync::Arc<rustls::ClientConf
 /// this, so that deadline arithmetic cannot overflow.
 const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// `--serve`: the listening socket and the token; on failure, the exit code.
-async fn listen(args: &Args) -> Result<(tokio::net::TcpListener, Option<String>), u8> {
+/// What `--serve` serves with.
+struct Serve {
+    listener: tokio::net::TcpListener,
+    token: Option<String>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+/// `--serve`: the listening socket, the token and TLS; on failure, the exit
+/// code.
+async fn listen(args: &Args) -> Result<Serve, u8> {
+    let tls = match (&args.serve_cert, &args.serve_key) {
+        (Some(cert), Some(key)) => Some(crate::http::server_tls(cert, key).map_err(|e| {
+            eprintln!("error: {e}");
+            EXIT_LOAD
+        })?),
+        _ => None,
+    };
     let token = args
         .serve_token
         .clone()
@@ -363,11 +388,17 @@ async fn listen(args: &Args) -> Result<(tokio::net::TcpListener, Option<String>)
         eprintln!("error: {e}");
         EXIT_LOAD
     })?;
-    if !local.ip().is_loopback() && token.is_none() {
+    if !local.ip().is_loopback() && token.is_none() && tls.is_some() {
+        tracing::warn!(
+            "serving {local} to other hosts over TLS without a token: any client that \
+             reaches it can start processes"
+        );
+    } else if !local.ip().is_loopback() && token.is_none() {
         if !args.serve_insecure {
             eprintln!(
                 "error: --serve-host {} is reachable from other hosts: give --serve-token \
-                 (or CHAPERONE_SERVE_TOKEN), or --serve-insecure to serve it without one",
+                 (or CHAPERONE_SERVE_TOKEN) or --serve-cert, or --serve-insecure to serve \
+                 it without either",
                 args.serve_host
             );
             return Err(EXIT_LOAD);
@@ -375,14 +406,19 @@ async fn listen(args: &Args) -> Result<(tokio::net::TcpListener, Option<String>)
         tracing::warn!("serving {local} to other hosts without a token (--serve-insecure)");
     }
     tracing::info!(
-        "serving the HTTP API on http://{local}/{}",
+        "serving the HTTP API on {}://{local}/{}",
+        if tls.is_some() { "https" } else { "http" },
         if token.is_some() {
             " (token required)"
         } else {
             ""
         }
     );
-    Ok((listener, token))
+    Ok(Serve {
+        listener,
+        token,
+        tls,
+    })
 }
 
 /// A random (version 4) UUID, for a connection id.
@@ -419,7 +455,7 @@ async fn modes(
     handle: Handle,
     input: Option<spec::Input>,
     ws: Option<(WsConfig, std::sync::Arc<rustls::ClientConfig>)>,
-    serve: Option<(tokio::net::TcpListener, Option<String>)>,
+    serve: Option<Serve>,
 ) -> u8 {
     // Subscribed before anything starts, so that no event is missed.
     let ws_events = ws.as_ref().map(|_| handle.subscribe());
@@ -435,11 +471,18 @@ async fn modes(
     }
 
     let one_shot = args.print || args.exit || args.output.is_some();
+    let link = ws.as_ref().map(|(c, _)| c.link.clone());
     let serve_run = async {
-        let Some((listener, token)) = serve else {
+        let Some(Serve {
+            listener,
+            token,
+            tls,
+        }) = serve
+        else {
             return std::future::pending().await;
         };
-        match crate::http::serve(listener, handle.clone(), token).await {
+        let options = crate::http::Options { token, tls, link };
+        match crate::http::serve(listener, handle.clone(), options).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("error: the HTTP API stopped: {e}");

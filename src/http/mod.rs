@@ -25,9 +25,9 @@
 //! one of Procstar's shutdowns.
 
 use crate::spec;
-use crate::supervisor::{FdDataError, Handle, ProcError, StartError};
+use crate::supervisor::{Handle, ProcError, StartError};
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -37,32 +37,53 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Bytes read from a capture per step of a streamed body.
-pub const CHUNK: u64 = 1 << 20;
+mod output;
+pub use output::{
+    BodyEncoding, CHUNK, MAX_WAIT, OutputQuery, TEXT_CHUNK, Want, Wanted, parse_output_query,
+    parse_range,
+};
+
 /// The largest request body taken (a `POST /procs`).
 pub const MAX_BODY: usize = 64 << 20;
+
+/// How the API is served.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// With a token, every request must carry `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+    /// Serve over TLS (see [`server_tls`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The WebSocket agent's connection, for `GET /agent`.
+    pub link: Option<crate::proto::ws::Link>,
+}
 
 /// What the server shares between requests.
 #[derive(Clone)]
 struct App {
     handle: Handle,
     token: Option<Arc<[u8]>>,
+    link: Option<crate::proto::ws::Link>,
+    tls: bool,
     started: (std::time::SystemTime, std::time::Instant),
 }
 
-/// The API's router over `handle`; with `token`, every request must carry
-/// `Authorization: Bearer TOKEN`.
-pub fn router(handle: Handle, token: Option<String>) -> Router {
+/// The API's router over `handle`.
+pub fn router(handle: Handle, options: &Options) -> Router {
     let app = App {
         handle,
-        token: token.map(|t| Arc::from(t.into_bytes())),
+        token: options
+            .token
+            .as_ref()
+            .map(|t| Arc::from(t.as_bytes().to_vec())),
+        link: options.link.clone(),
+        tls: options.tls.is_some(),
         started: (std::time::SystemTime::now(), std::time::Instant::now()),
     };
     Router::new()
         .route("/procs", get(get_procs).post(post_procs))
         .route("/procs/{id}", get(get_proc).delete(delete_proc))
         .route("/procs/{id}/signals/{sig}", post(signal_proc))
-        .route("/procs/{id}/output/{fd}/data", get(get_output))
+        .route("/procs/{id}/output/{fd}/data", get(output::get_output))
         .route("/agent", get(get_agent))
         .route("/shutdown", post(post_shutdown))
         .fallback(|| async { error(StatusCode::NOT_FOUND, None) })
@@ -76,9 +97,89 @@ pub fn router(handle: Handle, token: Option<String>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: Handle,
-    token: Option<String>,
+    options: Options,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(handle, token)).await
+    let app = router(handle, &options);
+    match options.tls {
+        None => axum::serve(listener, app).await,
+        Some(tls) => serve_tls(listener, app, tls).await,
+    }
+}
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The accept loop over TLS: each connection's handshake and requests run
+/// in a task of their own, so a slow handshake holds up no other client.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of fds, most likely: the clients being served finish
+                // and free some; take no more until then.
+                tracing::warn!("accepting an HTTPS connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "HTTPS connection: {e}");
+            }
+        });
+    }
+}
+
+/// The TLS server configuration from a PEM certificate chain and a PEM
+/// private key; the error names the file and what is wrong with it.
+pub fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("--serve-cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--serve-cert {}: no certificate in the file",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--serve-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--serve-cert/--serve-key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -161,6 +262,15 @@ async fn get_agent(State(app): State<App>) -> Response {
         .values()
         .filter(|r| r.pid.is_some() && r.status.is_none())
         .count();
+    // How many are in each state (`running`, `terminated`, `error`, …).
+    let mut states = std::collections::BTreeMap::<String, usize>::new();
+    for r in results.values() {
+        let name = serde_json::to_value(r.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *states.entry(name).or_default() += 1;
+    }
     let since_epoch = app
         .started
         .0
@@ -172,7 +282,9 @@ async fn get_agent(State(app): State<App>) -> Response {
         "started": crate::metrics::format_rfc3339(since_epoch),
         "uptime": app.started.1.elapsed().as_secs_f64(),
         "shutdown_state": app.handle.shutdown_state().await,
-        "procs": {"total": results.len(), "running": running},
+        "procs": {"total": results.len(), "running": running, "states": states},
+        "tls": app.tls,
+        "connection": app.link.as_ref().map(crate::proto::ws::Link::get),
     }}))
 }
 
@@ -265,273 +377,9 @@ async fn signal_proc(State(app): State<App>, Path((id, sig)): Path<(String, Stri
     }
 }
 
-/// The byte range a request asks for: `[start, stop)`, `stop` `None` for the
-/// end, and whether it came from a `Range` header (then answered 206).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Wanted {
-    /// First byte.
-    pub start: Want,
-    /// End (exclusive); `None`: to the end.
-    pub stop: Option<u64>,
-    /// Asked for by a `Range` header.
-    pub header: bool,
-}
-
-/// Where a range starts: an offset, or the last `n` bytes (`bytes=-n`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Want {
-    /// From this offset.
-    At(u64),
-    /// The last this many bytes.
-    Last(u64),
-}
-
-/// Parses `?start=&stop=` and a `Range` header (which wins when both are
-/// given); the error names what is wrong.
-pub fn parse_range(
-    query: &HashMap<String, String>,
-    range: Option<&[u8]>,
-) -> Result<Wanted, String> {
-    if let Some(r) = range {
-        let r = std::str::from_utf8(r).map_err(|_| "Range header is not text".to_string())?;
-        let spec = r.trim().strip_prefix("bytes=").ok_or_else(|| {
-            format!("Range {r:?}: only bytes=A-B, bytes=A- and bytes=-N are served")
-        })?;
-        if spec.contains(',') {
-            return Err(format!("Range {r:?}: one range at a time"));
-        }
-        let (a, b) = spec
-            .split_once('-')
-            .ok_or_else(|| format!("Range {r:?}: expected bytes=A-B"))?;
-        let num = |s: &str| {
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("Range {r:?}: {s:?} is not a byte offset"))
-        };
-        return match (a.trim().is_empty(), b.trim().is_empty()) {
-            (true, true) => Err(format!("Range {r:?}: no offsets")),
-            (true, false) => Ok(Wanted {
-                start: Want::Last(num(b)?),
-                stop: None,
-                header: true,
-            }),
-            (false, true) => Ok(Wanted {
-                start: Want::At(num(a)?),
-                stop: None,
-                header: true,
-            }),
-            (false, false) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if b < a {
-                    return Err(format!("Range {r:?}: the last byte is before the first"));
-                }
-                Ok(Wanted {
-                    start: Want::At(a),
-                    stop: Some(b.saturating_add(1)),
-                    header: true,
-                })
-            }
-        };
-    }
-    let num = |k: &str| -> Result<Option<u64>, String> {
-        query
-            .get(k)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("{k}={v:?} is not a byte offset"))
-            })
-            .transpose()
-    };
-    let (start, stop) = (num("start")?.unwrap_or(0), num("stop")?);
-    if let Some(s) = stop.filter(|s| *s < start) {
-        return Err(format!("start={start} is after stop={s}"));
-    }
-    Ok(Wanted {
-        start: Want::At(start),
-        stop,
-        header: false,
-    })
-}
-
-async fn get_output(
-    State(app): State<App>,
-    Path((id, fd)): Path<(String, String)>,
-    Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let want = match parse_range(
-        &query,
-        headers.get(header::RANGE).map(HeaderValue::as_bytes),
-    ) {
-        Ok(w) => w,
-        Err(e) => return bad(e),
-    };
-    // The length and encoding first (an empty read), for the headers.
-    let probe = match app.handle.fd_data(&id, &fd, 0, Some(0)).await {
-        Ok(d) => d,
-        Err(FdDataError::Unknown(_)) => return unknown(&id),
-        Err(e @ FdDataError::NoFd(_)) => return bad(e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, Some(e.to_string())),
-    };
-    let length = probe.length;
-    let start = match want.start {
-        Want::At(a) => a,
-        Want::Last(n) => length.saturating_sub(n),
-    };
-    if want.header && start >= length && !(start == 0 && length == 0) {
-        let mut r = error(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            Some(format!(
-                "the capture has {length} bytes; the range starts at {start}"
-            )),
-        );
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-        return r;
-    }
-    let start = start.min(length);
-    let stop = want.stop.unwrap_or(length).clamp(start, length);
-    let dropped = dropped_in(&app.handle, &id, &fd, start, stop).await;
-    let held = stop - start - dropped.as_ref().map_or(0, |d| d.end - d.start);
-    let content_type = if probe.encoding == spec::Encoding::Utf8 {
-        "text/plain; charset=utf-8"
-    } else {
-        "application/octet-stream"
-    };
-    let body = Body::from_stream(chunks(app.handle.clone(), id, fd, start, stop));
-    let mut r = Response::new(body);
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&held.to_string()) {
-        h.insert(header::CONTENT_LENGTH, v);
-    }
-    if let Some(d) = &dropped {
-        if let Ok(v) = HeaderValue::from_str(&format!("{}-{}", d.start, d.end)) {
-            h.insert("x-chaperone-dropped", v);
-        }
-    }
-    if want.header {
-        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let range = if stop > start {
-            format!("bytes {start}-{}/{length}", stop - 1)
-        } else {
-            format!("bytes */{length}")
-        };
-        if let Ok(v) = HeaderValue::from_str(&range) {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-    }
-    r
-}
-
-/// The part of `[start, stop)` a head/tail capture dropped, if any (from
-/// the result, which says what the capture dropped).
-async fn dropped_in(
-    handle: &Handle,
-    id: &str,
-    fd: &str,
-    start: u64,
-    stop: u64,
-) -> Option<std::ops::Range<u64>> {
-    let name = spec::parse_fd_name(fd).map(spec::fd_name).ok()?;
-    let res = handle.result(id).await?;
-    let d = res.fds.get(&name)?.as_ref()?.ext()?.dropped.as_ref()?;
-    let (lo, hi) = (d.start.max(start), d.stop.min(stop));
-    (lo < hi).then_some(lo..hi)
-}
-
-/// The held bytes of `[start, stop)`, read `CHUNK` at a time.
-fn chunks(
-    handle: Handle,
-    id: String,
-    fd: String,
-    start: u64,
-    stop: u64,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::unfold(start, move |at| {
-        let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
-        async move {
-            if at >= stop {
-                return None;
-            }
-            let end = stop.min(at.saturating_add(CHUNK));
-            match handle.fd_data(&id, &fd, at, Some(end)).await {
-                Ok(d) => {
-                    // Past a dropped middle, go on at its end.
-                    let next = d.missing.as_ref().map_or(end, |m| m.end.max(end));
-                    Some((Ok(d.data), next))
-                }
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), stop)),
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn ranges_parse_from_query_and_header() {
-        let at = |a, b, header| Wanted {
-            start: Want::At(a),
-            stop: b,
-            header,
-        };
-        assert_eq!(parse_range(&q(&[]), None), Ok(at(0, None, false)));
-        assert_eq!(
-            parse_range(&q(&[("start", "5"), ("stop", "9")]), None),
-            Ok(at(5, Some(9), false))
-        );
-        assert_eq!(
-            parse_range(&q(&[]), Some(b"bytes=2-4")),
-            Ok(at(2, Some(5), true))
-        );
-        assert_eq!(
-            parse_range(&q(&[]), Some(b"bytes=7-")),
-            Ok(at(7, None, true))
-        );
-        assert_eq!(
-            parse_range(&q(&[]), Some(b"bytes=-3")),
-            Ok(Wanted {
-                start: Want::Last(3),
-                stop: None,
-                header: true
-            })
-        );
-        // The header wins over the query.
-        assert_eq!(
-            parse_range(&q(&[("start", "1")]), Some(b"bytes=2-2")),
-            Ok(at(2, Some(3), true))
-        );
-    }
-
-    #[test]
-    fn bad_ranges_say_what_is_wrong() {
-        let e = |q_: &[(&str, &str)], h: Option<&[u8]>| parse_range(&q(q_), h).unwrap_err();
-        assert_eq!(
-            e(&[("start", "x")], None),
-            "start=\"x\" is not a byte offset"
-        );
-        assert_eq!(
-            e(&[("start", "9"), ("stop", "3")], None),
-            "start=9 is after stop=3"
-        );
-        assert!(e(&[], Some(b"items=1-2")).contains("only bytes="));
-        assert!(e(&[], Some(b"bytes=1-2,4-5")).contains("one range at a time"));
-        assert!(e(&[], Some(b"bytes=5-2")).contains("before the first"));
-        assert!(e(&[], Some(b"bytes=-")).contains("no offsets"));
-        assert!(e(&[], Some(b"bytes=a-2")).contains("not a byte offset"));
-    }
 
     #[test]
     fn tokens_compare_whole() {

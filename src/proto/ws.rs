@@ -75,6 +75,68 @@ pub struct WsConfig {
     pub cert: Option<PathBuf>,
     /// `--restrict-exe`, reported in `Register`.
     pub restricted_exe: Option<String>,
+    /// Where the connection stands, for `GET /agent` and the status page.
+    pub link: Link,
+}
+
+/// Where the agent's connection to its server stands, shared with readers
+/// on the same runtime (`GET /agent`).
+#[derive(Clone, Debug, Default)]
+pub struct Link(Arc<std::sync::Mutex<LinkState>>);
+
+/// A snapshot of [`Link`].
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LinkState {
+    /// `wss://HOST:PORT/`.
+    pub url: String,
+    /// The agent's group and connection ids.
+    pub group_id: String,
+    /// The connection id.
+    pub conn_id: String,
+    /// `connecting`, `connected`, `disconnected`, `gave up` or `closed`.
+    pub state: &'static str,
+    /// When it entered that state (RFC 3339).
+    pub since: String,
+    /// Connections registered so far.
+    pub connections: u64,
+    /// Failed attempts since the last success.
+    pub failures: u64,
+    /// What the last failure was.
+    pub last_error: Option<String>,
+}
+
+impl Link {
+    /// A link to `cfg`'s server, not yet tried.
+    pub fn new(host: &str, port: u16, group_id: &str, conn_id: &str) -> Link {
+        let link = Link::default();
+        link.update(|l| {
+            l.url = format!("wss://{host}:{port}/");
+            l.group_id = group_id.to_string();
+            l.conn_id = conn_id.to_string();
+        });
+        link.set("connecting");
+        link
+    }
+
+    /// The state now.
+    pub fn get(&self) -> LinkState {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut LinkState)) {
+        if let Ok(mut l) = self.0.lock() {
+            f(&mut l);
+        }
+    }
+
+    fn set(&self, state: &'static str) {
+        self.update(|l| {
+            if l.state != state {
+                l.state = state;
+                l.since = crate::supervisor::rfc3339(std::time::SystemTime::now());
+            }
+        });
+    }
 }
 
 /// How the agent loop ended.
@@ -202,9 +264,19 @@ enum Woke<T> {
 
 impl Agent {
     async fn run(&mut self) -> Outcome {
+        let outcome = self.run_links().await;
+        self.cfg.link.set(match outcome {
+            Outcome::Done => "closed",
+            Outcome::GaveUp => "gave up",
+        });
+        outcome
+    }
+
+    async fn run_links(&mut self) -> Outcome {
         let mut failures: u64 = 0;
         let mut interval = self.cfg.interval_start;
         loop {
+            self.cfg.link.set("connecting");
             let attempt = {
                 let (handle, cfg) = (self.handle.clone(), self.cfg.clone());
                 let (tls, state) = (self.tls.clone(), self.state);
@@ -216,6 +288,11 @@ impl Agent {
                 Woke::Ready(Ok(ws)) => ws,
                 Woke::Ready(Err(e)) => {
                     failures += 1;
+                    self.cfg.link.set("disconnected");
+                    self.cfg.link.update(|l| {
+                        l.failures = failures;
+                        l.last_error = Some(e.to_string());
+                    });
                     tracing::warn!(
                         "connecting to wss://{}:{}/ failed ({failures} in a row): {e}",
                         self.cfg.host,
@@ -239,7 +316,14 @@ impl Agent {
             failures = 0;
             interval = self.cfg.interval_start;
             tracing::info!("registered with wss://{}:{}/", self.cfg.host, self.cfg.port);
-            if self.connected(ws).await {
+            self.cfg.link.set("connected");
+            self.cfg.link.update(|l| {
+                l.connections += 1;
+                l.failures = 0;
+            });
+            let done = self.connected(ws).await;
+            self.cfg.link.set("disconnected");
+            if done {
                 return Outcome::Done;
             }
             // A server that takes the connection and drops it at once must

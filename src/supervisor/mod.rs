@@ -28,3 +28,4 @@ pub use encoding::{CompressedFdData, Encoded, EncodedFdData, ReadEncoding};
 pub use events::{Next, RecvError, Subscription};
 pub use handle::{Call, Handle};
 pub use oneshot::Canceled;
+pub(crate) use proc::rfc3339;

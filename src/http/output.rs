@@ -1,0 +1,833 @@
+//! `GET /procs/ID/output/FD/data`: a capture's bytes, a range of them, in
+//! an encoding, now or as they arrive.
+//!
+//! | Query or header | Meaning |
+//! |---|---|
+//! | `start=A&stop=B` | bytes `[A, B)` (`stop` exclusive), clamped to the length |
+//! | `Range: bytes=A-B`, `bytes=A-`, `bytes=-N` | the same, answered 206 with `Content-Range` (416 when it starts past the end) |
+//! | `encoding=raw` (default) | the bytes; `text/plain; charset=utf-8` for a `utf-8` capture, else `application/octet-stream` |
+//! | `encoding=utf-8` | text, invalid sequences replaced by U+FFFD (`X-Chaperone-Replaced: true` when any were) |
+//! | `encoding=base64`, `encoding=base2048` | the bytes so encoded, as text |
+//! | `encoding=zstd` | a zstd stream (`application/zstd`): the stored frames of a capture held compressed, else compressed as served |
+//! | `Accept-Encoding: zstd` | the same bytes with `Content-Encoding: zstd` (not with `Range`) |
+//! | `wait=SECONDS` | when the range starts at or past the end of a capture that may still grow, wait up to SECONDS for bytes there |
+//! | `follow=true` | stream the range, then every byte appended, until the capture can grow no more |
+//!
+//! Every answer says `X-Chaperone-Length` (bytes produced so far) and
+//! `X-Chaperone-Open` (whether more may come), so a client can resume from
+//! where it stopped. Bytes a head/tail capture dropped are left out and
+//! `X-Chaperone-Dropped: START-STOP` says which. Bodies are streamed a
+//! [`CHUNK`] at a time, so a slow client holds one chunk of memory.
+
+use super::{App, bad, error, unknown};
+use crate::spec;
+use crate::supervisor::{FdDataError, Handle};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures_util::StreamExt as _;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Bytes read from a capture per step of a streamed body.
+pub const CHUNK: u64 = 1 << 20;
+/// Bytes per step of a text-encoded body: a multiple of 3 (base64) and of
+/// 11 (base2048), so the encoded steps concatenate to the encoding of the
+/// whole, with no padding or tail mark between them.
+pub const TEXT_CHUNK: u64 = 33 * 31_775;
+/// The longest `wait=` taken.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// How long a follower's wait for more bytes lasts before it looks again.
+const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+/// How often a tempfile capture, which grows unseen, is looked at when
+/// waited for.
+const TEMPFILE_POLL: Duration = Duration::from_millis(100);
+/// The zstd level for bytes compressed as they are served.
+const SERVE_LEVEL: i32 = 1;
+
+/// How the body presents the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEncoding {
+    /// As they are.
+    Raw,
+    /// Lossy UTF-8 text.
+    Utf8,
+    /// base64 text.
+    Base64,
+    /// base2048 text.
+    Base2048,
+    /// A zstd stream; `content_encoding`: as `Content-Encoding`, over the
+    /// raw representation (from `Accept-Encoding`).
+    Zstd {
+        /// Asked for by `Accept-Encoding`.
+        content_encoding: bool,
+    },
+}
+
+/// The output request's options beyond the range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OutputQuery {
+    /// The body's encoding.
+    pub encoding: BodyEncoding,
+    /// `wait=`: how long to wait for bytes past the end.
+    pub wait: Option<Duration>,
+    /// `follow=`: stream appended bytes until the capture ends.
+    pub follow: bool,
+}
+
+/// Parses `encoding=`, `wait=`, `follow=` and `Accept-Encoding`; the error
+/// names what is wrong.
+pub fn parse_output_query(
+    query: &HashMap<String, String>,
+    accept_encoding: Option<&[u8]>,
+    ranged: bool,
+) -> Result<OutputQuery, String> {
+    let encoding = match query.get("encoding").map(String::as_str) {
+        None => {
+            // `Accept-Encoding: zstd` (a q of 0 refuses it); not for a
+            // Range, which counts bytes of the identity representation.
+            let zstd = !ranged
+                && accept_encoding
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .is_some_and(accepts_zstd);
+            if zstd {
+                BodyEncoding::Zstd {
+                    content_encoding: true,
+                }
+            } else {
+                BodyEncoding::Raw
+            }
+        }
+        Some("raw") => BodyEncoding::Raw,
+        Some("utf-8" | "utf8") => BodyEncoding::Utf8,
+        Some("base64") => BodyEncoding::Base64,
+        Some("base2048") => BodyEncoding::Base2048,
+        Some("zstd") => BodyEncoding::Zstd {
+            content_encoding: false,
+        },
+        Some(e) => {
+            return Err(format!(
+                "unknown encoding {e:?}: raw, utf-8, base64, base2048 or zstd"
+            ));
+        }
+    };
+    let wait = match query.get("wait") {
+        None => None,
+        Some(w) => match w.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => {
+                Some(Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))
+            }
+            _ => return Err(format!("wait={w:?} is not a number of seconds")),
+        },
+    };
+    let follow = match query.get("follow").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(f) => return Err(format!("follow={f:?}: true or false")),
+    };
+    if follow && matches!(encoding, BodyEncoding::Zstd { .. }) {
+        return Err("follow=true serves raw, utf-8, base64 or base2048, not zstd".into());
+    }
+    Ok(OutputQuery {
+        encoding,
+        wait,
+        follow,
+    })
+}
+
+/// Whether an `Accept-Encoding` value takes zstd.
+fn accepts_zstd(v: &str) -> bool {
+    v.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .filter_map(|q| q.trim().parse::<f64>().ok())
+            .next()
+            .unwrap_or(1.0);
+        name.eq_ignore_ascii_case("zstd") && q > 0.0
+    })
+}
+
+/// The byte range a request asks for: `[start, stop)`, `stop` `None` for the
+/// end, and whether it came from a `Range` header (then answered 206).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// First byte.
+    pub start: Want,
+    /// End (exclusive); `None`: to the end.
+    pub stop: Option<u64>,
+    /// Asked for by a `Range` header.
+    pub header: bool,
+}
+
+/// Where a range starts: an offset, or the last `n` bytes (`bytes=-n`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// From this offset.
+    At(u64),
+    /// The last this many bytes.
+    Last(u64),
+}
+
+/// Parses `?start=&stop=` and a `Range` header (which wins when both are
+/// given); the error names what is wrong.
+pub fn parse_range(
+    query: &HashMap<String, String>,
+    range: Option<&[u8]>,
+) -> Result<Wanted, String> {
+    if let Some(r) = range {
+        let r = std::str::from_utf8(r).map_err(|_| "Range header is not text".to_string())?;
+        let spec = r.trim().strip_prefix("bytes=").ok_or_else(|| {
+            format!("Range {r:?}: only bytes=A-B, bytes=A- and bytes=-N are served")
+        })?;
+        if spec.contains(',') {
+            return Err(format!("Range {r:?}: one range at a time"));
+        }
+        let (a, b) = spec
+            .split_once('-')
+            .ok_or_else(|| format!("Range {r:?}: expected bytes=A-B"))?;
+        let num = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("Range {r:?}: {s:?} is not a byte offset"))
+        };
+        return match (a.trim().is_empty(), b.trim().is_empty()) {
+            (true, true) => Err(format!("Range {r:?}: no offsets")),
+            (true, false) => Ok(Wanted {
+                start: Want::Last(num(b)?),
+                stop: None,
+                header: true,
+            }),
+            (false, true) => Ok(Wanted {
+                start: Want::At(num(a)?),
+                stop: None,
+                header: true,
+            }),
+            (false, false) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if b < a {
+                    return Err(format!("Range {r:?}: the last byte is before the first"));
+                }
+                Ok(Wanted {
+                    start: Want::At(a),
+                    stop: Some(b.saturating_add(1)),
+                    header: true,
+                })
+            }
+        };
+    }
+    let num = |k: &str| -> Result<Option<u64>, String> {
+        query
+            .get(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}={v:?} is not a byte offset"))
+            })
+            .transpose()
+    };
+    let (start, stop) = (num("start")?.unwrap_or(0), num("stop")?);
+    if let Some(s) = stop.filter(|s| *s < start) {
+        return Err(format!("start={start} is after stop={s}"));
+    }
+    Ok(Wanted {
+        start: Want::At(start),
+        stop,
+        header: false,
+    })
+}
+
+pub(super) async fn get_output(
+    State(app): State<App>,
+    Path((id, fd)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let range_header = headers.get(header::RANGE).map(HeaderValue::as_bytes);
+    let want = match parse_range(&query, range_header) {
+        Ok(w) => w,
+        Err(e) => return bad(e),
+    };
+    let opts = match parse_output_query(
+        &query,
+        headers
+            .get(header::ACCEPT_ENCODING)
+            .map(HeaderValue::as_bytes),
+        want.header,
+    ) {
+        Ok(o) => o,
+        Err(e) => return bad(e),
+    };
+    let handle = &app.handle;
+    // The length and encoding first (an empty read), for the headers.
+    let mut probe = match probe(handle, &id, &fd).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if let (Some(wait), Want::At(at)) = (opts.wait, want.start) {
+        if at >= probe.length && probe.open {
+            wait_past(handle, &id, &fd, at, wait).await;
+            probe = match self::probe(handle, &id, &fd).await {
+                Ok(p) => p,
+                Err(r) => return r,
+            };
+        }
+    }
+    let length = probe.length;
+    let start = match want.start {
+        Want::At(a) => a,
+        Want::Last(n) => length.saturating_sub(n),
+    };
+    if want.header && !opts.follow && start >= length && !(start == 0 && length == 0) {
+        let mut r = error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Some(format!(
+                "the capture has {length} bytes; the range starts at {start}"
+            )),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{length}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        return r;
+    }
+    let raw_type = if probe.encoding == spec::Encoding::Utf8 {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    };
+    if opts.follow {
+        let body = Body::from_stream(encode(
+            follow(handle.clone(), id, fd, start, want.stop),
+            opts.encoding,
+        ));
+        let mut r = Response::new(body);
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, content_type(opts.encoding, raw_type));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Headers go out before the stream: "open" is all they can say.
+        put(h, "x-chaperone-length", length);
+        put(h, "x-chaperone-open", probe.open);
+        return r;
+    }
+    let start = start.min(length);
+    let stop = want.stop.unwrap_or(length).clamp(start, length);
+    let dropped = dropped_in(handle, &id, &fd, start, stop).await;
+    let held = stop - start - dropped.as_ref().map_or(0, |d| d.end - d.start);
+    // A whole capture held compressed, asked for as zstd: its stored frames.
+    let stored = matches!(opts.encoding, BodyEncoding::Zstd { .. })
+        && start == 0
+        && want.stop.is_none()
+        && probe.compressed;
+    let mut body_length = match opts.encoding {
+        BodyEncoding::Raw => Some(held),
+        BodyEncoding::Base64 => Some(held.div_ceil(3) * 4),
+        _ => None,
+    };
+    let body = if stored {
+        match handle.fd_compressed(&id, &fd, 0, Some(0)).await {
+            Ok(z) => {
+                body_length = Some(z.compressed_length);
+                Body::from_stream(compressed_chunks(
+                    handle.clone(),
+                    id,
+                    fd,
+                    z.compressed_length,
+                ))
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, Some(e.to_string())),
+        }
+    } else {
+        let step = match opts.encoding {
+            BodyEncoding::Base64 | BodyEncoding::Base2048 => TEXT_CHUNK,
+            _ => CHUNK,
+        };
+        Body::from_stream(encode(
+            chunks(handle.clone(), id, fd, start, stop, step),
+            opts.encoding,
+        ))
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type(opts.encoding, raw_type));
+    if let BodyEncoding::Zstd {
+        content_encoding: true,
+    } = opts.encoding
+    {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(n) = body_length {
+        put(h, header::CONTENT_LENGTH.as_str(), n);
+    }
+    put(h, "x-chaperone-length", length);
+    put(h, "x-chaperone-open", probe.open);
+    if let Some(d) = &dropped {
+        put(h, "x-chaperone-dropped", format!("{}-{}", d.start, d.end));
+    }
+    if want.header {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let range = if stop > start {
+            format!("bytes {start}-{}/{length}", stop - 1)
+        } else {
+            format!("bytes */{length}")
+        };
+        put(r.headers_mut(), header::CONTENT_RANGE.as_str(), range);
+    }
+    r
+}
+
+/// Sets header `name` to `value`'s text.
+fn put(h: &mut HeaderMap, name: &'static str, value: impl ToString) {
+    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+        h.insert(name, v);
+    }
+}
+
+/// The `Content-Type` of a body in `enc`, over a capture served raw as `raw`.
+fn content_type(enc: BodyEncoding, raw: &'static str) -> HeaderValue {
+    HeaderValue::from_static(match enc {
+        BodyEncoding::Raw
+        | BodyEncoding::Zstd {
+            content_encoding: true,
+        } => raw,
+        BodyEncoding::Utf8 | BodyEncoding::Base64 | BodyEncoding::Base2048 => {
+            "text/plain; charset=utf-8"
+        }
+        BodyEncoding::Zstd {
+            content_encoding: false,
+        } => "application/zstd",
+    })
+}
+
+/// What the headers need before the body: the capture's length, encoding,
+/// whether it may grow, and whether it is held compressed.
+struct Probe {
+    length: u64,
+    encoding: spec::Encoding,
+    open: bool,
+    compressed: bool,
+}
+
+async fn probe(handle: &Handle, id: &str, fd: &str) -> Result<Probe, Response> {
+    let d = match handle.fd_data(id, fd, 0, Some(0)).await {
+        Ok(d) => d,
+        Err(FdDataError::Unknown(_)) => return Err(unknown(id)),
+        Err(e @ FdDataError::NoFd(_)) => return Err(bad(e.to_string())),
+        Err(e) => {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(e.to_string()),
+            ));
+        }
+    };
+    // A wait that times out at once says whether the capture is open.
+    let open = match handle.fd_wait(id, fd, u64::MAX, Duration::ZERO).await {
+        Ok(w) => w.open,
+        Err(_) => false,
+    };
+    let compressed = handle.fd_compressed(id, fd, 0, Some(0)).await.is_ok();
+    Ok(Probe {
+        length: d.length,
+        encoding: d.encoding,
+        open,
+        compressed,
+    })
+}
+
+/// Waits up to `wait` for capture bytes past `at` (a tempfile, which grows
+/// unseen, is looked at every [`TEMPFILE_POLL`]).
+async fn wait_past(handle: &Handle, id: &str, fd: &str, at: u64, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match handle.fd_wait(id, fd, at, left).await {
+            Ok(w) if w.length.is_none() && w.open && !left.is_zero() => {
+                let len = handle
+                    .fd_data(id, fd, 0, Some(0))
+                    .await
+                    .map_or(0, |d| d.length);
+                if len > at {
+                    return;
+                }
+                tokio::time::sleep(TEMPFILE_POLL.min(left)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The part of `[start, stop)` a head/tail capture dropped, if any (from
+/// the result, which says what the capture dropped).
+async fn dropped_in(
+    handle: &Handle,
+    id: &str,
+    fd: &str,
+    start: u64,
+    stop: u64,
+) -> Option<std::ops::Range<u64>> {
+    let name = spec::parse_fd_name(fd).map(spec::fd_name).ok()?;
+    let res = handle.result(id).await?;
+    let d = res.fds.get(&name)?.as_ref()?.ext()?.dropped.as_ref()?;
+    let (lo, hi) = (d.start.max(start), d.stop.min(stop));
+    (lo < hi).then_some(lo..hi)
+}
+
+/// The held bytes of `[start, stop)`, read `step` bytes at a time.
+fn chunks(
+    handle: Handle,
+    id: String,
+    fd: String,
+    start: u64,
+    stop: u64,
+    step: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(start, move |at| {
+        let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
+        async move {
+            if at >= stop {
+                return None;
+            }
+            let end = stop.min(at.saturating_add(step));
+            match handle.fd_data(&id, &fd, at, Some(end)).await {
+                Ok(d) => {
+                    // Past a dropped middle, go on at its end.
+                    let next = d.missing.as_ref().map_or(end, |m| m.end.max(end));
+                    Some((Ok(d.data), next))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), stop)),
+            }
+        }
+    })
+}
+
+/// Bytes `[start, stop)` of a capture, then (with no `stop`) every byte it
+/// gains, until it can grow no more: a follower's stream.
+fn follow(
+    handle: Handle,
+    id: String,
+    fd: String,
+    start: u64,
+    stop: Option<u64>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let stop = stop.unwrap_or(u64::MAX);
+    futures_util::stream::unfold(Some(start), move |at| {
+        let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
+        async move {
+            let mut at = at?;
+            loop {
+                if at >= stop {
+                    return None;
+                }
+                let end = stop.min(at.saturating_add(CHUNK));
+                let d = match handle.fd_data(&id, &fd, at, Some(end)).await {
+                    Ok(d) => d,
+                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+                };
+                if !d.data.is_empty() || d.missing.is_some() {
+                    let next = d.missing.as_ref().map_or(d.stop, |m| m.end.max(d.stop));
+                    return Some((Ok(d.data), Some(next.max(at + 1).min(d.length.max(at)))));
+                }
+                at = at.max(d.stop);
+                match handle.fd_wait(&id, &fd, at, FOLLOW_WAIT).await {
+                    Ok(w) if !w.open && w.length.is_none_or(|l| l <= at) => {
+                        // Closed: one last read for a tempfile's final bytes.
+                        if w.length.is_none() {
+                            let d = handle.fd_data(&id, &fd, at, Some(stop)).await.ok()?;
+                            if !d.data.is_empty() {
+                                return Some((Ok(d.data), Some(d.stop)));
+                            }
+                        }
+                        return None;
+                    }
+                    Ok(w) if w.length.is_none() => tokio::time::sleep(TEMPFILE_POLL).await,
+                    Ok(_) => {}
+                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+                }
+            }
+        }
+    })
+}
+
+/// The stored `.zst` stream of a compressed capture, `CHUNK` at a time.
+fn compressed_chunks(
+    handle: Handle,
+    id: String,
+    fd: String,
+    length: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(0u64, move |at| {
+        let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
+        async move {
+            if at >= length {
+                return None;
+            }
+            let end = length.min(at + CHUNK);
+            match handle.fd_compressed(&id, &fd, at, Some(end)).await {
+                Ok(z) if !z.data.is_empty() => Some((Ok(z.data), z.range.end)),
+                Ok(_) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), length)),
+            }
+        }
+    })
+}
+
+/// Encodes a stream of raw pieces as `enc`: each piece on its own (base64
+/// and base2048 pieces are [`TEXT_CHUNK`]-aligned, zstd pieces are frames,
+/// which concatenate), except UTF-8, where a character split between two
+/// pieces is carried over whole.
+fn encode(
+    raw: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    enc: BodyEncoding,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let mut carry = Utf8Carry::default();
+    let done = futures_util::stream::once(async { Ok(Bytes::new()) });
+    raw.map(Some)
+        .chain(done.map(|_: Result<Bytes, std::io::Error>| None))
+        .map(move |piece| match piece {
+            // The end: what is left of a split character is invalid.
+            None => Ok(match enc {
+                BodyEncoding::Utf8 => carry.finish(),
+                _ => Bytes::new(),
+            }),
+            Some(Err(e)) => Err(e),
+            Some(Ok(b)) => encode_piece(&mut carry, enc, b),
+        })
+        .filter(|r| std::future::ready(!matches!(r, Ok(b) if b.is_empty())))
+}
+
+fn encode_piece(
+    carry: &mut Utf8Carry,
+    enc: BodyEncoding,
+    b: Bytes,
+) -> Result<Bytes, std::io::Error> {
+    use base64::Engine as _;
+    Ok(match enc {
+        BodyEncoding::Raw => b,
+        BodyEncoding::Utf8 => carry.push(&b),
+        BodyEncoding::Base64 => Bytes::from(base64::engine::general_purpose::STANDARD.encode(&b)),
+        BodyEncoding::Base2048 => Bytes::from(base2048::encode(&b)),
+        BodyEncoding::Zstd { .. } => {
+            if b.is_empty() {
+                return Ok(b);
+            }
+            let (z, _) = crate::capture::compress::compress_slices(&[&b], SERVE_LEVEL)?;
+            Bytes::from(z)
+        }
+    })
+}
+
+/// Lossy UTF-8 decoding across pieces: an incomplete character at the end of
+/// a piece waits for the next.
+#[derive(Default)]
+struct Utf8Carry {
+    held: Vec<u8>,
+}
+
+impl Utf8Carry {
+    /// The text of `held` and `b`, but for an incomplete character at the
+    /// end, which is kept for the next piece.
+    fn push(&mut self, b: &[u8]) -> Bytes {
+        let mut all = std::mem::take(&mut self.held);
+        all.extend_from_slice(b);
+        let keep = incomplete_tail(&all);
+        self.held = all.split_off(all.len() - keep);
+        Bytes::from(String::from_utf8_lossy(&all).into_owned())
+    }
+
+    /// What is left at the end (an incomplete character: U+FFFD).
+    fn finish(&mut self) -> Bytes {
+        let rest = std::mem::take(&mut self.held);
+        Bytes::from(String::from_utf8_lossy(&rest).into_owned())
+    }
+}
+
+/// The length of an incomplete (but so far valid) UTF-8 sequence ending `b`.
+fn incomplete_tail(b: &[u8]) -> usize {
+    for back in 1..=3.min(b.len()) {
+        let c = b[b.len() - back];
+        if c & 0xc0 == 0x80 {
+            continue; // a continuation byte: look further back
+        }
+        let need = match c {
+            0xc2..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf4 => 4,
+            _ => return 0,
+        };
+        // A valid prefix of a longer character may complete in the next piece.
+        let prefix = need > back
+            && std::str::from_utf8(&b[b.len() - back..]).is_err_and(|e| e.error_len().is_none());
+        return if prefix { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn ranges_parse_from_query_and_header() {
+        let at = |a, b, header| Wanted {
+            start: Want::At(a),
+            stop: b,
+            header,
+        };
+        assert_eq!(parse_range(&q(&[]), None), Ok(at(0, None, false)));
+        assert_eq!(
+            parse_range(&q(&[("start", "5"), ("stop", "9")]), None),
+            Ok(at(5, Some(9), false))
+        );
+        assert_eq!(
+            parse_range(&q(&[]), Some(b"bytes=2-4")),
+            Ok(at(2, Some(5), true))
+        );
+        assert_eq!(
+            parse_range(&q(&[]), Some(b"bytes=7-")),
+            Ok(at(7, None, true))
+        );
+        assert_eq!(
+            parse_range(&q(&[]), Some(b"bytes=-3")),
+            Ok(Wanted {
+                start: Want::Last(3),
+                stop: None,
+                header: true
+            })
+        );
+        // The header wins over the query.
+        assert_eq!(
+            parse_range(&q(&[("start", "1")]), Some(b"bytes=2-2")),
+            Ok(at(2, Some(3), true))
+        );
+    }
+
+    #[test]
+    fn bad_ranges_say_what_is_wrong() {
+        let e = |q_: &[(&str, &str)], h: Option<&[u8]>| parse_range(&q(q_), h).unwrap_err();
+        assert_eq!(
+            e(&[("start", "x")], None),
+            "start=\"x\" is not a byte offset"
+        );
+        assert_eq!(
+            e(&[("start", "9"), ("stop", "3")], None),
+            "start=9 is after stop=3"
+        );
+        assert!(e(&[], Some(b"items=1-2")).contains("only bytes="));
+        assert!(e(&[], Some(b"bytes=1-2,4-5")).contains("one range at a time"));
+        assert!(e(&[], Some(b"bytes=5-2")).contains("before the first"));
+        assert!(e(&[], Some(b"bytes=-")).contains("no offsets"));
+        assert!(e(&[], Some(b"bytes=a-2")).contains("not a byte offset"));
+    }
+
+    fn oq(pairs: &[(&str, &str)], ae: Option<&str>, ranged: bool) -> Result<OutputQuery, String> {
+        parse_output_query(&q(pairs), ae.map(str::as_bytes), ranged)
+    }
+
+    #[test]
+    fn output_options_parse() {
+        let o = oq(&[], None, false).unwrap();
+        assert_eq!(
+            (o.encoding, o.wait, o.follow),
+            (BodyEncoding::Raw, None, false)
+        );
+        let o = oq(&[("encoding", "base2048"), ("wait", "2.5")], None, false).unwrap();
+        assert_eq!(o.encoding, BodyEncoding::Base2048);
+        assert_eq!(o.wait, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            oq(&[("wait", "1e12")], None, false).unwrap().wait,
+            Some(MAX_WAIT)
+        );
+        assert!(oq(&[("follow", "1")], None, false).unwrap().follow);
+        let ce = BodyEncoding::Zstd {
+            content_encoding: true,
+        };
+        assert_eq!(oq(&[], Some("gzip, zstd"), false).unwrap().encoding, ce);
+        assert_eq!(
+            oq(&[], Some("zstd;q=0"), false).unwrap().encoding,
+            BodyEncoding::Raw
+        );
+        assert_eq!(
+            oq(&[], Some("gzip, br"), false).unwrap().encoding,
+            BodyEncoding::Raw
+        );
+        // A Range counts identity bytes: Accept-Encoding is not taken with it.
+        assert_eq!(
+            oq(&[], Some("zstd"), true).unwrap().encoding,
+            BodyEncoding::Raw
+        );
+        // The query's encoding wins over Accept-Encoding.
+        assert_eq!(
+            oq(&[("encoding", "raw")], Some("zstd"), false)
+                .unwrap()
+                .encoding,
+            BodyEncoding::Raw
+        );
+    }
+
+    #[test]
+    fn bad_output_options_say_what_is_wrong() {
+        let e = |p: &[(&str, &str)]| oq(p, None, false).unwrap_err();
+        assert!(e(&[("encoding", "rot13")]).contains("unknown encoding \"rot13\""));
+        assert!(e(&[("wait", "-1")]).contains("wait=\"-1\""));
+        assert!(e(&[("wait", "NaN")]).contains("not a number of seconds"));
+        assert!(e(&[("follow", "maybe")]).contains("follow=\"maybe\""));
+        assert!(e(&[("follow", "1"), ("encoding", "zstd")]).contains("not zstd"));
+    }
+
+    // Text encodings of TEXT_CHUNK-sized pieces concatenate to the encoding
+    // of the whole.
+    #[test]
+    fn text_chunks_concatenate() {
+        use base64::Engine as _;
+        let data: Vec<u8> = (0..(TEXT_CHUNK as usize * 2 + 1000))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let pieces: Vec<&[u8]> = data.chunks(TEXT_CHUNK as usize).collect();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let joined: String = pieces.iter().map(|p| b64.encode(p)).collect();
+        assert_eq!(joined, b64.encode(&data));
+        let joined: String = pieces.iter().map(|p| base2048::encode(p)).collect();
+        assert_eq!(base2048::decode(&joined).as_deref(), Some(&data[..]));
+        assert_eq!(joined, base2048::encode(&data));
+    }
+
+    // Lossy UTF-8 across pieces: a character split anywhere comes out whole;
+    // an invalid byte or a truncated end becomes U+FFFD.
+    proptest::proptest! {
+        #[test]
+        fn utf8_split_anywhere_decodes_as_whole(text in "\\PC{0,40}", bad in proptest::option::of(0usize..40), cuts in proptest::collection::vec(0usize..200, 0..6)) {
+            let mut bytes = text.into_bytes();
+            if let Some(b) = bad {
+                let at = b.min(bytes.len());
+                bytes.insert(at, 0xff);
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut carry = Utf8Carry::default();
+            let mut out = Vec::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                out.extend_from_slice(&carry.push(&bytes[last..c]));
+                last = c;
+            }
+            out.extend_from_slice(&carry.finish());
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+
+    #[test]
+    fn a_truncated_character_at_the_end_is_replaced() {
+        let mut carry = Utf8Carry::default();
+        assert_eq!(&carry.push(b"ab\xe2\x82")[..], b"ab");
+        assert_eq!(&carry.finish()[..], "\u{fffd}".as_bytes());
+    }
+}
