@@ -25,6 +25,8 @@
 pub mod capture;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod client;
 pub mod control;
 #[cfg(feature = "cli")]
 pub mod http;

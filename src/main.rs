@@ -5,5 +5,11 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Subcommands come first; anything else is the agent's command line,
+    // Procstar's flags and a spec path.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "client") {
+        let args = chaperone::client::ClientArgs::parse_from(std::env::args_os().skip(1));
+        return ExitCode::from(chaperone::client::run(args));
+    }
     ExitCode::from(chaperone::cli::run(chaperone::cli::Args::parse()))
 }

@@ -338,7 +338,23 @@ async fn post_procs(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-async fn get_proc(State(app): State<App>, Path(id): Path<String>) -> Response {
+/// `GET /procs/ID`, and with `?wait=SECONDS`, once the process has ended
+/// or the wait is over (a long poll: `client wait` needs no busy loop).
+async fn get_proc(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(w) = query.get("wait") {
+        let wait = match w.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => {
+                std::time::Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64()))
+            }
+            _ => return bad(format!("wait={w:?} is not a number of seconds")),
+        };
+        // Ended or not, the result at the end of the wait is the answer.
+        let _ = tokio::time::timeout(wait, app.handle.wait(&id)).await;
+    }
     match app.handle.result(&id).await {
         Some(res) => data(serde_json::json!({ "procs": { id: res } })),
         None => unknown(&id),

@@ -236,7 +236,8 @@ async def test_agent_description_and_shutdown(served):
         a = r.json()["data"]["agent"]
         assert a["proc"]["pid"] == served.proc.pid
         assert a["shutdown_state"] == "active"
-        assert a["procs"] == {"total": 1, "running": 1}
+        assert a["procs"] == {"total": 1, "running": 1, "states": {"running": 1}}
+        assert a["tls"] is False and a["connection"] is None
         assert a["uptime"] > 0
         r = await http.post(f"{u}/shutdown?policy=later")
         assert r.status_code == 400 and "terminate, kill or idle" in r.json()["errors"]["detail"]
