@@ -316,8 +316,16 @@ async fn post_shutdown(
     data(serde_json::json!({ "shutdown_state": app.handle.shutdown_state().await }))
 }
 
+/// `{"procs": …}`, serialized straight from the results (no JSON tree).
+#[derive(Serialize)]
+struct Procs<T> {
+    procs: T,
+}
+
 async fn get_procs(State(app): State<App>) -> Response {
-    data(serde_json::json!({ "procs": app.handle.results().await }))
+    data(Procs {
+        procs: app.handle.results().await,
+    })
 }
 
 async fn post_procs(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
@@ -356,7 +364,9 @@ async fn get_proc(
         let _ = tokio::time::timeout(wait, app.handle.wait(&id)).await;
     }
     match app.handle.result(&id).await {
-        Some(res) => data(serde_json::json!({ "procs": { id: res } })),
+        Some(res) => data(Procs {
+            procs: [(id.as_str(), &res)].into_iter().collect::<HashMap<_, _>>(),
+        }),
         None => unknown(&id),
     }
 }

@@ -13,8 +13,15 @@ use std::sync::mpsc;
 pub use crate::sys::uring::{Cqe, Features, Ring, RingError};
 
 /// The sending half of a [`Mailbox`]: queue a message, then wake the reactor.
+/// Clones share one channel sender, so dropping a clone costs nothing; the
+/// last one to go wakes the reactor, which then sees the channel closed.
 #[derive(Debug)]
 pub struct Sender<M> {
+    inner: Arc<SenderInner<M>>,
+}
+
+#[derive(Debug)]
+struct SenderInner<M> {
     /// Always `Some` until drop, which must close the channel before waking.
     tx: Option<mpsc::Sender<M>>,
     wake: Arc<OwnedFd>,
@@ -23,8 +30,7 @@ pub struct Sender<M> {
 impl<M> Clone for Sender<M> {
     fn clone(&self) -> Self {
         Sender {
-            tx: self.tx.clone(),
-            wake: self.wake.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
@@ -32,19 +38,19 @@ impl<M> Clone for Sender<M> {
 impl<M> Sender<M> {
     /// Queues `msg` and wakes the reactor. Fails only once the reactor is gone.
     pub fn send(&self, msg: M) -> Result<(), M> {
-        match &self.tx {
+        match &self.inner.tx {
             Some(tx) => tx.send(msg).map_err(|e| e.0)?,
             None => return Err(msg),
         }
         // An eventfd write fails only on counter overflow (EAGAIN), which still
         // leaves the reactor woken.
-        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&*self.inner.wake, &1u64.to_ne_bytes());
         Ok(())
     }
 }
 
-impl<M> Drop for Sender<M> {
-    /// Wakes the reactor so it notices when the last sender is gone.
+impl<M> Drop for SenderInner<M> {
+    /// Wakes the reactor so it notices that the last sender is gone.
     fn drop(&mut self) {
         drop(self.tx.take());
         let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
@@ -69,8 +75,10 @@ impl<M> Mailbox<M> {
         let (tx, rx) = mpsc::channel();
         Ok((
             Sender {
-                tx: Some(tx),
-                wake: fd.clone(),
+                inner: Arc::new(SenderInner {
+                    tx: Some(tx),
+                    wake: fd.clone(),
+                }),
             },
             Mailbox { rx, wake: fd },
         ))
