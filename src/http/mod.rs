@@ -39,8 +39,8 @@ use std::sync::Arc;
 
 mod output;
 pub use output::{
-    BodyEncoding, CHUNK, MAX_WAIT, OutputQuery, TEXT_CHUNK, Want, Wanted, parse_output_query,
-    parse_range,
+    BodyEncoding, CHUNK, MAX_WAIT, MIN_CHUNK, OutputQuery, STREAM_BUDGET, TEXT_ALIGN, TEXT_CHUNK,
+    Want, Wanted, parse_output_query, parse_range,
 };
 
 /// The largest request body taken (a `POST /procs`).
@@ -64,6 +64,8 @@ struct App {
     token: Option<Arc<[u8]>>,
     link: Option<crate::proto::ws::Link>,
     tls: bool,
+    /// Bodies streaming now (see [`output::STREAM_BUDGET`]).
+    streams: Arc<std::sync::atomic::AtomicUsize>,
     started: (std::time::SystemTime, std::time::Instant),
 }
 
@@ -77,6 +79,7 @@ pub fn router(handle: Handle, options: &Options) -> Router {
             .map(|t| Arc::from(t.as_bytes().to_vec())),
         link: options.link.clone(),
         tls: options.tls.is_some(),
+        streams: Arc::default(),
         started: (std::time::SystemTime::now(), std::time::Instant::now()),
     };
     Router::new()

@@ -16,8 +16,9 @@
 //! Every answer says `X-Chaperone-Length` (bytes produced so far) and
 //! `X-Chaperone-Open` (whether more may come), so a client can resume from
 //! where it stopped. Bytes a head/tail capture dropped are left out and
-//! `X-Chaperone-Dropped: START-STOP` says which. Bodies are streamed a
-//! [`CHUNK`] at a time, so a slow client holds one chunk of memory.
+//! `X-Chaperone-Dropped: START-STOP` says which. Bodies are streamed a step
+//! (at most [`CHUNK`]) at a time, and steps shrink as more bodies stream, so
+//! all of them together hold about [`STREAM_BUDGET`] bytes.
 
 use super::{App, bad, error, unknown};
 use crate::spec;
@@ -28,14 +29,25 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures_util::StreamExt as _;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Bytes read from a capture per step of a streamed body.
+/// The most bytes read from a capture per step of a streamed body.
 pub const CHUNK: u64 = 1 << 20;
-/// Bytes per step of a text-encoded body: a multiple of 3 (base64) and of
-/// 11 (base2048), so the encoded steps concatenate to the encoding of the
+/// The fewest (unless the range is shorter).
+pub const MIN_CHUNK: u64 = 64 << 10;
+/// Roughly what all streamed bodies together hold at once: each holds the
+/// step being sent and the one being read, and steps shrink as more bodies
+/// stream (down to [`MIN_CHUNK`]), so 100 clients each reading a different
+/// huge capture cost about this much, not 100 times [`CHUNK`].
+pub const STREAM_BUDGET: u64 = 24 << 20;
+/// Steps of a text-encoded body are a multiple of this: of 3 (base64) and
+/// of 11 (base2048), so the encoded steps concatenate to the encoding of the
 /// whole, with no padding or tail mark between them.
-pub const TEXT_CHUNK: u64 = 33 * 31_775;
+pub const TEXT_ALIGN: u64 = 33;
+/// [`CHUNK`] as a text-encoded body's step.
+pub const TEXT_CHUNK: u64 = CHUNK - CHUNK % TEXT_ALIGN;
 /// The longest `wait=` taken.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// How long a follower's wait for more bytes lasts before it looks again.
@@ -298,7 +310,14 @@ pub(super) async fn get_output(
     };
     if opts.follow {
         let body = Body::from_stream(encode(
-            follow(handle.clone(), id, fd, start, want.stop),
+            follow(
+                handle.clone(),
+                id,
+                fd,
+                (start, want.stop),
+                Streaming::new(&app.streams),
+                align(opts.encoding),
+            ),
             opts.encoding,
         ));
         let mut r = Response::new(body);
@@ -333,17 +352,21 @@ pub(super) async fn get_output(
                     id,
                     fd,
                     z.compressed_length,
+                    Streaming::new(&app.streams),
                 ))
             }
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, Some(e.to_string())),
         }
     } else {
-        let step = match opts.encoding {
-            BodyEncoding::Base64 | BodyEncoding::Base2048 => TEXT_CHUNK,
-            _ => CHUNK,
-        };
         Body::from_stream(encode(
-            chunks(handle.clone(), id, fd, start, stop, step),
+            chunks(
+                handle.clone(),
+                id,
+                fd,
+                (start, stop),
+                Streaming::new(&app.streams),
+                align(opts.encoding),
+            ),
             opts.encoding,
         ))
     };
@@ -376,6 +399,14 @@ pub(super) async fn get_output(
         put(r.headers_mut(), header::CONTENT_RANGE.as_str(), range);
     }
     r
+}
+
+/// What a body's steps must be a multiple of, for `enc`.
+fn align(enc: BodyEncoding) -> u64 {
+    match enc {
+        BodyEncoding::Base64 | BodyEncoding::Base2048 => TEXT_ALIGN,
+        _ => 1,
+    }
 }
 
 /// Sets header `name` to `value`'s text.
@@ -474,17 +505,44 @@ async fn dropped_in(
     (lo < hi).then_some(lo..hi)
 }
 
-/// The held bytes of `[start, stop)`, read `step` bytes at a time.
+/// One streamed body, counted while it lasts; its steps shrink as more
+/// bodies stream (see [`STREAM_BUDGET`]).
+pub(super) struct Streaming(Arc<AtomicUsize>);
+
+impl Streaming {
+    pub(super) fn new(count: &Arc<AtomicUsize>) -> Streaming {
+        count.fetch_add(1, Ordering::Relaxed);
+        Streaming(count.clone())
+    }
+
+    /// The next step's size, a multiple of `align`.
+    fn step(&self, align: u64) -> u64 {
+        let n = self.0.load(Ordering::Relaxed).max(1) as u64;
+        let step = (STREAM_BUDGET / 2 / n).clamp(MIN_CHUNK, CHUNK);
+        step - step % align
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The held bytes of `[start, stop)`, read a step (a multiple of `align`
+/// bytes) at a time.
 fn chunks(
     handle: Handle,
     id: String,
     fd: String,
-    start: u64,
-    stop: u64,
-    step: u64,
+    (start, stop): (u64, u64),
+    streaming: Streaming,
+    align: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let streaming = Arc::new(streaming);
     futures_util::stream::unfold(start, move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
+        let step = streaming.step(align);
         async move {
             if at >= stop {
                 return None;
@@ -508,19 +566,22 @@ fn follow(
     handle: Handle,
     id: String,
     fd: String,
-    start: u64,
-    stop: Option<u64>,
+    (start, stop): (u64, Option<u64>),
+    streaming: Streaming,
+    align: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let stop = stop.unwrap_or(u64::MAX);
+    let streaming = Arc::new(streaming);
     futures_util::stream::unfold(Some(start), move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
+        let step = streaming.step(align);
         async move {
             let mut at = at?;
             loop {
                 if at >= stop {
                     return None;
                 }
-                let end = stop.min(at.saturating_add(CHUNK));
+                let end = stop.min(at.saturating_add(step));
                 let d = match handle.fd_data(&id, &fd, at, Some(end)).await {
                     Ok(d) => d,
                     Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
@@ -556,14 +617,17 @@ fn compressed_chunks(
     id: String,
     fd: String,
     length: u64,
+    streaming: Streaming,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let streaming = Arc::new(streaming);
     futures_util::stream::unfold(0u64, move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
+        let step = streaming.step(1);
         async move {
             if at >= length {
                 return None;
             }
-            let end = length.min(at + CHUNK);
+            let end = length.min(at + step);
             match handle.fd_compressed(&id, &fd, at, Some(end)).await {
                 Ok(z) if !z.data.is_empty() => Some((Ok(z.data), z.range.end)),
                 Ok(_) => None,

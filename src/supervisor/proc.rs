@@ -344,11 +344,7 @@ pub(crate) fn read_file_into(
 ) -> Result<(), Errno> {
     let len = usize::try_from(stop.saturating_sub(start)).map_err(|_| Errno::FBIG)?;
     // A huge range is an error (ENOMEM), not an abort.
-    out.try_reserve_exact(len).map_err(|_| Errno::NOMEM)?;
-    let at = out.len();
-    out.resize(at + len, 0);
-    let n = fd::pread_full(file, out.get_mut(at..).unwrap_or_default(), start)?;
-    out.truncate(at + n);
+    fd::pread_append(file, out, len, start)?;
     Ok(())
 }
 

@@ -117,6 +117,32 @@ pub fn pread_full(fd: impl AsFd, buf: &mut [u8], mut offset: u64) -> Result<usiz
     Ok(done)
 }
 
+/// `pread`s up to `len` bytes at `offset` onto the end of `out` (into its
+/// spare capacity: no zeroing first), until `len` are read or end of file;
+/// returns bytes read. Reserves the room itself; a huge `len` is ENOMEM.
+pub fn pread_append(
+    fd: impl AsFd,
+    out: &mut Vec<u8>,
+    len: usize,
+    mut offset: u64,
+) -> Result<usize, Errno> {
+    out.try_reserve_exact(len).map_err(|_| Errno::NOMEM)?;
+    let want = out.len() + len;
+    let start = out.len();
+    while out.len() < want {
+        // A read may fill more than asked when the spare room is larger;
+        // the excess is cut below.
+        match rustix::io::pread(fd.as_fd(), rustix::buffer::spare_capacity(out), offset) {
+            Ok(0) => break,
+            Ok(n) => offset += n as u64,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    out.truncate(want);
+    Ok(out.len() - start)
+}
+
 /// The size of the file behind `fd` (`fstat`).
 pub fn file_len(fd: impl AsFd) -> Result<u64, Errno> {
     Ok(rustix::fs::fstat(fd)?.st_size.max(0) as u64)
