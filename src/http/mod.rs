@@ -39,8 +39,8 @@ use std::sync::Arc;
 
 mod output;
 pub use output::{
-    BodyEncoding, CHUNK, MAX_WAIT, MIN_CHUNK, OutputQuery, STREAM_BUDGET, TEXT_ALIGN, TEXT_CHUNK,
-    Want, Wanted, parse_output_query, parse_range,
+    BodyEncoding, CHUNK, MAX_WAIT, MIN_CHUNK, OutputQuery, STREAM_BUDGET, Want, Wanted,
+    parse_output_query, parse_range,
 };
 
 /// The largest request body taken (a `POST /procs`).

@@ -42,12 +42,6 @@ pub const MIN_CHUNK: u64 = 64 << 10;
 /// stream (down to [`MIN_CHUNK`]), so 100 clients each reading a different
 /// huge capture cost about this much, not 100 times [`CHUNK`].
 pub const STREAM_BUDGET: u64 = 24 << 20;
-/// Steps of a text-encoded body are a multiple of this: of 3 (base64) and
-/// of 11 (base2048), so the encoded steps concatenate to the encoding of the
-/// whole, with no padding or tail mark between them.
-pub const TEXT_ALIGN: u64 = 33;
-/// [`CHUNK`] as a text-encoded body's step.
-pub const TEXT_CHUNK: u64 = CHUNK - CHUNK % TEXT_ALIGN;
 /// The longest `wait=` taken.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// How long a follower's wait for more bytes lasts before it looks again.
@@ -316,7 +310,6 @@ pub(super) async fn get_output(
                 fd,
                 (start, want.stop),
                 Streaming::new(&app.streams),
-                align(opts.encoding),
             ),
             opts.encoding,
         ));
@@ -338,6 +331,23 @@ pub(super) async fn get_output(
         && start == 0
         && want.stop.is_none()
         && probe.compressed;
+    // Whether the text will have replacements, for the header: the range is
+    // read once ahead (bounded, a step at a time) to find out.
+    let replaced = if opts.encoding == BodyEncoding::Utf8 {
+        let raw = chunks(
+            handle.clone(),
+            id.clone(),
+            fd.clone(),
+            (start, stop),
+            Streaming::new(&app.streams),
+        );
+        match utf8_replaced(raw).await {
+            Ok(r) => Some(r),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, Some(e.to_string())),
+        }
+    } else {
+        None
+    };
     let mut body_length = match opts.encoding {
         BodyEncoding::Raw => Some(held),
         BodyEncoding::Base64 => Some(held.div_ceil(3) * 4),
@@ -365,7 +375,6 @@ pub(super) async fn get_output(
                 fd,
                 (start, stop),
                 Streaming::new(&app.streams),
-                align(opts.encoding),
             ),
             opts.encoding,
         ))
@@ -386,6 +395,9 @@ pub(super) async fn get_output(
     }
     put(h, "x-chaperone-length", length);
     put(h, "x-chaperone-open", probe.open);
+    if let Some(r) = replaced {
+        put(h, "x-chaperone-replaced", r);
+    }
     if let Some(d) = &dropped {
         put(h, "x-chaperone-dropped", format!("{}-{}", d.start, d.end));
     }
@@ -399,14 +411,6 @@ pub(super) async fn get_output(
         put(r.headers_mut(), header::CONTENT_RANGE.as_str(), range);
     }
     r
-}
-
-/// What a body's steps must be a multiple of, for `enc`.
-fn align(enc: BodyEncoding) -> u64 {
-    match enc {
-        BodyEncoding::Base64 | BodyEncoding::Base2048 => TEXT_ALIGN,
-        _ => 1,
-    }
 }
 
 /// Sets header `name` to `value`'s text.
@@ -515,11 +519,10 @@ impl Streaming {
         Streaming(count.clone())
     }
 
-    /// The next step's size, a multiple of `align`.
-    fn step(&self, align: u64) -> u64 {
+    /// The next step's size.
+    fn step(&self) -> u64 {
         let n = self.0.load(Ordering::Relaxed).max(1) as u64;
-        let step = (STREAM_BUDGET / 2 / n).clamp(MIN_CHUNK, CHUNK);
-        step - step % align
+        (STREAM_BUDGET / 2 / n).clamp(MIN_CHUNK, CHUNK)
     }
 }
 
@@ -529,20 +532,18 @@ impl Drop for Streaming {
     }
 }
 
-/// The held bytes of `[start, stop)`, read a step (a multiple of `align`
-/// bytes) at a time.
+/// The held bytes of `[start, stop)`, read a step at a time.
 fn chunks(
     handle: Handle,
     id: String,
     fd: String,
     (start, stop): (u64, u64),
     streaming: Streaming,
-    align: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let streaming = Arc::new(streaming);
     futures_util::stream::unfold(start, move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
-        let step = streaming.step(align);
+        let step = streaming.step();
         async move {
             if at >= stop {
                 return None;
@@ -568,13 +569,12 @@ fn follow(
     fd: String,
     (start, stop): (u64, Option<u64>),
     streaming: Streaming,
-    align: u64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let stop = stop.unwrap_or(u64::MAX);
     let streaming = Arc::new(streaming);
     futures_util::stream::unfold(Some(start), move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
-        let step = streaming.step(align);
+        let step = streaming.step();
         async move {
             let mut at = at?;
             loop {
@@ -622,7 +622,7 @@ fn compressed_chunks(
     let streaming = Arc::new(streaming);
     futures_util::stream::unfold(0u64, move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
-        let step = streaming.step(1);
+        let step = streaming.step();
         async move {
             if at >= length {
                 return None;
@@ -637,49 +637,111 @@ fn compressed_chunks(
     })
 }
 
-/// Encodes a stream of raw pieces as `enc`: each piece on its own (base64
-/// and base2048 pieces are [`TEXT_CHUNK`]-aligned, zstd pieces are frames,
-/// which concatenate), except UTF-8, where a character split between two
-/// pieces is carried over whole.
+/// Encodes a stream of raw pieces as `enc`, whatever their sizes: what a
+/// piece ends with that cannot be encoded alone (part of a UTF-8 character,
+/// bytes short of a whole base64 or base2048 group) waits for the next one,
+/// so the body is the encoding of all the bytes, as if in one piece. Zstd
+/// pieces are frames, which concatenate.
 fn encode(
     raw: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     enc: BodyEncoding,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let mut carry = Utf8Carry::default();
+    let mut encoder = Encoder::new(enc);
     let done = futures_util::stream::once(async { Ok(Bytes::new()) });
     raw.map(Some)
         .chain(done.map(|_: Result<Bytes, std::io::Error>| None))
         .map(move |piece| match piece {
-            // The end: what is left of a split character is invalid.
-            None => Ok(match enc {
-                BodyEncoding::Utf8 => carry.finish(),
-                _ => Bytes::new(),
-            }),
+            None => Ok(encoder.finish()),
             Some(Err(e)) => Err(e),
-            Some(Ok(b)) => encode_piece(&mut carry, enc, b),
+            Some(Ok(b)) => encoder.push(b),
         })
         .filter(|r| std::future::ready(!matches!(r, Ok(b) if b.is_empty())))
 }
 
-fn encode_piece(
-    carry: &mut Utf8Carry,
+/// [`encode`]'s state: the encoding and the bytes held for the next piece.
+struct Encoder {
     enc: BodyEncoding,
-    b: Bytes,
-) -> Result<Bytes, std::io::Error> {
-    use base64::Engine as _;
-    Ok(match enc {
-        BodyEncoding::Raw => b,
-        BodyEncoding::Utf8 => carry.push(&b),
-        BodyEncoding::Base64 => Bytes::from(base64::engine::general_purpose::STANDARD.encode(&b)),
-        BodyEncoding::Base2048 => Bytes::from(base2048::encode(&b)),
-        BodyEncoding::Zstd { .. } => {
-            if b.is_empty() {
-                return Ok(b);
-            }
-            let (z, _) = crate::capture::compress::compress_slices(&[&b], SERVE_LEVEL)?;
-            Bytes::from(z)
+    utf8: Utf8Carry,
+    held: Vec<u8>,
+}
+
+impl Encoder {
+    fn new(enc: BodyEncoding) -> Encoder {
+        Encoder {
+            enc,
+            utf8: Utf8Carry::default(),
+            held: Vec::new(),
         }
-    })
+    }
+
+    /// Bytes per group that encodes alone: 3 for base64, 11 for base2048.
+    fn group(&self) -> usize {
+        match self.enc {
+            BodyEncoding::Base64 => 3,
+            BodyEncoding::Base2048 => 11,
+            _ => 1,
+        }
+    }
+
+    fn text(&self, b: &[u8]) -> Bytes {
+        use base64::Engine as _;
+        match self.enc {
+            BodyEncoding::Base64 => {
+                Bytes::from(base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            _ => Bytes::from(base2048::encode(b)),
+        }
+    }
+
+    fn push(&mut self, b: Bytes) -> Result<Bytes, std::io::Error> {
+        Ok(match self.enc {
+            BodyEncoding::Raw => b,
+            BodyEncoding::Utf8 => self.utf8.push(&b),
+            BodyEncoding::Base64 | BodyEncoding::Base2048 => {
+                let group = self.group();
+                let mut all = std::mem::take(&mut self.held);
+                all.extend_from_slice(&b);
+                let whole = all.len() - all.len() % group;
+                self.held = all.split_off(whole);
+                self.text(&all)
+            }
+            BodyEncoding::Zstd { .. } if b.is_empty() => b,
+            BodyEncoding::Zstd { .. } => {
+                let (z, _) = crate::capture::compress::compress_slices(&[&b], SERVE_LEVEL)?;
+                Bytes::from(z)
+            }
+        })
+    }
+
+    /// What is left at the end, encoded (an incomplete character: U+FFFD).
+    fn finish(&mut self) -> Bytes {
+        match self.enc {
+            BodyEncoding::Utf8 => self.utf8.finish(),
+            BodyEncoding::Base64 | BodyEncoding::Base2048 if !self.held.is_empty() => {
+                let rest = std::mem::take(&mut self.held);
+                self.text(&rest)
+            }
+            _ => Bytes::new(),
+        }
+    }
+}
+
+/// Whether lossy UTF-8 decoding of the pieces replaces anything.
+async fn utf8_replaced(
+    raw: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+) -> Result<bool, std::io::Error> {
+    let mut raw = std::pin::pin!(raw);
+    let mut held = Vec::new();
+    while let Some(piece) = raw.next().await {
+        let piece = piece?;
+        held.extend_from_slice(&piece);
+        let keep = incomplete_tail(&held);
+        if std::str::from_utf8(&held[..held.len() - keep]).is_err() {
+            return Ok(true);
+        }
+        held.drain(..held.len() - keep);
+    }
+    Ok(!held.is_empty())
 }
 
 /// Lossy UTF-8 decoding across pieces: an incomplete character at the end of
@@ -847,21 +909,29 @@ mod tests {
         assert!(e(&[("follow", "1"), ("encoding", "zstd")]).contains("not zstd"));
     }
 
-    // Text encodings of TEXT_CHUNK-sized pieces concatenate to the encoding
-    // of the whole.
-    #[test]
-    fn text_chunks_concatenate() {
-        use base64::Engine as _;
-        let data: Vec<u8> = (0..(TEXT_CHUNK as usize * 2 + 1000))
-            .map(|i| (i * 7 % 251) as u8)
-            .collect();
-        let pieces: Vec<&[u8]> = data.chunks(TEXT_CHUNK as usize).collect();
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let joined: String = pieces.iter().map(|p| b64.encode(p)).collect();
-        assert_eq!(joined, b64.encode(&data));
-        let joined: String = pieces.iter().map(|p| base2048::encode(p)).collect();
-        assert_eq!(base2048::decode(&joined).as_deref(), Some(&data[..]));
-        assert_eq!(joined, base2048::encode(&data));
+    // Text encodings of pieces of any sizes are the encoding of the whole.
+    proptest::proptest! {
+        #[test]
+        fn text_encodings_of_pieces_are_the_whole(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300), cuts in proptest::collection::vec(0usize..300, 0..8)) {
+            use base64::Engine as _;
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (data.len() + 1)).collect();
+            cuts.sort_unstable();
+            for enc in [BodyEncoding::Base64, BodyEncoding::Base2048] {
+                let mut e = Encoder::new(enc);
+                let mut out = Vec::new();
+                let mut last = 0;
+                for c in cuts.iter().copied().chain([data.len()]) {
+                    out.extend_from_slice(&e.push(Bytes::copy_from_slice(&data[last..c])).unwrap());
+                    last = c;
+                }
+                out.extend_from_slice(&e.finish());
+                let whole = match enc {
+                    BodyEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&data),
+                    _ => base2048::encode(&data),
+                };
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), whole);
+            }
+        }
     }
 
     // Lossy UTF-8 across pieces: a character split anywhere comes out whole;

@@ -61,6 +61,14 @@ async def test_each_encoding(served):
         r = await get("r", "?encoding=utf-8")
         assert r.headers["content-type"] == "text/plain; charset=utf-8"
         assert r.content.decode() == raw.decode("utf-8", "replace")
+        assert r.headers["x-chaperone-replaced"] == "true"
+        r = await get("r", f"?encoding=utf-8&start={len(raw) - 11}&stop={len(raw) - 4}")
+        assert r.content == "caf\u00e9 \ufffd".encode()
+        # Cut inside the two-byte é: the lone first byte is replaced.
+        r = await get("r", f"?encoding=utf-8&start={len(raw) - 11}&stop={len(raw) - 7}")
+        assert (r.content, r.headers["x-chaperone-replaced"]) == ("caf\ufffd".encode(), "true")
+        r = await get("z", "?encoding=utf-8")
+        assert r.headers["x-chaperone-replaced"] == "false"
         r = await get("r", "?encoding=base64&start=5&stop=1000")
         assert base64.b64decode(r.content) == raw[5:1000]
         assert int(r.headers["content-length"]) == len(r.content)
