@@ -14,6 +14,7 @@
 //! [`KeptFile::len`] is the logical length: the bytes whose writes have completed.
 //! Readers never see past it, so a live read never shows a hole.
 
+use crate::sys::fd::OpenFailure;
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use std::path::{Path, PathBuf};
@@ -212,14 +213,14 @@ pub fn staging_cap(pipe_size: usize) -> usize {
 
 /// Opens (creating or truncating) the kept file at `path`, for reading and
 /// writing, close-on-exec, mode 0666 before the umask.
-pub fn create_at(path: &Path) -> Result<OwnedFd, Errno> {
-    crate::sys::fd::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o666)
+pub fn create_at(path: &Path) -> Result<OwnedFd, OpenFailure> {
+    crate::sys::fd::open_for_child(path, libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o666)
 }
 
 /// Creates the kept file at `path`, which must not exist yet (`O_EXCL`),
 /// for reading and writing, close-on-exec, mode 0666 before the umask.
-pub fn create_new_at(path: &Path) -> Result<OwnedFd, Errno> {
-    crate::sys::fd::open(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o666)
+pub fn create_new_at(path: &Path) -> Result<OwnedFd, OpenFailure> {
+    crate::sys::fd::open_for_child(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o666)
 }
 
 /// Creates a new file in `dir` named `<proc id>.<fd name>`, or with `.1`, `.2`, …
@@ -229,7 +230,7 @@ pub fn create_in_dir(
     dir: &Path,
     proc_id: &str,
     fd_name: &str,
-) -> Result<(OwnedFd, PathBuf), Errno> {
+) -> Result<(OwnedFd, PathBuf), OpenFailure> {
     let stem = format!("{}.{}", sanitize(proc_id), sanitize(fd_name));
     for n in 0..MAX_SUFFIX {
         let name = if n == 0 {
@@ -238,13 +239,17 @@ pub fn create_in_dir(
             format!("{stem}.{n}")
         };
         let path = dir.join(name);
-        match crate::sys::fd::open(&path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o666) {
+        match crate::sys::fd::open_for_child(
+            &path,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            0o666,
+        ) {
             Ok(fd) => return Ok((fd, path)),
-            Err(Errno::EXIST) => continue,
+            Err(OpenFailure::Sys(Errno::EXIST)) => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(Errno::EXIST)
+    Err(OpenFailure::Sys(Errno::EXIST))
 }
 
 /// A file-name-safe form of `s`: every character outside `[A-Za-z0-9._-]`

@@ -14,6 +14,7 @@ mod encoding;
 mod events;
 mod handle;
 mod oneshot;
+mod opener;
 mod outlimit;
 mod packer;
 mod proc;

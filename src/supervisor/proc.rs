@@ -1,5 +1,6 @@
 //! One process: its plan (built in the parent), its captures, and its result.
 
+use super::opener::{OpenReq, Opened};
 use super::packer::{Job, Packed};
 use crate::capture::headtail::{Frozen, HeadTail};
 use crate::capture::kept::{self, KeptFile};
@@ -354,6 +355,8 @@ pub(crate) enum Life {
     Queued,
     /// Never started: the plan failed in the parent (errors say why).
     NotStarted,
+    /// Its files are being opened off the reactor (see `opener`).
+    Opening,
     /// Being spawned on the spawner thread.
     Starting,
     /// Running; waiting for exit.
@@ -534,7 +537,7 @@ impl Proc {
     /// writes still in flight. Waiters wait, delete is refused.
     pub fn is_busy(&self) -> bool {
         self.takes_output()
-            || matches!(self.life, Life::Queued)
+            || matches!(self.life, Life::Queued | Life::Opening)
             || (matches!(self.life, Life::Done { .. }) && self.stop.is_none())
     }
 
@@ -665,7 +668,7 @@ impl Proc {
         };
         let state = if !self.errors.is_empty() {
             State::Error
-        } else if self.takes_output() || matches!(self.life, Life::Queued) {
+        } else if self.takes_output() || matches!(self.life, Life::Queued | Life::Opening) {
             State::Running
         } else {
             State::Terminated
@@ -1009,6 +1012,76 @@ pub(crate) fn failure_message(f: &ChildFailure, exe: &str) -> String {
     }
 }
 
+/// The error for a path refused because in the agent it means the agent.
+fn refusal(fd: RawFd, path: &Path, why: &fd::OpenFailure) -> String {
+    let path = path.display();
+    match why {
+        fd::OpenFailure::AgentProc(at) => format!(
+            "failed to set up fd {fd}: {path} is the agent's own {at}: refused, as it would \
+             give the child the agent's memory, fds or environment (the agent opens spec \
+             files; use a dup of another fd, or open it in the child)"
+        ),
+        _ => format!(
+            "failed to set up fd {fd}: {path} goes through a /proc magic link (such as \
+             /dev/fd/N, /dev/stdin or /proc/self/fd/N) or a symlink loop: refused, as in the \
+             agent it would be the agent's own fd (use a dup of the child's fd instead)"
+        ),
+    }
+}
+
+/// The directory the child starts in: relative `file` paths are opened there.
+fn child_cwd(ps: &ProcSpec, ctx: &PlanContext<'_>) -> Option<PathBuf> {
+    match (ps.cwd.as_deref().map(Path::new), ctx.cwd) {
+        (Some(c), Some(a)) => Some(a.join(c)),
+        (Some(c), None) => Some(c.to_path_buf()),
+        (None, a) => a.map(Path::to_path_buf),
+    }
+}
+
+/// Where a `file` fd's path is opened: in the child's directory when the
+/// spec sets `cwd`, else as given (relative to the agent's).
+fn file_path(ps: &ProcSpec, child_cwd: Option<&Path>, path: &str) -> PathBuf {
+    match (&ps.cwd, child_cwd) {
+        (Some(_), Some(dir)) => dir.join(path),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// The opens a spec needs done off the reactor (`file` fds and kept capture
+/// files), by index in its `fds`.
+pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<OpenReq> {
+    let cwd = child_cwd(ps, ctx);
+    let mut opens = Vec::new();
+    for (index, (name, fs)) in ps.fds.iter().enumerate() {
+        let Ok(fd) = spec::parse_fd_name(name) else {
+            continue;
+        };
+        match fs {
+            FdSpec::File { path, flags, mode } => opens.push(OpenReq::File {
+                index,
+                path: file_path(ps, cwd.as_deref(), path),
+                flags: flags.oflags(fd),
+                mode: *mode,
+            }),
+            FdSpec::Capture {
+                mode: CaptureMode::File,
+                path,
+                dir,
+                ..
+            } => opens.push(OpenReq::Kept {
+                index,
+                id: id.to_string(),
+                fd_name: spec::fd_name(fd),
+                path: path.clone(),
+                dir: dir.clone(),
+                cwd: cwd.clone(),
+            }),
+            _ => {}
+        }
+    }
+    opens
+}
+
 fn fd_error(fd: RawFd, e: Errno) -> String {
     format!(
         "failed to set up fd {fd}: {}",
@@ -1138,7 +1211,9 @@ pub(crate) fn prepare(
     ctx: &PlanContext<'_>,
     pipes: &mut RequestPipes,
     env_cache: &mut EnvCache,
+    opened: Vec<(usize, Opened)>,
 ) -> Prepared {
+    let mut opened: HashMap<usize, Opened> = opened.into_iter().collect();
     let exe = ps.exe().unwrap_or_default().to_string();
     let mut errors = Vec::new();
     if let Some(allowed) = ctx.restrict_exe.filter(|a| *a != exe) {
@@ -1183,13 +1258,7 @@ pub(crate) fn prepare(
             None
         }
     };
-    let spec_cwd = ps.cwd.as_deref().map(Path::new);
-    // The directory the child starts in: relative `file` paths are opened there.
-    let child_cwd: Option<PathBuf> = match (spec_cwd, ctx.cwd) {
-        (Some(c), Some(a)) => Some(a.join(c)),
-        (Some(c), None) => Some(c.to_path_buf()),
-        (None, a) => a.map(Path::to_path_buf),
-    };
+    let child_cwd = child_cwd(ps, ctx);
     if let (Some(p), Some(c)) = (plan.as_mut(), ctl.as_ref()) {
         apply_control(p, c);
     }
@@ -1204,7 +1273,9 @@ pub(crate) fn prepare(
     // Whether an fd failed for want of fds (EMFILE, ENFILE): worth a retry later.
     let mut out_of_fds = false;
 
-    for (name, fs) in &ps.fds {
+    for (index, (name, fs)) in ps.fds.iter().enumerate() {
+        // Whether this fd's error is already reported (a refused path).
+        let mut refused = false;
         let fd = match spec::parse_fd_name(name) {
             Ok(fd) => fd,
             Err(e) => {
@@ -1229,11 +1300,19 @@ pub(crate) fn prepare(
                 fd::open(Path::new("/dev/null"), flags.oflags(fd), 0o666).map(Some)
             }
             FdSpec::File { path, flags, mode } => {
-                let path = match (spec_cwd, &child_cwd) {
-                    (Some(_), Some(dir)) => dir.join(path),
-                    _ => PathBuf::from(path),
+                let at = file_path(ps, child_cwd.as_deref(), path);
+                let r = match opened.remove(&index) {
+                    Some(Opened::File(r)) => r,
+                    _ => fd::open_for_child(&at, flags.oflags(fd), *mode),
                 };
-                fd::open(&path, flags.oflags(fd), *mode).map(Some)
+                match r {
+                    Ok(f) => Ok(Some(f)),
+                    Err(fd::OpenFailure::Sys(e)) => Err(e),
+                    Err(refused) => {
+                        errors.push(refusal(fd, &at, &refused));
+                        Ok(None)
+                    }
+                }
             }
             FdSpec::Dup { fd: from } => match table.get(from).copied().flatten() {
                 Some(raw) => fd::dup_cloexec_raw(raw, 0).map(Some),
@@ -1266,24 +1345,36 @@ pub(crate) fn prepare(
                     }),
                     CaptureMode::File => {
                         let target = (path.as_deref(), dir.as_deref());
-                        open_kept(id, &norm, target, child_cwd.as_deref()).and_then(
-                            |(f, at, new)| {
-                                if new {
-                                    created_kept.push(at.clone());
-                                }
-                                let p = pipe::capture_pipe(ctx.pipe_size)?;
-                                let f = fd::move_high(f, ctx.fd_floor);
-                                let cap = kept::staging_cap(ctx.pipe_size);
-                                let file = KeptFile::new(f, at, cap);
-                                Ok((
-                                    Store::Kept {
-                                        pipe: PipeIn::new(fd::move_high(p.read, ctx.fd_floor)),
-                                        file: Box::new(file),
-                                    },
-                                    p.write,
-                                ))
-                            },
-                        )
+                        let r = match opened.remove(&index) {
+                            Some(Opened::Kept(r)) => r,
+                            _ => open_kept(id, &norm, target, child_cwd.as_deref()),
+                        };
+                        let r = match r {
+                            Ok(x) => Ok(x),
+                            Err(fd::OpenFailure::Sys(e)) => Err(e),
+                            Err(why) => {
+                                let shown = path.as_deref().or(dir.as_deref()).unwrap_or("");
+                                errors.push(refusal(fd, Path::new(shown), &why));
+                                refused = true;
+                                Err(Errno::PERM)
+                            }
+                        };
+                        r.and_then(|(f, at, new)| {
+                            if new {
+                                created_kept.push(at.clone());
+                            }
+                            let p = pipe::capture_pipe(ctx.pipe_size)?;
+                            let f = fd::move_high(f, ctx.fd_floor);
+                            let cap = kept::staging_cap(ctx.pipe_size);
+                            let file = KeptFile::new(f, at, cap);
+                            Ok((
+                                Store::Kept {
+                                    pipe: PipeIn::new(fd::move_high(p.read, ctx.fd_floor)),
+                                    file: Box::new(file),
+                                },
+                                p.write,
+                            ))
+                        })
                     }
                     CaptureMode::Tempfile => fd::tempfile(ctx.tmpdir).and_then(|f| {
                         let child = fd::dup_cloexec(f.as_fd())?;
@@ -1333,6 +1424,7 @@ pub(crate) fn prepare(
                 }
             }
             Ok(None) => {}
+            Err(_) if refused => {}
             Err(e) => {
                 out_of_fds |= e == Errno::MFILE || e == Errno::NFILE;
                 errors.push(fd_error(fd, e));
@@ -1397,12 +1489,12 @@ pub(crate) fn prepare(
 /// Opens a kept capture file: `path` (relative to the child's starting directory)
 /// or a new name in `dir`. Returns the file, its path, and whether this call
 /// created it (so that a proc that cannot start removes only what it made).
-fn open_kept(
+pub(crate) fn open_kept(
     id: &str,
     fd_name: &str,
     (path, dir): (Option<&str>, Option<&str>),
     cwd: Option<&Path>,
-) -> Result<(OwnedFd, PathBuf, bool), Errno> {
+) -> Result<(OwnedFd, PathBuf, bool), fd::OpenFailure> {
     let resolve = |p: &str| match cwd {
         Some(c) => c.join(p),
         None => PathBuf::from(p),
@@ -1412,12 +1504,14 @@ fn open_kept(
             let p = resolve(p);
             match kept::create_new_at(&p) {
                 Ok(f) => Ok((f, p, true)),
-                Err(Errno::EXIST) => kept::create_at(&p).map(|f| (f, p, false)),
+                Err(fd::OpenFailure::Sys(Errno::EXIST)) => {
+                    kept::create_at(&p).map(|f| (f, p, false))
+                }
                 Err(e) => Err(e),
             }
         }
         (None, Some(d)) => kept::create_in_dir(&resolve(d), id, fd_name).map(|(f, p)| (f, p, true)),
-        (None, None) => Err(Errno::INVAL),
+        (None, None) => Err(fd::OpenFailure::Sys(Errno::INVAL)),
     }
 }
 

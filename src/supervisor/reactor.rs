@@ -4,6 +4,7 @@ use super::agent::{
     Command, Config, Event, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState,
     StartError,
 };
+use super::opener::{self, Opened, Opener};
 use super::outlimit;
 use super::packer::{self, Packer};
 use super::proc::{self, Content, Life, PipeIn, PlanContext, Proc, Snapshot, Store};
@@ -37,7 +38,16 @@ enum Tag {
     Sample,
     /// A write into the kept file of capture `cap` of process `proc`.
     FileWrite { proc: u64, cap: usize },
+    /// The timeout of process `proc` while its files are being opened.
+    OpenTimeout { proc: u64 },
+    /// Process `proc`'s files are slow to open: its start request is
+    /// answered without waiting for its pid.
+    OpenSlow { proc: u64 },
 }
+
+/// How long a start request waits for a process's files to open before it
+/// is answered without that process's pid.
+const OPEN_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) struct Reactor {
     ring: Ring<Tag>,
@@ -97,6 +107,11 @@ pub(crate) struct Reactor {
     packer: Packer,
     /// Compressions the compression thread finished.
     packed_rx: std::sync::mpsc::Receiver<packer::Done>,
+    /// Opens spec files off this thread.
+    opener: Opener,
+    opened_rx: std::sync::mpsc::Receiver<opener::Done>,
+    /// Processes waiting for their files.
+    opening: HashMap<u64, Opening>,
     /// Kept-file captures whose pipe reads are to be paused (backpressure),
     /// cancelled once the current batch of completions is handled.
     pauses: Vec<(u64, usize)>,
@@ -138,6 +153,23 @@ struct Queued {
     serial: u64,
     spec: Rc<spec::ProcSpec>,
     pipes: Rc<std::cell::RefCell<proc::RequestPipes>>,
+    /// Its files, once the opener has opened them (`None`: not yet asked).
+    opened: Option<Vec<(usize, Opened)>>,
+}
+
+/// A process whose files are being opened: its queue entry and the timer of
+/// its timeout, if it has one.
+struct Opening {
+    q: Queued,
+    timer: Option<u64>,
+    slow: Option<u64>,
+}
+
+impl Opening {
+    /// The timers' keys, to cancel.
+    fn timers(&mut self) -> impl Iterator<Item = u64> {
+        self.timer.take().into_iter().chain(self.slow.take())
+    }
 }
 
 /// How long the reactor spawns before it serves completions, timers and
@@ -166,6 +198,8 @@ impl Reactor {
                 rustix::io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EAGAIN));
             StartupError::Sys("starting the spawner thread", errno)
         })?;
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let opener = Opener::new(opened_tx, mailbox.wake.clone());
         let (packed_tx, packed_rx) = std::sync::mpsc::channel();
         let packer = Packer::new(packed_tx, mailbox.wake.clone());
         tracing::debug!(features = ?ring.features, "io_uring ready");
@@ -209,6 +243,9 @@ impl Reactor {
             env_cache: proc::EnvCache::default(),
             packer,
             packed_rx,
+            opener,
+            opened_rx,
+            opening: HashMap::new(),
             pauses: Vec::new(),
             budget: output_limit,
             all_waiters: Vec::new(),
@@ -224,6 +261,7 @@ impl Reactor {
         let mut closed = false;
         loop {
             self.drain_spawned();
+            self.drain_opened();
             self.drain_packed();
             if !closed {
                 closed = self.drain_mailbox();
@@ -314,8 +352,16 @@ impl Reactor {
         }
     }
 
-    /// Sends `signum` to every running process.
+    /// Sends `signum` to every running process; those waiting for their files
+    /// never start.
     fn signal_all(&mut self, signum: i32) {
+        let opening: Vec<u64> = self.opening.keys().copied().collect();
+        for serial in opening {
+            self.abandon_opening(
+                serial,
+                "not started: the agent is shutting down (it was opening its files)".into(),
+            );
+        }
         for p in self.procs.values() {
             if matches!(p.life, Life::Running) {
                 if let Err(e) = signal_proc(p, signum) {
@@ -444,6 +490,30 @@ impl Reactor {
             Tag::Timeout { proc, kill } => {
                 self.ring.finish(cqe);
                 self.timeout_fired(proc, kill);
+                return;
+            }
+            Tag::OpenSlow { proc } => {
+                self.ring.finish(cqe);
+                if let Some(o) = self.opening.get_mut(&proc) {
+                    o.slow = None;
+                }
+                self.answer_request(proc);
+                return;
+            }
+            Tag::OpenTimeout { proc } => {
+                self.ring.finish(cqe);
+                if let Some(o) = self.opening.get_mut(&proc) {
+                    o.timer = None;
+                }
+                let after = self
+                    .opening
+                    .get(&proc)
+                    .and_then(|o| o.q.spec.timeout.as_ref())
+                    .map_or(0.0, |t| t.after);
+                self.abandon_opening(
+                    proc,
+                    format!("not started: timed out after {after} s opening its files"),
+                );
                 return;
             }
             Tag::Sample => {
@@ -825,6 +895,19 @@ impl Reactor {
                 self.answer_all_waiters();
             }
             Command::Signal(id, signum, reply) => {
+                // A process still waiting for its files never starts.
+                if let Some(s) = self.serial(&id).filter(|s| self.opening.contains_key(s)) {
+                    self.abandon_opening(
+                        s,
+                        format!(
+                            "not started: signal {} while opening its files",
+                            crate::signal::signal_name(signum)
+                                .map_or_else(|| signum.to_string(), str::to_string)
+                        ),
+                    );
+                    reply(Ok(()));
+                    return;
+                }
                 let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
                     None => Err(ProcError::Unknown(id)),
                     Some(p) => signal_proc(p, signum).map_err(|e| {
@@ -892,6 +975,9 @@ impl Reactor {
                 }
             }
             Command::Delete(id, reply) => {
+                if let Some(s) = self.serial(&id).filter(|s| self.opening.contains_key(s)) {
+                    self.abandon_opening(s, "not started: deleted while opening its files".into());
+                }
                 let r = match self.serial(&id) {
                     None => Err(ProcError::Unknown(id)),
                     Some(s) => {
@@ -954,6 +1040,7 @@ impl Reactor {
                 serial,
                 spec: Rc::new(ps),
                 pipes: pipes.clone(),
+                opened: None,
             });
             started.push(id);
         }
@@ -1017,7 +1104,7 @@ impl Reactor {
     /// Builds the plan of a queued process and spawns it (on the spawner thread
     /// if it is idle). A plan that ran out of fds goes back to the head of the
     /// queue while other processes hold fds that they will let go of.
-    fn launch(&mut self, q: Queued) {
+    fn launch(&mut self, mut q: Queued) {
         let serial = q.serial;
         let Some(id) = self.procs.get(&serial).map(|p| p.id.clone()) else {
             return;
@@ -1035,12 +1122,43 @@ impl Reactor {
             restrict_exe: self.config.restrict_exe.as_deref(),
             report_env: self.config.report_env,
         };
+        // Files are opened off this thread first (a FIFO's open may never end).
+        if q.opened.is_none() {
+            let opens = proc::opens_for(&id, &q.spec, &ctx);
+            if !opens.is_empty() {
+                match self.opener.submit(serial, opens) {
+                    Ok(()) => {
+                        let timer = q
+                            .spec
+                            .timeout
+                            .as_ref()
+                            .and_then(|t| std::time::Duration::try_from_secs_f64(t.after).ok())
+                            .map(|after| {
+                                self.ring.timeout(after, Tag::OpenTimeout { proc: serial })
+                            });
+                        let slow = Some(
+                            self.ring
+                                .timeout(OPEN_PATIENCE, Tag::OpenSlow { proc: serial }),
+                        );
+                        if let Some(p) = self.procs.get_mut(&serial) {
+                            p.life = Life::Opening;
+                        }
+                        self.opening.insert(serial, Opening { q, timer, slow });
+                        return;
+                    }
+                    // No opener thread could start: open here, as before.
+                    Err(opens) => q.opened = Some(opens.into_iter().map(opener::open).collect()),
+                }
+            }
+        }
+        let opened = q.opened.take().unwrap_or_default();
         let mut prep = proc::prepare(
             &id,
             &q.spec,
             &ctx,
             &mut q.pipes.borrow_mut(),
             &mut self.env_cache,
+            opened,
         );
         if prep.out_of_fds && self.active > 0 && self.may_requeue(&q) {
             tracing::debug!(%id, active = self.active, "out of fds: queued until some are freed");
@@ -1235,6 +1353,44 @@ impl Reactor {
         proc.settle(self.stat_ctx.as_ref());
         self.release_slot(serial);
         self.compress_captures(serial);
+    }
+
+    /// Collects the opener's finished jobs: each process goes on to launch;
+    /// one abandoned meanwhile has its files discarded.
+    fn drain_opened(&mut self) {
+        while let Ok((serial, results)) = self.opened_rx.try_recv() {
+            match self.opening.remove(&serial) {
+                Some(mut o) => {
+                    for key in o.timers() {
+                        self.ring.cancel(key);
+                    }
+                    let mut q = o.q;
+                    q.opened = Some(results);
+                    if let Some(p) = self.procs.get_mut(&serial) {
+                        p.life = Life::Queued;
+                    }
+                    self.launch(q);
+                }
+                None => results.into_iter().for_each(|(_, o)| o.discard()),
+            }
+        }
+    }
+
+    /// Gives up on a process waiting for its files (signalled, deleted, timed
+    /// out, or the agent shutting down): it never starts, and says `why`. Its
+    /// files are discarded when their opens end.
+    fn abandon_opening(&mut self, serial: u64, why: String) {
+        let Some(mut o) = self.opening.remove(&serial) else {
+            return;
+        };
+        for key in o.timers() {
+            self.ring.cancel(key);
+        }
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.errors.push(why);
+        }
+        self.settle_unstarted(serial);
+        self.start_resolved(serial);
     }
 
     /// Collects spawns the spawner thread finished.

@@ -7,7 +7,7 @@
 //! - [fcntl(2)](https://man7.org/linux/man-pages/man2/fcntl.2.html)
 //! - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
 
-use rustix::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use rustix::io::Errno;
 use std::path::Path;
 
@@ -86,6 +86,82 @@ pub fn tempfile(dir: &Path) -> Result<OwnedFd, Errno> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Why [`open_for_child`] did not open a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// The open failed.
+    Sys(Errno),
+    /// The path goes through a `/proc` magic link (`/dev/fd/N`, `/dev/stdin`,
+    /// `/proc/self/fd/N`, `/proc/self/cwd/…`), which in the agent means the
+    /// agent's own fds, or a symlink loop (the kernel says ELOOP for both).
+    MagicLink,
+    /// The path is one of the agent's own `/proc` entries (`/proc/self/mem`,
+    /// `/proc/thread-self/environ`, `/proc/<agent pid>/…`).
+    AgentProc(String),
+}
+
+/// Opens `path` for a child's fd, in the agent, refusing what would mean the
+/// agent itself: paths through magic links (`openat2` with
+/// `RESOLVE_NO_MAGICLINKS`, Linux 5.6; older kernels open plainly) and the
+/// agent's own `/proc` entries (checked on the opened file's path as the
+/// kernel resolved it, so no symlink gets around it).
+pub fn open_for_child(path: &Path, flags: i32, mode: u32) -> Result<OwnedFd, OpenFailure> {
+    use rustix::fs::{OFlags, ResolveFlags};
+    let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+    let mode = rustix::fs::Mode::from_raw_mode(mode);
+    // openat2 takes a mode only where open would use one.
+    let creates = oflags.contains(OFlags::CREATE) || oflags.contains(OFlags::TMPFILE);
+    let fd = match rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        oflags,
+        if creates {
+            mode
+        } else {
+            rustix::fs::Mode::empty()
+        },
+        ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP) => return Err(OpenFailure::MagicLink),
+        // No openat2 (before 5.6, or a seccomp filter): a plain open.
+        Err(Errno::NOSYS | Errno::PERM) => {
+            rustix::fs::open(path, oflags, mode).map_err(OpenFailure::Sys)?
+        }
+        Err(Errno::INTR) => return open_for_child(path, flags, mode.bits()),
+        Err(e) => return Err(OpenFailure::Sys(e)),
+    };
+    if let Some(what) = agent_proc_entry(&fd) {
+        return Err(OpenFailure::AgentProc(what));
+    }
+    Ok(fd)
+}
+
+/// If `fd` is a file under one of this process's `/proc/<pid>` (or a
+/// thread's) directories, its path.
+fn agent_proc_entry(fd: &OwnedFd) -> Option<String> {
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let target = rustix::fs::readlink(link.as_str(), Vec::new()).ok()?;
+    let target = target.to_string_lossy().into_owned();
+    let rest = target.strip_prefix("/proc/")?;
+    let num = rest.split('/').next()?;
+    let n: i32 = num.parse().ok()?;
+    // A process's or a thread's directory: the agent's when its thread group
+    // is the agent's.
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    if n == me {
+        return Some(target);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{n}/status")).ok()?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    (tgid == me).then_some(target)
 }
 
 /// `open(path, flags | O_CLOEXEC, mode)`—opens a file for a child's fd in the parent.

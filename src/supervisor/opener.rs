@@ -1,0 +1,248 @@
+//! Opening a spec's files off the reactor thread.
+//!
+//! A `file` fd or a kept capture path may be a FIFO with no peer, a slow
+//! network mount, or a device whose open sleeps: opened on the reactor, it
+//! would stall every other process. The reactor hands such opens to this pool
+//! of threads, one job per process, and goes on; the process waits
+//! ([`Life::Opening`](super::proc::Life::Opening)) and may be signalled,
+//! deleted or timed out meanwhile, which abandons the job (its files are
+//! closed, and kept files it created removed, when it finishes).
+//!
+//! The pool grows while every thread is busy, up to [`MAX_THREADS`]; past
+//! that, jobs wait for a thread (only processes with files to open wait).
+
+use crate::sys::fd::OpenFailure;
+use rustix::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+/// The most opener threads (each may be stuck in an open that never ends).
+pub(crate) const MAX_THREADS: usize = 32;
+
+/// One open a process needs, by the index of its entry in the spec's `fds`.
+#[derive(Debug)]
+pub(crate) enum OpenReq {
+    /// A `file` fd.
+    File {
+        index: usize,
+        path: PathBuf,
+        flags: i32,
+        mode: u32,
+    },
+    /// A mode `file` capture's kept file.
+    Kept {
+        index: usize,
+        id: String,
+        fd_name: String,
+        path: Option<String>,
+        dir: Option<String>,
+        cwd: Option<PathBuf>,
+    },
+}
+
+/// What an open gave.
+#[derive(Debug)]
+pub(crate) enum Opened {
+    /// A `file` fd.
+    File(Result<OwnedFd, OpenFailure>),
+    /// A kept file, its path, and whether the open created it.
+    Kept(Result<(OwnedFd, PathBuf, bool), OpenFailure>),
+}
+
+impl Opened {
+    /// Undoes what nobody will use: closes the file and removes a kept file
+    /// the open created.
+    pub fn discard(self) {
+        if let Opened::Kept(Ok((_, path, true))) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A finished job: the process's serial and its opens' results, by index.
+pub(crate) type Done = (u64, Vec<(usize, Opened)>);
+
+type Job = (u64, Vec<OpenReq>);
+
+/// The pool.
+pub(crate) struct Opener {
+    jobs: mpsc::Sender<Job>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    idle: Arc<AtomicUsize>,
+    threads: usize,
+    done: mpsc::Sender<Done>,
+    wake: Arc<OwnedFd>,
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opener")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    /// A pool with no threads yet; finished jobs go to `done`, and `wake` is
+    /// written to wake the reactor.
+    pub fn new(done: mpsc::Sender<Done>, wake: Arc<OwnedFd>) -> Opener {
+        let (jobs, rx) = mpsc::channel();
+        Opener {
+            jobs,
+            rx: Arc::new(Mutex::new(rx)),
+            idle: Arc::new(AtomicUsize::new(0)),
+            threads: 0,
+            done,
+            wake,
+        }
+    }
+
+    /// Queues the opens of process `serial`; gives them back if there is
+    /// no thread to do them (none could be started).
+    pub fn submit(&mut self, serial: u64, opens: Vec<OpenReq>) -> Result<(), Vec<OpenReq>> {
+        if self.idle.load(Ordering::Acquire) == 0 && self.threads < MAX_THREADS {
+            self.grow();
+        }
+        if self.threads == 0 {
+            return Err(opens);
+        }
+        self.jobs.send((serial, opens)).map_err(|e| e.0.1)
+    }
+
+    fn grow(&mut self) {
+        let (rx, idle, done, wake) = (
+            self.rx.clone(),
+            self.idle.clone(),
+            self.done.clone(),
+            self.wake.clone(),
+        );
+        let started = std::thread::Builder::new()
+            .name("chaperone-open".into())
+            .spawn(move || {
+                loop {
+                    idle.fetch_add(1, Ordering::AcqRel);
+                    let job = rx.lock().map(|rx| rx.recv());
+                    idle.fetch_sub(1, Ordering::AcqRel);
+                    let Ok(Ok((serial, opens))) = job else { break };
+                    let results = opens.into_iter().map(open).collect();
+                    if done.send((serial, results)).is_err() {
+                        break;
+                    }
+                    let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
+                }
+            });
+        match started {
+            Ok(_) => self.threads += 1,
+            // With no thread at all the opens are done by the caller.
+            Err(e) if self.threads == 0 => {
+                tracing::error!("cannot start an opener thread: {e}; opening on the reactor");
+            }
+            Err(e) => tracing::warn!("cannot start another opener thread: {e}"),
+        }
+    }
+}
+
+/// Does one open (on an opener thread, or the reactor's as a last resort).
+pub(crate) fn open(req: OpenReq) -> (usize, Opened) {
+    match req {
+        OpenReq::File {
+            index,
+            path,
+            flags,
+            mode,
+        } => (
+            index,
+            Opened::File(crate::sys::fd::open_for_child(&path, flags, mode)),
+        ),
+        OpenReq::Kept {
+            index,
+            id,
+            fd_name,
+            path,
+            dir,
+            cwd,
+        } => (
+            index,
+            Opened::Kept(super::proc::open_kept(
+                &id,
+                &fd_name,
+                (path.as_deref(), dir.as_deref()),
+                cwd.as_deref(),
+            )),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn wake() -> Arc<OwnedFd> {
+        Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"))
+    }
+
+    // A FIFO with no writer holds one thread; another job still finishes,
+    // on a second thread.
+    #[test]
+    fn a_stuck_open_holds_up_only_its_own_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut o = Opener::new(tx, wake());
+        let req = |index, path: &std::path::Path| OpenReq::File {
+            index,
+            path: path.to_path_buf(),
+            flags: libc::O_RDONLY,
+            mode: 0,
+        };
+        o.submit(1, vec![req(0, &fifo)]).unwrap();
+        o.submit(2, vec![req(3, &file)]).unwrap();
+        let (serial, results) = rx.recv_timeout(Duration::from_secs(30)).expect("job 2");
+        assert_eq!(serial, 2);
+        assert!(matches!(results[..], [(3, Opened::File(Ok(_)))]));
+        assert!(rx.try_recv().is_err(), "the FIFO's open is still waiting");
+        assert_eq!(o.threads, 2);
+        // A writer arrives: the stuck job finishes too.
+        let w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let (serial, _) = rx.recv_timeout(Duration::from_secs(30)).expect("job 1");
+        assert_eq!(serial, 1);
+        drop(w);
+    }
+
+    #[test]
+    fn the_agents_own_proc_entries_and_fds_are_refused() {
+        for p in [
+            "/proc/self/mem",
+            "/proc/thread-self/environ",
+            "/proc/self/status",
+        ] {
+            let r = crate::sys::fd::open_for_child(std::path::Path::new(p), libc::O_RDONLY, 0);
+            assert!(matches!(r, Err(OpenFailure::AgentProc(_))), "{p}: {r:?}");
+        }
+        let me = format!("/proc/{}/cmdline", std::process::id());
+        let r = crate::sys::fd::open_for_child(std::path::Path::new(&me), libc::O_RDONLY, 0);
+        assert!(matches!(r, Err(OpenFailure::AgentProc(_))), "{me}: {r:?}");
+        for p in ["/dev/stdin", "/dev/fd/0", "/proc/self/fd/1"] {
+            let r = crate::sys::fd::open_for_child(std::path::Path::new(p), libc::O_RDONLY, 0);
+            assert_eq!(r.err(), Some(OpenFailure::MagicLink), "{p}");
+        }
+        // Another process's /proc entry is its own business.
+        let r =
+            crate::sys::fd::open_for_child(std::path::Path::new("/proc/1/stat"), libc::O_RDONLY, 0);
+        assert!(r.is_ok(), "{r:?}");
+        let r =
+            crate::sys::fd::open_for_child(std::path::Path::new("/dev/null"), libc::O_RDONLY, 0);
+        assert!(r.is_ok());
+    }
+}

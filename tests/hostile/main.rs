@@ -1,0 +1,140 @@
+//! Specs that would stall or reach into the agent: a FIFO with no peer delays
+//! only its own process (which can still be signalled, deleted or timed out),
+//! and paths that mean the agent itself are refused with an error naming them.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+use chaperone::result::State;
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use util::*;
+
+fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success()
+    );
+    p
+}
+
+fn stdin_from(path: &Path) -> serde_json::Value {
+    json!([["stdin", {"file": {"path": path, "flags": "Read"}}], ["stdout", mem_utf8()]])
+}
+
+// The issue's case: processes before and after one whose stdin is a FIFO
+// with no writer run at once; it runs when a writer comes, with its input.
+#[test]
+fn a_fifo_with_no_peer_delays_only_its_own_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fifo(dir.path(), "in");
+    let a = agent();
+    let t = Instant::now();
+    let ids = a
+        .start(input(&json!({"specs": {
+            "q": {"argv": ["/bin/echo", "q"], "fds": [["stdout", mem_utf8()]]},
+            "p": {"argv": ["/bin/cat"], "fds": stdin_from(&f)},
+            "r": {"argv": ["/bin/echo", "r"], "fds": [["stdout", mem_utf8()]]},
+        }})))
+        .expect("the start is answered while p waits for its FIFO");
+    assert_eq!(ids.len(), 3);
+    for id in ["q", "r"] {
+        let res = wait(&a, id);
+        assert_eq!(res.state, State::Terminated, "{id}");
+    }
+    let p = a.result("p").unwrap();
+    assert_eq!(
+        (p.state, p.pid),
+        (State::Running, None),
+        "p waits, unstarted"
+    );
+    // A writer: p opens, starts and reads what is written.
+    std::fs::write(&f, b"through the fifo\n").unwrap();
+    let res = wait(&a, "p");
+    assert_eq!(string_of(&res, "stdout"), "through the fifo\n");
+    assert!(t.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_process_waiting_on_its_files_can_be_signalled_deleted_or_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent();
+    let (f1, f2, f3) = (
+        fifo(dir.path(), "1"),
+        fifo(dir.path(), "2"),
+        fifo(dir.path(), "3"),
+    );
+    start(
+        &a,
+        &json!({"specs": {
+            "sig": {"argv": ["/bin/cat"], "fds": stdin_from(&f1)},
+            "del": {"argv": ["/bin/cat"], "fds": stdin_from(&f2)},
+            "tmo": {"argv": ["/bin/cat"], "fds": stdin_from(&f3), "timeout": {"after": 0.3}},
+        }}),
+    );
+    a.signal("sig", libc::SIGTERM).expect("signalled");
+    let res = wait(&a, "sig");
+    assert_eq!(res.state, State::Error);
+    assert_eq!(
+        res.errors,
+        ["not started: signal SIGTERM while opening its files"]
+    );
+    a.delete("del").expect("deleted while opening");
+    assert!(a.result("del").is_none());
+    let res = wait(&a, "tmo");
+    assert_eq!(
+        res.errors,
+        ["not started: timed out after 0.3 s opening its files"]
+    );
+    // The abandoned opens end when writers come; nothing is left to start.
+    for f in [&f1, &f2, &f3] {
+        let _w = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+    }
+    assert_eq!(a.proc_ids().len(), 2, "sig and tmo stay, settled");
+}
+
+// Paths that in the agent mean the agent: its /proc entries and its fds
+// through magic links. Refused by name; other processes are unaffected.
+#[test]
+fn paths_that_mean_the_agent_are_refused() {
+    let a = agent();
+    let read = |path: &str| json!([["3", {"file": {"path": path, "flags": "Read"}}]]);
+    let me = format!("/proc/{}/environ", std::process::id());
+    start(
+        &a,
+        &json!({"specs": {
+            "mem": {"argv": ["/bin/true"], "fds": read("/proc/self/mem")},
+            "env": {"argv": ["/bin/true"], "fds": read("/proc/thread-self/environ")},
+            "pid": {"argv": ["/bin/true"], "fds": read(&me)},
+            "devfd": {"argv": ["/bin/true"], "fds": read("/dev/fd/0")},
+            "stdin": {"argv": ["/bin/true"], "fds": read("/dev/stdin")},
+            "kept": {"argv": ["/bin/echo", "x"], "fds": [["stdout",
+                {"capture": {"mode": "file", "path": "/proc/self/mem"}}]]},
+            "fine": {"argv": ["/bin/true"], "fds": read("/proc/1/stat")},
+        }}),
+    );
+    for (id, want) in [
+        ("mem", "/proc/self/mem is the agent's own"),
+        ("env", "/proc/thread-self/environ is the agent's own"),
+        ("pid", "is the agent's own"),
+        ("devfd", "/dev/fd/0 goes through a /proc magic link"),
+        ("stdin", "/dev/stdin goes through a /proc magic link"),
+        ("kept", "/proc/self/mem is the agent's own"),
+    ] {
+        let res = wait(&a, id);
+        assert_eq!(res.state, State::Error, "{id}");
+        assert!(res.pid.is_none(), "{id} never started");
+        assert!(
+            res.errors.len() == 1 && res.errors[0].contains(want),
+            "{id}: {:?}",
+            res.errors
+        );
+    }
+    let res = wait(&a, "fine");
+    assert_eq!((res.state, res.errors.len()), (State::Terminated, 0));
+}
