@@ -130,6 +130,10 @@ pub struct Args {
     /// Log level: trace, debug, info, warn or error.
     #[arg(long, default_value = "warn")]
     pub log_level: String,
+    /// The largest spec read from a file or standard input (K, M, G
+    /// suffixes allowed); a larger one is refused before anything starts.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    pub max_spec_size: usize,
     /// Default head size of memory captures (bytes; K, M, G suffixes allowed).
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub capture_head: usize,
@@ -212,7 +216,25 @@ pub fn run(args: Args) -> u8 {
     if args.exit && args.wait {
         tracing::warn!("--exit and --wait both given: exiting once no process runs");
     }
-    let input = match args.input.as_ref().map(|p| load(p)).transpose() {
+    // Where the results go must be writable before anything runs, so that
+    // no run's results are lost to a path that cannot be written.
+    if let Some(out) = &args.output {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(out)
+        {
+            eprintln!("error: cannot write --output {}: {e}", out.display());
+            return EXIT_LOAD;
+        }
+    }
+    let input = match args
+        .input
+        .as_ref()
+        .map(|p| load(p, args.max_spec_size))
+        .transpose()
+    {
         Ok(i) => i,
         Err(code) => return code,
     };
@@ -290,17 +312,26 @@ pub fn run(args: Args) -> u8 {
 
 /// Reads and parses the spec at `path` (`-`: standard input); on failure, the
 /// exit code.
-fn load(path: &std::path::Path) -> Result<spec::Input, u8> {
-    let raw = if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+fn load(path: &std::path::Path, max: usize) -> Result<spec::Input, u8> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().take(limit).read_to_end(&mut raw)
     } else {
-        std::fs::read(path)
+        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut raw))
     };
-    let raw = raw.map_err(|e| {
+    read.map_err(|e| {
         eprintln!("error: cannot read spec {}: {e}", path.display());
         EXIT_LOAD
     })?;
+    if raw.len() > max {
+        eprintln!(
+            "error: spec {} is larger than --max-spec-size ({max} bytes)",
+            path.display()
+        );
+        return Err(EXIT_LOAD);
+    }
     spec::parse_input(&raw).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_LOAD

@@ -270,7 +270,15 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
                 }
             },
         };
-        let (Some(soft), Some(hard)) = (limit(soft), limit(hard)) else {
+        // `[n, n]` and `n` are checked once, so an error is said once.
+        let (soft, hard) = match *spec {
+            RlimitSpec::Both(_) => {
+                let v = limit(soft);
+                (v, v)
+            }
+            RlimitSpec::Pair(..) => (limit(soft), limit(hard)),
+        };
+        let (Some(soft), Some(hard)) = (soft, hard) else {
             continue;
         };
         if soft > hard {

@@ -80,6 +80,17 @@ pub enum SpecError {
     #[error("{0}")]
     Json(String),
 
+    /// A field's value is not allowed.
+    #[error("proc {proc_id}: {field}: {msg}")]
+    BadField {
+        /// The process.
+        proc_id: ProcId,
+        /// The field, e.g. `fds.stdout.file.mode`.
+        field: String,
+        /// What is wrong.
+        msg: String,
+    },
+
     /// A proc id appears twice in one request, or is already in use by the agent.
     #[error("duplicate proc id: {proc_id}")]
     DuplicateProcId {
@@ -378,7 +389,10 @@ pub struct ProcSpec {
     #[serde(skip_serializing_if = "SignalsSpec::is_empty")]
     pub signals: SignalsSpec,
     /// Resource limits: lower-case `RLIMIT_*` name → `[soft, hard]` (`null` is unlimited).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_rlimits"
+    )]
     pub rlimits: BTreeMap<String, RlimitSpec>,
     /// Whether the child calls `setsid()` (default true, as Procstar).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -535,6 +549,7 @@ pub struct EnvSpec {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub user_env: bool,
     /// Variables to set (a string) or unset (`null`), applied after `inherit`.
+    #[serde(deserialize_with = "unique_vars")]
     pub vars: BTreeMap<String, Option<String>>,
     /// chaperone extension: whether the result carries the environment the
     /// child got (`env`). Default: the agent's `--report-env` (off), since an
@@ -890,9 +905,65 @@ pub fn fd_name(fd: i32) -> String {
 // Parsing and validation
 //------------------------------------------------------------------------------
 
+fn unique_vars<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Option<String>>, D::Error> {
+    unique_keys(d, "env.vars")
+}
+
+fn unique_rlimits<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, RlimitSpec>, D::Error> {
+    unique_keys(d, "rlimits")
+}
+
+/// A JSON object as a map, refusing a key given twice (which JSON parsers
+/// take last-wins, silently); the error names `field`.
+fn unique_keys<'de, D, V>(d: D, field: &'static str) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: serde::Deserialize<'de>,
+{
+    struct Unique<V>(&'static str, std::marker::PhantomData<V>);
+    impl<'de, V: serde::Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "{}: {k:?} is given twice",
+                        self.0
+                    )));
+                }
+                let v = m.next_value()?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique(field, std::marker::PhantomData))
+}
+
 /// Parses a request's JSON. Schema errors become [`SpecError::Json`] with serde's
 /// message. Call [`validate`] (or [`validate_with_existing`]) on the result.
 pub fn parse_input(json: &[u8]) -> Result<Input, SpecError> {
+    // Procstar's format is objects only; serde would take `[{…}]` as the
+    // fields of a request in order.
+    match json.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) => {
+            return Err(SpecError::Json(
+                "a request is a JSON object, {\"specs\": {ID: SPEC, …}}".into(),
+            ));
+        }
+    }
     serde_json::from_slice(json).map_err(|e| {
         let msg = e.to_string();
         SpecError::Json(locate_error(json, &e, &msg).unwrap_or(msg))
@@ -996,6 +1067,15 @@ pub fn validate_with_existing(
                     return Err(SpecError::Nul {
                         proc_id: proc_id.clone(),
                         field: format!("fds.{name}.file.path"),
+                    });
+                }
+                // Only permission bits: not the file type, which open ignores,
+                // and setuid/setgid/sticky are 0o7000, allowed as open allows.
+                FdSpec::File { mode, .. } if *mode > 0o7777 => {
+                    return Err(SpecError::BadField {
+                        proc_id: proc_id.clone(),
+                        field: format!("fds.{name}.file.mode"),
+                        msg: format!("{mode:#o} is not a file mode (at most 0o7777)"),
                     });
                 }
                 FdSpec::Capture {

@@ -138,3 +138,68 @@ fn paths_that_mean_the_agent_are_refused() {
     let res = wait(&a, "fine");
     assert_eq!((res.state, res.errors.len()), (State::Terminated, 0));
 }
+
+fn cli_stderr(spec: &[u8], args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spec.json");
+    std::fs::write(&path, spec).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// Careless and hostile specs: each refused before anything starts, with an
+// error that names what is wrong.
+#[test]
+fn careless_specs_are_refused_naming_what_is_wrong() {
+    let cases: [(&str, &str); 6] = [
+        (r#"[{"specs": {}}]"#, "a request is a JSON object"),
+        (
+            r#"{"specs": {"a": {"argv": ["/bin/true"], "env": {"vars": {"X": "1", "X": "2"}}}}}"#,
+            r#"env.vars: "X" is given twice"#,
+        ),
+        (
+            r#"{"specs": {"a": {"argv": ["/bin/true"], "rlimits": {"nofile": 5, "nofile": 6}}}}"#,
+            r#"rlimits: "nofile" is given twice"#,
+        ),
+        (
+            r#"{"specs": {"a": {"argv": ["/bin/true"], "fds": [["stdout",
+                {"file": {"path": "/tmp/chaperone-never", "flags": "Write", "mode": 36864}}]]}}}"#,
+            "proc a: fds.stdout.file.mode: 0o110000 is not a file mode (at most 0o7777)",
+        ),
+        (
+            r#"{"specs": {"a": {"argv": ["/bin/true"]}}}"#,
+            "--max-spec-size",
+        ),
+        (
+            r#"{"specs": {"a": {"argv": ["/bin/true"]}}}"#,
+            "cannot write --output",
+        ),
+    ];
+    for (i, (spec, want)) in cases.iter().enumerate() {
+        let args: &[&str] = match i {
+            4 => &["--max-spec-size", "10", "--print"],
+            5 => &["--output", "/nonexistent-dir/results.json"],
+            _ => &["--print"],
+        };
+        let (code, err) = cli_stderr(spec.as_bytes(), args);
+        // 2: the spec cannot be loaded; 65: it loads but cannot start.
+        assert_eq!(code, if i == 3 { 65 } else { 2 }, "{want}: {err}");
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+    }
+    assert!(!Path::new("/tmp/chaperone-never").exists(), "nothing ran");
+    // One value out of range is said once.
+    let (code, res) = run_cli(&json!({"specs": {"a": {"argv": ["/bin/true"],
+        "rlimits": {"nofile": -5}}}}));
+    assert_eq!(code, 0);
+    assert_eq!(
+        res["a"]["errors"],
+        json!(["proc a: rlimits.nofile: -5 is out of range (0 or more, or null)"])
+    );
+}
