@@ -216,6 +216,15 @@ pub fn run(args: Args) -> u8 {
     if args.exit && args.wait {
         tracing::warn!("--exit and --wait both given: exiting once no process runs");
     }
+    let input = match args
+        .input
+        .as_ref()
+        .map(|p| load(p, args.max_spec_size))
+        .transpose()
+    {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
     // Where the results go must be writable before anything runs, so that
     // no run's results are lost to a path that cannot be written.
     if let Some(out) = &args.output {
@@ -229,15 +238,6 @@ pub fn run(args: Args) -> u8 {
             return EXIT_LOAD;
         }
     }
-    let input = match args
-        .input
-        .as_ref()
-        .map(|p| load(p, args.max_spec_size))
-        .transpose()
-    {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
     if input.is_none() && !(args.agent || args.stdio || args.serve) {
         eprintln!("error: no spec given (a file path, or - for standard input)");
         return EXIT_START;
@@ -419,17 +419,12 @@ async fn listen(args: &Args) -> Result<Serve, u8> {
         eprintln!("error: {e}");
         EXIT_LOAD
     })?;
-    if !local.ip().is_loopback() && token.is_none() && tls.is_some() {
-        tracing::warn!(
-            "serving {local} to other hosts over TLS without a token: any client that \
-             reaches it can start processes"
-        );
-    } else if !local.ip().is_loopback() && token.is_none() {
+    if !local.ip().is_loopback() && token.is_none() {
         if !args.serve_insecure {
             eprintln!(
                 "error: --serve-host {} is reachable from other hosts: give --serve-token \
-                 (or CHAPERONE_SERVE_TOKEN) or --serve-cert, or --serve-insecure to serve \
-                 it without either",
+                 (or CHAPERONE_SERVE_TOKEN; TLS alone authenticates no one), or \
+                 --serve-insecure to serve it without one",
                 args.serve_host
             );
             return Err(EXIT_LOAD);

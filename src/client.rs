@@ -661,7 +661,10 @@ async fn wait(client: &Client, json: bool, id: &str, timeout: Option<f64>) -> Re
             .pointer(&format!("/procs/{}", pointer_escape(id)))
             .cloned()
             .unwrap_or(Value::Null);
-        if r.get("status").is_some_and(|s| !s.is_null()) || r["state"] == "error" {
+        // Ended: it has a stop time (an exit, or a start that failed). An
+        // "error" state alone is not an end: a running process whose kept
+        // file failed is one.
+        if r.pointer("/times/stop").is_some_and(|s| !s.is_null()) {
             print_out(json, &r, || summary(id, &r))?;
             let code = r.pointer("/status/exit_code").and_then(Value::as_i64);
             return match code {

@@ -270,7 +270,7 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
                 }
             },
         };
-        // `[n, n]` and `n` are checked once, so an error is said once.
+        // A single value `n` is checked once, so its error is said once.
         let (soft, hard) = match *spec {
             RlimitSpec::Both(_) => {
                 let v = limit(soft);

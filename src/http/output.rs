@@ -89,11 +89,17 @@ pub fn parse_output_query(
     accept_encoding: Option<&[u8]>,
     ranged: bool,
 ) -> Result<OutputQuery, String> {
+    let following = matches!(
+        query.get("follow").map(String::as_str),
+        Some("true" | "1" | "")
+    );
     let encoding = match query.get("encoding").map(String::as_str) {
         None => {
             // `Accept-Encoding: zstd` (a q of 0 refuses it); not for a
-            // Range, which counts bytes of the identity representation.
+            // Range, which counts bytes of the identity representation, nor
+            // for a follow, which is served as it comes.
             let zstd = !ranged
+                && !following
                 && accept_encoding
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .is_some_and(accepts_zstd);
@@ -595,7 +601,8 @@ fn follow(
                     Ok(w) if !w.open && w.length.is_none_or(|l| l <= at) => {
                         // Closed: one last read for a tempfile's final bytes.
                         if w.length.is_none() {
-                            let d = handle.fd_data(&id, &fd, at, Some(stop)).await.ok()?;
+                            let end = stop.min(at.saturating_add(step));
+                            let d = handle.fd_data(&id, &fd, at, Some(end)).await.ok()?;
                             if !d.data.is_empty() {
                                 return Some((Ok(d.data), Some(d.stop)));
                             }

@@ -69,7 +69,10 @@ type Job = (u64, Vec<OpenReq>);
 pub(crate) struct Opener {
     jobs: mpsc::Sender<Job>,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    /// Threads waiting for a job.
     idle: Arc<AtomicUsize>,
+    /// Jobs sent and not yet taken by a thread.
+    waiting: Arc<AtomicUsize>,
     threads: usize,
     done: mpsc::Sender<Done>,
     wake: Arc<OwnedFd>,
@@ -92,6 +95,7 @@ impl Opener {
             jobs,
             rx: Arc::new(Mutex::new(rx)),
             idle: Arc::new(AtomicUsize::new(0)),
+            waiting: Arc::new(AtomicUsize::new(0)),
             threads: 0,
             done,
             wake,
@@ -101,19 +105,27 @@ impl Opener {
     /// Queues the opens of process `serial`; gives them back if there is
     /// no thread to do them (none could be started).
     pub fn submit(&mut self, serial: u64, opens: Vec<OpenReq>) -> Result<(), Vec<OpenReq>> {
-        if self.idle.load(Ordering::Acquire) == 0 && self.threads < MAX_THREADS {
+        // Every job waiting needs an idle thread of its own: one that is idle
+        // now may be about to take an earlier job that never ends.
+        let waiting = self.waiting.load(Ordering::Acquire) + 1;
+        if waiting > self.idle.load(Ordering::Acquire) && self.threads < MAX_THREADS {
             self.grow();
         }
         if self.threads == 0 {
             return Err(opens);
         }
-        self.jobs.send((serial, opens)).map_err(|e| e.0.1)
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.jobs.send((serial, opens)).map_err(|e| {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            e.0.1
+        })
     }
 
     fn grow(&mut self) {
-        let (rx, idle, done, wake) = (
+        let (rx, idle, waiting, done, wake) = (
             self.rx.clone(),
             self.idle.clone(),
+            self.waiting.clone(),
             self.done.clone(),
             self.wake.clone(),
         );
@@ -125,6 +137,7 @@ impl Opener {
                     let job = rx.lock().map(|rx| rx.recv());
                     idle.fetch_sub(1, Ordering::AcqRel);
                     let Ok(Ok((serial, opens))) = job else { break };
+                    waiting.fetch_sub(1, Ordering::AcqRel);
                     let results = opens.into_iter().map(open).collect();
                     if done.send((serial, results)).is_err() {
                         break;
@@ -218,6 +231,45 @@ mod tests {
         let (serial, _) = rx.recv_timeout(Duration::from_secs(30)).expect("job 1");
         assert_eq!(serial, 1);
         drop(w);
+    }
+
+    // With a thread already idle, a stuck job and a quick one submitted
+    // together still get a thread each.
+    #[test]
+    fn jobs_submitted_together_each_get_a_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (tx, rx) = mpsc::channel();
+        let mut o = Opener::new(tx, wake());
+        let req = |path: &std::path::Path| {
+            vec![OpenReq::File {
+                index: 0,
+                path: path.to_path_buf(),
+                flags: libc::O_RDONLY,
+                mode: 0,
+            }]
+        };
+        o.submit(1, req(std::path::Path::new("/dev/null"))).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap().0, 1);
+        // Wait for the thread to be idle again.
+        let t = std::time::Instant::now();
+        while o.idle.load(Ordering::Acquire) == 0 {
+            assert!(t.elapsed() < Duration::from_secs(30));
+            std::thread::yield_now();
+        }
+        o.submit(2, req(&fifo)).unwrap();
+        o.submit(3, req(std::path::Path::new("/dev/null"))).unwrap();
+        let (serial, _) = rx.recv_timeout(Duration::from_secs(30)).expect("job 3");
+        assert_eq!(serial, 3, "the quick job is not stuck behind the FIFO");
+        let _w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap().0, 2);
     }
 
     #[test]

@@ -865,7 +865,8 @@ impl Capture {
                 frozen: Some(f), ..
             } => (Some(f.len()), false),
             Store::Memory { live, pipe, .. } => (Some(live.len()), pipe.fd.is_some()),
-            Store::Kept { file, pipe, .. } => (Some(file.len()), pipe.fd.is_some()),
+            // Open until every byte taken from the pipe is in the file.
+            Store::Kept { file, pipe, .. } => (Some(file.len()), pipe.fd.is_some() || !file.idle()),
             Store::Tempfile { .. } => (None, busy),
         }
     }

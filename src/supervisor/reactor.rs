@@ -426,19 +426,19 @@ impl Reactor {
         let mut i = 0;
         while i < self.data_waiters.len() {
             let w = &self.data_waiters[i];
-            let state = self.procs.get(&w.serial).and_then(|p| {
-                let c = p.captures.get(w.cap)?;
-                Some((c.name.clone(), c.growth(p.is_busy())))
-            });
+            let state = self
+                .procs
+                .get(&w.serial)
+                .and_then(|p| Some(p.captures.get(w.cap)?.growth(p.is_busy())));
             let answer = match state {
                 None => Some(Err(FdDataError::Unknown(String::new()))),
-                Some((_, (length, open)))
+                Some((length, open))
                     if !open || length.is_some_and(|l| l > w.offset) || w.deadline <= now =>
                 {
                     Some(Ok(FdWaited { length, open }))
                 }
                 // A tempfile grows unseen: its readers poll.
-                Some((_, (None, _))) => Some(Ok(FdWaited {
+                Some((None, _)) => Some(Ok(FdWaited {
                     length: None,
                     open: true,
                 })),
@@ -492,18 +492,20 @@ impl Reactor {
                 self.timeout_fired(proc, kill);
                 return;
             }
+            // A cancelled timer completes too: only one still armed counts.
             Tag::OpenSlow { proc } => {
                 self.ring.finish(cqe);
-                if let Some(o) = self.opening.get_mut(&proc) {
+                if let Some(o) = self.opening.get_mut(&proc).filter(|o| o.slow.is_some()) {
                     o.slow = None;
+                    self.answer_request(proc);
                 }
-                self.answer_request(proc);
                 return;
             }
             Tag::OpenTimeout { proc } => {
                 self.ring.finish(cqe);
-                if let Some(o) = self.opening.get_mut(&proc) {
-                    o.timer = None;
+                match self.opening.get_mut(&proc) {
+                    Some(o) if o.timer.is_some() => o.timer = None,
+                    _ => return,
                 }
                 let after = self
                     .opening
@@ -1369,7 +1371,9 @@ impl Reactor {
                     if let Some(p) = self.procs.get_mut(&serial) {
                         p.life = Life::Queued;
                     }
-                    self.launch(q);
+                    // Back at the head of the queue: it launches when
+                    // `max_running` and the fds allow, as any other.
+                    self.queue.push_front(q);
                 }
                 None => results.into_iter().for_each(|(_, o)| o.discard()),
             }

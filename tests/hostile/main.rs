@@ -203,3 +203,51 @@ fn careless_specs_are_refused_naming_what_is_wrong() {
         json!(["proc a: rlimits.nofile: -5 is out of range (0 or more, or null)"])
     );
 }
+
+// Processes with files to open still keep to max_running, and a start
+// request waits for their pids when the opens are quick.
+#[test]
+fn opened_processes_keep_to_max_running_and_start_with_pids() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = chaperone::Agent::new(chaperone::Config {
+        max_running: Some(1),
+        ..chaperone::Config::default()
+    })
+    .unwrap();
+    let mut specs = serde_json::Map::new();
+    for i in 0..4 {
+        specs.insert(
+            format!("p{i}"),
+            json!({"argv": ["/bin/sh", "-c", "date +%s.%N; sleep 0.2; date +%s.%N"],
+                "fds": [["stdin", {"file": {"path": "/dev/null", "flags": "Read"}}],
+                        ["stdout", {"capture": {"mode": "file",
+                            "path": dir.path().join(format!("p{i}.out"))}}]]}),
+        );
+    }
+    start(&a, &json!({ "specs": specs }));
+    let mut spans = Vec::new();
+    for i in 0..4 {
+        wait(&a, &format!("p{i}"));
+        let out = std::fs::read_to_string(dir.path().join(format!("p{i}.out"))).unwrap();
+        let t: Vec<f64> = out.lines().map(|l| l.parse().unwrap()).collect();
+        spans.push((t[0], t[1]));
+    }
+    spans.sort_by(|x, y| x.0.total_cmp(&y.0));
+    for w in spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "two ran at once under max_running 1: {spans:?}"
+        );
+    }
+    // Quick opens: the start's answer comes with the pid.
+    let b = agent();
+    start(
+        &b,
+        &json!({"specs": {"k": {"argv": ["/bin/sleep", "5"],
+            "fds": [["stdout", {"capture": {"mode": "file", "path": dir.path().join("k.out")}}]]}}}),
+    );
+    assert!(b.result("k").unwrap().pid.is_some(), "started with a pid");
+    b.signal("k", libc::SIGKILL)
+        .expect("a started process takes a signal");
+    wait(&b, "k");
+}
