@@ -155,7 +155,14 @@ struct Queued {
     pipes: Rc<std::cell::RefCell<proc::RequestPipes>>,
     /// Its files, once the opener has opened them (`None`: not yet asked).
     opened: Option<Vec<(usize, Opened)>>,
+    /// Spawns that failed for want of an fd while nothing else held a slot.
+    fd_retries: u8,
 }
+
+/// How often a spawn that found no fd is tried again while no other process
+/// holds one: the fds may have been held only for a moment (another plan
+/// being built on the reactor while the spawner thread cloned).
+const ALONE_FD_RETRIES: u8 = 3;
 
 /// A process whose files are being opened: its queue entry and the timer of
 /// its timeout, if it has one.
@@ -1043,6 +1050,7 @@ impl Reactor {
                 spec: Rc::new(ps),
                 pipes: pipes.clone(),
                 opened: None,
+                fd_retries: 0,
             });
             started.push(id);
         }
@@ -1250,17 +1258,25 @@ impl Reactor {
         serial: u64,
         result: Result<Spawned, rustix::io::Errno>,
         exe: &str,
-        q: Queued,
+        mut q: Queued,
     ) {
         let out_of_fds = matches!(
             result,
             Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE)
         );
-        if out_of_fds && self.active > 1 && self.may_requeue(&q) {
+        // With others holding slots, it waits for one of them to end; alone,
+        // it is tried again a few times (what held the fds may be gone).
+        let others = self.active > 1;
+        let again = others || q.fd_retries < ALONE_FD_RETRIES;
+        if out_of_fds && again && self.may_requeue(&q) {
             // No pidfd to be had now: start it again once fds are freed. Its
             // captures (and their pipes) are made anew then.
             self.release_slot(serial);
-            self.fds_short = true;
+            if others {
+                self.fds_short = true;
+            } else {
+                q.fd_retries += 1;
+            }
             if let Some(p) = self.procs.get_mut(&serial) {
                 let mut fresh = Proc::queued(p.id.clone(), 0);
                 fresh.request = p.request;
