@@ -196,6 +196,21 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// The front ends' tokio runtime: one thread, timers and I/O; `None` (said
+/// on stderr) if it cannot start.
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 /// Runs the CLI; returns the process exit code.
 pub fn run(args: Args) -> u8 {
     init_logging(&args.log_level);
@@ -271,15 +286,8 @@ pub fn run(args: Args) -> u8 {
             return EXIT_START;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return EXIT_START;
-        }
+    let Some(rt) = runtime() else {
+        return EXIT_START;
     };
     let serve = if args.serve {
         match rt.block_on(listen(&args)) {

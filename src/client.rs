@@ -384,15 +384,8 @@ fn status_failure(status: StatusCode, v: &Value, body: &[u8]) -> Failure {
 
 /// Runs `chaperone client …`; returns the exit code.
 pub fn run(args: ClientArgs) -> u8 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return 1;
-        }
+    let Some(rt) = crate::cli::runtime() else {
+        return 1;
     };
     match rt.block_on(command(&args)) {
         Ok(()) => 0,

@@ -192,6 +192,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn mkfifo(dir: &std::path::Path) -> PathBuf {
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        fifo
+    }
+
     fn wake() -> Arc<OwnedFd> {
         Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"))
     }
@@ -201,14 +208,7 @@ mod tests {
     #[test]
     fn a_stuck_open_holds_up_only_its_own_job() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let fifo = mkfifo(dir.path());
         let file = dir.path().join("plain");
         std::fs::write(&file, b"x").unwrap();
         let (tx, rx) = mpsc::channel();
@@ -238,14 +238,7 @@ mod tests {
     #[test]
     fn jobs_submitted_together_each_get_a_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("fifo");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let fifo = mkfifo(dir.path());
         let (tx, rx) = mpsc::channel();
         let mut o = Opener::new(tx, wake());
         let req = |path: &std::path::Path| {

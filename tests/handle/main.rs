@@ -206,14 +206,7 @@ fn pipe_connected_processes_are_not_held_apart_by_max_running() {
 fn fd_wait_answers_as_output_arrives_and_when_it_ends() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().expect("tempdir");
-    let fifo = dir.path().join("go");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = util::mkfifo(dir.path(), "go");
     let kept = dir.path().join("kept.out");
     let agent = Agent::new(Config::default()).expect("agent");
     let h = agent.handle();

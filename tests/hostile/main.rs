@@ -11,18 +11,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use util::*;
 
-fn fifo(dir: &Path, name: &str) -> std::path::PathBuf {
-    let p = dir.join(name);
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&p)
-            .status()
-            .unwrap()
-            .success()
-    );
-    p
-}
-
 fn stdin_from(path: &Path) -> serde_json::Value {
     json!([["stdin", {"file": {"path": path, "flags": "Read"}}], ["stdout", mem_utf8()]])
 }
@@ -32,7 +20,7 @@ fn stdin_from(path: &Path) -> serde_json::Value {
 #[test]
 fn a_fifo_with_no_peer_delays_only_its_own_process() {
     let dir = tempfile::tempdir().unwrap();
-    let f = fifo(dir.path(), "in");
+    let f = mkfifo(dir.path(), "in");
     let a = agent();
     let t = Instant::now();
     let ids = a
@@ -65,9 +53,9 @@ fn a_process_waiting_on_its_files_can_be_signalled_deleted_or_timed_out() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent();
     let (f1, f2, f3) = (
-        fifo(dir.path(), "1"),
-        fifo(dir.path(), "2"),
-        fifo(dir.path(), "3"),
+        mkfifo(dir.path(), "1"),
+        mkfifo(dir.path(), "2"),
+        mkfifo(dir.path(), "3"),
     );
     start(
         &a,

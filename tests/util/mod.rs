@@ -201,3 +201,11 @@ pub fn status_mask(status: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in status: {status}"));
     u64::from_str_radix(line.split_whitespace().nth(1).expect("mask"), 16).expect("hex mask")
 }
+
+/// Makes a FIFO at `dir/name` (with the `mkfifo` command).
+pub fn mkfifo(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let ok = Command::new("mkfifo").arg(&p).status().expect("run mkfifo");
+    assert!(ok.success(), "mkfifo {}", p.display());
+    p
+}
