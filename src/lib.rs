@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod bench;
 pub mod capture;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -11,5 +11,9 @@ fn main() -> ExitCode {
         let args = chaperone::client::ClientArgs::parse_from(std::env::args_os().skip(1));
         return ExitCode::from(chaperone::client::run(args));
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "bench") {
+        let args = chaperone::bench::cli::BenchArgs::parse_from(std::env::args_os().skip(1));
+        return ExitCode::from(chaperone::bench::cli::run(args));
+    }
     ExitCode::from(chaperone::cli::run(chaperone::cli::Args::parse()))
 }

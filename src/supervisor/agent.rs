@@ -128,6 +128,12 @@ pub struct Config {
     /// Whether results carry each child's environment unless its spec says
     /// (`env.report`); off by default (`--report-env`).
     pub report_env: bool,
+    /// Threads beside the reactor that clone and wait out each child's exec
+    /// (default 2, so execs overlap on several cores). 0: the reactor spawns
+    /// every child itself, which saves two thread hand-offs per process (the
+    /// lowest latency for one run at a time, as `chaperone bench` runs) but
+    /// stops the reactor for the length of each exec.
+    pub spawn_threads: usize,
 }
 
 impl Default for Config {
@@ -146,6 +152,7 @@ impl Default for Config {
             max_running: None,
             restrict_exe: None,
             report_env: false,
+            spawn_threads: 2,
         }
     }
 }

@@ -32,18 +32,21 @@ pub(crate) struct Spawner {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Spawning threads besides the reactor.
-const THREADS: usize = 2;
-
 impl Spawner {
     /// Starts the threads; each finished spawn is sent on `done` and `wake` is
     /// written so the reactor notices.
-    pub(crate) fn new(done: mpsc::Sender<Done>, wake: Arc<OwnedFd>) -> std::io::Result<Spawner> {
+    /// With no threads, every plan is given back ([`Spawner::try_spawn`]).
+    pub(crate) fn new(
+        threads: usize,
+        done: mpsc::Sender<Done>,
+        wake: Arc<OwnedFd>,
+    ) -> std::io::Result<Spawner> {
         let (jobs, rx) = mpsc::channel::<(u64, Box<ChildPlan>)>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
-        let idle = Arc::new(AtomicUsize::new(THREADS));
-        let mut threads = Vec::with_capacity(THREADS);
-        for _ in 0..THREADS {
+        let count = threads;
+        let idle = Arc::new(AtomicUsize::new(count));
+        let mut threads = Vec::with_capacity(count);
+        for _ in 0..count {
             let (rx, idle, done, wake) = (rx.clone(), idle.clone(), done.clone(), wake.clone());
             let mut stack = ChildStack::new()?;
             threads.push(

@@ -1,0 +1,754 @@
+//! `chaperone bench`: the command line over [`Runner`](super::Runner), with
+//! hyperfine's options where they mean the same.
+
+use super::report::{TimeUnit, View};
+use super::{Command, Metric, Order, Output, Plan, Progress, Runner, bench_spec, words};
+use crate::spec::{self, ProcSpec};
+use clap::Parser;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `chaperone bench`'s command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaperone bench",
+    about = "Benchmark commands: every run measured from clone to exit (wall, rusage, perf counters), several commands interleaved",
+    after_help = "Each COMMAND is split into words by shell rules and exec'd directly (no shell, \
+                  nothing to subtract), with stdin, stdout and stderr on /dev/null unless --output \
+                  says otherwise. --prepare, --conclude and --cleanup run through sh -c (or --shell)."
+)]
+pub struct BenchArgs {
+    /// The commands to benchmark.
+    #[arg(value_name = "COMMAND")]
+    pub commands: Vec<String>,
+    /// Run each command through `sh -c` (or `--shell=SHELL`), as hyperfine
+    /// does; the shell's startup is then part of every figure.
+    #[arg(
+        short = 'S',
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "sh",
+        value_name = "SHELL"
+    )]
+    pub shell: Option<String>,
+    /// No shell (the default; accepted for hyperfine's -N).
+    #[arg(short = 'N', long = "no-shell", conflicts_with = "shell")]
+    pub no_shell: bool,
+    /// Benchmark the processes of this chaperone spec too, each one a command
+    /// named by its id, with every field of its spec applied.
+    #[arg(long, value_name = "PATH")]
+    pub spec: Option<PathBuf>,
+    /// Exactly this many timed runs per command.
+    #[arg(short = 'r', long, value_name = "N")]
+    pub runs: Option<usize>,
+    /// Untimed runs per command first.
+    #[arg(short = 'w', long, value_name = "N", default_value_t = 0)]
+    pub warmup: usize,
+    /// At least this many timed runs (without --runs).
+    #[arg(short = 'm', long, value_name = "N", default_value_t = 10)]
+    pub min_runs: usize,
+    /// At most this many timed runs (without --runs).
+    #[arg(short = 'M', long, value_name = "N")]
+    pub max_runs: Option<usize>,
+    /// Without --runs, run each command for about this long (seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    pub min_time: f64,
+    /// Run before each run (warmups too): once for all commands, or once per
+    /// command in order.
+    #[arg(short = 'p', long, value_name = "CMD")]
+    pub prepare: Vec<String>,
+    /// Run after each run: once for all commands, or once per command.
+    #[arg(short = 'C', long, value_name = "CMD")]
+    pub conclude: Vec<String>,
+    /// Run after all runs of each command.
+    #[arg(short = 'c', long, value_name = "CMD")]
+    pub cleanup: Option<String>,
+    /// Benchmark for each integer VAR from MIN to MAX ({VAR} in commands).
+    #[arg(short = 'P', long, num_args = 3, value_names = ["VAR", "MIN", "MAX"])]
+    pub parameter_scan: Option<Vec<String>>,
+    /// The step of --parameter-scan (may be a decimal).
+    #[arg(short = 'D', long, value_name = "DELTA", requires = "parameter_scan")]
+    pub parameter_step_size: Option<f64>,
+    /// Benchmark for each of these comma-separated values of VAR; given
+    /// several times, for every combination.
+    #[arg(short = 'L', long, num_args = 2, value_names = ["VAR", "VALUES"], action = clap::ArgAction::Append)]
+    pub parameter_list: Vec<String>,
+    /// Keep runs that exit non-zero (reported) instead of stopping.
+    #[arg(short = 'i', long)]
+    pub ignore_failure: bool,
+    /// Write the results, with every run's raw figures, as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub export_json: Option<PathBuf>,
+    /// Write the results as a Markdown table.
+    #[arg(long, value_name = "FILE")]
+    pub export_markdown: Option<PathBuf>,
+    /// Write the results as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub export_csv: Option<PathBuf>,
+    /// Write a self-contained HTML report with a plot per metric.
+    #[arg(long, value_name = "FILE")]
+    pub export_html: Option<PathBuf>,
+    /// Show times in this unit: nanosecond, microsecond, millisecond, second.
+    #[arg(short = 'u', long, value_name = "UNIT")]
+    pub time_unit: Option<String>,
+    /// auto, full (colour and progress bars), basic (neither), nocolor,
+    /// color, none (no output but errors).
+    #[arg(long, value_name = "TYPE", default_value = "auto")]
+    pub style: String,
+    /// Run once before each command's runs (hyperfine's --setup).
+    #[arg(short = 's', long, value_name = "CMD")]
+    pub setup: Option<String>,
+    /// The metric comparisons and outlier warnings use: wall, cpu,
+    /// task-clock, instructions, max-rss.
+    #[arg(long, value_name = "NAME", default_value = "wall")]
+    pub metric: String,
+    /// Compare every command with this one (a command given, by its text or
+    /// name, or another command to benchmark first); default: the first.
+    #[arg(long, value_name = "CMD")]
+    pub reference: Option<String>,
+    /// Runs in flight at once (throughput mode: also reports runs per second).
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
+    pub jobs: usize,
+    /// interleaved (A B A B …), shuffled (each round in a seeded random
+    /// order) or grouped (all of A, then all of B, as hyperfine).
+    #[arg(long, value_name = "ORDER", default_value = "interleaved")]
+    pub order: String,
+    /// The seed for --order shuffled.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+    /// Names for the commands, in order, in place of their text.
+    #[arg(short = 'n', long, value_name = "NAME")]
+    pub command_name: Vec<String>,
+    /// Where each command's stdout and stderr go: null, pipe (drained by the
+    /// agent), inherit, or a file path.
+    #[arg(long, value_name = "WHERE", default_value = "null")]
+    pub output: String,
+}
+
+/// Why the command line cannot be run.
+fn usage(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("chaperone bench: {msg}");
+    2
+}
+
+/// Runs `chaperone bench`; the exit code.
+pub fn run(args: BenchArgs) -> u8 {
+    let setup = match Setup::from_args(&args) {
+        Ok(s) => s,
+        Err(msg) => return usage(msg),
+    };
+    let mut runner = match Runner::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chaperone bench: cannot start the agent: {e}");
+            return 1;
+        }
+    };
+    let bars = setup.progress.then(|| Bars::new(&setup.commands));
+    let mut on_progress = |p: Progress| {
+        if let Some(b) = &bars {
+            b.update(p);
+        }
+    };
+    let outcome = runner.bench(&setup.commands, &setup.plan, &mut on_progress);
+    if let Some(b) = &bars {
+        b.clear();
+    }
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    };
+    if setup.text {
+        let text = setup.view.text(&outcome);
+        if setup.color {
+            print!("{}", colorize(&text));
+        } else {
+            print!("{text}");
+        }
+    }
+    let exports: [(&Option<PathBuf>, &dyn Fn() -> String); 4] = [
+        (&args.export_json, &|| {
+            let mut s = serde_json::to_string_pretty(&setup.view.json(&outcome))
+                .expect("JSON values serialize");
+            s.push('\n');
+            s
+        }),
+        (&args.export_markdown, &|| setup.view.markdown(&outcome)),
+        (&args.export_csv, &|| setup.view.csv(&outcome)),
+        (&args.export_html, &|| setup.view.html(&outcome)),
+    ];
+    let mut code = 0;
+    for (path, make) in exports {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::write(path, make()) {
+                eprintln!("chaperone bench: cannot write {}: {e}", path.display());
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+/// What the command line asks for, checked.
+struct Setup {
+    commands: Vec<Command>,
+    plan: Plan,
+    view: View,
+    progress: bool,
+    color: bool,
+    text: bool,
+}
+
+impl Setup {
+    fn from_args(a: &BenchArgs) -> Result<Setup, String> {
+        let primary = Metric::from_name(&a.metric)
+            .filter(|m| Metric::PRIMARY.contains(m))
+            .ok_or_else(|| {
+                format!(
+                    "--metric {:?}: not one of {}",
+                    a.metric,
+                    Metric::PRIMARY.map(|m| m.name()).join(", ")
+                )
+            })?;
+        let time_unit = a
+            .time_unit
+            .as_deref()
+            .map(|u| {
+                TimeUnit::from_name(u).ok_or_else(|| {
+                    format!("--time-unit {u:?}: not nanosecond, microsecond, millisecond or second")
+                })
+            })
+            .transpose()?;
+        let order = match a.order.as_str() {
+            "interleaved" => Order::Interleaved,
+            "shuffled" => Order::Shuffled(a.seed),
+            "grouped" => Order::Grouped,
+            o => {
+                return Err(format!(
+                    "--order {o:?}: not interleaved, shuffled or grouped"
+                ));
+            }
+        };
+        let tty = std::io::stderr().is_terminal();
+        let (progress, color, text) = match a.style.as_str() {
+            "auto" => (tty, tty && std::io::stdout().is_terminal(), true),
+            "full" => (true, true, true),
+            "basic" => (false, false, true),
+            "nocolor" => (true, false, true),
+            "color" => (false, true, true),
+            "none" => (false, false, false),
+            s => {
+                return Err(format!(
+                    "--style {s:?}: not auto, full, basic, nocolor, color or none"
+                ));
+            }
+        };
+        if a.jobs == 0 {
+            return Err("--jobs 0: at least one run must be in flight".into());
+        }
+        if a.jobs > 1 && (!a.prepare.is_empty() || !a.conclude.is_empty()) {
+            return Err(
+                "--prepare and --conclude run around each run, so they need --jobs 1".into(),
+            );
+        }
+        if let Some(0) = a.runs {
+            return Err("--runs 0: at least one run is needed".into());
+        }
+        if let Some(m) = a.max_runs {
+            if m < a.min_runs.min(a.runs.unwrap_or(usize::MAX)) && a.runs.is_none() {
+                return Err(format!("--max-runs {m} is below --min-runs {}", a.min_runs));
+            }
+        }
+        if !(a.min_time.is_finite() && a.min_time >= 0.0) {
+            return Err(format!("--min-time {}: not a time in seconds", a.min_time));
+        }
+        let output = match a.output.as_str() {
+            "null" => Output::Null,
+            "pipe" => Output::Pipe,
+            "inherit" => Output::Inherit,
+            path => Output::File(path.to_owned()),
+        };
+        let shell = a.shell.clone();
+        let helper_shell = shell.clone().unwrap_or_else(|| "sh".to_owned());
+        let helper_exe = find_program(&helper_shell)?;
+        let sets = parameter_sets(a)?;
+        let mut texts: Vec<(String, Option<String>)> = a
+            .commands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), a.command_name.get(i).cloned()))
+            .collect();
+        if a.command_name.len() > a.commands.len() {
+            return Err(format!(
+                "{} --command-name given for {} commands",
+                a.command_name.len(),
+                a.commands.len()
+            ));
+        }
+        // --reference: a command given (by text or name), or one more, first.
+        let mut reference = 0;
+        if let Some(r) = &a.reference {
+            match texts
+                .iter()
+                .position(|(t, n)| t == r || n.as_deref() == Some(r.as_str()))
+            {
+                Some(i) => reference = i,
+                None => texts.insert(0, (r.clone(), None)),
+            }
+        }
+        let per_command = |list: &[String], flag: &str| -> Result<Vec<Option<String>>, String> {
+            match list.len() {
+                0 => Ok(vec![None; texts.len()]),
+                1 => Ok(vec![Some(list[0].clone()); texts.len()]),
+                n if n == a.commands.len() && a.reference.is_none() => {
+                    Ok(list.iter().cloned().map(Some).collect())
+                }
+                n => Err(format!(
+                    "{n} --{flag} given: give one for all commands or one per command ({})",
+                    texts.len()
+                )),
+            }
+        };
+        let prepares = per_command(&a.prepare, "prepare")?;
+        let concludes = per_command(&a.conclude, "conclude")?;
+        let helper = |cmd: &Option<String>, params: &[(String, String)]| -> Option<ProcSpec> {
+            let cmd = substitute(cmd.as_ref()?, params);
+            let mut spec = bench_spec(vec![helper_shell.clone(), "-c".into(), cmd], Output::Null);
+            spec.exe = Some(helper_exe.clone());
+            Some(spec)
+        };
+        let mut commands = Vec::new();
+        for (i, (text, name)) in texts.iter().enumerate() {
+            for params in &sets {
+                let cmd = substitute(text, params);
+                let argv = match &shell {
+                    Some(sh) => vec![sh.clone(), "-c".into(), cmd.clone()],
+                    None => words::split(&cmd).map_err(|e| format!("command {cmd:?}: {e}"))?,
+                };
+                let name = name
+                    .as_ref()
+                    .map_or_else(|| cmd.clone(), |n| substitute(n, params));
+                let mut spec = bench_spec(argv, output.clone());
+                let exe =
+                    find_program(&spec.argv[0]).map_err(|e| format!("command {cmd:?}: {e}"))?;
+                spec.exe = Some(exe);
+                commands.push(Command {
+                    name,
+                    spec,
+                    parameters: params.clone(),
+                    prepare: helper(&prepares[i], params),
+                    conclude: helper(&concludes[i], params),
+                    cleanup: helper(&a.cleanup, params),
+                    setup: helper(&a.setup, params),
+                });
+            }
+        }
+        if reference > 0 {
+            reference *= sets.len();
+        }
+        if let Some(path) = &a.spec {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("--spec {}: {e}", path.display()))?;
+            let input =
+                spec::parse_input(&bytes).map_err(|e| format!("--spec {}: {e}", path.display()))?;
+            spec::validate(&input).map_err(|e| format!("--spec {}: {e}", path.display()))?;
+            for (id, mut ps) in input.specs.into_vec() {
+                if ps.perf.is_none() {
+                    ps.perf = Some(crate::metrics::perf::PerfSpec::Enabled(true));
+                }
+                let mut c = Command::new(id, ps);
+                c.prepare = helper(&prepares.first().cloned().flatten(), &[]);
+                c.conclude = helper(&concludes.first().cloned().flatten(), &[]);
+                c.cleanup = helper(&a.cleanup, &[]);
+                c.setup = helper(&a.setup, &[]);
+                commands.push(c);
+            }
+        }
+        if commands.is_empty() {
+            return Err("nothing to benchmark: give a COMMAND or --spec".into());
+        }
+        let order_name = a.order.clone();
+        Ok(Setup {
+            commands,
+            plan: Plan {
+                runs: a.runs,
+                min_runs: a.min_runs,
+                max_runs: a.max_runs,
+                min_time: Duration::from_secs_f64(a.min_time),
+                warmup: a.warmup,
+                order,
+                jobs: a.jobs,
+                ignore_failure: a.ignore_failure,
+            },
+            view: View {
+                primary,
+                reference,
+                time_unit,
+                order: order_name,
+            },
+            progress,
+            color,
+            text,
+        })
+    }
+}
+
+/// Every combination of the parameters' values (one empty set without any).
+fn parameter_sets(a: &BenchArgs) -> Result<Vec<Vec<(String, String)>>, String> {
+    let mut axes: Vec<(String, Vec<String>)> = Vec::new();
+    if let Some(p) = &a.parameter_scan {
+        let (var, lo, hi) = (&p[0], &p[1], &p[2]);
+        let step = a.parameter_step_size;
+        let num = |s: &str| -> Result<f64, String> {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("--parameter-scan {var}: {s:?} is not a number"))
+        };
+        let (lo, hi) = (num(lo)?, num(hi)?);
+        if step.is_none() && (lo.fract() != 0.0 || hi.fract() != 0.0) {
+            return Err(format!(
+                "--parameter-scan {var}: without --parameter-step-size, MIN and MAX must be integers"
+            ));
+        }
+        let step = step.unwrap_or(1.0);
+        if !(step > 0.0 && step.is_finite()) {
+            return Err(format!("--parameter-step-size {step}: must be above 0"));
+        }
+        if hi < lo {
+            return Err(format!("--parameter-scan {var}: MAX is below MIN"));
+        }
+        let n = ((hi - lo) / step + 1e-9).floor() as u64 + 1;
+        if n > 100_000 {
+            return Err(format!("--parameter-scan {var}: {n} values is too many"));
+        }
+        let decimals = if step.fract() == 0.0 && lo.fract() == 0.0 {
+            0
+        } else {
+            format!("{step}")
+                .split('.')
+                .nth(1)
+                .map_or(0, str::len)
+                .max(format!("{lo}").split('.').nth(1).map_or(0, str::len))
+        };
+        let values = (0..n)
+            .map(|k| format!("{:.*}", decimals, lo + step * k as f64))
+            .collect();
+        axes.push((var.clone(), values));
+    }
+    for pair in a.parameter_list.chunks(2) {
+        let [var, values] = pair else {
+            unreachable!("clap takes two values")
+        };
+        if axes.iter().any(|(v, _)| v == var) {
+            return Err(format!("parameter {var} is given twice"));
+        }
+        let values: Vec<String> = values.split(',').map(str::to_owned).collect();
+        axes.push((var.clone(), values));
+    }
+    let mut sets: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    for (var, values) in &axes {
+        sets = sets
+            .into_iter()
+            .flat_map(|set| {
+                values.iter().map(move |v| {
+                    let mut s = set.clone();
+                    s.push((var.clone(), v.clone()));
+                    s
+                })
+            })
+            .collect();
+    }
+    Ok(sets)
+}
+
+/// Where `program` is: itself if it has a `/`, else the first executable of
+/// that name on `PATH` (a spec's `exe` is not searched for).
+fn find_program(program: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Ok(program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                if let Some(s) = candidate.to_str() {
+                    return Ok(s.to_owned());
+                }
+            }
+        }
+    }
+    Err(format!("{program:?} is not an executable file on PATH"))
+}
+
+/// `s` with each `{VAR}` replaced by its value.
+fn substitute(s: &str, params: &[(String, String)]) -> String {
+    let mut out = s.to_owned();
+    for (k, v) in params {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// Bold headings, a green mean and yellow warnings, for a terminal.
+fn colorize(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("Benchmark ") {
+                format!("\x1b[1m{l}\x1b[0m")
+            } else if l.trim_start().starts_with("Warning:") || l.starts_with("Note:") {
+                format!("\x1b[33m{l}\x1b[0m")
+            } else if l.trim_start().contains("(mean ± σ)") {
+                format!("\x1b[32m{l}\x1b[0m")
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
+/// One progress bar per command, on standard error.
+struct Bars {
+    _multi: MultiProgress,
+    bars: Vec<ProgressBar>,
+}
+
+impl Bars {
+    fn new(commands: &[Command]) -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{prefix:.bold} {msg:8} {bar:30.cyan/blue} {pos:>6}/{len:6} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("█▉▊▋▌▍▎▏ ");
+        let bars = commands
+            .iter()
+            .map(|c| {
+                let b = multi.add(ProgressBar::new(0).with_style(style.clone()));
+                let mut name = c.name.clone();
+                if name.chars().count() > 30 {
+                    name = name.chars().take(29).collect::<String>() + "…";
+                }
+                b.set_prefix(format!("{name:30}"));
+                b.set_message("waiting");
+                b
+            })
+            .collect();
+        Bars {
+            _multi: multi,
+            bars,
+        }
+    }
+
+    fn update(&self, p: Progress) {
+        let Some(b) = self.bars.get(p.command) else {
+            return;
+        };
+        let msg = if p.warmup { "warmup" } else { "runs" };
+        if b.message() != msg {
+            b.set_message(msg);
+            b.reset_eta();
+        }
+        b.set_length(p.total as u64);
+        b.set_position(p.done as u64);
+    }
+
+    fn clear(&self) {
+        for b in &self.bars {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &[&str]) -> BenchArgs {
+        BenchArgs::try_parse_from(std::iter::once("chaperone bench").chain(line.iter().copied()))
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    fn setup(line: &[&str]) -> Result<Setup, String> {
+        Setup::from_args(&args(line))
+    }
+
+    #[test]
+    fn hyperfine_options_parse_to_a_plan() {
+        let s = setup(&[
+            "-r",
+            "20",
+            "-w",
+            "3",
+            "-i",
+            "-u",
+            "millisecond",
+            "--order",
+            "grouped",
+            "--style",
+            "basic",
+            "--metric",
+            "task-clock",
+            "/bin/true",
+            "sleep 0.01",
+        ])
+        .unwrap();
+        assert_eq!(s.plan.runs, Some(20));
+        assert_eq!(s.plan.warmup, 3);
+        assert!(s.plan.ignore_failure);
+        assert_eq!(s.plan.order, Order::Grouped);
+        assert_eq!(s.view.primary, Metric::TaskClock);
+        assert_eq!(s.view.time_unit, Some(TimeUnit::Millisecond));
+        assert!(!s.progress && !s.color && s.text);
+        assert_eq!(s.commands.len(), 2);
+        assert_eq!(s.commands[1].spec.argv, ["sleep", "0.01"]);
+        assert_eq!(s.commands[1].name, "sleep 0.01");
+    }
+
+    #[test]
+    fn shell_mode_wraps_each_command() {
+        let s = setup(&["--shell", "--style", "basic", "echo $HOME | wc"]).unwrap();
+        assert_eq!(s.commands[0].spec.argv, ["sh", "-c", "echo $HOME | wc"]);
+        let s = setup(&["--shell=bash", "--style", "basic", "true"]).unwrap();
+        assert_eq!(s.commands[0].spec.argv, ["bash", "-c", "true"]);
+    }
+
+    #[test]
+    fn parameter_scan_and_lists_expand_into_commands() {
+        let s = setup(&["-P", "n", "1", "3", "--style", "basic", "sleep 0.{n}"]).unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["sleep 0.1", "sleep 0.2", "sleep 0.3"]);
+        assert_eq!(s.commands[2].parameters, [("n".to_owned(), "3".to_owned())]);
+
+        let s = setup(&[
+            "-P",
+            "t",
+            "0",
+            "0.3",
+            "-D",
+            "0.1",
+            "--style",
+            "basic",
+            "sleep {t}",
+        ])
+        .unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["sleep 0.0", "sleep 0.1", "sleep 0.2", "sleep 0.3"]);
+
+        let s = setup(&[
+            "-L",
+            "a",
+            "x,y",
+            "-L",
+            "b",
+            "1,2",
+            "--style",
+            "basic",
+            "-n",
+            "run {a}{b}",
+            "echo {a} {b}",
+        ])
+        .unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["run x1", "run x2", "run y1", "run y2"]);
+        assert_eq!(s.commands[3].spec.argv, ["echo", "y", "2"]);
+    }
+
+    #[test]
+    fn prepare_is_one_for_all_or_one_per_command() {
+        let s = setup(&["-p", "sync", "--style", "basic", "true", "false"]).unwrap();
+        assert!(
+            s.commands
+                .iter()
+                .all(|c| c.prepare.as_ref().unwrap().argv == ["sh", "-c", "sync"])
+        );
+        let s = setup(&["-p", "x", "-p", "y", "--style", "basic", "true", "false"]).unwrap();
+        assert_eq!(s.commands[1].prepare.as_ref().unwrap().argv[2], "y");
+        let e = setup(&[
+            "-p", "x", "-p", "y", "--style", "basic", "true", "false", "echo",
+        ])
+        .err()
+        .unwrap();
+        assert!(e.contains("2 --prepare given"), "{e}");
+    }
+
+    #[test]
+    fn reference_is_a_given_command_or_one_more_first() {
+        let s = setup(&["--reference", "false", "--style", "basic", "true", "false"]).unwrap();
+        assert_eq!(s.view.reference, 1);
+        let s = setup(&["--reference", "echo", "--style", "basic", "true", "false"]).unwrap();
+        assert_eq!(s.view.reference, 0);
+        assert_eq!(s.commands[0].name, "echo");
+        assert_eq!(s.commands.len(), 3);
+    }
+
+    #[test]
+    fn programs_are_found_on_path_and_a_missing_one_is_named() {
+        let s = setup(&["--style", "basic", "true", "/bin/echo hi"]).unwrap();
+        let exe = s.commands[0].spec.exe.as_deref().unwrap();
+        assert!(exe.ends_with("/true") && exe.starts_with('/'), "{exe}");
+        assert_eq!(s.commands[0].spec.argv, ["true"]);
+        assert_eq!(s.commands[1].spec.exe.as_deref(), Some("/bin/echo"));
+        let e = setup(&["no-such-program-here x"]).err().unwrap();
+        assert_eq!(
+            e,
+            "command \"no-such-program-here x\": \"no-such-program-here\" is not an executable file on PATH"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused_by_name() {
+        let cases: [(&[&str], &str); 9] = [
+            (
+                &["--metric", "rss", "a"],
+                "--metric \"rss\": not one of wall, cpu",
+            ),
+            (&["-u", "minute", "a"], "--time-unit \"minute\""),
+            (&["--order", "random", "a"], "--order \"random\""),
+            (&["--style", "fancy", "a"], "--style \"fancy\""),
+            (&["-j", "0", "a"], "--jobs 0"),
+            (&["-j", "4", "-p", "x", "a"], "need --jobs 1"),
+            (&["-P", "n", "1", "x", "a"], "\"x\" is not a number"),
+            (
+                &["a 'b"],
+                "command \"a 'b\": the ' at byte 2 is never closed",
+            ),
+            (&[], "nothing to benchmark"),
+        ];
+        for (line, want) in cases {
+            let e = setup(line)
+                .err()
+                .unwrap_or_else(|| panic!("{line:?} accepted"));
+            assert!(e.contains(want), "{line:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_spec_file_gives_one_command_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(
+            &path,
+            r#"{"specs": {"one": {"argv": ["/bin/true"]}, "two": {"argv": ["/bin/echo"], "perf": false}}}"#,
+        )
+        .unwrap();
+        let s = setup(&["--spec", path.to_str().unwrap(), "--style", "basic"]).unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"]);
+        use crate::metrics::perf::PerfSpec;
+        assert_eq!(s.commands[0].spec.perf, Some(PerfSpec::Enabled(true)));
+        assert_eq!(s.commands[1].spec.perf, Some(PerfSpec::Enabled(false)));
+        std::fs::write(&path, r#"{"specs": {"bad": {"argv": []}}}"#).unwrap();
+        let e = setup(&["--spec", path.to_str().unwrap()]).err().unwrap();
+        assert!(e.contains("bad"), "{e}");
+    }
+}

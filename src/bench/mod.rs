@@ -1,0 +1,1000 @@
+//! A command benchmark runner over the embedding API: what `chaperone bench`
+//! runs, and what a `benches/` harness can use to measure child processes.
+//!
+//! Each run is one process started by an [`Agent`] (so it never forks, and
+//! every child control of a spec applies) and measured from its clone to its
+//! exit: wall time from the pidfd, rusage at the reap, and perf counters
+//! counted in the child from exec. Several commands run interleaved so that a
+//! noisy machine's drift falls on all of them alike.
+//!
+//! ```
+//! use chaperone::bench::{self, Command, Metric, Plan, Runner};
+//! let mut runner = Runner::new()?;
+//! let commands = vec![Command::argv("true", &["/bin/true"])];
+//! let plan = Plan { runs: Some(5), ..Plan::default() };
+//! let outcome = runner.bench(&commands, &plan, &mut |_| {})?;
+//! let wall = outcome.commands[0].summary(Metric::Wall).expect("5 runs");
+//! assert_eq!(wall.n, 5);
+//! assert!(wall.median > 0.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Max RSS: a child spawned with `CLONE_VM` execs from the agent's address
+//! space, and the kernel counts that address space's peak into the child's
+//! `ru_maxrss` (`exec_mmap` → `setmax_mm_hiwater_rss`). A fork-based runner has
+//! the same floor at its own size. The runner lowers its floor by resetting its
+//! own peak before it starts (`/proc/self/clear_refs`), and reports what the
+//! floor was ([`Outcome::rss_floor`]) so that a max RSS at the floor reads as
+//! "at most this".
+
+pub mod report;
+pub mod stats;
+pub mod words;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+use crate::result::ProcRes;
+use crate::spec::{self, Input, ProcSpec, Specs};
+use crate::{Agent, Config, Event, StartError, Subscription};
+use serde::Serialize;
+use stats::Summary;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+//------------------------------------------------------------------------------
+// Metrics
+//------------------------------------------------------------------------------
+
+/// What a figure counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Seconds.
+    Seconds,
+    /// Bytes.
+    Bytes,
+    /// A count of events.
+    Count,
+}
+
+/// One figure measured for every run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// Wall time, clone to exit seen on the pidfd.
+    Wall,
+    /// User CPU time (rusage).
+    User,
+    /// System CPU time (rusage).
+    System,
+    /// User plus system time.
+    Cpu,
+    /// Peak resident set (rusage; see the module docs on its floor).
+    MaxRss,
+    /// Minor page faults (rusage).
+    MinorFaults,
+    /// Major page faults (rusage).
+    MajorFaults,
+    /// Voluntary context switches (rusage).
+    VoluntaryCs,
+    /// Involuntary context switches (rusage).
+    InvoluntaryCs,
+    /// perf task-clock: time on a CPU, counted by the kernel's scheduler.
+    TaskClock,
+    /// perf page faults.
+    PageFaults,
+    /// perf context switches.
+    ContextSwitches,
+    /// perf CPU migrations.
+    CpuMigrations,
+    /// perf cycles (hardware PMU).
+    Cycles,
+    /// perf instructions (hardware PMU).
+    Instructions,
+    /// perf cache misses (hardware PMU).
+    CacheMisses,
+    /// perf branch misses (hardware PMU).
+    BranchMisses,
+}
+
+impl Metric {
+    /// Every metric, in report order.
+    pub const ALL: [Metric; 17] = [
+        Metric::Wall,
+        Metric::User,
+        Metric::System,
+        Metric::Cpu,
+        Metric::MaxRss,
+        Metric::MinorFaults,
+        Metric::MajorFaults,
+        Metric::VoluntaryCs,
+        Metric::InvoluntaryCs,
+        Metric::TaskClock,
+        Metric::PageFaults,
+        Metric::ContextSwitches,
+        Metric::CpuMigrations,
+        Metric::Cycles,
+        Metric::Instructions,
+        Metric::CacheMisses,
+        Metric::BranchMisses,
+    ];
+
+    /// The metrics `--metric` may choose as primary.
+    pub const PRIMARY: [Metric; 5] = [
+        Metric::Wall,
+        Metric::Cpu,
+        Metric::TaskClock,
+        Metric::Instructions,
+        Metric::MaxRss,
+    ];
+
+    /// Its name in options, tables and exports (`max-rss`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Wall => "wall",
+            Metric::User => "user",
+            Metric::System => "system",
+            Metric::Cpu => "cpu",
+            Metric::MaxRss => "max-rss",
+            Metric::MinorFaults => "minor-faults",
+            Metric::MajorFaults => "major-faults",
+            Metric::VoluntaryCs => "voluntary-cs",
+            Metric::InvoluntaryCs => "involuntary-cs",
+            Metric::TaskClock => "task-clock",
+            Metric::PageFaults => "page-faults",
+            Metric::ContextSwitches => "context-switches",
+            Metric::CpuMigrations => "cpu-migrations",
+            Metric::Cycles => "cycles",
+            Metric::Instructions => "instructions",
+            Metric::CacheMisses => "cache-misses",
+            Metric::BranchMisses => "branch-misses",
+        }
+    }
+
+    /// The metric named `name`.
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.iter().copied().find(|m| m.name() == name)
+    }
+
+    /// What it counts.
+    pub fn unit(self) -> Unit {
+        match self {
+            Metric::Wall | Metric::User | Metric::System | Metric::Cpu | Metric::TaskClock => {
+                Unit::Seconds
+            }
+            Metric::MaxRss => Unit::Bytes,
+            _ => Unit::Count,
+        }
+    }
+
+    /// Whether it needs a hardware PMU.
+    pub fn is_hardware(self) -> bool {
+        matches!(
+            self,
+            Metric::Cycles | Metric::Instructions | Metric::CacheMisses | Metric::BranchMisses
+        )
+    }
+
+    /// Its index in [`Metric::ALL`] (and in [`Run::values`]).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The perf event behind it, if it is one.
+    fn perf_event(self) -> Option<&'static str> {
+        Some(match self {
+            Metric::TaskClock => "task_clock",
+            Metric::PageFaults => "page_faults",
+            Metric::ContextSwitches => "context_switches",
+            Metric::CpuMigrations => "cpu_migrations",
+            Metric::Cycles => "cycles",
+            Metric::Instructions => "instructions",
+            Metric::CacheMisses => "cache_misses",
+            Metric::BranchMisses => "branch_misses",
+            _ => return None,
+        })
+    }
+
+    /// Its value in `res`, if measured.
+    pub fn of(self, res: &ProcRes) -> Option<f64> {
+        if let Some(event) = self.perf_event() {
+            let count = (*res.perf.as_ref()?.counts.get(event)?)? as f64;
+            return Some(if self == Metric::TaskClock {
+                count / 1e9
+            } else {
+                count
+            });
+        }
+        if self == Metric::Wall {
+            return Some(res.times.elapsed);
+        }
+        let r = res.rusage.as_ref()?;
+        Some(match self {
+            Metric::User => r.utime,
+            Metric::System => r.stime,
+            Metric::Cpu => r.utime + r.stime,
+            Metric::MaxRss => r.maxrss as f64,
+            Metric::MinorFaults => r.minflt as f64,
+            Metric::MajorFaults => r.majflt as f64,
+            Metric::VoluntaryCs => r.nvcsw as f64,
+            Metric::InvoluntaryCs => r.nivcsw as f64,
+            _ => unreachable!("perf metrics are handled above"),
+        })
+    }
+}
+
+//------------------------------------------------------------------------------
+// What to run
+//------------------------------------------------------------------------------
+
+/// One command to benchmark.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Its name in reports.
+    pub name: String,
+    /// How to start it (each run gets a fresh id).
+    pub spec: ProcSpec,
+    /// Parameter values substituted into it (`--parameter-scan`), in order.
+    pub parameters: Vec<(String, String)>,
+    /// Run before each of its runs, warmups included; not measured.
+    pub prepare: Option<ProcSpec>,
+    /// Run after each of its runs; not measured.
+    pub conclude: Option<ProcSpec>,
+    /// Run once after all of its runs.
+    pub cleanup: Option<ProcSpec>,
+    /// Run once before any of its runs (warmups included).
+    pub setup: Option<ProcSpec>,
+}
+
+impl Command {
+    /// A command that execs `argv` directly, with stdin, stdout and stderr on
+    /// /dev/null and every perf counter on.
+    pub fn argv(name: &str, argv: &[&str]) -> Command {
+        Command::new(
+            name.to_owned(),
+            bench_spec(argv.iter().map(|s| s.to_string()).collect(), Output::Null),
+        )
+    }
+
+    /// A command with this name and spec, nothing around it.
+    pub fn new(name: String, spec: ProcSpec) -> Command {
+        Command {
+            name,
+            spec,
+            parameters: Vec::new(),
+            prepare: None,
+            conclude: None,
+            cleanup: None,
+            setup: None,
+        }
+    }
+}
+
+/// Where a benchmarked command's stdout and stderr go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// /dev/null (the default).
+    Null,
+    /// A pipe the agent drains and keeps only the last 4 KiB of.
+    Pipe,
+    /// The runner's own stdout and stderr.
+    Inherit,
+    /// This file, truncated before each run.
+    File(String),
+}
+
+/// A spec that runs `argv` with stdin from /dev/null, its output to `output`,
+/// and every perf counter on.
+pub fn bench_spec(argv: Vec<String>, output: Output) -> ProcSpec {
+    let devnull = |flags: &str| serde_json::json!({"null": {"flags": flags}});
+    let out = match &output {
+        Output::Null => Some(devnull("Write")),
+        Output::Pipe => Some(serde_json::json!({"capture": {"mode": "memory", "tail": 4096}})),
+        Output::Inherit => None,
+        Output::File(path) => Some(serde_json::json!({"file": {"path": path, "flags": "Write"}})),
+    };
+    let mut fds = vec![serde_json::json!(["stdin", devnull("Read")])];
+    if let Some(out) = out {
+        fds.push(serde_json::json!(["stdout", out]));
+        fds.push(serde_json::json!(["stderr", out]));
+    }
+    let json = serde_json::json!({"argv": argv, "fds": fds, "perf": true});
+    serde_json::from_value(json).expect("a bench spec is always well formed")
+}
+
+/// In what order the runs of several commands go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Round robin: A B C A B C … (the default).
+    Interleaved,
+    /// Rounds of one run each, each round shuffled (seeded, so repeatable).
+    Shuffled(u64),
+    /// All of A, then all of B (hyperfine's order).
+    Grouped,
+}
+
+/// How many runs, and how.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Exactly this many timed runs per command.
+    pub runs: Option<usize>,
+    /// Without `runs`: at least this many (default 10)…
+    pub min_runs: usize,
+    /// … and at most this many…
+    pub max_runs: Option<usize>,
+    /// … enough to fill this time per command (default 3 s).
+    pub min_time: Duration,
+    /// Untimed runs per command first.
+    pub warmup: usize,
+    /// The order of runs.
+    pub order: Order,
+    /// Runs in flight at once (1: sequential).
+    pub jobs: usize,
+    /// Keep runs that exit non-zero instead of stopping.
+    pub ignore_failure: bool,
+}
+
+impl Default for Plan {
+    fn default() -> Plan {
+        Plan {
+            runs: None,
+            min_runs: 10,
+            max_runs: None,
+            min_time: Duration::from_secs(3),
+            warmup: 0,
+            order: Order::Interleaved,
+            jobs: 1,
+            ignore_failure: false,
+        }
+    }
+}
+
+impl Plan {
+    /// How many timed runs a command gets whose first run took `first`.
+    pub fn count_for(&self, first: Duration) -> usize {
+        if let Some(n) = self.runs {
+            return n;
+        }
+        let per = first.as_secs_f64() / self.jobs.max(1) as f64;
+        let want = if per > 0.0 {
+            (self.min_time.as_secs_f64() / per).ceil().min(1e9) as usize
+        } else {
+            self.min_runs
+        };
+        let n = want.max(self.min_runs).max(1);
+        self.max_runs.map_or(n, |m| n.min(m.max(1)))
+    }
+}
+
+/// The run order for commands with these run counts: command indices.
+pub fn schedule(counts: &[usize], order: Order) -> Vec<usize> {
+    let rounds = counts.iter().copied().max().unwrap_or(0);
+    match order {
+        Order::Grouped => counts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| std::iter::repeat_n(i, n))
+            .collect(),
+        Order::Interleaved => (0..rounds)
+            .flat_map(|r| (0..counts.len()).filter(move |&i| r < counts[i]))
+            .collect(),
+        Order::Shuffled(seed) => {
+            let mut rng = SplitMix64(seed);
+            let mut out = Vec::with_capacity(counts.iter().sum());
+            for r in 0..rounds {
+                let mut block: Vec<usize> = (0..counts.len()).filter(|&i| r < counts[i]).collect();
+                for k in (1..block.len()).rev() {
+                    let j = (rng.next() % (k as u64 + 1)) as usize;
+                    block.swap(k, j);
+                }
+                out.extend(block);
+            }
+            out
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64), enough for shuffling run order.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+//------------------------------------------------------------------------------
+// What came out
+//------------------------------------------------------------------------------
+
+/// One timed run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Which command (index into the commands given).
+    pub command: usize,
+    /// Its number among that command's runs, from 0.
+    pub index: usize,
+    /// When it exited, in seconds since the benchmark began.
+    pub at: f64,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<String>,
+    /// Each metric's value, in [`Metric::ALL`] order (`None`: not measured).
+    pub values: Vec<Option<f64>>,
+}
+
+impl Run {
+    /// The value of `metric`, if measured.
+    pub fn value(&self, metric: Metric) -> Option<f64> {
+        self.values[metric.index()]
+    }
+
+    /// Whether it exited 0.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// One command's runs and their figures.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    /// The command's name.
+    pub name: String,
+    /// Its parameter values.
+    pub parameters: Vec<(String, String)>,
+    /// Its timed runs, in the order they ran.
+    pub runs: Vec<Run>,
+    /// Each metric's summary over the runs, in [`Metric::ALL`] order.
+    pub summaries: Vec<Option<Summary>>,
+}
+
+impl CommandOutcome {
+    /// The summary of `metric`, if any run measured it.
+    pub fn summary(&self, metric: Metric) -> Option<&Summary> {
+        self.summaries[metric.index()].as_ref()
+    }
+
+    /// How many runs exited other than 0.
+    pub fn failures(&self) -> usize {
+        self.runs.iter().filter(|r| !r.succeeded()).count()
+    }
+}
+
+/// What a benchmark found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Each command's runs and figures, in the order given.
+    pub commands: Vec<CommandOutcome>,
+    /// Wall time of the timed runs, all commands (seconds).
+    pub elapsed: f64,
+    /// Runs in flight at once.
+    pub jobs: usize,
+    /// The runner's own peak resident set during the runs, which every max RSS
+    /// includes (see the module docs).
+    pub rss_floor: Option<u64>,
+    /// Why the hardware counters have no figures, when they have none.
+    pub pmu_note: Option<String>,
+}
+
+impl Outcome {
+    /// Timed runs per second of wall time, all commands together.
+    pub fn throughput(&self) -> f64 {
+        let n: usize = self.commands.iter().map(|c| c.runs.len()).sum();
+        if self.elapsed > 0.0 {
+            n as f64 / self.elapsed
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Progress, for a caller showing it.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Which command.
+    pub command: usize,
+    /// Whether this was a warmup run.
+    pub warmup: bool,
+    /// Runs of this kind done for it so far.
+    pub done: usize,
+    /// Runs of this kind it will get (known once its first timed run is in).
+    pub total: usize,
+}
+
+/// Why a benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The agent refused a start.
+    #[error("{command}: {source}")]
+    Start {
+        /// The command's name.
+        command: String,
+        /// Why.
+        source: StartError,
+    },
+    /// A run (or its prepare/conclude/cleanup) did not exit 0.
+    #[error(
+        "{what} {command:?} {how}. Use the '-i'/'--ignore-failure' option if you want to ignore this."
+    )]
+    Failed {
+        /// "Command", "Prepare command" …
+        what: &'static str,
+        /// The command's name.
+        command: String,
+        /// "terminated with non-zero exit code 3", "was killed by SIGKILL" …
+        how: String,
+    },
+    /// The agent went away.
+    #[error("the agent stopped")]
+    AgentGone,
+}
+
+/// Runs benchmarks on its own agent.
+#[derive(Debug)]
+pub struct Runner {
+    agent: Agent,
+    events: Subscription,
+    next: u64,
+}
+
+impl Runner {
+    /// A runner on an agent configured for it: children spawned on the
+    /// reactor itself (no hand-off to a spawning thread, see
+    /// [`Config::spawn_threads`]) and no periodic sampling.
+    pub fn new() -> std::io::Result<Runner> {
+        Runner::with_config(Config {
+            spawn_threads: 0,
+            sample_interval: None,
+            ..Config::default()
+        })
+    }
+
+    /// A runner on an agent configured so.
+    pub fn with_config(config: Config) -> std::io::Result<Runner> {
+        let agent = Agent::new(config)?;
+        let events = agent.handle().subscribe_bounded(1 << 16);
+        Ok(Runner {
+            agent,
+            events,
+            next: 0,
+        })
+    }
+
+    /// Runs `spec` once and returns its result (the process is deleted).
+    pub fn run_once(&mut self, spec: &ProcSpec, name: &str) -> Result<ProcRes, BenchError> {
+        let (id, start) = self.send_start(spec);
+        // Asked for at once, so the reply comes without another round trip
+        // through this thread; the agent handles the two in order.
+        let waited = self.agent.handle().wait(&id);
+        start.wait().map_err(|source| BenchError::Start {
+            command: name.to_owned(),
+            source,
+        })?;
+        let res = waited.wait().ok_or(BenchError::AgentGone)?;
+        drop(self.agent.handle().delete(&id));
+        Ok(res)
+    }
+
+    fn send_start(
+        &mut self,
+        spec: &ProcSpec,
+    ) -> (String, crate::Call<Result<Vec<String>, StartError>>) {
+        self.next += 1;
+        let id = format!("b{}", self.next);
+        let mut specs = Specs::new();
+        specs
+            .try_insert(id.clone(), spec.clone())
+            .expect("a fresh id is unique");
+        let call = self.agent.handle().start(Input { specs });
+        (id, call)
+    }
+
+    fn launch(&mut self, spec: &ProcSpec, name: &str) -> Result<String, BenchError> {
+        let (id, call) = self.send_start(spec);
+        call.wait().map_err(|source| BenchError::Start {
+            command: name.to_owned(),
+            source,
+        })?;
+        Ok(id)
+    }
+
+    /// Waits for `id` to end, takes its result and deletes it (without
+    /// waiting for the delete: the agent does it in order).
+    fn finish(&mut self, id: &str) -> Result<ProcRes, BenchError> {
+        let handle = self.agent.handle();
+        let res = handle.wait(id).wait().ok_or(BenchError::AgentGone)?;
+        drop(handle.delete(id));
+        Ok(res)
+    }
+
+    /// Runs an untimed helper (prepare, conclude, cleanup) and checks it.
+    fn helper(
+        &mut self,
+        spec: Option<&ProcSpec>,
+        what: &'static str,
+        command: &str,
+    ) -> Result<(), BenchError> {
+        let Some(spec) = spec else { return Ok(()) };
+        // Named by its text (the shell's -c argument), not the command's name.
+        let text = spec.argv.last().map_or(command, String::as_str);
+        let res = self.run_once(spec, text)?;
+        failure(&res).map_or(Ok(()), |how| {
+            Err(BenchError::Failed {
+                what,
+                command: text.to_owned(),
+                how,
+            })
+        })
+    }
+
+    /// Benchmarks `commands` as `plan` says, calling `progress` after each run.
+    pub fn bench(
+        &mut self,
+        commands: &[Command],
+        plan: &Plan,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Outcome, BenchError> {
+        for c in commands {
+            let mut specs = Specs::new();
+            specs
+                .try_insert("check".into(), c.spec.clone())
+                .expect("one id");
+            spec::validate(&Input { specs }).map_err(|e| BenchError::Start {
+                command: c.name.clone(),
+                source: e.into(),
+            })?;
+        }
+        for c in commands {
+            self.helper(c.setup.as_ref(), "Setup command", &c.name)?;
+        }
+        reset_peak_rss();
+        // Warmups, each command in turn.
+        for (i, c) in commands.iter().enumerate() {
+            for done in 1..=plan.warmup {
+                self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
+                let res = self.run_once(&c.spec, &c.name)?;
+                if !plan.ignore_failure {
+                    check(&res, &c.name)?;
+                }
+                self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
+                progress(Progress {
+                    command: i,
+                    warmup: true,
+                    done,
+                    total: plan.warmup,
+                });
+            }
+        }
+        let t0 = Instant::now();
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); commands.len()];
+        let mut pmu_note = None;
+        // A first timed run of each, to size the rest.
+        let mut counts = Vec::with_capacity(commands.len());
+        for (i, c) in commands.iter().enumerate() {
+            self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
+            let res = self.run_once(&c.spec, &c.name)?;
+            let run = self.record(i, 0, &res, t0, &c.name, plan, &mut pmu_note)?;
+            self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
+            let first = Duration::from_secs_f64(run.value(Metric::Wall).unwrap_or(0.0));
+            let total = plan.count_for(first);
+            counts.push(total.saturating_sub(1));
+            runs[i].push(run);
+            progress(Progress {
+                command: i,
+                warmup: false,
+                done: 1,
+                total,
+            });
+        }
+        let order = schedule(&counts, plan.order);
+        if plan.order == Order::Grouped {
+            // Cleanup after each command's block, as hyperfine does.
+            let mut at = 0;
+            for (i, &n) in counts.iter().enumerate() {
+                self.timed(
+                    commands,
+                    &order[at..at + n],
+                    plan,
+                    t0,
+                    &mut runs,
+                    &mut pmu_note,
+                    progress,
+                )?;
+                at += n;
+                let c = &commands[i];
+                self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
+            }
+        } else {
+            self.timed(
+                commands,
+                &order,
+                plan,
+                t0,
+                &mut runs,
+                &mut pmu_note,
+                progress,
+            )?;
+            for c in commands {
+                self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
+            }
+        }
+        let elapsed = t0.elapsed().as_secs_f64();
+        let commands = commands
+            .iter()
+            .zip(runs)
+            .map(|(c, runs)| {
+                let summaries = Metric::ALL
+                    .iter()
+                    .map(|&m| {
+                        let v: Vec<f64> = runs.iter().filter_map(|r| r.value(m)).collect();
+                        Summary::of(&v)
+                    })
+                    .collect();
+                CommandOutcome {
+                    name: c.name.clone(),
+                    parameters: c.parameters.clone(),
+                    runs,
+                    summaries,
+                }
+            })
+            .collect();
+        Ok(Outcome {
+            commands,
+            elapsed,
+            jobs: plan.jobs.max(1),
+            rss_floor: peak_rss(),
+            pmu_note,
+        })
+    }
+
+    /// The timed runs in `order` (command indices), `plan.jobs` at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn timed(
+        &mut self,
+        commands: &[Command],
+        order: &[usize],
+        plan: &Plan,
+        t0: Instant,
+        runs: &mut [Vec<Run>],
+        pmu_note: &mut Option<String>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), BenchError> {
+        let total = |i: usize, runs: &[Vec<Run>]| runs[i].len();
+        let totals: Vec<usize> = (0..commands.len())
+            .map(|i| total(i, runs) + order.iter().filter(|&&j| j == i).count())
+            .collect();
+        let jobs = plan.jobs.max(1);
+        if jobs == 1 {
+            for &i in order {
+                let c = &commands[i];
+                self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
+                let res = self.run_once(&c.spec, &c.name)?;
+                let index = runs[i].len();
+                let run = self.record(i, index, &res, t0, &c.name, plan, pmu_note)?;
+                runs[i].push(run);
+                self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
+                progress(Progress {
+                    command: i,
+                    warmup: false,
+                    done: runs[i].len(),
+                    total: totals[i],
+                });
+            }
+            return Ok(());
+        }
+        // Throughput: keep `jobs` in flight, learning of exits from events.
+        while self.events.try_recv().is_ok() {}
+        let mut in_flight: HashMap<String, usize> = HashMap::new();
+        let mut exited: Vec<String> = Vec::new();
+        let mut next = order.iter();
+        loop {
+            while in_flight.len() < jobs {
+                let Some(&i) = next.next() else { break };
+                let id = self.launch(&commands[i].spec, &commands[i].name)?;
+                in_flight.insert(id, i);
+            }
+            if in_flight.is_empty() {
+                return Ok(());
+            }
+            if exited.is_empty() {
+                match self.events.recv() {
+                    Ok(Event::Exited(id)) => exited.push(id),
+                    Ok(Event::Missed(_)) => {
+                        // Fell behind: ask after every one in flight instead.
+                        let handle = self.agent.handle();
+                        for id in in_flight.keys() {
+                            if handle.result(id).wait().is_some_and(|r| r.status.is_some()) {
+                                exited.push(id.clone());
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Err(BenchError::AgentGone),
+                }
+            }
+            while let Some(id) = exited.pop() {
+                let Some(i) = in_flight.remove(&id) else {
+                    continue;
+                };
+                let res = self.finish(&id)?;
+                let index = runs[i].len();
+                let run = self.record(i, index, &res, t0, &commands[i].name, plan, pmu_note)?;
+                runs[i].push(run);
+                progress(Progress {
+                    command: i,
+                    warmup: false,
+                    done: runs[i].len(),
+                    total: totals[i],
+                });
+            }
+        }
+    }
+
+    /// The run `res` was, checked against `plan.ignore_failure`.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        command: usize,
+        index: usize,
+        res: &ProcRes,
+        t0: Instant,
+        name: &str,
+        plan: &Plan,
+        pmu_note: &mut Option<String>,
+    ) -> Result<Run, BenchError> {
+        if !plan.ignore_failure || res.failure.is_some() || res.status.is_none() {
+            // A run that never started has nothing to measure, ignored or not.
+            check(res, name)?;
+        }
+        if pmu_note.is_none() {
+            if let Some(p) = &res.perf {
+                if let Some(why) = p.unavailable.get("cycles") {
+                    *pmu_note = Some(format!(
+                        "cycles, instructions, cache and branch misses were not counted: {why}"
+                    ));
+                }
+            }
+        }
+        Ok(Run {
+            command,
+            index,
+            at: t0.elapsed().as_secs_f64(),
+            exit_code: res.status.as_ref().and_then(|s| s.exit_code),
+            signal: res.status.as_ref().and_then(|s| s.signal.clone()),
+            values: Metric::ALL.iter().map(|m| m.of(res)).collect(),
+        })
+    }
+}
+
+/// What was wrong with a run, or `None` if it exited 0.
+fn failure(res: &ProcRes) -> Option<String> {
+    if let Some(f) = &res.failure {
+        return Some(format!(
+            "could not be started: {} failed: {}",
+            f.stage,
+            std::io::Error::from_raw_os_error(f.errno)
+        ));
+    }
+    match &res.status {
+        Some(s) if s.exit_code == Some(0) => None,
+        Some(s) if s.exit_code.is_some() => Some(format!(
+            "terminated with non-zero exit code {}",
+            s.exit_code.unwrap_or_default()
+        )),
+        Some(s) => Some(format!(
+            "was killed by {}",
+            s.signal.as_deref().unwrap_or("a signal")
+        )),
+        None => Some(format!(
+            "could not be run: {}",
+            if res.errors.is_empty() {
+                "no exit status".to_owned()
+            } else {
+                res.errors.join("; ")
+            }
+        )),
+    }
+}
+
+fn check(res: &ProcRes, name: &str) -> Result<(), BenchError> {
+    failure(res).map_or(Ok(()), |how| {
+        Err(BenchError::Failed {
+            what: "Command",
+            command: name.to_owned(),
+            how,
+        })
+    })
+}
+
+/// Resets this process's peak resident set to its current one, so that the
+/// floor every vfork-spawned child's max RSS carries is as low as it can be.
+/// Best effort: without it, the floor is just higher (and still reported).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak resident set since [`reset_peak_rss`] (VmHWM), bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_goes_round_robin_and_drops_finished_commands() {
+        assert_eq!(schedule(&[3, 1, 2], Order::Interleaved), [0, 1, 2, 0, 2, 0]);
+        assert_eq!(schedule(&[], Order::Interleaved), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn grouped_runs_each_command_in_one_block() {
+        assert_eq!(schedule(&[2, 0, 3], Order::Grouped), [0, 0, 2, 2, 2]);
+    }
+
+    #[test]
+    fn shuffled_is_a_permutation_of_each_round_and_repeatable() {
+        let a = schedule(&[50, 50, 50], Order::Shuffled(7));
+        assert_eq!(a, schedule(&[50, 50, 50], Order::Shuffled(7)));
+        assert_ne!(a, schedule(&[50, 50, 50], Order::Shuffled(8)));
+        assert_ne!(a, schedule(&[50, 50, 50], Order::Interleaved));
+        for round in a.chunks(3) {
+            let mut r = round.to_vec();
+            r.sort();
+            assert_eq!(r, [0, 1, 2]);
+        }
+    }
+
+    #[test]
+    fn run_count_fills_the_time_within_the_bounds() {
+        let plan = Plan::default(); // 3 s, at least 10
+        assert_eq!(plan.count_for(Duration::from_millis(1)), 3000);
+        assert_eq!(plan.count_for(Duration::from_secs(1)), 10);
+        assert_eq!(plan.count_for(Duration::ZERO), 10);
+        let capped = Plan {
+            max_runs: Some(500),
+            ..Plan::default()
+        };
+        assert_eq!(capped.count_for(Duration::from_millis(1)), 500);
+        let exact = Plan {
+            runs: Some(7),
+            ..Plan::default()
+        };
+        assert_eq!(exact.count_for(Duration::from_millis(1)), 7);
+        let jobs = Plan {
+            jobs: 4,
+            ..Plan::default()
+        };
+        assert_eq!(jobs.count_for(Duration::from_millis(1)), 12000);
+    }
+
+    #[test]
+    fn metric_names_round_trip_and_units_are_right() {
+        for m in Metric::ALL {
+            assert_eq!(Metric::from_name(m.name()), Some(m));
+            assert_eq!(Metric::ALL[m.index()], m);
+        }
+        assert_eq!(Metric::from_name("rss"), None);
+        assert_eq!(Metric::TaskClock.unit(), Unit::Seconds);
+        assert_eq!(Metric::MaxRss.unit(), Unit::Bytes);
+        assert!(Metric::Instructions.is_hardware() && !Metric::TaskClock.is_hardware());
+    }
+
+    #[test]
+    fn bench_spec_puts_output_where_asked() {
+        let s = bench_spec(vec!["/bin/true".into()], Output::Null);
+        assert_eq!(s.fds.len(), 3);
+        assert_eq!(s.perf, Some(crate::metrics::perf::PerfSpec::Enabled(true)));
+        assert_eq!(bench_spec(vec!["x".into()], Output::Inherit).fds.len(), 1);
+    }
+}

@@ -1,0 +1,784 @@
+//! How a benchmark's [`Outcome`] is shown: the terminal text, and the JSON,
+//! Markdown, CSV and self-contained HTML (inline SVG) exports.
+
+use super::stats::{Ratio, Summary};
+use super::{Metric, Outcome, Unit};
+use std::fmt::Write as _;
+
+/// How the figures are shown and compared.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The metric comparisons and outlier warnings use.
+    pub primary: Metric,
+    /// The command others are compared with (index).
+    pub reference: usize,
+    /// Times in this unit rather than one chosen per figure.
+    pub time_unit: Option<TimeUnit>,
+    /// The run order, as said in reports.
+    pub order: String,
+}
+
+/// A fixed unit for times (`--time-unit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    /// ns
+    Nanosecond,
+    /// µs
+    Microsecond,
+    /// ms
+    Millisecond,
+    /// s
+    Second,
+}
+
+impl TimeUnit {
+    /// The unit named so (hyperfine's names).
+    pub fn from_name(s: &str) -> Option<TimeUnit> {
+        Some(match s {
+            "nanosecond" | "ns" => TimeUnit::Nanosecond,
+            "microsecond" | "us" | "µs" => TimeUnit::Microsecond,
+            "millisecond" | "ms" => TimeUnit::Millisecond,
+            "second" | "s" => TimeUnit::Second,
+            _ => return None,
+        })
+    }
+
+    fn scale(self) -> (f64, &'static str) {
+        match self {
+            TimeUnit::Nanosecond => (1e9, "ns"),
+            TimeUnit::Microsecond => (1e6, "µs"),
+            TimeUnit::Millisecond => (1e3, "ms"),
+            TimeUnit::Second => (1.0, "s"),
+        }
+    }
+
+    fn for_value(v: f64) -> TimeUnit {
+        let a = v.abs();
+        if a < 1e-6 && a > 0.0 {
+            TimeUnit::Nanosecond
+        } else if a < 1e-3 {
+            TimeUnit::Microsecond
+        } else if a < 1.0 {
+            TimeUnit::Millisecond
+        } else {
+            TimeUnit::Second
+        }
+    }
+}
+
+/// `v` (in `unit`) for people: `612.3 µs`, `9.8 MiB`, `1,234`.
+pub fn format_value(v: f64, unit: Unit, time_unit: Option<TimeUnit>) -> String {
+    match unit {
+        Unit::Seconds => {
+            let (k, name) = time_unit.unwrap_or_else(|| TimeUnit::for_value(v)).scale();
+            let x = v * k;
+            if x == 0.0 {
+                format!("0 {name}")
+            } else if x.abs() >= 100.0 || name == "ns" {
+                format!("{x:.1} {name}")
+            } else {
+                format!("{x:.3} {name}")
+            }
+        }
+        Unit::Bytes => {
+            let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+            let mut x = v;
+            let mut u = 0;
+            while x.abs() >= 1024.0 && u + 1 < units.len() {
+                x /= 1024.0;
+                u += 1;
+            }
+            if u == 0 {
+                format!("{x:.0} B")
+            } else {
+                format!("{x:.1} {}", units[u])
+            }
+        }
+        Unit::Count => {
+            if v.abs() >= 100.0 || v.fract() == 0.0 {
+                group_thousands(v.round() as i64)
+            } else {
+                format!("{v:.1}")
+            }
+        }
+    }
+}
+
+fn group_thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+impl View {
+    fn fmt(&self, m: Metric, v: f64) -> String {
+        format_value(v, m.unit(), self.time_unit)
+    }
+
+    /// Each command's ratio to the reference on the primary metric.
+    pub fn ratios(&self, outcome: &Outcome) -> Vec<Option<Ratio>> {
+        let reference = outcome
+            .commands
+            .get(self.reference)
+            .and_then(|c| c.summary(self.primary));
+        outcome
+            .commands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let this = c.summary(self.primary)?;
+                if i == self.reference {
+                    // Not two samples: exactly 1, no spread.
+                    return Some(Ratio {
+                        ratio: 1.0,
+                        stddev: 0.0,
+                        low: 1.0,
+                        high: 1.0,
+                        significant: false,
+                    });
+                }
+                Ratio::of(this, reference?)
+            })
+            .collect()
+    }
+
+    /// The text shown at the end of a run.
+    pub fn text(&self, outcome: &Outcome) -> String {
+        let mut s = String::new();
+        let p = self.primary;
+        for (n, c) in outcome.commands.iter().enumerate() {
+            let _ = writeln!(s, "Benchmark {}: {}", n + 1, c.name);
+            if let Some(w) = c.summary(p) {
+                let label = if p == Metric::Wall {
+                    "Time".to_owned()
+                } else {
+                    p.name().to_owned()
+                };
+                let user = c
+                    .summary(Metric::User)
+                    .map(|u| self.fmt(Metric::User, u.mean));
+                let sys = c
+                    .summary(Metric::System)
+                    .map(|u| self.fmt(Metric::System, u.mean));
+                let cpu = match (user, sys) {
+                    (Some(u), Some(y)) if p == Metric::Wall => {
+                        format!("    [User: {u}, System: {y}]")
+                    }
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "  {:<20} {:>10} ± {:>10}{cpu}",
+                    format!("{label} (mean ± σ):"),
+                    self.fmt(p, w.mean),
+                    self.fmt(p, w.stddev)
+                );
+                let _ = writeln!(
+                    s,
+                    "  {:<20} {:>10} … {:>10}    {} runs",
+                    "Range (min … max):",
+                    self.fmt(p, w.min),
+                    self.fmt(p, w.max),
+                    c.runs.len()
+                );
+            }
+            let _ = writeln!(
+                s,
+                "  {:<17} {:>11} {:>24} {:>24} {:>10}",
+                "metric", "median", "mean ± σ", "min … max", "outliers"
+            );
+            for m in Metric::ALL {
+                let Some(x) = c.summary(m) else { continue };
+                let _ = writeln!(
+                    s,
+                    "  {:<17} {:>11} {:>24} {:>24} {:>10}",
+                    m.name(),
+                    self.fmt(m, x.median),
+                    format!("{} ± {}", self.fmt(m, x.mean), self.fmt(m, x.stddev)),
+                    format!("{} … {}", self.fmt(m, x.min), self.fmt(m, x.max)),
+                    outliers(x)
+                );
+            }
+            if let Some(w) = c.summary(p) {
+                if w.outliers() > 0 {
+                    let _ = writeln!(
+                        s,
+                        "  Warning: Statistical outliers were detected ({} of {} runs, {}). \
+                         Consider re-running this benchmark on a quiet system.",
+                        w.outliers(),
+                        w.n,
+                        p.name()
+                    );
+                }
+            }
+            let failed = c.failures();
+            if failed > 0 {
+                let _ = writeln!(
+                    s,
+                    "  Warning: Ignoring non-zero exit code ({failed} of {} runs).",
+                    c.runs.len()
+                );
+            }
+            s.push('\n');
+        }
+        if outcome.jobs > 1 {
+            let n: usize = outcome.commands.iter().map(|c| c.runs.len()).sum();
+            let _ = writeln!(
+                s,
+                "Throughput: {:.0} runs/s with {} in flight ({n} runs in {:.2} s)\n",
+                outcome.throughput(),
+                outcome.jobs,
+                outcome.elapsed
+            );
+        }
+        if outcome.commands.len() > 1 {
+            let ratios = self.ratios(outcome);
+            let reference = &outcome.commands[self.reference].name;
+            let _ = writeln!(
+                s,
+                "Relative to {reference} ({}, ratio of means, 95% interval):",
+                p.name()
+            );
+            for (i, (c, r)) in outcome.commands.iter().zip(&ratios).enumerate() {
+                if i == self.reference {
+                    continue;
+                }
+                let line = match r {
+                    Some(r) => format!(
+                        "{:.3} ± {:.3}  [{:.3} … {:.3}]  {}",
+                        r.ratio,
+                        r.stddev,
+                        r.low,
+                        r.high,
+                        verdict(r)
+                    ),
+                    None => "no ratio (no figures)".to_owned(),
+                };
+                let _ = writeln!(s, "  {:<30} {line}", c.name);
+            }
+            s.push('\n');
+        }
+        for note in self.notes(outcome) {
+            let _ = writeln!(s, "Note: {note}");
+        }
+        s
+    }
+
+    /// Notes on what the figures cannot say.
+    pub fn notes(&self, outcome: &Outcome) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(why) = &outcome.pmu_note {
+            notes.push(why.clone());
+        }
+        if let Some(floor) = outcome.rss_floor {
+            let at_floor = outcome.commands.iter().any(|c| {
+                c.summary(Metric::MaxRss)
+                    .is_some_and(|x| x.median <= floor as f64 * 1.05)
+            });
+            if at_floor {
+                notes.push(format!(
+                    "max-rss counts the runner's own peak resident set ({}), as the kernel \
+                     does for any child spawned without a copy of its parent's memory; a \
+                     max-rss at that floor means at most that much",
+                    format_value(floor as f64, Unit::Bytes, None)
+                ));
+            }
+        }
+        notes
+    }
+
+    /// The JSON export: hyperfine's fields (of wall time) plus every metric's
+    /// summary, the comparison and every run's raw figures.
+    pub fn json(&self, outcome: &Outcome) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let ratios = self.ratios(outcome);
+        let results: Vec<Value> = outcome
+            .commands
+            .iter()
+            .zip(&ratios)
+            .map(|(c, ratio)| {
+                let wall = c.summary(Metric::Wall);
+                let mean_of = |m| c.summary(m).map(|x| x.mean);
+                let mut metrics = Map::new();
+                for m in Metric::ALL {
+                    if let Some(x) = c.summary(m) {
+                        metrics.insert(m.name().into(), json!(x));
+                    }
+                }
+                let runs: Vec<Value> = c
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        let mut values = Map::new();
+                        for m in Metric::ALL {
+                            if let Some(v) = r.value(m) {
+                                values.insert(m.name().into(), json!(v));
+                            }
+                        }
+                        json!({"index": r.index, "at": r.at, "exit_code": r.exit_code,
+                               "signal": r.signal, "values": values})
+                    })
+                    .collect();
+                let parameters: Map<String, Value> = c
+                    .parameters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect();
+                json!({
+                    "command": c.name,
+                    "mean": wall.map(|x| x.mean),
+                    "stddev": wall.map(|x| x.stddev),
+                    "median": wall.map(|x| x.median),
+                    "user": mean_of(Metric::User),
+                    "system": mean_of(Metric::System),
+                    "min": wall.map(|x| x.min),
+                    "max": wall.map(|x| x.max),
+                    "times": c.runs.iter().map(|r| r.value(Metric::Wall)).collect::<Vec<_>>(),
+                    "exit_codes": c.runs.iter().map(|r| r.exit_code).collect::<Vec<_>>(),
+                    "parameters": parameters,
+                    "metrics": metrics,
+                    "relative": ratio,
+                    "runs": runs,
+                })
+            })
+            .collect();
+        json!({
+            "results": results,
+            "primary_metric": self.primary.name(),
+            "reference": outcome.commands.get(self.reference).map(|c| &c.name),
+            "order": self.order,
+            "jobs": outcome.jobs,
+            "elapsed": outcome.elapsed,
+            "throughput": outcome.throughput(),
+            "rss_floor": outcome.rss_floor,
+            "notes": self.notes(outcome),
+            "units": Metric::ALL
+                .iter()
+                .map(|m| (m.name().to_owned(), json!(m.unit())))
+                .collect::<Map<String, Value>>(),
+            "chaperone_version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    /// The Markdown export: hyperfine's table, with the primary metric's
+    /// relative figure and the extra metrics.
+    pub fn markdown(&self, outcome: &Outcome) -> String {
+        let unit = self.table_unit(outcome);
+        let (k, name) = unit.scale();
+        let mut s = format!(
+            "| Command | Mean [{name}] | Median [{name}] | Min [{name}] | Max [{name}] | User [{name}] | System [{name}] | Max RSS [MiB] | Task clock [{name}] | Relative ({}) |\n",
+            self.primary.name()
+        );
+        s.push_str("|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let ratios = self.ratios(outcome);
+        for (c, r) in outcome.commands.iter().zip(&ratios) {
+            let t = |m: Metric, f: fn(&Summary) -> f64| {
+                c.summary(m)
+                    .map_or("–".to_owned(), |x| format!("{:.3}", f(x) * k))
+            };
+            let wall = c.summary(Metric::Wall);
+            let _ = writeln!(
+                s,
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.name.replace('|', "\\|"),
+                wall.map_or("–".into(), |x| format!(
+                    "{:.3} ± {:.3}",
+                    x.mean * k,
+                    x.stddev * k
+                )),
+                t(Metric::Wall, |x| x.median),
+                t(Metric::Wall, |x| x.min),
+                t(Metric::Wall, |x| x.max),
+                t(Metric::User, |x| x.mean),
+                t(Metric::System, |x| x.mean),
+                c.summary(Metric::MaxRss)
+                    .map_or("–".into(), |x| format!("{:.1}", x.median / 1048576.0)),
+                t(Metric::TaskClock, |x| x.mean),
+                r.as_ref().map_or("–".into(), |r| format!(
+                    "{:.2} ± {:.2}",
+                    r.ratio, r.stddev
+                )),
+            );
+        }
+        s
+    }
+
+    fn table_unit(&self, outcome: &Outcome) -> TimeUnit {
+        self.time_unit.unwrap_or_else(|| {
+            let least = outcome
+                .commands
+                .iter()
+                .filter_map(|c| c.summary(Metric::Wall).map(|x| x.mean))
+                .fold(f64::INFINITY, f64::min);
+            if least.is_finite() {
+                TimeUnit::for_value(least)
+            } else {
+                TimeUnit::Second
+            }
+        })
+    }
+
+    /// The CSV export: hyperfine's columns (seconds), more metrics, then one
+    /// column per parameter.
+    pub fn csv(&self, outcome: &Outcome) -> String {
+        let mut params: Vec<&str> = Vec::new();
+        for c in &outcome.commands {
+            for (k, _) in &c.parameters {
+                if !params.contains(&k.as_str()) {
+                    params.push(k);
+                }
+            }
+        }
+        let mut s = String::from(
+            "command,mean,stddev,median,user,system,min,max,runs,failures,max_rss,task_clock,instructions,relative",
+        );
+        for p in &params {
+            let _ = write!(s, ",parameter_{p}");
+        }
+        s.push('\n');
+        let ratios = self.ratios(outcome);
+        for (c, r) in outcome.commands.iter().zip(&ratios) {
+            let w = c.summary(Metric::Wall);
+            let f = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+            let cols = [
+                csv_field(&c.name),
+                f(w.map(|x| x.mean)),
+                f(w.map(|x| x.stddev)),
+                f(w.map(|x| x.median)),
+                f(c.summary(Metric::User).map(|x| x.mean)),
+                f(c.summary(Metric::System).map(|x| x.mean)),
+                f(w.map(|x| x.min)),
+                f(w.map(|x| x.max)),
+                c.runs.len().to_string(),
+                c.failures().to_string(),
+                f(c.summary(Metric::MaxRss).map(|x| x.median)),
+                f(c.summary(Metric::TaskClock).map(|x| x.mean)),
+                f(c.summary(Metric::Instructions).map(|x| x.mean)),
+                f(r.as_ref().map(|r| r.ratio)),
+            ];
+            s.push_str(&cols.join(","));
+            for p in &params {
+                let v = c
+                    .parameters
+                    .iter()
+                    .find(|(k, _)| k == p)
+                    .map_or("", |(_, v)| v);
+                let _ = write!(s, ",{}", csv_field(v));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// The HTML export: one self-contained page, a table and, per metric, the
+    /// distribution of each command and its runs over time, as inline SVG.
+    pub fn html(&self, outcome: &Outcome) -> String {
+        let mut s = String::from(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>chaperone bench</title>\n<style>\nbody{font-family:system-ui,sans-serif;margin:2em;color:#222;background:#fff}\ntable{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}\ntd:first-child,th:first-child{text-align:left}code{font-size:90%}\nsection{margin:2em 0}svg{display:block;margin:.5em 0;background:#fafafa;border:1px solid #ddd}\n.legend span{display:inline-block;margin-right:1.5em}.legend i{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:middle}\n.note{color:#555}\n</style></head><body>\n<h1>chaperone bench</h1>\n",
+        );
+        let _ = writeln!(
+            s,
+            "<p>{} command(s), order {}, {} in flight, {:.2} s of runs; primary metric <b>{}</b>, compared with <code>{}</code>.</p>",
+            outcome.commands.len(),
+            esc(&self.order),
+            outcome.jobs,
+            outcome.elapsed,
+            self.primary.name(),
+            esc(outcome.commands.get(self.reference).map_or("", |c| &c.name))
+        );
+        s.push_str("<div class=\"legend\">");
+        for (i, c) in outcome.commands.iter().enumerate() {
+            let _ = write!(
+                s,
+                "<span><i style=\"background:{}\"></i><code>{}</code></span>",
+                color(i),
+                esc(&c.name)
+            );
+        }
+        s.push_str("</div>\n<table><tr><th>command</th><th>runs</th>");
+        for m in Metric::PRIMARY {
+            let _ = write!(s, "<th>{} median</th>", m.name());
+        }
+        s.push_str("<th>relative</th></tr>\n");
+        let ratios = self.ratios(outcome);
+        for (c, r) in outcome.commands.iter().zip(&ratios) {
+            let _ = write!(
+                s,
+                "<tr><td><code>{}</code></td><td>{}</td>",
+                esc(&c.name),
+                c.runs.len()
+            );
+            for m in Metric::PRIMARY {
+                let v = c.summary(m).map_or("–".into(), |x| self.fmt(m, x.median));
+                let _ = write!(s, "<td>{}</td>", esc(&v));
+            }
+            let rel = r.as_ref().map_or("–".into(), |r| {
+                format!("{:.3} ± {:.3} ({})", r.ratio, r.stddev, verdict(r))
+            });
+            let _ = writeln!(s, "<td>{}</td></tr>", esc(&rel));
+        }
+        s.push_str("</table>\n");
+        for note in self.notes(outcome) {
+            let _ = writeln!(s, "<p class=\"note\">Note: {}</p>", esc(&note));
+        }
+        for m in Metric::ALL {
+            if outcome.commands.iter().all(|c| c.summary(m).is_none()) {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "<section id=\"{0}\"><h2>{0}</h2>\n{1}\n{2}</section>",
+                m.name(),
+                self.distribution_svg(outcome, m),
+                self.drift_svg(outcome, m)
+            );
+        }
+        s.push_str("</body></html>\n");
+        s
+    }
+
+    /// Per command: a box from the first to the third quartile, the median,
+    /// whiskers to min and max, and the runs as points.
+    fn distribution_svg(&self, outcome: &Outcome, m: Metric) -> String {
+        let (w, row, left) = (900.0, 40.0, 10.0);
+        let h = row * outcome.commands.len() as f64 + 40.0;
+        let (lo, hi) = range_of(outcome, m);
+        let x = |v: f64| left + (v - lo) / (hi - lo) * (w - 2.0 * left);
+        let mut s = format!(
+            "<svg class=\"dist\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"><title>{} distribution</title>",
+            m.name()
+        );
+        for (i, c) in outcome.commands.iter().enumerate() {
+            let mut v: Vec<f64> = c.runs.iter().filter_map(|r| r.value(m)).collect();
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            let y = 10.0 + row * i as f64;
+            let col = color(i);
+            let mid = y + row / 2.0 - 5.0;
+            let _ = write!(
+                s,
+                "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{mid:.1}\" y2=\"{mid:.1}\" stroke=\"{col}\"/>\
+                 <rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{col}\" fill-opacity=\"0.25\" stroke=\"{col}\"/>\
+                 <line x1=\"{3:.1}\" x2=\"{3:.1}\" y1=\"{1:.1}\" y2=\"{4:.1}\" stroke=\"{col}\" stroke-width=\"3\"/>",
+                x(v[0]),
+                x(v[v.len() - 1]),
+                x(q(0.25)),
+                y,
+                (x(q(0.75)) - x(q(0.25))).max(1.0),
+                row - 10.0,
+                mid = mid,
+                col = col,
+            );
+            let _ = write!(
+                s,
+                "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"{col}\" stroke-width=\"3\"/>",
+                x(q(0.5)),
+                y,
+                y + row - 10.0
+            );
+            for (k, val) in thin(&v, 1500).into_iter().enumerate() {
+                let jitter = (k as f64 * 0.618_034).fract() * (row - 14.0);
+                let _ = write!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"{col}\" fill-opacity=\"0.5\"/>",
+                    x(val),
+                    y + 2.0 + jitter
+                );
+            }
+        }
+        s.push_str(&self.axis(m, lo, hi, left, w - left, h - 20.0));
+        s.push_str("</svg>");
+        s
+    }
+
+    /// Each run's value against when it ran: drift shows as a slope.
+    fn drift_svg(&self, outcome: &Outcome, m: Metric) -> String {
+        let (w, h, left) = (900.0, 220.0, 10.0);
+        let (lo, hi) = range_of(outcome, m);
+        let t_end = outcome
+            .commands
+            .iter()
+            .flat_map(|c| c.runs.iter().map(|r| r.at))
+            .fold(0.0f64, f64::max)
+            .max(1e-9);
+        let y = |v: f64| 10.0 + (1.0 - (v - lo) / (hi - lo)) * (h - 50.0);
+        let mut s = format!(
+            "<svg class=\"drift\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\"><title>{} over time</title>",
+            m.name()
+        );
+        for (i, c) in outcome.commands.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = c
+                .runs
+                .iter()
+                .filter_map(|r| Some((r.at, r.value(m)?)))
+                .collect();
+            for (t, v) in thin(&pts, 2000) {
+                let _ = write!(
+                    s,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"{}\" fill-opacity=\"0.6\"/>",
+                    left + t / t_end * (w - 2.0 * left),
+                    y(v),
+                    color(i)
+                );
+            }
+        }
+        let _ = write!(
+            s,
+            "<text x=\"{left}\" y=\"{:.0}\" font-size=\"11\">0 s</text><text x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"end\">{:.2} s (time of run)</text>",
+            h - 8.0,
+            w - left,
+            h - 8.0,
+            t_end
+        );
+        let _ = write!(
+            s,
+            "<text x=\"{left}\" y=\"20\" font-size=\"11\">{}</text><text x=\"{left}\" y=\"{:.0}\" font-size=\"11\">{}</text>",
+            esc(&self.fmt(m, hi)),
+            h - 40.0,
+            esc(&self.fmt(m, lo))
+        );
+        s.push_str("</svg>");
+        s
+    }
+
+    fn axis(&self, m: Metric, lo: f64, hi: f64, x0: f64, x1: f64, y: f64) -> String {
+        let mut s =
+            format!("<line x1=\"{x0}\" x2=\"{x1}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#888\"/>");
+        for k in 0..=4 {
+            let v = lo + (hi - lo) * k as f64 / 4.0;
+            let x = x0 + (x1 - x0) * k as f64 / 4.0;
+            let anchor = match k {
+                0 => "start",
+                4 => "end",
+                _ => "middle",
+            };
+            let _ = write!(
+                s,
+                "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{y}\" y2=\"{:.0}\" stroke=\"#888\"/><text x=\"{x:.1}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"{anchor}\">{}</text>",
+                y + 4.0,
+                y + 16.0,
+                esc(&self.fmt(m, v))
+            );
+        }
+        s
+    }
+}
+
+/// The spread of `m` over every command's runs, widened when flat.
+fn range_of(outcome: &Outcome, m: Metric) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in outcome
+        .commands
+        .iter()
+        .flat_map(|c| c.runs.iter().filter_map(move |r| r.value(m)))
+    {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < f64::EPSILON * hi.abs().max(1.0) {
+        let pad = (hi.abs() * 0.05).max(1e-9);
+        return (lo - pad, hi + pad);
+    }
+    let pad = (hi - lo) * 0.02;
+    (lo - pad, hi + pad)
+}
+
+/// At most `n` of `v`, evenly strided (the plots stay light at 100,000 runs).
+fn thin<T: Copy>(v: &[T], n: usize) -> Vec<T> {
+    if v.len() <= n {
+        return v.to_vec();
+    }
+    (0..n).map(|k| v[k * v.len() / n]).collect()
+}
+
+fn color(i: usize) -> &'static str {
+    const P: [&str; 8] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
+    P[i % P.len()]
+}
+
+fn outliers(x: &Summary) -> String {
+    match (x.outliers_low, x.outliers_high) {
+        (0, 0) => "0".into(),
+        (0, h) => format!("{h} high"),
+        (l, 0) => format!("{l} low"),
+        (l, h) => format!("{l} low {h} high"),
+    }
+}
+
+fn verdict(r: &Ratio) -> &'static str {
+    if !r.significant {
+        "not significant"
+    } else if r.ratio > 1.0 {
+        "larger"
+    } else {
+        "smaller"
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_formatted_in_fitting_units() {
+        assert_eq!(format_value(0.000_612_3, Unit::Seconds, None), "612.3 µs");
+        assert_eq!(format_value(0.012_345, Unit::Seconds, None), "12.345 ms");
+        assert_eq!(format_value(2.5, Unit::Seconds, None), "2.500 s");
+        assert_eq!(
+            format_value(0.0005, Unit::Seconds, Some(TimeUnit::Millisecond)),
+            "0.500 ms"
+        );
+        assert_eq!(format_value(10_276_864.0, Unit::Bytes, None), "9.8 MiB");
+        assert_eq!(format_value(512.0, Unit::Bytes, None), "512 B");
+        assert_eq!(format_value(1_234_567.0, Unit::Count, None), "1,234,567");
+        assert_eq!(format_value(2.5, Unit::Count, None), "2.5");
+        assert_eq!(format_value(3.0, Unit::Count, None), "3");
+    }
+
+    #[test]
+    fn csv_and_html_escape_what_they_must() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(esc("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+    }
+
+    #[test]
+    fn thinning_keeps_ends_and_bounds_the_count() {
+        let v: Vec<usize> = (0..10_000).collect();
+        let t = thin(&v, 100);
+        assert_eq!(t.len(), 100);
+        assert_eq!(t[0], 0);
+        assert!(t.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(thin(&v[..5], 100), [0, 1, 2, 3, 4]);
+    }
+}

@@ -1,0 +1,409 @@
+//! `chaperone bench` end to end: real runs, their figures, the run order, and
+//! every export parsed back.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(util::bin())
+        .arg("bench")
+        .args(["--style", "basic"])
+        .args(args)
+        .output()
+        .expect("run chaperone bench")
+}
+
+fn bench_json(dir: &Path, args: &[&str]) -> (Output, Value) {
+    let path = dir.join("out.json");
+    let mut all = vec!["--export-json", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = bench(&all);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("JSON export");
+    (out, json)
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn true_runs_give_sane_figures_for_every_software_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, json) = bench_json(dir.path(), &["-r", "30", "-w", "2", "/bin/true"]);
+    let r = &json["results"][0];
+    assert_eq!(r["command"], "/bin/true");
+    assert_eq!(
+        r["runs"].as_array().unwrap().len(),
+        30,
+        "warmups are not runs"
+    );
+    assert_eq!(r["times"].as_array().unwrap().len(), 30);
+    assert!(r["exit_codes"].as_array().unwrap().iter().all(|c| c == 0));
+    let m = &r["metrics"];
+    // Wall: positive, under a second, median within [min, max].
+    let wall = &m["wall"];
+    assert!(f(&wall["min"]) > 0.0 && f(&wall["max"]) < 1.0, "{wall}");
+    assert!(f(&wall["min"]) <= f(&wall["median"]) && f(&wall["median"]) <= f(&wall["max"]));
+    assert_eq!(
+        f(&r["median"]),
+        f(&wall["median"]),
+        "hyperfine's field is wall time"
+    );
+    // /bin/true faults in its pages and ran on a CPU for some time.
+    assert!(f(&m["minor-faults"]["median"]) >= 1.0, "{m}");
+    assert!(f(&m["page-faults"]["median"]) >= 1.0, "{m}");
+    assert!(f(&m["task-clock"]["median"]) > 0.0, "{m}");
+    assert!(
+        f(&m["task-clock"]["median"]) < f(&wall["max"]),
+        "on a CPU less than it lived"
+    );
+    assert!(f(&m["max-rss"]["median"]) > 0.0);
+    for k in [
+        "user",
+        "system",
+        "cpu",
+        "voluntary-cs",
+        "context-switches",
+        "cpu-migrations",
+    ] {
+        assert!(m[k]["n"] == 30, "{k}: {m}");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Benchmark 1: /bin/true"), "{text}");
+    assert!(
+        text.contains("Time (mean ± σ):") && text.contains("30 runs"),
+        "{text}"
+    );
+    assert!(text.contains("task-clock"), "{text}");
+    // Without a PMU the hardware counters are absent and the reason is said.
+    if m.get("instructions").is_none() {
+        assert!(text.contains("were not counted"), "{text}");
+    }
+}
+
+#[test]
+fn a_cpu_loop_task_clock_agrees_with_user_plus_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, json) = bench_json(
+        dir.path(),
+        &[
+            "-r",
+            "5",
+            "--shell",
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done",
+        ],
+    );
+    let m = &json["results"][0]["metrics"];
+    let task = f(&m["task-clock"]["mean"]);
+    let cpu = f(&m["cpu"]["mean"]);
+    assert!(cpu > 0.02, "the loop takes CPU time: {m}");
+    assert!(
+        (task - cpu).abs() <= 0.2 * cpu,
+        "task-clock {task} and user+system {cpu} differ by more than 20%"
+    );
+    assert!(f(&m["wall"]["mean"]) >= 0.9 * task, "{m}");
+}
+
+/// Commands, in the order their runs ended.
+fn run_order(json: &Value) -> Vec<usize> {
+    let mut runs: Vec<(f64, usize)> = Vec::new();
+    for (i, r) in json["results"].as_array().unwrap().iter().enumerate() {
+        for run in r["runs"].as_array().unwrap() {
+            runs.push((f(&run["at"]), i));
+        }
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    runs.into_iter().map(|(_, i)| i).collect()
+}
+
+#[test]
+fn commands_run_interleaved_by_default_and_grouped_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, json) = bench_json(dir.path(), &["-r", "4", "/bin/true", "/bin/echo"]);
+    assert_eq!(run_order(&json), [0, 1, 0, 1, 0, 1, 0, 1]);
+    assert_eq!(json["order"], "interleaved");
+    let (_, json) = bench_json(
+        dir.path(),
+        &["-r", "4", "--order", "grouped", "/bin/true", "/bin/echo"],
+    );
+    // The first run of each sizes the rest; then each command in one block.
+    assert_eq!(run_order(&json), [0, 1, 0, 0, 0, 1, 1, 1]);
+    let (_, json) = bench_json(
+        dir.path(),
+        &[
+            "-r",
+            "6",
+            "--order",
+            "shuffled",
+            "--seed",
+            "3",
+            "/bin/true",
+            "/bin/echo",
+            "/bin/pwd",
+        ],
+    );
+    let order = run_order(&json);
+    for round in order.chunks(3) {
+        let mut r = round.to_vec();
+        r.sort();
+        assert_eq!(r, [0, 1, 2], "each round runs each command once: {order:?}");
+    }
+}
+
+#[test]
+fn a_parameter_scan_benchmarks_each_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, json) = bench_json(
+        dir.path(),
+        &["-r", "2", "-P", "n", "1", "3", "/bin/echo {n}"],
+    );
+    let results = json["results"].as_array().unwrap();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["/bin/echo 1", "/bin/echo 2", "/bin/echo 3"]);
+    assert_eq!(results[2]["parameters"]["n"], "3");
+}
+
+#[test]
+fn markdown_and_csv_exports_parse_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("r.md");
+    let csv = dir.path().join("r.csv");
+    let out = bench(&[
+        "-r",
+        "5",
+        "-L",
+        "word",
+        "a,b",
+        "--export-markdown",
+        md.to_str().unwrap(),
+        "--export-csv",
+        csv.to_str().unwrap(),
+        "/bin/echo {word}",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(md).unwrap();
+    let rows: Vec<&str> = md.lines().collect();
+    assert_eq!(rows.len(), 4, "header, rule, two commands: {md}");
+    let cells = |l: &str| {
+        l.trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let header = cells(rows[0]);
+    assert_eq!(header[0], "Command");
+    assert!(header[1].starts_with("Mean ["), "{header:?}");
+    assert_eq!(cells(rows[2])[0], "`/bin/echo a`");
+    assert_eq!(cells(rows[2]).len(), header.len());
+    assert_eq!(
+        cells(rows[2]).last().unwrap(),
+        "1.00 ± 0.00",
+        "the reference against itself"
+    );
+
+    let csv = std::fs::read_to_string(csv).unwrap();
+    let lines: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        &lines[0][..8],
+        [
+            "command", "mean", "stddev", "median", "user", "system", "min", "max"
+        ]
+    );
+    assert_eq!(*lines[0].last().unwrap(), "parameter_word");
+    for row in &lines[1..] {
+        assert_eq!(row.len(), lines[0].len());
+        let mean: f64 = row[1].parse().unwrap();
+        let (min, max): (f64, f64) = (row[6].parse().unwrap(), row[7].parse().unwrap());
+        assert!(min <= mean && mean <= max, "{row:?}");
+        assert_eq!(row[8], "5");
+    }
+    assert_eq!(*lines[2].last().unwrap(), "b");
+}
+
+#[test]
+fn the_html_report_is_self_contained_with_a_plot_per_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("r.html");
+    let out = bench(&[
+        "-r",
+        "10",
+        "--export-html",
+        html.to_str().unwrap(),
+        "/bin/true",
+        "/bin/echo",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(html).unwrap();
+    assert!(html.starts_with("<!doctype html>"));
+    assert!(
+        !html.contains("http://") || !html.contains("src=\"http"),
+        "nothing fetched"
+    );
+    assert!(!html.contains("<script src"), "no external scripts");
+    for metric in ["wall", "task-clock", "max-rss"] {
+        assert!(
+            html.contains(&format!("<section id=\"{metric}\">")),
+            "{metric}"
+        );
+    }
+    assert!(html.matches("<svg class=\"dist\"").count() >= 10);
+    assert_eq!(
+        html.matches("<svg class=\"dist\"").count(),
+        html.matches("<svg class=\"drift\"").count()
+    );
+    // 10 runs of each command as points in the wall distribution.
+    let wall = &html[html.find("<section id=\"wall\">").unwrap()..];
+    let wall = &wall[..wall.find("</section>").unwrap()];
+    assert_eq!(
+        wall.matches("<circle").count(),
+        40,
+        "10 runs × 2 commands × 2 plots"
+    );
+}
+
+#[test]
+fn a_failing_command_stops_the_run_unless_failures_are_ignored() {
+    let out = bench(&["-r", "3", "/bin/false"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"/bin/false\" terminated with non-zero exit code 1")
+            && err.contains("--ignore-failure"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (out, json) = bench_json(dir.path(), &["-r", "3", "-i", "/bin/false"]);
+    let r = &json["results"][0];
+    assert_eq!(r["exit_codes"], serde_json::json!([1, 1, 1]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Ignoring non-zero exit code (3 of 3 runs)")
+    );
+    // A program that cannot be run at all is not "ignored".
+    let out = bench(&["-r", "2", "-i", "/no/such/program"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("could not be started") && err.contains("No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prepare_and_conclude_run_around_each_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let l = log.to_str().unwrap();
+    let (_, _) = bench_json(
+        dir.path(),
+        &[
+            "-r",
+            "3",
+            "-w",
+            "1",
+            "--setup",
+            &format!("echo setup >> {l}"),
+            "--prepare",
+            &format!("echo prepare >> {l}"),
+            "--conclude",
+            &format!("echo conclude >> {l}"),
+            "--cleanup",
+            &format!("echo cleanup >> {l}"),
+            "/bin/true",
+        ],
+    );
+    let got = std::fs::read_to_string(&log).unwrap();
+    let want = "setup\n".to_owned() + &"prepare\nconclude\n".repeat(4) + "cleanup\n";
+    assert_eq!(got, want);
+    let out = bench(&["-r", "2", "--prepare", "exit 3", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Prepare command"));
+}
+
+#[test]
+fn throughput_mode_keeps_jobs_in_flight_and_reports_a_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, json) = bench_json(dir.path(), &["-r", "200", "-j", "16", "/bin/true"]);
+    assert_eq!(json["jobs"], 16);
+    assert_eq!(json["results"][0]["runs"].as_array().unwrap().len(), 200);
+    let rate = f(&json["throughput"]);
+    assert!(rate > 0.0);
+    let n = f(&json["elapsed"]) * rate;
+    assert!((n - 200.0).abs() < 1.0, "rate × elapsed is the run count");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("with 16 in flight"));
+    // Indices are each run's place among its command's, all present.
+    let mut idx: Vec<u64> = json["results"][0]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    idx.sort();
+    assert_eq!(idx, (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_spec_file_benchmarks_its_processes_with_their_controls() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"specs": {"in-tmp": {"argv": ["/bin/sh", "-c", "test \"$PWD\" = /tmp && test \"$X\" = y"],
+            "cwd": "/tmp", "env": {"vars": {"X": "y"}}}}}"#,
+    )
+    .unwrap();
+    let (_, json) = bench_json(dir.path(), &["-r", "3", "--spec", spec.to_str().unwrap()]);
+    let r = &json["results"][0];
+    assert_eq!(r["command"], "in-tmp");
+    assert_eq!(
+        r["exit_codes"],
+        serde_json::json!([0, 0, 0]),
+        "cwd and env applied"
+    );
+    assert!(r["metrics"]["task-clock"]["n"] == 3, "perf on by default");
+}
+
+#[test]
+fn two_commands_are_compared_with_an_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, json) = bench_json(dir.path(), &["-r", "20", "/bin/true", "/bin/sleep 0.02"]);
+    let rel = &json["results"][1]["relative"];
+    assert!(f(&rel["ratio"]) > 2.0, "{rel}");
+    assert!(f(&rel["low"]) <= f(&rel["ratio"]) && f(&rel["ratio"]) <= f(&rel["high"]));
+    assert_eq!(rel["significant"], true);
+    assert_eq!(json["results"][0]["relative"]["ratio"], 1.0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Relative to /bin/true (wall"), "{text}");
+    assert!(text.contains("larger"), "{text}");
+}
+
+#[test]
+fn bad_command_lines_exit_2_naming_the_problem() {
+    let out = bench(&["--metric", "bogus", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--metric \"bogus\""));
+    let out = bench(&["nosuchprogram-xyz"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an executable file on PATH"));
+}
