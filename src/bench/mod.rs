@@ -36,10 +36,9 @@ pub mod cli;
 
 use crate::result::ProcRes;
 use crate::spec::{self, Input, ProcSpec, Specs};
-use crate::{Agent, Config, Event, StartError, Subscription};
+use crate::{Agent, Config, StartError};
 use serde::Serialize;
 use stats::Summary;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 //------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ pub enum Output {
 }
 
 /// A spec that runs `argv` with stdin from /dev/null, its output to `output`,
-/// and every perf counter on.
+/// every perf counter on, and no session of its own.
 pub fn bench_spec(argv: Vec<String>, output: Output) -> ProcSpec {
     let devnull = |flags: &str| serde_json::json!({"null": {"flags": flags}});
     let out = match &output {
@@ -299,7 +298,9 @@ pub fn bench_spec(argv: Vec<String>, output: Output) -> ProcSpec {
         fds.push(serde_json::json!(["stdout", out]));
         fds.push(serde_json::json!(["stderr", out]));
     }
-    let json = serde_json::json!({"argv": argv, "fds": fds, "perf": true});
+    // In the runner's session and process group, as a shell or hyperfine runs
+    // a command (a ^C reaches it too), which also saves a setsid per run.
+    let json = serde_json::json!({"argv": argv, "fds": fds, "perf": true, "setsid": false});
     serde_json::from_value(json).expect("a bench spec is always well formed")
 }
 
@@ -533,87 +534,100 @@ pub enum BenchError {
     /// The agent went away.
     #[error("the agent stopped")]
     AgentGone,
+    /// An agent could not be made.
+    #[error("cannot start the agent: {0}")]
+    Agent(std::io::Error),
 }
 
 /// Runs benchmarks on its own agent.
+///
+/// Runs without `prepare` or `conclude` are handed to the agent in batches,
+/// with `max_running` set to the plan's `jobs`: the agent starts the next one
+/// as soon as the last one's exit is seen, with no trip through the caller's
+/// thread in between, and the caller collects results while the next child
+/// runs. With one job the children are spawned on the reactor itself
+/// ([`Config::spawn_threads`] 0), which saves two thread hand-offs per run.
 #[derive(Debug)]
 pub struct Runner {
-    agent: Agent,
-    events: Subscription,
+    base: Config,
+    /// The agent and the `jobs` it was made for.
+    agent: Option<(Agent, usize)>,
     next: u64,
 }
 
 impl Runner {
-    /// A runner on an agent configured for it: children spawned on the
-    /// reactor itself (no hand-off to a spawning thread, see
-    /// [`Config::spawn_threads`]) and no periodic sampling.
+    /// A runner with the default agent configuration, less what it does not
+    /// report: no periodic sampling, no `/proc` reads at exit.
     pub fn new() -> std::io::Result<Runner> {
         Runner::with_config(Config {
-            spawn_threads: 0,
             sample_interval: None,
+            read_proc_at_exit: false,
             ..Config::default()
         })
     }
 
-    /// A runner on an agent configured so.
+    /// A runner whose agents start from `config` (its `max_running` and
+    /// `spawn_threads` are set per plan).
     pub fn with_config(config: Config) -> std::io::Result<Runner> {
-        let agent = Agent::new(config)?;
-        let events = agent.handle().subscribe_bounded(1 << 16);
-        Ok(Runner {
-            agent,
-            events,
+        let mut runner = Runner {
+            base: config,
+            agent: None,
             next: 0,
-        })
+        };
+        runner.agent_for(1)?;
+        Ok(runner)
+    }
+
+    /// The agent for `jobs` in flight, made anew when the last was for another
+    /// number.
+    fn agent_for(&mut self, jobs: usize) -> std::io::Result<&Agent> {
+        if self.agent.as_ref().is_none_or(|(_, j)| *j != jobs) {
+            self.agent = None;
+            let config = Config {
+                max_running: Some(jobs),
+                spawn_threads: if jobs == 1 {
+                    0
+                } else {
+                    self.base.spawn_threads
+                },
+                ..self.base.clone()
+            };
+            self.agent = Some((Agent::new(config)?, jobs));
+        }
+        Ok(&self.agent.as_ref().expect("just made").0)
+    }
+
+    fn agent(&self) -> &Agent {
+        &self.agent.as_ref().expect("a runner always has an agent").0
+    }
+
+    fn fresh_id(&mut self) -> String {
+        self.next += 1;
+        format!("b{}", self.next)
     }
 
     /// Runs `spec` once and returns its result (the process is deleted).
     pub fn run_once(&mut self, spec: &ProcSpec, name: &str) -> Result<ProcRes, BenchError> {
-        let (id, start) = self.send_start(spec);
+        let id = self.fresh_id();
+        let mut specs = Specs::new();
+        specs
+            .try_insert(id.clone(), spec.clone())
+            .expect("a fresh id is unique");
+        let handle = self.agent().handle();
+        let start = handle.start(Input { specs });
         // Asked for at once, so the reply comes without another round trip
         // through this thread; the agent handles the two in order.
-        let waited = self.agent.handle().wait(&id);
+        let waited = handle.wait(&id);
         start.wait().map_err(|source| BenchError::Start {
             command: name.to_owned(),
             source,
         })?;
         let res = waited.wait().ok_or(BenchError::AgentGone)?;
-        drop(self.agent.handle().delete(&id));
+        drop(handle.delete(&id));
         Ok(res)
     }
 
-    fn send_start(
-        &mut self,
-        spec: &ProcSpec,
-    ) -> (String, crate::Call<Result<Vec<String>, StartError>>) {
-        self.next += 1;
-        let id = format!("b{}", self.next);
-        let mut specs = Specs::new();
-        specs
-            .try_insert(id.clone(), spec.clone())
-            .expect("a fresh id is unique");
-        let call = self.agent.handle().start(Input { specs });
-        (id, call)
-    }
-
-    fn launch(&mut self, spec: &ProcSpec, name: &str) -> Result<String, BenchError> {
-        let (id, call) = self.send_start(spec);
-        call.wait().map_err(|source| BenchError::Start {
-            command: name.to_owned(),
-            source,
-        })?;
-        Ok(id)
-    }
-
-    /// Waits for `id` to end, takes its result and deletes it (without
-    /// waiting for the delete: the agent does it in order).
-    fn finish(&mut self, id: &str) -> Result<ProcRes, BenchError> {
-        let handle = self.agent.handle();
-        let res = handle.wait(id).wait().ok_or(BenchError::AgentGone)?;
-        drop(handle.delete(id));
-        Ok(res)
-    }
-
-    /// Runs an untimed helper (prepare, conclude, cleanup) and checks it.
+    /// Runs an untimed helper (setup, prepare, conclude, cleanup) and checks it.
     fn helper(
         &mut self,
         spec: Option<&ProcSpec>,
@@ -650,6 +664,8 @@ impl Runner {
                 source: e.into(),
             })?;
         }
+        let jobs = plan.jobs.max(1);
+        self.agent_for(jobs).map_err(BenchError::Agent)?;
         for c in commands {
             self.helper(c.setup.as_ref(), "Setup command", &c.name)?;
         }
@@ -671,63 +687,47 @@ impl Runner {
                 });
             }
         }
-        let t0 = Instant::now();
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); commands.len()];
-        let mut pmu_note = None;
+        let mut bench = Timed {
+            t0: Instant::now(),
+            runs: vec![Vec::new(); commands.len()],
+            totals: vec![0; commands.len()],
+            pmu_note: None,
+        };
         // A first timed run of each, to size the rest.
         let mut counts = Vec::with_capacity(commands.len());
         for (i, c) in commands.iter().enumerate() {
             self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
             let res = self.run_once(&c.spec, &c.name)?;
-            let run = self.record(i, 0, &res, t0, &c.name, plan, &mut pmu_note)?;
             self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
-            let first = Duration::from_secs_f64(run.value(Metric::Wall).unwrap_or(0.0));
-            let total = plan.count_for(first);
+            let total = {
+                let run = bench.record(i, &res, &c.name, plan, progress)?;
+                plan.count_for(Duration::from_secs_f64(
+                    run.value(Metric::Wall).unwrap_or(0.0),
+                ))
+            };
+            bench.totals[i] = total;
             counts.push(total.saturating_sub(1));
-            runs[i].push(run);
-            progress(Progress {
-                command: i,
-                warmup: false,
-                done: 1,
-                total,
-            });
         }
         let order = schedule(&counts, plan.order);
         if plan.order == Order::Grouped {
             // Cleanup after each command's block, as hyperfine does.
             let mut at = 0;
             for (i, &n) in counts.iter().enumerate() {
-                self.timed(
-                    commands,
-                    &order[at..at + n],
-                    plan,
-                    t0,
-                    &mut runs,
-                    &mut pmu_note,
-                    progress,
-                )?;
+                self.timed(commands, &order[at..at + n], plan, &mut bench, progress)?;
                 at += n;
                 let c = &commands[i];
                 self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
             }
         } else {
-            self.timed(
-                commands,
-                &order,
-                plan,
-                t0,
-                &mut runs,
-                &mut pmu_note,
-                progress,
-            )?;
+            self.timed(commands, &order, plan, &mut bench, progress)?;
             for c in commands {
                 self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
             }
         }
-        let elapsed = t0.elapsed().as_secs_f64();
+        let elapsed = bench.t0.elapsed().as_secs_f64();
         let commands = commands
             .iter()
-            .zip(runs)
+            .zip(bench.runs)
             .map(|(c, runs)| {
                 let summaries = Metric::ALL
                     .iter()
@@ -747,128 +747,150 @@ impl Runner {
         Ok(Outcome {
             commands,
             elapsed,
-            jobs: plan.jobs.max(1),
+            jobs,
             rss_floor: peak_rss(),
-            pmu_note,
+            pmu_note: bench.pmu_note,
         })
     }
 
-    /// The timed runs in `order` (command indices), `plan.jobs` at a time.
-    #[allow(clippy::too_many_arguments)]
+    /// The timed runs in `order` (command indices).
     fn timed(
         &mut self,
         commands: &[Command],
         order: &[usize],
         plan: &Plan,
-        t0: Instant,
-        runs: &mut [Vec<Run>],
-        pmu_note: &mut Option<String>,
+        bench: &mut Timed,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), BenchError> {
-        let total = |i: usize, runs: &[Vec<Run>]| runs[i].len();
-        let totals: Vec<usize> = (0..commands.len())
-            .map(|i| total(i, runs) + order.iter().filter(|&&j| j == i).count())
-            .collect();
-        let jobs = plan.jobs.max(1);
-        if jobs == 1 {
+        let around = order
+            .iter()
+            .any(|&i| commands[i].prepare.is_some() || commands[i].conclude.is_some());
+        if around {
+            // One at a time, with the helpers between.
             for &i in order {
                 let c = &commands[i];
                 self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
                 let res = self.run_once(&c.spec, &c.name)?;
-                let index = runs[i].len();
-                let run = self.record(i, index, &res, t0, &c.name, plan, pmu_note)?;
-                runs[i].push(run);
+                bench.record(i, &res, &c.name, plan, progress)?;
                 self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
-                progress(Progress {
-                    command: i,
-                    warmup: false,
-                    done: runs[i].len(),
-                    total: totals[i],
-                });
             }
             return Ok(());
         }
-        // Throughput: keep `jobs` in flight, learning of exits from events.
-        while self.events.try_recv().is_ok() {}
-        let mut in_flight: HashMap<String, usize> = HashMap::new();
-        let mut exited: Vec<String> = Vec::new();
-        let mut next = order.iter();
+        // Batches queued in the agent, which keeps `jobs` running; results are
+        // taken in the order they were queued.
+        let jobs = plan.jobs.max(1);
+        let window = (jobs * 4).max(64);
+        let handle = self.agent().handle();
+        let mut starts = Vec::new();
+        let mut waits = std::collections::VecDeque::new();
+        let mut next = order.iter().copied().peekable();
         loop {
-            while in_flight.len() < jobs {
-                let Some(&i) = next.next() else { break };
-                let id = self.launch(&commands[i].spec, &commands[i].name)?;
-                in_flight.insert(id, i);
-            }
-            if in_flight.is_empty() {
-                return Ok(());
-            }
-            if exited.is_empty() {
-                match self.events.recv() {
-                    Ok(Event::Exited(id)) => exited.push(id),
-                    Ok(Event::Missed(_)) => {
-                        // Fell behind: ask after every one in flight instead.
-                        let handle = self.agent.handle();
-                        for id in in_flight.keys() {
-                            if handle.result(id).wait().is_some_and(|r| r.status.is_some()) {
-                                exited.push(id.clone());
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return Err(BenchError::AgentGone),
+            if waits.len() <= window / 2 && next.peek().is_some() {
+                let mut specs = Specs::new();
+                let mut batch = Vec::new();
+                while waits.len() + batch.len() < window {
+                    let Some(i) = next.next() else { break };
+                    let id = self.fresh_id();
+                    specs
+                        .try_insert(id.clone(), commands[i].spec.clone())
+                        .expect("a fresh id is unique");
+                    batch.push((id, i));
+                }
+                starts.push(handle.start(Input { specs }));
+                for (id, i) in batch {
+                    let call = handle.wait(&id);
+                    waits.push_back((id, i, call));
                 }
             }
-            while let Some(id) = exited.pop() {
-                let Some(i) = in_flight.remove(&id) else {
-                    continue;
+            if waits.is_empty() {
+                break;
+            }
+            // Several at a time, waiting for the last of them first: this
+            // thread then wakes once for the lot, not once a run.
+            let take = waits.len().min(COLLECT);
+            let mut lot: Vec<_> = waits.drain(..take).collect();
+            let (last_id, last_i, last_call) = lot.pop().expect("take >= 1");
+            let last = last_call.wait();
+            let mut results: Vec<(String, usize, Option<ProcRes>)> = lot
+                .into_iter()
+                .map(|(id, i, call)| (id, i, call.wait()))
+                .collect();
+            results.push((last_id, last_i, last));
+            for (id, i, res) in results {
+                let Some(res) = res else {
+                    // Not known: its batch was refused; say why.
+                    for s in starts {
+                        s.wait().map_err(|source| BenchError::Start {
+                            command: commands[i].name.clone(),
+                            source,
+                        })?;
+                    }
+                    return Err(BenchError::AgentGone);
                 };
-                let res = self.finish(&id)?;
-                let index = runs[i].len();
-                let run = self.record(i, index, &res, t0, &commands[i].name, plan, pmu_note)?;
-                runs[i].push(run);
-                progress(Progress {
-                    command: i,
-                    warmup: false,
-                    done: runs[i].len(),
-                    total: totals[i],
-                });
+                drop(handle.delete(&id));
+                bench.record(i, &res, &commands[i].name, plan, progress)?;
             }
         }
+        for s in starts {
+            s.wait().map_err(|source| BenchError::Start {
+                command: String::from("batch"),
+                source,
+            })?;
+        }
+        Ok(())
     }
+}
 
-    /// The run `res` was, checked against `plan.ignore_failure`.
-    #[allow(clippy::too_many_arguments)]
+/// How many queued runs' results are collected at once.
+const COLLECT: usize = 8;
+
+/// The timed runs so far.
+struct Timed {
+    t0: Instant,
+    runs: Vec<Vec<Run>>,
+    /// Each command's run count, once known.
+    totals: Vec<usize>,
+    pmu_note: Option<String>,
+}
+
+impl Timed {
+    /// Records the run `res` was (checked against `plan.ignore_failure`) as
+    /// command `command`'s next, and tells `progress`.
     fn record(
-        &self,
+        &mut self,
         command: usize,
-        index: usize,
         res: &ProcRes,
-        t0: Instant,
         name: &str,
         plan: &Plan,
-        pmu_note: &mut Option<String>,
-    ) -> Result<Run, BenchError> {
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<&Run, BenchError> {
         if !plan.ignore_failure || res.failure.is_some() || res.status.is_none() {
             // A run that never started has nothing to measure, ignored or not.
             check(res, name)?;
         }
-        if pmu_note.is_none() {
-            if let Some(p) = &res.perf {
-                if let Some(why) = p.unavailable.get("cycles") {
-                    *pmu_note = Some(format!(
-                        "cycles, instructions, cache and branch misses were not counted: {why}"
-                    ));
-                }
+        if self.pmu_note.is_none() {
+            if let Some(why) = res.perf.as_ref().and_then(|p| p.unavailable.get("cycles")) {
+                self.pmu_note = Some(format!(
+                    "cycles, instructions, cache and branch misses were not counted: {why}"
+                ));
             }
         }
-        Ok(Run {
+        let runs = &mut self.runs[command];
+        runs.push(Run {
             command,
-            index,
-            at: t0.elapsed().as_secs_f64(),
+            index: runs.len(),
+            at: self.t0.elapsed().as_secs_f64(),
             exit_code: res.status.as_ref().and_then(|s| s.exit_code),
             signal: res.status.as_ref().and_then(|s| s.signal.clone()),
             values: Metric::ALL.iter().map(|m| m.of(res)).collect(),
-        })
+        });
+        progress(Progress {
+            command,
+            warmup: false,
+            done: runs.len(),
+            total: self.totals[command].max(runs.len()),
+        });
+        Ok(runs.last().expect("just pushed"))
     }
 }
 

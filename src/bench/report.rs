@@ -589,7 +589,7 @@ impl View {
                 let jitter = (k as f64 * 0.618_034).fract() * (row - 14.0);
                 let _ = write!(
                     s,
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"{col}\" fill-opacity=\"0.5\"/>",
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{col}\" fill-opacity=\"0.6\"/>",
                     x(val),
                     y + 2.0 + jitter
                 );
@@ -624,7 +624,7 @@ impl View {
             for (t, v) in thin(&pts, 2000) {
                 let _ = write!(
                     s,
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.5\" fill=\"{}\" fill-opacity=\"0.6\"/>",
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{}\" fill-opacity=\"0.8\"/>",
                     left + t / t_end * (w - 2.0 * left),
                     y(v),
                     color(i)
@@ -692,7 +692,9 @@ fn range_of(outcome: &Outcome, m: Metric) -> (f64, f64) {
         return (lo - pad, hi + pad);
     }
     let pad = (hi - lo) * 0.02;
-    (lo - pad, hi + pad)
+    // Nothing measured below 0 is drawn as if it could be.
+    let floor = if lo >= 0.0 { 0.0 } else { f64::NEG_INFINITY };
+    ((lo - pad).max(floor), hi + pad)
 }
 
 /// At most `n` of `v`, evenly strided (the plots stay light at 100,000 runs).

@@ -680,11 +680,13 @@ impl Reactor {
             _ => return,
         }
         p.exited_at = Some((SystemTime::now(), Instant::now()));
-        if let (Some(pid), Some(ctx)) = (p.pid, self.stat_ctx.as_ref()) {
-            p.proc_stat = proc::read_stat(pid, ctx, &mut self.stat_buf).or(p.proc_stat.take());
+        if self.config.read_proc_at_exit {
+            if let (Some(pid), Some(ctx)) = (p.pid, self.stat_ctx.as_ref()) {
+                p.proc_stat = proc::read_stat(pid, ctx, &mut self.stat_buf).or(p.proc_stat.take());
+            }
+            // Still readable for the zombie: its final I/O counts.
+            p.read_io(&mut self.stat_buf);
         }
-        // Still readable for the zombie: its final I/O counts.
-        p.read_io(&mut self.stat_buf);
         // The zombie's counters are final (its exited children's counts folded in):
         // read them before the reap, and close them.
         if let Some(perf) = p.perf.as_mut() {

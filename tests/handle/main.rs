@@ -280,3 +280,61 @@ fn fd_wait_answers_as_output_arrives_and_when_it_ends() {
         agent.wait(id);
     }
 }
+
+/// `spawn_threads: 0` (the reactor spawns itself) with `max_running: 1` runs a
+/// queue strictly one after another, each with its output, and
+/// `read_proc_at_exit: false` leaves out the exit-time `/proc` figures while
+/// rusage stays.
+#[test]
+fn reactor_spawning_one_at_a_time_without_proc_reads() {
+    let agent = Agent::new(Config {
+        spawn_threads: 0,
+        max_running: Some(1),
+        read_proc_at_exit: false,
+        sample_interval: None,
+        ..Config::default()
+    })
+    .expect("agent");
+    let mut specs = serde_json::Map::new();
+    for i in 0..40 {
+        specs.insert(
+            format!("p{i:02}"),
+            json!({"argv": ["/bin/sh", "-c", format!("echo {i}")], "fds": [["stdout", util::mem_utf8()]]}),
+        );
+    }
+    let ids = util::start(&agent, &json!({ "specs": specs }));
+    assert_eq!(ids.len(), 40);
+    let mut spans = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let res = util::wait(&agent, id);
+        assert_eq!(
+            res.status.as_ref().and_then(|s| s.exit_code),
+            Some(0),
+            "{id}: {:?}",
+            res.errors
+        );
+        let out = agent.fd_data(id, "stdout", 0, None).expect("stdout");
+        assert_eq!(&out.data[..], format!("{i}\n").as_bytes());
+        assert!(
+            res.rusage.is_some(),
+            "{id}: rusage is still read at the reap"
+        );
+        assert!(
+            res.proc_stat.is_none() && res.proc_io.is_none(),
+            "{id}: no /proc reads at exit"
+        );
+        spans.push((
+            res.times.start.clone(),
+            res.times.stop.clone().expect("stopped"),
+        ));
+    }
+    // RFC 3339 with a fixed offset sorts as text: each starts after the last stopped.
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1, "overlap: {w:?}");
+    }
+    // The default reads them.
+    let agent = util::agent();
+    util::start(&agent, &json!({"specs": {"d": {"argv": ["/bin/true"]}}}));
+    let res = util::wait(&agent, "d");
+    assert!(res.proc_stat.is_some() && res.proc_io.is_some(), "{res:?}");
+}
