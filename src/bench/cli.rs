@@ -23,16 +23,10 @@ pub struct BenchArgs {
     /// The commands to benchmark.
     #[arg(value_name = "COMMAND")]
     pub commands: Vec<String>,
-    /// Run each command through `sh -c` (or `--shell=SHELL`), as hyperfine
-    /// does; the shell's startup is then part of every figure.
-    #[arg(
-        short = 'S',
-        long,
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "sh",
-        value_name = "SHELL"
-    )]
+    /// Run each command through SHELL's -c (`sh`, `bash` …), as hyperfine
+    /// does; the shell's startup is then part of every figure. `none`: exec
+    /// directly (the default).
+    #[arg(short = 'S', long, value_name = "SHELL")]
     pub shell: Option<String>,
     /// No shell (the default; accepted for hyperfine's -N).
     #[arg(short = 'N', long = "no-shell", conflicts_with = "shell")]
@@ -47,9 +41,10 @@ pub struct BenchArgs {
     /// Untimed runs per command first.
     #[arg(short = 'w', long, value_name = "N", default_value_t = 0)]
     pub warmup: usize,
-    /// At least this many timed runs (without --runs).
-    #[arg(short = 'm', long, value_name = "N", default_value_t = 10)]
-    pub min_runs: usize,
+    /// At least this many timed runs (without --runs; default 10, or
+    /// --max-runs if that is lower).
+    #[arg(short = 'm', long, value_name = "N")]
+    pub min_runs: Option<usize>,
     /// At most this many timed runs (without --runs).
     #[arg(short = 'M', long, value_name = "N")]
     pub max_runs: Option<usize>,
@@ -260,10 +255,17 @@ impl Setup {
         if let Some(0) = a.runs {
             return Err("--runs 0: at least one run is needed".into());
         }
-        if let Some(m) = a.max_runs {
-            if m < a.min_runs.min(a.runs.unwrap_or(usize::MAX)) && a.runs.is_none() {
-                return Err(format!("--max-runs {m} is below --min-runs {}", a.min_runs));
+        // As hyperfine: --max-runs alone lowers the default minimum to it.
+        let min_runs = match (a.min_runs, a.max_runs) {
+            (Some(lo), Some(hi)) if hi < lo => {
+                return Err(format!("--max-runs {hi} is below --min-runs {lo}"));
             }
+            (Some(lo), _) => lo,
+            (None, Some(hi)) => hi.min(10),
+            (None, None) => 10,
+        };
+        if a.max_runs == Some(0) || a.min_runs == Some(0) {
+            return Err("--min-runs and --max-runs must be at least 1".into());
         }
         if !(a.min_time.is_finite() && a.min_time >= 0.0) {
             return Err(format!("--min-time {}: not a time in seconds", a.min_time));
@@ -274,7 +276,7 @@ impl Setup {
             "inherit" => Output::Inherit,
             path => Output::File(path.to_owned()),
         };
-        let shell = a.shell.clone();
+        let shell = a.shell.clone().filter(|s| s != "none");
         let helper_shell = shell.clone().unwrap_or_else(|| "sh".to_owned());
         let helper_exe = find_program(&helper_shell)?;
         let sets = parameter_sets(a)?;
@@ -378,7 +380,7 @@ impl Setup {
             commands,
             plan: Plan {
                 runs: a.runs,
-                min_runs: a.min_runs,
+                min_runs,
                 max_runs: a.max_runs,
                 min_time: Duration::from_secs_f64(a.min_time),
                 warmup: a.warmup,
@@ -533,7 +535,7 @@ impl Bars {
         let bars = commands
             .iter()
             .map(|c| {
-                let b = multi.add(ProgressBar::new(0).with_style(style.clone()));
+                let b = multi.add(ProgressBar::new(1).with_style(style.clone()));
                 let mut name = c.name.clone();
                 if name.chars().count() > 30 {
                     name = name.chars().take(29).collect::<String>() + "…";
@@ -612,14 +614,20 @@ mod tests {
         assert_eq!(s.commands.len(), 2);
         assert_eq!(s.commands[1].spec.argv, ["sleep", "0.01"]);
         assert_eq!(s.commands[1].name, "sleep 0.01");
+        // --max-runs alone lowers the default minimum, as hyperfine does.
+        let s = setup(&["-M", "4", "--style", "basic", "true"]).unwrap();
+        assert_eq!((s.plan.min_runs, s.plan.max_runs), (4, Some(4)));
     }
 
     #[test]
     fn shell_mode_wraps_each_command() {
-        let s = setup(&["--shell", "--style", "basic", "echo $HOME | wc"]).unwrap();
+        let s = setup(&["--shell", "sh", "--style", "basic", "echo $HOME | wc"]).unwrap();
         assert_eq!(s.commands[0].spec.argv, ["sh", "-c", "echo $HOME | wc"]);
-        let s = setup(&["--shell=bash", "--style", "basic", "true"]).unwrap();
+        assert_eq!(s.commands.len(), 1);
+        let s = setup(&["-S", "bash", "--style", "basic", "true"]).unwrap();
         assert_eq!(s.commands[0].spec.argv, ["bash", "-c", "true"]);
+        let s = setup(&["--shell=none", "--style", "basic", "true x"]).unwrap();
+        assert_eq!(s.commands[0].spec.argv, ["true", "x"]);
     }
 
     #[test]
@@ -707,7 +715,7 @@ mod tests {
 
     #[test]
     fn bad_options_are_refused_by_name() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 10] = [
             (
                 &["--metric", "rss", "a"],
                 "--metric \"rss\": not one of wall, cpu",
@@ -716,6 +724,10 @@ mod tests {
             (&["--order", "random", "a"], "--order \"random\""),
             (&["--style", "fancy", "a"], "--style \"fancy\""),
             (&["-j", "0", "a"], "--jobs 0"),
+            (
+                &["-m", "5", "-M", "3", "a"],
+                "--max-runs 3 is below --min-runs 5",
+            ),
             (&["-j", "4", "-p", "x", "a"], "need --jobs 1"),
             (&["-P", "n", "1", "x", "a"], "\"x\" is not a number"),
             (

@@ -295,8 +295,13 @@ pub fn bench_spec(argv: Vec<String>, output: Output) -> ProcSpec {
     };
     let mut fds = vec![serde_json::json!(["stdin", devnull("Read")])];
     if let Some(out) = out {
+        // A file is opened once and shared, as `>FILE 2>&1` would.
+        let err = match &output {
+            Output::File(_) => serde_json::json!({"dup": {"fd": 1}}),
+            _ => out.clone(),
+        };
         fds.push(serde_json::json!(["stdout", out]));
-        fds.push(serde_json::json!(["stderr", out]));
+        fds.push(serde_json::json!(["stderr", err]));
     }
     // In the runner's session and process group, as a shell or hyperfine runs
     // a command (a ^C reaches it too), which also saves a setsid per run.
@@ -369,31 +374,37 @@ impl Plan {
 }
 
 /// The run order for commands with these run counts: command indices.
+///
+/// Interleaved spreads each command's runs evenly over the whole sequence
+/// (its k-th of n runs at (k + ½)/n of the way), so that a command with 10
+/// runs beside one with 3,000 is not all in the first rounds; with equal
+/// counts this is round robin. Shuffled takes that order and shuffles each
+/// block of as many runs as there are commands.
 pub fn schedule(counts: &[usize], order: Order) -> Vec<usize> {
-    let rounds = counts.iter().copied().max().unwrap_or(0);
-    match order {
-        Order::Grouped => counts
+    if order == Order::Grouped {
+        return counts
             .iter()
             .enumerate()
             .flat_map(|(i, &n)| std::iter::repeat_n(i, n))
-            .collect(),
-        Order::Interleaved => (0..rounds)
-            .flat_map(|r| (0..counts.len()).filter(move |&i| r < counts[i]))
-            .collect(),
-        Order::Shuffled(seed) => {
-            let mut rng = SplitMix64(seed);
-            let mut out = Vec::with_capacity(counts.iter().sum());
-            for r in 0..rounds {
-                let mut block: Vec<usize> = (0..counts.len()).filter(|&i| r < counts[i]).collect();
-                for k in (1..block.len()).rev() {
-                    let j = (rng.next() % (k as u64 + 1)) as usize;
-                    block.swap(k, j);
-                }
-                out.extend(block);
+            .collect();
+    }
+    let mut slots: Vec<(f64, usize)> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| (0..n).map(move |k| ((k as f64 + 0.5) / n as f64, i)))
+        .collect();
+    slots.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut out: Vec<usize> = slots.into_iter().map(|(_, i)| i).collect();
+    if let Order::Shuffled(seed) = order {
+        let mut rng = SplitMix64(seed);
+        for block in out.chunks_mut(counts.len().max(1)) {
+            for k in (1..block.len()).rev() {
+                let j = (rng.next() % (k as u64 + 1)) as usize;
+                block.swap(k, j);
             }
-            out
         }
     }
+    out
 }
 
 /// A small seeded generator (SplitMix64), enough for shuffling run order.
@@ -420,7 +431,8 @@ pub struct Run {
     pub command: usize,
     /// Its number among that command's runs, from 0.
     pub index: usize,
-    /// When it exited, in seconds since the benchmark began.
+    /// When it exited, in seconds since the benchmark began (its setup and
+    /// warmups included).
     pub at: f64,
     /// Its exit code, if it exited.
     pub exit_code: Option<i32>,
@@ -472,8 +484,11 @@ impl CommandOutcome {
 pub struct Outcome {
     /// Each command's runs and figures, in the order given.
     pub commands: Vec<CommandOutcome>,
-    /// Wall time of the timed runs, all commands (seconds).
+    /// Wall time of the timed runs after each command's first (sizing) run,
+    /// all commands (seconds).
     pub elapsed: f64,
+    /// How many runs that time holds.
+    pub timed_runs: usize,
     /// Runs in flight at once.
     pub jobs: usize,
     /// The runner's own peak resident set during the runs, which every max RSS
@@ -484,11 +499,10 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Timed runs per second of wall time, all commands together.
+    /// Runs per second over [`Outcome::elapsed`], all commands together.
     pub fn throughput(&self) -> f64 {
-        let n: usize = self.commands.iter().map(|c| c.runs.len()).sum();
         if self.elapsed > 0.0 {
-            n as f64 / self.elapsed
+            self.timed_runs as f64 / self.elapsed
         } else {
             0.0
         }
@@ -608,6 +622,10 @@ impl Runner {
 
     /// Runs `spec` once and returns its result (the process is deleted).
     pub fn run_once(&mut self, spec: &ProcSpec, name: &str) -> Result<ProcRes, BenchError> {
+        if self.agent.is_none() {
+            // Dropped after a failed benchmark.
+            self.agent_for(1).map_err(BenchError::Agent)?;
+        }
         let id = self.fresh_id();
         let mut specs = Specs::new();
         specs
@@ -648,6 +666,11 @@ impl Runner {
     }
 
     /// Benchmarks `commands` as `plan` says, calling `progress` after each run.
+    ///
+    /// Interleaved and shuffled orders run every command's setup, then its
+    /// warmups, then one sizing run of each, then all the timed runs mixed,
+    /// then each cleanup; grouped runs all of that one command at a time. On
+    /// an error, runs still queued are killed and the agent is made anew.
     pub fn bench(
         &mut self,
         commands: &[Command],
@@ -666,65 +689,26 @@ impl Runner {
         }
         let jobs = plan.jobs.max(1);
         self.agent_for(jobs).map_err(BenchError::Agent)?;
-        for c in commands {
-            self.helper(c.setup.as_ref(), "Setup command", &c.name)?;
-        }
-        reset_peak_rss();
-        // Warmups, each command in turn.
-        for (i, c) in commands.iter().enumerate() {
-            for done in 1..=plan.warmup {
-                self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-                let res = self.run_once(&c.spec, &c.name)?;
-                if !plan.ignore_failure {
-                    check(&res, &c.name)?;
-                }
-                self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
-                progress(Progress {
-                    command: i,
-                    warmup: true,
-                    done,
-                    total: plan.warmup,
-                });
-            }
-        }
         let mut bench = Timed {
             t0: Instant::now(),
+            t0_unix_ns: unix_ns(std::time::SystemTime::now()),
             runs: vec![Vec::new(); commands.len()],
             totals: vec![0; commands.len()],
             pmu_note: None,
+            timed_secs: 0.0,
+            timed_runs: 0,
         };
-        // A first timed run of each, to size the rest.
-        let mut counts = Vec::with_capacity(commands.len());
-        for (i, c) in commands.iter().enumerate() {
-            self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-            let res = self.run_once(&c.spec, &c.name)?;
-            self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
-            let total = {
-                let run = bench.record(i, &res, &c.name, plan, progress)?;
-                plan.count_for(Duration::from_secs_f64(
-                    run.value(Metric::Wall).unwrap_or(0.0),
-                ))
-            };
-            bench.totals[i] = total;
-            counts.push(total.saturating_sub(1));
-        }
-        let order = schedule(&counts, plan.order);
-        if plan.order == Order::Grouped {
-            // Cleanup after each command's block, as hyperfine does.
-            let mut at = 0;
-            for (i, &n) in counts.iter().enumerate() {
-                self.timed(commands, &order[at..at + n], plan, &mut bench, progress)?;
-                at += n;
-                let c = &commands[i];
-                self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
-            }
+        let all: Vec<usize> = (0..commands.len()).collect();
+        let done = if plan.order == Order::Grouped {
+            all.iter()
+                .try_for_each(|&i| self.phases(commands, &[i], plan, &mut bench, progress))
         } else {
-            self.timed(commands, &order, plan, &mut bench, progress)?;
-            for c in commands {
-                self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
-            }
+            self.phases(commands, &all, plan, &mut bench, progress)
+        };
+        if let Err(e) = done {
+            self.abandon();
+            return Err(e);
         }
-        let elapsed = bench.t0.elapsed().as_secs_f64();
         let commands = commands
             .iter()
             .zip(bench.runs)
@@ -746,11 +730,81 @@ impl Runner {
             .collect();
         Ok(Outcome {
             commands,
-            elapsed,
+            elapsed: bench.timed_secs,
+            timed_runs: bench.timed_runs,
             jobs,
             rss_floor: peak_rss(),
             pmu_note: bench.pmu_note,
         })
+    }
+
+    /// Kills whatever the agent still has queued or running and drops it, so
+    /// that nothing of a failed benchmark runs on (the next call makes a new
+    /// agent).
+    fn abandon(&mut self) {
+        if let Some((agent, _)) = self.agent.take() {
+            agent.shutdown(crate::ShutdownPolicy::Kill);
+        }
+    }
+
+    /// Setup, warmups, a sizing run, the timed runs and cleanup of the
+    /// commands in `group` (indices).
+    fn phases(
+        &mut self,
+        commands: &[Command],
+        group: &[usize],
+        plan: &Plan,
+        bench: &mut Timed,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), BenchError> {
+        for &i in group {
+            let c = &commands[i];
+            self.helper(c.setup.as_ref(), "Setup command", &c.name)?;
+        }
+        reset_peak_rss();
+        for &i in group {
+            let c = &commands[i];
+            for done in 1..=plan.warmup {
+                self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
+                let res = self.run_once(&c.spec, &c.name)?;
+                if !plan.ignore_failure {
+                    check(&res, &c.name)?;
+                }
+                self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
+                progress(Progress {
+                    command: i,
+                    warmup: true,
+                    done,
+                    total: plan.warmup,
+                });
+            }
+        }
+        // A first timed run of each, to size the rest.
+        let mut counts = vec![0; commands.len()];
+        for &i in group {
+            let c = &commands[i];
+            self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
+            let res = self.run_once(&c.spec, &c.name)?;
+            self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
+            let total = {
+                let run = bench.record(i, &res, &c.name, plan, progress)?;
+                plan.count_for(Duration::from_secs_f64(
+                    run.value(Metric::Wall).unwrap_or(0.0),
+                ))
+            };
+            bench.totals[i] = total;
+            counts[i] = total.saturating_sub(1);
+        }
+        let order = schedule(&counts, plan.order);
+        let t = Instant::now();
+        self.timed(commands, &order, plan, bench, progress)?;
+        bench.timed_secs += t.elapsed().as_secs_f64();
+        bench.timed_runs += order.len();
+        for &i in group {
+            let c = &commands[i];
+            self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
+        }
+        Ok(())
     }
 
     /// The timed runs in `order` (command indices).
@@ -796,6 +850,9 @@ impl Runner {
                         .expect("a fresh id is unique");
                     batch.push((id, i));
                 }
+                // The runs of this batch exec from this process's memory: its
+                // peak as they start is the floor of their max RSS.
+                reset_peak_rss();
                 starts.push(handle.start(Input { specs }));
                 for (id, i) in batch {
                     let call = handle.wait(&id);
@@ -847,6 +904,11 @@ const COLLECT: usize = 8;
 /// The timed runs so far.
 struct Timed {
     t0: Instant,
+    /// `t0` on the clock results' times are on.
+    t0_unix_ns: i128,
+    /// Time spent in, and runs of, the timed phases (after the sizing runs).
+    timed_secs: f64,
+    timed_runs: usize,
     runs: Vec<Vec<Run>>,
     /// Each command's run count, once known.
     totals: Vec<usize>,
@@ -879,7 +941,17 @@ impl Timed {
         runs.push(Run {
             command,
             index: runs.len(),
-            at: self.t0.elapsed().as_secs_f64(),
+            // When it exited, from the agent's own stamp (results may be
+            // collected a few at a time, later).
+            at: res
+                .times
+                .stop
+                .as_deref()
+                .and_then(crate::metrics::parse_rfc3339)
+                .map_or_else(
+                    || self.t0.elapsed().as_secs_f64(),
+                    |ns| (ns - self.t0_unix_ns) as f64 / 1e9,
+                ),
             exit_code: res.status.as_ref().and_then(|s| s.exit_code),
             signal: res.status.as_ref().and_then(|s| s.signal.clone()),
             values: Metric::ALL.iter().map(|m| m.of(res)).collect(),
@@ -934,8 +1006,14 @@ fn check(res: &ProcRes, name: &str) -> Result<(), BenchError> {
     })
 }
 
+fn unix_ns(t: std::time::SystemTime) -> i128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
 /// Resets this process's peak resident set to its current one, so that the
-/// floor every vfork-spawned child's max RSS carries is as low as it can be.
+/// floor every vfork-spawned child's max RSS carries is as low as it can be:
+/// the runner's resident set when the child starts, not its highest ever.
 /// Best effort: without it, the floor is just higher (and still reported).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -954,9 +1032,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interleaved_goes_round_robin_and_drops_finished_commands() {
-        assert_eq!(schedule(&[3, 1, 2], Order::Interleaved), [0, 1, 2, 0, 2, 0]);
+    fn interleaved_goes_round_robin_and_spreads_unequal_counts() {
+        assert_eq!(schedule(&[2, 2, 2], Order::Interleaved), [0, 1, 2, 0, 1, 2]);
+        // Slots: 0 at 1/6, 3/6, 5/6; 1 at 1/2; 2 at 1/4, 3/4.
+        assert_eq!(schedule(&[3, 1, 2], Order::Interleaved), [0, 2, 0, 1, 2, 0]);
         assert_eq!(schedule(&[], Order::Interleaved), Vec::<usize>::new());
+        // 1 run of B among 99 of A lands in the middle, not first.
+        let s = schedule(&[99, 1], Order::Interleaved);
+        let at = s.iter().position(|&i| i == 1).unwrap();
+        assert!((45..=55).contains(&at), "{at}");
     }
 
     #[test]
@@ -1018,5 +1102,7 @@ mod tests {
         assert_eq!(s.fds.len(), 3);
         assert_eq!(s.perf, Some(crate::metrics::perf::PerfSpec::Enabled(true)));
         assert_eq!(bench_spec(vec!["x".into()], Output::Inherit).fds.len(), 1);
+        let f = bench_spec(vec!["x".into()], Output::File("/tmp/o".into()));
+        assert_eq!(f.fds[2].1, crate::spec::FdSpec::Dup { fd: 1 });
     }
 }

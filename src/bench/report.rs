@@ -228,7 +228,7 @@ impl View {
             s.push('\n');
         }
         if outcome.jobs > 1 {
-            let n: usize = outcome.commands.iter().map(|c| c.runs.len()).sum();
+            let n = outcome.timed_runs;
             let _ = writeln!(
                 s,
                 "Throughput: {:.0} runs/s with {} in flight ({n} runs in {:.2} s)\n",
@@ -250,6 +250,9 @@ impl View {
                     continue;
                 }
                 let line = match r {
+                    Some(r) if !r.low.is_finite() => {
+                        format!("{:.3}  (a single run: no interval)", r.ratio)
+                    }
                     Some(r) => format!(
                         "{:.3} ± {:.3}  [{:.3} … {:.3}]  {}",
                         r.ratio,
@@ -385,8 +388,8 @@ impl View {
             let wall = c.summary(Metric::Wall);
             let _ = writeln!(
                 s,
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                c.name.replace('|', "\\|"),
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                md_code(&c.name),
                 wall.map_or("–".into(), |x| format!(
                     "{:.3} ± {:.3}",
                     x.mean * k,
@@ -697,12 +700,16 @@ fn range_of(outcome: &Outcome, m: Metric) -> (f64, f64) {
     ((lo - pad).max(floor), hi + pad)
 }
 
-/// At most `n` of `v`, evenly strided (the plots stay light at 100,000 runs).
+/// At most `n` of `v`, evenly strided from the first to the last (the plots
+/// stay light at 100,000 runs).
 fn thin<T: Copy>(v: &[T], n: usize) -> Vec<T> {
     if v.len() <= n {
         return v.to_vec();
     }
-    (0..n).map(|k| v[k * v.len() / n]).collect()
+    if n < 2 {
+        return v[..n].to_vec();
+    }
+    (0..n).map(|k| v[k * (v.len() - 1) / (n - 1)]).collect()
 }
 
 fn color(i: usize) -> &'static str {
@@ -731,8 +738,26 @@ fn verdict(r: &Ratio) -> &'static str {
     }
 }
 
+/// `s` as a Markdown code span that holds in one table cell.
+fn md_code(s: &str) -> String {
+    let s = s.replace(['\n', '\r'], " ").replace('|', "\\|");
+    // A span fenced with more backticks than any run inside it.
+    let mut run = 0;
+    let mut longest = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    if longest > 0 {
+        format!("{fence} {s} {fence}")
+    } else {
+        format!("{fence}{s}{fence}")
+    }
+}
+
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
@@ -771,7 +796,10 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
         assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a\rb"), "\"a\rb\"");
         assert_eq!(esc("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+        assert_eq!(md_code("a|b"), "`a\\|b`");
+        assert_eq!(md_code("echo `x`\ny"), "`` echo `x` y ``");
     }
 
     #[test]
@@ -779,7 +807,7 @@ mod tests {
         let v: Vec<usize> = (0..10_000).collect();
         let t = thin(&v, 100);
         assert_eq!(t.len(), 100);
-        assert_eq!(t[0], 0);
+        assert_eq!((t[0], t[99]), (0, 9_999));
         assert!(t.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(thin(&v[..5], 100), [0, 1, 2, 3, 4]);
     }

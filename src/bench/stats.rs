@@ -1,15 +1,20 @@
 //! The statistics `chaperone bench` reports: a metric's summary over its runs,
 //! outliers, and one command's ratio to another with a confidence interval.
 //!
-//! Conventions, chosen to match what a hyperfine user reads:
+//! Conventions:
 //! - σ is the sample standard deviation (n − 1 in the denominator).
 //! - The median of an even count is the mean of the two middle values.
 //! - An outlier is a run whose modified Z-score, 0.6745 · (x − median) / MAD,
 //!   is beyond ±3.5 (Iglewicz and Hoaglin), MAD being the unscaled median
 //!   absolute deviation. This holds up where a few very slow runs would drag a
-//!   mean-and-σ test along with them.
+//!   mean-and-σ test along with them. It is stricter than hyperfine's cut-off
+//!   (|x − median| / MAD > 14.83); where MAD is 0 (most runs equal, as fault
+//!   counts often are) nothing is called an outlier.
 //! - A ratio is of means, its spread propagated from both commands' standard
-//!   errors (the delta method), with a 95% interval r ± 1.96 σᵣ.
+//!   errors (the delta method), with a 95% interval r ± t σᵣ, t being
+//!   Student's 97.5% quantile for the smaller sample's degrees of freedom
+//!   (1.96 from 1,000 runs on). With one run of either, there is no interval
+//!   and no difference is called significant.
 
 use serde::Serialize;
 
@@ -18,6 +23,24 @@ pub const OUTLIER_Z: f64 = 3.5;
 
 /// z for a two-sided 95% normal interval.
 const Z95: f64 = 1.959_963_984_540_054;
+
+/// Student's t, 97.5% quantile, for `df` degrees of freedom (≥ 1).
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => T[df - 1],
+        31..=40 => 2.021,
+        41..=60 => 2.000,
+        61..=120 => 1.980,
+        121..=999 => 1.962,
+        _ => Z95,
+    }
+}
 
 /// A metric's figures over a set of runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -138,7 +161,19 @@ impl Ratio {
             }
         };
         let stddev = ratio.abs() * (rel(this).powi(2) + rel(reference).powi(2)).sqrt();
-        let (low, high) = (ratio - Z95 * stddev, ratio + Z95 * stddev);
+        let n = this.n.min(reference.n);
+        if n < 2 {
+            // No spread to go by: no interval, nothing significant.
+            return Some(Ratio {
+                ratio,
+                stddev,
+                low: f64::NEG_INFINITY,
+                high: f64::INFINITY,
+                significant: false,
+            });
+        }
+        let t = t975(n - 1);
+        let (low, high) = (ratio - t * stddev, ratio + t * stddev);
         Some(Ratio {
             ratio,
             stddev,
@@ -216,8 +251,27 @@ mod tests {
         let r = Ratio::of(&b, &a).unwrap();
         assert!(close(r.ratio, 2.0));
         assert!(close(r.stddev, 1.0 / 6.0), "{}", r.stddev);
-        assert!(close(r.low, 2.0 - Z95 / 6.0) && close(r.high, 2.0 + Z95 / 6.0));
+        // Five runs each: t(4) = 2.776.
+        assert!(close(r.low, 2.0 - 2.776 / 6.0) && close(r.high, 2.0 + 2.776 / 6.0));
         assert!(r.significant);
+    }
+
+    #[test]
+    fn one_run_gives_no_interval_and_nothing_significant() {
+        let a = Summary::of(&[1.0]).unwrap();
+        let b = Summary::of(&[5.0, 5.1]).unwrap();
+        let r = Ratio::of(&b, &a).unwrap();
+        assert!(close(r.ratio, 5.05));
+        assert!(!r.significant);
+        assert!(r.low.is_infinite() && r.high.is_infinite());
+    }
+
+    #[test]
+    fn t_quantiles_fall_to_the_normal() {
+        assert_eq!(t975(1), 12.706);
+        assert_eq!(t975(9), 2.262);
+        assert!(t975(30) > t975(50) && t975(50) > t975(500) && t975(500) > t975(5000));
+        assert_eq!(t975(5000), Z95);
     }
 
     #[test]

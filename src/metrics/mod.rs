@@ -122,6 +122,39 @@ pub fn format_rfc3339(unix_ns: i128) -> String {
     )
 }
 
+/// Nanoseconds since the Unix epoch of a time as [`format_rfc3339`] writes it
+/// (`YYYY-MM-DDTHH:MM:SS.fffffffff+00:00`); `None` for any other text.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let b = s.as_bytes();
+    if b.len() != 35
+        || s.get(29..) != Some("+00:00")
+        || b.get(10) != Some(&b'T')
+        || b.get(19) != Some(&b'.')
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i128> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec, ns) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..29)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil, the inverse of `civil_from_days`.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if mo > 2 { mo - 3 } else { mo + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000_000) + ns)
+}
+
 /// Converts days since 1970-01-01 to a proleptic Gregorian (year, month, day).
 ///
 /// Howard Hinnant's `civil_from_days` algorithm.
@@ -146,6 +179,24 @@ fn civil_from_days(days: i128) -> (i128, i128, i128) {
     clippy::panic
 )]
 mod tests {
+
+    #[test]
+    fn rfc3339_parses_back_what_it_formats() {
+        for ns in [
+            0i128,
+            1,
+            1_764_641_213_974_465_128,
+            951_782_400_123_456_789,
+            -1,
+        ] {
+            let s = format_rfc3339(ns);
+            assert_eq!(parse_rfc3339(&s), Some(ns), "{s}");
+        }
+        assert_eq!(parse_rfc3339("2026-12-02T04:06:53.974465128Z"), None);
+        assert_eq!(parse_rfc3339("2026-13-02T04:06:53.974465128+00:00"), None);
+        assert_eq!(parse_rfc3339("2026-12-02T04:06:5x.974465128+00:00"), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -1109,6 +1109,38 @@ pub(crate) struct PlanContext<'a> {
     pub restrict_exe: Option<&'a str>,
     /// Whether results carry the environment by default (`Config::report_env`).
     pub report_env: bool,
+    /// `/dev/null`, opened once per way of opening it.
+    pub null: &'a NullFds,
+}
+
+/// `/dev/null` opened once for each access mode, and a duplicate handed to
+/// each child that asks for it: a dup costs a fraction of a path lookup, and
+/// a batch of `null` fds is the common case (a bench run has three).
+#[derive(Default)]
+pub(crate) struct NullFds(std::cell::RefCell<Vec<(i32, OwnedFd)>>);
+
+impl NullFds {
+    /// An fd on `/dev/null` as `open(2)` with `oflags` would give it.
+    fn get(&self, oflags: i32, floor: RawFd) -> Result<OwnedFd, Errno> {
+        let open = || fd::open(Path::new("/dev/null"), oflags, 0o666);
+        if oflags & libc::O_EXCL != 0 {
+            // O_EXCL with O_CREAT fails on an existing file: say so each time.
+            return open();
+        }
+        // Only the access mode and O_APPEND stay with an open /dev/null.
+        let key = oflags & (libc::O_ACCMODE | libc::O_APPEND);
+        let mut held = self.0.borrow_mut();
+        let raw = match held.iter().find(|(k, _)| *k == key) {
+            Some((_, f)) => f.as_raw_fd(),
+            None => {
+                let f = fd::move_high(open()?, floor);
+                let raw = f.as_raw_fd();
+                held.push((key, f));
+                raw
+            }
+        };
+        fd::dup_cloexec_raw(raw, 0)
+    }
 }
 
 /// Pipes between procs of one request, keyed by (writer proc id, writer fd).
@@ -1297,9 +1329,7 @@ pub(crate) fn prepare(
                 table.insert(fd, None);
                 Ok(None)
             }
-            FdSpec::Null { flags } => {
-                fd::open(Path::new("/dev/null"), flags.oflags(fd), 0o666).map(Some)
-            }
+            FdSpec::Null { flags } => ctx.null.get(flags.oflags(fd), ctx.fd_floor).map(Some),
             FdSpec::File { path, flags, mode } => {
                 let at = file_path(ps, child_cwd.as_deref(), path);
                 let r = match opened.remove(&index) {

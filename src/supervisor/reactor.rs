@@ -56,6 +56,8 @@ pub(crate) struct Reactor {
     config: Config,
     stack: ChildStack,
     stat_ctx: Option<StatContext>,
+    /// `/dev/null` for `null` fds, opened once per access mode.
+    null_fds: proc::NullFds,
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// The agent's working directory at start.
     cwd: Option<std::path::PathBuf>,
@@ -223,6 +225,7 @@ impl Reactor {
             config,
             stack,
             stat_ctx,
+            null_fds: proc::NullFds::default(),
             env: std::env::vars_os().collect(),
             cwd: std::env::current_dir().ok(),
             procs: HashMap::new(),
@@ -1134,6 +1137,7 @@ impl Reactor {
             perf: self.config.perf,
             restrict_exe: self.config.restrict_exe.as_deref(),
             report_env: self.config.report_env,
+            null: &self.null_fds,
         };
         // Files are opened off this thread first (a FIFO's open may never end).
         if q.opened.is_none() {

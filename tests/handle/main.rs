@@ -281,10 +281,10 @@ fn fd_wait_answers_as_output_arrives_and_when_it_ends() {
     }
 }
 
-/// `spawn_threads: 0` (the reactor spawns itself) with `max_running: 1` runs a
-/// queue strictly one after another, each with its output, and
-/// `read_proc_at_exit: false` leaves out the exit-time `/proc` figures while
-/// rusage stays.
+/// An agent with `spawn_threads: 0` (the reactor spawns itself) runs every
+/// process with its output; with `max_running: 1` a queue runs strictly one
+/// after another (what `chaperone bench` relies on); `read_proc_at_exit: false`
+/// leaves out the exit-time `/proc` figures while rusage stays.
 #[test]
 fn reactor_spawning_one_at_a_time_without_proc_reads() {
     let agent = Agent::new(Config {
