@@ -10,6 +10,7 @@
 //! drained, reaped with rusage) → deleted.
 
 mod agent;
+mod closer;
 mod encoding;
 mod events;
 mod handle;

@@ -58,6 +58,8 @@ pub(crate) struct Reactor {
     stat_ctx: Option<StatContext>,
     /// `/dev/null` for `null` fds, opened once per access mode.
     null_fds: proc::NullFds,
+    /// Closes perf counters off this thread.
+    closer: super::closer::Closer,
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// The agent's working directory at start.
     cwd: Option<std::path::PathBuf>,
@@ -226,6 +228,7 @@ impl Reactor {
             stack,
             stat_ctx,
             null_fds: proc::NullFds::default(),
+            closer: super::closer::Closer::new(),
             env: std::env::vars_os().collect(),
             cwd: std::env::current_dir().ok(),
             procs: HashMap::new(),
@@ -297,6 +300,8 @@ impl Reactor {
                 (a, b) => a.or(b),
             }
             .map(|t| t.saturating_duration_since(Instant::now()));
+            // Whatever this turn closes goes to the closing thread at once.
+            self.closer.flush();
             if let Err(e) = self.ring.submit_and_wait(want, until_kill) {
                 tracing::error!("io_uring_enter failed: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -693,7 +698,7 @@ impl Reactor {
         // The zombie's counters are final (its exited children's counts folded in):
         // read them before the reap, and close them.
         if let Some(perf) = p.perf.as_mut() {
-            perf.finish();
+            self.closer.close(perf.finish());
         }
         p.life = Life::Exiting;
         // A read's bytes may reach us after the exit's completion: a multishot
