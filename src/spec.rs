@@ -492,9 +492,52 @@ pub struct TimeoutSpec {
 
 /// `fds` as Procstar's list of `[name, spec]` pairs, or as an object of
 /// `name: spec` in the order written.
+/// The most entries an fd list may have: far past any fd table a child can
+/// have, and short of what would let one spec hold the agent's memory.
+pub const MAX_FD_ENTRIES: usize = 65_536;
+
 fn fds_list_or_object<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Vec<(String, FdSpec)>, D::Error> {
+    use serde::de::Error as _;
+    /// One `[fd, spec]` entry, refused by its length when it has not two.
+    struct Pair(String, FdSpec);
+    impl<'de> Deserialize<'de> for Pair {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Pair, D::Error> {
+            struct PairVisitor;
+            impl<'de> serde::de::Visitor<'de> for PairVisitor {
+                type Value = Pair;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an [fd, spec] pair")
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Pair, A::Error> {
+                    let short = |n| {
+                        A::Error::custom(format_args!(
+                            "fds: an entry is [fd, spec]; this one has {n} element{}",
+                            if n == 1 { "" } else { "s" }
+                        ))
+                    };
+                    let name = a.next_element::<String>()?.ok_or_else(|| short(0))?;
+                    let spec = a.next_element::<FdSpec>()?.ok_or_else(|| short(1))?;
+                    if a.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                        return Err(A::Error::custom(format_args!(
+                            "fds: an entry is [fd, spec]; the one for {name:?} has more than two elements"
+                        )));
+                    }
+                    Ok(Pair(name, spec))
+                }
+            }
+            d.deserialize_seq(PairVisitor)
+        }
+    }
+    fn too_many<E: serde::de::Error>() -> E {
+        E::custom(format_args!(
+            "fds: more than {MAX_FD_ENTRIES} entries (a child has at most one per fd)"
+        ))
+    }
     struct Fds;
     impl<'de> serde::de::Visitor<'de> for Fds {
         type Value = Vec<(String, FdSpec)>;
@@ -506,8 +549,11 @@ fn fds_list_or_object<'de, D: serde::Deserializer<'de>>(
             mut a: A,
         ) -> Result<Self::Value, A::Error> {
             let mut fds = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
-            while let Some(e) = a.next_element::<(String, FdSpec)>()? {
-                fds.push(e);
+            while let Some(Pair(name, spec)) = a.next_element::<Pair>()? {
+                if fds.len() == MAX_FD_ENTRIES {
+                    return Err(too_many());
+                }
+                fds.push((name, spec));
             }
             Ok(fds)
         }
@@ -517,6 +563,9 @@ fn fds_list_or_object<'de, D: serde::Deserializer<'de>>(
         ) -> Result<Self::Value, A::Error> {
             let mut fds = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
             while let Some(e) = a.next_entry::<String, FdSpec>()? {
+                if fds.len() == MAX_FD_ENTRIES {
+                    return Err(too_many());
+                }
                 fds.push(e);
             }
             Ok(fds)

@@ -981,11 +981,26 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     crate::metrics::format_rfc3339(ns)
 }
 
+/// The agent's soft fd limit, which its children start with.
+fn fd_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+/// Whether `fd` is at or past the fd limit (so no process could have it).
+fn above_fd_limit(fd: i32) -> bool {
+    fd_limit().is_some_and(|l| u64::try_from(fd).is_ok_and(|fd| fd >= l))
+}
+
 /// Error text for a child setup failure, in Procstar's wording.
 pub(crate) fn failure_message(f: &ChildFailure, exe: &str) -> String {
     let err = std::io::Error::from_raw_os_error(f.errno.raw_os_error());
     match f.stage {
         Stage::Exec => format!("execve failed: {exe}: {err}"),
+        Stage::DupFd | Stage::CloseFd if f.errno == Errno::BADF && above_fd_limit(f.fd) => format!(
+            "failed to set up fd {}: {err}: fds must be below the fd limit, {} here (RLIMIT_NOFILE)",
+            f.fd,
+            fd_limit().unwrap_or_default()
+        ),
         Stage::DupFd | Stage::CloseFd => format!("failed to set up fd {}: {err}", f.fd),
         Stage::Setsid => format!("setsid failed: {err}"),
         Stage::CloseRange => format!("close_range failed: {err}"),

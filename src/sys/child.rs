@@ -223,8 +223,8 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
         }
     }
 
-    // The fd plan: every source is already above every target (the parent moved
-    // them), so dup3 in list order never overwrites a source still needed.
+    // The fd plan: no source has a target's number (the parent moved those), so
+    // dup3 in list order never overwrites a source still needed.
     for action in plan.fd_actions() {
         match *action {
             FdAction::Dup { src, dst } => {

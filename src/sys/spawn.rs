@@ -339,19 +339,24 @@ impl ChildPlan {
         u32::try_from(highest).map_or(3, |h| h.saturating_add(1))
     }
 
-    /// Moves every source fd above every target, so that `dup3` in list order can
-    /// never overwrite a source still to be used: the plan is a permutation, not a
-    /// sequence. Done in the parent, where allocating fds is allowed.
+    /// Moves every source fd whose number is also a target to a number that is
+    /// not, so that `dup3` in list order can never overwrite a source still to
+    /// be used: the plan is a permutation, not a sequence. Done in the parent,
+    /// where allocating fds is allowed. (Moving them all above the highest
+    /// target, as this once did, fails with `EINVAL` for a target just under
+    /// the fd limit.)
     fn lift_sources(&mut self) -> Result<(), Errno> {
-        let max_target = self
+        let mut targets: Vec<RawFd> = self
             .fd_actions
             .iter()
             .map(|a| match *a {
                 FdAction::Dup { dst, .. } => dst,
                 FdAction::Close { fd } => fd,
             })
-            .max()
-            .unwrap_or(-1);
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let is_target = |fd: RawFd| targets.binary_search(&fd).is_ok();
         // `dup` pushes a source and a Dup action together, so the Dup actions and
         // the sources pair up in order.
         let dups = self.fd_actions.iter_mut().filter_map(|a| match a {
@@ -359,10 +364,17 @@ impl ChildPlan {
             FdAction::Close { .. } => None,
         });
         for (src, source) in dups.zip(self.sources.iter_mut()) {
-            if source.as_raw_fd() <= max_target {
-                *source = super::fd::dup_cloexec_raw(source.as_raw_fd(), max_target + 1)?;
-                *src = source.as_raw_fd();
+            let mut min = 0;
+            while is_target(source.as_raw_fd()) {
+                // The lowest free number from `min`; one that is a target is
+                // closed again and the search goes on past it.
+                let moved = super::fd::dup_cloexec_raw(source.as_raw_fd(), min)?;
+                min = moved.as_raw_fd() + 1;
+                if !is_target(moved.as_raw_fd()) {
+                    *source = moved;
+                }
             }
+            *src = source.as_raw_fd();
         }
         Ok(())
     }

@@ -146,8 +146,16 @@ fn cli_stderr(spec: &[u8], args: &[&str]) -> (i32, String) {
 // error that names what is wrong.
 #[test]
 fn careless_specs_are_refused_naming_what_is_wrong() {
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 8] = [
         (r#"[{"specs": {}}]"#, "a request is a JSON object"),
+        (
+            r#"{"specs": {"a": {"argv": ["/bin/true"], "fds": [["stdout", {"null": {}}, "x"]]}}}"#,
+            r#"fds: an entry is [fd, spec]; the one for "stdout" has more than two elements"#,
+        ),
+        (
+            r#"{"specs": {"a": {"argv": ["/bin/true"], "fds": [["stdout"]]}}}"#,
+            "fds: an entry is [fd, spec]; this one has 1 element",
+        ),
         (
             r#"{"specs": {"a": {"argv": ["/bin/true"], "env": {"vars": {"X": "1", "X": "2"}}}}}"#,
             r#"env.vars: "X" is given twice"#,
@@ -172,13 +180,13 @@ fn careless_specs_are_refused_naming_what_is_wrong() {
     ];
     for (i, (spec, want)) in cases.iter().enumerate() {
         let args: &[&str] = match i {
-            4 => &["--max-spec-size", "10", "--print"],
-            5 => &["--output", "/nonexistent-dir/results.json"],
+            6 => &["--max-spec-size", "10", "--print"],
+            7 => &["--output", "/nonexistent-dir/results.json"],
             _ => &["--print"],
         };
         let (code, err) = cli_stderr(spec.as_bytes(), args);
         // 2: the spec cannot be loaded; 65: it loads but cannot start.
-        assert_eq!(code, if i == 3 { 65 } else { 2 }, "{want}: {err}");
+        assert_eq!(code, if i == 5 { 65 } else { 2 }, "{want}: {err}");
         assert!(err.contains(want), "want {want:?} in {err:?}");
     }
     assert!(!Path::new("/tmp/chaperone-never").exists(), "nothing ran");
@@ -238,4 +246,57 @@ fn opened_processes_keep_to_max_running_and_start_with_pids() {
     b.signal("k", libc::SIGKILL)
         .expect("a started process takes a signal");
     wait(&b, "k");
+}
+
+// An fd list past any fd table is refused as it is read (a million `close`
+// entries once took 693 MB), and one just short of the cap is fine.
+#[test]
+fn an_absurd_fd_list_is_refused_by_its_length() {
+    let n = chaperone::spec::MAX_FD_ENTRIES;
+    let list = |n: usize| {
+        let entries: Vec<String> = (0..n)
+            .map(|i| format!(r#"["{}", "close"]"#, 3 + i))
+            .collect();
+        format!("[{}]", entries.join(","))
+    };
+    let spec = format!(
+        r#"{{"specs": {{"a": {{"argv": ["/bin/true"], "fds": {}}}}}}}"#,
+        list(n + 1)
+    );
+    let (code, err) = cli_stderr(spec.as_bytes(), &["--print"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("fds: more than 65536 entries"), "{err}");
+    let spec = format!(
+        r#"{{"specs": {{"a": {{"argv": ["/bin/true"], "fds": {}}}}}}}"#,
+        list(n)
+    );
+    let (code, res) = run_cli(&serde_json::from_str(&spec).unwrap());
+    assert_eq!(code, 0);
+    assert_eq!(res["a"]["state"], "terminated", "{}", res["a"]["errors"]);
+}
+
+// A target fd just under the fd limit works: sources are moved only off
+// target numbers, not above the highest target (which fails with EINVAL there).
+#[test]
+fn a_target_fd_just_under_the_fd_limit_works() {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .expect("a finite fd limit");
+    let top = (soft - 1).min(i32::MAX as u64) as i32;
+    let script = format!("import os; os.write({top}, b'top')");
+    let (code, res) = run_cli(&json!({"specs": {"a": {
+        "argv": ["/usr/bin/python3", "-c", script],
+        "fds": [["stdout", util::mem_utf8()], [top.to_string(), {"dup": {"fd": 1}}]]}}}));
+    assert_eq!(code, 0);
+    assert_eq!(res["a"]["errors"], json!([]), "fd {top}");
+    assert_eq!(res["a"]["status"]["exit_code"], 0, "{}", res["a"]);
+    assert_eq!(res["a"]["fds"]["stdout"]["text"], "top");
+    // One at the limit cannot be, and the error says why.
+    let (_, res) = run_cli(&json!({"specs": {"a": {"argv": ["/bin/true"],
+        "fds": [[soft.to_string(), {"null": {}}]]}}}));
+    let errors = res["a"]["errors"].to_string();
+    assert!(
+        errors.contains(&format!("fds must be below the fd limit, {soft} here")),
+        "{errors}"
+    );
 }
