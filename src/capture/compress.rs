@@ -700,7 +700,7 @@ mod tests {
         {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("skipped: no zstd command ({e})");
+                crate::test_skip("capture::compress zstd command", &e.to_string(), false);
                 return;
             }
         };

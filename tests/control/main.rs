@@ -242,7 +242,7 @@ fn setsid_false_stays_in_the_agents_session_and_group() {
 #[test]
 fn user_and_group_are_the_childs() {
     if !is_root() {
-        eprintln!("SKIP user_and_group_are_the_childs: not root");
+        chaperone::test_skip("user_and_group_are_the_childs", "not root", false);
         return;
     }
     let res = run_one(json!({"argv": ["/usr/bin/id"], "user": "nobody"}));
@@ -260,7 +260,7 @@ fn user_and_group_are_the_childs() {
 #[test]
 fn user_env_sets_home_user_logname_shell() {
     if !is_root() {
-        eprintln!("SKIP user_env_sets_home_user_logname_shell: not root");
+        chaperone::test_skip("user_env_sets_home_user_logname_shell", "not root", false);
         return;
     }
     let res = run_one(
@@ -592,7 +592,11 @@ fn switching_user_without_privilege_is_a_clear_error() {
                 c.wait_with_output()
             })
         else {
-            eprintln!("SKIP switching_user_without_privilege_is_a_clear_error: no setpriv");
+            chaperone::test_skip(
+                "switching_user_without_privilege_is_a_clear_error",
+                "no setpriv",
+                false,
+            );
             return;
         };
         let v: Value = serde_json::from_slice(&out.stdout)

@@ -639,8 +639,10 @@ mod tests {
     fn multishot_read_stays_in_slab_while_more_and_frees_on_eof() {
         let mut ring = ring();
         if !ring.features.read_multishot {
-            eprintln!(
-                "SKIP multishot_read_stays_in_slab_while_more_and_frees_on_eof: no READ_MULTISHOT"
+            crate::test_skip(
+                "multishot_read_stays_in_slab_while_more_and_frees_on_eof",
+                "no READ_MULTISHOT",
+                false,
             );
             return;
         }
