@@ -140,7 +140,7 @@ fn hardware_events_are_null_without_a_pmu() {
         Access::Unavailable(why) => {
             chaperone::test_skip(
                 "perf: hardware counts",
-                &format!("no PMU ({why}): checked to be null only"),
+                &format!("{why}: checked to be null only"),
                 true,
             );
             for e in hw {
