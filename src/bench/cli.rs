@@ -1,4 +1,4 @@
-//! `chaperone bench`: the command line over [`Runner`](super::Runner), with
+//! `chaperone bench`: the command line over [`Runner`], with
 //! hyperfine's options where they mean the same.
 
 use super::report::{TimeUnit, View};
