@@ -34,6 +34,7 @@ pub mod words;
 #[cfg(feature = "cli")]
 pub mod cli;
 
+use crate::metrics::perf::Event;
 use crate::result::ProcRes;
 use crate::spec::{self, Input, ProcSpec, Specs};
 use crate::{Agent, Config, StartError};
@@ -169,10 +170,7 @@ impl Metric {
 
     /// Whether it needs a hardware PMU.
     pub fn is_hardware(self) -> bool {
-        matches!(
-            self,
-            Metric::Cycles | Metric::Instructions | Metric::CacheMisses | Metric::BranchMisses
-        )
+        self.perf_event().is_some_and(Event::is_hardware)
     }
 
     /// Its index in [`Metric::ALL`] (and in [`Run::values`]).
@@ -181,16 +179,16 @@ impl Metric {
     }
 
     /// The perf event behind it, if it is one.
-    fn perf_event(self) -> Option<&'static str> {
+    fn perf_event(self) -> Option<Event> {
         Some(match self {
-            Metric::TaskClock => "task_clock",
-            Metric::PageFaults => "page_faults",
-            Metric::ContextSwitches => "context_switches",
-            Metric::CpuMigrations => "cpu_migrations",
-            Metric::Cycles => "cycles",
-            Metric::Instructions => "instructions",
-            Metric::CacheMisses => "cache_misses",
-            Metric::BranchMisses => "branch_misses",
+            Metric::TaskClock => Event::TaskClock,
+            Metric::PageFaults => Event::PageFaults,
+            Metric::ContextSwitches => Event::ContextSwitches,
+            Metric::CpuMigrations => Event::CpuMigrations,
+            Metric::Cycles => Event::Cycles,
+            Metric::Instructions => Event::Instructions,
+            Metric::CacheMisses => Event::CacheMisses,
+            Metric::BranchMisses => Event::BranchMisses,
             _ => return None,
         })
     }
@@ -198,7 +196,7 @@ impl Metric {
     /// Its value in `res`, if measured.
     pub fn of(self, res: &ProcRes) -> Option<f64> {
         if let Some(event) = self.perf_event() {
-            let count = (*res.perf.as_ref()?.counts.get(event)?)? as f64;
+            let count = (*res.perf.as_ref()?.counts.get(event.name())?)? as f64;
             return Some(if self == Metric::TaskClock {
                 count / 1e9
             } else {
@@ -931,7 +929,11 @@ impl Timed {
             check(res, name)?;
         }
         if self.pmu_note.is_none() {
-            if let Some(why) = res.perf.as_ref().and_then(|p| p.unavailable.get("cycles")) {
+            if let Some(why) = res
+                .perf
+                .as_ref()
+                .and_then(|p| p.unavailable.get(Event::Cycles.name()))
+            {
                 self.pmu_note = Some(format!(
                     "cycles, instructions, cache and branch misses were not counted: {why}"
                 ));
