@@ -439,9 +439,9 @@ async fn listen(args: &Args) -> Result<Serve, u8> {
         }
         tracing::warn!("serving {local} to other hosts without a token (--serve-insecure)");
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "serving the HTTP API on {}://{local}/{}",
-        if tls.is_some() { "https" } else { "http" },
+        "serving the HTTP API on {scheme}://{local}/ (status page: {scheme}://{local}/ui/){}",
         if token.is_some() {
             " (token required)"
         } else {

@@ -38,10 +38,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 mod output;
+mod status;
 pub use output::{
     BodyEncoding, CHUNK, MAX_WAIT, MIN_CHUNK, OutputQuery, STREAM_BUDGET, Want, Wanted,
     parse_output_query, parse_range,
 };
+pub use status::{FLUSH, TICK};
 
 /// The largest request body taken (a `POST /procs`).
 pub const MAX_BODY: usize = 64 << 20;
@@ -67,6 +69,8 @@ struct App {
     /// Bodies streaming now (see [`output::STREAM_BUDGET`]).
     streams: Arc<std::sync::atomic::AtomicUsize>,
     started: (std::time::SystemTime, std::time::Instant),
+    /// The status page's event broadcast.
+    hub: Arc<status::Hub>,
 }
 
 /// The API's router over `handle`.
@@ -81,6 +85,7 @@ pub fn router(handle: Handle, options: &Options) -> Router {
         tls: options.tls.is_some(),
         streams: Arc::default(),
         started: (std::time::SystemTime::now(), std::time::Instant::now()),
+        hub: Arc::default(),
     };
     Router::new()
         .route("/procs", get(get_procs).post(post_procs))
@@ -89,6 +94,12 @@ pub fn router(handle: Handle, options: &Options) -> Router {
         .route("/procs/{id}/output/{fd}/data", get(output::get_output))
         .route("/agent", get(get_agent))
         .route("/shutdown", post(post_shutdown))
+        .route("/status", get(status::get_status))
+        .route("/events", get(status::get_events))
+        .route("/procs/{id}/samples", get(status::get_samples))
+        .route("/ui", get(status::redirect_ui))
+        .route("/ui/", get(status::get_asset))
+        .route("/ui/{file}", get(status::get_asset))
         .fallback(|| async { error(StatusCode::NOT_FOUND, None) })
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, None) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -191,7 +202,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response {
-    if let Some(token) = &app.token {
+    // The status page's own files hold no data: they load without the
+    // token and ask for it (every data request still needs it).
+    let page = req.method() == axum::http::Method::GET
+        && (req.uri().path() == "/ui" || req.uri().path().starts_with("/ui/"));
+    if let Some(token) = app.token.as_ref().filter(|_| !page) {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -258,37 +273,14 @@ fn unknown(id: &str) -> Response {
     )
 }
 
-/// `GET /agent`: who and how the agent is.
+/// `GET /agent`: who and how the agent is (counted from the table in
+/// brief, not from every result).
 async fn get_agent(State(app): State<App>) -> Response {
-    let results = app.handle.results().await;
-    let running = results
-        .values()
-        .filter(|r| r.pid.is_some() && r.status.is_none())
-        .count();
-    // How many are in each state (`running`, `terminated`, `error`, …).
-    let mut states = std::collections::BTreeMap::<String, usize>::new();
-    for r in results.values() {
-        let name = serde_json::to_value(r.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *states.entry(name).or_default() += 1;
-    }
-    let since_epoch = app
-        .started
-        .0
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    data(serde_json::json!({ "agent": {
-        "version": env!("CARGO_PKG_VERSION"),
-        "proc": crate::proto::ProcInfo::current(),
-        "started": crate::metrics::format_rfc3339(since_epoch),
-        "uptime": app.started.1.elapsed().as_secs_f64(),
-        "shutdown_state": app.handle.shutdown_state().await,
-        "procs": {"total": results.len(), "running": running, "states": states},
-        "tls": app.tls,
-        "connection": app.link.as_ref().map(crate::proto::ws::Link::get),
-    }}))
+    let o = app
+        .handle
+        .overview(crate::supervisor::status::Select::None)
+        .await;
+    data(serde_json::json!({ "agent": status::agent(&app, &o) }))
 }
 
 /// `POST /shutdown?policy=terminate|kill|idle` (terminate: `&grace=SECONDS`,

@@ -21,6 +21,8 @@ pub(crate) enum Command {
     Result(ProcId, Reply<Option<Snapshot>>),
     Results(Reply<Vec<(ProcId, Snapshot)>>),
     Ids(Reply<Vec<ProcId>>),
+    Overview(super::status::Select, Reply<super::status::Overview>),
+    History(ProcId, Reply<Option<Vec<super::status::Point>>>),
     /// Wait for exit; with `true`, also for every compression of the process.
     Wait(ProcId, bool, Reply<Option<Snapshot>>),
     /// Wait until every process in the table is final (settled, compressed).
@@ -60,6 +62,8 @@ impl std::fmt::Debug for Command {
             Command::Result(..) => "Result",
             Command::Results(..) => "Results",
             Command::Ids(..) => "Ids",
+            Command::Overview(..) => "Overview",
+            Command::History(..) => "History",
             Command::Wait(..) => "Wait",
             Command::WaitAll(..) => "WaitAll",
             Command::Signal(..) => "Signal",

@@ -146,6 +146,37 @@ impl Handle {
         )
     }
 
+    /// The process table in brief: a small row for each process `select`
+    /// picks, and counts of all (see [`status`](super::status)). Cheap on
+    /// the reactor: nothing is read from `/proc` and no output is copied.
+    pub fn overview(&self, select: super::status::Select) -> Call<super::status::Overview> {
+        self.call(
+            |r| Command::Overview(select, r),
+            |o| o,
+            || super::status::Overview {
+                generation: 0,
+                rows: Vec::new(),
+                counts: Default::default(),
+                output_held: None,
+                output_limit: None,
+                shutdown_state: super::ShutdownState::Done,
+                backend: super::status::Backend {
+                    name: "io_uring",
+                    waitid: false,
+                    read_multishot: false,
+                    buf_ring_inc: false,
+                },
+            },
+        )
+    }
+
+    /// A process's sampled resident set and CPU over its life (see
+    /// [`History`](super::status::Point)): `(seconds since start, resident
+    /// bytes, CPU seconds)`, at most 64 points; `None` for an unknown id.
+    pub fn history(&self, id: &str) -> Call<Option<Vec<super::status::Point>>> {
+        self.call(|r| Command::History(id.to_string(), r), |h| h, || None)
+    }
+
     /// Ids of all processes, sorted.
     pub fn proc_ids(&self) -> Call<Vec<ProcId>> {
         self.call(Command::Ids, |v| v, Vec::new)

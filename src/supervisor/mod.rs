@@ -21,6 +21,7 @@ mod packer;
 mod proc;
 mod reactor;
 mod spawner;
+pub mod status;
 
 pub use agent::{
     Agent, Config, Event, FdData, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState,

@@ -409,6 +409,8 @@ pub(crate) struct Proc {
     pub holds_slot: bool,
     /// The start request it belongs to, until it has started or failed.
     pub request: Option<u64>,
+    /// The spec's argv, for overviews.
+    pub argv: Arc<[String]>,
 }
 
 /// `/proc` samples of a running process; kept after exit, when the files are gone
@@ -422,6 +424,9 @@ pub(crate) struct Sampled {
     pub last_at: Option<SystemTime>,
     pub peak_resident: u64,
     pub peak_size: u64,
+    /// Resident set and CPU over its life, once sampled (see
+    /// [`History`](super::status::History)).
+    pub history: Option<Box<super::status::History>>,
     /// The last `/proc/<pid>/io` read.
     pub io: Option<ProcIo>,
 }
@@ -498,6 +503,7 @@ impl Proc {
             sampled: Sampled::default(),
             perf: None,
             holds_slot: false,
+            argv: Arc::from([]),
             request: Some(request),
         }
     }
@@ -868,6 +874,20 @@ impl Capture {
             // Open until every byte taken from the pipe is in the file.
             Store::Kept { file, pipe, .. } => (Some(file.len()), pipe.fd.is_some() || !file.idle()),
             Store::Tempfile { .. } => (None, busy),
+        }
+    }
+
+    /// The stream offsets a head/tail bound dropped, if any.
+    pub fn dropped(&self) -> Option<std::ops::Range<u64>> {
+        if let Some(p) = self.packed() {
+            return p.dropped();
+        }
+        match &self.store {
+            Store::Memory {
+                frozen: Some(f), ..
+            } => f.dropped(),
+            Store::Memory { live, .. } => live.dropped(),
+            Store::Kept { .. } | Store::Tempfile { .. } => None,
         }
     }
 

@@ -9,6 +9,7 @@ use super::outlimit;
 use super::packer::{self, Packer};
 use super::proc::{self, Content, Life, PipeIn, PlanContext, Proc, Snapshot, Store};
 use super::spawner::{Done, Spawner};
+use super::status;
 use crate::metrics::procstat::StatContext;
 use crate::result::Rusage;
 use crate::ring::{Cqe, Mailbox, Ring, RingError};
@@ -18,6 +19,7 @@ use crate::sys::{pidfd, pipe, wait};
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc::TryRecvError;
 use std::time::{Instant, SystemTime};
 
@@ -131,6 +133,8 @@ pub(crate) struct Reactor {
     data_waiters: Vec<DataWaiter>,
     /// Bytes held by memory captures under `--output-limit`, if set.
     budget: Option<crate::capture::limit::Budget<super::outlimit::CapKey>>,
+    /// The last overview's generation (see `status`).
+    generation: u64,
 }
 
 /// A start request's reply, held until each of its procs has started or failed:
@@ -262,6 +266,7 @@ impl Reactor {
             opening: HashMap::new(),
             pauses: Vec::new(),
             budget: output_limit,
+            generation: 0,
             all_waiters: Vec::new(),
             settled: false,
             settled_for_done: false,
@@ -601,6 +606,7 @@ impl Reactor {
         for p in self.procs.values_mut() {
             if matches!(p.life, Life::Running) {
                 p.sample(ctx, &mut self.stat_buf);
+                p.record_history();
                 any = true;
             }
         }
@@ -893,6 +899,17 @@ impl Reactor {
                 out.sort_by(|a, b| a.0.cmp(&b.0));
                 reply(out);
             }
+            Command::Overview(select, reply) => reply(self.overview(select)),
+            Command::History(id, reply) => {
+                let points = self.serial(&id).and_then(|s| self.procs.get(&s)).map(|p| {
+                    p.sampled
+                        .history
+                        .as_ref()
+                        .map(|h| h.points())
+                        .unwrap_or_default()
+                });
+                reply(points);
+            }
             Command::Ids(reply) => {
                 let mut ids: Vec<ProcId> = self.ids.keys().cloned().collect();
                 ids.sort();
@@ -1032,6 +1049,49 @@ impl Reactor {
         }
     }
 
+    /// The table in brief (see [`status`](super::status)): rows built from
+    /// what is held, without `/proc` reads or copies of output.
+    fn overview(&mut self, select: status::Select) -> status::Overview {
+        use status::Select;
+        self.generation += 1;
+        let mut counts = status::Counts::default();
+        for p in self.procs.values() {
+            counts.add(p.phase());
+        }
+        let mut rows: Vec<status::Row> = match select {
+            Select::All => self.procs.values().map(Proc::row).collect(),
+            Select::Running => self
+                .procs
+                .values()
+                .filter(|p| p.takes_output())
+                .map(Proc::row)
+                .collect(),
+            Select::Ids(ids) => ids
+                .iter()
+                .filter_map(|id| self.serial(id))
+                .filter_map(|s| self.procs.get(&s))
+                .map(Proc::row)
+                .collect(),
+            Select::None => Vec::new(),
+        };
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        let f = &self.ring.features;
+        status::Overview {
+            generation: self.generation,
+            rows,
+            counts,
+            output_held: self.budget.as_ref().map(|b| b.held()),
+            output_limit: self.budget.as_ref().map(|b| b.limit()),
+            shutdown_state: self.shutdown,
+            backend: status::Backend {
+                name: "io_uring",
+                waitid: f.waitid,
+                read_multishot: f.read_multishot,
+                buf_ring_inc: f.buf_ring_inc,
+            },
+        }
+    }
+
     fn serial(&self, id: &str) -> Option<u64> {
         self.ids.get(id).copied()
     }
@@ -1054,7 +1114,9 @@ impl Reactor {
         for (id, ps) in input.specs {
             let serial = self.next_serial;
             self.next_serial += 1;
-            self.procs.insert(serial, Proc::queued(id.clone(), request));
+            let mut proc = Proc::queued(id.clone(), request);
+            proc.argv = Arc::from(ps.argv.as_slice());
+            self.procs.insert(serial, proc);
             self.ids.insert(id.clone(), serial);
             self.queue.push_back(Queued {
                 serial,
@@ -1292,6 +1354,7 @@ impl Reactor {
             if let Some(p) = self.procs.get_mut(&serial) {
                 let mut fresh = Proc::queued(p.id.clone(), 0);
                 fresh.request = p.request;
+                fresh.argv = p.argv.clone();
                 fresh.waiters = std::mem::take(&mut p.waiters);
                 fresh.final_waiters = std::mem::take(&mut p.final_waiters);
                 *p = fresh;

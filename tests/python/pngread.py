@@ -6,10 +6,10 @@ import zlib
 
 
 def read_png(path):
-    """(width, height, rows): rows of (r, g, b) tuples."""
-    data = open(path, "rb").read()
+    """(width, height, rows): rows of (r, g, b) tuples, from a file or bytes."""
+    data = path if isinstance(path, bytes) else open(path, "rb").read()
     if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError(f"{path}: not a PNG")
+        raise ValueError("not a PNG")
     pos, idat, width = 8, b"", None
     while pos < len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
@@ -19,7 +19,7 @@ def read_png(path):
         if kind == b"IHDR":
             width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
             if depth != 8 or color not in (2, 6) or interlace:
-                raise ValueError(f"{path}: unsupported PNG (depth {depth}, color {color})")
+                raise ValueError(f"unsupported PNG (depth {depth}, color {color})")
             bpp = 3 if color == 2 else 4
         elif kind == b"IDAT":
             idat += body

@@ -1,0 +1,791 @@
+// chaperone's status page: the process table, live from GET /events, and a
+// page per process. No build step and no dependencies: the agent serves this
+// file as it is. Text from processes (ids, argv, output) is only ever set as
+// text content, never parsed as HTML.
+"use strict";
+
+const ROW = 28;                 // px, as --row in app.css
+const TAIL = 64 * 1024;         // bytes of a capture shown when a page opens
+const HEAD = 16 * 1024;         // bytes of a dropped capture's head shown
+const KEEP = 512 * 1024;        // characters a tail keeps before trimming its top
+const TOKEN_KEY = "chaperone-token";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue;
+    if (k === "text") e.textContent = v;
+    else if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of kids) if (c != null) e.append(c);
+  return e;
+};
+
+// ---------------------------------------------------------------- formatting
+
+function bytes(n) {
+  if (n == null) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0, v = n;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i === 0 ? String(v) : v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)) + " " + units[i];
+}
+
+function seconds(s) {
+  if (s == null) return "";
+  if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 2 : 0) + " ms";
+  if (s < 60) return s.toFixed(s < 10 ? 2 : 1) + " s";
+  const m = Math.floor(s / 60), h = Math.floor(m / 60), d = Math.floor(h / 24);
+  if (d > 0) return `${d}d ${h % 24}h`;
+  if (h > 0) return `${h}h ${m % 60}m`;
+  return `${m}m ${Math.floor(s % 60)}s`;
+}
+
+function clock(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+function exitText(r) {
+  if (r.signal) return r.signal;
+  if (r.exit_code != null) return "exit " + r.exit_code;
+  return "";
+}
+
+function shortArgv(argv) {
+  const s = (argv || []).join(" ");
+  return s.length > 120 ? s.slice(0, 117) + "…" : s;
+}
+
+function outputText(r) {
+  return (r.fds || []).map(f => `${f.name} ${f.length == null ? "file" : bytes(f.length)}`).join(", ");
+}
+
+// ---------------------------------------------------------------- the API
+
+let token = sessionStorage.getItem(TOKEN_KEY);
+
+class Unauthorized extends Error {}
+
+async function api(path, opts = {}) {
+  const headers = new Headers(opts.headers || {});
+  if (token) headers.set("Authorization", "Bearer " + token);
+  const r = await fetch(path, { ...opts, headers, cache: "no-store" });
+  if (r.status === 401) { askToken(); throw new Unauthorized("the token is missing or wrong"); }
+  return r;
+}
+
+async function apiJson(path, opts) {
+  const r = await api(path, opts);
+  let body = null;
+  try { body = await r.json(); } catch (_) { /* not JSON */ }
+  if (!r.ok) {
+    const why = body && body.errors && (body.errors.detail || body.errors.status);
+    throw new Error(why || `${r.status} ${r.statusText}`);
+  }
+  return body && body.data;
+}
+
+// ---------------------------------------------------------------- login
+
+let loginWaiters = [];
+
+function askToken(message) {
+  $("#login").hidden = false;
+  $("#login-error").textContent = message || (token ? "That token was refused." : "");
+  $("#token").focus();
+  return new Promise(res => loginWaiters.push(res));
+}
+
+function login() {
+  const t = $("#token").value.trim();
+  if (!t) return;
+  token = t;
+  sessionStorage.setItem(TOKEN_KEY, t);
+  $("#login").hidden = true;
+  $("#logout").hidden = false;
+  const w = loginWaiters; loginWaiters = [];
+  w.forEach(f => f());
+  restartEvents();
+  route();
+}
+
+function logout() {
+  token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("#logout").hidden = true;
+  restartEvents();
+}
+
+// ---------------------------------------------------------------- confirm & toast
+
+function confirmAction(text, ok = "OK") {
+  const box = $("#confirm");
+  $("#confirm-text").textContent = text;
+  $("#confirm-ok").textContent = ok;
+  box.hidden = false;
+  $("#confirm-cancel").focus();
+  return new Promise(res => {
+    const done = v => () => { box.hidden = true; $("#confirm-ok").onclick = $("#confirm-cancel").onclick = null; res(v); };
+    $("#confirm-ok").onclick = done(true);
+    $("#confirm-cancel").onclick = done(false);
+  });
+}
+
+let toastTimer = 0;
+function toast(text, bad = false) {
+  const t = $("#toast");
+  t.textContent = text;
+  t.style.background = bad ? "#b3261e" : "#333";
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { t.hidden = true; }, 4000);
+}
+
+async function act(what, confirmText, okText, path, method = "POST") {
+  if (!await confirmAction(confirmText, okText)) return false;
+  try {
+    await apiJson(path, { method });
+    toast(what);
+    return true;
+  } catch (e) {
+    toast(`${what} failed: ${e.message}`, true);
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------- live state
+
+const procs = new Map();       // id → row, with _at: when it was received (ms)
+let agent = null;
+let agentAt = 0;
+let generation = 0;            // of the last snapshot
+let listeners = new Set();     // called with the ids that changed (null: all)
+
+function changed(ids) { for (const f of listeners) f(ids); }
+
+function take(event, data) {
+  const now = performance.now();
+  if (event === "snapshot") {
+    procs.clear();
+    for (const r of data.procs) { r._at = now; procs.set(r.id, r); }
+    generation = data.generation;
+    setAgent(data.agent);
+    changed(null);
+  } else if (event === "procs") {
+    if (data.generation <= generation) return;
+    const ids = [];
+    for (const r of data.procs) { r._at = now; procs.set(r.id, r); ids.push(r.id); }
+    changed(ids);
+  } else if (event === "gone") {
+    for (const id of data.ids) procs.delete(id);
+    changed(data.ids);
+  } else if (event === "agent") {
+    setAgent(data);
+  }
+}
+
+let events = null;             // the AbortController of the stream
+
+function restartEvents() {
+  if (events) events.abort();
+  events = new AbortController();
+  runEvents(events.signal);
+}
+
+async function runEvents(signal) {
+  let backoff = 500;
+  while (!signal.aborted) {
+    try {
+      const r = await api("/events", { signal });
+      if (!r.ok) throw new Error(`${r.status}`);
+      setLive(true);
+      backoff = 500;
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          let name = "message", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event: ")) name = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (data) take(name, JSON.parse(data));
+        }
+      }
+    } catch (e) {
+      if (signal.aborted) return;
+      if (e instanceof Unauthorized) { setLive(false, "needs token"); return; }
+    }
+    setLive(false);
+    await new Promise(res => setTimeout(res, backoff));
+    backoff = Math.min(backoff * 2, 10000);
+  }
+}
+
+function setLive(up, why) {
+  const p = $("#live");
+  p.textContent = up ? "live" : (why || "reconnecting");
+  p.className = "pill " + (up ? "live" : "down");
+}
+
+// ---------------------------------------------------------------- the agent panel
+
+function setAgent(a) {
+  agent = a;
+  agentAt = performance.now();
+  renderAgent();
+}
+
+function renderAgent() {
+  const a = agent;
+  if (!a) return;
+  const p = a.proc || {};
+  $("#host").textContent = `${p.username || ""}@${p.hostname || ""}`;
+  const c = a.counts || {};
+  const up = a.uptime + (performance.now() - agentAt) / 1000;
+  const b = a.backend || {};
+  const backend = b.name ? `${b.name}${b.waitid && b.read_multishot ? "" : " (fallback paths)"}` : "";
+  const conn = a.connection;
+  const facts = [
+    ["host", p.hostname], ["pid", p.pid], ["user", p.username], ["version", a.version],
+    ["uptime", seconds(up)], ["backend", backend], ["shutdown", a.shutdown_state],
+    ["agent link", conn ? `${conn.state} ${conn.url}` : "none"],
+    ["running", (c.running || 0) + (c.queued ? ` (+${c.queued} queued)` : "")],
+    ["exited", c.terminated || 0], ["errors", c.error || 0],
+    ["output held", a.output && a.output.held != null
+      ? `${bytes(a.output.held)} of ${bytes(a.output.limit)}` : "no limit"],
+  ];
+  const dl = $("#agent-facts");
+  dl.replaceChildren(...facts.map(([k, v]) =>
+    el("div", { "data-fact": k }, el("dt", { text: k }), el("dd", { text: v == null ? "" : String(v) }))));
+  $("#logout").hidden = !token;
+}
+
+// ---------------------------------------------------------------- the table
+
+const COLUMNS = [
+  { key: "id", title: "id", get: r => r.id },
+  { key: "state", title: "state", get: r => r.phase },
+  { key: "pid", title: "pid", get: r => r.pid, num: true },
+  { key: "argv", title: "argv", get: r => (r.argv || []).join(" ") },
+  { key: "start", title: "start", get: r => r.start },
+  { key: "elapsed", title: "elapsed", get: r => elapsed(r), num: true },
+  { key: "exit", title: "exit", get: r => exitText(r) },
+  { key: "cpu", title: "CPU", get: r => r.cpu, num: true },
+  { key: "rss", title: "peak RSS", get: r => r.rss, num: true },
+  { key: "output", title: "output", get: r => (r.fds || []).reduce((s, f) => s + (f.length || 0), 0), num: true },
+];
+
+function elapsed(r) {
+  return r.phase === "running" ? r.elapsed + (performance.now() - r._at) / 1000 : r.elapsed;
+}
+
+const table = {
+  sort: { key: "id", dir: 1 },
+  filter: { state: "", text: "" },
+  view: [],
+  dirty: true,
+  root: null,
+};
+
+function tableView() {
+  const root = el("div", { class: "tableview" });
+  const toolbar = el("div", { class: "toolbar" },
+    el("label", {}, "state ",
+      el("select", { id: "filter-state", onchange: e => { table.filter.state = e.target.value; table.dirty = true; schedule(); } },
+        ...["", "running", "queued", "opening", "terminated", "error", "failed"].map(s =>
+          el("option", { value: s, text: s === "" ? "all" : s === "failed" ? "exit ≠ 0" : s })))),
+    el("input", { id: "filter-id", type: "search", placeholder: "filter by id or argv", size: 30,
+      oninput: e => { table.filter.text = e.target.value; table.dirty = true; schedule(); } }),
+    el("span", { id: "count", class: "muted" }));
+  $("#filter-state", toolbar).value = table.filter.state;
+  $("#filter-id", toolbar).value = table.filter.text;
+  const head = el("div", { class: "thead grid" }, ...COLUMNS.map(c =>
+    el("span", { "data-key": c.key, class: c.num ? "num" : "", text: c.title, onclick: () => sortBy(c.key) })));
+  const rows = el("div", { class: "rows" });
+  const scroller = el("div", { class: "scroller", onscroll: schedule }, rows);
+  root.append(toolbar, head, scroller, el("div", { id: "empty", class: "empty", hidden: true }));
+  table.root = { root, head, rows, scroller, pool: [] };
+  table.dirty = true;
+  return root;
+}
+
+function sortBy(key) {
+  table.sort = table.sort.key === key ? { key, dir: -table.sort.dir } : { key, dir: 1 };
+  table.dirty = true;
+  schedule();
+}
+
+function matches(r) {
+  const f = table.filter;
+  if (f.state === "failed" ? !(r.signal || (r.exit_code != null && r.exit_code !== 0) || r.phase === "error")
+      : f.state && r.phase !== f.state) return false;
+  if (f.text) {
+    const t = f.text.toLowerCase();
+    if (!r.id.toLowerCase().includes(t) && !(r.argv || []).join(" ").toLowerCase().includes(t)) return false;
+  }
+  return true;
+}
+
+function buildView() {
+  const col = COLUMNS.find(c => c.key === table.sort.key) || COLUMNS[0];
+  const dir = table.sort.dir;
+  const v = [];
+  for (const r of procs.values()) if (matches(r)) v.push(r);
+  v.sort((a, b) => {
+    const x = col.get(a), y = col.get(b);
+    if (x === y) return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+    if (x == null) return 1;
+    if (y == null) return -1;
+    return (x < y ? -1 : 1) * dir;
+  });
+  table.view = v;
+  table.dirty = false;
+}
+
+function renderTable() {
+  const t = table.root;
+  if (!t || !t.root.isConnected) return;
+  if (table.dirty) buildView();
+  const n = table.view.length;
+  $("#count").textContent = `${n} of ${procs.size} processes`;
+  const empty = $("#empty");
+  empty.hidden = n > 0;
+  empty.textContent = procs.size ? "No process matches the filter." : "No processes yet.";
+  for (const s of t.head.children) s.dataset.dir = s.dataset.key === table.sort.key ? table.sort.dir : "";
+  t.rows.style.height = n * ROW + "px";
+  const top = t.scroller.scrollTop, height = t.scroller.clientHeight || 600;
+  const first = Math.max(0, Math.floor(top / ROW) - 10);
+  const last = Math.min(n, Math.ceil((top + height) / ROW) + 10);
+  while (t.pool.length < last - first) {
+    const row = el("div", { class: "row grid" }, ...COLUMNS.map(c => el("span", { class: `${c.key}${c.num ? " num" : ""}` })));
+    row.children[0].append(el("a"));
+    t.rows.append(row);
+    t.pool.push(row);
+  }
+  t.pool.forEach((row, i) => {
+    const r = table.view[first + i];
+    row.hidden = !r;
+    if (!r) return;
+    row.style.top = (first + i) * ROW + "px";
+    row.dataset.id = r.id;
+    const [id, state, pid, argv, start, el_, exit, cpu, rss, out] = row.children;
+    const a = id.firstChild;
+    a.textContent = r.id;
+    a.href = "#/proc/" + encodeURIComponent(r.id);
+    a.title = r.id;
+    state.textContent = r.phase;
+    state.className = "state " + r.phase;
+    state.title = r.error || "";
+    pid.textContent = r.pid == null ? "" : r.pid;
+    argv.textContent = shortArgv(r.argv);
+    argv.title = (r.argv || []).join(" ");
+    start.textContent = clock(r.start);
+    start.title = r.start;
+    el_.textContent = seconds(elapsed(r));
+    exit.textContent = exitText(r);
+    exit.className = "exit" + ((r.signal || r.exit_code) ? " bad" : "");
+    cpu.textContent = r.cpu == null ? "" : seconds(r.cpu);
+    rss.textContent = bytes(r.rss);
+    out.textContent = outputText(r);
+  });
+}
+
+// ---------------------------------------------------------------- a process's page
+
+let page = null;               // the open process page's state
+
+function procView(id) {
+  const root = el("div", { class: "page" });
+  const p = page = {
+    id, root, result: null, samples: [], aborts: [], tails: new Map(), fetching: false, again: false,
+    title: el("h1", {}, el("span", { class: "mono", text: id }), el("span", { class: "state", id: "proc-state" })),
+    actions: el("div", { class: "actions" },
+      ...["TERM", "INT", "KILL"].map(sig => el("button", {
+        type: "button", "data-signal": sig, class: sig === "KILL" ? "danger" : "",
+        onclick: () => act(`SIG${sig} sent to ${id}`, `Send SIG${sig} to ${id}?`, `Send SIG${sig}`,
+          `/procs/${encodeURIComponent(id)}/signals/${sig}`),
+        text: "SIG" + sig,
+      })),
+      el("button", { type: "button", id: "delete", onclick: async () => {
+        if (await act(`${id} deleted`, `Delete ${id} and its output?`, "Delete",
+            `/procs/${encodeURIComponent(id)}`, "DELETE")) location.hash = "#/";
+      }, text: "Delete" })),
+    facts: el("dl", { class: "facts" }),
+    chart: el("div", { class: "card chart" }),
+    perf: el("div", { class: "card" }),
+    outputs: el("div", { class: "outputs" }),
+    json: el("pre", { class: "json" }),
+  };
+  root.append(el("p", {}, el("a", { href: "#/", text: "← all processes" })), p.title, p.actions, p.facts,
+    p.chart, p.perf, p.outputs,
+    el("details", { class: "card" }, el("summary", { text: "Result (JSON)" }), p.json));
+  refreshProc(p);
+  return root;
+}
+
+async function refreshProc(p) {
+  if (p.fetching) { p.again = true; return; }
+  p.fetching = true;
+  try {
+    const enc = encodeURIComponent(p.id);
+    const [d, s] = await Promise.all([apiJson(`/procs/${enc}`), apiJson(`/procs/${enc}/samples`)]);
+    if (page !== p) return;
+    p.result = d.procs[p.id];
+    p.samples = s.samples;
+    renderProc(p);
+  } catch (e) {
+    if (page === p && !(e instanceof Unauthorized)) {
+      p.facts.replaceChildren(el("dt", { text: "error" }), el("dd", { class: "error", text: e.message }));
+    }
+  } finally {
+    p.fetching = false;
+    if (p.again && page === p) { p.again = false; setTimeout(() => refreshProc(p), 250); }
+  }
+}
+
+function renderProc(p) {
+  const r = p.result, row = procs.get(p.id) || {};
+  const st = $("#proc-state", p.root);
+  st.textContent = row.phase || r.state;
+  st.className = "state " + (row.phase || r.state);
+  const running = r.pid != null && !r.status;
+  for (const b of p.actions.querySelectorAll("[data-signal]")) b.disabled = !running;
+  $("#delete", p.actions).disabled = r.state === "running";
+  const st_ = r.status || {};
+  const ru = r.rusage;
+  const facts = [
+    ["argv", (row.argv || []).join(" ")],
+    ["pid", r.pid],
+    ["state", r.state + (r.errors.length ? ": " + r.errors.join("; ") : "")],
+    ["exit", st_.signal ? `killed by ${st_.signal}${st_.core_dump ? " (core dumped)" : ""}`
+      : st_.exit_code != null ? `exit code ${st_.exit_code}` : "not yet"],
+    ["start", r.times.start],
+    ["stop", r.times.stop || ""],
+    ["elapsed", seconds(r.times.elapsed)],
+    ["CPU", ru ? `${seconds(ru.utime)} user, ${seconds(ru.stime)} system`
+      : r.proc_stat ? `${seconds(r.proc_stat.utime)} user, ${seconds(r.proc_stat.stime)} system (sampled)` : ""],
+    ["peak RSS", ru ? bytes(ru.maxrss) : r.statm_samples ? bytes(r.statm_samples.peak_resident) + " (sampled)" : ""],
+    ["faults", ru ? `${ru.minflt} minor, ${ru.majflt} major` : ""],
+    ["context switches", ru ? `${ru.nvcsw} voluntary, ${ru.nivcsw} involuntary` : ""],
+    ["I/O", r.proc_io ? `${bytes(r.proc_io.rchar)} read, ${bytes(r.proc_io.wchar)} written` : ""],
+    ["cwd", r.cwd || ""],
+  ];
+  if (r.timeout) facts.push(["timeout", `${r.timeout.signal} after ${seconds(r.timeout.after)}${r.timeout.fired ? " (fired)" : ""}`]);
+  p.facts.replaceChildren(...facts.flatMap(([k, v]) =>
+    [el("dt", { text: k }), el("dd", { "data-fact": k, text: v == null ? "" : String(v) })]));
+  renderChart(p);
+  renderPerf(p);
+  renderOutputs(p, row);
+  p.json.textContent = JSON.stringify(r, null, 2);
+}
+
+function renderChart(p) {
+  const s = p.samples || [];
+  const W = 600, H = 120;
+  const c = p.chart;
+  if (s.length < 2) {
+    c.replaceChildren(el("h2", { text: "Resident set and CPU" }),
+      el("p", { class: "muted", text: s.length ? "One sample so far." : "Not sampled (it ran for less than a sampling interval)." }));
+    return;
+  }
+  const t0 = s[0][0], t1 = s[s.length - 1][0] || 1;
+  const maxRss = Math.max(...s.map(x => x[1])) || 1;
+  const cpu = s.map((x, i) => i === 0 ? 0 : Math.max(0, (x[2] - s[i - 1][2]) / Math.max(1e-6, x[0] - s[i - 1][0]) * 100));
+  cpu[0] = cpu[1];
+  const maxCpu = Math.max(100, ...cpu);
+  const X = t => ((t - t0) / Math.max(1e-6, t1 - t0)) * W;
+  const path = ys => ys.map((y, i) => `${i ? "L" : "M"}${X(s[i][0]).toFixed(1)},${(H - y * H).toFixed(1)}`).join("");
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const line = (cls, d) => { const e = document.createElementNS(ns, "path"); e.setAttribute("class", cls); e.setAttribute("d", d); e.setAttribute("vector-effect", "non-scaling-stroke"); return e; };
+  svg.append(line("axis", `M0,${H}L${W},${H}`),
+    line("rss", path(s.map(x => x[1] / maxRss))),
+    line("cpu", path(cpu.map(x => x / maxCpu))));
+  const last = s[s.length - 1];
+  c.replaceChildren(
+    el("h2", {}, "Resident set and CPU",
+      el("span", { class: "key-rss", text: `RSS now ${bytes(last[1])}, peak ${bytes(maxRss)}` }),
+      el("span", { class: "key-cpu", text: `CPU ${cpu[cpu.length - 1].toFixed(0)}% now, peak ${Math.max(...cpu).toFixed(0)}%` }),
+      el("span", { class: "muted", text: `${s.length} samples over ${seconds(t1 - t0)}` })),
+    svg);
+}
+
+function renderPerf(p) {
+  const perf = p.result.perf;
+  if (!perf) { p.perf.hidden = true; return; }
+  p.perf.hidden = false;
+  const rows = Object.entries(perf).filter(([k, v]) => typeof v !== "object" || v === null);
+  p.perf.replaceChildren(el("h2", { text: "perf counters" }),
+    el("table", {}, ...rows.map(([k, v]) => el("tr", {},
+      el("th", { text: k.replace(/_/g, "-") }),
+      el("td", { class: "num", text: v == null ? "—" : v.toLocaleString() }),
+      el("td", { class: "muted", text: v == null ? (perf.unavailable && perf.unavailable[k]) || "not counted"
+        : k === "task_clock" ? seconds(v / 1e9) : "" })))));
+}
+
+function renderOutputs(p, row) {
+  for (const f of row.fds || []) {
+    let t = p.tails.get(f.name);
+    if (!t) {
+      t = openTail(p, f);
+      p.tails.set(f.name, t);
+      p.outputs.append(t.card);
+    }
+    t.update(f);
+  }
+}
+
+function openTail(p, f) {
+  const base = `/procs/${encodeURIComponent(p.id)}/output/${encodeURIComponent(f.name)}/data`;
+  const pre = el("pre", { class: "tail", "data-fd": f.name });
+  const head = el("pre", { class: "tail head", hidden: true });
+  const marker = el("div", { class: "dropped", hidden: true });
+  const info = el("span", { class: "muted" });
+  const status = el("span", { class: "following muted" });
+  const raw = el("a", { href: base, download: `${p.id}.${f.name}`, text: "download" });
+  const zst = el("a", { href: base + "?encoding=zstd", download: `${p.id}.${f.name}.zst`, text: "zstd" });
+  for (const a of [raw, zst]) a.addEventListener("click", e => download(e, a));
+  const card = el("div", { class: "card" }, el("h2", {}, f.name, info, raw, zst, status), head, marker, pre);
+  const ansi = new Ansi(pre);
+  const t = {
+    card, started: false,
+    update(f) {
+      info.textContent = f.length == null ? "(a file the process writes)" : bytes(f.length) + (f.open ? "" : ", complete");
+      if (f.dropped) {
+        marker.hidden = false;
+        marker.textContent = `⋯ ${bytes(f.dropped.stop - f.dropped.start)} dropped from the middle by the capture's head/tail bounds ⋯`;
+      }
+      if (!t.started) { t.started = true; follow(f); }
+    },
+  };
+  async function follow(f) {
+    const ctl = new AbortController();
+    p.aborts.push(ctl);
+    let start = 0;
+    if (f.length != null) {
+      start = Math.max(0, f.length - TAIL);
+      if (f.dropped) {
+        // Its head, then the marker, then the tail after the dropped part.
+        const r = await api(`${base}?start=0&stop=${Math.min(HEAD, f.dropped.start)}`, { signal: ctl.signal });
+        head.hidden = false;
+        new Ansi(head).push(new TextDecoder().decode(await r.arrayBuffer()));
+        start = Math.max(start, f.dropped.stop);
+      } else if (start > 0) {
+        marker.hidden = false;
+        marker.textContent = `⋯ the first ${bytes(start)} are not shown here (download for all of it) ⋯`;
+      }
+    }
+    status.textContent = "following";
+    try {
+      const r = await api(`${base}?start=${start}&follow=true`, { signal: ctl.signal });
+      if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+      const reader = r.body.getReader();
+      const dec = new TextDecoder("utf-8");
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const bottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        ansi.push(dec.decode(value, { stream: true }));
+        ansi.trim(KEEP);
+        if (bottom) pre.scrollTop = pre.scrollHeight;
+      }
+      ansi.push(dec.decode());
+      status.textContent = "complete";
+    } catch (e) {
+      if (!ctl.signal.aborted) status.textContent = "stopped: " + e.message;
+    }
+  }
+  return t;
+}
+
+// A download needs the token when there is one, which a plain link cannot
+// send: fetch it and hand the browser the bytes.
+async function download(e, a) {
+  if (!token) return;
+  e.preventDefault();
+  try {
+    const r = await api(a.getAttribute("href"));
+    if (!r.ok) throw new Error(`${r.status}`);
+    const url = URL.createObjectURL(await r.blob());
+    const tmp = el("a", { href: url, download: a.getAttribute("download") });
+    document.body.append(tmp);
+    tmp.click();
+    tmp.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (err) {
+    toast("download failed: " + err.message, true);
+  }
+}
+
+// ---------------------------------------------------------------- ANSI colours
+
+const BASE16 = ["#000", "#c23621", "#25bc24", "#adad27", "#492ee1", "#d338d3", "#33bbc8", "#cbcccd",
+  "#818383", "#fc391f", "#31e722", "#eaec23", "#5833ff", "#f935f8", "#14f0f0", "#e9ebeb"];
+
+function color256(n) {
+  if (n < 16) return BASE16[n];
+  if (n >= 232) { const v = 8 + (n - 232) * 10; return `rgb(${v},${v},${v})`; }
+  n -= 16;
+  const c = x => (x ? 55 + x * 40 : 0);
+  return `rgb(${c(Math.floor(n / 36))},${c(Math.floor(n / 6) % 6)},${c(n % 6)})`;
+}
+
+// Renders text with SGR escapes into spans; other escape sequences are
+// dropped. An escape cut by a chunk boundary waits for the next chunk.
+class Ansi {
+  constructor(pre) { this.pre = pre; this.carry = ""; this.reset(); this.last = null; this.lastKey = ""; }
+  reset() { this.fg = null; this.bg = null; this.attrs = new Set(); this.inverse = false; }
+  key() { return `${this.fg}|${this.bg}|${[...this.attrs].join("")}|${this.inverse}`; }
+  push(text) {
+    text = this.carry + text;
+    this.carry = "";
+    const re = /\x1b(?:\[([0-9;:?<=>]*)[ -/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])/g;
+    let at = 0, m;
+    while ((m = re.exec(text))) {
+      if (m.index > at) this.emit(text.slice(at, m.index));
+      at = re.lastIndex;
+      if (m[2] === "m") this.sgr(m[1]);
+    }
+    let rest = text.slice(at);
+    const esc = rest.lastIndexOf("\x1b");
+    if (esc >= 0 && rest.length - esc < 64) { this.carry = rest.slice(esc); rest = rest.slice(0, esc); }
+    if (rest) this.emit(rest);
+  }
+  sgr(params) {
+    const p = (params || "0").split(/[;:]/).map(x => parseInt(x || "0", 10));
+    for (let i = 0; i < p.length; i++) {
+      const n = p[i];
+      if (n === 0) this.reset();
+      else if (n === 1) this.attrs.add("b");
+      else if (n === 2) this.attrs.add("d");
+      else if (n === 3) this.attrs.add("i");
+      else if (n === 4) this.attrs.add("u");
+      else if (n === 9) this.attrs.add("s");
+      else if (n === 7) this.inverse = true;
+      else if (n === 22) { this.attrs.delete("b"); this.attrs.delete("d"); }
+      else if (n === 23) this.attrs.delete("i");
+      else if (n === 24) this.attrs.delete("u");
+      else if (n === 29) this.attrs.delete("s");
+      else if (n === 27) this.inverse = false;
+      else if (n >= 30 && n <= 37) this.fg = BASE16[n - 30];
+      else if (n >= 90 && n <= 97) this.fg = BASE16[n - 90 + 8];
+      else if (n >= 40 && n <= 47) this.bg = BASE16[n - 40];
+      else if (n >= 100 && n <= 107) this.bg = BASE16[n - 100 + 8];
+      else if (n === 39) this.fg = null;
+      else if (n === 49) this.bg = null;
+      else if (n === 38 || n === 48) {
+        let c = null;
+        if (p[i + 1] === 5) { c = color256(p[i + 2] & 255); i += 2; }
+        else if (p[i + 1] === 2) { c = `rgb(${p[i + 2] & 255},${p[i + 3] & 255},${p[i + 4] & 255})`; i += 4; }
+        if (n === 38) this.fg = c; else this.bg = c;
+      }
+    }
+  }
+  emit(text) {
+    text = text.replace(/\r\n/g, "\n");
+    const key = this.key();
+    if (this.last && key === this.lastKey && this.last.parentNode === this.pre) {
+      this.last.appendData ? this.last.appendData(text) : this.last.append(text);
+      return;
+    }
+    let node;
+    if (key === "null|null||false") {
+      node = document.createTextNode(text);
+    } else {
+      node = document.createElement("span");
+      for (const a of this.attrs) node.classList.add("a-" + a);
+      const fg = this.inverse ? (this.bg || "#1e1f22") : this.fg;
+      const bg = this.inverse ? (this.fg || "#dcdcdc") : this.bg;
+      if (fg) node.style.color = fg;
+      if (bg) node.style.backgroundColor = bg;
+      node.textContent = text;
+    }
+    this.pre.append(node);
+    this.last = node;
+    this.lastKey = key;
+  }
+  // Drops the oldest nodes once the tail holds more than `limit` characters.
+  trim(limit) {
+    if (this.pre.textContent.length <= limit * 1.25) return;
+    let over = this.pre.textContent.length - limit;
+    while (over > 0 && this.pre.firstChild && this.pre.firstChild !== this.last) {
+      over -= this.pre.firstChild.textContent.length;
+      this.pre.firstChild.remove();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- routing and the loop
+
+let pending = false;
+function schedule() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(() => { pending = false; renderTable(); });
+}
+
+let procThrottle = 0;
+listeners.add(ids => {
+  table.dirty = true;
+  schedule();
+  if (page && (ids === null || ids.includes(page.id))) {
+    const now = performance.now();
+    // Rows of a running process come every second; its page follows at
+    // most that often.
+    if (now - procThrottle > 900 || (procs.get(page.id) || {}).phase !== "running") {
+      procThrottle = now;
+      refreshProc(page);
+    }
+  }
+});
+
+function route() {
+  if (page) { page.aborts.forEach(c => c.abort()); page = null; }
+  const m = location.hash.match(/^#\/proc\/(.+)$/);
+  const view = $("#view");
+  if (m) {
+    view.replaceChildren(procView(decodeURIComponent(m[1])));
+  } else {
+    view.replaceChildren(table.root ? table.root.root : tableView());
+    schedule();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#login-ok").addEventListener("click", login);
+  $("#token").addEventListener("keydown", e => { if (e.key === "Enter") login(); });
+  $("#logout").addEventListener("click", logout);
+  for (const b of document.querySelectorAll("[data-shutdown]")) {
+    const policy = b.dataset.shutdown;
+    const text = {
+      idle: "Make the agent refuse new processes and shut down once every process has finished and been deleted?",
+      terminate: "Send SIGTERM to every process (SIGKILL after 60 s) and shut the agent down?",
+      kill: "Send SIGKILL to every process now and shut the agent down?",
+    }[policy];
+    b.addEventListener("click", () => act(`shutdown (${policy}) begun`, text, b.textContent, `/shutdown?policy=${policy}`));
+  }
+  document.addEventListener("keydown", e => { if (e.key === "Escape" && !$("#confirm").hidden) $("#confirm-cancel").click(); });
+  window.addEventListener("hashchange", route);
+  window.addEventListener("resize", schedule);
+  // The clock: elapsed times of running processes and the uptime move on
+  // between rows without asking the agent for anything.
+  setInterval(() => { renderAgent(); if (!page) schedule(); }, 1000);
+  route();
+  restartEvents();
+});

@@ -1,0 +1,226 @@
+"""The status page (`GET /ui/`) in a real browser: headless Chromium driven
+over the DevTools protocol (`cdp.py`) against a running `chaperone --serve`.
+
+Every test also asserts that the page threw no uncaught exception."""
+
+import json
+import time
+
+import httpx
+import pytest
+
+from cdp import CHROMIUM, Browser
+from pngread import read_png
+from test_http import Served
+from test_http_output import make_cert
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (ci/test installs it with apt-get)"
+)
+
+MEMORY = {"capture": {"mode": "memory", "encoding": "utf-8"}}
+
+
+def start(url, specs, token=None):
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    r = httpx.post(f"{url}/procs", json={"specs": specs}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def result(url, proc_id, token=None):
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    r = httpx.get(f"{url}/procs/{proc_id}", headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]["procs"][proc_id]
+
+
+def row_state(proc_id):
+    """Script: the state shown in the table's row for `proc_id`, if shown."""
+    return (f"(() => {{ const r = [...document.querySelectorAll('.row')]"
+            f".find(r => !r.hidden && r.dataset.id === {json.dumps(proc_id)});"
+            f" return r && r.querySelector('.state').textContent + '|' + r.querySelector('.exit').textContent; }})()")
+
+
+@pytest.fixture
+def served(chaperone):
+    s = Served(chaperone)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def browser():
+    with Browser() as b:
+        yield b
+        assert b.exceptions == [], b.exceptions
+
+
+def test_a_started_process_appears_and_changes_state_without_a_reload(served, browser):
+    b = browser
+    b.goto(f"{served.url}/ui/")
+    b.wait("document.querySelector('#live').textContent === 'live'", what="the event stream")
+    b.js("window.__loaded = 'once'")
+    start(served.url, {"late": {"argv": ["/bin/sh", "-c", "sleep 1.5; exit 4"]}})
+    assert b.wait(row_state("late"), what="the new row").startswith("running")
+    assert b.wait(f"{row_state('late')} === 'terminated|exit 4'", timeout=20)
+    # The same document all along: no reload, no refetch of the page.
+    assert b.js("window.__loaded") == "once"
+    # The agent panel counts it.
+    assert b.wait("document.querySelector('[data-fact=exited] dd').textContent === '1'")
+    # The id links to the process's page.
+    href = b.js("document.querySelector('.row[data-id=late] a').getAttribute('href')")
+    assert href == "#/proc/late"
+
+
+def test_a_process_page_follows_its_output_live_with_colours(served, browser):
+    b = browser
+    script = ("for i in $(seq 1 40); do printf '\\033[31mred\\033[0m line %d\\n' $i; "
+              "sleep 0.1; done")
+    start(served.url, {"writer": {"argv": ["/bin/bash", "-c", script], "fds": [["stdout", MEMORY]]}})
+    b.goto(f"{served.url}/ui/#/proc/writer")
+    tail = "document.querySelector('pre[data-fd=stdout]')"
+    b.wait(f"{tail} && {tail}.textContent.includes('line 3\\n')", what="the first lines")
+    # It keeps coming while the page is open, and it ends complete.
+    b.wait(f"{tail}.textContent.includes('line 40\\n')", timeout=30, what="the last line")
+    text = b.js(f"{tail}.textContent")
+    assert [f"red line {i}" for i in range(1, 41)] == text.splitlines(), text
+    # Colours rendered, escapes gone.
+    assert "\x1b" not in text
+    assert b.js(f"[...{tail}.querySelectorAll('span')].some(s => s.style.color && s.textContent === 'red')")
+    b.wait("[...document.querySelectorAll('.following')].some(e => e.textContent === 'complete')")
+    # Scrolled to the bottom, where new lines arrive.
+    assert b.js(f"{tail}.scrollTop + {tail}.clientHeight >= {tail}.scrollHeight - 4")
+    # The downloads are the capture, raw and zstd.
+    links = b.js("[...document.querySelectorAll('.card h2 a')].map(a => a.getAttribute('href'))")
+    assert "/procs/writer/output/stdout/data" in links
+    assert "/procs/writer/output/stdout/data?encoding=zstd" in links
+
+
+def test_a_dropped_middle_is_shown_as_such(served, browser):
+    b = browser
+    cap = {"capture": {"mode": "memory", "encoding": "utf-8", "head": 12, "tail": 12}}
+    start(served.url, {"big": {"argv": ["/bin/sh", "-c", "echo HEAD-MARKER; seq 1 20000; echo TAIL-MARKER"],
+                               "fds": [["stdout", cap]]}})
+    b.goto(f"{served.url}/ui/#/proc/big")
+    b.wait("document.querySelector('pre.head') && !document.querySelector('pre.head').hidden"
+           " && document.querySelector('pre.head').textContent.includes('HEAD-MARKER')", what="the head")
+    b.wait("document.querySelector('pre[data-fd=stdout]').textContent.includes('TAIL-MARKER')")
+    marker = b.js("document.querySelector('.dropped').textContent")
+    assert "dropped from the middle" in marker, marker
+    assert "19995" not in b.js("document.querySelector('pre[data-fd=stdout]').textContent")
+
+
+def test_sending_a_signal_from_the_page_asks_first(served, browser):
+    b = browser
+    start(served.url, {"victim": {"argv": ["/bin/sleep", "60"]}})
+    b.goto(f"{served.url}/ui/#/proc/victim")
+    b.wait("document.querySelector('[data-signal=TERM]') && !document.querySelector('[data-signal=TERM]').disabled",
+           what="the signal buttons")
+    b.click("[data-signal=TERM]")
+    assert b.wait("!document.querySelector('#confirm').hidden && document.querySelector('#confirm-text').textContent")\
+        == "Send SIGTERM to victim?"
+    # Cancelled: nothing is sent.
+    b.click("#confirm-cancel")
+    time.sleep(0.5)
+    assert result(served.url, "victim")["state"] == "running"
+    b.click("[data-signal=TERM]")
+    b.wait("!document.querySelector('#confirm').hidden")
+    b.click("#confirm-ok")
+    b.wait("document.querySelector('[data-fact=exit]') && "
+           "document.querySelector('[data-fact=exit]').textContent === 'killed by SIGTERM'", what="the exit")
+    assert result(served.url, "victim")["status"]["signal"] == "SIGTERM"
+    # Delete, confirmed, goes back to the table and the process is gone.
+    b.wait("!document.querySelector('#delete').disabled")
+    b.click("#delete")
+    b.wait("!document.querySelector('#confirm').hidden")
+    b.click("#confirm-ok")
+    b.wait("location.hash === '#/'")
+    assert httpx.get(f"{served.url}/procs/victim").status_code == 404
+
+
+def test_the_token_is_asked_for_and_kept_in_the_session(chaperone, browser):
+    s = Served(chaperone, "--serve-token", "pa55")
+    try:
+        start(s.url, {"p": {"argv": ["/bin/true"]}}, token="pa55")
+        b = browser
+        b.goto(f"{s.url}/ui/")
+        b.wait("!document.querySelector('#login').hidden", what="the login prompt")
+        b.js("document.querySelector('#token').value = 'wrong'")
+        b.click("#login-ok")
+        b.wait("!document.querySelector('#login').hidden && "
+               "document.querySelector('#login-error').textContent.includes('refused')", what="a refusal")
+        b.js("document.querySelector('#token').value = 'pa55'")
+        b.click("#login-ok")
+        assert b.wait(row_state("p")) == "terminated|exit 0"
+        assert b.js("sessionStorage.getItem('chaperone-token')") == "pa55"
+        # Actions carry it: shutting down (idle) from the page works.
+        b.click("[data-shutdown=idle]")
+        b.wait("!document.querySelector('#confirm').hidden")
+        b.click("#confirm-ok")
+        b.wait("document.querySelector('[data-fact=shutdown] dd').textContent !== 'active'", what="idling")
+        r = httpx.get(f"{s.url}/agent", headers={"authorization": "Bearer pa55"})
+        assert r.json()["data"]["agent"]["shutdown_state"] in ("idling", "done")
+    finally:
+        s.close()
+
+
+def test_over_tls(chaperone, tmp_path):
+    _, cert, key = make_cert(tmp_path)
+    s = Served(chaperone, "--serve-cert", str(cert), "--serve-key", str(key))
+    try:
+        with Browser(args=["--ignore-certificate-errors"]) as b:
+            b.goto(f"https://localhost:{s.port}/ui/")
+            b.wait("document.querySelector('#live').textContent === 'live'", what="the event stream")
+            import ssl
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            r = httpx.post(f"https://localhost:{s.port}/procs", verify=ctx,
+                           json={"specs": {"t": {"argv": ["/bin/true"]}}})
+            assert r.status_code == 200
+            assert b.wait(row_state("t")) == "terminated|exit 0"
+            assert b.exceptions == []
+    finally:
+        s.close()
+
+
+def test_ten_thousand_processes_stay_responsive(served, browser):
+    b = browser
+    n = 10_000
+    start(served.url, {f"p{i:05d}": {"argv": ["/bin/true"]} for i in range(n)})
+    b.goto(f"{served.url}/ui/")
+    b.wait(f"document.querySelector('#count').textContent === '{n} of {n} processes'", timeout=60)
+    # Only the rows in view are in the document.
+    assert b.js("document.querySelectorAll('.row').length") < 200
+    # Sorting all of them and scrolling to the end are quick.
+    took = b.js("""(async () => {
+        const t0 = performance.now();
+        document.querySelector('.thead [data-key=id]').click();
+        await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        const s = document.querySelector('.scroller');
+        s.scrollTop = s.scrollHeight;
+        await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+        return performance.now() - t0; })()""")
+    shown = b.js("[...document.querySelectorAll('.row')].filter(r => !r.hidden)"
+                 ".sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top)).map(r => r.dataset.id)")
+    # Sorted descending by id, scrolled to the end: the smallest ids, in order.
+    assert shown[-1] == "p00000" and shown == sorted(shown, reverse=True), shown
+    assert took < 2000, f"{took:.0f} ms to sort and scroll 10,000 rows"
+    # Filtering by id.
+    b.js("const f = document.querySelector('#filter-id'); f.value = 'p0999'; f.dispatchEvent(new Event('input'))")
+    b.wait(f"document.querySelector('#count').textContent === '10 of {n} processes'")
+
+
+def test_screenshot_is_not_blank(served, browser):
+    b = browser
+    start(served.url, {"a": {"argv": ["/bin/sleep", "30"]}, "b": {"argv": ["/bin/sh", "-c", "exit 2"]}})
+    b.goto(f"{served.url}/ui/")
+    b.wait(f"{row_state('b')} === 'terminated|exit 2'")
+    b.wait("document.querySelector('#live').textContent === 'live'")
+    width, height, rows = read_png(b.screenshot())
+    assert (width, height) == (1400, 900)
+    colours = {p for row in rows[::4] for p in row[::4]}
+    assert len(colours) > 20, f"only {len(colours)} colours: blank page?"
+    # Text drawn: a good share of pixels are not the background.
+    bg = rows[-1][-1]
+    ink = sum(1 for row in rows[::2] for p in row[::2] if p != bg)
+    assert ink > 0.02 * (width // 2) * (height // 2), ink
