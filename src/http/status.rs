@@ -22,7 +22,8 @@
 //! - `snapshot` `{"generation", "agent", "procs": [row…]}`: first, and again
 //!   whenever this subscriber fell behind (it replaces everything shown);
 //! - `procs` `{"generation", "procs": [row…]}`: rows that changed (started,
-//!   exited, compressed: within [`FLUSH`]; running ones every [`TICK`]);
+//!   exited, compressed: within [`FLUSH`]; running ones every [`TICK`], those
+//!   whose figures moved, without `argv`, which the subscriber has);
 //! - `gone` `{"ids": […]}`: deleted processes;
 //! - `agent` `{…}`: the agent's figures, every [`TICK`] and on a shutdown
 //!   state change.
@@ -126,6 +127,8 @@ fn frame(name: &str, data: &impl serde::Serialize) -> Bytes {
 /// subscribes.
 async fn run(app: App, mut events: crate::supervisor::Subscription) {
     let handle = app.handle.clone();
+    // What each process's row showed when last sent (see `Row::fingerprint`).
+    let mut sent = std::collections::HashMap::<String, u64>::new();
     let mut dirty = BTreeSet::new();
     let mut gone = Vec::new();
     let mut resync = false;
@@ -142,6 +145,7 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
                 }
                 Some(Event::Deleted(id)) => {
                     dirty.remove(&id);
+                    sent.remove(&id);
                     gone.push(id);
                 }
                 Some(Event::Shutdown(_)) => {
@@ -156,6 +160,7 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
                     dirty.clear();
                     gone.clear();
                     let o = handle.overview(Select::All).await;
+                    sent = o.rows.iter().map(|r| (r.id.clone(), r.fingerprint())).collect();
                     app.hub.send(snapshot(&app, &o));
                     continue;
                 }
@@ -166,7 +171,10 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
                 if !dirty.is_empty() {
                     let ids = std::mem::take(&mut dirty).into_iter().collect();
                     let o = handle.overview(Select::Ids(ids)).await;
-                    app.hub.send(rows(&o));
+                    for r in &o.rows {
+                        sent.insert(r.id.clone(), r.fingerprint());
+                    }
+                    app.hub.send(rows(&o, true));
                 }
             }
             _ = tick.tick() => {
@@ -177,9 +185,13 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
                         return;
                     }
                 }
-                let o = handle.overview(Select::Running).await;
+                let mut o = handle.overview(Select::Running).await;
+                o.rows.retain(|r| {
+                    let f = r.fingerprint();
+                    sent.insert(r.id.clone(), f) != Some(f)
+                });
                 if !o.rows.is_empty() {
-                    app.hub.send(rows(&o));
+                    app.hub.send(rows(&o, false));
                 }
                 app.hub.send(Frame { generation: 0, snapshot: false, bytes: frame("agent", &agent(&app, &o)) });
             }
@@ -188,23 +200,20 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
     *app.hub.lock() = false;
 }
 
-/// A `procs` frame of an overview's rows.
-fn rows(o: &Overview) -> Frame {
-    #[derive(serde::Serialize)]
-    struct Rows<'a> {
-        generation: u64,
-        procs: &'a [crate::supervisor::status::Row],
+/// A `procs` frame of an overview's rows, with or without their argv.
+fn rows(o: &Overview, argv: bool) -> Frame {
+    let mut v = serde_json::json!({"generation": o.generation, "procs": o.rows});
+    if !argv {
+        for r in v["procs"].as_array_mut().into_iter().flatten() {
+            if let Some(m) = r.as_object_mut() {
+                m.remove("argv");
+            }
+        }
     }
     Frame {
         generation: o.generation,
         snapshot: false,
-        bytes: frame(
-            "procs",
-            &Rows {
-                generation: o.generation,
-                procs: &o.rows,
-            },
-        ),
+        bytes: frame("procs", &v),
     }
 }
 

@@ -97,6 +97,28 @@ pub struct Row {
     pub errors: usize,
 }
 
+impl Row {
+    /// A hash of everything in the row but its elapsed time (which a
+    /// viewer can count on by itself): rows with the same fingerprint show
+    /// the same, so a front end need not send one again.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.phase, self.pid, self.exit_code, &self.signal).hash(&mut h);
+        (
+            self.cpu.map(f64::to_bits),
+            self.rss,
+            self.rss_now,
+            self.errors,
+        )
+            .hash(&mut h);
+        for f in &self.fds {
+            (f.length, f.open, f.dropped.map(|d| (d.start, d.stop))).hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
 /// How many processes are in each phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {

@@ -508,3 +508,39 @@ fn samples_chart_a_running_process_over_its_life() {
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.json()["errors"]["detail"], "unknown proc id: nope");
 }
+
+#[test]
+fn a_running_row_is_sent_again_only_when_its_figures_move() {
+    let s = serve(
+        &json!({"specs": {
+            "idle": {"argv": ["/bin/sleep", "30"]},
+            "busy": {"argv": ["/bin/sh", "-c", "while :; do echo x; sleep 0.2; done"],
+                     "fds": [["stdout", util::mem_utf8()]]},
+        }}),
+        None,
+    );
+    // Past the first samples, which fill in CPU and RSS.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut ev = s.events();
+    let (mut idle, mut busy) = (0, 0);
+    let deadline = Instant::now() + Duration::from_millis(4500);
+    while Instant::now() < deadline {
+        let (name, d) = ev.next();
+        if name != "procs" {
+            continue;
+        }
+        for r in d["procs"].as_array().unwrap() {
+            // A running row on the tick leaves out the argv the viewer has.
+            assert!(r.get("argv").is_none(), "{r}");
+            match r["id"].as_str() {
+                Some("idle") => idle += 1,
+                Some("busy") => busy += 1,
+                _ => {}
+            }
+        }
+    }
+    // The writer's output grows every tick; the sleeper's figures stay put
+    // (its resident set may move once as the kernel settles it).
+    assert!(busy >= 3, "busy sent {busy} times");
+    assert!(idle <= 1, "idle sent {idle} times");
+}

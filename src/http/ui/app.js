@@ -177,10 +177,17 @@ function take(event, data) {
     generation = data.generation;
     setAgent(data.agent);
     changed(null);
+    if (!performance.getEntriesByName("chaperone-snapshot").length) performance.mark("chaperone-snapshot");
   } else if (event === "procs") {
     if (data.generation <= generation) return;
     const ids = [];
-    for (const r of data.procs) { r._at = now; procs.set(r.id, r); ids.push(r.id); }
+    for (const r of data.procs) {
+      // Rows of running processes come without their argv, which is known.
+      if (!r.argv) r.argv = (procs.get(r.id) || {}).argv;
+      r._at = now;
+      procs.set(r.id, r);
+      ids.push(r.id);
+    }
     changed(ids);
   } else if (event === "gone") {
     for (const id of data.ids) procs.delete(id);
@@ -362,6 +369,8 @@ function renderTable() {
   if (table.dirty) buildView();
   const n = table.view.length;
   $("#count").textContent = `${n} of ${procs.size} processes`;
+  // For ci/status-bench: when the first rows were drawn.
+  if (n && !performance.getEntriesByName("chaperone-rendered").length) performance.mark("chaperone-rendered");
   const empty = $("#empty");
   empty.hidden = n > 0;
   empty.textContent = procs.size ? "No process matches the filter." : "No processes yet.";
