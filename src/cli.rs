@@ -59,6 +59,16 @@ pub struct Args {
     /// With `--wait --agent`: how long to wait for the first process (seconds).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "600")]
     pub wait_timeout: Duration,
+    /// Keep the spec, each process's result and every capture in DIR, so a
+    /// reader can reattach (`chaperone spool DIR`); exits once every process
+    /// is done, as `--exit` (with `--print`, printing the results too).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// With `--spool`: once the processes have started, print their
+    /// running-state results, leave the session (an SSH connection, a
+    /// terminal) and carry on in the background.
+    #[arg(long, requires = "spool")]
+    pub detach: bool,
     /// Serve the Procstar agent protocol over WebSocket: connect to
     /// `wss://AGENT_HOST:AGENT_PORT/` and take requests from that server.
     #[arg(short, long)]
@@ -220,11 +230,12 @@ pub fn run(args: Args) -> u8 {
         || args.wait
         || args.agent
         || args.stdio
-        || args.serve)
+        || args.serve
+        || args.spool.is_some())
     {
         eprintln!(
             "error: no mode given: use --print, --output PATH, --exit, --wait, --agent, \
-             --serve or --stdio"
+             --serve, --stdio or --spool DIR"
         );
         return EXIT_START;
     }
@@ -257,6 +268,50 @@ pub fn run(args: Args) -> u8 {
         eprintln!("error: no spec given (a file path, or - for standard input)");
         return EXIT_START;
     }
+    if args.spool.is_some() && input.is_none() {
+        eprintln!("error: --spool needs a spec (a file path, or - for standard input)");
+        return EXIT_START;
+    }
+    // The spool is made and locked before a detach, so that an error (the
+    // directory is taken) reaches the caller.
+    let (spool, input) = match (&args.spool, input) {
+        (Some(dir), Some(input)) => match crate::spool::Spool::create(dir, &input) {
+            Ok(s) => {
+                let input = s.translate(input);
+                (Some(std::sync::Arc::new(s)), Some(input))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_LOAD;
+            }
+        },
+        (_, input) => (None, input),
+    };
+    let mut detached = None;
+    if args.detach {
+        let log = spool.as_ref().and_then(|s| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(s.dir().join(crate::spool::LOG))
+                .ok()
+        });
+        match crate::sys::daemon::detach(log.as_ref()) {
+            Ok(crate::sys::daemon::Detached::Parent(p)) => return detach_parent(p),
+            Ok(crate::sys::daemon::Detached::Child(c)) => {
+                if let Some(s) = &spool {
+                    if let Err(e) = s.set_pid(std::process::id() as i32) {
+                        eprintln!("error: {e}");
+                    }
+                }
+                detached = Some(c);
+            }
+            Err(e) => {
+                eprintln!("error: --detach: {e}");
+                return EXIT_START;
+            }
+        }
+    }
     let ws = if args.agent {
         match ws_config(&args) {
             Ok(c) => Some(c),
@@ -282,6 +337,9 @@ pub fn run(args: Args) -> u8 {
     let agent = match Agent::new(config) {
         Ok(a) => a,
         Err(e) => {
+            if let Some(c) = detached.as_mut() {
+                c.failed(&e.to_string());
+            }
             eprintln!("error: {e}");
             return EXIT_START;
         }
@@ -297,7 +355,8 @@ pub fn run(args: Args) -> u8 {
     } else {
         None
     };
-    let code = rt.block_on(modes(&args, agent.handle(), input, ws, serve));
+    let spooled = spool.map(|s| (s, detached));
+    let code = rt.block_on(modes(&args, agent.handle(), input, ws, serve, spooled));
     // Nothing may keep the agent from dropping: whatever still runs (the
     // agent gave up on its server, stdout went away under --stdio) is killed.
     // In the other endings nothing runs any more and this returns at once.
@@ -473,6 +532,54 @@ fn uuid_v4() -> String {
     )
 }
 
+/// `--detach`, the side that was started: waits for the agent's word,
+/// prints its running-state results and exits.
+fn detach_parent(p: crate::sys::daemon::Parent) -> u8 {
+    use crate::sys::daemon::Word;
+    match p.wait() {
+        Word::Ready(msg) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&msg).and_then(|()| out.flush());
+            0
+        }
+        Word::Failed(msg) => {
+            eprintln!("error: {}", String::from_utf8_lossy(&msg));
+            EXIT_START
+        }
+        Word::Died(status) => {
+            eprintln!(
+                "error: the detached agent ended before its processes started (wait status {status})"
+            );
+            EXIT_START
+        }
+    }
+}
+
+/// `--spool`: writes the first results, starts the writer thread and, when
+/// detached, tells the parent (with the running-state results) and leaves
+/// the session's standard streams for `agent.log`.
+fn start_spool(
+    s: &std::sync::Arc<crate::spool::Spool>,
+    handle: &Handle,
+    args: &Args,
+    detached: Option<crate::sys::daemon::Child>,
+) -> Result<(), u8> {
+    s.write_all(handle);
+    if let Err(e) = crate::spool::start_writer(s.clone(), handle.clone(), args.sample_interval) {
+        eprintln!("error: --spool: cannot start its writer: {e}");
+        return Err(EXIT_START);
+    }
+    if let Some(mut c) = detached {
+        let results = handle.results().wait();
+        let mut msg = serde_json::to_vec(&results).unwrap_or_default();
+        msg.push(b'\n');
+        if let Err(e) = c.ready(&msg) {
+            tracing::warn!("--detach: {e}");
+        }
+    }
+    Ok(())
+}
+
 /// A future that never ends unless `on`.
 async fn when<T>(on: bool, fut: impl Future<Output = T>) -> T {
     if on {
@@ -490,6 +597,10 @@ async fn modes(
     input: Option<spec::Input>,
     ws: Option<(WsConfig, std::sync::Arc<rustls::ClientConfig>)>,
     serve: Option<Serve>,
+    spool: Option<(
+        std::sync::Arc<crate::spool::Spool>,
+        Option<crate::sys::daemon::Child>,
+    )>,
 ) -> u8 {
     // Subscribed before anything starts, so that no event is missed.
     let ws_events = ws.as_ref().map(|_| handle.subscribe());
@@ -499,12 +610,22 @@ async fn modes(
     tokio::spawn(shutdown_on_signals(handle.clone()));
     if let Some(input) = input {
         if let Err(e) = handle.start(input).await {
+            if let Some((_, Some(mut c))) = spool {
+                c.failed(&e.to_string());
+            }
             eprintln!("error: {e}");
             return EXIT_START;
         }
     }
+    let spool = match spool {
+        Some((s, detached)) => match start_spool(&s, &handle, args, detached) {
+            Ok(()) => Some(s),
+            Err(code) => return code,
+        },
+        None => None,
+    };
 
-    let one_shot = args.print || args.exit || args.output.is_some();
+    let one_shot = args.print || args.exit || args.output.is_some() || spool.is_some();
     let link = ws.as_ref().map(|(c, _)| c.link.clone());
     let serve_run = async {
         let Some(Serve {
@@ -580,11 +701,31 @@ async fn modes(
         }
         0
     };
+    let control_run = async {
+        let Some(s) = spool.clone() else {
+            return std::future::pending().await;
+        };
+        if let Err(e) = crate::spool::serve_control(s, handle.clone()).await {
+            tracing::warn!("spool: no control socket: {e}");
+        }
+        std::future::pending().await
+    };
+    let finish = async {
+        handle.wait_all().await;
+        if let Some(s) = &spool {
+            s.write_all(&handle);
+            if let Err(e) = s.finish() {
+                eprintln!("error: {e}");
+            }
+        }
+        write_results(args, &handle).await
+    };
     tokio::select! {
+        code = control_run => code,
         code = ws_run => code,
         code = serve_run => code,
         code = stdio_run => code,
-        code = when(one_shot, handle.wait_all()) => { let () = code; write_results(args, &handle).await }
+        code = when(one_shot, finish) => code,
         code = wait_run => code,
         code = when(!one_shot && !args.agent && !args.stdio, done_run) => code,
     }

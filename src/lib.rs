@@ -38,6 +38,7 @@ pub mod result;
 pub mod ring;
 pub mod signal;
 pub mod spec;
+pub mod spool;
 pub mod supervisor;
 pub mod sys;
 

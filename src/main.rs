@@ -11,6 +11,14 @@ fn main() -> ExitCode {
         let args = chaperone::client::ClientArgs::parse_from(std::env::args_os().skip(1));
         return ExitCode::from(chaperone::client::run(args));
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "spool") {
+        let args = chaperone::spool::reader::SpoolArgs::parse_from(std::env::args_os().skip(1));
+        return ExitCode::from(chaperone::spool::reader::run(args));
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ssh") {
+        let args = chaperone::spool::ssh::SshArgs::parse_from(std::env::args_os().skip(1));
+        return ExitCode::from(chaperone::spool::ssh::run(args));
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "bench") {
         let args = chaperone::bench::cli::BenchArgs::parse_from(std::env::args_os().skip(1));
         return ExitCode::from(chaperone::bench::cli::run(args));

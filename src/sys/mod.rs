@@ -11,6 +11,7 @@
 //! | `pipe.rs` | capture pipes: `pipe2`, `F_SETPIPE_SZ`, non-blocking read ends |
 //! | `fd.rs` | `F_DUPFD_CLOEXEC`, `O_TMPFILE` files, `pread` |
 //! | `perf.rs` | `perf_event_open`: `struct perf_event_attr`, the agent-side open, the plan a child opens its counters from |
+//! | `daemon.rs` | [`daemon::detach`]: the agent's one fork, at start, into a session of its own (`--detach`) |
 //! | `user.rs` | user and group lookups (`getpwnam_r`, `getgrnam_r`, `getgrouplist`) in the parent |
 //! | `uring/` | the io_uring ring, its in-flight table, and the provided-buffer ring |
 //!
@@ -27,6 +28,7 @@
 )]
 
 pub(crate) mod child;
+pub mod daemon;
 pub mod fd;
 pub mod perf;
 pub mod pidfd;
