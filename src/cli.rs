@@ -242,13 +242,14 @@ pub fn run(args: Args) -> u8 {
     if args.exit && args.wait {
         tracing::warn!("--exit and --wait both given: exiting once no process runs");
     }
-    let input = match args
+    let (input, raw) = match args
         .input
         .as_ref()
         .map(|p| load(p, args.max_spec_size))
         .transpose()
     {
-        Ok(i) => i,
+        Ok(Some((i, raw))) => (Some(i), raw),
+        Ok(None) => (None, Vec::new()),
         Err(code) => return code,
     };
     // Where the results go must be writable before anything runs, so that
@@ -275,7 +276,7 @@ pub fn run(args: Args) -> u8 {
     // The spool is made and locked before a detach, so that an error (the
     // directory is taken) reaches the caller.
     let (spool, input) = match (&args.spool, input) {
-        (Some(dir), Some(input)) => match crate::spool::Spool::create(dir, &input) {
+        (Some(dir), Some(input)) => match crate::spool::Spool::create(dir, &raw) {
             Ok(s) => {
                 let input = s.translate(input);
                 (Some(std::sync::Arc::new(s)), Some(input))
@@ -379,7 +380,7 @@ pub fn run(args: Args) -> u8 {
 
 /// Reads and parses the spec at `path` (`-`: standard input); on failure, the
 /// exit code.
-fn load(path: &std::path::Path, max: usize) -> Result<spec::Input, u8> {
+fn load(path: &std::path::Path, max: usize) -> Result<(spec::Input, Vec<u8>), u8> {
     use std::io::Read as _;
     let mut raw = Vec::new();
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
@@ -399,10 +400,11 @@ fn load(path: &std::path::Path, max: usize) -> Result<spec::Input, u8> {
         );
         return Err(EXIT_LOAD);
     }
-    spec::parse_input(&raw).map_err(|e| {
+    let input = spec::parse_input(&raw).map_err(|e| {
         eprintln!("error: {e}");
         EXIT_LOAD
-    })
+    })?;
+    Ok((input, raw))
 }
 
 /// The WebSocket agent's settings from flags and `PROCSTAR_AGENT_*`; on

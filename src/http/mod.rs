@@ -20,7 +20,8 @@
 //! `X-Chaperone-Dropped: START-STOP` header says which. Bodies are streamed
 //! in [`CHUNK`]-byte reads, so a slow client reading a huge capture holds one
 //! chunk. A bearer token (`--serve-token` or `CHAPERONE_SERVE_TOKEN`) is
-//! compared in constant time; without it every request is 401. `GET /agent`
+//! compared in constant time; without it every request is 401, except a
+//! `GET` of the status page's own files under `/ui`. `GET /agent`
 //! describes the agent; `POST /shutdown?policy=terminate|kill|idle` begins
 //! one of Procstar's shutdowns.
 

@@ -322,6 +322,15 @@ pub(super) async fn get_output(
         let mut r = Response::new(body);
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, content_type(opts.encoding, raw_type));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        // A process's output is never to be taken for anything but its type.
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         // Headers go out before the stream: "open" is all they can say.
         put(h, "x-chaperone-length", length);

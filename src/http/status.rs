@@ -21,16 +21,19 @@
 //!
 //! - `snapshot` `{"generation", "agent", "procs": [row…]}`: first, and again
 //!   whenever this subscriber fell behind (it replaces everything shown);
-//! - `procs` `{"generation", "procs": [row…]}`: rows that changed (started,
-//!   exited, compressed: within [`FLUSH`]; running ones every [`TICK`], those
-//!   whose figures moved, without `argv`, which the subscriber has);
-//! - `gone` `{"ids": […]}`: deleted processes;
+//! - `procs` `{"generation", "gone": [id…], "procs": [row…]}`: processes
+//!   deleted (apply first: an id deleted and started again is in both) and
+//!   rows that changed: started, exited, compressed within [`FLUSH`]; those
+//!   not yet ended (queued, opening, running) every [`TICK`] when their
+//!   figures moved, without `argv`, which the subscriber has;
 //! - `agent` `{…}`: the agent's figures, every [`TICK`] and on a shutdown
 //!   state change.
 //!
-//! A subscriber skips `procs` frames older than its snapshot (by
-//! generation), so rows never go back in time. A comment line every 15 s
-//! keeps idle connections open through proxies.
+//! Every frame carries the generation of the overview it was made from; a
+//! subscriber skips frames older than its snapshot, so nothing goes back in
+//! time. One that falls behind by more than [`BACKLOG`] frames drops what is
+//! queued and gets a fresh snapshot. A comment line every 15 s keeps idle
+//! connections open through proxies.
 
 use super::{App, data, unknown};
 use crate::supervisor::Event;
@@ -61,8 +64,8 @@ const INDEX: &str = include_str!("ui/index.html");
 const SCRIPT: &str = include_str!("ui/app.js");
 const STYLE: &str = include_str!("ui/app.css");
 
-/// A frame for subscribers: its generation (0 for frames that are not
-/// rows) and its `text/event-stream` bytes.
+/// A frame for subscribers: the generation of the overview it was made
+/// from, and its `text/event-stream` bytes.
 struct Frame {
     generation: u64,
     snapshot: bool,
@@ -123,10 +126,29 @@ fn frame(name: &str, data: &impl serde::Serialize) -> Bytes {
     Bytes::from(out)
 }
 
+/// Clears the hub's running flag if its task ends by a panic, so that the
+/// next subscriber starts a new one.
+struct Guard<'a> {
+    hub: &'a Hub,
+    armed: bool,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.hub.lock() = false;
+        }
+    }
+}
+
 /// The hub's task: turns the agent's events into frames until no one
 /// subscribes.
 async fn run(app: App, mut events: crate::supervisor::Subscription) {
     let handle = app.handle.clone();
+    let mut guard = Guard {
+        hub: &app.hub,
+        armed: true,
+    };
     // What each process's row showed when last sent (see `Row::fingerprint`).
     let mut sent = std::collections::HashMap::<String, u64>::new();
     let mut dirty = BTreeSet::new();
@@ -144,13 +166,15 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
                     dirty.insert(id);
                 }
                 Some(Event::Deleted(id)) => {
+                    // A later start of the same id is dirty again, after
+                    // this: the frame's `gone` goes before its rows.
                     dirty.remove(&id);
                     sent.remove(&id);
                     gone.push(id);
                 }
                 Some(Event::Shutdown(_)) => {
                     let o = handle.overview(Select::None).await;
-                    app.hub.send(Frame { generation: 0, snapshot: false, bytes: frame("agent", &agent(&app, &o)) });
+                    app.hub.send(agent_frame(&app, &o));
                 }
                 Some(Event::Missed(_)) => resync = true,
             },
@@ -164,17 +188,13 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
                     app.hub.send(snapshot(&app, &o));
                     continue;
                 }
-                if !gone.is_empty() {
-                    let ids = std::mem::take(&mut gone);
-                    app.hub.send(Frame { generation: 0, snapshot: false, bytes: frame("gone", &serde_json::json!({ "ids": ids })) });
-                }
-                if !dirty.is_empty() {
+                if !dirty.is_empty() || !gone.is_empty() {
                     let ids = std::mem::take(&mut dirty).into_iter().collect();
                     let o = handle.overview(Select::Ids(ids)).await;
                     for r in &o.rows {
                         sent.insert(r.id.clone(), r.fingerprint());
                     }
-                    app.hub.send(rows(&o, true));
+                    app.hub.send(rows(&o, true, &std::mem::take(&mut gone)));
                 }
             }
             _ = tick.tick() => {
@@ -182,27 +202,37 @@ async fn run(app: App, mut events: crate::supervisor::Subscription) {
                     let mut running = app.hub.lock();
                     if app.hub.tx.receiver_count() == 0 {
                         *running = false;
+                        guard.armed = false;
                         return;
                     }
                 }
-                let mut o = handle.overview(Select::Running).await;
+                let mut o = handle.overview(Select::Live).await;
                 o.rows.retain(|r| {
                     let f = r.fingerprint();
                     sent.insert(r.id.clone(), f) != Some(f)
                 });
                 if !o.rows.is_empty() {
-                    app.hub.send(rows(&o, false));
+                    app.hub.send(rows(&o, false, &[]));
                 }
-                app.hub.send(Frame { generation: 0, snapshot: false, bytes: frame("agent", &agent(&app, &o)) });
+                app.hub.send(agent_frame(&app, &o));
             }
         }
     }
-    *app.hub.lock() = false;
 }
 
-/// A `procs` frame of an overview's rows, with or without their argv.
-fn rows(o: &Overview, argv: bool) -> Frame {
-    let mut v = serde_json::json!({"generation": o.generation, "procs": o.rows});
+/// An `agent` frame, of the overview's generation.
+fn agent_frame(app: &App, o: &Overview) -> Frame {
+    Frame {
+        generation: o.generation,
+        snapshot: false,
+        bytes: frame("agent", &agent(app, o)),
+    }
+}
+
+/// A `procs` frame: the ids deleted since the last one (`gone`, to apply
+/// first) and an overview's rows, with or without their argv.
+fn rows(o: &Overview, argv: bool, gone: &[String]) -> Frame {
+    let mut v = serde_json::json!({"generation": o.generation, "gone": gone, "procs": o.rows});
     if !argv {
         for r in v["procs"].as_array_mut().into_iter().flatten() {
             if let Some(m) = r.as_object_mut() {
@@ -306,11 +336,13 @@ pub(super) async fn get_events(State(app): State<App>) -> Response {
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => return None,
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    // Instead of the frames still queued: a fresh start.
+                    rx = rx.resubscribe();
                     let o = app.handle.overview(Select::All).await;
                     let f = snapshot(&app, &o);
                     return Some((Ok(f.bytes), (app, rx, f.generation, false)));
                 }
-                Ok(Ok(f)) if f.generation != 0 && f.generation <= seen => continue,
+                Ok(Ok(f)) if f.generation <= seen => continue,
                 Ok(Ok(f)) => {
                     if f.snapshot {
                         seen = f.generation;

@@ -105,7 +105,7 @@ impl Spool {
     /// Creates (or takes, if empty) `dir`, locks it and writes the spec and
     /// the agent's file. A directory another agent owns, or one an earlier
     /// agent used, is refused: its results stay as they were.
-    pub fn create(dir: &Path, input: &Input) -> Result<Spool, String> {
+    pub fn create(dir: &Path, spec: &[u8]) -> Result<Spool, String> {
         let name = dir.display();
         std::fs::create_dir_all(dir).map_err(|e| format!("--spool {name}: {e}"))?;
         let dir = dir
@@ -133,8 +133,7 @@ impl Spool {
         for sub in [PROCS, OUT] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("--spool {name}: {e}"))?;
         }
-        let spec = serde_json::to_vec_pretty(input).map_err(|e| e.to_string())?;
-        write_atomic(&dir, SPEC, &spec).map_err(|e| format!("--spool {name}: {SPEC}: {e}"))?;
+        write_atomic(&dir, SPEC, spec).map_err(|e| format!("--spool {name}: {SPEC}: {e}"))?;
         let agent = AgentFile {
             pid: std::process::id() as i32,
             start: now(),
@@ -287,7 +286,7 @@ pub fn start_writer(
                 if std::time::Instant::now() >= next {
                     next = std::time::Instant::now() + interval;
                     let running = handle
-                        .overview(crate::supervisor::status::Select::Running)
+                        .overview(crate::supervisor::status::Select::Live)
                         .wait();
                     dirty.extend(running.rows.into_iter().map(|r| r.id));
                 }
@@ -369,10 +368,16 @@ pub async fn serve_control(spool: std::sync::Arc<Spool>, handle: Handle) -> std:
             let (r, mut w) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(r.take(1 << 20)).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let answer = control(&handle, &line).await;
+                let (answer, stop) = control(&handle, &line).await;
                 let mut out = answer.to_string();
                 out.push('\n');
-                if w.write_all(out.as_bytes()).await.is_err() {
+                let written = w.write_all(out.as_bytes()).await.is_ok();
+                // A stop is begun once its answer is out: the agent may be
+                // done, and gone, soon after.
+                if let Some(policy) = stop {
+                    handle.shutdown(policy).await;
+                }
+                if !written {
                     break;
                 }
             }
@@ -380,17 +385,24 @@ pub async fn serve_control(spool: std::sync::Arc<Spool>, handle: Handle) -> std:
     }
 }
 
-/// One control request's answer: `{"ok": …}` or `{"error": "…"}`.
-async fn control(handle: &Handle, line: &str) -> serde_json::Value {
+/// One control request's answer (`{"ok": …}` or `{"error": "…"}`), and the
+/// shutdown to begin once it is sent.
+async fn control(
+    handle: &Handle,
+    line: &str,
+) -> (serde_json::Value, Option<crate::supervisor::ShutdownPolicy>) {
     use crate::supervisor::ShutdownPolicy;
     use serde_json::json;
     let req: serde_json::Value = match serde_json::from_str(line) {
         Ok(v) => v,
-        Err(e) => return json!({"error": format!("not JSON: {e}")}),
+        Err(e) => return (json!({"error": format!("not JSON: {e}")}), None),
     };
     if let Some(s) = req.get("signal") {
         let (Some(id), Some(sig)) = (s["id"].as_str(), s.get("signal")) else {
-            return json!({"error": "signal: needs \"id\" and \"signal\""});
+            return (
+                json!({"error": "signal: needs \"id\" and \"signal\""}),
+                None,
+            );
         };
         let sig = sig
             .as_str()
@@ -398,12 +410,13 @@ async fn control(handle: &Handle, line: &str) -> serde_json::Value {
             .or_else(|| sig.as_i64().map(|n| n.to_string()))
             .unwrap_or_default();
         let Some(signum) = crate::signal::parse_signal(&sig) else {
-            return json!({"error": format!("unknown signal: {sig}")});
+            return (json!({"error": format!("unknown signal: {sig}")}), None);
         };
-        return match handle.signal(id, signum).await {
+        let answer = match handle.signal(id, signum).await {
             Ok(()) => json!({"ok": {"signal": {"id": id, "signum": signum}}}),
             Err(e) => json!({"error": e.to_string()}),
         };
+        return (answer, None);
     }
     if let Some(s) = req.get("stop") {
         let grace = s
@@ -411,20 +424,27 @@ async fn control(handle: &Handle, line: &str) -> serde_json::Value {
             .and_then(serde_json::Value::as_f64)
             .filter(|g| (0.0..1e9).contains(g))
             .map_or(ShutdownPolicy::TERMINATE_GRACE, Duration::from_secs_f64);
-        let policy = match s
+        let name = s
             .get("policy")
             .and_then(|p| p.as_str())
-            .unwrap_or("terminate")
-        {
+            .unwrap_or("terminate");
+        let policy = match name {
             "terminate" => ShutdownPolicy::Terminate { grace },
             "kill" => ShutdownPolicy::Kill,
             "idle" => ShutdownPolicy::Idle,
-            p => return json!({"error": format!("unknown policy {p:?}: terminate, kill or idle")}),
+            p => {
+                return (
+                    json!({"error": format!("unknown policy {p:?}: terminate, kill or idle")}),
+                    None,
+                );
+            }
         };
-        handle.shutdown(policy).await;
-        return json!({"ok": {"shutdown_state": handle.shutdown_state().await}});
+        return (json!({"ok": {"stop": name}}), Some(policy));
     }
-    json!({"error": "unknown request: expected {\"signal\": …} or {\"stop\": …}"})
+    (
+        json!({"error": "unknown request: expected {\"signal\": …} or {\"stop\": …}"}),
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -457,14 +477,15 @@ mod tests {
     fn a_spool_is_locked_and_not_reused() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("s");
-        let input = Input::default();
-        let s = Spool::create(&dir, &input).unwrap();
-        let e = Spool::create(&dir, &input).unwrap_err();
+        let input = br#"{"specs": {}}"#;
+        let s = Spool::create(&dir, input).unwrap();
+        let e = Spool::create(&dir, input).unwrap_err();
         assert!(e.contains("another agent"), "{e}");
         s.finish().unwrap();
         drop(s);
-        let e = Spool::create(&dir, &input).unwrap_err();
+        let e = Spool::create(&dir, input).unwrap_err();
         assert!(e.contains("an earlier agent"), "{e}");
+        assert_eq!(std::fs::read(dir.join(SPEC)).unwrap(), input);
         assert_eq!(read_agent(&dir).unwrap().state, "done");
     }
 }

@@ -49,7 +49,8 @@ pub struct SpoolArgs {
     /// Stream changes until the agent is done.
     #[arg(short, long)]
     pub follow: bool,
-    /// A capture's raw bytes: `ID` (its `stdout`) or `ID/FD`.
+    /// A capture's raw bytes: `ID` (its `stdout`) or `ID/FD` (the id is
+    /// what comes before the last `/`, unless the whole is an id).
     #[arg(long, value_name = "ID[/FD]")]
     pub output: Option<String>,
     /// With `--output`: the offset to start at.
@@ -105,7 +106,15 @@ fn run_inner(args: &SpoolArgs) -> Result<u8, String> {
     }
     let mut out = std::io::stdout().lock();
     if let Some(name) = &args.output {
-        let (id, fd) = name.split_once('/').unwrap_or((name, "stdout"));
+        // An id (which may hold a `/`) means its stdout; else ID/FD.
+        let whole = dir
+            .join(PROCS)
+            .join(format!("{}.json", super::file_name(name)))
+            .exists();
+        let (id, fd) = match name.rsplit_once('/') {
+            Some((id, fd)) if !whole => (id, fd),
+            _ => (name.as_str(), "stdout"),
+        };
         return output(dir, id, fd, args.from, args.follow, &mut out);
     }
     if args.follow {

@@ -613,12 +613,12 @@ impl Proc {
     /// Samples `/proc/<pid>/stat` and `statm` of a running process into
     /// `proc_stat` and `sampled`, reusing `buf`. A process that is gone or
     /// already exiting (or whose files do not parse) leaves the previous samples
-    /// as they were.
-    pub fn sample(&mut self, ctx: &StatContext, buf: &mut Vec<u8>) {
+    /// as they were. Returns whether a new sample was taken.
+    pub fn sample(&mut self, ctx: &StatContext, buf: &mut Vec<u8>) -> bool {
         /// `PF_EXITING` in `/proc/<pid>/stat`'s flags: `do_exit` has begun.
         const PF_EXITING: u64 = 0x4;
         let (Life::Running, Some(pid)) = (&self.life, self.pid) else {
-            return;
+            return false;
         };
         // statm first, then stat: a process that exits between the two reads
         // shows it in stat, so a statm read during the exit's address-space
@@ -627,11 +627,11 @@ impl Proc {
             crate::metrics::parse_statm(t, ctx.page_size).ok()
         });
         let Some(stat) = read_stat(pid, ctx, buf) else {
-            return;
+            return false;
         };
         let exiting = matches!(stat.state, 'Z' | 'X' | 'x') || stat.flags & PF_EXITING != 0;
         if exiting {
-            return;
+            return false;
         }
         self.proc_stat = Some(stat);
         if let Some(m) = statm {
@@ -641,7 +641,9 @@ impl Proc {
             s.last_at = Some(SystemTime::now());
             s.peak_resident = s.peak_resident.max(m.resident);
             s.peak_size = s.peak_size.max(m.size);
+            return true;
         }
+        false
     }
 
     /// Reads `/proc/<pid>/io` into `sampled.io` (also for a zombie: call before
@@ -662,7 +664,7 @@ impl Proc {
     pub fn snapshot(&mut self, stat_ctx: Option<&StatContext>) -> Snapshot {
         if let (Life::Running, Some(ctx)) = (&self.life, stat_ctx) {
             let mut buf = Vec::with_capacity(1024);
-            self.sample(ctx, &mut buf);
+            let _ = self.sample(ctx, &mut buf);
             self.read_io(&mut buf);
         }
         let now = SystemTime::now();

@@ -605,8 +605,9 @@ impl Reactor {
         let mut any = false;
         for p in self.procs.values_mut() {
             if matches!(p.life, Life::Running) {
-                p.sample(ctx, &mut self.stat_buf);
-                p.record_history();
+                if p.sample(ctx, &mut self.stat_buf) {
+                    p.record_history();
+                }
                 any = true;
             }
         }
@@ -1060,10 +1061,10 @@ impl Reactor {
         }
         let mut rows: Vec<status::Row> = match select {
             Select::All => self.procs.values().map(Proc::row).collect(),
-            Select::Running => self
+            Select::Live => self
                 .procs
                 .values()
-                .filter(|p| p.takes_output())
+                .filter(|p| p.phase().is_live())
                 .map(Proc::row)
                 .collect(),
             Select::Ids(ids) => ids

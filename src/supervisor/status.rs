@@ -20,8 +20,9 @@ pub enum Select {
     All,
     /// These, where they exist (unknown ids are left out).
     Ids(Vec<ProcId>),
-    /// Those running now (or exited, with output still being read).
-    Running,
+    /// Those not yet ended: queued, opening their files, or running (or
+    /// exited, with output still being read).
+    Live,
     /// None: only the counts.
     None,
 }
@@ -38,8 +39,16 @@ pub enum Phase {
     Running,
     /// Exited and reaped.
     Terminated,
-    /// Failed: never started, or an error while it ran.
+    /// Failed: never started, or ended with errors (a running process
+    /// with errors is still [`Phase::Running`]; its row has them).
     Error,
+}
+
+impl Phase {
+    /// Whether it has not ended yet (queued, opening or running).
+    pub fn is_live(self) -> bool {
+        matches!(self, Phase::Queued | Phase::Opening | Phase::Running)
+    }
 }
 
 /// One captured fd in a [`Row`].
@@ -218,22 +227,23 @@ impl History {
 impl Proc {
     /// Its phase and the result's state name.
     pub(crate) fn phase(&self) -> Phase {
-        if !self.errors.is_empty() {
-            return Phase::Error;
-        }
         match self.life {
+            Life::Queued | Life::Opening if !self.errors.is_empty() => Phase::Error,
             Life::Queued => Phase::Queued,
             Life::Opening => Phase::Opening,
             Life::NotStarted => Phase::Error,
-            Life::Done { .. } => Phase::Terminated,
             Life::Starting | Life::Running | Life::Exiting => Phase::Running,
+            Life::Done { .. } if !self.errors.is_empty() => Phase::Error,
+            Life::Done { .. } => Phase::Terminated,
         }
     }
 
     /// Its row (see [`Row`]).
     pub(crate) fn row(&self) -> Row {
         let phase = self.phase();
+        // The result's state: `error` as soon as there is one.
         let state = match phase {
+            _ if !self.errors.is_empty() => "error",
             Phase::Error => "error",
             Phase::Terminated => "terminated",
             _ => "running",

@@ -105,9 +105,56 @@ def test_a_dropped_middle_is_shown_as_such(served, browser):
     b.wait("document.querySelector('pre.head') && !document.querySelector('pre.head').hidden"
            " && document.querySelector('pre.head').textContent.includes('HEAD-MARKER')", what="the head")
     b.wait("document.querySelector('pre[data-fd=stdout]').textContent.includes('TAIL-MARKER')")
+    # The 12 bytes of head, then the marker with what was dropped, then the
+    # 12 bytes of tail: nothing of the middle.
+    assert b.js("document.querySelector('pre.head').textContent") == "HEAD-MARKER\n"
+    assert b.js("document.querySelector('pre[data-fd=stdout]').textContent") == "TAIL-MARKER\n"
+    length = 12 + sum(len(f"{i}\n") for i in range(1, 20001)) + 12
     marker = b.js("document.querySelector('.dropped').textContent")
-    assert "dropped from the middle" in marker, marker
-    assert "19995" not in b.js("document.querySelector('pre[data-fd=stdout]').textContent")
+    dropped = length - 24
+    assert f"{dropped / 1024:.0f} KiB dropped from the middle" in marker, (marker, dropped)
+
+
+def test_each_capture_has_a_tab_and_only_the_one_shown_follows(served, browser):
+    b = browser
+    start(served.url, {"two": {"argv": ["/bin/sh", "-c", "echo to-out; echo to-err >&2; sleep 30"],
+                               "fds": [["stdout", MEMORY], ["stderr", MEMORY]]}})
+    b.goto(f"{served.url}/ui/#/proc/two")
+    b.wait("document.querySelector('pre[data-fd=stdout]') && "
+           "document.querySelector('pre[data-fd=stdout]').textContent === 'to-out\\n'", what="stdout")
+    assert b.js("document.querySelector('pre[data-fd=stderr]').closest('.card').hidden")
+    b.click("[data-tab=stderr]")
+    b.wait("document.querySelector('pre[data-fd=stderr]').textContent === 'to-err\\n'", what="stderr")
+    assert b.js("document.querySelector('pre[data-fd=stdout]').closest('.card').hidden")
+    statuses = b.js("[...document.querySelectorAll('.following')].map(e => e.textContent)")
+    assert statuses == ["paused", "following"], statuses
+
+
+def test_the_tail_renderer_keeps_escapes_split_across_chunks_and_stays_bounded(served, browser):
+    b = browser
+    b.goto(f"{served.url}/ui/")
+    b.wait("typeof Ansi === 'function'")
+    got = b.js("""(() => {
+        const pre = document.createElement('pre');
+        const a = new Ansi(pre);
+        for (const piece of ['x\\x1b[3', '1mred\\x1b[0m \\x1b]0;ti', 'tle\\x07after \\x1b', '(Bplain\\x1b']) a.push(piece);
+        a.push('[1mbold\\x1b[0m');
+        a.finish();
+        const red = [...pre.querySelectorAll('span')].find(s => s.textContent === 'red');
+        return [pre.textContent, !!(red && red.style.color), !!pre.querySelector('span.a-b')];
+    })()""")
+    assert got == ["xred after plainbold", True, True], got
+    # A long uncoloured tail is cut at its top to a bounded size.
+    got = b.js("""(() => {
+        const pre = document.createElement('pre');
+        const a = new Ansi(pre);
+        const line = 'y'.repeat(99) + '\\n';
+        for (let i = 0; i < 40000; i++) { a.push(line); a.trim(100000); }
+        a.push('the end\\n');
+        a.trim(100000);
+        return [pre.textContent.length, pre.textContent.endsWith('y\\nthe end\\n'), a.count === pre.textContent.length];
+    })()""")
+    assert got[0] <= 125_000 and got[1] and got[2], got
 
 
 def test_sending_a_signal_from_the_page_asks_first(served, browser):

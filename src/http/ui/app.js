@@ -181,6 +181,7 @@ function take(event, data) {
   } else if (event === "procs") {
     if (data.generation <= generation) return;
     const ids = [];
+    for (const id of data.gone || []) { procs.delete(id); ids.push(id); }
     for (const r of data.procs) {
       // Rows of running processes come without their argv, which is known.
       if (!r.argv) r.argv = (procs.get(r.id) || {}).argv;
@@ -189,9 +190,6 @@ function take(event, data) {
       ids.push(r.id);
     }
     changed(ids);
-  } else if (event === "gone") {
-    for (const id of data.ids) procs.delete(id);
-    changed(data.ids);
   } else if (event === "agent") {
     setAgent(data);
   }
@@ -215,15 +213,18 @@ async function runEvents(signal) {
       backoff = 500;
       const reader = r.body.getReader();
       const dec = new TextDecoder();
-      let buf = "";
+      let buf = "", scan = 0;
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
         buf += dec.decode(value, { stream: true });
         let end;
-        while ((end = buf.indexOf("\n\n")) >= 0) {
+        // Looked for from where the last look stopped: a large snapshot
+        // comes in many chunks.
+        while ((end = buf.indexOf("\n\n", scan)) >= 0) {
           const block = buf.slice(0, end);
           buf = buf.slice(end + 2);
+          scan = 0;
           let name = "message", data = "";
           for (const line of block.split("\n")) {
             if (line.startsWith("event: ")) name = line.slice(7);
@@ -231,6 +232,7 @@ async function runEvents(signal) {
           }
           if (data) take(name, JSON.parse(data));
         }
+        scan = Math.max(0, buf.length - 1);
       }
     } catch (e) {
       if (signal.aborted) return;
@@ -289,15 +291,15 @@ const COLUMNS = [
   { key: "pid", title: "pid", get: r => r.pid, num: true },
   { key: "argv", title: "argv", get: r => (r.argv || []).join(" ") },
   { key: "start", title: "start", get: r => r.start },
-  { key: "elapsed", title: "elapsed", get: r => elapsed(r), num: true },
+  { key: "elapsed", title: "elapsed", get: (r, now) => elapsed(r, now), num: true },
   { key: "exit", title: "exit", get: r => exitText(r) },
   { key: "cpu", title: "CPU", get: r => r.cpu, num: true },
   { key: "rss", title: "peak RSS", get: r => r.rss, num: true },
   { key: "output", title: "output", get: r => (r.fds || []).reduce((s, f) => s + (f.length || 0), 0), num: true },
 ];
 
-function elapsed(r) {
-  return r.phase === "running" ? r.elapsed + (performance.now() - r._at) / 1000 : r.elapsed;
+function elapsed(r, now = performance.now()) {
+  return r.phase === "running" ? r.elapsed + (now - r._at) / 1000 : r.elapsed;
 }
 
 const table = {
@@ -350,16 +352,17 @@ function matches(r) {
 function buildView() {
   const col = COLUMNS.find(c => c.key === table.sort.key) || COLUMNS[0];
   const dir = table.sort.dir;
+  const now = performance.now();
+  // Each row's key once, not once a comparison.
   const v = [];
-  for (const r of procs.values()) if (matches(r)) v.push(r);
-  v.sort((a, b) => {
-    const x = col.get(a), y = col.get(b);
+  for (const r of procs.values()) if (matches(r)) v.push([col.get(r, now), r]);
+  v.sort(([x, a], [y, b]) => {
     if (x === y) return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
     if (x == null) return 1;
     if (y == null) return -1;
     return (x < y ? -1 : 1) * dir;
   });
-  table.view = v;
+  table.view = v.map(e => e[1]);
   table.dirty = false;
 }
 
@@ -548,15 +551,36 @@ function renderPerf(p) {
         : k === "task_clock" ? seconds(v / 1e9) : "" })))));
 }
 
+// A process's captures, one at a time: the one shown follows its output,
+// the others hold no connection (a browser allows only six to a host).
 function renderOutputs(p, row) {
-  for (const f of row.fds || []) {
+  const fds = row.fds || [];
+  if (!fds.length) return;
+  if (!p.tabs) {
+    p.tabs = el("div", { class: "tabs", role: "tablist" });
+    p.outputs.append(p.tabs);
+  }
+  for (const f of fds) {
     let t = p.tails.get(f.name);
     if (!t) {
       t = openTail(p, f);
       p.tails.set(f.name, t);
+      p.tabs.append(el("button", { type: "button", role: "tab", "data-tab": f.name, text: f.name,
+        onclick: () => selectTail(p, f.name) }));
       p.outputs.append(t.card);
     }
-    t.update(f);
+    t.f = f;
+    t.update();
+  }
+  if (!p.active) selectTail(p, fds[0].name);
+}
+
+function selectTail(p, name) {
+  p.active = name;
+  for (const b of p.tabs.children) b.setAttribute("aria-selected", String(b.dataset.tab === name));
+  for (const [n, t] of p.tails) {
+    t.card.hidden = n !== name;
+    if (n === name) t.start(); else t.stop();
   }
 }
 
@@ -570,38 +594,54 @@ function openTail(p, f) {
   const raw = el("a", { href: base, download: `${p.id}.${f.name}`, text: "download" });
   const zst = el("a", { href: base + "?encoding=zstd", download: `${p.id}.${f.name}.zst`, text: "zstd" });
   for (const a of [raw, zst]) a.addEventListener("click", e => download(e, a));
-  const card = el("div", { class: "card" }, el("h2", {}, f.name, info, raw, zst, status), head, marker, pre);
-  const ansi = new Ansi(pre);
+  const card = el("div", { class: "card", hidden: true }, el("h2", {}, f.name, info, raw, zst, status), head, marker, pre);
   const t = {
-    card, started: false,
-    update(f) {
+    card, f, ctl: null, done: false,
+    update() {
+      const f = t.f;
       info.textContent = f.length == null ? "(a file the process writes)" : bytes(f.length) + (f.open ? "" : ", complete");
       if (f.dropped) {
         marker.hidden = false;
         marker.textContent = `⋯ ${bytes(f.dropped.stop - f.dropped.start)} dropped from the middle by the capture's head/tail bounds ⋯`;
       }
-      if (!t.started) { t.started = true; follow(f); }
+    },
+    start() {
+      if (t.ctl || t.done) return;
+      t.ctl = new AbortController();
+      p.aborts.push(t.ctl);
+      follow(t.ctl);
+    },
+    stop() {
+      if (!t.ctl) return;
+      t.ctl.abort();
+      t.ctl = null;
+      status.textContent = "paused";
     },
   };
-  async function follow(f) {
-    const ctl = new AbortController();
-    p.aborts.push(ctl);
+  // From the last TAIL bytes (after a head/tail capture's head and its
+  // dropped middle), then every byte as it comes.
+  async function follow(ctl) {
+    const f = t.f;
+    pre.replaceChildren();
+    head.replaceChildren();
+    const ansi = new Ansi(pre);
     let start = 0;
-    if (f.length != null) {
-      start = Math.max(0, f.length - TAIL);
-      if (f.dropped) {
-        // Its head, then the marker, then the tail after the dropped part.
-        const r = await api(`${base}?start=0&stop=${Math.min(HEAD, f.dropped.start)}`, { signal: ctl.signal });
-        head.hidden = false;
-        new Ansi(head).push(new TextDecoder().decode(await r.arrayBuffer()));
-        start = Math.max(start, f.dropped.stop);
-      } else if (start > 0) {
-        marker.hidden = false;
-        marker.textContent = `⋯ the first ${bytes(start)} are not shown here (download for all of it) ⋯`;
-      }
-    }
-    status.textContent = "following";
     try {
+      if (f.length != null) {
+        start = Math.max(0, f.length - TAIL);
+        if (f.dropped) {
+          const r = await api(`${base}?start=0&stop=${Math.min(HEAD, f.dropped.start)}`, { signal: ctl.signal });
+          head.hidden = false;
+          const h = new Ansi(head);
+          h.push(new TextDecoder().decode(await r.arrayBuffer()));
+          h.finish();
+          start = Math.max(start, f.dropped.stop);
+        } else if (start > 0) {
+          marker.hidden = false;
+          marker.textContent = `⋯ the first ${bytes(start)} are not shown here (download for all of it) ⋯`;
+        }
+      }
+      status.textContent = "following";
       const r = await api(`${base}?start=${start}&follow=true`, { signal: ctl.signal });
       if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
       const reader = r.body.getReader();
@@ -615,9 +655,13 @@ function openTail(p, f) {
         if (bottom) pre.scrollTop = pre.scrollHeight;
       }
       ansi.push(dec.decode());
+      ansi.finish();
       status.textContent = "complete";
+      t.done = true;
     } catch (e) {
       if (!ctl.signal.aborted) status.textContent = "stopped: " + e.message;
+    } finally {
+      if (t.ctl === ctl) t.ctl = null;
     }
   }
   return t;
@@ -655,27 +699,43 @@ function color256(n) {
   return `rgb(${c(Math.floor(n / 36))},${c(Math.floor(n / 6) % 6)},${c(n % 6)})`;
 }
 
+// Escape sequences, matched where an ESC is: CSI (`ESC [` parameters,
+// intermediates, final; group 1 and 2), the string sequences (OSC `ESC ]`,
+// DCS `ESC P`, SOS `ESC X`, PM `ESC ^`, APC `ESC _`) ended by BEL or ST,
+// nF (`ESC` intermediates final, as `ESC ( B`) and the two-byte ones.
+const ESC_SEQ = /\x1b(?:\[([0-?]*)[ -\/]*([@-~])|[\]PX^_][\s\S]*?(?:\x07|\x1b\\)|[ -\/]+[0-~]|[0-OQ-WYZ\\`-~])/y;
+// What the start of one may look like before its end has come.
+const ESC_PREFIX = /^\x1b(?:\[[0-?]*[ -\/]*|[\]PX^_][\s\S]*|[ -\/]+)?$/;
+
 // Renders text with SGR escapes into spans; other escape sequences are
-// dropped. An escape cut by a chunk boundary waits for the next chunk.
+// dropped, and so is a stray ESC. An escape cut by a chunk boundary waits
+// for the next chunk (a string sequence for at most 4096 characters).
 class Ansi {
-  constructor(pre) { this.pre = pre; this.carry = ""; this.reset(); this.last = null; this.lastKey = ""; }
+  constructor(pre) { this.pre = pre; this.carry = ""; this.reset(); this.last = null; this.lastKey = ""; this.count = 0; }
   reset() { this.fg = null; this.bg = null; this.attrs = new Set(); this.inverse = false; }
   key() { return `${this.fg}|${this.bg}|${[...this.attrs].join("")}|${this.inverse}`; }
   push(text) {
     text = this.carry + text;
     this.carry = "";
-    const re = /\x1b(?:\[([0-9;:?<=>]*)[ -/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])/g;
-    let at = 0, m;
-    while ((m = re.exec(text))) {
-      if (m.index > at) this.emit(text.slice(at, m.index));
-      at = re.lastIndex;
-      if (m[2] === "m") this.sgr(m[1]);
+    let at = 0;
+    for (;;) {
+      const esc = text.indexOf("\x1b", at);
+      if (esc < 0) { this.emit(text.slice(at)); return; }
+      if (esc > at) this.emit(text.slice(at, esc));
+      ESC_SEQ.lastIndex = esc;
+      const m = ESC_SEQ.exec(text);
+      if (m) {
+        if (m[2] === "m") this.sgr(m[1]);
+        at = ESC_SEQ.lastIndex;
+        continue;
+      }
+      const rest = text.slice(esc);
+      if (rest.length < 4096 && ESC_PREFIX.test(rest)) { this.carry = rest; return; }
+      at = esc + 1;
     }
-    let rest = text.slice(at);
-    const esc = rest.lastIndexOf("\x1b");
-    if (esc >= 0 && rest.length - esc < 64) { this.carry = rest.slice(esc); rest = rest.slice(0, esc); }
-    if (rest) this.emit(rest);
   }
+  // The stream has ended: an escape it cut off shows nothing.
+  finish() { this.carry = ""; }
   sgr(params) {
     const p = (params || "0").split(/[;:]/).map(x => parseInt(x || "0", 10));
     for (let i = 0; i < p.length; i++) {
@@ -706,11 +766,15 @@ class Ansi {
       }
     }
   }
+  // The text node that holds a node's characters.
+  static text(node) { return node.nodeType === Node.TEXT_NODE ? node : node.firstChild; }
   emit(text) {
     text = text.replace(/\r\n/g, "\n");
+    if (!text) return;
+    this.count += text.length;
     const key = this.key();
-    if (this.last && key === this.lastKey && this.last.parentNode === this.pre) {
-      this.last.appendData ? this.last.appendData(text) : this.last.append(text);
+    if (this.last && key === this.lastKey) {
+      Ansi.text(this.last).appendData(text);
       return;
     }
     let node;
@@ -729,13 +793,26 @@ class Ansi {
     this.last = node;
     this.lastKey = key;
   }
-  // Drops the oldest nodes once the tail holds more than `limit` characters.
+  // Drops the oldest characters once the tail holds more than `limit`
+  // (a quarter more, so that it is not done for every chunk).
   trim(limit) {
-    if (this.pre.textContent.length <= limit * 1.25) return;
-    let over = this.pre.textContent.length - limit;
-    while (over > 0 && this.pre.firstChild && this.pre.firstChild !== this.last) {
-      over -= this.pre.firstChild.textContent.length;
-      this.pre.firstChild.remove();
+    if (this.count <= limit * 1.25) return;
+    let over = this.count - limit;
+    while (over > 0 && this.pre.firstChild) {
+      const node = this.pre.firstChild;
+      const t = Ansi.text(node);
+      const len = t ? t.length : 0;
+      if (len <= over && node !== this.last) {
+        node.remove();
+        over -= len;
+        this.count -= len;
+      } else {
+        const cut = Math.min(over, len);
+        t.deleteData(0, cut);
+        this.count -= cut;
+        over -= cut;
+        if (!cut) break;
+      }
     }
   }
 }

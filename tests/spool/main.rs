@@ -1,0 +1,625 @@
+//! Spool mode (`--spool DIR`, `--detach`), its reader (`chaperone spool`)
+//! and `chaperone ssh`, against the real binary; the last test goes through
+//! a real `sshd` on a loopback port.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn chaperone() -> Command {
+    let mut c = Command::new(util::bin());
+    c.env_remove("CHAPERONE_SERVE_TOKEN");
+    c
+}
+
+fn write_spec(dir: &Path, spec: &Value) -> PathBuf {
+    let p = dir.join("spec.in.json");
+    std::fs::write(&p, serde_json::to_vec(spec).unwrap()).unwrap();
+    p
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `chaperone spool DIR ARGS…`: (exit code, stdout).
+fn spool(dir: &Path, args: &[&str]) -> (i32, Vec<u8>) {
+    let out = chaperone()
+        .arg("spool")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), out.stdout)
+}
+
+fn status(dir: &Path) -> Value {
+    let (code, out) = spool(dir, &[]);
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    serde_json::from_slice(&out).unwrap()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Bytes that are not UTF-8, with every byte value in them.
+fn binary() -> Vec<u8> {
+    (0..=255u8).cycle().take(70_000).collect()
+}
+
+#[test]
+fn the_spool_keeps_the_spec_every_result_and_every_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data.bin");
+    std::fs::write(&data, binary()).unwrap();
+    let spec = json!({"specs": {
+        "bin/1": {"argv": ["/bin/sh", "-c", format!("cat {}; echo oops >&2; exit 3", data.display())],
+                  "fds": [["stdout", util::mem_b64()], ["stderr", util::tmp_utf8()]]},
+        "text": {"argv": ["/bin/echo", "hello"], "fds": [["stdout", util::mem_utf8()]]},
+    }});
+    let dir = d.path().join("spool");
+    let out = chaperone()
+        .args(["--spool"])
+        .arg(&dir)
+        .arg("--print")
+        .arg(write_spec(d.path(), &spec))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --print as ever: the results with their output inline, as the spec asks.
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(util::text_of(&printed["text"], "stdout"), "hello\n");
+    assert_eq!(util::data_of(&printed["bin/1"], "stdout"), binary());
+
+    // The spool: the spec as given, the agent done, a result per process.
+    assert_eq!(
+        std::fs::read(dir.join("spec.json")).unwrap(),
+        serde_json::to_vec(&spec).unwrap(),
+        "the spec, byte for byte as given"
+    );
+    let agent = read_json(&dir.join("agent.json"));
+    assert_eq!(agent["state"], "done");
+    assert!(
+        agent["stop"].is_string() && agent["pid"].as_i64().unwrap() > 0,
+        "{agent}"
+    );
+    let r = read_json(&dir.join("procs/bin%2F1.json"));
+    assert_eq!(r["status"]["exit_code"], 3);
+    // Captures are files; results say where, and hold no bytes.
+    let stdout = &r["fds"]["stdout"];
+    assert_eq!(stdout["type"], "detached", "{r}");
+    assert_eq!(stdout["length"], 70_000);
+    let path = PathBuf::from(stdout["path"].as_str().unwrap());
+    assert!(
+        path.starts_with(dir.canonicalize().unwrap().join("out")),
+        "{path:?}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), binary());
+    let stderr = PathBuf::from(r["fds"]["stderr"]["path"].as_str().unwrap());
+    assert_eq!(std::fs::read(stderr).unwrap(), b"oops\n");
+
+    // The reader gives the same.
+    let s = status(&dir);
+    assert_eq!(s["agent"]["alive"], false);
+    assert_eq!(s["agent"]["state"], "done");
+    assert_eq!(s["procs"]["text"]["fds"]["stdout"]["length"], 6);
+    let (code, bytes) = spool(&dir, &["--output", "bin/1/stdout", "--from", "1000"]);
+    // `bin/1/stdout`: not an id itself, so the id is what comes before the
+    // last slash.
+    assert_eq!(code, 0);
+    assert_eq!(bytes, binary()[1000..].to_vec());
+
+    // A second agent may not take the directory, even once the first is done.
+    let again = chaperone()
+        .arg("--spool")
+        .arg(&dir)
+        .arg("--print")
+        .arg(write_spec(d.path(), &spec))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("an earlier agent"), "{err}");
+}
+
+/// A `--spool` agent running `spec` in the background.
+fn start_agent(dir: &Path, spec: &Value, extra: &[&str]) -> Child {
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let specfile = write_spec(dir.parent().unwrap(), spec);
+    let child = chaperone()
+        .arg("--spool")
+        .arg(dir)
+        .args(extra)
+        .arg(specfile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the agent's spool", Duration::from_secs(20), || {
+        dir.join("agent.json").exists() && dir.join("control").exists()
+    });
+    child
+}
+
+#[test]
+fn result_files_are_replaced_whole_never_torn() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    // Sampled every 5 ms: its result file is replaced hundreds of times.
+    let spec = json!({"specs": {"busy": {
+        "argv": ["/bin/sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); sleep 0.005; done"],
+        "fds": [["stdout", util::mem_utf8()]]}}});
+    let mut agent = start_agent(&dir, &spec, &["--sample-interval", "0.005"]);
+    let file = dir.join("procs/busy.json");
+    let (mut reads, mut lengths) = (0, Vec::new());
+    while agent.try_wait().unwrap().is_none() {
+        if let Ok(data) = std::fs::read(&file) {
+            let v: Value = serde_json::from_slice(&data).unwrap_or_else(|e| {
+                panic!(
+                    "a torn result file ({e}): {:?}",
+                    String::from_utf8_lossy(&data)
+                )
+            });
+            reads += 1;
+            lengths.push(v["fds"]["stdout"]["length"].as_u64().unwrap());
+        }
+    }
+    assert!(reads > 50, "only {reads} reads");
+    assert!(
+        lengths.windows(2).all(|w| w[0] <= w[1]),
+        "went back: {lengths:?}"
+    );
+    let mut versions = lengths.clone();
+    versions.dedup();
+    assert!(versions.len() > 10, "only {} versions seen", versions.len());
+}
+
+#[test]
+fn a_dead_agent_shows_as_such_and_its_last_state_stays_readable() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    let spec = json!({"specs": {"sleeper": {"argv": ["/bin/sleep", "30"],
+                                            "fds": [["stdout", util::mem_utf8()]]}}});
+    let mut agent = start_agent(&dir, &spec, &[]);
+    let s = status(&dir);
+    assert_eq!(
+        (&s["agent"]["alive"], &s["agent"]["state"]),
+        (&json!(true), &json!("running"))
+    );
+    assert_eq!(s["procs"]["sleeper"]["state"], "running");
+    let pid = s["procs"]["sleeper"]["pid"].as_i64().unwrap() as i32;
+    // Another agent is refused while this one runs.
+    let other = chaperone()
+        .arg("--spool")
+        .arg(&dir)
+        .arg("--print")
+        .arg(write_spec(d.path(), &spec))
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("another agent"));
+
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let s = status(&dir);
+    assert_eq!(
+        (&s["agent"]["alive"], &s["agent"]["state"]),
+        (&json!(false), &json!("running"))
+    );
+    assert_eq!(
+        s["procs"]["sleeper"]["state"], "running",
+        "the last known state"
+    );
+    // Following it ends at once, saying so, with exit code 3.
+    let (code, out) = spool(&dir, &["--follow"]);
+    assert_eq!(code, 3);
+    let last = String::from_utf8(out).unwrap();
+    assert_eq!(last.lines().last(), Some(r#"{"type":"died"}"#));
+    let (code, _) = spool(&dir, &["signal", "sleeper", "TERM"]);
+    assert_eq!(code, 2, "no agent to reach");
+    // (Its orphan is reaped by init; end it.)
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+}
+
+/// Voluntary context switches of `pid` so far.
+fn switches(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn follow_streams_every_change_and_wakes_on_them_not_on_a_timer() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    // Two lines 3.5 s apart; sampled rarely, so the spool is quiet between.
+    let spec = json!({"specs": {"slow": {
+        "argv": ["/bin/sh", "-c", "echo first; sleep 3.5; echo second; echo err >&2"],
+        "fds": [["stdout", util::mem_utf8()], ["stderr", util::mem_utf8()]]}}});
+    let mut agent = start_agent(&dir, &spec, &["--sample-interval", "100"]);
+    let mut follower = chaperone()
+        .arg("spool")
+        .arg(&dir)
+        .arg("--follow")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = follower.id();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    let mut output = Output::new();
+    let mut idle_switches = None;
+    type Output = std::collections::BTreeMap<String, Vec<u8>>;
+    let take = |events: &mut Vec<Value>, output: &mut Output, line: String| {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "output" {
+            let fd = v["fd"].as_str().unwrap().to_string();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v["data"].as_str().unwrap())
+                .unwrap();
+            let have = output.entry(fd).or_default();
+            assert_eq!(
+                v["offset"].as_u64().unwrap(),
+                have.len() as u64,
+                "in order, once"
+            );
+            have.extend(bytes);
+        }
+        events.push(v);
+    };
+    // Up to the first line; then, while nothing changes, the follower
+    // sleeps: about one wake-up a second (its look at the agent's lock).
+    while output.get("stdout").is_none_or(|o| o != b"first\n") {
+        take(&mut events, &mut output, lines.next().unwrap().unwrap());
+    }
+    let before = switches(pid);
+    std::thread::sleep(Duration::from_millis(2500));
+    idle_switches.get_or_insert(switches(pid) - before);
+    for line in lines {
+        take(&mut events, &mut output, line.unwrap());
+    }
+    assert!(follower.wait().unwrap().success());
+    assert!(agent.wait().unwrap().success());
+    let idle = idle_switches.unwrap();
+    assert!(idle < 20, "{idle} wake-ups in 2.5 s of quiet: polling?");
+    assert_eq!(output["stdout"], b"first\nsecond\n");
+    assert_eq!(output["stderr"], b"err\n");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "done");
+    let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "result").collect();
+    assert_eq!(results.first().unwrap()["result"]["state"], "running");
+    assert_eq!(results.last().unwrap()["result"]["state"], "terminated");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "agent" && e["agent"]["state"] == "done")
+    );
+}
+
+#[test]
+fn the_control_socket_signals_and_stops_the_agent() {
+    let d = tempfile::tempdir().unwrap();
+    // A long path, past what a Unix socket address holds.
+    let dir = d.path().join("x".repeat(90)).join("spool");
+    let spec = json!({"specs": {
+        "a": {"argv": ["/bin/sleep", "30"]},
+        "b": {"argv": ["/bin/sleep", "30"]},
+    }});
+    let mut agent = start_agent(&dir, &spec, &[]);
+    let (code, out) = spool(&dir, &["signal", "a", "TERM"]);
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
+    let answer: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(answer["ok"]["signal"]["signum"], 15);
+    wait_until("a's end", Duration::from_secs(10), || {
+        status(&dir)["procs"]["a"]["status"]["signal"] == "SIGTERM"
+    });
+    let (code, out) = spool(&dir, &["signal", "nope", "TERM"]);
+    assert_eq!(code, 1);
+    let err: Value = serde_json::from_slice(&out).unwrap();
+    assert!(err["error"].as_str().unwrap().contains("nope"), "{err}");
+    let (code, out) = spool(&dir, &["signal", "b", "SIGNOPE"]);
+    assert_eq!(code, 1, "{}", String::from_utf8_lossy(&out));
+    // Stop: kill what runs; the agent finishes its results and exits.
+    let (code, _) = spool(&dir, &["stop", "--policy", "kill"]);
+    assert_eq!(code, 0);
+    let st = agent.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    let s = status(&dir);
+    assert_eq!(s["agent"]["state"], "done");
+    assert_eq!(s["procs"]["b"]["status"]["signal"], "SIGKILL");
+}
+
+/// The session id of `pid` (field 6 of `/proc/PID/stat`).
+fn session_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn detach_returns_once_started_and_the_agent_carries_on_in_its_own_session() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    let spec = json!({"specs": {"job": {
+        "argv": ["/bin/sh", "-c", "echo started; sleep 1.5; echo finished"],
+        "fds": [["stdout", util::mem_utf8()]]}}});
+    let t0 = Instant::now();
+    let out = chaperone()
+        .arg("--spool")
+        .arg(&dir)
+        .arg("--detach")
+        .arg(write_spec(d.path(), &spec))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1400),
+        "returned after {:?}",
+        t0.elapsed()
+    );
+    // It printed the running-state results.
+    let running: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(running["job"]["state"], "running");
+    // The agent is another process, in a session of its own.
+    let agent = read_json(&dir.join("agent.json"));
+    let pid = agent["pid"].as_i64().unwrap() as i32;
+    assert_ne!(pid, std::process::id() as i32);
+    assert_eq!(session_of(pid), pid, "the agent leads its own session");
+    assert_ne!(running["job"]["pid"].as_i64().unwrap() as i32, pid);
+    // It carries on and finishes.
+    let (code, bytes) = spool(&dir, &["--output", "job", "--follow"]);
+    assert_eq!(code, 0);
+    assert_eq!(bytes, b"started\nfinished\n");
+    wait_until("the agent's exit", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    });
+    assert_eq!(status(&dir)["agent"]["state"], "done");
+}
+
+#[test]
+fn reading_a_capture_live_from_an_offset_is_exact() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    let spec = json!({"specs": {"w": {
+        "argv": ["/bin/sh", "-c", "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); sleep 0.005; done"],
+        "fds": [["stdout", util::tmp_utf8()]]}}});
+    let mut agent = start_agent(&dir, &spec, &[]);
+    let (code, bytes) = spool(&dir, &["--output", "w/stdout", "--from", "5", "--follow"]);
+    assert_eq!(code, 0);
+    assert!(agent.wait().unwrap().success());
+    let want: String = (0..200).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), want[5..]);
+}
+
+/// A real `sshd` on a loopback port, with a key made for the test.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd() -> Result<Sshd, String> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() || Command::new("ssh-keygen").arg("-?").output().is_err() {
+        return Err(
+            "openssh-server and openssh-client are not installed (ci/test installs them)".into(),
+        );
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err("sshd needs root to run here".into());
+    }
+    let d = tempfile::tempdir().unwrap();
+    let keygen = |path: &Path| {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let (host, key) = (d.path().join("host_key"), d.path().join("id"));
+    keygen(&host);
+    keygen(&key);
+    std::fs::copy(d.path().join("id.pub"), d.path().join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = d.path().join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {dir}/authorized_keys\n\
+             PidFile {dir}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n",
+            host = host.display(),
+            dir = d.path().display()
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("sshd: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("sshd never listened".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Sshd {
+        child,
+        port,
+        key,
+        _dir: d,
+    })
+}
+
+impl Sshd {
+    /// ssh options for this server, as `-o` values.
+    fn options(&self) -> Vec<String> {
+        vec![
+            format!("Port={}", self.port),
+            format!("IdentityFile={}", self.key.display()),
+            "StrictHostKeyChecking=no".into(),
+            "UserKnownHostsFile=/dev/null".into(),
+            "BatchMode=yes".into(),
+            "LogLevel=ERROR".into(),
+        ]
+    }
+
+    /// `ssh … root@127.0.0.1 COMMAND` (one remote command line).
+    fn ssh(&self, command: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(["-F", "/dev/null"]);
+        for o in self.options() {
+            c.args(["-o", &o]);
+        }
+        c.args(["root@127.0.0.1", "--", command]);
+        c
+    }
+}
+
+#[test]
+fn over_ssh_a_detached_agent_survives_the_connection_and_is_reattached() {
+    let server = match sshd() {
+        Ok(s) => s,
+        Err(why) => {
+            chaperone::test_skip(
+                "over_ssh_a_detached_agent_survives_the_connection",
+                &why,
+                false,
+            );
+            return;
+        }
+    };
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    let bin = std::fs::canonicalize(util::bin()).unwrap();
+    // `chaperone ssh` runs the program on the "remote" host under a
+    // detached, spooled chaperone.
+    let mut cmd = chaperone();
+    cmd.arg("ssh");
+    for o in server.options() {
+        cmd.args(["-o", &o]);
+    }
+    cmd.args(["--user", "root", "--chaperone"])
+        .arg(&bin)
+        .arg("--spool")
+        .arg(&dir)
+        .args(["127.0.0.1", "--", "/bin/sh", "-c"])
+        .arg("i=0; while [ $i -lt 40 ]; do echo \"line $i: it's \\\"quoted\\\"\"; i=$((i+1)); sleep 0.1; done");
+    let mut client = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its first line is the running-state results; then the connection is
+    // cut (the client killed, if it has not already returned).
+    let mut first = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let running: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first:?}"));
+    assert_eq!(running["job"]["state"], "running");
+    let _ = client.kill();
+    let _ = client.wait();
+    // The process keeps running without the connection.
+    std::thread::sleep(Duration::from_millis(500));
+    let s = status(&dir);
+    assert_eq!(s["agent"]["alive"], true);
+    assert_eq!(s["procs"]["job"]["state"], "running", "{s}");
+
+    // A new SSH session follows the rest, byte exact, to the final result.
+    let q = |p: &Path| {
+        String::from_utf8(chaperone::spool::ssh::quote(
+            p.as_os_str().as_encoded_bytes(),
+        ))
+        .unwrap()
+    };
+    let follow = server
+        .ssh(&format!("exec {} spool {} --follow", q(&bin), q(&dir)))
+        .output()
+        .unwrap();
+    assert!(
+        follow.status.success(),
+        "{}",
+        String::from_utf8_lossy(&follow.stderr)
+    );
+    let mut stdout = Vec::new();
+    let mut last = Value::Null;
+    for line in String::from_utf8(follow.stdout).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["type"] == "output" && v["fd"] == "stdout" {
+            assert_eq!(v["offset"].as_u64().unwrap(), stdout.len() as u64);
+            stdout.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(v["data"].as_str().unwrap())
+                    .unwrap(),
+            );
+        }
+        if v["type"] == "result" {
+            last = v["result"].clone();
+        }
+        if v["type"] == "done" {
+            break;
+        }
+    }
+    let want: String = (0..40)
+        .map(|i| format!("line {i}: it's \"quoted\"\n"))
+        .collect();
+    assert_eq!(String::from_utf8(stdout).unwrap(), want);
+    assert_eq!(last["status"]["exit_code"], 0, "{last}");
+    // And a third reads the capture from an offset over SSH.
+    let part = server
+        .ssh(&format!(
+            "exec {} spool {} --output job/stdout --from 100",
+            q(&bin),
+            q(&dir)
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(part.stdout, want.as_bytes()[100..].to_vec());
+}
