@@ -59,6 +59,11 @@ pub struct Args {
     /// With `--wait --agent`: how long to wait for the first process (seconds).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "600")]
     pub wait_timeout: Duration,
+    /// Run INPUT (a program.json, or a spec with top-level `callback` and
+    /// `config`; `-` for standard input) and push its output, state changes
+    /// and final result to the callback's URL; exits once all is delivered.
+    #[arg(long, value_name = "INPUT")]
+    pub callback: Option<PathBuf>,
     /// Keep the spec, each process's result and every capture in DIR, so a
     /// reader can reattach (`chaperone spool DIR`); exits once every process
     /// is done, as `--exit` (with `--print`, printing the results too).
@@ -231,26 +236,55 @@ pub fn run(args: Args) -> u8 {
         || args.agent
         || args.stdio
         || args.serve
-        || args.spool.is_some())
+        || args.spool.is_some()
+        || args.callback.is_some())
     {
         eprintln!(
             "error: no mode given: use --print, --output PATH, --exit, --wait, --agent, \
-             --serve, --stdio or --spool DIR"
+             --serve, --stdio, --spool DIR or --callback INPUT"
         );
         return EXIT_START;
     }
     if args.exit && args.wait {
         tracing::warn!("--exit and --wait both given: exiting once no process runs");
     }
-    let (input, raw) = match args
-        .input
-        .as_ref()
-        .map(|p| load(p, args.max_spec_size))
-        .transpose()
-    {
-        Ok(Some((i, raw))) => (Some(i), raw),
-        Ok(None) => (None, Vec::new()),
-        Err(code) => return code,
+    let mut callback = None;
+    let (input, raw) = match (&args.callback, &args.input) {
+        (Some(_), Some(_)) => {
+            eprintln!("error: --callback INPUT holds the spec: give no other");
+            return EXIT_START;
+        }
+        (Some(path), None) => {
+            let raw = match read_spec(path, args.max_spec_size) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let dir =
+                std::env::temp_dir().join(format!("chaperone-callback-{}", std::process::id()));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                eprintln!("error: {}: {e}", dir.display());
+                return EXIT_LOAD;
+            }
+            match crate::callback::parse(&raw, &dir) {
+                Ok((cb, input)) => {
+                    callback = Some((cb, dir));
+                    (Some(input), raw)
+                }
+                Err(e) => {
+                    eprintln!("error: --callback {}: {e}", path.display());
+                    return EXIT_LOAD;
+                }
+            }
+        }
+        (None, path) => match path
+            .as_ref()
+            .map(|p| load(p, args.max_spec_size))
+            .transpose()
+        {
+            Ok(Some((i, raw))) => (Some(i), raw),
+            Ok(None) => (None, Vec::new()),
+            Err(code) => return code,
+        },
     };
     // Where the results go must be writable before anything runs, so that
     // no run's results are lost to a path that cannot be written.
@@ -357,7 +391,11 @@ pub fn run(args: Args) -> u8 {
         None
     };
     let spooled = spool.map(|s| (s, detached));
-    let code = rt.block_on(modes(&args, agent.handle(), input, ws, serve, spooled));
+    let (cb, cb_dir) = callback.map_or((None, None), |(c, d)| (Some(c), Some(d)));
+    let code = rt.block_on(modes(&args, agent.handle(), input, ws, serve, spooled, cb));
+    if let Some(d) = cb_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
     // Nothing may keep the agent from dropping: whatever still runs (the
     // agent gave up on its server, stdout went away under --stdio) is killed.
     // In the other endings nothing runs any more and this returns at once.
@@ -381,6 +419,16 @@ pub fn run(args: Args) -> u8 {
 /// Reads and parses the spec at `path` (`-`: standard input); on failure, the
 /// exit code.
 fn load(path: &std::path::Path, max: usize) -> Result<(spec::Input, Vec<u8>), u8> {
+    let raw = read_spec(path, max)?;
+    let input = spec::parse_input(&raw).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_LOAD
+    })?;
+    Ok((input, raw))
+}
+
+/// Reads the spec's bytes at `path` (`-`: standard input), at most `max`.
+fn read_spec(path: &std::path::Path, max: usize) -> Result<Vec<u8>, u8> {
     use std::io::Read as _;
     let mut raw = Vec::new();
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
@@ -400,11 +448,7 @@ fn load(path: &std::path::Path, max: usize) -> Result<(spec::Input, Vec<u8>), u8
         );
         return Err(EXIT_LOAD);
     }
-    let input = spec::parse_input(&raw).map_err(|e| {
-        eprintln!("error: {e}");
-        EXIT_LOAD
-    })?;
-    Ok((input, raw))
+    Ok(raw)
 }
 
 /// The WebSocket agent's settings from flags and `PROCSTAR_AGENT_*`; on
@@ -603,6 +647,7 @@ async fn modes(
         std::sync::Arc<crate::spool::Spool>,
         Option<crate::sys::daemon::Child>,
     )>,
+    callback: Option<crate::callback::Callback>,
 ) -> u8 {
     // Subscribed before anything starts, so that no event is missed.
     let ws_events = ws.as_ref().map(|_| handle.subscribe());
@@ -610,13 +655,17 @@ async fn modes(
     let wait_events = args.wait.then(|| handle.subscribe());
     let had_input = input.is_some();
     tokio::spawn(shutdown_on_signals(handle.clone()));
+    let mut started = Vec::new();
     if let Some(input) = input {
-        if let Err(e) = handle.start(input).await {
-            if let Some((_, Some(mut c))) = spool {
-                c.failed(&e.to_string());
+        match handle.start(input).await {
+            Ok(ids) => started = ids,
+            Err(e) => {
+                if let Some((_, Some(mut c))) = spool {
+                    c.failed(&e.to_string());
+                }
+                eprintln!("error: {e}");
+                return EXIT_START;
             }
-            eprintln!("error: {e}");
-            return EXIT_START;
         }
     }
     let spool = match spool {
@@ -703,6 +752,13 @@ async fn modes(
         }
         0
     };
+    let has_callback = callback.is_some();
+    let callback_run = async {
+        match callback {
+            Some(cb) => crate::callback::run(handle.clone(), cb, started).await,
+            None => std::future::pending().await,
+        }
+    };
     let control_run = async {
         let Some(s) = spool.clone() else {
             return std::future::pending().await;
@@ -723,13 +779,14 @@ async fn modes(
         write_results(args, &handle).await
     };
     tokio::select! {
+        code = callback_run => code,
         code = control_run => code,
         code = ws_run => code,
         code = serve_run => code,
         code = stdio_run => code,
         code = when(one_shot, finish) => code,
         code = wait_run => code,
-        code = when(!one_shot && !args.agent && !args.stdio, done_run) => code,
+        code = when(!one_shot && !args.agent && !args.stdio && !has_callback, done_run) => code,
     }
 }
 

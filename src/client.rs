@@ -245,8 +245,8 @@ fn segment(s: &str) -> String {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// A connection maker for one agent.
-struct Client {
+/// A connection maker for one HTTP server (the agent, or a callback's).
+pub(crate) struct Client {
     url: String,
     target: Target,
     token: Option<String>,
@@ -258,18 +258,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
     fn new(args: &ClientArgs) -> Result<Client, Failure> {
-        let target = parse_url(&args.url).map_err(Failure::Usage)?;
+        Client::to(&args.url, args.token.clone(), args.ca.as_deref())
+    }
+
+    /// A client of `url` (`http[s]://HOST[:PORT][/PREFIX]`), sending `token`
+    /// as a bearer token, trusting the system roots and `ca` over TLS.
+    pub(crate) fn to(
+        url: &str,
+        token: Option<String>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Client, Failure> {
+        let target = parse_url(url).map_err(Failure::Usage)?;
         let tls = if target.tls {
-            let config = crate::proto::ws::tls_config(args.ca.as_deref())
-                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let config =
+                crate::proto::ws::tls_config(ca).map_err(|e| Failure::Usage(e.to_string()))?;
             Some(tokio_rustls::TlsConnector::from(config))
         } else {
             None
         };
         Ok(Client {
-            url: args.url.clone(),
+            url: url.to_string(),
             target,
-            token: args.token.clone().filter(|t| !t.is_empty()),
+            token: token.filter(|t| !t.is_empty()),
             tls,
         })
     }
@@ -308,6 +318,19 @@ impl Client {
         path_and_query: &str,
         json_body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, Failure> {
+        let body = json_body.map(|b| ("application/json", Bytes::from(b)));
+        self.send_body(method, path_and_query, body, &[]).await
+    }
+
+    /// Sends one request with a body of a type, and extra headers, on a new
+    /// connection.
+    pub(crate) async fn send_body(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(&'static str, Bytes)>,
+        headers: &[(&'static str, String)],
+    ) -> Result<Response<Incoming>, Failure> {
         let io = self.connect().await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
@@ -332,10 +355,13 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let body = match json_body {
-            Some(b) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(b)
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let body = match body {
+            Some((kind, b)) => {
+                req = req.header(header::CONTENT_TYPE, kind);
+                b
             }
             None => Bytes::new(),
         };

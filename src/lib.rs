@@ -23,6 +23,8 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod bench;
+#[cfg(feature = "cli")]
+pub mod callback;
 pub mod capture;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -38,6 +40,7 @@ pub mod result;
 pub mod ring;
 pub mod signal;
 pub mod spec;
+#[cfg(feature = "cli")]
 pub mod spool;
 pub mod supervisor;
 pub mod sys;

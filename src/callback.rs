@@ -1,0 +1,445 @@
+//! Callback mode (`--callback INPUT|-`): the remote-style agent. It runs a
+//! program and pushes what happens to an HTTP(S) server instead of being
+//! asked: output as it is written, state changes, and the final result.
+//!
+//! The input is the notes' `program.json`:
+//!
+//! ```json
+//! {"program": {"argv": ["make", "-j8"], "cwd": "/src", "env": {"CC": "clang"}, "stdin": "text"},
+//!  "callback": {"url": "https://sched.example/jobs/42", "method": "POST", "token": "…"},
+//!  "config": {"retry_frequency": 5, "timeout": 300, "output_buffer": 65536, "output_latency": 1}}
+//! ```
+//!
+//! (one process, id `program`, stdout and stderr captured), or a chaperone
+//! spec with top-level `callback` and `config` beside `specs`.
+//!
+//! What is sent, each with `Authorization: Bearer TOKEN` when there is a
+//! token, by the callback's method (default `POST`):
+//!
+//! - `URL/output/FD?proc=ID&offset=N` (`application/octet-stream`): bytes of
+//!   a capture from stream offset `N` (also in `X-Chaperone-Offset`), at
+//!   most `output_buffer` bytes, sent once that many are waiting or
+//!   `output_latency` seconds after the first of them was written;
+//! - `URL/state` (JSON `{"id", "result"}`): when a process starts and ends;
+//! - `URL/completed` (JSON `{"results": {id: result}}`), last, once every
+//!   process is final and all of its output has been delivered.
+//!
+//! Delivery: pushes of one capture go one at a time, in order. A push that
+//! fails to connect, or is answered 5xx, 408 or 429, is sent again every
+//! `retry_frequency` seconds until `timeout` seconds have passed since its
+//! first try; any other 4xx is reported and not sent again. The bytes wait
+//! in the capture meanwhile (a kept file with `--spool`, else the memory
+//! capture's head and tail: with a server down for long, a middle beyond
+//! the bounds is dropped, and the next push's offset says where it
+//! resumes), so a receiver that deduplicates by offset gets every byte
+//! once.
+//!
+//! The agent prints one running-state JSON line at start: its pid, and each
+//! process's pid and start time. SIGTERM to the agent reaches the program
+//! (Procstar's terminate policy).
+
+use crate::client::Client;
+use crate::spec::{CaptureMode, FdSpec, Input};
+use crate::supervisor::{Event, Handle};
+use bytes::Bytes;
+use hyper::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Where and how to push.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Callback {
+    /// The base URL.
+    pub url: String,
+    /// The HTTP method of every push.
+    pub method: String,
+    /// A bearer token.
+    pub token: Option<String>,
+    /// Seconds between tries of a failed push.
+    pub retry_frequency: f64,
+    /// Seconds a push is tried for before it is given up.
+    pub timeout: f64,
+    /// The most bytes of output in one push.
+    pub output_buffer: usize,
+    /// Seconds output may wait to be pushed.
+    pub output_latency: f64,
+}
+
+/// Parses the input of `--callback`: the callback and the spec to run. A
+/// program's `stdin` text is written to `stdin_dir` for the spec to open.
+pub fn parse(raw: &[u8], stdin_dir: &std::path::Path) -> Result<(Callback, Input), String> {
+    let mut v: Value = serde_json::from_slice(raw).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = v.as_object_mut().ok_or("the input must be a JSON object")?;
+    let cb = obj
+        .remove("callback")
+        .ok_or("no \"callback\" in the input")?;
+    let config = obj.remove("config").unwrap_or_else(|| json!({}));
+    let url = cb["url"]
+        .as_str()
+        .ok_or("callback: \"url\" must be a string")?
+        .trim_end_matches('/')
+        .to_string();
+    crate::client::parse_url(&url).map_err(|e| format!("callback url: {e}"))?;
+    let num = |name: &str, default: f64| -> Result<f64, String> {
+        match config.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(n) => n
+                .as_f64()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| {
+                    format!("config: {name:?} must be a number of seconds or bytes, 0 or more")
+                }),
+        }
+    };
+    let callback = Callback {
+        url,
+        method: cb["method"].as_str().unwrap_or("POST").to_ascii_uppercase(),
+        token: cb["token"].as_str().map(str::to_string),
+        retry_frequency: num("retry_frequency", 5.0)?.max(0.01),
+        timeout: num("timeout", 300.0)?,
+        output_buffer: (num("output_buffer", 65536.0)? as usize).max(1),
+        output_latency: num("output_latency", 1.0)?,
+    };
+    Method::from_bytes(callback.method.as_bytes())
+        .map_err(|_| format!("callback: {:?} is not an HTTP method", callback.method))?;
+    let input = if let Some(program) = obj.remove("program") {
+        program_spec(&program, stdin_dir)?
+    } else {
+        crate::spec::parse_input(&serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?
+    };
+    Ok((callback, watchable(input)))
+}
+
+/// The one-process spec of a `program` object.
+fn program_spec(p: &Value, stdin_dir: &std::path::Path) -> Result<Input, String> {
+    let argv = p
+        .get("argv")
+        .and_then(Value::as_array)
+        .ok_or("program: \"argv\" must be a list of strings")?;
+    let mut spec = json!({
+        "argv": argv,
+        "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}],
+                ["stderr", {"capture": {"mode": "memory", "encoding": "utf-8"}}]],
+    });
+    if let Some(cwd) = p.get("cwd") {
+        spec["cwd"] = cwd.clone();
+    }
+    if let Some(env) = p.get("env") {
+        spec["env"] = json!({"vars": env});
+    }
+    let stdin = match p.get("stdin") {
+        None | Some(Value::Null) => json!(["stdin", {"null": {}}]),
+        Some(Value::String(text)) => {
+            let path = stdin_dir.join("stdin");
+            std::fs::write(&path, text).map_err(|e| format!("program stdin: {e}"))?;
+            json!(["stdin", {"file": {"path": path.to_string_lossy(), "flags": "Read"}}])
+        }
+        Some(_) => return Err("program: \"stdin\" must be a string".into()),
+    };
+    if let Some(fds) = spec["fds"].as_array_mut() {
+        fds.insert(0, stdin);
+    }
+    crate::spec::parse_input(
+        &serde_json::to_vec(&json!({"specs": {"program": spec}})).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Tempfile captures become memory captures, whose growth the agent sees
+/// (a tempfile is written by the child directly).
+fn watchable(input: Input) -> Input {
+    let mut specs = crate::spec::Specs::new();
+    for (id, mut ps) in input.specs.into_vec() {
+        for (_, fd) in &mut ps.fds {
+            if let FdSpec::Capture { mode, .. } = fd {
+                if *mode == CaptureMode::Tempfile {
+                    *mode = CaptureMode::Memory;
+                }
+            }
+        }
+        let _ = specs.try_insert(id, ps);
+    }
+    Input { specs }
+}
+
+/// Why a push did not arrive.
+#[derive(Debug, thiserror::Error)]
+enum Undelivered {
+    /// Refused with this status (4xx): not tried again.
+    #[error("refused with status {0} (not tried again)")]
+    Refused(u16),
+    /// Still failing after the timeout.
+    #[error("given up after the timeout: {0}")]
+    GaveUp(String),
+}
+
+/// The pusher: one HTTP client and the callback's rules.
+struct Pusher {
+    client: Client,
+    cb: Callback,
+    method: Method,
+}
+
+impl Pusher {
+    /// Sends one push, trying again as the callback's config says.
+    async fn push(
+        &self,
+        path: &str,
+        body: (&'static str, Bytes),
+        headers: &[(&'static str, String)],
+    ) -> Result<(), Undelivered> {
+        let first = Instant::now();
+        loop {
+            let why = match self
+                .client
+                .send_body(self.method.clone(), path, Some(body.clone()), headers)
+                .await
+            {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    // The body is not wanted, but read it so the server is done.
+                    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                    match status {
+                        200..=299 => return Ok(()),
+                        408 | 429 | 500..=599 => format!("answered {status}"),
+                        _ => return Err(Undelivered::Refused(status)),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if first.elapsed().as_secs_f64() >= self.cb.timeout {
+                return Err(Undelivered::GaveUp(why));
+            }
+            tracing::debug!("callback {path}: {why}; trying again");
+            tokio::time::sleep(Duration::from_secs_f64(self.cb.retry_frequency)).await;
+        }
+    }
+
+    async fn push_json(&self, path: &str, v: &Value) -> Result<(), Undelivered> {
+        let body = Bytes::from(serde_json::to_vec(v).unwrap_or_default());
+        self.push(path, ("application/json", body), &[]).await
+    }
+}
+
+/// Percent-encodes a query value or path segment.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Pushes one capture's bytes until it can grow no more and all is sent.
+async fn push_output(p: &Pusher, handle: &Handle, id: &str, fd: &str) -> Result<(), String> {
+    let latency = Duration::from_secs_f64(p.cb.output_latency);
+    let mut at = 0u64;
+    loop {
+        // Wait for a first byte past `at`, then for a buffer's worth or the
+        // latency, whichever is first.
+        let w = handle
+            .fd_wait(id, fd, at, Duration::from_secs(3600))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut length = w.length.unwrap_or(at);
+        if length <= at && !w.open {
+            return Ok(());
+        }
+        let due = Instant::now() + latency;
+        let mut open = w.open;
+        while open && length - at < p.cb.output_buffer as u64 {
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let w = handle
+                .fd_wait(id, fd, length, left)
+                .await
+                .map_err(|e| e.to_string())?;
+            open = w.open;
+            length = w.length.unwrap_or(length);
+        }
+        let stop = length.min(at + p.cb.output_buffer as u64);
+        let d = handle
+            .fd_data(id, fd, at, Some(stop))
+            .await
+            .map_err(|e| e.to_string())?;
+        // Bytes a head/tail bound dropped meanwhile are skipped: the offset
+        // says where the pushed bytes are.
+        let from = match &d.missing {
+            Some(m) if m.start <= at => m.end,
+            _ => at,
+        };
+        let next = d.missing.as_ref().map_or(d.stop, |m| m.end.max(d.stop));
+        if !d.data.is_empty() {
+            let path = format!("/output/{}?proc={}&offset={from}", enc(fd), enc(id));
+            let headers = [
+                ("x-chaperone-offset", from.to_string()),
+                ("x-chaperone-proc", id.to_string()),
+            ];
+            match p
+                .push(&path, ("application/octet-stream", d.data), &headers)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) => return Err(format!("output of {id} {fd} from {from}: {e}")),
+            }
+        }
+        if next > at {
+            at = next;
+        } else if !open {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs callback mode once the processes are started: pushes until every
+/// process is final and everything is delivered; returns the exit code.
+pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
+    let client = match Client::to(&cb.url, cb.token.clone(), None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: callback: {e}");
+            return 2;
+        }
+    };
+    let method = Method::from_bytes(cb.method.as_bytes()).unwrap_or(Method::POST);
+    let p = Pusher { client, cb, method };
+    let mut events = handle.subscribe();
+    // Running-state line: the agent's pid and each process's.
+    let mut procs = serde_json::Map::new();
+    let mut captures = Vec::new();
+    for id in &ids {
+        if let Some(r) = handle.result(id).await {
+            procs.insert(
+                id.clone(),
+                json!({"pid": r.pid, "start": r.times.start, "state": r.state}),
+            );
+            for (fd, res) in &r.fds {
+                if res.is_some() {
+                    captures.push((id.clone(), fd.clone()));
+                }
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({"state": "running", "pid": std::process::id(), "procs": procs})
+    );
+    let mut failures = Vec::new();
+    for id in &ids {
+        if let Some(r) = handle.result(id).await {
+            if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
+                failures.push(format!("state of {id}: {e}"));
+            }
+        }
+    }
+    let outputs = futures_util::future::join_all(
+        captures
+            .iter()
+            .map(|(id, fd)| push_output(&p, &handle, id, fd)),
+    );
+    let states = async {
+        let mut failed = Vec::new();
+        let mut left: std::collections::BTreeSet<&String> = ids.iter().collect();
+        while !left.is_empty() {
+            match events.event().await {
+                Some(Event::Exited(id)) if left.contains(&id) => {
+                    left.remove(&id);
+                    if let Some(r) = handle.wait(&id).await {
+                        if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await
+                        {
+                            failed.push(format!("state of {id}: {e}"));
+                        }
+                    }
+                }
+                None => break,
+                _ => {}
+            }
+        }
+        failed
+    };
+    let (outs, state_failures) = tokio::join!(outputs, states);
+    failures.extend(state_failures);
+    failures.extend(outs.into_iter().filter_map(Result::err));
+    handle.wait_all().await;
+    let results = handle.results().await;
+    if let Err(e) = p
+        .push_json("/completed", &json!({ "results": results }))
+        .await
+    {
+        failures.push(format!("completed: {e}"));
+    }
+    for f in &failures {
+        eprintln!("error: callback: {f}");
+    }
+    if failures.is_empty() { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_json_is_one_process_with_its_stdin() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = br#"{"program": {"argv": ["/bin/cat"], "cwd": "/tmp", "env": {"A": "1"}, "stdin": "in"},
+                       "callback": {"url": "http://127.0.0.1:9/cb/", "token": "t"},
+                       "config": {"retry_frequency": 0.5, "output_buffer": 10}}"#;
+        let (cb, input) = parse(raw, d.path()).unwrap();
+        assert_eq!(cb.url, "http://127.0.0.1:9/cb");
+        assert_eq!(
+            (cb.method.as_str(), cb.token.as_deref()),
+            ("POST", Some("t"))
+        );
+        assert_eq!(
+            (cb.retry_frequency, cb.timeout, cb.output_buffer),
+            (0.5, 300.0, 10)
+        );
+        let ps = input.specs.get("program").unwrap();
+        assert_eq!(ps.argv, ["/bin/cat"]);
+        assert_eq!(ps.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(ps.env.vars.get("A"), Some(&Some("1".to_string())));
+        assert_eq!(std::fs::read(d.path().join("stdin")).unwrap(), b"in");
+        assert_eq!(ps.fds.len(), 3);
+    }
+
+    #[test]
+    fn a_spec_with_a_callback_is_taken_and_tempfiles_become_watchable() {
+        let d = tempfile::tempdir().unwrap();
+        let raw =
+            br#"{"specs": {"a": {"argv": ["/bin/true"], "fds": [["stdout", {"capture": {}}]]}},
+                       "callback": {"url": "https://x.example", "method": "put"}}"#;
+        let (cb, input) = parse(raw, d.path()).unwrap();
+        assert_eq!(cb.method, "PUT");
+        let ps = input.specs.get("a").unwrap();
+        assert!(matches!(
+            ps.fds[0].1,
+            FdSpec::Capture {
+                mode: CaptureMode::Memory,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_inputs_say_what_is_wrong() {
+        let d = tempfile::tempdir().unwrap();
+        let e = |raw: &str| parse(raw.as_bytes(), d.path()).unwrap_err();
+        assert!(e("[]").contains("JSON object"));
+        assert!(e(r#"{"specs": {}}"#).contains("no \"callback\""));
+        assert!(e(r#"{"specs": {}, "callback": {"url": "ftp://x"}}"#).contains("callback url"));
+        assert!(
+            e(r#"{"specs": {}, "callback": {"url": "http://x"}, "config": {"timeout": -1}}"#)
+                .contains("\"timeout\"")
+        );
+        assert!(
+            e(r#"{"program": {"argv": "ls"}, "callback": {"url": "http://x"}}"#).contains("argv")
+        );
+    }
+}

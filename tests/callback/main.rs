@@ -1,0 +1,273 @@
+//! `chaperone --callback`: output, state and the final result pushed to a
+//! small HTTP server in the test, which is down at first, then answers 503,
+//! then recovers.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A request the server took.
+#[derive(Clone, Debug)]
+struct Req {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The status it was answered with.
+    status: u16,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A request's path, headers (names lowercased) and body.
+type Parts = (String, Vec<(String, String)>, Vec<u8>);
+
+fn read_request(s: &mut TcpStream) -> Option<Parts> {
+    let mut r = BufReader::new(s.try_clone().ok()?);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let path = line.split(' ').nth(1)?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':')?;
+        headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((path, headers, body))
+}
+
+/// Serves on `port` from `down_for` on: 503 until `ok_from`, then `status`
+/// (recording every request); returns the record.
+fn server(port: u16, down_for: Duration, ok_from: Duration, status: u16) -> Arc<Mutex<Vec<Req>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        std::thread::sleep(down_for);
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let Some((path, headers, body)) = read_request(&mut s) else {
+                continue;
+            };
+            let status = if t0.elapsed() < ok_from { 503 } else { status };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            record.lock().unwrap().push(Req {
+                path,
+                headers,
+                body,
+                status,
+            });
+        }
+    });
+    seen
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn every_byte_arrives_once_in_order_through_an_outage_and_the_completion_last() {
+    let port = free_port();
+    // Down for 1 s (connections refused), then 503 until 2 s, then 200.
+    let seen = server(port, Duration::from_secs(1), Duration::from_secs(2), 200);
+    let input = json!({
+        "program": {"argv": ["/bin/sh", "-c",
+            "i=0; while [ $i -lt 60 ]; do echo line $i; i=$((i+1)); sleep 0.05; done; echo bye >&2"]},
+        "callback": {"url": format!("http://127.0.0.1:{port}/jobs/7"), "token": "tok"},
+        "config": {"retry_frequency": 0.2, "timeout": 30, "output_buffer": 100, "output_latency": 0.1},
+    });
+    let mut child = Command::new(util::bin())
+        .args(["--callback", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&input).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The running-state line: the agent's pid, the process's pid and start.
+    let first: Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["state"], "running");
+    assert_eq!(first["pid"], pid);
+    assert!(
+        first["procs"]["program"]["pid"].as_i64().unwrap() > 0,
+        "{first}"
+    );
+    assert!(first["procs"]["program"]["start"].is_string());
+
+    let reqs = seen.lock().unwrap().clone();
+    assert!(reqs.iter().any(|r| r.status == 503), "the outage was seen");
+    let ok: Vec<&Req> = reqs.iter().filter(|r| r.status == 200).collect();
+    assert!(
+        ok.iter()
+            .all(|r| r.header("authorization") == Some("Bearer tok"))
+    );
+    // Each capture's accepted pushes: offsets from 0, each once, contiguous.
+    for (fd, want) in [
+        (
+            "stdout",
+            (0..60).map(|i| format!("line {i}\n")).collect::<String>(),
+        ),
+        ("stderr", "bye\n".to_string()),
+    ] {
+        let mut got = Vec::new();
+        for r in ok
+            .iter()
+            .filter(|r| r.path.starts_with(&format!("/jobs/7/output/{fd}?")))
+        {
+            let offset: u64 = r.header("x-chaperone-offset").unwrap().parse().unwrap();
+            assert!(
+                r.path.ends_with(&format!("proc=program&offset={offset}")),
+                "{}",
+                r.path
+            );
+            assert_eq!(
+                offset,
+                got.len() as u64,
+                "{fd}: a gap or a repeat at {offset}"
+            );
+            assert!(r.body.len() <= 100, "output_buffer");
+            got.extend(&r.body);
+        }
+        assert_eq!(String::from_utf8(got).unwrap(), want, "{fd}");
+    }
+    // States: running, then terminated; the completion last of all.
+    let states: Vec<Value> = ok
+        .iter()
+        .filter(|r| r.path == "/jobs/7/state")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(states.first().unwrap()["result"]["state"], "running");
+    assert_eq!(states.last().unwrap()["result"]["state"], "terminated");
+    let last = ok.last().unwrap();
+    assert_eq!(last.path, "/jobs/7/completed");
+    let done: Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(done["results"]["program"]["status"]["exit_code"], 0);
+    assert_eq!(
+        ok.iter().filter(|r| r.path.ends_with("/completed")).count(),
+        1
+    );
+}
+
+#[test]
+fn a_refusing_server_is_reported_and_not_tried_forever() {
+    let port = free_port();
+    let seen = server(port, Duration::ZERO, Duration::ZERO, 404);
+    std::thread::sleep(Duration::from_millis(100));
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.json");
+    std::fs::write(
+        &input,
+        serde_json::to_vec(&json!({
+            "specs": {"e": {"argv": ["/bin/echo", "hi"], "fds": [["stdout", util::mem_utf8()]]}},
+            "callback": {"url": format!("http://127.0.0.1:{port}")},
+            "config": {"retry_frequency": 0.1, "timeout": 60},
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let out = Command::new(util::bin())
+        .arg("--callback")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(t0.elapsed() < Duration::from_secs(20), "kept trying a 404");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused with status 404"), "{err}");
+    // One try each: the states, the output, the completion.
+    let reqs = seen.lock().unwrap().clone();
+    let outputs = reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/output/stdout"))
+        .count();
+    assert_eq!(outputs, 1, "{reqs:?}");
+    assert_eq!(reqs.iter().filter(|r| r.path == "/completed").count(), 1);
+}
+
+#[test]
+fn sigterm_to_the_agent_reaches_the_program_and_its_end_is_pushed() {
+    let port = free_port();
+    let seen = server(port, Duration::ZERO, Duration::ZERO, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut child = Command::new(util::bin())
+        .args(["--callback", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let input = json!({"program": {"argv": ["/bin/sleep", "30"]},
+                       "callback": {"url": format!("http://127.0.0.1:{port}")}});
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&input).unwrap())
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("\"running\""), "{line}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let reqs = seen.lock().unwrap().clone();
+    let last = reqs.last().unwrap();
+    assert_eq!(last.path, "/completed");
+    let done: Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(
+        done["results"]["program"]["status"]["signal"], "SIGTERM",
+        "{done}"
+    );
+}
