@@ -24,6 +24,9 @@
 //! - `URL/completed` (JSON `{"results": {id: result}}`), last, once every
 //!   process is final and all of its output has been delivered.
 //!
+//! Results in pushes show captures as `detached` (their length): the bytes
+//! went by the output pushes.
+//!
 //! Delivery: pushes of one capture go one at a time, in order. A push that
 //! fails to connect, or is answered 5xx, 408 or 429, is sent again every
 //! `retry_frequency` seconds until `timeout` seconds have passed since its
@@ -315,7 +318,7 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
     let mut procs = serde_json::Map::new();
     let mut captures = Vec::new();
     for id in &ids {
-        if let Some(r) = handle.result(id).await {
+        if let Some(r) = handle.result_brief(id).await {
             procs.insert(
                 id.clone(),
                 json!({"pid": r.pid, "start": r.times.start, "state": r.state}),
@@ -333,7 +336,7 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
     );
     let mut failures = Vec::new();
     for id in &ids {
-        if let Some(r) = handle.result(id).await {
+        if let Some(r) = handle.result_brief(id).await {
             if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
                 failures.push(format!("state of {id}: {e}"));
             }
@@ -351,7 +354,7 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
             match events.event().await {
                 Some(Event::Exited(id)) if left.contains(&id) => {
                     left.remove(&id);
-                    if let Some(r) = handle.wait(&id).await {
+                    if let Some(r) = handle.result_brief(&id).await {
                         if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await
                         {
                             failed.push(format!("state of {id}: {e}"));
@@ -368,7 +371,13 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
     failures.extend(state_failures);
     failures.extend(outs.into_iter().filter_map(Result::err));
     handle.wait_all().await;
-    let results = handle.results().await;
+    // Detached: the bytes went by the output pushes.
+    let mut results = serde_json::Map::new();
+    for id in &ids {
+        if let Some(r) = handle.result_brief(id).await {
+            results.insert(id.clone(), serde_json::to_value(&r).unwrap_or(Value::Null));
+        }
+    }
     if let Err(e) = p
         .push_json("/completed", &json!({ "results": results }))
         .await

@@ -401,11 +401,10 @@ pub fn run(args: Args) -> u8 {
     // In the other endings nothing runs any more and this returns at once.
     rt.block_on(async {
         let h = agent.handle();
-        if h.results()
-            .await
-            .values()
-            .any(|r| r.pid.is_some() && r.status.is_none())
-        {
+        // From the overview, not the results: those would copy or read
+        // every attached capture.
+        let live = h.overview(crate::supervisor::status::Select::Live).await;
+        if live.rows.iter().any(|r| r.pid.is_some()) {
             h.shutdown(ShutdownPolicy::Kill).await;
             h.wait_done().await;
         }
@@ -865,6 +864,11 @@ fn shutdown_on_signals(handle: Handle) -> impl Future<Output = ()> {
 
 /// Writes the results for `--print` or `--output`; returns the exit code.
 async fn write_results(args: &Args, handle: &Handle) -> u8 {
+    if args.output.is_none() && !args.print {
+        // Nothing to write: build no results (an attached capture would be
+        // copied or read for nothing).
+        return 0;
+    }
     let results = handle.results().await;
     let write = |w: &mut dyn Write| -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, &results)?;

@@ -240,8 +240,10 @@ impl Spool {
 
     /// Writes every process's result now.
     pub fn write_all(&self, handle: &Handle) {
-        for (id, res) in handle.results().wait() {
-            self.write(&id, &res);
+        for id in handle.proc_ids().wait() {
+            if let Some(res) = handle.result_brief(&id).wait() {
+                self.write(&id, &res);
+            }
         }
     }
 
@@ -294,7 +296,7 @@ pub fn start_writer(
                     spool.write_all(&handle);
                 } else {
                     for id in dirty {
-                        if let Some(res) = handle.result(&id).wait() {
+                        if let Some(res) = handle.result_brief(&id).wait() {
                             spool.write(&id, &res);
                         }
                     }

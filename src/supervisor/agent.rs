@@ -19,6 +19,8 @@ type Reply<T> = Box<dyn FnOnce(T) + Send>;
 pub(crate) enum Command {
     Start(Input, Reply<Result<Vec<ProcId>, StartError>>),
     Result(ProcId, Reply<Option<Snapshot>>),
+    /// A result with every capture detached (counts only).
+    ResultBrief(ProcId, Reply<Option<Snapshot>>),
     Results(Reply<Vec<(ProcId, Snapshot)>>),
     Ids(Reply<Vec<ProcId>>),
     Overview(super::status::Select, Reply<super::status::Overview>),
@@ -60,6 +62,7 @@ impl std::fmt::Debug for Command {
         let name = match self {
             Command::Start(..) => "Start",
             Command::Result(..) => "Result",
+            Command::ResultBrief(..) => "ResultBrief",
             Command::Results(..) => "Results",
             Command::Ids(..) => "Ids",
             Command::Overview(..) => "Overview",

@@ -137,6 +137,17 @@ impl Handle {
         )
     }
 
+    /// As [`Handle::result`], with every capture `detached` (its length and
+    /// the rest of its keys, none of its bytes): cheap whatever the process
+    /// wrote, for a front end that serves output separately.
+    pub fn result_brief(&self, id: &str) -> Call<Option<ProcRes>> {
+        self.call(
+            |r| Command::ResultBrief(id.to_string(), r),
+            |s: Option<Snapshot>| s.map(Snapshot::into_res),
+            || None,
+        )
+    }
+
     /// The current results of all processes, by id.
     pub fn results(&self) -> Call<std::collections::BTreeMap<ProcId, ProcRes>> {
         self.call(

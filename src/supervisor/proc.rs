@@ -662,6 +662,12 @@ impl Proc {
     /// Builds the result snapshot (fd contents filled in by the caller). A
     /// running process is sampled first, so a live result is current.
     pub fn snapshot(&mut self, stat_ctx: Option<&StatContext>) -> Snapshot {
+        self.snapshot_with(stat_ctx, false)
+    }
+
+    /// As [`Proc::snapshot`]; with `brief`, every capture as detached (its
+    /// counts only: no bytes copied or read).
+    pub fn snapshot_with(&mut self, stat_ctx: Option<&StatContext>, brief: bool) -> Snapshot {
         if let (Life::Running, Some(ctx)) = (&self.life, stat_ctx) {
             let mut buf = Vec::with_capacity(1024);
             let _ = self.sample(ctx, &mut buf);
@@ -720,8 +726,12 @@ impl Proc {
             .map(|(name, idx)| {
                 let snap = idx.and_then(|i| self.captures.get(i)).map(|c| FdSnap {
                     encoding: c.encoding,
-                    attached: c.attached,
-                    content: if c.attached { c.content() } else { c.counts() },
+                    attached: c.attached && !brief,
+                    content: if c.attached && !brief {
+                        c.content()
+                    } else {
+                        c.counts()
+                    },
                     compression: c.compression_res(),
                     window: c.window,
                 });

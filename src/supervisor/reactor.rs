@@ -890,6 +890,13 @@ impl Reactor {
                     .map(|p| p.snapshot(self.stat_ctx.as_ref()));
                 reply(snap);
             }
+            Command::ResultBrief(id, reply) => {
+                let snap = self
+                    .serial(&id)
+                    .and_then(|s| self.procs.get_mut(&s))
+                    .map(|p| p.snapshot_with(self.stat_ctx.as_ref(), true));
+                reply(snap);
+            }
             Command::Results(reply) => {
                 let ctx = self.stat_ctx.as_ref();
                 let mut out: Vec<(ProcId, Snapshot)> = self
