@@ -7,7 +7,7 @@
 //! | `GET /events` | a `text/event-stream` of the table's changes (below) |
 //! | `GET /procs/ID/samples` | `{"data": {"samples": [[seconds, rss, cpu], …]}}` |
 //!
-//! A row is [`Row`]: id, phase, state, pid, argv, start, elapsed, exit code
+//! A row is [`Row`](crate::supervisor::status::Row): id, phase, state, pid, argv, start, elapsed, exit code
 //! or signal, CPU seconds, peak and current RSS, and each captured fd's
 //! length, dropped bytes and whether it is open. Rows are built on the
 //! reactor from what it holds, with no `/proc` reads or output copies.

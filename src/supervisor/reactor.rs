@@ -1057,7 +1057,7 @@ impl Reactor {
         }
     }
 
-    /// The table in brief (see [`status`](super::status)): rows built from
+    /// The table in brief (see [`status`]): rows built from
     /// what is held, without `/proc` reads or copies of output.
     fn overview(&mut self, select: status::Select) -> status::Overview {
         use status::Select;
