@@ -41,9 +41,9 @@
 //! process's pid and start time. SIGTERM to the agent reaches the program
 //! (Procstar's terminate policy).
 
-use crate::client::Client;
+use crate::client::{Client, segment as enc};
 use crate::spec::{CaptureMode, FdSpec, Input};
-use crate::supervisor::{Event, Handle};
+use crate::supervisor::Handle;
 use bytes::Bytes;
 use hyper::Method;
 use serde_json::{Value, json};
@@ -151,9 +151,8 @@ fn program_spec(p: &Value, stdin_dir: &std::path::Path) -> Result<Input, String>
 
 /// Tempfile captures become memory captures, whose growth the agent sees
 /// (a tempfile is written by the child directly).
-fn watchable(input: Input) -> Input {
-    let mut specs = crate::spec::Specs::new();
-    for (id, mut ps) in input.specs.into_vec() {
+fn watchable(mut input: Input) -> Input {
+    for ps in input.specs.iter_mut() {
         for (_, fd) in &mut ps.fds {
             if let FdSpec::Capture { mode, .. } = fd {
                 if *mode == CaptureMode::Tempfile {
@@ -161,9 +160,8 @@ fn watchable(input: Input) -> Input {
                 }
             }
         }
-        let _ = specs.try_insert(id, ps);
     }
-    Input { specs }
+    input
 }
 
 /// Why a push did not arrive.
@@ -223,19 +221,6 @@ impl Pusher {
         let body = Bytes::from(serde_json::to_vec(v).unwrap_or_default());
         self.push(path, ("application/json", body), &[]).await
     }
-}
-
-/// Percent-encodes a query value or path segment.
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Pushes one capture's bytes until it can grow no more and all is sent.
@@ -313,7 +298,6 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
     };
     let method = Method::from_bytes(cb.method.as_bytes()).unwrap_or(Method::POST);
     let p = Pusher { client, cb, method };
-    let mut events = handle.subscribe();
     // Running-state line: the agent's pid and each process's.
     let mut procs = serde_json::Map::new();
     let mut captures = Vec::new();
@@ -347,25 +331,23 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
             .iter()
             .map(|(id, fd)| push_output(&p, &handle, id, fd)),
     );
+    // Each process's end, by waiting on it (not on events, which a process
+    // that ended before this began would never send again).
     let states = async {
-        let mut failed = Vec::new();
-        let mut left: std::collections::BTreeSet<&String> = ids.iter().collect();
-        while !left.is_empty() {
-            match events.event().await {
-                Some(Event::Exited(id)) if left.contains(&id) => {
-                    left.remove(&id);
-                    if let Some(r) = handle.result_brief(&id).await {
-                        if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await
-                        {
-                            failed.push(format!("state of {id}: {e}"));
-                        }
-                    }
-                }
-                None => break,
-                _ => {}
-            }
-        }
-        failed
+        let (handle, p) = (&handle, &p);
+        let ends = ids.iter().map(|id| async move {
+            handle.wait(id).await?;
+            let r = handle.result_brief(id).await?;
+            p.push_json("/state", &json!({"id": id, "result": r}))
+                .await
+                .err()
+                .map(|e| format!("state of {id}: {e}"))
+        });
+        futures_util::future::join_all(ends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
     };
     let (outs, state_failures) = tokio::join!(outputs, states);
     failures.extend(state_failures);

@@ -560,7 +560,7 @@ async fn listen(args: &Args) -> Result<Serve, u8> {
 }
 
 /// A random (version 4) UUID, for a connection id.
-fn uuid_v4() -> String {
+pub(crate) fn uuid_v4() -> String {
     let mut b = [0u8; 16];
     let _ = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
@@ -609,13 +609,15 @@ fn start_spool(
     args: &Args,
     detached: Option<crate::sys::daemon::Child>,
 ) -> Result<(), u8> {
-    s.write_all(handle);
-    if let Err(e) = crate::spool::start_writer(s.clone(), handle.clone(), args.sample_interval) {
+    let events = handle.subscribe();
+    let results = s.write_all(handle);
+    if let Err(e) =
+        crate::spool::start_writer(s.clone(), handle.clone(), events, args.sample_interval)
+    {
         eprintln!("error: --spool: cannot start its writer: {e}");
         return Err(EXIT_START);
     }
     if let Some(mut c) = detached {
-        let results = handle.results().wait();
         let mut msg = serde_json::to_vec(&results).unwrap_or_default();
         msg.push(b'\n');
         if let Err(e) = c.ready(&msg) {
@@ -770,7 +772,7 @@ async fn modes(
     let finish = async {
         handle.wait_all().await;
         if let Some(s) = &spool {
-            s.write_all(&handle);
+            let _ = s.write_all(&handle);
             if let Err(e) = s.finish() {
                 eprintln!("error: {e}");
             }

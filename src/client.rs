@@ -230,7 +230,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
 }
 
 /// Percent-encodes a path segment (a process id or fd name).
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

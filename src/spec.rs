@@ -244,6 +244,11 @@ impl Specs {
         Self(Vec::new())
     }
 
+    /// Each spec, mutably, in order (ids stay as they are).
+    pub fn iter_mut(&mut self) -> impl ExactSizeIterator<Item = &mut ProcSpec> {
+        self.0.iter_mut().map(|(_, s)| s)
+    }
+
     /// Appends a spec, or fails with [`SpecError::DuplicateProcId`] if `proc_id` is
     /// already present.
     pub fn try_insert(&mut self, proc_id: ProcId, spec: ProcSpec) -> Result<(), SpecError> {

@@ -72,6 +72,9 @@ struct App {
     started: (std::time::SystemTime, std::time::Instant),
     /// The status page's event broadcast.
     hub: Arc<status::Hub>,
+    /// Who the agent is (read once: the user and group names are NSS
+    /// lookups, not for every second's `agent` frame).
+    info: Arc<serde_json::Value>,
 }
 
 /// The API's router over `handle`.
@@ -87,6 +90,7 @@ pub fn router(handle: Handle, options: &Options) -> Router {
         streams: Arc::default(),
         started: (std::time::SystemTime::now(), std::time::Instant::now()),
         hub: Arc::default(),
+        info: Arc::new(serde_json::to_value(crate::proto::ProcInfo::current()).unwrap_or_default()),
     };
     Router::new()
         .route("/procs", get(get_procs).post(post_procs))

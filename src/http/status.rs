@@ -285,7 +285,7 @@ pub(super) fn agent(app: &App, o: &Overview) -> serde_json::Value {
     }
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "proc": crate::proto::ProcInfo::current(),
+        "proc": &*app.info,
         "started": crate::metrics::format_rfc3339(since_epoch),
         "uptime": app.started.1.elapsed().as_secs_f64(),
         "shutdown_state": o.shutdown_state,

@@ -186,10 +186,9 @@ impl Spool {
     /// byte is in the spool: memory captures keep their head/tail view of
     /// the file in results, tempfile captures their whole-file result.
     /// Captures that are already kept files stay where their spec puts them.
-    pub fn translate(&self, input: Input) -> Input {
+    pub fn translate(&self, mut input: Input) -> Input {
         let out = self.dir.join(OUT).to_string_lossy().into_owned();
-        let mut specs = crate::spec::Specs::new();
-        for (id, mut ps) in input.specs.into_vec() {
+        for ps in input.specs.iter_mut() {
             for (_, fd) in &mut ps.fds {
                 if let FdSpec::Capture {
                     mode, dir, memory, ..
@@ -202,10 +201,8 @@ impl Spool {
                     }
                 }
             }
-            // Ids are unique in `input`, so this cannot fail.
-            let _ = specs.try_insert(id, ps);
         }
-        Input { specs }
+        input
     }
 
     /// Writes a process's result file: captures as `detached` (length and
@@ -238,13 +235,16 @@ impl Spool {
         )
     }
 
-    /// Writes every process's result now.
-    pub fn write_all(&self, handle: &Handle) {
+    /// Writes every process's result now; returns them.
+    pub fn write_all(&self, handle: &Handle) -> std::collections::BTreeMap<String, ProcRes> {
+        let mut all = std::collections::BTreeMap::new();
         for id in handle.proc_ids().wait() {
             if let Some(res) = handle.result_brief(&id).wait() {
                 self.write(&id, &res);
+                all.insert(id, res);
             }
         }
+        all
     }
 
     fn write(&self, id: &str, res: &ProcRes) {
@@ -255,14 +255,15 @@ impl Spool {
 }
 
 /// Starts the thread that keeps the result files current: on every start,
-/// exit, compression and deletion, and every `interval` for the processes
-/// running. It ends when the agent does.
+/// exit, compression and deletion (`events`, subscribed before the first
+/// [`Spool::write_all`], so that no change falls between), and every
+/// `interval` for the processes running. It ends when the agent does.
 pub fn start_writer(
     spool: std::sync::Arc<Spool>,
     handle: Handle,
+    events: crate::supervisor::Subscription,
     interval: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let events = handle.subscribe();
     std::thread::Builder::new()
         .name("spool".into())
         .spawn(move || {
@@ -293,7 +294,7 @@ pub fn start_writer(
                     dirty.extend(running.rows.into_iter().map(|r| r.id));
                 }
                 if all {
-                    spool.write_all(&handle);
+                    let _ = spool.write_all(&handle);
                 } else {
                     for id in dirty {
                         if let Some(res) = handle.result_brief(&id).wait() {
@@ -309,8 +310,14 @@ pub fn start_writer(
 }
 
 /// Writes `data` to `dir/name` through a temporary file renamed over it.
+///
+/// Each write has a temporary name of its own: two threads writing the same
+/// file at once (the writer thread and a final `write_all`) must not share
+/// one, or one could rename the other's half-written file into place.
 pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
     drop(f);
@@ -472,6 +479,32 @@ mod tests {
             prop_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b"%_-.".contains(&b)));
             prop_assert!(!name.starts_with('.'));
             prop_assert_eq!(id_of(&name), Some(id));
+        }
+    }
+
+    #[test]
+    fn two_writers_of_one_file_never_show_a_reader_a_torn_one() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        write_atomic(&dir, "r.json", b"[0]").unwrap();
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000 {
+                        let body = format!("[{w}, {i}, \"{}\"]", "x".repeat(i % 500));
+                        write_atomic(&dir, "r.json", body.as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        while !writers.iter().all(std::thread::JoinHandle::is_finished) {
+            let data = std::fs::read(dir.join("r.json")).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&data)
+                .unwrap_or_else(|e| panic!("torn ({e}): {:?}", String::from_utf8_lossy(&data)));
+        }
+        for w in writers {
+            w.join().unwrap();
         }
     }
 

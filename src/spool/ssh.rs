@@ -86,35 +86,23 @@ pub fn build_command(
         ssh.push(o.clone());
     }
     let user = user.filter(|u| !u.is_empty());
-    match (options.mode, user) {
+    // `sudo -n -u USER --`, then `rest`.
+    let sudo = |u: &str, rest: &[OsString]| -> Vec<OsString> {
+        let mut v: Vec<OsString> = ["sudo", "-n", "-u", u, "--"].map(OsString::from).into();
+        v.extend(rest.iter().cloned());
+        v
+    };
+    let (mut argv, remote) = match (options.mode, user) {
         (Mode::SshAs, Some(u)) => {
             ssh.extend(["-l".into(), u.into()]);
-            ssh.extend([host.into(), "--".into(), shell_command(command)]);
-            ssh
+            (ssh, command.to_vec())
         }
-        (Mode::SudoThenSsh, Some(u)) => {
-            let mut argv: Vec<OsString> = ["sudo", "-n", "-u", u, "--"]
-                .into_iter()
-                .map(OsString::from)
-                .collect();
-            argv.extend(ssh);
-            argv.extend([host.into(), "--".into(), shell_command(command)]);
-            argv
-        }
-        (Mode::SshThenSudo, Some(u)) => {
-            let mut remote: Vec<OsString> = ["sudo", "-n", "-u", u, "--"]
-                .into_iter()
-                .map(OsString::from)
-                .collect();
-            remote.extend(command.iter().cloned());
-            ssh.extend([host.into(), "--".into(), shell_command(&remote)]);
-            ssh
-        }
-        (_, None) => {
-            ssh.extend([host.into(), "--".into(), shell_command(command)]);
-            ssh
-        }
-    }
+        (Mode::SudoThenSsh, Some(u)) => (sudo(u, &ssh), command.to_vec()),
+        (Mode::SshThenSudo, Some(u)) => (ssh, sudo(u, command)),
+        (_, None) => (ssh, command.to_vec()),
+    };
+    argv.extend([host.into(), "--".into(), shell_command(&remote)]);
+    argv
 }
 
 /// `chaperone ssh`'s command line.
@@ -208,13 +196,10 @@ pub fn run(args: SshArgs) -> u8 {
             return 2;
         }
     };
-    let spool = args.spool.clone().unwrap_or_else(|| {
-        let mut b = [0u8; 6];
-        let _ = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-        let tag: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        format!("/tmp/chaperone-spool-{tag}").into()
-    });
+    let spool = args
+        .spool
+        .clone()
+        .unwrap_or_else(|| format!("/tmp/chaperone-spool-{}", crate::cli::uuid_v4()).into());
     let remote: Vec<OsString> = vec![
         args.chaperone.clone(),
         "--spool".into(),

@@ -24,6 +24,17 @@ fn write_spec(dir: &Path, spec: &Value) -> PathBuf {
     p
 }
 
+/// `chaperone --spool DIR MODE SPEC` to its end (`spec` written beside DIR).
+fn run_spooled(dir: &Path, mode: &str, spec: &Value) -> std::process::Output {
+    chaperone()
+        .arg("--spool")
+        .arg(dir)
+        .arg(mode)
+        .arg(write_spec(dir.parent().unwrap(), spec))
+        .output()
+        .unwrap()
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -70,13 +81,7 @@ fn the_spool_keeps_the_spec_every_result_and_every_byte() {
         "text": {"argv": ["/bin/echo", "hello"], "fds": [["stdout", util::mem_utf8()]]},
     }});
     let dir = d.path().join("spool");
-    let out = chaperone()
-        .args(["--spool"])
-        .arg(&dir)
-        .arg("--print")
-        .arg(write_spec(d.path(), &spec))
-        .output()
-        .unwrap();
+    let out = run_spooled(&dir, "--print", &spec);
     assert!(
         out.status.success(),
         "{}",
@@ -126,13 +131,7 @@ fn the_spool_keeps_the_spec_every_result_and_every_byte() {
     assert_eq!(bytes, binary()[1000..].to_vec());
 
     // A second agent may not take the directory, even once the first is done.
-    let again = chaperone()
-        .arg("--spool")
-        .arg(&dir)
-        .arg("--print")
-        .arg(write_spec(d.path(), &spec))
-        .output()
-        .unwrap();
+    let again = run_spooled(&dir, "--print", &spec);
     assert_eq!(again.status.code(), Some(2));
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("an earlier agent"), "{err}");
@@ -205,13 +204,7 @@ fn a_dead_agent_shows_as_such_and_its_last_state_stays_readable() {
     assert_eq!(s["procs"]["sleeper"]["state"], "running");
     let pid = s["procs"]["sleeper"]["pid"].as_i64().unwrap() as i32;
     // Another agent is refused while this one runs.
-    let other = chaperone()
-        .arg("--spool")
-        .arg(&dir)
-        .arg("--print")
-        .arg(write_spec(d.path(), &spec))
-        .output()
-        .unwrap();
+    let other = run_spooled(&dir, "--print", &spec);
     assert_eq!(other.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&other.stderr).contains("another agent"));
 
@@ -368,13 +361,7 @@ fn detach_returns_once_started_and_the_agent_carries_on_in_its_own_session() {
         "argv": ["/bin/sh", "-c", "echo started; sleep 1.5; echo finished"],
         "fds": [["stdout", util::mem_utf8()]]}}});
     let t0 = Instant::now();
-    let out = chaperone()
-        .arg("--spool")
-        .arg(&dir)
-        .arg("--detach")
-        .arg(write_spec(d.path(), &spec))
-        .output()
-        .unwrap();
+    let out = run_spooled(&dir, "--detach", &spec);
     assert!(
         out.status.success(),
         "{}",
