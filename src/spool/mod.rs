@@ -356,6 +356,9 @@ pub(crate) fn socket_path(
     ))
 }
 
+/// The longest control request taken.
+const MAX_REQUEST: u64 = 1 << 20;
+
 /// Serves the control socket until the future is dropped: each connection
 /// sends JSON lines and gets one line back for each.
 pub async fn serve_control(spool: std::sync::Arc<Spool>, handle: Handle) -> std::io::Result<()> {
@@ -375,9 +378,32 @@ pub async fn serve_control(spool: std::sync::Arc<Spool>, handle: Handle) -> std:
         let handle = handle.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(r.take(1 << 20)).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let (answer, stop) = control(&handle, &line).await;
+            let mut r = tokio::io::BufReader::new(r);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // One request a line, at most MAX_REQUEST bytes.
+                let n = match (&mut r)
+                    .take(MAX_REQUEST + 1)
+                    .read_until(b'\n', &mut line)
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let too_long = n as u64 > MAX_REQUEST && !line.ends_with(b"\n");
+                let (answer, stop) = if too_long {
+                    let e = format!("request longer than {MAX_REQUEST} bytes");
+                    (serde_json::json!({ "error": e }), None)
+                } else {
+                    match std::str::from_utf8(&line) {
+                        Ok(text) => control(&handle, text).await,
+                        Err(e) => (
+                            serde_json::json!({"error": format!("not UTF-8: {e}")}),
+                            None,
+                        ),
+                    }
+                };
                 let mut out = answer.to_string();
                 out.push('\n');
                 let written = w.write_all(out.as_bytes()).await.is_ok();
@@ -386,7 +412,7 @@ pub async fn serve_control(spool: std::sync::Arc<Spool>, handle: Handle) -> std:
                 if let Some(policy) = stop {
                     handle.shutdown(policy).await;
                 }
-                if !written {
+                if !written || too_long {
                     break;
                 }
             }

@@ -610,3 +610,47 @@ fn over_ssh_a_detached_agent_survives_the_connection_and_is_reattached() {
         .unwrap();
     assert_eq!(part.stdout, want.as_bytes()[100..].to_vec());
 }
+
+#[test]
+fn garbage_on_the_control_socket_is_answered_and_the_agent_goes_on() {
+    use std::io::Write as _;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    let spec = json!({"specs": {"s": {"argv": ["/bin/sleep", "30"]}}});
+    let mut agent = start_agent(&dir, &spec, &[]);
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("control")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"garbage\n\xff\xfe\n{}\n{\"signal\": {\"id\": 3}}\n{\"stop\": {\"policy\": \"x\"}}\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let answers: Vec<Value> = (0..5)
+        .map(|_| {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            serde_json::from_str(&line).unwrap()
+        })
+        .collect();
+    let errors: Vec<&str> = answers
+        .iter()
+        .map(|a| a["error"].as_str().unwrap())
+        .collect();
+    assert!(errors[0].starts_with("not JSON"), "{errors:?}");
+    assert!(errors[1].starts_with("not UTF-8"), "{errors:?}");
+    assert!(errors[2].starts_with("unknown request"), "{errors:?}");
+    assert!(errors[3].contains("needs \"id\""), "{errors:?}");
+    assert!(errors[4].contains("unknown policy"), "{errors:?}");
+    // A line past the limit is refused, and the connection ends.
+    let mut long = std::os::unix::net::UnixStream::connect(dir.join("control")).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = long.write_all(&vec![b'x'; 2 << 20]);
+    let mut line = String::new();
+    BufReader::new(long).read_line(&mut line).unwrap();
+    assert!(line.contains("request longer than"), "{line}");
+    // And the agent still takes requests.
+    let (code, _) = spool(&dir, &["stop", "--policy", "kill"]);
+    assert_eq!(code, 0);
+    assert!(agent.wait().unwrap().success());
+}
