@@ -411,7 +411,6 @@ fn follow(dir: &Path, out: &mut impl Write) -> Result<u8, String> {
                 seen.insert(id.clone(), r.clone());
             }
         }
-        let mut complete = true;
         for (id, r) in &now {
             let fds: Vec<String> = r
                 .get("fds")
@@ -419,7 +418,7 @@ fn follow(dir: &Path, out: &mut impl Write) -> Result<u8, String> {
                 .map(|m| m.keys().cloned().collect())
                 .unwrap_or_default();
             for fd in fds {
-                let Some((path, compressed, length)) = capture_of(r, &fd) else {
+                let Some((path, compressed, _)) = capture_of(r, &fd) else {
                     continue;
                 };
                 if watched.insert(path.clone()) {
@@ -428,27 +427,17 @@ fn follow(dir: &Path, out: &mut impl Write) -> Result<u8, String> {
                 let tail = tails
                     .entry((id.clone(), fd.clone()))
                     .or_insert_with(|| Tail::new(0));
-                let mut pieces = Vec::new();
                 tail.read(&path, compressed, |offset, bytes| {
-                    pieces.push((offset, bytes.to_vec()));
-                    Ok(())
+                    let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    line(json!({"type": "output", "id": id, "fd": fd, "offset": offset, "data": data}))
                 })?;
-                for (offset, bytes) in pieces {
-                    line(
-                        json!({"type": "output", "id": id, "fd": fd, "offset": offset,
-                                "data": base64::engine::general_purpose::STANDARD.encode(&bytes)}),
-                    )?;
-                }
-                if !is_final(r) || tail.offset < length {
-                    complete = false;
-                }
-            }
-            if !is_final(r) {
-                complete = false;
             }
         }
+        // `agent` was read before this pass: once it said done, every
+        // result was final and every byte in its file, so the pass has
+        // read it all.
         match agent.as_ref().map(|a| a.state.as_str()) {
-            Some("done") if complete => {
+            Some("done") => {
                 line(json!({"type": "done"}))?;
                 return Ok(0);
             }

@@ -826,7 +826,10 @@ function schedule() {
   requestAnimationFrame(() => { pending = false; renderTable(); });
 }
 
-let procThrottle = 0;
+// When the open process page last refreshed, and a refresh held back by
+// the throttle (one comes at its end, so no change is left unshown).
+let procThrottle = -Infinity;
+let procTrailing = 0;
 listeners.add(ids => {
   table.dirty = true;
   schedule();
@@ -834,9 +837,19 @@ listeners.add(ids => {
     const now = performance.now();
     // Rows of a running process come every second; its page follows at
     // most that often.
-    if (now - procThrottle > 900 || (procs.get(page.id) || {}).phase !== "running") {
+    const wait = 900 - (now - procThrottle);
+    if (wait <= 0 || (procs.get(page.id) || {}).phase !== "running") {
+      clearTimeout(procTrailing);
+      procTrailing = 0;
       procThrottle = now;
       refreshProc(page);
+    } else if (!procTrailing) {
+      const p = page;
+      procTrailing = setTimeout(() => {
+        procTrailing = 0;
+        procThrottle = performance.now();
+        if (page === p) refreshProc(p);
+      }, wait);
     }
   }
 });
