@@ -481,9 +481,16 @@ fn start_input(specs: &serde_json::Map<String, Value>) -> Result<spec::Input, St
 }
 
 /// The notifications for a batch of events, in the events' order: each
-/// started or ended process's current result (asked for in one round trip,
-/// and sent once per batch, where its last event was), deletions and
-/// shutdown-state changes. The shutdown states seen come back too; `done` is
+/// started or ended process's current result (asked for in one round trip),
+/// deletions and shutdown-state changes.
+///
+/// A start is always told by a result of its own, and so is the end after
+/// it, even when both fall in one batch and the two results are the same
+/// final one: Procstar's server takes the first result after a start as the
+/// start's answer and waits for another that is not running, so a process
+/// that ended before its start was told must still send two. Repeats past
+/// that (a resync after missed events over an end in the same batch) are
+/// sent once, where the last of them was. The shutdown states seen come back too; `done` is
 /// left to the caller to announce, as it decides when the agent is finished.
 pub async fn notifications(
     handle: &Handle,
@@ -499,7 +506,13 @@ pub async fn notifications(
     let mut states = Vec::new();
     for e in events {
         match e {
-            Event::Started(id) | Event::Exited(id) => {
+            Event::Started(id) => {
+                // Not folded into a later result: see above.
+                last.remove(&id);
+                let call = handle.result(&id);
+                slots.push(Slot::Result(id, call));
+            }
+            Event::Exited(id) => {
                 if let Some(i) = last.insert(id.clone(), slots.len()) {
                     slots[i] = Slot::Gone;
                 }
@@ -548,26 +561,6 @@ pub async fn notifications(
         }
     }
     (replies, states)
-}
-
-/// Drops from a batch of notifications the final results already sent
-/// unasked: a process that ended before its start was reported has its final
-/// result sent for the start, and its end need not send it again. `sent` holds
-/// the processes whose final result went out (forgotten at deletion).
-pub fn drop_repeated_finals(
-    sent: &mut std::collections::HashSet<ProcId>,
-    replies: &mut Vec<Reply>,
-) {
-    replies.retain(|r| match r {
-        Reply::ProcResult { proc_id, res } if res.state != crate::result::State::Running => {
-            sent.insert(proc_id.clone())
-        }
-        Reply::ProcDelete { proc_id } => {
-            sent.remove(proc_id);
-            true
-        }
-        _ => true,
-    });
 }
 
 /// The current result of each of `ids` (each once, in order; a process

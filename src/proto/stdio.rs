@@ -115,7 +115,6 @@ where
     // One output in the order requests and events came in (see `ws`).
     let mut out: FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>> = FuturesOrdered::new();
     let mut done = false;
-    let mut finals = std::collections::HashSet::new();
     loop {
         if done && out.is_empty() {
             reader.abort();
@@ -136,13 +135,13 @@ where
                             continue;
                         }
                         let call = serve(&handle, decode_line(&line));
-                        out.push_back(Box::pin(async move { (call.await, Vec::new(), false) }));
+                        out.push_back(Box::pin(async move { (call.await, Vec::new()) }));
                     }
                     Ok(Some(Line::TooLong(n))) => {
                         let reply = Reply::unreadable(format!(
                             "line of {n} bytes is longer than the limit of {MAX_LINE}"
                         ));
-                        out.push_back(Box::pin(std::future::ready((vec![reply], Vec::new(), false))));
+                        out.push_back(Box::pin(std::future::ready((vec![reply], Vec::new()))));
                     }
                     Ok(None) | Err(_) => {
                         if let Err(e) = line {
@@ -153,11 +152,8 @@ where
                     }
                 }
             }
-            Some((mut replies, states, notes)) = out.next() => {
+            Some((replies, states)) = out.next() => {
                 done |= states.contains(&ShutdownState::Done);
-                if notes {
-                    super::drop_repeated_finals(&mut finals, &mut replies);
-                }
                 for r in &replies {
                     write(&mut output, r).await?;
                 }
@@ -170,18 +166,14 @@ where
                 let mut batch = vec![e];
                 batch.extend(events.try_iter());
                 let h = handle.clone();
-                out.push_back(Box::pin(async move {
-                    let (replies, states) = super::notifications(&h, batch).await;
-                    (replies, states, true)
-                }));
+                out.push_back(Box::pin(async move { super::notifications(&h, batch).await }));
             }
         }
     }
 }
 
-/// An entry of the output: replies, the shutdown states they saw, and
-/// whether they are notifications (not replies to a request).
-type Out = (Vec<Reply>, Vec<ShutdownState>, bool);
+/// An entry of the output: replies and the shutdown states they saw.
+type Out = (Vec<Reply>, Vec<ShutdownState>);
 
 #[cfg(test)]
 mod tests {

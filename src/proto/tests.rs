@@ -187,17 +187,20 @@ fn payloads_are_bin_in_msgpack_and_text_or_base64_in_json() {
 }
 
 #[test]
-fn a_final_result_is_sent_unasked_once_until_deletion() {
-    let res = |state: &str| -> Box<ProcRes> {
-        Box::new(
-            serde_json::from_value(serde_json::json!({"state": state, "pid": 1}))
-                .expect("a result"),
-        )
-    };
-    let r = |id: &str, state: &str| Reply::ProcResult {
-        proc_id: id.into(),
-        res: res(state),
-    };
+fn a_start_and_its_end_each_send_a_result_even_in_one_batch() {
+    use crate::supervisor::{Agent, Config};
+    // Procstar's server answers a start with the first result after it and
+    // then waits for one that is not running: a process that ended before
+    // its start was told must still send two.
+    let agent = Agent::new(Config::default()).expect("agent");
+    let input =
+        crate::spec::parse_input(br#"{"specs": {"t": {"argv": ["/bin/true"]}}}"#).expect("spec");
+    agent.start(input).expect("start");
+    agent.wait("t").expect("known");
+    let h = agent.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let kinds = |v: &[Reply]| -> Vec<String> {
         v.iter()
             .map(|r| match r {
@@ -207,21 +210,26 @@ fn a_final_result_is_sent_unasked_once_until_deletion() {
             })
             .collect()
     };
-    let mut sent = std::collections::HashSet::new();
-    let mut batch = vec![r("a", "running"), r("b", "terminated")];
-    drop_repeated_finals(&mut sent, &mut batch);
-    assert_eq!(kinds(&batch), ["a:Running", "b:Terminated"]);
-    // b's end, already told with its start; a's end is new.
-    let mut batch = vec![r("b", "terminated"), r("a", "terminated")];
-    drop_repeated_finals(&mut sent, &mut batch);
-    assert_eq!(kinds(&batch), ["a:Terminated"]);
-    // Deleted, then an id reused: its final result goes out again.
-    let mut batch = vec![
-        Reply::ProcDelete {
-            proc_id: "b".into(),
-        },
-        r("b", "error"),
-    ];
-    drop_repeated_finals(&mut sent, &mut batch);
-    assert_eq!(kinds(&batch), ["b:deleted", "b:Error"]);
+    let t = || ProcId::from("t");
+    let (r, _) = rt.block_on(notifications(
+        &h,
+        vec![Event::Started(t()), Event::Exited(t())],
+    ));
+    assert_eq!(kinds(&r), ["t:Terminated", "t:Terminated"]);
+    // A resync after missed events over an end in the same batch: once.
+    let (r, _) = rt.block_on(notifications(
+        &h,
+        vec![Event::Exited(t()), Event::Missed(3)],
+    ));
+    assert_eq!(
+        kinds(&r),
+        ["other", "t:Terminated"],
+        "a ShutDown, then t once"
+    );
+    // A start before the resync still has its own.
+    let (r, _) = rt.block_on(notifications(
+        &h,
+        vec![Event::Started(t()), Event::Missed(1)],
+    ));
+    assert_eq!(kinds(&r), ["t:Terminated", "other", "t:Terminated"]);
 }

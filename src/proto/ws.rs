@@ -226,9 +226,6 @@ struct Agent {
     events: Subscription,
     state: ShutdownState,
     owed: Owed,
-    /// Processes whose final result was sent unasked (see
-    /// [`super::drop_repeated_finals`]).
-    finals: std::collections::HashSet<ProcId>,
     /// When the shutdown state became done in the core: the server then has
     /// [`DELETE_GRACE`] to delete what is left.
     done_at: Option<Instant>,
@@ -249,7 +246,6 @@ pub async fn run(
         events,
         state: ShutdownState::Active,
         owed: Owed::default(),
-        finals: Default::default(),
         done_at: None,
     };
     agent.run().await
@@ -510,11 +506,10 @@ impl Agent {
     async fn deliver(&mut self, ws: &mut Ws, o: Out) -> Result<(), ()> {
         match o {
             Out::Replies(r) => self.send_all(ws, r).await,
-            Out::Notes(mut r, states) => {
+            Out::Notes(r, states) => {
                 for s in states {
                     self.shutdown_state(s);
                 }
-                super::drop_repeated_finals(&mut self.finals, &mut r);
                 self.send_all(ws, r).await
             }
         }

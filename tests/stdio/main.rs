@@ -185,6 +185,37 @@ fn stdio_answers_garbage_with_errors_and_keeps_serving() {
     assert_eq!(a.child.wait().expect("wait").code(), Some(0));
 }
 
+/// Procstar's contract: a result on start and another on the end, even for a
+/// process that ended before its start was told (Procstar's server takes the
+/// first as the start's answer and then waits for a final one).
+#[test]
+fn every_quick_process_sends_a_start_result_and_an_end_result() {
+    let mut a = agent(&[]);
+    let n = 200;
+    let specs: serde_json::Map<String, Value> = (0..n)
+        .map(|i| (format!("q{i}"), json!({"argv": ["/bin/true"]})))
+        .collect();
+    a.send(&json!({"type": "ProcStartRequest", "specs": specs}));
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let finals = |s: &std::collections::BTreeMap<String, Vec<String>>| {
+        s.values()
+            .filter(|v| v.len() >= 2 && v[v.len() - 1] != "running")
+            .count()
+    };
+    while finals(&seen) < n {
+        let m = a.next_of("ProcResult");
+        let id = m["proc_id"].as_str().expect("id").to_string();
+        let state = m["res"]["state"].as_str().expect("state").to_string();
+        seen.entry(id).or_default().push(state);
+    }
+    for (id, states) in &seen {
+        assert_eq!(states.len(), 2, "{id}: {states:?}");
+        assert_eq!(states[1], "terminated", "{id}: {states:?}");
+    }
+    a.stdin = None;
+    assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+}
+
 #[test]
 fn stdio_eof_terminates_running_processes() {
     let mut a = agent(&[]);
