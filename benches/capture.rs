@@ -244,9 +244,19 @@ fn file_round(agent: &Agent, input: &spec::Input, bytes: u64, path: &std::path::
     elapsed
 }
 
+/// An agent on the epoll driver (as where io_uring is denied).
+fn epoll_agent() -> Agent {
+    Agent::new(Config {
+        backend: chaperone::ring::BackendChoice::Epoll,
+        ..Config::default()
+    })
+    .expect("agent")
+}
+
 fn paired(rounds: usize) {
     let (bytes, exe, name) = setup();
     let agent = Agent::new(Config::default()).expect("agent");
+    let epoll = epoll_agent();
     let input = chaperone_input(&exe, bytes);
     let path = kept_path();
     let finput = file_input(&exe, bytes, &path);
@@ -254,9 +264,12 @@ fn paired(rounds: usize) {
     let mut buf = vec![0u8; CHUNK];
     let (mut chap, mut file, mut direct, mut raw) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ep, mut ep_file) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for k in 0..4 {
-            match (round + k) % 4 {
+        for k in 0..6 {
+            match (round + k) % 6 {
+                5 => ep.push(chaperone_round(&epoll, &input, bytes).as_secs_f64()),
+                4 => ep_file.push(file_round(&epoll, &finput, bytes, &path).as_secs_f64()),
                 0 => chap.push(chaperone_round(&agent, &input, bytes).as_secs_f64()),
                 1 => file.push(file_round(&agent, &finput, bytes, &path).as_secs_f64()),
                 2 => direct.push(file_round(&agent, &dinput, bytes, &path).as_secs_f64()),
@@ -269,6 +282,8 @@ fn paired(rounds: usize) {
         format!("{name}/chaperone_file"): file,
         format!("{name}/direct_file"): direct,
         format!("{name}/raw_read"): raw,
+        format!("{name}/epoll"): ep,
+        format!("{name}/epoll_file"): ep_file,
     });
     println!("{}", serde_json::json!({"bytes": bytes, "times": times}));
 }
@@ -308,6 +323,22 @@ fn bench_capture(c: &mut Criterion) {
         });
     });
     drop(agent);
+    let epoll = epoll_agent();
+    g.bench_function("epoll", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| chaperone_round(&epoll, &input, bytes))
+                .sum()
+        });
+    });
+    g.bench_function("epoll_file", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| file_round(&epoll, &finput, bytes, &path))
+                .sum()
+        });
+    });
+    drop(epoll);
 
     let mut buf = vec![0u8; CHUNK];
     g.bench_function("raw_read", |b| {

@@ -485,6 +485,15 @@ fn bench_spawn(c: &mut Criterion) {
                 });
             });
         }
+        {
+            let epoll = epoll_agent();
+            let events = epoll.handle().subscribe_bounded(1 << 20);
+            g.bench_function("epoll", |b| {
+                b.iter_custom(|iters| {
+                    per_iter(iters, || chaperone_round_events(&epoll, &events, &input))
+                });
+            });
+        }
         let all_fields = chaperone_input_all_fields(N);
         g.bench_function("all_fields", |b| {
             b.iter_custom(|iters| {
@@ -599,19 +608,30 @@ fn sampling_agent() -> Agent {
     .expect("agent")
 }
 
+/// An agent on the epoll driver (as where io_uring is denied).
+fn epoll_agent() -> Agent {
+    Agent::new(Config {
+        backend: chaperone::ring::BackendChoice::Epoll,
+        ..Config::default()
+    })
+    .expect("agent")
+}
+
 fn paired(rounds: usize) {
     let input = chaperone_input(N);
     let input_perf = chaperone_input_perf(N);
     let agent = Agent::new(Config::default()).expect("agent");
     let sampling = sampling_agent();
     let sampling_events = sampling.handle().subscribe_bounded(1 << 20);
+    let epoll = epoll_agent();
+    let epoll_events = epoll.handle().subscribe_bounded(1 << 20);
     let cmd = RawCmd::new(TRUE);
     let mut buf = vec![0u8; 64 * 1024];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let ids: [&str; 10] = [
+    let ids: [&str; 11] = [
         "chaperone",
         "raw_vfork",
         "std_command",
@@ -622,16 +642,18 @@ fn paired(rounds: usize) {
         "chaperone_wait_each",
         "perf",
         "sampling_1ms",
+        "epoll",
     ];
     let events = agent.handle().subscribe_bounded(1 << 20);
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); ids.len()];
     // One untimed warm-up round.
     for round in 0..=rounds {
-        // Nine blocks, in an order rotated every round so that no variant always
+        // Ten blocks, in an order rotated every round so that no variant always
         // runs first or after the same neighbour.
-        let mut t = [Duration::ZERO; 10];
-        for block in 0..9 {
-            match (block + round) % 9 {
+        let mut t = [Duration::ZERO; 11];
+        for block in 0..10 {
+            match (block + round) % 10 {
+                9 => t[10] = chaperone_round_events(&epoll, &epoll_events, &input),
                 8 => t[9] = chaperone_round_events(&sampling, &sampling_events, &input),
                 7 => t[8] = chaperone_round_events(&agent, &events, &input_perf),
                 6 => t[7] = chaperone_round(&agent, &input),

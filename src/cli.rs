@@ -177,6 +177,11 @@ pub struct Args {
     /// limit (`ulimit -n`), past a reserve of 256.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_running: Option<u64>,
+    /// What the reactor runs on: io_uring, epoll, or auto (io_uring where it
+    /// can be set up, else epoll, as in a container whose seccomp profile
+    /// denies io_uring). Default: `CHAPERONE_BACKEND`, else auto.
+    #[arg(long, value_name = "auto|io_uring|epoll")]
+    pub backend: Option<crate::ring::BackendChoice>,
 }
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
@@ -355,7 +360,7 @@ pub fn run(args: Args) -> u8 {
     } else {
         None
     };
-    let config = Config {
+    let mut config = Config {
         capture_head: args.capture_head,
         capture_tail: args.capture_tail,
         pdeath_sig: args.pdeath_sig,
@@ -369,6 +374,9 @@ pub fn run(args: Args) -> u8 {
         report_env: args.report_env,
         ..Config::default()
     };
+    if let Some(b) = args.backend {
+        config.backend = b;
+    }
     let agent = match Agent::new(config) {
         Ok(a) => a,
         Err(e) => {

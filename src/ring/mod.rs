@@ -1,8 +1,11 @@
-//! The reactor's plumbing above the raw ring: the wake-up path from other threads.
+//! The reactor's plumbing above the raw drivers: which one it runs on
+//! ([`Driver`]: io_uring, or epoll where io_uring cannot be used), and the
+//! wake-up path from other threads.
 //!
 //! The control side (the embedding program or a front end's runtime) sends
 //! commands over a channel and writes the eventfd; the reactor keeps a read of the
-//! eventfd in its ring, so a command wakes it from `io_uring_enter`.
+//! eventfd in its driver, so a command wakes it from `io_uring_enter` or
+//! `epoll_wait`.
 
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::fd::OwnedFd;
@@ -10,7 +13,11 @@ use rustix::io::Errno;
 use std::sync::Arc;
 use std::sync::mpsc;
 
+pub use crate::sys::epoll::Poller;
 pub use crate::sys::uring::{Cqe, Features, Ring, RingError};
+
+mod driver;
+pub use driver::{BackendChoice, Driver};
 
 /// The sending half of a [`Mailbox`]: queue a message, then wake the reactor.
 /// Clones share one channel sender, so dropping a clone costs nothing; the

@@ -105,10 +105,15 @@ pub struct Config {
     pub tmpdir: PathBuf,
     /// Size capture pipes are raised to (default `/proc/sys/fs/pipe-max-size`).
     pub pipe_size: usize,
-    /// Number of provided buffers (a power of two), each `pipe_size` bytes.
+    /// Number of provided buffers (a power of two), each `pipe_size` bytes
+    /// (on epoll: what one turn of the reactor reads, `buf_entries ×
+    /// pipe_size`).
     pub buf_entries: u16,
     /// Submission queue entries of the ring.
     pub ring_entries: u32,
+    /// What the reactor runs on (`--backend`; default from
+    /// `CHAPERONE_BACKEND`, else io_uring where it can be set up, else epoll).
+    pub backend: crate::ring::BackendChoice,
     /// Signal every child gets when the agent dies, unless its spec says
     /// otherwise (`--pdeath-sig`); `None`: children outlive the agent.
     pub pdeath_sig: Option<i32>,
@@ -157,6 +162,10 @@ impl Default for Config {
             pipe_size: crate::sys::pipe::max_size(),
             buf_entries: 4,
             ring_entries: 512,
+            backend: crate::ring::BackendChoice::from_env().unwrap_or_else(|e| {
+                tracing::warn!("{e}; choosing by probe");
+                crate::ring::BackendChoice::Auto
+            }),
             pdeath_sig: None,
             sample_interval: Some(std::time::Duration::from_secs(1)),
             perf: false,

@@ -12,7 +12,7 @@ use super::spawner::{Done, Spawner};
 use super::status;
 use crate::metrics::procstat::StatContext;
 use crate::result::Rusage;
-use crate::ring::{Cqe, Mailbox, Ring, RingError};
+use crate::ring::{Cqe, Driver, Mailbox, RingError};
 use crate::spec::{self, Input, ProcId};
 use crate::sys::spawn::{ChildStack, Spawned, spawn};
 use crate::sys::{pidfd, pipe, wait};
@@ -52,7 +52,7 @@ enum Tag {
 const OPEN_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) struct Reactor {
-    ring: Ring<Tag>,
+    ring: Driver<Tag>,
     mailbox: Mailbox<Command>,
     wake_fd: Rc<OwnedFd>,
     config: Config,
@@ -193,10 +193,14 @@ const SPAWN_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Reactor {
     pub(crate) fn new(config: Config, mailbox: Mailbox<Command>) -> Result<Reactor, StartupError> {
-        let mut ring = Ring::new(config.ring_entries).map_err(StartupError::Ring)?;
         let buf_size = u32::try_from(config.pipe_size.max(4096)).unwrap_or(1 << 20);
-        ring.register_buf_ring(config.buf_entries, buf_size, 0)
-            .map_err(StartupError::Ring)?;
+        let ring = Driver::new(
+            config.backend,
+            config.ring_entries,
+            config.buf_entries,
+            buf_size,
+        )
+        .map_err(StartupError::Ring)?;
         let wake_fd = Rc::new(
             crate::sys::fd::dup_cloexec(rustix::fd::AsFd::as_fd(&*mailbox.wake))
                 .map_err(|e| StartupError::Sys("dup of eventfd", e))?,
@@ -218,7 +222,7 @@ impl Reactor {
         let opener = Opener::new(opened_tx, mailbox.wake.clone());
         let (packed_tx, packed_rx) = std::sync::mpsc::channel();
         let packer = Packer::new(packed_tx, mailbox.wake.clone());
-        tracing::debug!(features = ?ring.features, "io_uring ready");
+        tracing::debug!(backend = ring.name(), features = ?ring.features(), "reactor ready");
         let output_limit = config.output_limit.map(crate::capture::limit::Budget::new);
         let max_running = config
             .max_running
@@ -1083,7 +1087,7 @@ impl Reactor {
             Select::None => Vec::new(),
         };
         rows.sort_by(|a, b| a.id.cmp(&b.id));
-        let f = &self.ring.features;
+        let f = self.ring.features();
         status::Overview {
             generation: self.generation,
             rows,
@@ -1092,7 +1096,7 @@ impl Reactor {
             output_limit: self.budget.as_ref().map(|b| b.limit()),
             shutdown_state: self.shutdown,
             backend: status::Backend {
-                name: "io_uring",
+                name: self.ring.name(),
                 waitid: f.waitid,
                 read_multishot: f.read_multishot,
                 buf_ring_inc: f.buf_ring_inc,
@@ -1559,7 +1563,7 @@ fn signal_proc(p: &Proc, signum: i32) -> Result<(), rustix::io::Errno> {
 /// Why the reactor could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartupError {
-    /// io_uring setup failed.
+    /// The driver (io_uring, or epoll) could not be set up.
     #[error(transparent)]
     Ring(RingError),
     /// A syscall during setup failed.

@@ -14,6 +14,7 @@
 //! | `daemon.rs` | [`daemon::detach`]: the agent's one fork, at start, into a session of its own (`--detach`) |
 //! | `user.rs` | user and group lookups (`getpwnam_r`, `getgrnam_r`, `getgrouplist`) in the parent |
 //! | `uring/` | the io_uring ring, its in-flight table, and the provided-buffer ring |
+//! | `epoll.rs` | [`epoll::Poller`]: the same operations on epoll, where io_uring cannot be used (no `unsafe`) |
 //!
 //! Reading `/proc` needs no `unsafe` and lives in `crate::metrics`.
 //!
@@ -29,6 +30,7 @@
 
 pub(crate) mod child;
 pub mod daemon;
+pub mod epoll;
 pub mod fd;
 pub mod perf;
 pub mod pidfd;

@@ -266,7 +266,7 @@ function renderAgent() {
   const c = a.counts || {};
   const up = a.uptime + (performance.now() - agentAt) / 1000;
   const b = a.backend || {};
-  const backend = b.name ? `${b.name}${b.waitid && b.read_multishot ? "" : " (fallback paths)"}` : "";
+  const backend = b.name ? `${b.name}${b.name !== "io_uring" || (b.waitid && b.read_multishot) ? "" : " (fallback paths)"}` : "";
   const conn = a.connection;
   const facts = [
     ["host", p.hostname], ["pid", p.pid], ["user", p.username], ["version", a.version],

@@ -43,12 +43,12 @@ pub struct Features {
     pub defer_taskrun: bool,
 }
 
-/// Why the ring could not be set up.
+/// Why the ring (or the epoll set standing in for it) could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
     /// `io_uring_setup` failed; the message names the usual causes.
     #[error(
-        "io_uring is unavailable ({reason}); chaperone needs io_uring (check sysctl kernel.io_uring_disabled and seccomp filters)"
+        "io_uring is unavailable ({reason}); check sysctl kernel.io_uring_disabled and seccomp filters, or run on epoll (--backend epoll)"
     )]
     Unavailable {
         /// What the kernel said.
@@ -63,6 +63,9 @@ pub enum RingError {
     /// Registering the provided-buffer ring failed.
     #[error("registering the provided-buffer ring failed")]
     BufRing(#[source] std::io::Error),
+    /// The epoll set standing in for the ring could not be made.
+    #[error("epoll_create failed")]
+    Epoll(#[source] std::io::Error),
 }
 
 /// What an in-flight slot owns on the kernel's behalf.
@@ -105,9 +108,25 @@ pub struct Cqe {
 }
 
 impl Cqe {
-    /// The op id (for debugging).
+    /// A completion of op `key` (the epoll driver makes its own; `flags`
+    /// are its own too).
+    pub(crate) fn new(key: u64, result: Result<u32, Errno>, more: bool, flags: u32) -> Cqe {
+        Cqe {
+            key,
+            result,
+            more,
+            flags,
+        }
+    }
+
+    /// The op id.
     pub fn key(&self) -> u64 {
         self.key
+    }
+
+    /// The completion's flags (the epoll driver's: where its bytes are).
+    pub(crate) fn flags(&self) -> u32 {
+        self.flags
     }
 }
 
