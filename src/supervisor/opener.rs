@@ -1,8 +1,10 @@
-//! Opening a spec's files off the reactor thread.
+//! Opening a spec's files, and looking up its user and group, off the
+//! reactor thread.
 //!
 //! A `file` fd or a kept capture path may be a FIFO with no peer, a slow
-//! network mount, or a device whose open sleeps: opened on the reactor, it
-//! would stall every other process. The reactor hands such opens to this pool
+//! network mount, or a device whose open sleeps; a user or group lookup goes
+//! through NSS, which may ask LDAP or sssd over the network: done on the
+//! reactor, either would stall every other process. The reactor hands such opens to this pool
 //! of threads, one job per process, and goes on; the process waits
 //! ([`Life::Opening`](super::proc::Life::Opening)) and may be signalled,
 //! deleted or timed out meanwhile, which abandons the job (its files are
@@ -30,6 +32,14 @@ pub(crate) enum OpenReq {
         flags: i32,
         mode: u32,
     },
+    /// The spec's child controls, resolved here because `user`, `group` or
+    /// `env.user_env` needs NSS lookups (the result goes under
+    /// [`CONTROL`]).
+    Control {
+        id: String,
+        spec: Box<crate::spec::ProcSpec>,
+        defaults: crate::control::Defaults,
+    },
     /// A mode `file` capture's kept file.
     Kept {
         index: usize,
@@ -48,7 +58,13 @@ pub(crate) enum Opened {
     File(Result<OwnedFd, OpenFailure>),
     /// A kept file, its path, and whether the open created it.
     Kept(Result<(OwnedFd, PathBuf, bool), OpenFailure>),
+    /// The resolved child controls.
+    Control(Result<crate::control::Control, Vec<crate::control::ControlError>>),
 }
+
+/// Where a job's [`Opened::Control`] goes among its results (no `fds` entry
+/// has this index).
+pub(crate) const CONTROL: usize = usize::MAX;
 
 impl Opened {
     /// Undoes what nobody will use: closes the file and removes a kept file
@@ -159,6 +175,10 @@ impl Opener {
 /// Does one open (on an opener thread, or the reactor's as a last resort).
 pub(crate) fn open(req: OpenReq) -> (usize, Opened) {
     match req {
+        OpenReq::Control { id, spec, defaults } => (
+            CONTROL,
+            Opened::Control(crate::control::resolve(&id, &spec, &defaults)),
+        ),
         OpenReq::File {
             index,
             path,
@@ -201,6 +221,52 @@ mod tests {
 
     fn wake() -> Arc<OwnedFd> {
         Arc::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd"))
+    }
+
+    // User and group lookups (NSS: perhaps LDAP over the network) are a
+    // job like an open: their errors come back naming the field.
+    #[test]
+    fn a_control_job_resolves_user_and_group_on_a_pool_thread() {
+        let (tx, rx) = mpsc::channel();
+        let mut o = Opener::new(tx, wake());
+        let spec = |user: &str| -> Box<crate::spec::ProcSpec> {
+            let json = format!(
+                r#"{{"argv": ["/bin/true"], "user": "{user}", "env": {{"user_env": true}}}}"#
+            );
+            Box::new(serde_json::from_str(&json).expect("spec"))
+        };
+        let job = |user: &str| OpenReq::Control {
+            id: "p".into(),
+            spec: spec(user),
+            defaults: Default::default(),
+        };
+        o.submit(1, vec![job("root")]).unwrap();
+        o.submit(2, vec![job("no-such-user-here")]).unwrap();
+        let mut got: Vec<_> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(30)).expect("a job"))
+            .collect();
+        got.sort_by_key(|g| g.0);
+        match &got[0].1[..] {
+            [(CONTROL, Opened::Control(Ok(c)))] => {
+                let env = c.user_env.as_ref().expect("user_env");
+                assert_eq!(env.get("USER").map(String::as_str), Some("root"));
+            }
+            other => panic!("root: {other:?}"),
+        }
+        match &got[1].1[..] {
+            [(CONTROL, Opened::Control(Err(es)))] => {
+                let msg = es
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                assert!(
+                    msg.contains("user") && msg.contains("no-such-user-here"),
+                    "{msg}"
+                );
+            }
+            other => panic!("unknown user: {other:?}"),
+        }
     }
 
     // A FIFO with no writer holds one thread; another job still finishes,

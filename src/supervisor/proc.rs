@@ -1,6 +1,6 @@
 //! One process: its plan (built in the parent), its captures, and its result.
 
-use super::opener::{OpenReq, Opened};
+use super::opener::{self, OpenReq, Opened};
 use super::packer::{Job, Packed};
 use crate::capture::headtail::{Frozen, HeadTail};
 use crate::capture::kept::{self, KeptFile};
@@ -1100,6 +1100,13 @@ fn file_path(ps: &ProcSpec, child_cwd: Option<&Path>, path: &str) -> PathBuf {
 pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<OpenReq> {
     let cwd = child_cwd(ps, ctx);
     let mut opens = Vec::new();
+    if ps.user.is_some() || ps.group.is_some() || ps.env.user_env {
+        opens.push(OpenReq::Control {
+            id: id.to_string(),
+            spec: Box::new(ps.clone()),
+            defaults: control_defaults(ctx),
+        });
+    }
     for (index, (name, fs)) in ps.fds.iter().enumerate() {
         let Ok(fd) = spec::parse_fd_name(name) else {
             continue;
@@ -1135,6 +1142,12 @@ fn fd_error(fd: RawFd, e: Errno) -> String {
         "failed to set up fd {fd}: {}",
         std::io::Error::from_raw_os_error(e.raw_os_error())
     )
+}
+
+fn control_defaults(ctx: &PlanContext<'_>) -> control::Defaults {
+    control::Defaults {
+        pdeath_sig: ctx.pdeath_sig,
+    }
 }
 
 /// Agent-wide settings a plan needs.
@@ -1301,10 +1314,12 @@ pub(crate) fn prepare(
             "proc {id}: exe {exe:?} is not allowed: this agent runs only {allowed:?} (--restrict-exe)"
         ));
     }
-    let defaults = control::Defaults {
-        pdeath_sig: ctx.pdeath_sig,
+    // Resolved on an opener thread where it takes NSS lookups (`opens_for`).
+    let ctl = match opened.remove(&opener::CONTROL) {
+        Some(Opened::Control(r)) => r,
+        _ => control::resolve(id, ps, &control_defaults(ctx)),
     };
-    let ctl = match control::resolve(id, ps, &defaults) {
+    let ctl = match ctl {
         Ok(c) => Some(c),
         Err(es) => {
             errors.extend(es.iter().map(ToString::to_string));
