@@ -98,7 +98,8 @@ pub(crate) struct Reactor {
     active: usize,
     /// The most processes [`Reactor::active`] may count.
     max_running: usize,
-    /// A launch ran out of fds: no launch until a process lets go of its fds.
+    /// A launch ran out of fds (or tasks): no launch until a process lets go
+    /// of its own.
     fds_short: bool,
     /// Start requests not yet answered, by request number: the procs still
     /// to start or fail, their ids and the reply.
@@ -1350,13 +1351,17 @@ impl Reactor {
             result,
             Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE)
         );
+        // EAGAIN from clone: the agent's user is at RLIMIT_NPROC, or the
+        // system at pid_max or threads-max. A process ending frees a task
+        // as it frees fds, so it waits the same way.
+        let out_of_tasks = matches!(result, Err(rustix::io::Errno::AGAIN));
         // With others holding slots, it waits for one of them to end; alone,
         // it is tried again a few times (what held the fds may be gone).
         let others = self.active > 1;
         let again = others || q.fd_retries < ALONE_FD_RETRIES;
-        if out_of_fds && again && self.may_requeue(&q) {
-            // No pidfd to be had now: start it again once fds are freed. Its
-            // captures (and their pipes) are made anew then.
+        if (out_of_fds || out_of_tasks) && again && self.may_requeue(&q) {
+            // No pidfd (or task) to be had now: start it again once one is
+            // freed. Its captures (and their pipes) are made anew then.
             self.release_slot(serial);
             if others {
                 self.fds_short = true;
@@ -1428,6 +1433,9 @@ impl Reactor {
                     .push(format!("spawn failed: {}", std::io::Error::from(e)));
                 if out_of_fds {
                     proc.errors.push(out_of_fds_message());
+                }
+                if out_of_tasks {
+                    proc.errors.push(out_of_tasks_message());
                 }
                 proc.life = Life::NotStarted;
                 self.settle_unstarted(serial);
@@ -1531,6 +1539,14 @@ pub(crate) fn default_max_running() -> usize {
 
 /// The error of a process that could not get its fds with no other process
 /// holding any that might be freed.
+fn out_of_tasks_message() -> String {
+    let nproc = rustix::process::getrlimit(rustix::process::Resource::Nproc).current;
+    let limit = nproc.map_or("unlimited".to_string(), |n| n.to_string());
+    format!(
+        "out of processes: the agent's user is at its RLIMIT_NPROC ({limit}), or the system at kernel.pid_max or kernel.threads-max; lower --max-running or raise the limit"
+    )
+}
+
 fn out_of_fds_message() -> String {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     match soft {
