@@ -288,6 +288,26 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
             );
             continue;
         }
+        if resource == libc::RLIMIT_NOFILE {
+            // The child's fds are in place before the limit is set, but exec
+            // then needs one more (ld.so opening the program's libraries):
+            // below that the child dies in ld.so with "Error 24".
+            let top = ps
+                .fds
+                .iter()
+                .filter_map(|(name, _)| crate::spec::parse_fd_name(name).ok())
+                .fold(2, i32::max);
+            let need = u64::try_from(top).unwrap_or(0) + 2;
+            if soft < need {
+                errs.push(
+                    field.clone(),
+                    format!(
+                        "soft limit {soft} leaves no room for exec: the process has fds up to {top}, so it needs at least {need}"
+                    ),
+                );
+                continue;
+            }
+        }
         c.rlimits.push((resource, soft, hard));
     }
 
@@ -544,6 +564,27 @@ mod tests {
         assert_eq!(
             errors(r#"{"argv": ["x"], "rlimits": {"nofile": [10, 5]}}"#),
             ["proc p: rlimits.nofile: soft limit 10 is above hard limit 5"]
+        );
+        assert_eq!(
+            errors(r#"{"argv": ["x"], "rlimits": {"nofile": [0, 0]}}"#),
+            [
+                "proc p: rlimits.nofile: soft limit 0 leaves no room for exec: the process has fds up to 2, so it needs at least 4"
+            ]
+        );
+        assert_eq!(
+            errors(r#"{"argv": ["x"], "fds": [["9", "close"]], "rlimits": {"nofile": 10}}"#),
+            [
+                "proc p: rlimits.nofile: soft limit 10 leaves no room for exec: the process has fds up to 9, so it needs at least 11"
+            ]
+        );
+        assert!(
+            resolve(
+                "p",
+                &spec(r#"{"argv": ["x"], "fds": [["9", "close"]], "rlimits": {"nofile": 11}}"#),
+                &Defaults::default()
+            )
+            .is_ok(),
+            "room for fds 0 to 9 and one for exec"
         );
         assert_eq!(
             errors(r#"{"argv": ["x"], "setsid": false, "kill_group": true}"#).len(),
