@@ -1,0 +1,24 @@
+//! The whole spec path short of spawning: parse, validate, and resolve each
+//! process's child controls (rlimits, signals, umask, cwd, timeouts, user
+//! and group) as the plan is built from them. None of it may panic; a
+//! refusal is an error naming the field.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(input) = chaperone::spec::parse_input(data) else {
+        return;
+    };
+    if chaperone::spec::validate(&input).is_err() {
+        return;
+    }
+    let defaults = chaperone::control::Defaults { pdeath_sig: Some(15) };
+    for (id, ps) in input.specs.iter() {
+        if let Err(errs) = chaperone::control::resolve(id, ps, &defaults) {
+            for e in errs {
+                assert!(!e.to_string().is_empty(), "an error says what was wrong");
+            }
+        }
+    }
+});
