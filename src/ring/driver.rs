@@ -123,24 +123,6 @@ impl<T> Driver<T> {
         }
     }
 
-    /// How often completions waited in the kernel's overflow list (io_uring).
-    pub fn cq_overflows(&self) -> u64 {
-        match self {
-            Driver::Uring(r) => r.cq_overflows(),
-            Driver::Epoll(_) => 0,
-        }
-    }
-
-    /// See [`Ring::buf_size`].
-    pub fn buf_size(&self) -> u32 {
-        both!(self, d => d.buf_size())
-    }
-
-    /// See [`Ring::in_flight`].
-    pub fn in_flight(&self) -> usize {
-        both!(self, d => d.in_flight())
-    }
-
     /// See [`Ring::read_multishot`].
     pub fn read_multishot(&mut self, fd: Rc<OwnedFd>, tag: T) -> u64 {
         both!(self, d => d.read_multishot(fd, tag))

@@ -136,11 +136,6 @@ impl<T> Poller<T> {
         })
     }
 
-    /// The most one read takes.
-    pub fn buf_size(&self) -> u32 {
-        u32::try_from(self.buf_size).unwrap_or(u32::MAX)
-    }
-
     /// Number of ops not yet finished.
     pub fn in_flight(&self) -> usize {
         self.ops.len()
