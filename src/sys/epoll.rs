@@ -10,8 +10,11 @@
 //!   with `more` set, until end of file, an error or a cancel ends it;
 //! - an exit wait is the pidfd's readiness, as the ring's POLL_ADD fallback;
 //! - timers live in a heap and bound the `epoll_wait`;
-//! - file writes go to one writer thread, so a slow disk holds up only the
-//!   kept file being written, as the ring's `IOSQE_ASYNC` writes do.
+//! - file writes go to a pool of writer threads (one more whenever all are
+//!   busy, up to [`MAX_WRITERS`]), so a slow disk or a stalled FIFO holds up
+//!   only the kept file being written, as the ring's `IOSQE_ASYNC` writes do
+//!   (the reactor has at most one write in flight per file, so their order
+//!   holds).
 //!
 //! The arena holds what one turn of the loop reads (the ring's buffer ring
 //! has the same bound): each read takes only what the pipe held, so
@@ -28,7 +31,7 @@
 //! - [pidfd_open(2)](https://man7.org/linux/man-pages/man2/pidfd_open.2.html),
 //!   "the file descriptor becomes readable when the process terminates"
 
-use super::uring::Cqe;
+use super::uring::{Cqe, op_id, slot_key};
 use rustix::event::epoll;
 use rustix::event::{EventfdFlags, eventfd};
 use rustix::fd::OwnedFd;
@@ -37,7 +40,8 @@ use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// The epoll data of the writer thread's wake-up eventfd (no op id has it:
@@ -46,6 +50,13 @@ const WRITER_WAKE: u64 = u64::MAX;
 
 /// Readiness events taken per `epoll_wait`; more wait for the next turn.
 const EVENTS: usize = 1024;
+
+/// The most writer threads (each may be stuck in a write that never ends).
+pub const MAX_WRITERS: usize = 16;
+
+/// The longest single wait: a timer further off (a timeout of days) is
+/// reached in several, and a wait always fits `epoll_wait`'s milliseconds.
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 
 /// What an op is doing.
 enum Kind {
@@ -72,12 +83,36 @@ struct Op<T> {
 /// A write for the writer thread: the op, the file, the bytes, the offset.
 type Job = (u64, Arc<OwnedFd>, Vec<u8>, u64);
 
-/// The writer thread: jobs in, results out, and an eventfd in the epoll set
-/// that says results are waiting.
+/// A finished write: the op, its result, its buffer back.
+type Written = (u64, Result<u32, Errno>, Vec<u8>);
+
+/// The writer threads: jobs in, results out, and an eventfd in the epoll
+/// set that says results are waiting.
 struct Writer {
     jobs: mpsc::Sender<Job>,
-    done: mpsc::Receiver<(u64, Result<u32, Errno>, Vec<u8>)>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    done_tx: mpsc::Sender<Written>,
+    done: mpsc::Receiver<Written>,
     wake: Arc<OwnedFd>,
+    /// Threads waiting for a job.
+    idle: Arc<AtomicUsize>,
+    threads: usize,
+}
+
+/// `pwrite`, or `write` on a stream (a FIFO has no offsets: there, as
+/// io_uring does, the write goes where the stream is).
+fn write_at(fd: &OwnedFd, buf: &[u8], offset: u64) -> Result<u32, Errno> {
+    let r = loop {
+        match rustix::io::pwrite(fd, buf, offset) {
+            Err(Errno::INTR) => continue,
+            Err(Errno::SPIPE) => match rustix::io::write(fd, buf) {
+                Err(Errno::INTR) => continue,
+                r => break r,
+            },
+            r => break r,
+        }
+    };
+    r.map(|n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// An epoll set standing in for the ring; see the module notes.
@@ -94,6 +129,9 @@ pub struct Poller<T> {
     /// The most one read takes.
     buf_size: usize,
     events: Vec<epoll::Event>,
+    /// Pipes left unread when the arena was full: read first next turn, or
+    /// the pipes epoll lists first would take the arena every turn.
+    deferred: Vec<u64>,
     writer: Option<Writer>,
 }
 
@@ -104,15 +142,6 @@ impl<T> std::fmt::Debug for Poller<T> {
             .field("arena", &self.arena.len())
             .finish()
     }
-}
-
-/// The op id of slot `key` in generation `generation` (as the ring's).
-fn op_id(key: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | (key as u64 & 0xffff_ffff)
-}
-
-fn slot_key(id: u64) -> usize {
-    (id & 0xffff_ffff) as usize
 }
 
 impl<T> Poller<T> {
@@ -128,10 +157,12 @@ impl<T> Poller<T> {
             done: Vec::new(),
             timers: BinaryHeap::new(),
             // Zeroed pages are mapped lazily: only what reads touch is resident.
-            arena: vec![0u8; arena.max(buf_size)].into_boxed_slice(),
+            // At most 4 GiB: completions carry offsets into it as u32.
+            arena: vec![0u8; arena.max(buf_size).min(u32::MAX as usize)].into_boxed_slice(),
             used: 0,
             buf_size,
             events: Vec::with_capacity(EVENTS),
+            deferred: Vec::new(),
             writer: None,
         })
     }
@@ -219,62 +250,95 @@ impl<T> Poller<T> {
         id
     }
 
-    /// Writes `buf` to `fd` at `offset` on the writer thread; the result is
-    /// the byte count, which may be short.
+    /// Writes `buf` to `fd` at `offset` on a writer thread; the result is
+    /// the byte count, which may be short. With no writer thread to be had
+    /// (none could start), it writes here, at once.
     pub fn write(&mut self, fd: Arc<OwnedFd>, buf: Vec<u8>, offset: u64, tag: T) -> u64 {
         let id = self.insert(tag, Kind::Write(Vec::new()));
-        match self.writer() {
-            Ok(w) => {
-                if let Err(mpsc::SendError((id, ..))) = w.jobs.send((id, fd, buf, offset)) {
-                    self.end(id, Err(Errno::IO));
-                }
-            }
-            Err(e) => self.end(id, Err(e)),
+        let job = match self.writer() {
+            Some(w) => match w.jobs.send((id, fd, buf, offset)) {
+                Ok(()) => return id,
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => (id, fd, buf, offset),
+        };
+        let (id, fd, buf, offset) = job;
+        let r = write_at(&fd, &buf, offset);
+        if let Some(Op {
+            kind: Kind::Write(b),
+            ..
+        }) = self.op_mut(id)
+        {
+            *b = buf;
         }
+        self.end(id, r);
         id
     }
 
-    /// The writer thread, started on the first write.
-    fn writer(&mut self) -> Result<&Writer, Errno> {
+    /// The writer pool, with a thread idle for the next job if one can be
+    /// started; `None` if there is no thread at all.
+    fn writer(&mut self) -> Option<&Writer> {
         if self.writer.is_none() {
-            let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
-            epoll::add(
-                &self.epoll,
-                &*wake,
-                epoll::EventData::new_u64(WRITER_WAKE),
-                epoll::EventFlags::IN,
-            )?;
-            let (jobs, jobs_rx) = mpsc::channel::<Job>();
+            let wake = match eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK) {
+                Ok(w) => Arc::new(w),
+                Err(e) => {
+                    tracing::error!(
+                        "no eventfd for the writer threads: {e}; writing on the reactor"
+                    );
+                    return None;
+                }
+            };
+            let data = epoll::EventData::new_u64(WRITER_WAKE);
+            if let Err(e) = epoll::add(&self.epoll, &*wake, data, epoll::EventFlags::IN) {
+                tracing::error!("cannot watch the writer threads: {e}; writing on the reactor");
+                return None;
+            }
+            let (jobs, rx) = mpsc::channel::<Job>();
             let (done_tx, done) = mpsc::channel();
-            let waker = wake.clone();
-            std::thread::Builder::new()
+            self.writer = Some(Writer {
+                jobs,
+                rx: Arc::new(Mutex::new(rx)),
+                done_tx,
+                done,
+                wake,
+                idle: Arc::new(AtomicUsize::new(0)),
+                threads: 0,
+            });
+        }
+        let w = self.writer.as_mut()?;
+        if w.idle.load(Ordering::Acquire) == 0 && w.threads < MAX_WRITERS {
+            let (rx, done, wake, idle) = (
+                w.rx.clone(),
+                w.done_tx.clone(),
+                w.wake.clone(),
+                w.idle.clone(),
+            );
+            let started = std::thread::Builder::new()
                 .name("chaperone-writer".into())
                 .spawn(move || {
-                    for (id, fd, buf, offset) in jobs_rx {
-                        // A FIFO or other stream has no offsets: there, as
-                        // io_uring does, the write goes where the stream is
-                        // (this thread writes in the order the ops came).
-                        let r = loop {
-                            match rustix::io::pwrite(&*fd, &buf, offset) {
-                                Err(Errno::INTR) => continue,
-                                Err(Errno::SPIPE) => match rustix::io::write(&*fd, &buf) {
-                                    Err(Errno::INTR) => continue,
-                                    r => break r,
-                                },
-                                r => break r,
-                            }
+                    loop {
+                        idle.fetch_add(1, Ordering::AcqRel);
+                        let job = rx.lock().map(|rx| rx.recv());
+                        idle.fetch_sub(1, Ordering::AcqRel);
+                        let Ok(Ok((id, fd, buf, offset))) = job else {
+                            return;
                         };
-                        let r = r.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-                        if done_tx.send((id, r, buf)).is_err() {
+                        let r = write_at(&fd, &buf, offset);
+                        if done.send((id, r, buf)).is_err() {
                             return;
                         }
-                        let _ = rustix::io::write(&*waker, &1u64.to_ne_bytes());
+                        let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
                     }
-                })
-                .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::AGAIN))?;
-            self.writer = Some(Writer { jobs, done, wake });
+                });
+            match started {
+                Ok(_) => w.threads += 1,
+                Err(e) if w.threads == 0 => {
+                    tracing::error!("cannot start a writer thread: {e}; writing on the reactor");
+                }
+                Err(e) => tracing::warn!("cannot start another writer thread: {e}"),
+            }
         }
-        self.writer.as_ref().ok_or(Errno::IO)
+        self.writer.as_ref().filter(|w| w.threads > 0)
     }
 
     /// Takes back the buffer of a completed [`Poller::write`].
@@ -319,10 +383,19 @@ impl<T> Poller<T> {
         } else {
             timeout
         };
+        // Timers cancelled or ended since are dropped here, so they neither
+        // wake the wait nor pile up.
+        while let Some(&Reverse((_, id))) = self.timers.peek() {
+            if self.op(id).is_some_and(|o| !o.ended) {
+                break;
+            }
+            self.timers.pop();
+        }
         if let Some(Reverse((at, _))) = self.timers.peek() {
             let due = at.saturating_duration_since(now);
             wait = Some(wait.map_or(due, |w| w.min(due)));
         }
+        let wait = wait.map(|w| w.min(LONGEST_WAIT));
         // Rounded up to the millisecond, so a timer is never woken for early.
         let ts = wait.map(|w| {
             let w = w.as_nanos().div_ceil(1_000_000) * 1_000_000;
@@ -339,6 +412,9 @@ impl<T> Poller<T> {
         ) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e),
+        }
+        for id in std::mem::take(&mut self.deferred) {
+            self.ready(id);
         }
         let events = std::mem::take(&mut self.events);
         for ev in &events {
@@ -361,7 +437,10 @@ impl<T> Poller<T> {
             Kind::Stream(fd) => {
                 let room = self.arena.len() - self.used;
                 if room == 0 {
-                    return; // Still readable on the next turn.
+                    // Still readable next turn, and read first then (an id
+                    // deferred twice is only read twice).
+                    self.deferred.push(id);
+                    return;
                 }
                 let fd = fd.clone();
                 let at = self.used;

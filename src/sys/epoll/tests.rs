@@ -142,7 +142,7 @@ fn timers_fire_in_order_and_a_cancelled_one_says_so() {
 }
 
 #[test]
-fn a_write_lands_at_its_offset_on_the_writer_thread_and_hands_the_buffer_back() {
+fn a_write_lands_at_its_offset_on_a_writer_thread_and_hands_the_buffer_back() {
     let mut p = Poller::new(4096, 4096).expect("epoll");
     let file = Arc::new(crate::sys::fd::tempfile(&std::env::temp_dir()).expect("tempfile"));
     p.write(file.clone(), b"world".to_vec(), 6, 1);
@@ -210,4 +210,60 @@ fn a_single_read_of_a_blocking_eventfd_waits_for_it_to_be_readable() {
     assert_eq!(cqes.len(), 1);
     assert_eq!(p.read_buf(&cqes[0]), 3u64.to_ne_bytes());
     assert_eq!(p.finish(&cqes[0]), Some(5));
+}
+
+#[test]
+fn a_pipe_left_unread_by_a_full_arena_is_read_first_on_the_next_turn() {
+    // An arena of one read: two full pipes, and epoll lists them in the same
+    // order every turn. Each turn must read the one the last turn left,
+    // or the first would take the arena every turn and the second starve.
+    let mut p = Poller::new(4096, 4096).expect("epoll");
+    let mut keep = Vec::new();
+    for i in 0..2u32 {
+        let (r, w) = crate::sys::pipe::pipe().expect("pipe");
+        p.read_multishot(Rc::new(r), i);
+        rustix::io::write(&w, &[b'a' + i as u8; 16384]).expect("write");
+        keep.push(w);
+    }
+    let mut order = Vec::new();
+    let mut cqes = Vec::new();
+    for _ in 0..6 {
+        p.submit_and_wait(1, Some(Duration::from_secs(1)))
+            .expect("wait");
+        p.reap(&mut cqes);
+        let tags: Vec<u32> = cqes.iter().map(|c| *p.tag(c).expect("op")).collect();
+        assert_eq!(tags.len(), 1, "one read fills the arena: {tags:?}");
+        order.push(tags[0]);
+        for c in &cqes {
+            p.finish(c);
+        }
+    }
+    assert_eq!(
+        order,
+        [
+            order[0],
+            1 - order[0],
+            order[0],
+            1 - order[0],
+            order[0],
+            1 - order[0]
+        ]
+    );
+}
+
+#[test]
+fn a_wait_for_a_far_timer_is_cut_to_the_longest_wait_and_cancelled_timers_go() {
+    let mut p = Poller::new(4096, 4096).expect("epoll");
+    // 40 days: past what epoll_wait's milliseconds can say.
+    let far = p.timeout(Duration::from_secs(40 * 86_400), 1);
+    p.submit_and_wait(0, None).expect("a wait that fits");
+    p.cancel(far);
+    p.submit_and_wait(0, None).expect("look");
+    let mut cqes = Vec::new();
+    p.reap(&mut cqes);
+    assert_eq!(cqes.len(), 1);
+    assert_eq!(cqes[0].result, Err(Errno::CANCELED));
+    p.finish(&cqes[0]);
+    p.submit_and_wait(0, None).expect("look");
+    assert!(p.timers.is_empty(), "the cancelled timer left the heap");
 }

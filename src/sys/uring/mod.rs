@@ -15,3 +15,4 @@ mod ring;
 
 pub use bufring::BufRing;
 pub use ring::{Cqe, Features, Ring, RingError};
+pub(in crate::sys) use ring::{op_id, slot_key};

@@ -86,12 +86,12 @@ struct Slot<T> {
 }
 
 /// The op id of slot `key` in generation `generation`.
-fn op_id(key: usize, generation: u32) -> u64 {
+pub(in crate::sys) fn op_id(key: usize, generation: u32) -> u64 {
     (u64::from(generation) << 32) | (key as u64 & 0xffff_ffff)
 }
 
 /// The slot key of op id `id`.
-fn slot_key(id: u64) -> usize {
+pub(in crate::sys) fn slot_key(id: u64) -> usize {
     (id & 0xffff_ffff) as usize
 }
 
