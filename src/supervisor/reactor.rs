@@ -45,7 +45,13 @@ enum Tag {
     /// Process `proc`'s files are slow to open: its start request is
     /// answered without waiting for its pid.
     OpenSlow { proc: u64 },
+    /// The exit wait of process `proc` failed to be set up: try again.
+    ExitRetry { proc: u64 },
 }
+
+/// How long after a failed exit wait (an epoll set out of room, say) it is
+/// set up again.
+const EXIT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long a start request waits for a process's files to open before it
 /// is answered without that process's pid.
@@ -313,7 +319,7 @@ impl Reactor {
             // Whatever this turn closes goes to the closing thread at once.
             self.closer.flush();
             if let Err(e) = self.ring.submit_and_wait(want, until_kill) {
-                tracing::error!("io_uring_enter failed: {e}");
+                tracing::error!("waiting for completions ({}) failed: {e}", self.ring.name());
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             let mut cqes = std::mem::take(&mut self.cqes);
@@ -494,6 +500,12 @@ impl Reactor {
                 // Commands are drained at the top of the loop; re-arm the read.
                 if !cqe.more {
                     self.ring.finish(cqe);
+                    if let Err(e) = cqe.result {
+                        // Commands are still drained every turn; only the
+                        // wake-up is lost. Not a busy loop while it fails.
+                        tracing::warn!("the wake-up read failed: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
                     self.ring.read(self.wake_fd.clone(), 8, Tag::Wake);
                 }
                 return;
@@ -557,9 +569,29 @@ impl Reactor {
             }
             Tag::Exit { proc } => {
                 tracing::debug!(proc, result = ?cqe.result, "exit completion");
+                if let Err(e) = cqe.result {
+                    // Not an exit: the wait could not be set up. Taking it
+                    // for one would reap a running child (a blocking wait).
+                    tracing::warn!(proc, "exit wait failed: {e}; trying again");
+                    self.ring.finish(cqe);
+                    self.ring.timeout(EXIT_RETRY, Tag::ExitRetry { proc });
+                    return;
+                }
                 if !self.exited.contains(&proc) {
                     self.exited.push(proc);
                 }
+            }
+            Tag::ExitRetry { proc } => {
+                self.ring.finish(cqe);
+                let pidfd = self
+                    .procs
+                    .get(&proc)
+                    .filter(|p| p.is_running())
+                    .and_then(|p| p.pidfd.clone());
+                if let Some(fd) = pidfd {
+                    self.ring.wait_exit(fd, Tag::Exit { proc });
+                }
+                return;
             }
         }
         self.ring.finish(cqe);
@@ -668,8 +700,20 @@ impl Reactor {
             }
         };
         if !rearm {
-            // End of file, or an error a re-armed read would only repeat.
+            // End of file, or an error a re-armed read would only repeat:
+            // said in the result, as the capture may have lost bytes.
             pipe.fd = None;
+            if let Err(e) = cqe.result {
+                let name = p
+                    .captures
+                    .get(cap)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
+                p.errors.push(format!(
+                    "reading the {name} capture failed: {}",
+                    std::io::Error::from(e)
+                ));
+            }
             return;
         }
         // A paused kept file re-arms when its writes catch up (`kept_written`).
@@ -1537,8 +1581,8 @@ pub(crate) fn default_max_running() -> usize {
         .max(1)
 }
 
-/// The error of a process that could not get its fds with no other process
-/// holding any that might be freed.
+/// The error of a process that could not be cloned (EAGAIN) with no other
+/// process whose end might free a task.
 fn out_of_tasks_message() -> String {
     let nproc = rustix::process::getrlimit(rustix::process::Resource::Nproc).current;
     let limit = nproc.map_or("unlimited".to_string(), |n| n.to_string());
@@ -1547,6 +1591,8 @@ fn out_of_tasks_message() -> String {
     )
 }
 
+/// The error of a process that could not get its fds with no other process
+/// holding any that might be freed.
 fn out_of_fds_message() -> String {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     match soft {
