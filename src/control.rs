@@ -289,20 +289,12 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
             continue;
         }
         if resource == libc::RLIMIT_NOFILE {
-            // The child's fds are in place before the limit is set, but exec
-            // then needs one more (ld.so opening the program's libraries):
-            // below that the child dies in ld.so with "Error 24".
-            let top = ps
-                .fds
-                .iter()
-                .filter_map(|(name, _)| crate::spec::parse_fd_name(name).ok())
-                .fold(2, i32::max);
-            let need = u64::try_from(top).unwrap_or(0) + 2;
+            let need = nofile_needed(ps);
             if soft < need {
                 errs.push(
                     field.clone(),
                     format!(
-                        "soft limit {soft} leaves no room for exec: the process has fds up to {top}, so it needs at least {need}"
+                        "soft limit {soft} is too low for this process: its fds and exec need at least {need}"
                     ),
                 );
                 continue;
@@ -401,9 +393,38 @@ fn duration(errs: &mut Errors<'_>, field: &str, secs: f64) -> Option<Duration> {
     }
 }
 
+/// The least `RLIMIT_NOFILE` a process can start under. The limit is set
+/// before the child's fds are put in place, so each must be below it; and
+/// exec then needs one free fd (ld.so opening the program's libraries),
+/// the lowest one not taken. Below that the child fails at its fds, or in
+/// ld.so with "Error 24", without a word of the limit.
+fn nofile_needed(ps: &ProcSpec) -> u64 {
+    let mut open: std::collections::BTreeSet<i32> = (0..=2).collect();
+    for (name, fs) in &ps.fds {
+        if let Ok(fd) = crate::spec::parse_fd_name(name) {
+            if matches!(fs, crate::spec::FdSpec::Close) {
+                open.remove(&fd);
+            } else {
+                open.insert(fd);
+            }
+        }
+    }
+    let top = open.last().map_or(0, |&t| i64::from(t) + 1);
+    let free = (0..)
+        .find(|fd| !open.contains(fd))
+        .map_or(0, |f| i64::from(f) + 1);
+    u64::try_from(top.max(free)).unwrap_or(0)
+}
+
+/// Whether resolving `ps` looks users or groups up (NSS: perhaps over the
+/// network), so that it is done off the reactor.
+pub fn needs_lookups(ps: &ProcSpec) -> bool {
+    ps.user.is_some() || ps.group.is_some() || ps.env.user_env
+}
+
 /// `user`, `group` and `env.user_env`.
 fn resolve_user(errs: &mut Errors<'_>, ps: &ProcSpec, c: &mut Control) {
-    if ps.user.is_none() && ps.group.is_none() && !ps.env.user_env {
+    if !needs_lookups(ps) {
         return;
     }
     let n_before = errs.list.len();
@@ -568,23 +589,32 @@ mod tests {
         assert_eq!(
             errors(r#"{"argv": ["x"], "rlimits": {"nofile": [0, 0]}}"#),
             [
-                "proc p: rlimits.nofile: soft limit 0 leaves no room for exec: the process has fds up to 2, so it needs at least 4"
+                "proc p: rlimits.nofile: soft limit 0 is too low for this process: its fds and exec need at least 4"
             ]
         );
+        // fd 9 must be below the limit; exec gets fd 3.
         assert_eq!(
-            errors(r#"{"argv": ["x"], "fds": [["9", "close"]], "rlimits": {"nofile": 10}}"#),
+            errors(r#"{"argv": ["x"], "fds": [["9", {"null": {}}]], "rlimits": {"nofile": 9}}"#),
             [
-                "proc p: rlimits.nofile: soft limit 10 leaves no room for exec: the process has fds up to 9, so it needs at least 11"
+                "proc p: rlimits.nofile: soft limit 9 is too low for this process: its fds and exec need at least 10"
             ]
         );
-        assert!(
-            resolve(
-                "p",
-                &spec(r#"{"argv": ["x"], "fds": [["9", "close"]], "rlimits": {"nofile": 11}}"#),
-                &Defaults::default()
-            )
-            .is_ok(),
-            "room for fds 0 to 9 and one for exec"
+        let ok = |json: &str| resolve("p", &spec(json), &Defaults::default()).is_ok();
+        assert!(ok(
+            r#"{"argv": ["x"], "fds": [["9", {"null": {}}]], "rlimits": {"nofile": 10}}"#
+        ));
+        // A closed fd takes no room; with stdin closed, exec gets fd 0.
+        assert!(ok(
+            r#"{"argv": ["x"], "fds": [["9", "close"]], "rlimits": {"nofile": 4}}"#
+        ));
+        assert!(ok(
+            r#"{"argv": ["x"], "fds": [["stdin", "close"]], "rlimits": {"nofile": 3}}"#
+        ));
+        assert_eq!(
+            errors(r#"{"argv": ["x"], "fds": [["stdin", "close"]], "rlimits": {"nofile": 2}}"#),
+            [
+                "proc p: rlimits.nofile: soft limit 2 is too low for this process: its fds and exec need at least 3"
+            ]
         );
         assert_eq!(
             errors(r#"{"argv": ["x"], "setsid": false, "kill_group": true}"#).len(),

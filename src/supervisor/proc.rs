@@ -1100,7 +1100,7 @@ fn file_path(ps: &ProcSpec, child_cwd: Option<&Path>, path: &str) -> PathBuf {
 pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<OpenReq> {
     let cwd = child_cwd(ps, ctx);
     let mut opens = Vec::new();
-    if ps.user.is_some() || ps.group.is_some() || ps.env.user_env {
+    if control::needs_lookups(ps) {
         opens.push(OpenReq::Control {
             id: id.to_string(),
             spec: Box::new(ps.clone()),
