@@ -256,3 +256,65 @@ fn a_disk_filling_mid_write_fails_only_that_capture() {
         "other is whole"
     );
 }
+
+/// Short of fds everywhere the agent takes them (capture pipes, pidfds,
+/// perf counters, kept files, tempfiles), with `--max-running` far past
+/// what the fd limit holds: the agent keeps running, and every process
+/// either runs whole or says it was short of fds; none comes back with
+/// less output than it wrote and no word why.
+#[test]
+fn short_of_fds_at_every_kind_no_process_loses_output_silently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 60;
+    let specs: serde_json::Map<String, Value> = (0..n)
+        .map(|i| {
+            let kept = dir.path().join(format!("k{i:02}.out"));
+            (
+                format!("p{i:02}"),
+                json!({"argv": ["/bin/sh", "-c", format!("seq 1 2000; echo err {i} >&2")],
+                       "perf": true,
+                       "fds": [["stdout", {"capture": {"mode": "file", "path": kept,
+                                                       "memory": true, "encoding": "utf-8"}}],
+                               ["stderr", {"capture": {"mode": "tempfile", "encoding": "utf-8"}}]]}),
+            )
+        })
+        .collect();
+    let path = dir.path().join("spec.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&json!({ "specs": specs })).expect("json"),
+    )
+    .expect("write spec");
+    let out = Command::new("prlimit")
+        .arg("--nofile=96")
+        .arg(util::bin())
+        .args(["--max-running", "60", "--print"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run prlimit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let res: Value = serde_json::from_slice(&out.stdout).expect("results");
+    let want: String = (1..=2000).map(|i| format!("{i}\n")).collect();
+    let mut whole = 0;
+    for i in 0..n {
+        let r = &res[format!("p{i:02}")];
+        let errors = r["errors"].to_string();
+        let ran = r["status"]["exit_code"] == 0;
+        let out_ok = r["fds"]["stdout"]["text"] == want.as_str();
+        let err_ok = r["fds"]["stderr"]["text"] == format!("err {i}\n");
+        if ran && out_ok && err_ok {
+            whole += 1;
+            let kept = std::fs::read_to_string(dir.path().join(format!("k{i:02}.out")))
+                .expect("kept file");
+            assert!(kept == want, "p{i:02}: the kept file is whole");
+        } else {
+            assert!(
+                errors.contains("file descriptors") || errors.contains("Too many open files"),
+                "p{i:02} lost output with no word why: {r}"
+            );
+        }
+    }
+    assert!(whole >= n / 2, "only {whole} of {n} ran whole: {stderr}");
+}
