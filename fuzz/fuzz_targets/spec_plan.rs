@@ -1,7 +1,7 @@
-//! The whole spec path short of spawning: parse, validate, and resolve each
-//! process's child controls (rlimits, signals, umask, cwd, timeouts, user
-//! and group) as the plan is built from them. None of it may panic; a
-//! refusal is an error naming the field.
+//! The spec path short of opening files and spawning: parse, validate, and
+//! resolve each process's child controls (rlimits, signals, umask, cwd,
+//! timeouts, user and group), which the child's plan is built from. None of
+//! it may panic; a refusal is an error that says something.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

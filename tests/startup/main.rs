@@ -6,6 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+use chaperone::ring::BackendChoice;
 use chaperone::supervisor::status::Select;
 use chaperone::{Agent, Config};
 use serde_json::{Value, json};
@@ -135,7 +136,9 @@ fn the_backend_asked_for_is_the_one_running() {
     let agent = Agent::new(Config::default()).expect("agent");
     let b = agent.handle().overview(Select::None).wait().backend;
     let asked = std::env::var("CHAPERONE_BACKEND").unwrap_or_default();
-    let ring_works = chaperone::ring::Ring::<u32>::new(8).is_ok();
+    // What auto would find: a ring with its buffer ring.
+    let ring_works =
+        chaperone::ring::Driver::<u32>::new(BackendChoice::IoUring, 8, 4, 65536).is_ok();
     let want = match asked.as_str() {
         "epoll" => "epoll",
         "io_uring" => "io_uring",
