@@ -53,7 +53,7 @@ impl std::str::FromStr for BackendChoice {
 pub enum Driver<T> {
     /// io_uring.
     Uring(Ring<T>),
-    /// epoll, with a writer thread for file writes.
+    /// epoll, with writer threads for file writes.
     Epoll(Poller<T>),
 }
 
