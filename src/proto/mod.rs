@@ -326,7 +326,7 @@ pub fn serve(handle: &Handle, msg: Decoded) -> impl Future<Output = Vec<Reply>> 
         Ok(Request::Registered) => Pending::Ready(vec![msg.error("unexpected")]),
         Ok(Request::ProcStartRequest { specs }) => match start_input(specs) {
             Err(e) => Pending::Ready(vec![msg.error(e)]),
-            Ok(input) => Pending::Start(Box::pin(handle.start(input))),
+            Ok(input) => Pending::Start(Box::pin(handle.submit(input))),
         },
         Ok(Request::ProcidListRequest) => Pending::Ids(Box::pin(handle.proc_ids())),
         Ok(Request::ProcResultRequest { proc_id }) => {

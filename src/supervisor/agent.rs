@@ -15,9 +15,21 @@ use std::thread::JoinHandle;
 
 type Reply<T> = Box<dyn FnOnce(T) + Send>;
 
+/// When a start request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartAnswer {
+    /// Once every process of the request has a pid, has failed to start, or
+    /// waits in the queue behind `max_running`.
+    Launched,
+    /// Once the request is validated and its processes queued; each then
+    /// tells of its start with an [`Event::Started`].
+    Accepted,
+}
+
 /// A command to the reactor thread.
 pub(crate) enum Command {
-    Start(Input, Reply<Result<Vec<ProcId>, StartError>>),
+    /// Start a request's processes; answered when [`StartAnswer`] says.
+    Start(Input, StartAnswer, Reply<Result<Vec<ProcId>, StartError>>),
     Result(ProcId, Reply<Option<Snapshot>>),
     /// A result with every capture detached (counts only).
     ResultBrief(ProcId, Reply<Option<Snapshot>>),

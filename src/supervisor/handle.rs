@@ -8,7 +8,8 @@
 //! thread never waits for a disk.
 
 use super::agent::{
-    Command, FdData, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState, StartError,
+    Command, FdData, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState, StartAnswer,
+    StartError,
 };
 use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
 use super::events::Subscription;
@@ -121,7 +122,19 @@ impl Handle {
     /// finish). A rejected request starts nothing.
     pub fn start(&self, input: Input) -> Call<Result<Vec<ProcId>, StartError>> {
         self.call(
-            |r| Command::Start(input, r),
+            |r| Command::Start(input, StartAnswer::Launched, r),
+            |r| r,
+            || Err(StartError::ShutDown),
+        )
+    }
+
+    /// As [`Handle::start`], answered as soon as the request is validated and
+    /// its processes queued, before any is spawned: a front end that tells of
+    /// each start by its [`Event::Started`](super::Event::Started) need not
+    /// hold back what it sends while a large request is being launched.
+    pub fn submit(&self, input: Input) -> Call<Result<Vec<ProcId>, StartError>> {
+        self.call(
+            |r| Command::Start(input, StartAnswer::Accepted, r),
             |r| r,
             || Err(StartError::ShutDown),
         )

@@ -2,7 +2,7 @@
 
 use super::agent::{
     Command, Config, Event, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState,
-    StartError,
+    StartAnswer, StartError,
 };
 use super::opener::{self, Opened, Opener};
 use super::outlimit;
@@ -922,11 +922,11 @@ impl Reactor {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Start(input, reply) => match self.start(input) {
+            Command::Start(input, answer, reply) => match self.start(input) {
                 // Answered once every proc of the request has a pid, has
                 // failed, or waits in the queue behind `max_running`: callers
                 // may signal or query a started one at once.
-                Ok((request, ids)) if !ids.is_empty() => {
+                Ok((request, ids)) if !ids.is_empty() && answer == StartAnswer::Launched => {
                     self.pending_starts.insert(request, (ids.len(), ids, reply));
                 }
                 Ok((_, ids)) => reply(Ok(ids)),
