@@ -247,7 +247,7 @@ fn file_round(agent: &Agent, input: &spec::Input, bytes: u64, path: &std::path::
 /// An agent on the epoll driver (as where io_uring is denied).
 fn epoll_agent() -> Agent {
     Agent::new(Config {
-        backend: chaperone::ring::BackendChoice::Epoll,
+        backend: chaperone::BackendChoice::Epoll,
         ..Config::default()
     })
     .expect("agent")

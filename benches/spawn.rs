@@ -611,7 +611,7 @@ fn sampling_agent() -> Agent {
 /// An agent on the epoll driver (as where io_uring is denied).
 fn epoll_agent() -> Agent {
     Agent::new(Config {
-        backend: chaperone::ring::BackendChoice::Epoll,
+        backend: chaperone::BackendChoice::Epoll,
         ..Config::default()
     })
     .expect("agent")

@@ -37,13 +37,13 @@ pub mod metrics;
 #[cfg(feature = "cli")]
 pub mod proto;
 pub mod result;
-pub mod ring;
+pub(crate) mod ring;
 pub mod signal;
 pub mod spec;
 #[cfg(feature = "cli")]
 pub mod spool;
 pub mod supervisor;
-pub mod sys;
+pub(crate) mod sys;
 
 /// For tests that cannot run here: says so on stderr (`SKIP test: reason`)
 /// and, when `CHAPERONE_SKIP_LOG` names a file, appends the same line to it,
@@ -64,6 +64,23 @@ pub fn test_skip(test: &str, reason: &str, part: bool) {
             let _ = f.write_all(line.as_bytes());
         }
     }
+}
+
+pub use ring::BackendChoice;
+
+/// Whether the reactor can run on `choice` here: what [`Agent::new`] with
+/// [`Config::backend`] set to it would find. io_uring needs `io_uring_setup`
+/// (a seccomp filter or `kernel.io_uring_disabled` may deny it) and a
+/// provided-buffer ring; epoll works on every kernel chaperone supports.
+pub fn backend_usable(choice: BackendChoice) -> bool {
+    ring::Driver::<u32>::new(choice, 8, 4, 65536).is_ok()
+}
+
+/// The fd number above which the agent keeps its long-lived fds (pidfds, perf
+/// counters), so a child's fd table below it stays small; for tests.
+#[doc(hidden)]
+pub fn fd_floor() -> i32 {
+    sys::fd::high_floor()
 }
 
 pub use supervisor::{

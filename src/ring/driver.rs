@@ -182,11 +182,6 @@ impl<T> Driver<T> {
         both!(self, d => d.data(cqe))
     }
 
-    /// See [`Ring::read_buf`].
-    pub fn read_buf(&self, cqe: &Cqe) -> &[u8] {
-        both!(self, d => d.read_buf(cqe))
-    }
-
     /// See [`Ring::finish`].
     pub fn finish(&mut self, cqe: &Cqe) -> Option<T> {
         both!(self, d => d.finish(cqe))

@@ -168,6 +168,7 @@ impl<T> Poller<T> {
     }
 
     /// Number of ops not yet finished.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.ops.len()
     }
@@ -534,6 +535,7 @@ impl<T> Poller<T> {
     }
 
     /// The bytes a [`Poller::read`] completed with.
+    #[cfg(test)]
     pub fn read_buf(&self, cqe: &Cqe) -> &[u8] {
         match (self.op(cqe.key()), cqe.result) {
             (

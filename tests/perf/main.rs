@@ -235,7 +235,7 @@ fn agent_owns_the_counters_high_and_closes_them_after_exit() {
         .filter(|e| !matches!(perf::probe().access(**e), Access::Unavailable(_)))
         .count();
     assert!(!fds.is_empty() && fds.len() <= available, "{fds:?}");
-    let floor = chaperone::sys::fd::high_floor();
+    let floor = chaperone::fd_floor();
     assert!(fds.iter().all(|&fd| fd >= floor), "{fds:?} below {floor}");
     a.signal("p", libc::SIGKILL).expect("signal");
     wait(&a, "p");

@@ -6,7 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
-use chaperone::ring::BackendChoice;
+use chaperone::BackendChoice;
 use chaperone::supervisor::status::Select;
 use chaperone::{Agent, Config};
 use serde_json::{Value, json};
@@ -137,8 +137,7 @@ fn the_backend_asked_for_is_the_one_running() {
     let b = agent.handle().overview(Select::None).wait().backend;
     let asked = std::env::var("CHAPERONE_BACKEND").unwrap_or_default();
     // What auto would find: a ring with its buffer ring.
-    let ring_works =
-        chaperone::ring::Driver::<u32>::new(BackendChoice::IoUring, 8, 4, 65536).is_ok();
+    let ring_works = chaperone::backend_usable(BackendChoice::IoUring);
     let want = match asked.as_str() {
         "epoll" => "epoll",
         "io_uring" => "io_uring",

@@ -380,10 +380,10 @@ fn status_gives_every_process_in_brief_with_counts() {
         agent["counts"],
         json!({"total": 3, "queued": 0, "opening": 0, "running": 1, "terminated": 1, "error": 1})
     );
-    let ring = chaperone::ring::BackendChoice::IoUring;
+    let ring = chaperone::BackendChoice::IoUring;
     let want = match std::env::var("CHAPERONE_BACKEND").as_deref() {
         Ok("epoll") => "epoll",
-        _ if chaperone::ring::Driver::<u32>::new(ring, 8, 4, 65536).is_ok() => "io_uring",
+        _ if chaperone::backend_usable(ring) => "io_uring",
         _ => "epoll",
     };
     assert_eq!(agent["backend"]["name"], want);

@@ -13,6 +13,5 @@
 mod bufring;
 mod ring;
 
-pub use bufring::BufRing;
 pub use ring::{Cqe, Features, Ring, RingError};
 pub(in crate::sys) use ring::{op_id, slot_key};

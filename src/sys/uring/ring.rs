@@ -266,11 +266,13 @@ impl<T> Ring<T> {
 
     /// How many times an enter left completions in the kernel's overflow list
     /// (they are posted in order once the queue has room).
+    #[cfg(test)]
     pub fn cq_overflows(&self) -> u64 {
         self.cq_overflows
     }
 
     /// Number of in-flight ops.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.ops.len()
     }
@@ -560,31 +562,6 @@ impl<T> Ring<T> {
             return &[];
         };
         bufs.take(bid, len, cqueue::buffer_more(cqe.flags)).0
-    }
-
-    /// The bytes a plain [`Ring::read`] completed with.
-    pub fn read_buf(&self, cqe: &Cqe) -> &[u8] {
-        match (self.slot(cqe.key), cqe.result) {
-            (
-                Some(Slot {
-                    owned: Owned::Buf(_, buf),
-                    ..
-                }),
-                Ok(n),
-            ) => buf.get(..n as usize).unwrap_or(&[]),
-            _ => &[],
-        }
-    }
-
-    /// The siginfo a WAITID completion filled in.
-    pub fn siginfo(&self, cqe: &Cqe) -> Option<&libc::siginfo_t> {
-        match self.slot(cqe.key) {
-            Some(Slot {
-                owned: Owned::Wait(_, info),
-                ..
-            }) => Some(info),
-            _ => None,
-        }
     }
 
     /// Done with a completion: returns its provided buffer to the kernel if the
