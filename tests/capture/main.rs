@@ -1,7 +1,7 @@
 //! Output capture through the [`chaperone::Agent`] API and the CLI: head/tail
 //! bounds on huge output, `fd_data` ranges in memory and tempfile mode, detached
-//! and incremental reads, and concurrent large captures. Acceptance cases 5, 7,
-//! 8, 27 and 32 of `/work/shared/design/procstar-contract.md`.
+//! and incremental reads, and concurrent large captures: Procstar contract
+//! acceptance cases 5, 7, 8, 27 and 32.
 
 #[path = "../util/mod.rs"]
 mod util;

@@ -1,6 +1,6 @@
 //! Black-box acceptance cases through the `chaperone --print` binary: exit codes,
-//! spec errors, and results for the contract's acceptance cases
-//! (`/work/shared/design/procstar-contract.md`, "Acceptance cases").
+//! spec errors, and results for the Procstar contract's acceptance cases (the
+//! formats docs/spec.md describes).
 
 #[path = "../util/mod.rs"]
 mod util;

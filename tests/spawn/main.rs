@@ -1,7 +1,7 @@
 //! Spawning through the [`chaperone::Agent`] API: the child's fd table, signal
 //! state, process lifecycle (signal, delete), rusage and spawn throughput.
-//! Acceptance cases 17–20, 23, 24, 28, 29, 33 and 34 of
-//! `/work/shared/design/procstar-contract.md`.
+//! Procstar contract acceptance cases 17–20, 23, 24, 28, 29, 33 and 34 (the
+//! behaviour docs/spec.md describes).
 
 #[path = "../util/mod.rs"]
 mod util;
