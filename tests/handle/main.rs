@@ -4,9 +4,13 @@
 #[path = "../util/mod.rs"]
 mod util;
 
-use chaperone::result::State;
-use chaperone::{Agent, Config, FdDataError, ProcError, ReadEncoding};
+use chaperone::result::{FdRes, State};
+use chaperone::supervisor::status::Select;
+use chaperone::{
+    Agent, Config, FdDataError, ProcError, ReadEncoding, ShutdownPolicy, ShutdownState,
+};
 use serde_json::json;
+use std::time::Duration;
 
 #[test]
 fn every_handle_call_can_be_awaited_on_one_thread() {
@@ -94,6 +98,45 @@ fn every_handle_call_can_be_awaited_on_one_thread() {
             handle.delete("mem").await,
             Err(ProcError::Unknown(_))
         ));
+
+        // A brief result carries each capture's length, none of its bytes.
+        let brief = handle.result_brief("tmp").await.expect("tmp's brief result");
+        assert!(
+            matches!(brief.fds["stdout"], Some(FdRes::Detached { length: 14, .. })),
+            "{:?}",
+            brief.fds["stdout"]
+        );
+        let counts = handle.overview(Select::None).await.counts;
+        assert_eq!((counts.total, counts.terminated), (4, 4), "{counts:?}");
+        assert!(handle.history("tmp").await.is_some());
+        assert!(handle.history("nobody").await.is_none());
+
+        // Submitted: answered before the process runs; it tells of its start
+        // on a bounded subscription taken first.
+        let mut bounded = handle.subscribe_bounded(4);
+        let ids = handle
+            .submit(util::input(&json!({"specs": {
+                "late": {"argv": ["/bin/sh", "-c", "sleep 0.2; echo late"],
+                    "fds": [["stdout", util::mem_utf8()]]},
+            }})))
+            .await
+            .expect("submitted");
+        assert_eq!(ids, ["late"]);
+        assert_eq!(
+            bounded.event().await,
+            Some(chaperone::Event::Started("late".into()))
+        );
+        // fd_wait answers once bytes past offset 0 arrive, or the pipe closes.
+        let waited = handle
+            .fd_wait("late", "stdout", 0, Duration::from_secs(10))
+            .await
+            .expect("fd_wait");
+        assert_eq!(waited.length, Some(5), "{waited:?}");
+
+        assert_eq!(handle.shutdown_state().await, ShutdownState::Active);
+        handle.shutdown(ShutdownPolicy::Kill).await;
+        handle.wait_done().await;
+        assert_eq!(handle.shutdown_state().await, ShutdownState::Done);
     });
 }
 
