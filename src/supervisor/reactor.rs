@@ -1,15 +1,14 @@
 //! The reactor thread: one io_uring, the process table, the command mailbox.
 
-use super::agent::{
-    Command, Config, Event, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState,
-    StartAnswer, StartError,
-};
+use super::command::{Command, StartAnswer};
+use super::error::{FdDataError, ProcError, StartError};
 use super::opener::{self, Opened, Opener};
 use super::outlimit;
 use super::packer::{self, Packer};
-use super::proc::{self, Content, Life, PipeIn, PlanContext, Proc, Snapshot, Store};
+use super::proc::{self, Life, PipeIn, PlanContext, Proc, Snapshot, Store};
 use super::spawner::{Done, Spawner};
 use super::status;
+use super::types::{Config, Event, FdWaited, ShutdownPolicy, ShutdownState};
 use crate::metrics::procstat::StatContext;
 use crate::result::Rusage;
 use crate::ring::{Cqe, Driver, Mailbox, RingError};
@@ -1632,6 +1631,3 @@ pub(crate) enum StartupError {
     #[error("{0} failed")]
     Sys(&'static str, #[source] rustix::io::Errno),
 }
-
-/// Content of a capture for readers (re-exported for the agent).
-pub(crate) type FdContent = (Content, spec::Encoding);

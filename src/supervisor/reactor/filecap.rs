@@ -3,8 +3,8 @@
 //! `IORING_OP_WRITE`, backpressure on the pipe, and settling an exited process
 //! only once its files hold every byte it wrote.
 
-use super::super::agent::Event;
 use super::super::proc::{Capture, Life, PipeIn, Proc, Store};
+use super::super::types::Event;
 use super::{Reactor, Tag};
 use crate::capture::kept::{Completed, KeptFile};
 use rustix::io::Errno;
