@@ -23,6 +23,9 @@ use std::sync::mpsc::TryRecvError;
 use std::time::{Instant, SystemTime};
 
 mod filecap;
+mod table;
+
+use table::{ProcTable, default_max_running};
 
 /// What an in-flight ring op is for.
 #[derive(Clone, Copy, Debug)]
@@ -70,9 +73,8 @@ pub(crate) struct Reactor {
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// The agent's working directory at start.
     cwd: Option<std::path::PathBuf>,
-    procs: HashMap<u64, Proc>,
-    ids: HashMap<ProcId, u64>,
-    next_serial: u64,
+    /// The processes, their ids and serials, and the launch budget.
+    table: ProcTable,
     subscribers: Vec<super::events::Publisher>,
     /// Procstar's shutdown state, and the policy that left `Active`.
     shutdown: ShutdownState,
@@ -99,13 +101,6 @@ pub(crate) struct Reactor {
     starting: HashMap<u64, (String, Queued)>,
     /// Processes waiting to be launched, in request order.
     queue: std::collections::VecDeque<Queued>,
-    /// Processes launched and not yet settled (see `Proc::holds_slot`).
-    active: usize,
-    /// The most processes [`Reactor::active`] may count.
-    max_running: usize,
-    /// A launch ran out of fds (or tasks): no launch until a process lets go
-    /// of its own.
-    fds_short: bool,
     /// Start requests not yet answered, by request number: the procs still
     /// to start or fail, their ids and the reply.
     pending_starts: HashMap<u64, PendingStart>,
@@ -245,9 +240,7 @@ impl Reactor {
             closer: super::closer::Closer::new(),
             env: std::env::vars_os().collect(),
             cwd: std::env::current_dir().ok(),
-            procs: HashMap::new(),
-            ids: HashMap::new(),
-            next_serial: 0,
+            table: ProcTable::new(max_running),
             subscribers: Vec::new(),
             shutdown: ShutdownState::Active,
             policy: None,
@@ -262,9 +255,6 @@ impl Reactor {
             spawned_rx,
             starting: HashMap::new(),
             queue: std::collections::VecDeque::new(),
-            active: 0,
-            max_running,
-            fds_short: false,
             pending_starts: HashMap::new(),
             next_request: 0,
             sampling: false,
@@ -305,7 +295,7 @@ impl Reactor {
             self.check_done();
             self.answer_all_waiters();
             let next_deadline = self.answer_data_waiters();
-            if closed && !self.procs.values().any(Proc::is_busy) {
+            if closed && !self.table.values().any(Proc::is_busy) {
                 break;
             }
             // With processes still to launch, only look at what has completed.
@@ -374,7 +364,7 @@ impl Reactor {
     /// Processes still queued never start: each fails, saying why.
     fn unqueue_all(&mut self) {
         for q in std::mem::take(&mut self.queue) {
-            if let Some(p) = self.procs.get_mut(&q.serial) {
+            if let Some(p) = self.table.get_mut(q.serial) {
                 p.errors
                     .push("not started: the agent is shutting down".to_string());
             }
@@ -393,7 +383,7 @@ impl Reactor {
                 "not started: the agent is shutting down (it was opening its files)".into(),
             );
         }
-        for p in self.procs.values() {
+        for p in self.table.values() {
             if matches!(p.life, Life::Running) {
                 if let Err(e) = signal_proc(p, signum) {
                     tracing::debug!(id = %p.id, signum, "shutdown signal failed: {e}");
@@ -423,8 +413,8 @@ impl Reactor {
             return;
         }
         let done = match self.policy {
-            Some(ShutdownPolicy::Idle) => self.procs.is_empty(),
-            Some(_) => self.queue.is_empty() && !self.procs.values().any(Proc::is_busy),
+            Some(ShutdownPolicy::Idle) => self.table.is_empty(),
+            Some(_) => self.queue.is_empty() && !self.table.values().any(Proc::is_busy),
             None => false,
         };
         if done {
@@ -438,7 +428,7 @@ impl Reactor {
         if self.all_waiters.is_empty() || !std::mem::take(&mut self.settled) {
             return;
         }
-        if self.queue.is_empty() && self.procs.values().all(Proc::is_final) {
+        if self.queue.is_empty() && self.table.values().all(Proc::is_final) {
             for w in std::mem::take(&mut self.all_waiters) {
                 w(());
             }
@@ -458,8 +448,8 @@ impl Reactor {
         while i < self.data_waiters.len() {
             let w = &self.data_waiters[i];
             let state = self
-                .procs
-                .get(&w.serial)
+                .table
+                .get(w.serial)
                 .and_then(|p| Some(p.captures.get(w.cap)?.growth(p.is_busy())));
             let answer = match state {
                 None => Some(Err(FdDataError::Unknown(String::new()))),
@@ -512,8 +502,14 @@ impl Reactor {
             Tag::Pipe { proc, cap } => {
                 let data = self.ring.data(cqe);
                 let mut kept = false;
-                if self.procs.get(&proc).is_some_and(Proc::takes_output) {
-                    kept = outlimit::push(self.budget.as_mut(), &mut self.procs, proc, cap, data);
+                if self.table.get(proc).is_some_and(Proc::takes_output) {
+                    kept = outlimit::push(
+                        self.budget.as_mut(),
+                        self.table.by_serial_mut(),
+                        proc,
+                        cap,
+                        data,
+                    );
                 }
                 self.ring.finish(cqe);
                 if kept {
@@ -583,8 +579,8 @@ impl Reactor {
             Tag::ExitRetry { proc } => {
                 self.ring.finish(cqe);
                 let pidfd = self
-                    .procs
-                    .get(&proc)
+                    .table
+                    .get(proc)
                     .filter(|p| p.is_running())
                     .and_then(|p| p.pidfd.clone());
                 if let Some(fd) = pidfd {
@@ -599,7 +595,7 @@ impl Reactor {
     /// A timeout's timer fired: send its signal (then arm the SIGKILL timer), or the
     /// SIGKILL itself. Nothing happens once the process has exited.
     fn timeout_fired(&mut self, serial: u64, kill: bool) {
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         let running = p.is_running();
@@ -639,7 +635,7 @@ impl Reactor {
             return;
         };
         let mut any = false;
-        for p in self.procs.values_mut() {
+        for p in self.table.values_mut() {
             if matches!(p.life, Life::Running) {
                 if p.sample(ctx, &mut self.stat_buf) {
                     p.record_history();
@@ -666,7 +662,7 @@ impl Reactor {
     /// A pipe read op ended: at EOF the pipe is closed; otherwise (ENOBUFS, a
     /// single-shot read) it is armed again while the process runs.
     fn pipe_read_ended(&mut self, serial: u64, cap: usize, cqe: &Cqe) {
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         let running = p.is_running();
@@ -734,7 +730,7 @@ impl Reactor {
     /// been handled): drain what is left in the pipes, reap it with rusage,
     /// freeze its captures, publish.
     fn finish_exit(&mut self, serial: u64) {
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         match p.life {
@@ -777,13 +773,13 @@ impl Reactor {
     /// An exited process none of whose pipe reads is in flight: drain the pipes
     /// (their bytes are newer than every completion handled), reap, settle.
     fn complete_exit(&mut self, serial: u64) {
-        for cap in 0..self.procs.get(&serial).map_or(0, |p| p.captures.len()) {
+        for cap in 0..self.table.get(serial).map_or(0, |p| p.captures.len()) {
             let Some(PipeIn {
                 fd: Some(fd),
                 read_key: None,
             }) = self
-                .procs
-                .get_mut(&serial)
+                .table
+                .get_mut(serial)
                 .and_then(|p| p.captures.get_mut(cap))
                 .and_then(|c| c.store.pipe_mut())
             else {
@@ -807,7 +803,7 @@ impl Reactor {
                         left = left.saturating_sub(n);
                         _ = outlimit::push(
                             self.budget.as_mut(),
-                            &mut self.procs,
+                            self.table.by_serial_mut(),
                             serial,
                             cap,
                             self.scratch.get(..n).unwrap_or(&[]),
@@ -816,7 +812,7 @@ impl Reactor {
                 }
             }
         }
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         // Reaped, the pidfd has nothing more to say: close it (a thousand
@@ -843,7 +839,7 @@ impl Reactor {
     /// Hands the finished captures of a process whose spec asks for `compress`
     /// to the compression thread.
     fn compress_captures(&mut self, serial: u64) {
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         let mut failed = Vec::new();
@@ -870,7 +866,7 @@ impl Reactor {
     /// processes are dropped).
     fn drain_packed(&mut self) {
         while let Ok((serial, cap, result)) = self.packed_rx.try_recv() {
-            let Some(p) = self.procs.get_mut(&serial) else {
+            let Some(p) = self.table.get_mut(serial) else {
                 continue;
             };
             let Some(c) = p.captures.get_mut(cap) else {
@@ -933,22 +929,24 @@ impl Reactor {
             },
             Command::Result(id, reply) => {
                 let snap = self
+                    .table
                     .serial(&id)
-                    .and_then(|s| self.procs.get_mut(&s))
+                    .and_then(|s| self.table.get_mut(s))
                     .map(|p| p.snapshot(self.stat_ctx.as_ref()));
                 reply(snap);
             }
             Command::ResultBrief(id, reply) => {
                 let snap = self
+                    .table
                     .serial(&id)
-                    .and_then(|s| self.procs.get_mut(&s))
+                    .and_then(|s| self.table.get_mut(s))
                     .map(|p| p.snapshot_with(self.stat_ctx.as_ref(), true));
                 reply(snap);
             }
             Command::Results(reply) => {
                 let ctx = self.stat_ctx.as_ref();
                 let mut out: Vec<(ProcId, Snapshot)> = self
-                    .procs
+                    .table
                     .values_mut()
                     .map(|p| (p.id.clone(), p.snapshot(ctx)))
                     .collect();
@@ -957,23 +955,23 @@ impl Reactor {
             }
             Command::Overview(select, reply) => reply(self.overview(select)),
             Command::History(id, reply) => {
-                let points = self.serial(&id).and_then(|s| self.procs.get(&s)).map(|p| {
-                    p.sampled
-                        .history
-                        .as_ref()
-                        .map(|h| h.points())
-                        .unwrap_or_default()
-                });
+                let points = self
+                    .table
+                    .serial(&id)
+                    .and_then(|s| self.table.get(s))
+                    .map(|p| {
+                        p.sampled
+                            .history
+                            .as_ref()
+                            .map(|h| h.points())
+                            .unwrap_or_default()
+                    });
                 reply(points);
             }
-            Command::Ids(reply) => {
-                let mut ids: Vec<ProcId> = self.ids.keys().cloned().collect();
-                ids.sort();
-                reply(ids);
-            }
+            Command::Ids(reply) => reply(self.table.ids()),
             Command::Wait(id, compressed, reply) => {
                 let ctx = self.stat_ctx.as_ref();
-                match self.serial(&id).and_then(|s| self.procs.get_mut(&s)) {
+                match self.table.serial(&id).and_then(|s| self.table.get_mut(s)) {
                     None => reply(None),
                     Some(p) if compressed && !p.is_final() => {
                         p.final_waiters.push(Box::new(move |s| reply(Some(s))));
@@ -989,7 +987,11 @@ impl Reactor {
             }
             Command::Signal(id, signum, reply) => {
                 // A process still waiting for its files never starts.
-                if let Some(s) = self.serial(&id).filter(|s| self.opening.contains_key(s)) {
+                if let Some(s) = self
+                    .table
+                    .serial(&id)
+                    .filter(|s| self.opening.contains_key(s))
+                {
                     self.abandon_opening(
                         s,
                         format!(
@@ -1001,7 +1003,7 @@ impl Reactor {
                     reply(Ok(()));
                     return;
                 }
-                let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
+                let r = match self.table.serial(&id).and_then(|s| self.table.get(s)) {
                     None => Err(ProcError::Unknown(id)),
                     Some(p) => signal_proc(p, signum).map_err(|e| {
                         if e == rustix::io::Errno::SRCH {
@@ -1014,7 +1016,7 @@ impl Reactor {
                 reply(r);
             }
             Command::FdData(id, fd, (start, stop), reply) => {
-                let r = match self.serial(&id).and_then(|s| self.procs.get(&s)) {
+                let r = match self.table.serial(&id).and_then(|s| self.table.get(s)) {
                     None => Err(FdDataError::Unknown(id)),
                     Some(p) => {
                         let norm = spec::parse_fd_name(&fd)
@@ -1032,7 +1034,7 @@ impl Reactor {
                 reply(r);
             }
             Command::FdWait(id, fd, offset, deadline, reply) => {
-                let found = match self.serial(&id).map(|s| (s, self.procs.get(&s))) {
+                let found = match self.table.serial(&id).map(|s| (s, self.table.get(s))) {
                     Some((s, Some(p))) => {
                         let norm = spec::parse_fd_name(&fd)
                             .map(spec::fd_name)
@@ -1068,19 +1070,22 @@ impl Reactor {
                 }
             }
             Command::Delete(id, reply) => {
-                if let Some(s) = self.serial(&id).filter(|s| self.opening.contains_key(s)) {
+                if let Some(s) = self
+                    .table
+                    .serial(&id)
+                    .filter(|s| self.opening.contains_key(s))
+                {
                     self.abandon_opening(s, "not started: deleted while opening its files".into());
                 }
-                let r = match self.serial(&id) {
+                let r = match self.table.serial(&id) {
                     None => Err(ProcError::Unknown(id)),
                     Some(s) => {
-                        if self.procs.get(&s).is_some_and(Proc::is_busy) {
+                        if self.table.get(s).is_some_and(Proc::is_busy) {
                             Err(ProcError::Running(id))
                         } else {
-                            if let Some(p) = self.procs.remove(&s) {
+                            if let Some(p) = self.table.remove(s) {
                                 outlimit::forget(self.budget.as_mut(), s, &p);
                             }
-                            self.ids.remove(&id);
                             self.settled_for_done = true;
                             self.emit(Event::Deleted(id));
                             Ok(())
@@ -1111,21 +1116,21 @@ impl Reactor {
         use status::Select;
         self.generation += 1;
         let mut counts = status::Counts::default();
-        for p in self.procs.values() {
+        for p in self.table.values() {
             counts.add(p.phase());
         }
         let mut rows: Vec<status::Row> = match select {
-            Select::All => self.procs.values().map(Proc::row).collect(),
+            Select::All => self.table.values().map(Proc::row).collect(),
             Select::Live => self
-                .procs
+                .table
                 .values()
                 .filter(|p| p.phase().is_live())
                 .map(Proc::row)
                 .collect(),
             Select::Ids(ids) => ids
                 .iter()
-                .filter_map(|id| self.serial(id))
-                .filter_map(|s| self.procs.get(&s))
+                .filter_map(|id| self.table.serial(id))
+                .filter_map(|s| self.table.get(s))
                 .map(Proc::row)
                 .collect(),
             Select::None => Vec::new(),
@@ -1148,18 +1153,14 @@ impl Reactor {
         }
     }
 
-    fn serial(&self, id: &str) -> Option<u64> {
-        self.ids.get(id).copied()
-    }
-
     /// Validates a request and queues each of its processes; returns the
     /// request's number and its ids.
     fn start(&mut self, input: Input) -> Result<(u64, Vec<ProcId>), StartError> {
         if self.shutdown != ShutdownState::Active {
             return Err(StartError::ShuttingDown(self.shutdown));
         }
-        let ids = &self.ids;
-        spec::validate_with_existing(&input, |id| ids.contains_key(id))
+        let table = &self.table;
+        spec::validate_with_existing(&input, |id| table.contains_id(id))
             .map_err(StartError::Spec)?;
         let pipes = proc::request_pipes(&input)
             .map_err(|(id, msg)| StartError::Resource { proc_id: id, msg })?;
@@ -1168,12 +1169,9 @@ impl Reactor {
         self.next_request += 1;
         let mut started = Vec::with_capacity(input.specs.len());
         for (id, ps) in input.specs {
-            let serial = self.next_serial;
-            self.next_serial += 1;
             let mut proc = Proc::queued(id.clone(), request);
             proc.argv = Arc::from(ps.argv.as_slice());
-            self.procs.insert(serial, proc);
-            self.ids.insert(id.clone(), serial);
+            let serial = self.table.insert(proc);
             self.queue.push_back(Queued {
                 serial,
                 spec: Rc::new(ps),
@@ -1193,7 +1191,7 @@ impl Reactor {
         let Some(q) = self.queue.front() else {
             return false;
         };
-        !self.fds_short && (self.active < self.max_running || has_request_pipes(&q.spec))
+        self.table.may_launch(|| has_request_pipes(&q.spec))
     }
 
     /// Whether a process that ran out of fds may wait for them in the queue:
@@ -1229,8 +1227,8 @@ impl Reactor {
             .iter()
             .rev()
             .take_while(|q| {
-                self.procs
-                    .get(&q.serial)
+                self.table
+                    .get(q.serial)
                     .is_some_and(|p| p.request.is_some())
             })
             .map(|q| q.serial)
@@ -1245,7 +1243,7 @@ impl Reactor {
     /// queue while other processes hold fds that they will let go of.
     fn launch(&mut self, mut q: Queued) {
         let serial = q.serial;
-        let Some(id) = self.procs.get(&serial).map(|p| p.id.clone()) else {
+        let Some(id) = self.table.get(serial).map(|p| p.id.clone()) else {
             return;
         };
         let ctx = PlanContext {
@@ -1280,7 +1278,7 @@ impl Reactor {
                             self.ring
                                 .timeout(OPEN_PATIENCE, Tag::OpenSlow { proc: serial }),
                         );
-                        if let Some(p) = self.procs.get_mut(&serial) {
+                        if let Some(p) = self.table.get_mut(serial) {
                             p.life = Life::Opening;
                         }
                         self.opening.insert(serial, Opening { q, timer, slow });
@@ -1300,9 +1298,9 @@ impl Reactor {
             &mut self.env_cache,
             opened,
         );
-        if prep.out_of_fds && self.active > 0 && self.may_requeue(&q) {
-            tracing::debug!(%id, active = self.active, "out of fds: queued until some are freed");
-            self.fds_short = true;
+        if prep.out_of_fds && self.table.active() > 0 && self.may_requeue(&q) {
+            tracing::debug!(%id, active = self.table.active(), "out of fds: queued until some are freed");
+            self.table.fds_ran_short();
             self.queue.push_front(q);
             self.answer_request(serial);
             return;
@@ -1313,20 +1311,21 @@ impl Reactor {
         let plan = prep.plan.take();
         let exe = std::mem::take(&mut prep.exe);
         let started_with = std::mem::take(&mut prep.started_with);
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         p.launched(prep, started_with);
         match plan {
             Some(plan) => {
-                p.holds_slot = true;
-                self.active += 1;
+                self.table.take_slot(serial);
                 // Two execs at once: the spawner thread takes this one if it is
                 // idle, otherwise the reactor spawns it (and is suspended until
                 // it execs).
                 match self.spawner.try_spawn(serial, Box::new(plan)) {
                     Ok(()) => {
-                        p.life = Life::Starting;
+                        if let Some(p) = self.table.get_mut(serial) {
+                            p.life = Life::Starting;
+                        }
                         self.starting.insert(serial, (exe, q));
                     }
                     Err(plan) => {
@@ -1346,7 +1345,7 @@ impl Reactor {
     /// subscribers, and answer its start request once that was the last of the
     /// request's processes to do so.
     fn start_resolved(&mut self, serial: u64) {
-        let Some(id) = self.procs.get(&serial).map(|p| p.id.clone()) else {
+        let Some(id) = self.table.get(serial).map(|p| p.id.clone()) else {
             return;
         };
         self.emit(Event::Started(id));
@@ -1356,7 +1355,7 @@ impl Reactor {
     /// Counts process `serial` as done for its start request's answer, which
     /// goes out once every process of the request is.
     fn answer_request(&mut self, serial: u64) {
-        let Some(request) = self.procs.get_mut(&serial).and_then(|p| p.request.take()) else {
+        let Some(request) = self.table.get_mut(serial).and_then(|p| p.request.take()) else {
             return;
         };
         let Some((left, _, _)) = self.pending_starts.get_mut(&request) else {
@@ -1374,11 +1373,7 @@ impl Reactor {
     fn release_slot(&mut self, serial: u64) {
         self.settled = true;
         self.settled_for_done = true;
-        if let Some(p) = self.procs.get_mut(&serial).filter(|p| p.holds_slot) {
-            p.holds_slot = false;
-            self.active = self.active.saturating_sub(1);
-            self.fds_short = false;
-        }
+        self.table.release_slot(serial);
     }
 
     /// Takes the outcome of a spawn: arms the exit wait, the pipe reads and the
@@ -1400,18 +1395,18 @@ impl Reactor {
         let out_of_tasks = matches!(result, Err(rustix::io::Errno::AGAIN));
         // With others holding slots, it waits for one of them to end; alone,
         // it is tried again a few times (what held the fds may be gone).
-        let others = self.active > 1;
+        let others = self.table.active() > 1;
         let again = others || q.fd_retries < ALONE_FD_RETRIES;
         if (out_of_fds || out_of_tasks) && again && self.may_requeue(&q) {
             // No pidfd (or task) to be had now: start it again once one is
             // freed. Its captures (and their pipes) are made anew then.
             self.release_slot(serial);
             if others {
-                self.fds_short = true;
+                self.table.fds_ran_short();
             } else {
                 q.fd_retries += 1;
             }
-            if let Some(p) = self.procs.get_mut(&serial) {
+            if let Some(p) = self.table.get_mut(serial) {
                 let mut fresh = Proc::queued(p.id.clone(), 0);
                 fresh.request = p.request;
                 fresh.argv = p.argv.clone();
@@ -1424,7 +1419,7 @@ impl Reactor {
             self.answer_request(serial);
             return;
         }
-        let Some(proc) = self.procs.get_mut(&serial) else {
+        let Some(proc) = self.table.get_mut(serial) else {
             return;
         };
         match result {
@@ -1492,7 +1487,7 @@ impl Reactor {
             Some(ShutdownPolicy::Terminate { .. }) => Some(libc::SIGKILL),
             _ => None,
         };
-        if let (Some(signum), Some(p)) = (late, self.procs.get(&serial)) {
+        if let (Some(signum), Some(p)) = (late, self.table.get(serial)) {
             let _ = signal_proc(p, signum);
         }
         self.start_resolved(serial);
@@ -1502,7 +1497,7 @@ impl Reactor {
     /// A process that never started is final at once: stop time set, captures
     /// frozen (empty), waiters answered.
     fn settle_unstarted(&mut self, serial: u64) {
-        let Some(proc) = self.procs.get_mut(&serial) else {
+        let Some(proc) = self.table.get_mut(serial) else {
             return;
         };
         proc.life = Life::NotStarted;
@@ -1522,7 +1517,7 @@ impl Reactor {
                     }
                     let mut q = o.q;
                     q.opened = Some(results);
-                    if let Some(p) = self.procs.get_mut(&serial) {
+                    if let Some(p) = self.table.get_mut(serial) {
                         p.life = Life::Queued;
                     }
                     // Back at the head of the queue: it launches when
@@ -1544,7 +1539,7 @@ impl Reactor {
         for key in o.timers() {
             self.ring.cancel(key);
         }
-        if let Some(p) = self.procs.get_mut(&serial) {
+        if let Some(p) = self.table.get_mut(serial) {
             p.errors.push(why);
         }
         self.settle_unstarted(serial);
@@ -1566,18 +1561,6 @@ fn has_request_pipes(ps: &spec::ProcSpec) -> bool {
     ps.fds
         .iter()
         .any(|(_, fs)| matches!(fs, spec::FdSpec::PipeWrite | spec::FdSpec::PipeRead { .. }))
-}
-
-/// The default of `Config::max_running`: as many processes as the soft fd
-/// limit has room for at four long-lived fds each (a pidfd and three captures),
-/// past a reserve for the agent's own.
-pub(crate) fn default_max_running() -> usize {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1 << 20);
-    usize::try_from(soft.saturating_sub(256) / 4)
-        .unwrap_or(usize::MAX)
-        .max(1)
 }
 
 /// The error of a process that could not be cloned (EAGAIN) with no other
