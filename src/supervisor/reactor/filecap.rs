@@ -144,7 +144,9 @@ impl Reactor {
 
     /// Settles an exited (reaped) process once every kept-file write of it has
     /// completed: freezes it, answers waiters, emits [`Event::Exited`]. Until then
-    /// it stays busy ([`Proc::is_busy`](super::super::proc::Proc::is_busy)), so no waiter or result sees a short file.
+    /// it stays busy ([`Proc::is_busy`]), so no waiter or result sees a short file.
+    ///
+    /// [`Proc::is_busy`]: super::super::proc::Proc::is_busy
     pub(super) fn settle_exited(&mut self, serial: u64) {
         let Some(p) = self.table.get_mut(serial) else {
             return;
