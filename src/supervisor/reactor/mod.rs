@@ -93,11 +93,12 @@ pub(crate) struct Reactor {
     cqes: Vec<Cqe>,
     /// Long-lived fds live at or above this number.
     fd_floor: i32,
-    /// The second spawning thread.
+    /// The spawning threads beside the reactor (`Config::spawn_threads`,
+    /// default 2; none: the reactor spawns every child itself).
     spawner: Spawner,
-    /// Spawns the spawner thread finished.
+    /// Spawns the spawning threads finished.
     spawned_rx: std::sync::mpsc::Receiver<Done>,
-    /// Procs on the spawner thread: their exe path (for error messages) and
+    /// Procs on a spawning thread: their exe path (for error messages) and
     /// their queue entry (to queue them again if the spawn ran out of fds).
     starting: HashMap<u64, (String, Queued)>,
     /// Processes waiting to be launched, in request order.

@@ -1,6 +1,6 @@
 //! Starting processes: a start request's validation and its answer, the
 //! queue behind `max_running` and the fds, building each process's plan, and
-//! spawning it (on a spawner thread, or on the reactor).
+//! spawning it (on a spawning thread, or on the reactor).
 
 use super::super::error::StartError;
 use super::super::opener::{self, Opened};
@@ -36,7 +36,7 @@ pub(super) struct Queued {
 
 /// How often a spawn that found no fd is tried again while no other process
 /// holds one: the fds may have been held only for a moment (another plan
-/// being built on the reactor while the spawner thread cloned).
+/// being built on the reactor while a spawning thread cloned).
 const ALONE_FD_RETRIES: u8 = 3;
 
 /// How long the reactor spawns before it serves completions, timers and
@@ -129,8 +129,8 @@ impl Reactor {
         }
     }
 
-    /// Builds the plan of a queued process and spawns it (on the spawner thread
-    /// if it is idle). A plan that ran out of fds goes back to the head of the
+    /// Builds the plan of a queued process and spawns it (on a spawning thread
+    /// if one is idle). A plan that ran out of fds goes back to the head of the
     /// queue while other processes hold fds that they will let go of.
     fn launch(&mut self, mut q: Queued) {
         let serial = q.serial;
@@ -210,9 +210,9 @@ impl Reactor {
         match plan {
             Some(plan) => {
                 self.table.take_slot(serial);
-                // Two execs at once: the spawner thread takes this one if it is
-                // idle, otherwise the reactor spawns it (and is suspended until
-                // it execs).
+                // Execs overlap: an idle spawning thread takes this one;
+                // with none idle (or none at all, `spawn_threads` 0), the
+                // reactor spawns it (and is suspended until it execs).
                 match self.spawner.try_spawn(serial, Box::new(plan)) {
                     Ok(()) => {
                         if let Some(p) = self.table.get_mut(serial) {
@@ -364,8 +364,8 @@ impl Reactor {
                 self.settle_unstarted(serial);
             }
         }
-        // Started while shutting down by terminate or kill (it was on the
-        // spawner thread): it gets the policy's signal now.
+        // Started while shutting down by terminate or kill (it was on a
+        // spawning thread): it gets the policy's signal now.
         let late = match self.policy {
             Some(ShutdownPolicy::Kill) => Some(libc::SIGKILL),
             Some(ShutdownPolicy::Terminate { .. }) if self.kill_at.is_some() => Some(libc::SIGTERM),
@@ -379,7 +379,7 @@ impl Reactor {
         self.arm_sampling();
     }
 
-    /// Collects spawns the spawner thread finished.
+    /// Collects spawns the spawning threads finished.
     pub(super) fn drain_spawned(&mut self) {
         while let Ok((serial, result)) = self.spawned_rx.try_recv() {
             if let Some((exe, q)) = self.starting.remove(&serial) {
