@@ -1,4 +1,12 @@
 //! The reactor thread: one io_uring, the process table, the command mailbox.
+//!
+//! This file holds the [`Reactor`] itself, its setup, the loop and the
+//! dispatch of completions; each other part is an `impl Reactor` of its own:
+//! [`commands`] (the server side of [`Command`]), [`start`] (requests, the
+//! queue behind `max_running`, plans, spawns), [`opening`] (processes waiting
+//! for their files), [`exit`] (exit, drain, reap, settle), [`filecap`] (kept
+//! capture files), [`compress`], [`timers`], [`shutdown`] and [`waiters`]. The
+//! process table and its launch budget are a [`ProcTable`].
 
 use super::command::Command;
 use super::opener::{self, Opener};
