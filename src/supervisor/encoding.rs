@@ -1,7 +1,7 @@
 //! Encodings of fd data on read ([`crate::Agent::fd_data_as`]) and the stored
 //! compressed bytes of a capture ([`crate::Agent::fd_compressed`]).
 
-use super::agent::FdData;
+use super::types::FdData;
 use base64::Engine as _;
 use bytes::Bytes;
 use std::ops::Range;

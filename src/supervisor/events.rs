@@ -8,7 +8,7 @@
 //! [`Handle::results`](super::Handle::results)) and go on from the events that
 //! follow.
 
-use super::agent::Event;
+use super::types::Event;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;

@@ -7,14 +7,13 @@
 //! capture that lives in a file is done on a reader thread, so an async caller's
 //! thread never waits for a disk.
 
-use super::agent::{
-    Command, FdData, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState, StartAnswer,
-    StartError,
-};
+use super::command::{Command, FdContent, StartAnswer};
 use super::encoding::{CompressedFdData, EncodedFdData, ReadEncoding};
+use super::error::{FdDataError, ProcError, StartError};
 use super::events::Subscription;
 use super::oneshot::{self, Canceled};
 use super::proc::{Content, Snapshot};
+use super::types::{FdData, FdWaited, ShutdownPolicy, ShutdownState};
 use crate::result::ProcRes;
 use crate::ring::Sender;
 use crate::spec::{self, Input, ProcId};
@@ -263,7 +262,7 @@ impl Handle {
         let stop = stop.unwrap_or(u64::MAX);
         let (tx, rx) = oneshot::channel::<Finish<Result<FdData, FdDataError>>>();
         let reader = self.reader.clone();
-        let reply = Box::new(move |r: Result<super::reactor::FdContent, FdDataError>| {
+        let reply = Box::new(move |r: Result<FdContent, FdDataError>| {
             match r {
                 Ok((content, encoding)) if content.in_file() => {
                     // Off the reactor and off the caller's thread.
@@ -351,7 +350,7 @@ impl Handle {
         let name = fd.to_string();
         let (tx, rx) = oneshot::channel::<Finish<Result<CompressedFdData, FdDataError>>>();
         let reader = self.reader.clone();
-        let reply = Box::new(move |r: Result<super::reactor::FdContent, FdDataError>| {
+        let reply = Box::new(move |r: Result<FdContent, FdDataError>| {
             let read = move || -> Result<CompressedFdData, FdDataError> {
                 let (content, _) = r?;
                 let Content::Zstd(packed) = content else {

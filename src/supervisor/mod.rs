@@ -11,7 +11,9 @@
 
 mod agent;
 mod closer;
+mod command;
 mod encoding;
+mod error;
 mod events;
 mod handle;
 mod oneshot;
@@ -22,13 +24,13 @@ mod proc;
 mod reactor;
 mod spawner;
 pub mod status;
+mod types;
 
-pub use agent::{
-    Agent, Config, Event, FdData, FdDataError, FdWaited, ProcError, ShutdownPolicy, ShutdownState,
-    StartError,
-};
+pub use agent::Agent;
 pub use encoding::{CompressedFdData, Encoded, EncodedFdData, ReadEncoding};
+pub use error::{FdDataError, ProcError, StartError};
 pub use events::{Next, RecvError, Subscription};
 pub use handle::{Call, Handle};
 pub use oneshot::Canceled;
 pub(crate) use proc::rfc3339;
+pub use types::{Config, Event, FdData, FdWaited, ShutdownPolicy, ShutdownState};

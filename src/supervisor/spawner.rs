@@ -5,14 +5,15 @@
 //! exec (loading the program and its dynamic linker) is most of what a spawn
 //! costs. With one spawning thread only one exec runs at a time whatever the
 //! number of cores. The reactor hands a plan to an idle spawning thread, or
-//! spawns it itself when both are busy, so execs overlap; the result comes back
-//! over a channel and wakes the ring through the mailbox's eventfd. Two threads
+//! spawns it itself when every one is busy, so execs overlap; the result comes
+//! back over a channel and wakes the ring through the mailbox's eventfd. Two threads
 //! measured a little better than one on two cores (interleaved rounds: 0.86x
 //! instead of 0.78x std::process::Command on two threads, 1.15x instead of 1.09x
 //! tokio::process), the reactor then rarely being suspended in a vfork itself.
 //!
-//! The thread lives as long as the reactor: `PR_SET_PDEATHSIG` follows the thread
+//! The threads live as long as the reactor: `PR_SET_PDEATHSIG` follows the thread
 //! that created a child, so a spawning thread must never exit before the agent.
+//! How many there are is `Config::spawn_threads` (default 2).
 
 use crate::sys::spawn::{ChildPlan, ChildStack, Spawned, spawn};
 use rustix::fd::OwnedFd;
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-/// The outcome of a spawn the thread made: the proc's serial and the result.
+/// The outcome of a spawn a spawning thread made: the proc's serial and the result.
 pub(crate) type Done = (u64, Result<Spawned, Errno>);
 
 /// The spawning threads and their job queue.

@@ -3,17 +3,17 @@
 //! `IORING_OP_WRITE`, backpressure on the pipe, and settling an exited process
 //! only once its files hold every byte it wrote.
 
-use super::super::agent::Event;
-use super::super::proc::{Capture, Life, PipeIn, Proc, Store};
+use super::super::proc::{Capture, Life, PipeIn, Store};
+use super::super::types::Event;
+use super::table::ProcTable;
 use super::{Reactor, Tag};
 use crate::capture::kept::{Completed, KeptFile};
 use rustix::io::Errno;
-use std::collections::HashMap;
 
 /// The kept file of capture `cap` of process `serial`, if it has one.
-fn kept_mut(procs: &mut HashMap<u64, Proc>, serial: u64, cap: usize) -> Option<&mut KeptFile> {
-    procs
-        .get_mut(&serial)?
+fn kept_mut(table: &mut ProcTable, serial: u64, cap: usize) -> Option<&mut KeptFile> {
+    table
+        .get_mut(serial)?
         .captures
         .get_mut(cap)?
         .store
@@ -25,7 +25,7 @@ impl Reactor {
     /// flight, and pause the pipe if the staging is still full after that.
     pub(super) fn kept_pushed(&mut self, serial: u64, cap: usize) {
         self.pump_kept(serial, cap);
-        let pause = match kept_mut(&mut self.procs, serial, cap) {
+        let pause = match kept_mut(&mut self.table, serial, cap) {
             Some(f) if f.over_cap() && !f.paused => {
                 f.paused = true;
                 true
@@ -39,7 +39,7 @@ impl Reactor {
 
     /// Submits the next write of a kept file, if one is due.
     fn pump_kept(&mut self, serial: u64, cap: usize) {
-        let Some(f) = kept_mut(&mut self.procs, serial, cap) else {
+        let Some(f) = kept_mut(&mut self.table, serial, cap) else {
             return;
         };
         let Some(file) = f.file().cloned() else {
@@ -60,7 +60,7 @@ impl Reactor {
     pub(super) fn apply_pauses(&mut self) {
         let mut pauses = std::mem::take(&mut self.pauses);
         for (serial, cap) in pauses.drain(..) {
-            let Some(p) = self.procs.get(&serial).filter(|p| p.is_running()) else {
+            let Some(p) = self.table.get(serial).filter(|p| p.is_running()) else {
                 continue;
             };
             if let Some(Capture {
@@ -94,7 +94,7 @@ impl Reactor {
         result: Result<u32, Errno>,
         buf: Vec<u8>,
     ) {
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         let running = p.is_running();
@@ -136,7 +136,7 @@ impl Reactor {
 
     /// After the exit drain: starts the writes of what is left staged.
     pub(super) fn flush_kept(&mut self, serial: u64) {
-        let n = self.procs.get(&serial).map_or(0, |p| p.captures.len());
+        let n = self.table.get(serial).map_or(0, |p| p.captures.len());
         for cap in 0..n {
             self.pump_kept(serial, cap);
         }
@@ -145,8 +145,10 @@ impl Reactor {
     /// Settles an exited (reaped) process once every kept-file write of it has
     /// completed: freezes it, answers waiters, emits [`Event::Exited`]. Until then
     /// it stays busy ([`Proc::is_busy`]), so no waiter or result sees a short file.
+    ///
+    /// [`Proc::is_busy`]: super::super::proc::Proc::is_busy
     pub(super) fn settle_exited(&mut self, serial: u64) {
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.table.get_mut(serial) else {
             return;
         };
         if !matches!(p.life, Life::Done { .. }) || p.stop.is_some() || !p.kept_idle() {

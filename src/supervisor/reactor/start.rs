@@ -1,0 +1,419 @@
+//! Starting processes: a start request's validation and its answer, the
+//! queue behind `max_running` and the fds, building each process's plan, and
+//! spawning it (on a spawning thread, or on the reactor).
+
+use super::super::error::StartError;
+use super::super::opener::{self, Opened};
+use super::super::proc::{self, Life, PipeIn, PlanContext, Proc};
+use super::super::types::{Event, ShutdownPolicy, ShutdownState};
+use super::opening::{OPEN_PATIENCE, Opening};
+use super::{Reactor, Tag, signal_proc};
+use crate::spec::{self, Input, ProcId};
+use crate::sys::spawn::{Spawned, spawn};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A start request's reply, held until each of its procs has started or failed:
+/// how many have not, the ids, the reply.
+pub(super) type PendingStart = (
+    usize,
+    Vec<ProcId>,
+    Box<dyn FnOnce(Result<Vec<ProcId>, StartError>) + Send>,
+);
+
+/// A process waiting to be launched: its spec, and the pipes of its request
+/// (`pipe` fds between the request's processes).
+pub(super) struct Queued {
+    pub(super) serial: u64,
+    pub(super) spec: Rc<spec::ProcSpec>,
+    pipes: Rc<std::cell::RefCell<proc::RequestPipes>>,
+    /// Its files, once the opener has opened them (`None`: not yet asked).
+    pub(super) opened: Option<Vec<(usize, Opened)>>,
+    /// Spawns that failed for want of an fd while nothing else held a slot.
+    fd_retries: u8,
+}
+
+/// How often a spawn that found no fd is tried again while no other process
+/// holds one: the fds may have been held only for a moment (another plan
+/// being built on the reactor while a spawning thread cloned).
+const ALONE_FD_RETRIES: u8 = 3;
+
+/// How long the reactor spawns before it serves completions, timers and
+/// commands again.
+const SPAWN_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl Reactor {
+    /// Validates a request and queues each of its processes; returns the
+    /// request's number and its ids.
+    pub(super) fn start(&mut self, input: Input) -> Result<(u64, Vec<ProcId>), StartError> {
+        if self.shutdown != ShutdownState::Active {
+            return Err(StartError::ShuttingDown(self.shutdown));
+        }
+        let table = &self.table;
+        spec::validate_with_existing(&input, |id| table.contains_id(id))
+            .map_err(StartError::Spec)?;
+        let pipes = proc::request_pipes(&input)
+            .map_err(|(id, msg)| StartError::Resource { proc_id: id, msg })?;
+        let pipes = Rc::new(std::cell::RefCell::new(pipes));
+        let request = self.next_request;
+        self.next_request += 1;
+        let mut started = Vec::with_capacity(input.specs.len());
+        for (id, ps) in input.specs {
+            let mut proc = Proc::queued(id.clone(), request);
+            proc.argv = Arc::from(ps.argv.as_slice());
+            let serial = self.table.insert(proc);
+            self.queue.push_back(Queued {
+                serial,
+                spec: Rc::new(ps),
+                pipes: pipes.clone(),
+                opened: None,
+                fd_retries: 0,
+            });
+            started.push(id);
+        }
+        Ok((request, started))
+    }
+
+    /// Whether a queued process may be launched now. One with `pipe` fds to
+    /// others of its request goes past `max_running`: its peers may be running
+    /// and waiting for it (a full pipe), which a queue would deadlock.
+    pub(super) fn may_launch(&self) -> bool {
+        let Some(q) = self.queue.front() else {
+            return false;
+        };
+        self.table.may_launch(|| has_request_pipes(&q.spec))
+    }
+
+    /// Whether a process that ran out of fds may wait for them in the queue:
+    /// not while shutting down, and not with `pipe` fds (their ends were
+    /// handed to this attempt and are gone with it).
+    fn may_requeue(&self, q: &Queued) -> bool {
+        self.shutdown == ShutdownState::Active && !has_request_pipes(&q.spec)
+    }
+
+    /// Launches queued processes for at most [`SPAWN_SLICE`], while
+    /// `max_running` and the fds allow.
+    pub(super) fn launch_queued(&mut self) {
+        let until = Instant::now() + SPAWN_SLICE;
+        while self.may_launch() && Instant::now() < until {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            self.launch(q);
+        }
+        if !self.queue.is_empty() && !self.may_launch() {
+            self.answer_queued();
+        }
+    }
+
+    /// The queue waits for `max_running` or fds: a start request need not wait
+    /// for its queued processes to be launched, only for the ones launched to
+    /// have pids. Counts the queued processes as done for their requests'
+    /// answers, from the back of the queue (the newest) to the first already
+    /// counted: everything ahead of it was counted before.
+    fn answer_queued(&mut self) {
+        let newest: Vec<u64> = self
+            .queue
+            .iter()
+            .rev()
+            .take_while(|q| {
+                self.table
+                    .get(q.serial)
+                    .is_some_and(|p| p.request.is_some())
+            })
+            .map(|q| q.serial)
+            .collect();
+        for serial in newest {
+            self.answer_request(serial);
+        }
+    }
+
+    /// Builds the plan of a queued process and spawns it (on a spawning thread
+    /// if one is idle). A plan that ran out of fds goes back to the head of the
+    /// queue while other processes hold fds that they will let go of.
+    fn launch(&mut self, mut q: Queued) {
+        let serial = q.serial;
+        let Some(id) = self.table.get(serial).map(|p| p.id.clone()) else {
+            return;
+        };
+        let ctx = PlanContext {
+            env: &self.env,
+            tmpdir: &self.config.tmpdir,
+            pipe_size: self.config.pipe_size,
+            head: self.config.capture_head,
+            tail: self.config.capture_tail,
+            fd_floor: self.fd_floor,
+            pdeath_sig: self.config.pdeath_sig,
+            cwd: self.cwd.as_deref(),
+            perf: self.config.perf,
+            restrict_exe: self.config.restrict_exe.as_deref(),
+            report_env: self.config.report_env,
+            null: &self.null_fds,
+        };
+        // Files are opened off this thread first (a FIFO's open may never end).
+        if q.opened.is_none() {
+            let opens = proc::opens_for(&id, &q.spec, &ctx);
+            if !opens.is_empty() {
+                match self.opener.submit(serial, opens) {
+                    Ok(()) => {
+                        let timer = q
+                            .spec
+                            .timeout
+                            .as_ref()
+                            .and_then(|t| std::time::Duration::try_from_secs_f64(t.after).ok())
+                            .map(|after| {
+                                self.ring.timeout(after, Tag::OpenTimeout { proc: serial })
+                            });
+                        let slow = Some(
+                            self.ring
+                                .timeout(OPEN_PATIENCE, Tag::OpenSlow { proc: serial }),
+                        );
+                        if let Some(p) = self.table.get_mut(serial) {
+                            p.life = Life::Opening;
+                        }
+                        self.opening.insert(serial, Opening { q, timer, slow });
+                        return;
+                    }
+                    // No opener thread could start: open here, as before.
+                    Err(opens) => q.opened = Some(opens.into_iter().map(opener::open).collect()),
+                }
+            }
+        }
+        let opened = q.opened.take().unwrap_or_default();
+        let mut prep = proc::prepare(
+            &id,
+            &q.spec,
+            &ctx,
+            &mut q.pipes.borrow_mut(),
+            &mut self.env_cache,
+            opened,
+        );
+        if prep.out_of_fds && self.table.active() > 0 && self.may_requeue(&q) {
+            let active = self.table.active();
+            tracing::debug!(%id, active, "out of fds: queued until some are freed");
+            self.table.fds_ran_short();
+            self.queue.push_front(q);
+            self.answer_request(serial);
+            return;
+        }
+        if prep.out_of_fds {
+            prep.errors.push(out_of_fds_message());
+        }
+        let plan = prep.plan.take();
+        let exe = std::mem::take(&mut prep.exe);
+        let started_with = std::mem::take(&mut prep.started_with);
+        let Some(p) = self.table.get_mut(serial) else {
+            return;
+        };
+        p.launched(prep, started_with);
+        match plan {
+            Some(plan) => {
+                self.table.take_slot(serial);
+                // Execs overlap: an idle spawning thread takes this one;
+                // with none idle (or none at all, `spawn_threads` 0), the
+                // reactor spawns it (and is suspended until it execs).
+                match self.spawner.try_spawn(serial, Box::new(plan)) {
+                    Ok(()) => {
+                        if let Some(p) = self.table.get_mut(serial) {
+                            p.life = Life::Starting;
+                        }
+                        self.starting.insert(serial, (exe, q));
+                    }
+                    Err(plan) => {
+                        let result = spawn(*plan, &mut self.stack);
+                        self.spawned(serial, result, &exe, q);
+                    }
+                }
+            }
+            None => {
+                self.settle_unstarted(serial);
+                self.start_resolved(serial);
+            }
+        }
+    }
+
+    /// Process `serial` has started (it has a pid) or failed: tell
+    /// subscribers, and answer its start request once that was the last of the
+    /// request's processes to do so.
+    pub(super) fn start_resolved(&mut self, serial: u64) {
+        let Some(id) = self.table.get(serial).map(|p| p.id.clone()) else {
+            return;
+        };
+        self.emit(Event::Started(id));
+        self.answer_request(serial);
+    }
+
+    /// Counts process `serial` as done for its start request's answer, which
+    /// goes out once every process of the request is.
+    pub(super) fn answer_request(&mut self, serial: u64) {
+        let Some(request) = self.table.get_mut(serial).and_then(|p| p.request.take()) else {
+            return;
+        };
+        let Some((left, _, _)) = self.pending_starts.get_mut(&request) else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            if let Some((_, ids, reply)) = self.pending_starts.remove(&request) {
+                reply(Ok(ids));
+            }
+        }
+    }
+
+    /// Takes the outcome of a spawn: arms the exit wait, the pipe reads and the
+    /// timeout of a started child, or records why it did not start.
+    fn spawned(
+        &mut self,
+        serial: u64,
+        result: Result<Spawned, rustix::io::Errno>,
+        exe: &str,
+        mut q: Queued,
+    ) {
+        let out_of_fds = matches!(
+            result,
+            Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE)
+        );
+        // EAGAIN from clone: the agent's user is at RLIMIT_NPROC, or the
+        // system at pid_max or threads-max. A process ending frees a task
+        // as it frees fds, so it waits the same way.
+        let out_of_tasks = matches!(result, Err(rustix::io::Errno::AGAIN));
+        // With others holding slots, it waits for one of them to end; alone,
+        // it is tried again a few times (what held the fds may be gone).
+        let others = self.table.active() > 1;
+        let again = others || q.fd_retries < ALONE_FD_RETRIES;
+        if (out_of_fds || out_of_tasks) && again && self.may_requeue(&q) {
+            // No pidfd (or task) to be had now: start it again once one is
+            // freed. Its captures (and their pipes) are made anew then.
+            self.release_slot(serial);
+            if others {
+                self.table.fds_ran_short();
+            } else {
+                q.fd_retries += 1;
+            }
+            if let Some(p) = self.table.get_mut(serial) {
+                let mut fresh = Proc::queued(p.id.clone(), 0);
+                fresh.request = p.request;
+                fresh.argv = p.argv.clone();
+                fresh.waiters = std::mem::take(&mut p.waiters);
+                fresh.final_waiters = std::mem::take(&mut p.final_waiters);
+                *p = fresh;
+            }
+            self.queue.push_front(q);
+            // Its request need not wait for it (see `answer_queued`).
+            self.answer_request(serial);
+            return;
+        }
+        let Some(proc) = self.table.get_mut(serial) else {
+            return;
+        };
+        match result {
+            Ok(mut child) => {
+                if let Some(perf) = proc.perf.as_mut() {
+                    if child.failure.is_some() {
+                        // Its counters close with `child.perf`, never read.
+                        perf.never_ran("no counts: the child failed before exec");
+                    } else {
+                        // Long-lived fds live above the floor, as the pidfd below.
+                        let fds = std::mem::take(&mut child.perf)
+                            .into_iter()
+                            .map(|r| r.map(|fd| crate::sys::fd::move_high(fd, self.fd_floor)));
+                        perf.attach(fds.collect());
+                    }
+                }
+                if let Some(f) = child.failure {
+                    proc.errors.push(proc::failure_message(&f, exe));
+                    proc.failure = Some(f);
+                }
+                proc.pid = Some(child.pid.as_raw_nonzero().get());
+                let pidfd = Rc::new(crate::sys::fd::move_high(child.pidfd, self.fd_floor));
+                proc.pidfd = Some(pidfd.clone());
+                proc.life = Life::Running;
+                let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });
+                tracing::debug!(serial, id = %proc.id, pid = ?proc.pid, key, "spawned");
+                if let Some(t) = proc.timeout.as_mut() {
+                    let tag = Tag::Timeout {
+                        proc: serial,
+                        kill: false,
+                    };
+                    t.timer = Some(self.ring.timeout(t.after, tag));
+                }
+                for (cap, c) in proc.captures.iter_mut().enumerate() {
+                    if let Some(PipeIn {
+                        fd: Some(fd),
+                        read_key,
+                    }) = c.store.pipe_mut()
+                    {
+                        *read_key = Some(
+                            self.ring
+                                .read_multishot(fd.clone(), Tag::Pipe { proc: serial, cap }),
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                proc.errors
+                    .push(format!("spawn failed: {}", std::io::Error::from(e)));
+                if out_of_fds {
+                    proc.errors.push(out_of_fds_message());
+                }
+                if out_of_tasks {
+                    proc.errors.push(out_of_tasks_message());
+                }
+                proc.life = Life::NotStarted;
+                self.settle_unstarted(serial);
+            }
+        }
+        // Started while shutting down by terminate or kill (it was on a
+        // spawning thread): it gets the policy's signal now.
+        let late = match self.policy {
+            Some(ShutdownPolicy::Kill) => Some(libc::SIGKILL),
+            Some(ShutdownPolicy::Terminate { .. }) if self.kill_at.is_some() => Some(libc::SIGTERM),
+            Some(ShutdownPolicy::Terminate { .. }) => Some(libc::SIGKILL),
+            _ => None,
+        };
+        if let (Some(signum), Some(p)) = (late, self.table.get(serial)) {
+            let _ = signal_proc(p, signum);
+        }
+        self.start_resolved(serial);
+        self.arm_sampling();
+    }
+
+    /// Collects spawns the spawning threads finished.
+    pub(super) fn drain_spawned(&mut self) {
+        while let Ok((serial, result)) = self.spawned_rx.try_recv() {
+            if let Some((exe, q)) = self.starting.remove(&serial) {
+                self.spawned(serial, result, &exe, q);
+            }
+        }
+    }
+}
+
+/// Whether a spec has `pipe` fds to others of its request.
+fn has_request_pipes(ps: &spec::ProcSpec) -> bool {
+    ps.fds
+        .iter()
+        .any(|(_, fs)| matches!(fs, spec::FdSpec::PipeWrite | spec::FdSpec::PipeRead { .. }))
+}
+
+/// The error of a process that could not be cloned (EAGAIN) with no other
+/// process whose end might free a task.
+fn out_of_tasks_message() -> String {
+    let nproc = rustix::process::getrlimit(rustix::process::Resource::Nproc).current;
+    let limit = nproc.map_or("unlimited".to_string(), |n| n.to_string());
+    format!(
+        "out of processes: the agent's user is at its RLIMIT_NPROC ({limit}), or the system at kernel.pid_max or kernel.threads-max; lower --max-running or raise the limit"
+    )
+}
+
+/// The error of a process that could not get its fds with no other process
+/// holding any that might be freed.
+fn out_of_fds_message() -> String {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(n) => format!(
+            "out of file descriptors: the agent's RLIMIT_NOFILE is {n}; raise it (ulimit -n) or lower --max-running"
+        ),
+        None => "out of file descriptors (system-wide limit, fs.file-max)".to_string(),
+    }
+}

@@ -1,0 +1,83 @@
+//! Callers waiting on the table as a whole: for every process to be final
+//! ([`Command::WaitAll`]), and readers waiting for a capture to grow
+//! ([`Command::FdWait`]).
+//!
+//! [`Command::WaitAll`]: super::super::command::Command::WaitAll
+//! [`Command::FdWait`]: super::super::command::Command::FdWait
+
+use super::super::error::FdDataError;
+use super::super::proc::Proc;
+use super::super::types::FdWaited;
+use super::Reactor;
+use std::time::Instant;
+
+/// A reader waiting for capture `cap` of process `serial` to hold more than
+/// `offset` bytes.
+pub(super) struct DataWaiter {
+    pub(super) serial: u64,
+    pub(super) cap: usize,
+    pub(super) offset: u64,
+    pub(super) deadline: Instant,
+    pub(super) reply: Box<dyn FnOnce(Result<FdWaited, FdDataError>) + Send>,
+}
+
+impl Reactor {
+    /// Answers [`Command::WaitAll`] once every process is final. Looks only
+    /// after something settled, so a long wait costs nothing per loop.
+    ///
+    /// [`Command::WaitAll`]: super::super::command::Command::WaitAll
+    pub(super) fn answer_all_waiters(&mut self) {
+        if self.all_waiters.is_empty() || !std::mem::take(&mut self.settled) {
+            return;
+        }
+        if self.queue.is_empty() && self.table.values().all(Proc::is_final) {
+            for w in std::mem::take(&mut self.all_waiters) {
+                w(());
+            }
+        }
+    }
+
+    /// Answers the readers whose capture grew past their offset, can grow no
+    /// more, or whose process is gone, and those whose deadline passed; returns
+    /// the nearest deadline left.
+    pub(super) fn answer_data_waiters(&mut self) -> Option<Instant> {
+        if self.data_waiters.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut i = 0;
+        while i < self.data_waiters.len() {
+            let w = &self.data_waiters[i];
+            let state = self
+                .table
+                .get(w.serial)
+                .and_then(|p| Some(p.captures.get(w.cap)?.growth(p.is_busy())));
+            let answer = match state {
+                None => Some(Err(FdDataError::Unknown(String::new()))),
+                Some((length, open))
+                    if !open || length.is_some_and(|l| l > w.offset) || w.deadline <= now =>
+                {
+                    Some(Ok(FdWaited { length, open }))
+                }
+                // A tempfile grows unseen: its readers poll.
+                Some((None, _)) => Some(Ok(FdWaited {
+                    length: None,
+                    open: true,
+                })),
+                Some(_) => None,
+            };
+            match answer {
+                Some(a) => {
+                    let w = self.data_waiters.swap_remove(i);
+                    (w.reply)(a);
+                }
+                None => {
+                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                    i += 1;
+                }
+            }
+        }
+        next
+    }
+}
