@@ -26,6 +26,7 @@ fn main() {
     let n: usize = args.next().map_or(1000, |a| a.parse().expect("N"));
     let agent = Agent::new(Config::default()).expect("agent");
     let mut first = None;
+    let mut trend = Vec::new();
     let t0 = std::time::Instant::now();
     for round in 0..rounds {
         let specs: serde_json::Map<String, serde_json::Value> = (0..n)
@@ -49,6 +50,11 @@ fn main() {
         if round == 0 {
             first = Some((open_fds(), rss_kib()));
         }
+        // The trend, not only the ends: a leak grows with every round, an
+        // allocator's high-water mark levels off.
+        if (round + 1) % (rounds / 10).max(1) == 0 {
+            trend.push(rss_kib());
+        }
     }
     let (fds0, rss0) = first.unwrap_or_default();
     let (fds1, rss1) = (open_fds(), rss_kib());
@@ -57,5 +63,10 @@ fn main() {
         rounds * n,
         t0.elapsed().as_secs_f64(),
         (rss1 as f64 / rss0.max(1) as f64 - 1.0) * 100.0
+    );
+    let trend: Vec<String> = trend.iter().map(|k| k.to_string()).collect();
+    println!(
+        "soak: RSS (KiB) after each tenth of the rounds: {}",
+        trend.join(", ")
     );
 }

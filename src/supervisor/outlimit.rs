@@ -10,7 +10,7 @@ use std::sync::Arc;
 /// A capture's key in the budget: (process serial, capture index).
 pub(crate) type CapKey = (u64, usize);
 
-struct Table<'a>(&'a mut HashMap<u64, Proc>);
+struct Table<'a>(&'a mut HashMap<u64, Box<Proc>>);
 
 impl Captures<CapKey> for Table<'_> {
     fn live(&mut self, (serial, cap): CapKey) -> Option<&mut HeadTail> {
@@ -46,7 +46,7 @@ impl Captures<CapKey> for Table<'_> {
 /// capture, within the budget if there is one.
 pub(crate) fn push(
     budget: Option<&mut Budget<CapKey>>,
-    procs: &mut HashMap<u64, Proc>,
+    procs: &mut HashMap<u64, Box<Proc>>,
     serial: u64,
     cap: usize,
     data: &[u8],
