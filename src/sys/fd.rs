@@ -223,3 +223,23 @@ pub fn pread_append(
 pub fn file_len(fd: impl AsFd) -> Result<u64, Errno> {
     Ok(rustix::fs::fstat(fd)?.st_size.max(0) as u64)
 }
+
+/// Reads `[start, stop)` of a file.
+pub fn read_file(file: &OwnedFd, start: u64, stop: u64) -> Result<bytes::Bytes, Errno> {
+    let mut buf = Vec::new();
+    read_file_into(file, start, stop, &mut buf)?;
+    Ok(bytes::Bytes::from(buf))
+}
+
+/// Appends `[start, stop)` of a file (less at end of file) to `out`.
+pub fn read_file_into(
+    file: &OwnedFd,
+    start: u64,
+    stop: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), Errno> {
+    let len = usize::try_from(stop.saturating_sub(start)).map_err(|_| Errno::FBIG)?;
+    // A huge range is an error (ENOMEM), not an abort.
+    pread_append(file, out, len, start)?;
+    Ok(())
+}
