@@ -4,7 +4,7 @@
 
 use super::super::opener::{self, OpenReq, Opened};
 use super::compress::{CompressState, Compression};
-use super::env::EnvCache;
+use super::env::{BuiltEnv, EnvCache};
 use super::errors::{fd_error, refusal};
 use super::life::{StartInfo, TimeoutState};
 use super::sources::{NullFds, RequestPipes};
@@ -18,6 +18,7 @@ use crate::sys::pipe;
 use crate::sys::spawn::ChildPlan;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use rustix::io::Errno;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,6 +68,9 @@ pub(crate) struct Prepared {
 
 /// Builds the child plan for one spec. Failures to open fds are collected as
 /// Procstar-style error strings; the plan is then `None` and nothing is spawned.
+///
+/// In order: the exe check, the start state ([`control`]), the environment,
+/// the exec, then the fd list entry by entry ([`FdList`]), then perf counters.
 pub(crate) fn prepare(
     id: &str,
     ps: &ProcSpec,
@@ -83,39 +87,9 @@ pub(crate) fn prepare(
             "proc {id}: exe {exe:?} is not allowed: this agent runs only {allowed:?} (--restrict-exe)"
         ));
     }
-    // Resolved on an opener thread where it takes NSS lookups (`opens_for`).
-    let ctl = match opened.remove(&opener::CONTROL) {
-        Some(Opened::Control(r)) => r,
-        _ => control::resolve(id, ps, &control_defaults(ctx)),
-    };
-    let ctl = match ctl {
-        Ok(c) => Some(c),
-        Err(es) => {
-            errors.extend(es.iter().map(ToString::to_string));
-            None
-        }
-    };
-    // env.user_env: HOME, USER, LOGNAME and SHELL go in after `inherit` and before
-    // `vars`, which is the same as `vars` entries that the spec's own override.
-    let user_env_spec;
-    let env_spec = match ctl.as_ref().and_then(|c| c.user_env.as_ref()) {
-        Some(user_env) => {
-            let mut e = ps.env.clone();
-            for (k, v) in user_env {
-                e.vars.entry(k.clone()).or_insert_with(|| Some(v.clone()));
-            }
-            user_env_spec = e;
-            &user_env_spec
-        }
-        None => &ps.env,
-    };
-    let env = env_cache.get(env_spec, ctx.env);
-    let argv: Vec<Vec<u8>> = ps.argv.iter().map(|a| a.as_bytes().to_vec()).collect();
-    let plan = env
-        .as_ref()
-        .map_err(|_| Errno::INVAL)
-        .and_then(|e| ChildPlan::with_env(std::ffi::OsStr::new(&exe), argv, e.envp.clone()));
-    let mut plan = match plan {
+    let ctl = control_for(id, ps, ctx, opened.remove(&opener::CONTROL), &mut errors);
+    let env = env_cache.get(&env_spec(ps, ctl.as_ref()), ctx.env);
+    let mut plan = match child_plan(&exe, ps, &env) {
         Ok(p) => Some(p),
         Err(_) => {
             errors.push(format!("proc {id}: exe, argv or env contains a NUL byte"));
@@ -127,59 +101,225 @@ pub(crate) fn prepare(
         apply_control(p, c);
     }
 
-    let mut fds = Vec::new();
-    let mut captures = Vec::new();
-    // Kept capture files this proc created (removed again if it cannot start).
-    let mut created_kept: Vec<PathBuf> = Vec::new();
-    // The child's fd table as the list is applied: target → raw source in the plan
-    // (or the agent's own 0–2), for `dup` resolution in list order.
-    let mut table: HashMap<RawFd, Option<RawFd>> = (0..=2).map(|fd| (fd, Some(fd))).collect();
-    // Whether an fd failed for want of fds (EMFILE, ENFILE): worth a retry later.
-    let mut out_of_fds = false;
-
+    let mut list = FdList {
+        plan,
+        errors,
+        opened,
+        ..FdList::new(id, ps, ctx, child_cwd.as_deref(), pipes)
+    };
     for (index, (name, fs)) in ps.fds.iter().enumerate() {
-        // Whether this fd's error is already reported (a refused path).
-        let mut refused = false;
+        list.entry(index, name, fs);
+    }
+    list.finish();
+    let FdList {
+        mut plan,
+        errors,
+        fds,
+        captures,
+        out_of_fds,
+        ..
+    } = list;
+
+    let perf = plan.as_mut().and_then(|p| perf_for(p, ps, ctx));
+    Prepared {
+        plan,
+        exe,
+        fds,
+        captures,
+        errors,
+        out_of_fds,
+        started_with: start_info(ps, ctx, child_cwd, ctl.as_ref(), env),
+        timeout: timeout_state(ctl.as_ref()),
+        kill_group: ps.kill_group,
+        perf,
+    }
+}
+
+/// The proc's resolved start state: resolved on an opener thread where it
+/// takes NSS lookups (`opened`, see [`opens_for`]), else here. Its errors go
+/// to `errors`.
+fn control_for(
+    id: &str,
+    ps: &ProcSpec,
+    ctx: &PlanContext<'_>,
+    opened: Option<Opened>,
+    errors: &mut Vec<String>,
+) -> Option<control::Control> {
+    let ctl = match opened {
+        Some(Opened::Control(r)) => r,
+        _ => control::resolve(id, ps, &control_defaults(ctx)),
+    };
+    match ctl {
+        Ok(c) => Some(c),
+        Err(es) => {
+            errors.extend(es.iter().map(ToString::to_string));
+            None
+        }
+    }
+}
+
+/// The environment spec the child's environment is built from.
+fn env_spec<'s>(ps: &'s ProcSpec, ctl: Option<&control::Control>) -> Cow<'s, spec::EnvSpec> {
+    // env.user_env: HOME, USER, LOGNAME and SHELL go in after `inherit` and before
+    // `vars`, which is the same as `vars` entries that the spec's own override.
+    match ctl.and_then(|c| c.user_env.as_ref()) {
+        Some(user_env) => {
+            let mut e = ps.env.clone();
+            for (k, v) in user_env {
+                e.vars.entry(k.clone()).or_insert_with(|| Some(v.clone()));
+            }
+            Cow::Owned(e)
+        }
+        None => Cow::Borrowed(&ps.env),
+    }
+}
+
+/// The plan's exec: `exe`, the spec's argv and the built environment; `Err`
+/// if one of them holds a NUL byte.
+fn child_plan(exe: &str, ps: &ProcSpec, env: &Result<BuiltEnv, Errno>) -> Result<ChildPlan, Errno> {
+    let argv: Vec<Vec<u8>> = ps.argv.iter().map(|a| a.as_bytes().to_vec()).collect();
+    env.as_ref()
+        .map_err(|_| Errno::INVAL)
+        .and_then(|e| ChildPlan::with_env(std::ffi::OsStr::new(exe), argv, e.envp.clone()))
+}
+
+/// perf counters: only when asked for (no probe, no cost otherwise).
+fn perf_for(
+    plan: &mut ChildPlan,
+    ps: &ProcSpec,
+    ctx: &PlanContext<'_>,
+) -> Option<crate::metrics::perf::PerfState> {
+    let events = crate::metrics::perf::requested(ps.perf.as_ref(), ctx.perf);
+    let setup = (!events.is_empty())
+        .then(|| crate::metrics::perf::Setup::new(&events, crate::metrics::perf::probe()));
+    setup.map(|s| {
+        plan.set_perf(s.plan());
+        crate::metrics::perf::PerfState::Pending(s)
+    })
+}
+
+/// The start state the child is given, as its result reports it.
+fn start_info(
+    ps: &ProcSpec,
+    ctx: &PlanContext<'_>,
+    child_cwd: Option<PathBuf>,
+    ctl: Option<&control::Control>,
+    env: Result<BuiltEnv, Errno>,
+) -> StartInfo {
+    StartInfo {
+        cwd: child_cwd.map(|p| p.to_string_lossy().into_owned()),
+        umask: ctl
+            .and_then(|c| c.umask)
+            .or_else(|| control::agent_info().umask),
+        env: env
+            .ok()
+            .filter(|_| ps.env.report.unwrap_or(ctx.report_env))
+            .map(|e| e.map),
+    }
+}
+
+/// The spec's timeout, resolved, with nothing done yet.
+fn timeout_state(ctl: Option<&control::Control>) -> Option<TimeoutState> {
+    ctl.and_then(|c| c.timeout).map(|t| TimeoutState {
+        timer: None,
+        after: t.after,
+        signum: t.signum,
+        kill_after: t.kill_after,
+        fired_at: None,
+        killed: false,
+    })
+}
+
+/// A spec's fd list being applied to its plan, entry by entry in list order:
+/// each kind of fd has its own function, which gives what the child's fd is
+/// made from (or an error, or nothing to install), and [`FdList::install`]
+/// puts it in the plan.
+struct FdList<'a> {
+    id: &'a str,
+    ps: &'a ProcSpec,
+    ctx: &'a PlanContext<'a>,
+    /// The directory the child starts in (see [`child_cwd`]).
+    child_cwd: Option<&'a Path>,
+    /// Opens done off the reactor, by index in the spec's `fds`.
+    opened: HashMap<usize, Opened>,
+    pipes: &'a mut RequestPipes,
+    /// The plan, `None` once it has failed (the fds are still opened, for
+    /// their errors).
+    plan: Option<ChildPlan>,
+    errors: Vec<String>,
+    /// fd name → capture index, in spec order ([`Prepared::fds`]).
+    fds: Vec<(String, Option<usize>)>,
+    captures: Vec<Capture>,
+    /// Kept capture files this proc created (removed again if it cannot start).
+    created_kept: Vec<PathBuf>,
+    /// The child's fd table as the list is applied: target → raw source in the plan
+    /// (or the agent's own 0–2), for `dup` resolution in list order.
+    table: HashMap<RawFd, Option<RawFd>>,
+    /// Whether an fd failed for want of fds (EMFILE, ENFILE): worth a retry later.
+    out_of_fds: bool,
+}
+
+/// A `capture` entry's settings, borrowed from its [`FdSpec::Capture`].
+struct CaptureReq<'s> {
+    mode: &'s CaptureMode,
+    encoding: &'s spec::Encoding,
+    attached: &'s bool,
+    head: &'s Option<u64>,
+    tail: &'s Option<u64>,
+    compress: &'s Option<String>,
+    compress_level: &'s Option<i64>,
+    path: &'s Option<String>,
+    dir: &'s Option<String>,
+    memory: &'s bool,
+}
+
+impl<'a> FdList<'a> {
+    /// An empty list for a plan still to be given (`plan`, `errors` and
+    /// `opened` are set by the caller).
+    fn new(
+        id: &'a str,
+        ps: &'a ProcSpec,
+        ctx: &'a PlanContext<'a>,
+        child_cwd: Option<&'a Path>,
+        pipes: &'a mut RequestPipes,
+    ) -> Self {
+        FdList {
+            id,
+            ps,
+            ctx,
+            child_cwd,
+            opened: HashMap::new(),
+            pipes,
+            plan: None,
+            errors: Vec::new(),
+            fds: Vec::new(),
+            captures: Vec::new(),
+            created_kept: Vec::new(),
+            table: (0..=2).map(|fd| (fd, Some(fd))).collect(),
+            out_of_fds: false,
+        }
+    }
+
+    /// Applies entry `index` of the spec's `fds`: fd `name` set up as `fs` says.
+    fn entry(&mut self, index: usize, name: &str, fs: &FdSpec) {
         let fd = match spec::parse_fd_name(name) {
             Ok(fd) => fd,
             Err(e) => {
-                errors.push(e.to_string());
-                continue;
+                self.errors.push(e.to_string());
+                return;
             }
         };
         let norm = spec::fd_name(fd);
         let mut cap_index = None;
-        let source: Result<Option<OwnedFd>, Errno> = match fs {
+        let source = match fs {
             FdSpec::Inherit => Ok(None),
             FdSpec::Close => {
-                if let Some(p) = plan.as_mut() {
-                    if (0..=2).contains(&fd) {
-                        p.close(fd);
-                    }
-                }
-                table.insert(fd, None);
+                self.close(fd);
                 Ok(None)
             }
-            FdSpec::Null { flags } => ctx.null.get(flags.oflags(fd), ctx.fd_floor).map(Some),
-            FdSpec::File { path, flags, mode } => {
-                let at = file_path(ps, child_cwd.as_deref(), path);
-                let r = match opened.remove(&index) {
-                    Some(Opened::File(r)) => r,
-                    _ => fd::open_for_child(&at, flags.oflags(fd), *mode),
-                };
-                match r {
-                    Ok(f) => Ok(Some(f)),
-                    Err(fd::OpenFailure::Sys(e)) => Err(e),
-                    Err(refused) => {
-                        errors.push(refusal(fd, &at, &refused));
-                        Ok(None)
-                    }
-                }
-            }
-            FdSpec::Dup { fd: from } => match table.get(from).copied().flatten() {
-                Some(raw) => fd::dup_cloexec_raw(raw, 0).map(Some),
-                None => Err(Errno::BADF),
-            },
+            FdSpec::Null { flags } => self.null(fd, *flags).map(Some),
+            FdSpec::File { path, flags, mode } => self.file(index, fd, path, *flags, *mode),
+            FdSpec::Dup { fd: from } => self.dup(*from).map(Some),
             FdSpec::Capture {
                 mode,
                 encoding,
@@ -192,159 +332,235 @@ pub(crate) fn prepare(
                 dir,
                 memory,
             } => {
-                let head = head.map_or(ctx.head, |h| usize::try_from(h).unwrap_or(usize::MAX));
-                let tail = tail.map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
-                let made = match mode {
-                    CaptureMode::Memory => pipe::capture_pipe(ctx.pipe_size).map(|p| {
-                        (
-                            Store::Memory {
-                                pipe: PipeIn::new(fd::move_high(p.read, ctx.fd_floor)),
-                                live: HeadTail::new(head, tail),
-                                frozen: None,
-                            },
-                            p.write,
-                        )
-                    }),
-                    CaptureMode::File => {
-                        let target = (path.as_deref(), dir.as_deref());
-                        let r = match opened.remove(&index) {
-                            Some(Opened::Kept(r)) => r,
-                            _ => open_kept(id, &norm, target, child_cwd.as_deref()),
-                        };
-                        let r = match r {
-                            Ok(x) => Ok(x),
-                            Err(fd::OpenFailure::Sys(e)) => Err(e),
-                            Err(why) => {
-                                let shown = path.as_deref().or(dir.as_deref()).unwrap_or("");
-                                errors.push(refusal(fd, Path::new(shown), &why));
-                                refused = true;
-                                Err(Errno::PERM)
-                            }
-                        };
-                        r.and_then(|(f, at, new)| {
-                            if new {
-                                created_kept.push(at.clone());
-                            }
-                            let p = pipe::capture_pipe(ctx.pipe_size)?;
-                            let f = fd::move_high(f, ctx.fd_floor);
-                            let cap = kept::staging_cap(ctx.pipe_size);
-                            let file = KeptFile::new(f, at, cap);
-                            Ok((
-                                Store::Kept {
-                                    pipe: PipeIn::new(fd::move_high(p.read, ctx.fd_floor)),
-                                    file: Box::new(file),
-                                },
-                                p.write,
-                            ))
-                        })
-                    }
-                    CaptureMode::Tempfile => fd::tempfile(ctx.tmpdir).and_then(|f| {
-                        let child = fd::dup_cloexec(f.as_fd())?;
-                        let f = fd::move_high(f, ctx.fd_floor);
-                        Ok((Store::Tempfile { file: Arc::new(f) }, child))
-                    }),
+                let req = CaptureReq {
+                    mode,
+                    encoding,
+                    attached,
+                    head,
+                    tail,
+                    compress,
+                    compress_level,
+                    path,
+                    dir,
+                    memory,
                 };
-                made.map(|(store, child)| {
-                    cap_index = Some(captures.len());
-                    captures.push(Capture {
-                        name: norm.clone(),
-                        encoding: *encoding,
-                        attached: *attached,
-                        store,
-                        window: (*mode == CaptureMode::File && *memory)
-                            .then_some((head as u64, tail as u64)),
-                        // Validated: "zstd" is the only algorithm, levels fit i32.
-                        compression: compress.as_ref().map(|_| Compression {
-                            level: compress_level
-                                .and_then(|l| i32::try_from(l).ok())
-                                .unwrap_or(crate::capture::compress::DEFAULT_LEVEL),
-                            state: CompressState::Pending,
-                        }),
-                    });
-                    Some(child)
+                self.capture(index, fd, &norm, &req).map(|made| {
+                    made.map(|(i, child)| {
+                        cap_index = Some(i);
+                        child
+                    })
                 })
             }
-            FdSpec::PipeWrite => Ok(pipes
-                .get_mut(&(id.to_string(), fd))
-                .and_then(|(_, w)| w.take())),
-            FdSpec::PipeRead { proc_id, fd: wfd } => {
-                let wfd = spec::parse_fd_name(wfd).unwrap_or(-1);
-                Ok(pipes
-                    .get_mut(&(proc_id.clone(), wfd))
-                    .and_then(|(r, _)| r.take()))
-            }
+            FdSpec::PipeWrite => Ok(self.pipe_write(fd)),
+            FdSpec::PipeRead { proc_id, fd: wfd } => Ok(self.pipe_read(proc_id, wfd)),
         };
+        self.install(fd, source);
+        self.fds.push((norm, cap_index));
+    }
+
+    /// Puts what an entry gave in the plan as the child's `fd` (and in the fd
+    /// table, for later `dup`s), or reports why the entry failed.
+    fn install(&mut self, fd: RawFd, source: Result<Option<OwnedFd>, Errno>) {
         match source {
             Ok(Some(src)) => {
-                table.insert(fd, Some(src.as_raw_fd()));
-                if let Some(p) = plan.as_mut() {
+                self.table.insert(fd, Some(src.as_raw_fd()));
+                if let Some(p) = self.plan.as_mut() {
                     if fd < 0 {
-                        errors.push(fd_error(fd, Errno::BADF));
+                        self.errors.push(fd_error(fd, Errno::BADF));
                     } else {
                         p.dup(src, fd);
                     }
                 }
             }
             Ok(None) => {}
-            Err(_) if refused => {}
             Err(e) => {
-                out_of_fds |= e == Errno::MFILE || e == Errno::NFILE;
-                errors.push(fd_error(fd, e));
+                self.out_of_fds |= e == Errno::MFILE || e == Errno::NFILE;
+                self.errors.push(fd_error(fd, e));
             }
         }
-        fds.push((norm, cap_index));
     }
-    if !errors.is_empty() {
-        plan = None;
-        // Nothing starts: remove the kept files this proc created (an existing
-        // file named by `path` was truncated, and is left).
-        for p in &created_kept {
-            let _ = std::fs::remove_file(p);
+
+    /// Ends the list: with any error nothing starts, so the plan is dropped
+    /// and the kept files this proc created are removed (an existing file
+    /// named by `path` was truncated, and is left).
+    fn finish(&mut self) {
+        if !self.errors.is_empty() {
+            self.plan = None;
+            for p in &self.created_kept {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
-    // perf counters: only when asked for (no probe, no cost otherwise).
-    let perf = match plan.as_mut() {
-        Some(p) => {
-            let events = crate::metrics::perf::requested(ps.perf.as_ref(), ctx.perf);
-            let setup = (!events.is_empty())
-                .then(|| crate::metrics::perf::Setup::new(&events, crate::metrics::perf::probe()));
-            setup.map(|s| {
-                p.set_perf(s.plan());
-                crate::metrics::perf::PerfState::Pending(s)
-            })
+
+    /// `close`: the child closes the fd (only 0–2 need it: no other agent fd
+    /// reaches a child), and a later `dup` of it fails.
+    fn close(&mut self, fd: RawFd) {
+        if let Some(p) = self.plan.as_mut() {
+            if (0..=2).contains(&fd) {
+                p.close(fd);
+            }
         }
-        None => None,
-    };
-    let started_with = StartInfo {
-        cwd: child_cwd.map(|p| p.to_string_lossy().into_owned()),
-        umask: ctl
-            .as_ref()
-            .and_then(|c| c.umask)
-            .or_else(|| control::agent_info().umask),
-        env: env
-            .ok()
-            .filter(|_| ps.env.report.unwrap_or(ctx.report_env))
-            .map(|e| e.map),
-    };
-    let timeout = ctl.as_ref().and_then(|c| c.timeout).map(|t| TimeoutState {
-        timer: None,
-        after: t.after,
-        signum: t.signum,
-        kill_after: t.kill_after,
-        fired_at: None,
-        killed: false,
-    });
-    Prepared {
-        plan,
-        exe,
-        fds,
-        captures,
-        errors,
-        out_of_fds,
-        started_with,
-        timeout,
-        kill_group: ps.kill_group,
-        perf,
+        self.table.insert(fd, None);
+    }
+
+    /// `null`: a duplicate of the agent's `/dev/null`, opened as `flags` say.
+    fn null(&self, fd: RawFd, flags: spec::OpenFlag) -> Result<OwnedFd, Errno> {
+        self.ctx.null.get(flags.oflags(fd), self.ctx.fd_floor)
+    }
+
+    /// `file`: the file the opener thread opened, or opened here. A path
+    /// refused because in the agent it would mean the agent is reported here,
+    /// and nothing is installed.
+    fn file(
+        &mut self,
+        index: usize,
+        fd: RawFd,
+        path: &str,
+        flags: spec::OpenFlag,
+        mode: u32,
+    ) -> Result<Option<OwnedFd>, Errno> {
+        let at = file_path(self.ps, self.child_cwd, path);
+        let r = match self.opened.remove(&index) {
+            Some(Opened::File(r)) => r,
+            _ => fd::open_for_child(&at, flags.oflags(fd), mode),
+        };
+        match r {
+            Ok(f) => Ok(Some(f)),
+            Err(fd::OpenFailure::Sys(e)) => Err(e),
+            Err(refused) => {
+                self.errors.push(refusal(fd, &at, &refused));
+                Ok(None)
+            }
+        }
+    }
+
+    /// `dup`: a duplicate of what the child's fd `from` is at this point of
+    /// the list; `EBADF` if it is closed.
+    fn dup(&self, from: RawFd) -> Result<OwnedFd, Errno> {
+        match self.table.get(&from).copied().flatten() {
+            Some(raw) => fd::dup_cloexec_raw(raw, 0),
+            None => Err(Errno::BADF),
+        }
+    }
+
+    /// `capture`: the store for the spec's mode, added to the captures;
+    /// returns its index and the fd the child writes to. `None` when a kept
+    /// file's path was refused (reported here).
+    fn capture(
+        &mut self,
+        index: usize,
+        fd: RawFd,
+        norm: &str,
+        req: &CaptureReq<'_>,
+    ) -> Result<Option<(usize, OwnedFd)>, Errno> {
+        let ctx = self.ctx;
+        let head = req
+            .head
+            .map_or(ctx.head, |h| usize::try_from(h).unwrap_or(usize::MAX));
+        let tail = req
+            .tail
+            .map_or(ctx.tail, |t| usize::try_from(t).unwrap_or(usize::MAX));
+        let made = match req.mode {
+            CaptureMode::Memory => self.capture_memory(head, tail).map(Some),
+            CaptureMode::File => {
+                let target = (req.path.as_deref(), req.dir.as_deref());
+                self.capture_kept(index, fd, norm, target)
+            }
+            CaptureMode::Tempfile => self.capture_tempfile().map(Some),
+        };
+        let Some((store, child)) = made? else {
+            return Ok(None);
+        };
+        let i = self.captures.len();
+        self.captures.push(Capture {
+            name: norm.to_string(),
+            encoding: *req.encoding,
+            attached: *req.attached,
+            store,
+            window: (*req.mode == CaptureMode::File && *req.memory)
+                .then_some((head as u64, tail as u64)),
+            // Validated: "zstd" is the only algorithm, levels fit i32.
+            compression: req.compress.as_ref().map(|_| Compression {
+                level: req
+                    .compress_level
+                    .and_then(|l| i32::try_from(l).ok())
+                    .unwrap_or(crate::capture::compress::DEFAULT_LEVEL),
+                state: CompressState::Pending,
+            }),
+        });
+        Ok(Some((i, child)))
+    }
+
+    /// Mode `memory`: a pipe the reactor drains into a head/tail buffer.
+    fn capture_memory(&self, head: usize, tail: usize) -> Result<(Store, OwnedFd), Errno> {
+        let p = pipe::capture_pipe(self.ctx.pipe_size)?;
+        let store = Store::Memory {
+            pipe: PipeIn::new(fd::move_high(p.read, self.ctx.fd_floor)),
+            live: HeadTail::new(head, tail),
+            frozen: None,
+        };
+        Ok((store, p.write))
+    }
+
+    /// Mode `file`: the kept file (opened by the opener thread, or here) and a
+    /// pipe the reactor drains into it. `None` when its path was refused
+    /// (reported here).
+    fn capture_kept(
+        &mut self,
+        index: usize,
+        fd: RawFd,
+        norm: &str,
+        (path, dir): (Option<&str>, Option<&str>),
+    ) -> Result<Option<(Store, OwnedFd)>, Errno> {
+        let r = match self.opened.remove(&index) {
+            Some(Opened::Kept(r)) => r,
+            _ => open_kept(self.id, norm, (path, dir), self.child_cwd),
+        };
+        let (f, at, new) = match r {
+            Ok(x) => x,
+            Err(fd::OpenFailure::Sys(e)) => return Err(e),
+            Err(why) => {
+                let shown = path.or(dir).unwrap_or("");
+                self.errors.push(refusal(fd, Path::new(shown), &why));
+                return Ok(None);
+            }
+        };
+        if new {
+            self.created_kept.push(at.clone());
+        }
+        let p = pipe::capture_pipe(self.ctx.pipe_size)?;
+        let f = fd::move_high(f, self.ctx.fd_floor);
+        let cap = kept::staging_cap(self.ctx.pipe_size);
+        let file = KeptFile::new(f, at, cap);
+        let store = Store::Kept {
+            pipe: PipeIn::new(fd::move_high(p.read, self.ctx.fd_floor)),
+            file: Box::new(file),
+        };
+        Ok(Some((store, p.write)))
+    }
+
+    /// Mode `tempfile`: an unlinked file the child writes to directly.
+    fn capture_tempfile(&self) -> Result<(Store, OwnedFd), Errno> {
+        let f = fd::tempfile(self.ctx.tmpdir)?;
+        let child = fd::dup_cloexec(f.as_fd())?;
+        let f = fd::move_high(f, self.ctx.fd_floor);
+        Ok((Store::Tempfile { file: Arc::new(f) }, child))
+    }
+
+    /// `pipe-write`: the write end of this proc's pipe for `fd`, if the
+    /// request made one (each end goes to one child).
+    fn pipe_write(&mut self, fd: RawFd) -> Option<OwnedFd> {
+        self.pipes
+            .get_mut(&(self.id.to_string(), fd))
+            .and_then(|(_, w)| w.take())
+    }
+
+    /// `pipe-read`: the read end of the pipe from proc `proc_id`'s fd `wfd`.
+    fn pipe_read(&mut self, proc_id: &spec::ProcId, wfd: &str) -> Option<OwnedFd> {
+        let wfd = spec::parse_fd_name(wfd).unwrap_or(-1);
+        self.pipes
+            .get_mut(&(proc_id.clone(), wfd))
+            .and_then(|(r, _)| r.take())
     }
 }
 
