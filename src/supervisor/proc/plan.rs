@@ -684,3 +684,457 @@ fn control_defaults(ctx: &PlanContext<'_>) -> control::Defaults {
         pdeath_sig: ctx.pdeath_sig,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::sources::request_pipes;
+    use super::*;
+    use crate::sys::spawn::FdAction;
+
+    /// The head and tail a capture gets when its spec gives none.
+    const HEAD: usize = 100;
+    const TAIL: usize = 50;
+
+    /// Builds proc `id`'s plan as the reactor does, with no opens done
+    /// beforehand (so `file` fds and kept files are opened here).
+    fn build(
+        input: &spec::Input,
+        id: &str,
+        pipes: &mut RequestPipes,
+        restrict_exe: Option<&str>,
+    ) -> Prepared {
+        let ps = input.specs.get(id).expect("a spec for the id");
+        build_spec(id, ps, pipes, restrict_exe)
+    }
+
+    fn build_spec(
+        id: &str,
+        ps: &ProcSpec,
+        pipes: &mut RequestPipes,
+        restrict_exe: Option<&str>,
+    ) -> Prepared {
+        let null = NullFds::default();
+        let tmp = std::env::temp_dir();
+        let ctx = PlanContext {
+            env: &[],
+            tmpdir: &tmp,
+            pipe_size: 4096,
+            head: HEAD,
+            tail: TAIL,
+            fd_floor: 0,
+            pdeath_sig: None,
+            cwd: None,
+            perf: false,
+            restrict_exe,
+            report_env: false,
+            null: &null,
+        };
+        prepare(id, ps, &ctx, pipes, &mut EnvCache::default(), Vec::new())
+    }
+
+    /// The plan of a request of one proc, `p`, whose `fds` are given as JSON.
+    fn with_fds(fds: &str) -> Prepared {
+        let input = parse(&format!(
+            r#"{{"specs": {{"p": {{"argv": ["/bin/true"], "fds": {fds}}}}}}}"#
+        ));
+        build(&input, "p", &mut RequestPipes::new(), None)
+    }
+
+    fn parse(json: &str) -> spec::Input {
+        spec::parse_input(json.as_bytes()).expect("a valid request")
+    }
+
+    fn actions(p: &Prepared) -> &[FdAction] {
+        p.plan.as_ref().expect("a plan").fd_actions()
+    }
+
+    /// The `(source, target)` of each `dup` the plan does.
+    fn dups(p: &Prepared) -> Vec<(RawFd, RawFd)> {
+        actions(p)
+            .iter()
+            .filter_map(|a| match *a {
+                FdAction::Dup { src, dst } => Some((src, dst)),
+                FdAction::Close { .. } => None,
+            })
+            .collect()
+    }
+
+    /// What this process's fd `raw` is, as `/proc/self/fd` shows it
+    /// (`pipe:[N]`, a path, ...).
+    fn what(raw: RawFd) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{raw}"))
+            .expect("an open fd")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The access mode (`O_RDONLY`, `O_WRONLY`, `O_RDWR`) fd `raw` is open with.
+    fn access(raw: RawFd) -> i32 {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .expect("a flags line");
+        i32::from_str_radix(flags.trim(), 8).unwrap() & libc::O_ACCMODE
+    }
+
+    #[test]
+    fn a_memory_capture_gives_the_target_fd_the_write_end_of_the_pipe_it_drains() {
+        let p = with_fds(r#"[["stdout", {"capture": {"mode": "memory"}}]]"#);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(p.fds, [("stdout".to_string(), Some(0))]);
+        let [(src, 1)] = dups(&p)[..] else {
+            panic!("one dup onto fd 1: {:?}", actions(&p));
+        };
+        let [cap] = &p.captures[..] else {
+            panic!("one capture");
+        };
+        let Store::Memory {
+            pipe, live, frozen, ..
+        } = &cap.store
+        else {
+            panic!("a memory store");
+        };
+        let read = pipe.fd.as_ref().expect("the read end").as_raw_fd();
+        assert!(what(src).starts_with("pipe:"), "{}", what(src));
+        assert_eq!(what(src), what(read), "both ends of one pipe");
+        assert_eq!(access(src), libc::O_WRONLY);
+        assert_eq!(access(read), libc::O_RDONLY);
+        assert_eq!(pipe.read_key, None);
+        assert!(frozen.is_none());
+        // The agent's head and tail, and the spec's defaults.
+        assert_eq!((live.head_limit(), live.tail_limit()), (HEAD, TAIL));
+        assert_eq!(cap.name, "stdout");
+        assert!(cap.attached);
+        assert_eq!(cap.encoding, spec::Encoding::Base64);
+        assert!(cap.window.is_none() && cap.compression.is_none());
+    }
+
+    #[test]
+    fn a_capture_takes_its_own_head_tail_encoding_and_compression() {
+        let p = with_fds(
+            r#"[["stderr", {"capture": {"mode": "memory", "encoding": "utf-8",
+                "attached": false, "head": 7, "tail": 3, "compress": "zstd",
+                "compress_level": 5}}]]"#,
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let cap = &p.captures[0];
+        let Store::Memory { live, .. } = &cap.store else {
+            panic!("a memory store");
+        };
+        assert_eq!((live.head_limit(), live.tail_limit()), (7, 3));
+        assert_eq!(cap.encoding, spec::Encoding::Utf8);
+        assert!(!cap.attached);
+        let c = cap.compression.as_ref().expect("compression");
+        assert_eq!(c.level, 5);
+        assert!(matches!(c.state, CompressState::Pending));
+    }
+
+    #[test]
+    fn a_tempfile_capture_gives_the_target_fd_the_file_the_store_holds() {
+        let p = with_fds(r#"[["stdout", {"capture": {"mode": "tempfile"}}]]"#);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let [(src, 1)] = dups(&p)[..] else {
+            panic!("one dup onto fd 1: {:?}", actions(&p));
+        };
+        let Store::Tempfile { file } = &p.captures[0].store else {
+            panic!("a tempfile store");
+        };
+        assert_eq!(what(src), what(file.as_raw_fd()));
+        assert_ne!(src, file.as_raw_fd(), "the child's own duplicate");
+        assert!(what(src).ends_with("(deleted)"), "{}", what(src));
+    }
+
+    #[test]
+    fn a_file_capture_keeps_a_new_file_in_dir_fed_by_a_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = with_fds(&format!(
+            r#"[["stdout", {{"capture": {{"mode": "file", "dir": {:?}, "memory": true}}}}]]"#,
+            dir.path()
+        ));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let [(src, 1)] = dups(&p)[..] else {
+            panic!("one dup onto fd 1: {:?}", actions(&p));
+        };
+        let cap = &p.captures[0];
+        let Store::Kept { pipe, file } = &cap.store else {
+            panic!("a kept store");
+        };
+        let read = pipe.fd.as_ref().expect("the read end").as_raw_fd();
+        assert_eq!(what(src), what(read));
+        assert_eq!(access(src), libc::O_WRONLY);
+        assert_eq!(&**file.path(), dir.path().join("p.stdout"));
+        assert!(file.path().exists());
+        // `"memory": true`: the head/tail window an attached result shows.
+        assert_eq!(cap.window, Some((HEAD as u64, TAIL as u64)));
+    }
+
+    #[test]
+    fn null_installs_dev_null_opened_as_its_flags_say() {
+        let p = with_fds(r#"[["stdin", {"null": {}}], ["stdout", {"null": {}}]]"#);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let [(i, 0), (o, 1)] = dups(&p)[..] else {
+            panic!("dups onto 0 and 1: {:?}", actions(&p));
+        };
+        assert_eq!(what(i), "/dev/null");
+        assert_eq!(what(o), "/dev/null");
+        assert_eq!(access(i), libc::O_RDONLY);
+        assert_eq!(access(o), libc::O_WRONLY);
+        assert!(p.captures.is_empty());
+        assert_eq!(
+            p.fds,
+            [("stdin".to_string(), None), ("stdout".to_string(), None)]
+        );
+    }
+
+    #[test]
+    fn file_installs_the_opened_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let p = with_fds(&format!(
+            r#"[["stdout", {{"file": {{"path": {path:?}, "flags": "Write"}}}}]]"#
+        ));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let [(src, 1)] = dups(&p)[..] else {
+            panic!("one dup onto fd 1: {:?}", actions(&p));
+        };
+        assert_eq!(what(src), path.to_string_lossy());
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn dup_takes_what_the_fd_is_at_that_point_of_the_list() {
+        let p = with_fds(
+            r#"[["stdout", {"capture": {"mode": "memory"}}], ["stderr", {"dup": {"fd": 1}}]]"#,
+        );
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let [(out, 1), (err, 2)] = dups(&p)[..] else {
+            panic!("dups onto 1 and 2: {:?}", actions(&p));
+        };
+        assert_ne!(out, err);
+        assert_eq!(what(err), what(out), "stderr is the capture's pipe too");
+        assert_eq!(p.fds[1], ("stderr".to_string(), None));
+    }
+
+    #[test]
+    fn close_closes_only_0_to_2_and_leaves_nothing_to_dup() {
+        let p = with_fds(r#"[["stdin", "close"], ["5", "close"], ["stdout", "inherit"]]"#);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(actions(&p), [FdAction::Close { fd: 0 }]);
+        assert_eq!(
+            p.fds,
+            [
+                ("stdin".to_string(), None),
+                ("5".to_string(), None),
+                ("stdout".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dup_of_a_closed_fd_fails_the_plan_with_ebadf() {
+        let p = with_fds(r#"[["stdin", "close"], ["stderr", {"dup": {"fd": 0}}]]"#);
+        assert!(p.plan.is_none());
+        assert_eq!(
+            p.errors,
+            ["failed to set up fd 2: Bad file descriptor (os error 9)"]
+        );
+        assert!(!p.out_of_fds);
+        // The failed fd is still listed.
+        assert_eq!(p.fds[1], ("stderr".to_string(), None));
+    }
+
+    #[test]
+    fn a_negative_fd_fails_the_plan_with_ebadf() {
+        let p = with_fds(r#"[["-1", {"null": {}}]]"#);
+        assert!(p.plan.is_none());
+        assert_eq!(
+            p.errors,
+            ["failed to set up fd -1: Bad file descriptor (os error 9)"]
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_fails_the_plan_with_its_errno() {
+        let p = with_fds(r#"[["stdin", {"file": {"path": "/nonexistent/chaperone/x"}}]]"#);
+        assert!(p.plan.is_none());
+        assert_eq!(
+            p.errors,
+            ["failed to set up fd 0: No such file or directory (os error 2)"]
+        );
+        assert!(!p.out_of_fds);
+    }
+
+    #[test]
+    fn a_file_that_is_the_agents_own_proc_entry_is_refused() {
+        let p = with_fds(r#"[["stdin", {"file": {"path": "/proc/self/environ"}}]]"#);
+        assert!(p.plan.is_none());
+        let pid = std::process::id();
+        assert_eq!(
+            p.errors,
+            [format!(
+                "failed to set up fd 0: /proc/self/environ is the agent's own \
+                 /proc/{pid}/environ: refused, as it would give the child the agent's \
+                 memory, fds or environment (the agent opens spec files; use a dup of \
+                 another fd, or open it in the child)"
+            )]
+        );
+        assert_eq!(p.fds, [("stdin".to_string(), None)]);
+    }
+
+    #[test]
+    fn a_failed_plan_removes_the_kept_files_it_created_and_leaves_existing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("existing");
+        std::fs::write(&existing, b"old").unwrap();
+        let p = with_fds(&format!(
+            r#"[["stdout", {{"capture": {{"mode": "file", "dir": {d:?}}}}}],
+                ["stderr", {{"capture": {{"mode": "file", "path": {existing:?}}}}}],
+                ["stdin", {{"file": {{"path": "/nonexistent/chaperone/x"}}}}]]"#,
+            d = dir.path(),
+        ));
+        assert!(p.plan.is_none());
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        assert!(
+            !dir.path().join("p.stdout").exists(),
+            "created, then removed"
+        );
+        assert!(existing.exists(), "named by path and already there: left");
+    }
+
+    #[test]
+    fn pipe_write_and_pipe_read_take_the_two_ends_of_the_requests_pipe() {
+        let input = parse(
+            r#"{"specs": {
+                "a": {"argv": ["/bin/true"], "fds": [["stdout", "pipe-write"]]},
+                "b": {"argv": ["/bin/true"],
+                      "fds": [["stdin", {"pipe-read": {"proc_id": "a", "fd": "stdout"}}]]}}}"#,
+        );
+        let mut pipes = request_pipes(&input).unwrap();
+        let a = build(&input, "a", &mut pipes, None);
+        let b = build(&input, "b", &mut pipes, None);
+        assert!(a.errors.is_empty() && b.errors.is_empty());
+        let [(w, 1)] = dups(&a)[..] else {
+            panic!("a: one dup onto fd 1: {:?}", actions(&a));
+        };
+        let [(r, 0)] = dups(&b)[..] else {
+            panic!("b: one dup onto fd 0: {:?}", actions(&b));
+        };
+        assert!(what(w).starts_with("pipe:"));
+        assert_eq!(what(w), what(r));
+        assert_eq!(access(w), libc::O_WRONLY);
+        assert_eq!(access(r), libc::O_RDONLY);
+        // Each end went to its child: none is left for another.
+        assert!(matches!(
+            pipes.get(&("a".to_string(), 1)),
+            Some((None, None))
+        ));
+    }
+
+    #[test]
+    fn a_pipe_end_already_taken_installs_nothing() {
+        let input = parse(
+            r#"{"specs": {"a": {"argv": ["/bin/true"], "fds": [["stdout", "pipe-write"]]}}}"#,
+        );
+        let mut pipes = request_pipes(&input).unwrap();
+        let first = build(&input, "a", &mut pipes, None);
+        assert_eq!(dups(&first).len(), 1);
+        let again = build(&input, "a", &mut pipes, None);
+        assert!(again.errors.is_empty());
+        assert!(dups(&again).is_empty());
+    }
+
+    #[test]
+    fn restrict_exe_refuses_another_exe() {
+        let input = parse(r#"{"specs": {"p": {"argv": ["/bin/true"]}}}"#);
+        let p = build(&input, "p", &mut RequestPipes::new(), Some("/bin/false"));
+        assert!(p.plan.is_none());
+        assert_eq!(
+            p.errors,
+            [
+                r#"proc p: exe "/bin/true" is not allowed: this agent runs only "/bin/false" (--restrict-exe)"#
+            ]
+        );
+        let ok = build(&input, "p", &mut RequestPipes::new(), Some("/bin/true"));
+        assert!(ok.errors.is_empty() && ok.plan.is_some());
+    }
+
+    #[test]
+    fn a_nul_byte_in_argv_fails_the_plan() {
+        // The parser refuses NUL bytes; a spec built in code can still hold one.
+        let input = parse(r#"{"specs": {"p": {"argv": ["/bin/true"]}}}"#);
+        let mut ps = input.specs.get("p").unwrap().clone();
+        ps.argv.push("a\0b".into());
+        let p = build_spec("p", &ps, &mut RequestPipes::new(), None);
+        assert!(p.plan.is_none());
+        assert_eq!(p.errors, ["proc p: exe, argv or env contains a NUL byte"]);
+    }
+
+    #[test]
+    fn an_unparsable_fd_name_is_reported_and_left_out() {
+        // The parser refuses bad names; a spec built in code can still hold one.
+        let input = parse(r#"{"specs": {"p": {"argv": ["/bin/true"]}}}"#);
+        let mut ps = input.specs.get("p").unwrap().clone();
+        ps.fds.push(("bogus".into(), FdSpec::Inherit));
+        ps.fds.push(("stdout".into(), FdSpec::Inherit));
+        let p = build_spec("p", &ps, &mut RequestPipes::new(), None);
+        assert!(p.plan.is_none());
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        assert!(p.errors[0].contains("bogus"), "{:?}", p.errors);
+        assert_eq!(p.fds, [("stdout".to_string(), None)]);
+    }
+
+    #[test]
+    fn opens_for_lists_file_fds_and_kept_files_by_index() {
+        let input = parse(
+            r#"{"specs": {"p": {"argv": ["/bin/true"], "cwd": "/tmp", "fds": [
+                ["stdin", {"null": {}}],
+                ["stdout", {"file": {"path": "out", "flags": "Write"}}],
+                ["stderr", {"capture": {"mode": "file", "dir": "caps"}}]]}}}"#,
+        );
+        let ps = input.specs.get("p").unwrap();
+        let null = NullFds::default();
+        let tmp = std::env::temp_dir();
+        let ctx = PlanContext {
+            env: &[],
+            tmpdir: &tmp,
+            pipe_size: 0,
+            head: HEAD,
+            tail: TAIL,
+            fd_floor: 0,
+            pdeath_sig: None,
+            cwd: None,
+            perf: false,
+            restrict_exe: None,
+            report_env: false,
+            null: &null,
+        };
+        let opens = opens_for("p", ps, &ctx);
+        assert_eq!(opens.len(), 2);
+        let OpenReq::File {
+            index: 1,
+            path,
+            flags,
+            ..
+        } = &opens[0]
+        else {
+            panic!("a file open for fds[1]");
+        };
+        // Relative to the child's directory, opened as `w` says.
+        assert_eq!(path, Path::new("/tmp/out"));
+        assert_eq!(*flags, spec::OpenFlag::Write.oflags(1));
+        let OpenReq::Kept {
+            index: 2,
+            fd_name,
+            dir,
+            cwd,
+            ..
+        } = &opens[1]
+        else {
+            panic!("a kept open for fds[2]");
+        };
+        assert_eq!(fd_name, "stderr");
+        assert_eq!(dir.as_deref(), Some("caps"));
+        assert_eq!(cwd.as_deref(), Some(Path::new("/tmp")));
+    }
+}
