@@ -290,3 +290,267 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
         .unwrap_or(0);
     crate::metrics::format_rfc3339(ns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::{Capture, KeptContent, PipeIn, Store};
+    use super::*;
+    use crate::capture::headtail::HeadTail;
+    use crate::result::Rusage;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+
+    /// A finished memory capture that was given `bytes`, held within `head`
+    /// and `tail`.
+    fn frozen(bytes: &[u8], head: usize, tail: usize) -> Arc<crate::capture::headtail::Frozen> {
+        let mut live = HeadTail::new(head, tail);
+        live.push(bytes);
+        Arc::new(live.freeze())
+    }
+
+    fn snap(content: Content, encoding: spec::Encoding, attached: bool) -> FdSnap {
+        FdSnap {
+            encoding,
+            attached,
+            content,
+            compression: None,
+            window: None,
+        }
+    }
+
+    /// The fd's result as JSON, as Procstar's clients read it.
+    fn shown(s: &FdSnap) -> Value {
+        serde_json::to_value(s.to_fd_res()).unwrap()
+    }
+
+    #[test]
+    fn a_whole_utf8_capture_renders_as_text_without_length() {
+        let s = snap(
+            Content::Memory(frozen(b"hello\n", 64, 64)),
+            spec::Encoding::Utf8,
+            true,
+        );
+        assert_eq!(
+            shown(&s),
+            json!({"type": "text", "text": "hello\n", "encoding": "utf-8"})
+        );
+    }
+
+    #[test]
+    fn a_whole_base64_capture_renders_as_data_without_length() {
+        let s = snap(
+            Content::Memory(frozen(&[0, 0xff, 1], 64, 64)),
+            spec::Encoding::Base64,
+            true,
+        );
+        assert_eq!(
+            shown(&s),
+            json!({"type": "data", "data": "AP8B", "encoding": "base64"})
+        );
+    }
+
+    #[test]
+    fn a_dropped_middle_renders_length_dropped_and_held() {
+        let s = snap(
+            Content::Memory(frozen(b"abcdefgh", 2, 2)),
+            spec::Encoding::Utf8,
+            true,
+        );
+        assert_eq!(
+            shown(&s),
+            json!({"type": "text", "text": "abgh", "encoding": "utf-8", "length": 8,
+                   "dropped": {"start": 2, "stop": 6}, "held": 4})
+        );
+    }
+
+    #[test]
+    fn a_detached_capture_renders_its_length_and_encoding_only() {
+        let s = snap(
+            Content::Memory(frozen(b"hello\n", 64, 64)),
+            spec::Encoding::Utf8,
+            false,
+        );
+        assert_eq!(
+            shown(&s),
+            json!({"type": "detached", "length": 6, "encoding": "utf-8"})
+        );
+        // What was dropped is said detached too.
+        let s = snap(
+            Content::Memory(frozen(b"abcdefgh", 2, 2)),
+            spec::Encoding::Base64,
+            false,
+        );
+        assert_eq!(
+            shown(&s),
+            json!({"type": "detached", "length": 8, "encoding": "base64",
+                   "dropped": {"start": 2, "stop": 6}, "held": 4})
+        );
+    }
+
+    #[test]
+    fn live_counts_render_detached_but_not_attached() {
+        let counts = Content::Counts {
+            len: 10,
+            dropped: None,
+            held: 10,
+            limited: true,
+        };
+        let s = snap(counts.clone(), spec::Encoding::Utf8, false);
+        assert_eq!(
+            shown(&s),
+            json!({"type": "detached", "length": 10, "encoding": "utf-8", "limited": true})
+        );
+        // Counts carry no bytes to inline.
+        let s = snap(counts, spec::Encoding::Utf8, true);
+        assert_eq!(s.to_fd_res(), FdRes::Error);
+    }
+
+    #[test]
+    fn a_tempfile_is_read_whole() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"from a file").unwrap();
+        let file = Arc::new(rustix::fd::OwnedFd::from(f));
+        let s = snap(Content::File(file), spec::Encoding::Utf8, true);
+        assert_eq!(
+            shown(&s),
+            json!({"type": "text", "text": "from a file", "encoding": "utf-8"})
+        );
+    }
+
+    #[test]
+    fn a_kept_file_renders_its_path_and_an_attached_window_of_head_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kept");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let kept = Content::Kept(KeptContent {
+            file: None,
+            path: Arc::from(path.as_path()),
+            len: 10,
+        });
+        let p = path.to_string_lossy();
+        let mut s = snap(kept, spec::Encoding::Utf8, true);
+        s.window = Some((2, 3));
+        assert_eq!(
+            shown(&s),
+            json!({"type": "text", "text": "01789", "encoding": "utf-8", "length": 10,
+                   "dropped": {"start": 2, "stop": 7}, "path": p})
+        );
+        // Detached, nothing is left out: the whole file is there to fetch.
+        s.attached = false;
+        assert_eq!(
+            shown(&s),
+            json!({"type": "detached", "length": 10, "encoding": "utf-8", "path": p})
+        );
+        // Without a window, attached is the whole file.
+        s.attached = true;
+        s.window = None;
+        assert_eq!(
+            shown(&s),
+            json!({"type": "text", "text": "0123456789", "encoding": "utf-8", "path": p})
+        );
+    }
+
+    #[test]
+    fn an_unreadable_kept_file_renders_as_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = Content::Kept(KeptContent {
+            file: None,
+            path: Arc::from(dir.path().join("gone").as_path()),
+            len: 3,
+        });
+        let s = snap(kept, spec::Encoding::Utf8, true);
+        assert_eq!(s.to_fd_res(), FdRes::Error);
+    }
+
+    /// A finished process whose stdout was captured as `out`, in memory.
+    fn finished(out: &[u8]) -> Proc {
+        let mut p = Proc::queued("p".into(), 1);
+        p.pid = Some(42);
+        p.life = Life::Done {
+            status: 3 << 8,
+            rusage: Rusage {
+                utime: 0.0,
+                stime: 0.0,
+                maxrss: 0,
+                minflt: 0,
+                majflt: 0,
+                nswap: 0,
+                inblock: 0,
+                oublock: 0,
+                nvcsw: 0,
+                nivcsw: 0,
+            },
+        };
+        p.stop = Some((SystemTime::now(), std::time::Instant::now()));
+        p.fds = vec![("stdin".into(), None), ("stdout".into(), Some(0))];
+        p.captures = vec![Capture {
+            name: "stdout".into(),
+            encoding: spec::Encoding::Utf8,
+            attached: true,
+            store: Store::Memory {
+                pipe: PipeIn::default(),
+                live: HeadTail::default(),
+                frozen: Some(frozen(out, 64, 64)),
+            },
+            window: None,
+            compression: None,
+        }];
+        p
+    }
+
+    #[test]
+    fn a_finished_snapshot_renders_every_fd_in_the_spec_and_its_status() {
+        let mut p = finished(b"hi");
+        let mut env = BTreeMap::new();
+        env.insert("A".to_string(), "1".to_string());
+        p.started_with.env = Some(Arc::new(env.clone()));
+        let res = p.snapshot(None).into_res();
+        assert_eq!(res.state, State::Terminated);
+        assert_eq!(res.pid, Some(42));
+        assert_eq!(res.status.as_ref().and_then(|s| s.exit_code), Some(3));
+        assert!(res.times.stop.is_some());
+        assert_eq!(res.env, Some(env));
+        assert_eq!(
+            res.fds.keys().collect::<Vec<_>>(),
+            ["stdin", "stdout"],
+            "every fd of the spec, captured or not"
+        );
+        assert_eq!(res.fds["stdin"], None);
+        assert_eq!(res.fds["stdout"], Some(FdRes::text(&b"hi"[..])));
+    }
+
+    #[test]
+    fn a_brief_snapshot_renders_every_capture_detached() {
+        let mut p = finished(b"hi");
+        let res = p.snapshot_with(None, true).into_res();
+        assert_eq!(
+            serde_json::to_value(&res.fds["stdout"]).unwrap(),
+            json!({"type": "detached", "length": 2, "encoding": "utf-8"})
+        );
+    }
+
+    #[test]
+    fn the_state_follows_life_and_errors() {
+        let mut p = Proc::queued("p".into(), 1);
+        assert_eq!(p.snapshot(None).res.state, State::Running, "queued");
+        p.life = Life::Exiting;
+        assert_eq!(p.snapshot(None).res.state, State::Running, "exiting");
+        p.life = Life::NotStarted;
+        assert_eq!(p.snapshot(None).res.state, State::Terminated, "not started");
+        p.errors.push("failed to set up fd 1: ...".into());
+        let res = p.snapshot(None).res;
+        assert_eq!(res.state, State::Error, "any error");
+        assert_eq!(res.errors, ["failed to set up fd 1: ..."]);
+        assert_eq!(res.status, None);
+    }
+
+    #[test]
+    fn rfc3339_has_nanoseconds_and_a_utc_offset() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::new(1, 500);
+        assert_eq!(rfc3339(t), "1970-01-01T00:00:01.000000500+00:00");
+        // Before 1970 is clamped to the epoch.
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(5);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000000000+00:00");
+    }
+}
