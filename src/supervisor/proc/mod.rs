@@ -22,8 +22,8 @@ mod sample;
 mod sources;
 mod store;
 
-/// Reading a capture file's bytes (`sys::fd`), where the readers of captures
-/// have always found it.
+// A byte-level helper of `sys::fd`, re-exported where the capture readers
+// (`handle`, `packer`) have always found it.
 pub(crate) use crate::sys::fd::read_file;
 #[cfg(test)] // only the compression thread's tests build a capture by hand
 pub(crate) use compress::{CompressState, Compression};
