@@ -223,3 +223,70 @@ pub fn pread_append(
 pub fn file_len(fd: impl AsFd) -> Result<u64, Errno> {
     Ok(rustix::fs::fstat(fd)?.st_size.max(0) as u64)
 }
+
+/// Reads `[start, stop)` of a file.
+pub fn read_file(file: &OwnedFd, start: u64, stop: u64) -> Result<bytes::Bytes, Errno> {
+    let mut buf = Vec::new();
+    read_file_into(file, start, stop, &mut buf)?;
+    Ok(bytes::Bytes::from(buf))
+}
+
+/// Appends `[start, stop)` of a file (less at end of file) to `out`.
+pub fn read_file_into(
+    file: &OwnedFd,
+    start: u64,
+    stop: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), Errno> {
+    let len = usize::try_from(stop.saturating_sub(start)).map_err(|_| Errno::FBIG)?;
+    // A huge range is an error (ENOMEM), not an abort.
+    pread_append(file, out, len, start)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file holding `bytes`.
+    fn file_of(bytes: &[u8]) -> OwnedFd {
+        let f = tempfile(&std::env::temp_dir()).unwrap();
+        let mut done = 0;
+        while done < bytes.len() {
+            done += rustix::io::write(&f, &bytes[done..]).unwrap();
+        }
+        f
+    }
+
+    #[test]
+    fn read_file_reads_a_range_and_stops_at_end_of_file() {
+        let f = file_of(b"0123456789");
+        assert_eq!(&read_file(&f, 0, 10).unwrap()[..], b"0123456789");
+        assert_eq!(&read_file(&f, 2, 5).unwrap()[..], b"234");
+        assert_eq!(
+            &read_file(&f, 8, 100).unwrap()[..],
+            b"89",
+            "less at end of file"
+        );
+        assert!(read_file(&f, 5, 5).unwrap().is_empty());
+        assert!(read_file(&f, 7, 3).unwrap().is_empty(), "stop before start");
+    }
+
+    #[test]
+    fn read_file_into_appends() {
+        let f = file_of(b"abcdef");
+        let mut out = b"head:".to_vec();
+        read_file_into(&f, 0, 2, &mut out).unwrap();
+        read_file_into(&f, 4, 6, &mut out).unwrap();
+        assert_eq!(out, b"head:abef");
+    }
+
+    #[test]
+    fn read_file_of_a_huge_range_is_an_error_not_an_abort() {
+        let f = file_of(b"x");
+        assert!(matches!(
+            read_file(&f, 0, u64::MAX),
+            Err(Errno::NOMEM | Errno::FBIG)
+        ));
+    }
+}

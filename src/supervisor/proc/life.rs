@@ -1,0 +1,234 @@
+//! A process's lifecycle: its [`Life`] from queued to reaped, the [`Proc`] in
+//! the table, and settling it once it has exited.
+
+use super::plan::Prepared;
+use super::render::Snapshot;
+use super::sample::Sampled;
+use super::store::{Capture, Store};
+use crate::metrics::procstat::{ProcStat, StatContext};
+use crate::result::Rusage;
+use crate::spec::ProcId;
+use crate::sys::spawn::ChildFailure;
+use rustix::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Life of a process.
+pub(crate) enum Life {
+    /// Waiting for its turn to start (`Config::max_running`, or fds to free up).
+    Queued,
+    /// Never started: the plan failed in the parent (errors say why).
+    NotStarted,
+    /// Its files are being opened off the reactor (see `opener`).
+    Opening,
+    /// Being spawned on the spawner thread.
+    Starting,
+    /// Running; waiting for exit.
+    Running,
+    /// Exited (a zombie, not yet reaped); its pipe reads are being cancelled.
+    /// Their completions still carry its output, so its captures take bytes
+    /// until the last read has ended; then the pipes are drained and it is
+    /// reaped.
+    Exiting,
+    /// Exited, reaped, final.
+    Done { status: i32, rusage: Rusage },
+}
+
+/// A process in the table.
+pub(crate) struct Proc {
+    pub id: ProcId,
+    pub pid: Option<i32>,
+    pub pidfd: Option<Rc<OwnedFd>>,
+    pub life: Life,
+    pub errors: Vec<String>,
+    pub failure: Option<ChildFailure>,
+    pub start: SystemTime,
+    pub start_mono: Instant,
+    /// Set once it is settled: when its exit was seen (so `elapsed` is the
+    /// process's, not the time its last output took to land).
+    pub stop: Option<(SystemTime, Instant)>,
+    /// When its exit was seen.
+    pub exited_at: Option<(SystemTime, Instant)>,
+    pub proc_stat: Option<ProcStat>,
+    /// fd name → capture index, in spec order; `None` for uncaptured fds.
+    pub fds: Vec<(String, Option<usize>)>,
+    pub captures: Vec<Capture>,
+    /// Callers waiting for this process to finish.
+    pub waiters: Vec<Box<dyn FnOnce(Snapshot) + Send>>,
+    /// Callers waiting for it to finish and its compressions too
+    /// ([`Proc::is_final`]).
+    pub final_waiters: Vec<Box<dyn FnOnce(Snapshot) + Send>>,
+    /// The start state the child was given (result extensions).
+    pub started_with: StartInfo,
+    /// The spec's timeout and what it has done.
+    pub timeout: Option<TimeoutState>,
+    /// Whether signals go to the whole process group.
+    pub kill_group: bool,
+    /// perf counters, when the spec (or the agent's default) asks for them.
+    pub perf: Option<crate::metrics::perf::PerfState>,
+    /// What sampling `/proc` while it runs has seen.
+    pub sampled: Sampled,
+    /// Whether it counts against `Config::max_running`: from its launch until it
+    /// is settled (it holds fds all that time).
+    pub holds_slot: bool,
+    /// The start request it belongs to, until it has started or failed.
+    pub request: Option<u64>,
+    /// The spec's argv, for overviews.
+    pub argv: Arc<[String]>,
+}
+
+/// The start state a child was given, reported in its result.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StartInfo {
+    pub cwd: Option<String>,
+    pub umask: Option<u32>,
+    /// Shared between processes that got the same environment (see
+    /// `Reactor::launch`): a thousand children of one spec hold one map.
+    pub env: Option<Arc<std::collections::BTreeMap<String, String>>>,
+}
+
+/// A process's timeout: the plan, and what has happened.
+#[derive(Clone, Debug)]
+pub(crate) struct TimeoutState {
+    /// The key of the pending timer op, if one is armed.
+    pub timer: Option<u64>,
+    pub after: std::time::Duration,
+    pub signum: i32,
+    pub kill_after: Option<std::time::Duration>,
+    pub fired_at: Option<SystemTime>,
+    pub killed: bool,
+}
+
+impl Proc {
+    /// A process of a start request, queued until it can be launched.
+    pub fn queued(id: ProcId, request: u64) -> Proc {
+        Proc {
+            id,
+            pid: None,
+            pidfd: None,
+            life: Life::Queued,
+            errors: Vec::new(),
+            failure: None,
+            start: SystemTime::now(),
+            start_mono: Instant::now(),
+            stop: None,
+            exited_at: None,
+            proc_stat: None,
+            fds: Vec::new(),
+            captures: Vec::new(),
+            waiters: Vec::new(),
+            final_waiters: Vec::new(),
+            started_with: StartInfo::default(),
+            timeout: None,
+            kill_group: false,
+            sampled: Sampled::default(),
+            perf: None,
+            holds_slot: false,
+            argv: Arc::from([]),
+            request: Some(request),
+        }
+    }
+
+    /// Takes what plan building made for it (the plan itself goes to the spawn),
+    /// and starts its clock.
+    pub fn launched(&mut self, prep: Prepared, started_with: StartInfo) {
+        self.errors = prep.errors;
+        self.fds = prep.fds;
+        self.captures = prep.captures;
+        self.started_with = started_with;
+        self.timeout = prep.timeout;
+        self.kill_group = prep.kill_group;
+        self.perf = prep.perf;
+        self.start = SystemTime::now();
+        self.start_mono = Instant::now();
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.life, Life::Running | Life::Starting)
+    }
+
+    /// Whether its captures still take pipe bytes: running, or exited with a
+    /// pipe read still to end ([`Life::Exiting`]).
+    pub fn takes_output(&self) -> bool {
+        self.is_running() || matches!(self.life, Life::Exiting)
+    }
+
+    /// Whether any capture has a pipe read in flight.
+    pub fn reading(&self) -> bool {
+        self.captures
+            .iter()
+            .any(|c| c.store.pipe().is_some_and(|p| p.read_key.is_some()))
+    }
+
+    /// Not yet settled: running, exiting, or exited and reaped with kept-file
+    /// writes still in flight. Waiters wait, delete is refused.
+    pub fn is_busy(&self) -> bool {
+        self.takes_output()
+            || matches!(self.life, Life::Queued | Life::Opening)
+            || (matches!(self.life, Life::Done { .. }) && self.stop.is_none())
+    }
+
+    /// Settled, with no compression still pending: nothing in its result will
+    /// change.
+    pub fn is_final(&self) -> bool {
+        !self.is_busy() && !self.captures.iter().any(Capture::compression_pending)
+    }
+
+    /// Answers the callers of [`Agent::wait_compressed`](crate::Agent::wait_compressed)
+    /// once the process [is final](Proc::is_final).
+    pub fn answer_final_waiters(&mut self, stat_ctx: Option<&StatContext>) {
+        if self.final_waiters.is_empty() || !self.is_final() {
+            return;
+        }
+        let snap = self.snapshot(stat_ctx);
+        for w in std::mem::take(&mut self.final_waiters) {
+            w(snap.clone());
+        }
+    }
+
+    /// Whether every kept file of this process holds all the bytes taken for it.
+    pub fn kept_idle(&self) -> bool {
+        self.captures.iter().all(|c| match &c.store {
+            Store::Kept { file, .. } => file.idle(),
+            _ => true,
+        })
+    }
+
+    /// Makes a process that is no longer running final: stop time, memory
+    /// captures frozen (pipes dropped), waiters answered.
+    pub fn settle(&mut self, stat_ctx: Option<&StatContext>) {
+        self.stop = Some(
+            self.exited_at
+                .unwrap_or_else(|| (SystemTime::now(), Instant::now())),
+        );
+        for cap in self.captures.iter_mut() {
+            match &mut cap.store {
+                Store::Memory {
+                    pipe, live, frozen, ..
+                } => {
+                    pipe.fd = None;
+                    *frozen = Some(Arc::new(std::mem::take(live).freeze()));
+                }
+                Store::Kept { pipe, file } => {
+                    pipe.fd = None;
+                    file.release_buffers();
+                    // Complete: a thousand finished results must not hold a
+                    // thousand fds. A compression still needs it (and then
+                    // replaces it).
+                    if cap.compression.is_none() {
+                        file.close();
+                    }
+                }
+                Store::Tempfile { .. } => {}
+            }
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        if !waiters.is_empty() {
+            let snap = self.snapshot(stat_ctx);
+            for w in waiters {
+                w(snap.clone());
+            }
+        }
+    }
+}
