@@ -8,6 +8,13 @@
 //!
 //! A process moves through start → running → exited (stat snapshot, pipes
 //! drained, reaped with rusage) → deleted.
+//!
+//! The reactor thread is the agent: a panic there loses every process, so
+//! outside tests `unwrap`, `expect` and `panic!` are denied here.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 mod agent;
 mod closer;
