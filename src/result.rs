@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::metrics::{ProcStat, ProcStatm};
 use crate::signal::signal_name;
 
+// The kernel's `struct rusage` lives with the reap that reads it; `Rusage` converts it.
+pub use crate::sys::wait::RawRusage;
+
 /// Results keyed by proc ID, as printed by `--print` (sorted by ID).
 pub type ResMap = BTreeMap<String, ProcRes>;
 
@@ -194,31 +197,6 @@ impl Status {
     }
 }
 
-/// `struct rusage` as the sys layer reads it, in the kernel's units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RawRusage {
-    /// User CPU time, microseconds.
-    pub utime_us: i64,
-    /// System CPU time, microseconds.
-    pub stime_us: i64,
-    /// Maximum resident set size, KiB.
-    pub maxrss_kib: i64,
-    /// Minor page faults.
-    pub minflt: i64,
-    /// Major page faults.
-    pub majflt: i64,
-    /// Swaps (always 0 on Linux).
-    pub nswap: i64,
-    /// Block input operations.
-    pub inblock: i64,
-    /// Block output operations.
-    pub oublock: i64,
-    /// Voluntary context switches.
-    pub nvcsw: i64,
-    /// Involuntary context switches.
-    pub nivcsw: i64,
-}
-
 /// Resource usage in Procstar's units.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rusage {
@@ -259,6 +237,13 @@ impl Rusage {
             nvcsw: raw.nvcsw,
             nivcsw: raw.nivcsw,
         }
+    }
+}
+
+impl From<RawRusage> for Rusage {
+    /// As [`Rusage::from_raw`].
+    fn from(raw: RawRusage) -> Rusage {
+        Rusage::from_raw(&raw)
     }
 }
 

@@ -7,7 +7,7 @@
 //! | `child.rs` | the code that runs in the vfork child between `clone` and `execve` |
 //! | `spawn.rs` | [`spawn::ChildPlan`], built in the parent, and [`spawn::spawn`], the `clone(CLONE_VM \| CLONE_VFORK \| CLONE_PIDFD)` call |
 //! | `pidfd.rs` | [`pidfd::send_signal`] through `pidfd_send_signal` |
-//! | `wait.rs` | [`wait::reap`]: `waitid(P_PIDFD)` with a rusage buffer |
+//! | `wait.rs` | [`wait::reap`]: `waitid(P_PIDFD)` with a rusage buffer, read into [`wait::RawRusage`] |
 //! | `pipe.rs` | capture pipes: `pipe2`, `F_SETPIPE_SZ`, non-blocking read ends |
 //! | `fd.rs` | `F_DUPFD_CLOEXEC`, `O_TMPFILE` files, `pread` |
 //! | `perf.rs` | `perf_event_open`: `struct perf_event_attr`, the agent-side open, the plan a child opens its counters from |
