@@ -5,6 +5,7 @@
 //! | file | provides |
 //! |---|---|
 //! | `child.rs` | the code that runs in the vfork child between `clone` and `execve` |
+//! | `child/abi.rs` | what `spawn.rs` hands the child and the child writes back: the plan view, the fd actions, the failure report and its stages |
 //! | `spawn.rs` | [`spawn::ChildPlan`], built in the parent, and [`spawn::spawn`], the `clone(CLONE_VM \| CLONE_VFORK \| CLONE_PIDFD)` call |
 //! | `pidfd.rs` | [`pidfd::send_signal`] through `pidfd_send_signal` |
 //! | `wait.rs` | [`wait::reap`]: `waitid(P_PIDFD)` with a rusage buffer, read into [`wait::RawRusage`] |
