@@ -1,8 +1,9 @@
-//! Per-process perf counters: event names, the spec field, the agent's startup
-//! probe, the counters a child opens, and reading them into the result.
+//! Per-process perf counters: event names, the agent's startup probe, the
+//! counters a child opens, and reading them into the result.
 //!
 //! A proc asks for counters with `"perf": true` (every event) or a list of event
-//! names; `Config::perf` (`--perf`) is the default for specs that say nothing.
+//! names (the spec's `PerfSpec`, a [`Selection`]); `Config::perf` (`--perf`) is
+//! the default for specs that say nothing ([`requested`]).
 //! The vfork child opens the counters on itself before exec (`sys/child.rs`):
 //! one group of software events and, apart, one group of hardware events, so a
 //! hardware group the PMU cannot schedule never stops the software counts. Each
@@ -25,10 +26,7 @@ use crate::result::PerfRes;
 use crate::sys::perf::{self as sys, PerfEntry, PerfEventAttr, PerfPlan};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
-use serde::de::{self, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::OnceLock;
 
 /// A counter chaperone can report.
@@ -128,74 +126,18 @@ pub fn known_names() -> String {
     ALL.iter().map(|e| e.name()).collect::<Vec<_>>().join(", ")
 }
 
-//------------------------------------------------------------------------------
-// The spec field
-//------------------------------------------------------------------------------
-
-/// The spec's `"perf"` field: `true` (every event), `false` (none), or a list of
-/// event names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PerfSpec {
-    /// `true` or `false`.
-    Enabled(bool),
-    /// The events to count, by name.
-    Events(Vec<String>),
-}
-
-impl PerfSpec {
-    /// The first name in the list that is not an event, if any.
-    pub fn unknown_event(&self) -> Option<&str> {
-        match self {
-            PerfSpec::Enabled(_) => None,
-            PerfSpec::Events(names) => names
-                .iter()
-                .find(|n| Event::from_name(n).is_none())
-                .map(String::as_str),
-        }
-    }
-}
-
-impl Serialize for PerfSpec {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            PerfSpec::Enabled(b) => serializer.serialize_bool(*b),
-            PerfSpec::Events(names) => names.serialize(serializer),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for PerfSpec {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PerfVisitor;
-
-        impl<'de> Visitor<'de> for PerfVisitor {
-            type Value = PerfSpec;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`perf`: true, false or a list of event names")
-            }
-
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<PerfSpec, E> {
-                Ok(PerfSpec::Enabled(v))
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PerfSpec, A::Error> {
-                let mut names = Vec::new();
-                while let Some(name) = seq.next_element::<String>()? {
-                    names.push(name);
-                }
-                Ok(PerfSpec::Events(names))
-            }
-        }
-
-        deserializer.deserialize_any(PerfVisitor)
-    }
+/// Which events a proc asked for, as its spec says it (the spec's `PerfSpec`
+/// implements this, so the choice is made where the spec is, not here).
+pub trait Selection {
+    /// The chosen events, in [`ALL`] order, without repeats; unknown names
+    /// (which validation rejects) are skipped.
+    fn events(&self) -> Vec<Event>;
 }
 
 /// The events a proc counts: its spec's `perf`, else the agent's default (every
 /// event when `default` is true). In [`ALL`] order, without repeats; unknown
 /// names (which validation rejects) are skipped.
-pub fn requested(spec: Option<&PerfSpec>, default: bool) -> Vec<Event> {
+pub fn requested<S: Selection + ?Sized>(spec: Option<&S>, default: bool) -> Vec<Event> {
     match spec {
         None => {
             if default {
@@ -204,13 +146,7 @@ pub fn requested(spec: Option<&PerfSpec>, default: bool) -> Vec<Event> {
                 Vec::new()
             }
         }
-        Some(PerfSpec::Enabled(true)) => ALL.to_vec(),
-        Some(PerfSpec::Enabled(false)) => Vec::new(),
-        Some(PerfSpec::Events(names)) => ALL
-            .iter()
-            .copied()
-            .filter(|e| names.iter().any(|n| n == e.name()))
-            .collect(),
+        Some(selection) => selection.events(),
     }
 }
 
@@ -860,45 +796,6 @@ mod tests {
             assert_eq!(Event::from_name(e.name()), Some(e));
         }
         assert_eq!(Event::from_name("cycle"), None);
-    }
-
-    #[test]
-    fn spec_parses_bool_and_list() {
-        let t: PerfSpec = serde_json::from_str("true").unwrap();
-        assert_eq!(t, PerfSpec::Enabled(true));
-        let l: PerfSpec = serde_json::from_str(r#"["task_clock", "cycles"]"#).unwrap();
-        assert_eq!(
-            requested(Some(&l), false),
-            vec![Event::TaskClock, Event::Cycles]
-        );
-        let err = serde_json::from_str::<PerfSpec>("3")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`perf`: true, false or a list"), "{err}");
-        assert_eq!(
-            serde_json::to_string(&l).unwrap(),
-            r#"["task_clock","cycles"]"#
-        );
-    }
-
-    #[test]
-    fn requested_follows_spec_then_default() {
-        assert_eq!(requested(None, false), vec![]);
-        assert_eq!(requested(None, true), ALL.to_vec());
-        assert_eq!(requested(Some(&PerfSpec::Enabled(false)), true), vec![]);
-        assert_eq!(
-            requested(Some(&PerfSpec::Enabled(true)), false),
-            ALL.to_vec()
-        );
-        let dup = PerfSpec::Events(vec!["page_faults".into(), "page_faults".into()]);
-        assert_eq!(requested(Some(&dup), false), vec![Event::PageFaults]);
-    }
-
-    #[test]
-    fn unknown_event_is_found() {
-        let s = PerfSpec::Events(vec!["task_clock".into(), "cpu_cycles".into()]);
-        assert_eq!(s.unknown_event(), Some("cpu_cycles"));
-        assert_eq!(PerfSpec::Enabled(true).unknown_event(), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! | `env.rs` | [`EnvSpec`] and building the child's environment |
 //! | `fd.rs` | [`FdSpec`], captures, open flags |
 //! | `names.rs` | fd names ([`parse_fd_name`], [`fd_name`]) |
+//! | `perf.rs` | [`PerfSpec`], the `perf` field |
 //! | `parse.rs` | [`parse_input`] |
 //! | `validate.rs` | [`validate`], [`validate_with_existing`] |
 #![cfg_attr(
@@ -50,6 +51,7 @@ mod fd;
 mod input;
 mod names;
 mod parse;
+mod perf;
 mod proc;
 mod validate;
 
@@ -65,5 +67,6 @@ pub use fd::{
 pub use input::{Input, ProcId, Specs};
 pub use names::{fd_name, parse_fd_name};
 pub use parse::parse_input;
+pub use perf::PerfSpec;
 pub use proc::{IdRef, MAX_FD_ENTRIES, ProcSpec, RlimitSpec, SignalRef, SignalsSpec, TimeoutSpec};
 pub use validate::{validate, validate_with_existing};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::parse::unique_rlimits;
-use super::{EnvSpec, FdSpec};
+use super::{EnvSpec, FdSpec, PerfSpec};
 
 /// How to start one proc. Every field is optional, but [`validate`](super::validate) requires a
 /// non-empty `argv`.
@@ -72,7 +72,7 @@ pub struct ProcSpec {
     /// perf counters: `true`, `false` or a list of event names (default: the
     /// agent's `--perf`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub perf: Option<crate::metrics::perf::PerfSpec>,
+    pub perf: Option<PerfSpec>,
 }
 
 /// A signal given by name (`"SIGTERM"`, `"TERM"`) or number (`15`).
