@@ -22,10 +22,10 @@
 //! - [perf_event_open(2)](https://man7.org/linux/man-pages/man2/perf_event_open.2.html)
 //! - `kernel/events/core.c`: `perf_read_group` sums inherited children's counts.
 
-use crate::result::PerfRes;
 use crate::sys::perf::{self as sys, PerfEntry, PerfEventAttr, PerfPlan};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -457,6 +457,32 @@ impl Setup {
         }
         PerfPlan::new(entries)
     }
+}
+
+//------------------------------------------------------------------------------
+// The result
+//------------------------------------------------------------------------------
+
+/// Extension: a process's perf counters, the `perf` field of its result.
+///
+/// One key per requested event (`"task_clock"` in ns, `"page_faults"`, …), `null`
+/// when it could not be counted, plus the keys below.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerfRes {
+    /// Event name → count (`null`: not counted; see `unavailable`).
+    #[serde(flatten)]
+    pub counts: BTreeMap<String, Option<u64>>,
+    /// Events counted in user space only, because the kernel demanded
+    /// `exclude_kernel` (`perf_event_paranoid` without `CAP_PERFMON`).
+    #[serde(default)]
+    pub exclude_kernel: Vec<String>,
+    /// Event name → why its count is `null`.
+    #[serde(default)]
+    pub unavailable: BTreeMap<String, String>,
+    /// Events whose counters were multiplexed: the fraction of the time they ran.
+    /// Their counts are extrapolated (`raw × time_enabled / time_running`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scaled: BTreeMap<String, f64>,
 }
 
 //------------------------------------------------------------------------------
@@ -971,5 +997,22 @@ mod tests {
         let mut res = PerfRes::default();
         apply_reading(&[Event::TaskClock], &reading, &mut res);
         assert_eq!(res.counts.get("task_clock"), Some(&Some(0)));
+    }
+
+    #[test]
+    fn perf_object_round_trips_with_event_keys_beside_the_notes() {
+        let mut perf = PerfRes::default();
+        perf.counts.insert("task_clock".into(), Some(1_234_567));
+        perf.counts.insert("cycles".into(), None);
+        perf.unavailable
+            .insert("cycles".into(), "no hardware PMU (ENOENT)".into());
+        let v = serde_json::to_value(&perf).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"task_clock": 1_234_567, "cycles": null, "exclude_kernel": [],
+                   "unavailable": {"cycles": "no hardware PMU (ENOENT)"}})
+        );
+        let back: PerfRes = serde_json::from_value(v).unwrap();
+        assert_eq!(back, perf);
     }
 }
