@@ -17,7 +17,7 @@
 //! | `uring/` | the io_uring ring, its in-flight table, and the provided-buffer ring |
 //! | `epoll.rs` | [`epoll::Poller`]: the same operations on epoll, where io_uring cannot be used (no `unsafe`) |
 //!
-//! Reading `/proc` needs no `unsafe` and lives in `crate::metrics`.
+//! Reading `/proc` needs no `unsafe` and lives in the `metrics` module.
 //!
 //! # References
 //! - [clone(2)](https://man7.org/linux/man-pages/man2/clone.2.html)
