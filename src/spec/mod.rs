@@ -34,7 +34,7 @@
 //! | `names.rs` | fd names ([`parse_fd_name`], [`fd_name`]) |
 //! | `perf.rs` | [`PerfSpec`], the `perf` field |
 //! | `parse.rs` | [`parse_input`] |
-//! | `validate.rs` | [`validate`], [`validate_with_existing`] |
+//! | `validation.rs` | [`validate`], [`validate_with_existing`] |
 #![cfg_attr(
     not(test),
     deny(
@@ -53,7 +53,7 @@ mod names;
 mod parse;
 mod perf;
 mod proc;
-mod validate;
+mod validation;
 
 #[cfg(test)]
 mod tests;
@@ -69,4 +69,4 @@ pub use names::{fd_name, parse_fd_name};
 pub use parse::parse_input;
 pub use perf::PerfSpec;
 pub use proc::{IdRef, MAX_FD_ENTRIES, ProcSpec, RlimitSpec, SignalRef, SignalsSpec, TimeoutSpec};
-pub use validate::{validate, validate_with_existing};
+pub use validation::{validate, validate_with_existing};

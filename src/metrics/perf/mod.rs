@@ -23,7 +23,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `event.rs` | [`Event`], [`ALL`], [`Selection`], [`requested`] |
-//! | `probe.rs` | [`Probe`], [`probe`], [`probe_with`] |
+//! | `access.rs` | [`Access`], [`Probe`]: what the startup probe ([`probe`], [`probe_with`]) found |
 //! | `setup.rs` | [`Setup`]: which counters a child opens |
 //! | `read.rs` | [`parse_read`], [`apply_reading`] |
 //! | `state.rs` | [`PerfState`]: a proc's counters, read while it runs and at exit |
@@ -33,15 +33,15 @@
 //! - [perf_event_open(2)](https://man7.org/linux/man-pages/man2/perf_event_open.2.html)
 //! - `kernel/events/core.c`: `perf_read_group` sums inherited children's counts.
 
+mod access;
 mod event;
-mod probe;
 mod read;
 mod result;
 mod setup;
 mod state;
 
+pub use access::{Access, Probe, errno_name, probe, probe_with};
 pub use event::{ALL, Event, Selection, known_names, requested};
-pub use probe::{Access, Probe, errno_name, probe, probe_with};
 pub use read::{ReadError, Reading, apply_reading, parse_read};
 pub use result::PerfRes;
 pub use setup::Setup;

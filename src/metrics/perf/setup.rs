@@ -1,7 +1,7 @@
 //! [`Setup`]: the counters one proc's child opens, decided from what it asked
 //! for and what the probe found, and the plan the child opens them from.
 
-use super::probe::read_format;
+use super::access::read_format;
 use super::{Access, Event, Probe};
 use crate::sys::perf::{self as sys, PerfEntry, PerfEventAttr, PerfPlan};
 use std::collections::BTreeMap;

@@ -165,7 +165,7 @@ fn read_into(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, String> {
 #[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::metrics::perf::probe::read_format;
+    use crate::metrics::perf::access::read_format;
     use crate::sys::perf::{self as sys, PerfEventAttr};
     use std::collections::BTreeMap;
 

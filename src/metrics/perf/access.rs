@@ -1,6 +1,6 @@
-//! The agent's startup probe: which events this machine lets it count, and how
-//! ([`Probe`]; [`probe`] makes it once, [`probe_with`] decides it from any
-//! open function).
+//! What the agent may count of each event ([`Access`]), as its startup probe
+//! found on this machine ([`Probe`]; [`probe`] makes it once, [`probe_with`]
+//! decides it from any open function).
 
 use super::{ALL, Event};
 use crate::sys::perf::{self as sys, PerfEventAttr};
