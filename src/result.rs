@@ -21,6 +21,11 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::metrics::{ProcStat, ProcStatm};
 use crate::signal::signal_name;
 
+// The kernel's `struct rusage` lives with the reap that reads it; `Rusage` converts it.
+pub use crate::sys::wait::RawRusage;
+// A process's perf counters live with the code that reads them.
+pub use crate::metrics::perf::PerfRes;
+
 /// Results keyed by proc ID, as printed by `--print` (sorted by ID).
 pub type ResMap = BTreeMap<String, ProcRes>;
 
@@ -88,28 +93,6 @@ pub struct SamplesRes {
     pub peak_resident: u64,
     /// The largest `size` (virtual) seen in any sample, in bytes.
     pub peak_size: u64,
-}
-
-/// Extension: a process's perf counters (see `crate::metrics::perf`).
-///
-/// One key per requested event (`"task_clock"` in ns, `"page_faults"`, …), `null`
-/// when it could not be counted, plus the keys below.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PerfRes {
-    /// Event name → count (`null`: not counted; see `unavailable`).
-    #[serde(flatten)]
-    pub counts: BTreeMap<String, Option<u64>>,
-    /// Events counted in user space only, because the kernel demanded
-    /// `exclude_kernel` (`perf_event_paranoid` without `CAP_PERFMON`).
-    #[serde(default)]
-    pub exclude_kernel: Vec<String>,
-    /// Event name → why its count is `null`.
-    #[serde(default)]
-    pub unavailable: BTreeMap<String, String>,
-    /// Events whose counters were multiplexed: the fraction of the time they ran.
-    /// Their counts are extrapolated (`raw × time_enabled / time_running`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub scaled: BTreeMap<String, f64>,
 }
 
 /// Extension: what a process's timeout did.
@@ -194,31 +177,6 @@ impl Status {
     }
 }
 
-/// `struct rusage` as the sys layer reads it, in the kernel's units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RawRusage {
-    /// User CPU time, microseconds.
-    pub utime_us: i64,
-    /// System CPU time, microseconds.
-    pub stime_us: i64,
-    /// Maximum resident set size, KiB.
-    pub maxrss_kib: i64,
-    /// Minor page faults.
-    pub minflt: i64,
-    /// Major page faults.
-    pub majflt: i64,
-    /// Swaps (always 0 on Linux).
-    pub nswap: i64,
-    /// Block input operations.
-    pub inblock: i64,
-    /// Block output operations.
-    pub oublock: i64,
-    /// Voluntary context switches.
-    pub nvcsw: i64,
-    /// Involuntary context switches.
-    pub nivcsw: i64,
-}
-
 /// Resource usage in Procstar's units.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Rusage {
@@ -259,6 +217,13 @@ impl Rusage {
             nvcsw: raw.nvcsw,
             nivcsw: raw.nivcsw,
         }
+    }
+}
+
+impl From<RawRusage> for Rusage {
+    /// As [`Rusage::from_raw`].
+    fn from(raw: RawRusage) -> Rusage {
+        Rusage::from_raw(&raw)
     }
 }
 
@@ -1040,22 +1005,5 @@ mod tests {
         let back: FdRes =
             serde_json::from_str(r#"{"type":"text","text":"hi","encoding":"utf-8"}"#).unwrap();
         assert_eq!(back.length(), Some(2), "an absent length is the text's");
-    }
-
-    #[test]
-    fn perf_object_round_trips_with_event_keys_beside_the_notes() {
-        let mut perf = PerfRes::default();
-        perf.counts.insert("task_clock".into(), Some(1_234_567));
-        perf.counts.insert("cycles".into(), None);
-        perf.unavailable
-            .insert("cycles".into(), "no hardware PMU (ENOENT)".into());
-        let v = serde_json::to_value(&perf).unwrap();
-        assert_eq!(
-            v,
-            json!({"task_clock": 1_234_567, "cycles": null, "exclude_kernel": [],
-                   "unavailable": {"cycles": "no hardware PMU (ENOENT)"}})
-        );
-        let back: PerfRes = serde_json::from_value(v).unwrap();
-        assert_eq!(back, perf);
     }
 }

@@ -362,7 +362,7 @@ impl Setup {
             spec::validate(&input).map_err(|e| format!("--spec {}: {e}", path.display()))?;
             for (id, mut ps) in input.specs.into_vec() {
                 if ps.perf.is_none() {
-                    ps.perf = Some(crate::metrics::perf::PerfSpec::Enabled(true));
+                    ps.perf = Some(crate::spec::PerfSpec::Enabled(true));
                 }
                 let mut c = Command::new(id, ps);
                 c.prepare = helper(&prepares.first().cloned().flatten(), &[]);
@@ -756,7 +756,7 @@ mod tests {
         let s = setup(&["--spec", path.to_str().unwrap(), "--style", "basic"]).unwrap();
         let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["one", "two"]);
-        use crate::metrics::perf::PerfSpec;
+        use crate::spec::PerfSpec;
         assert_eq!(s.commands[0].spec.perf, Some(PerfSpec::Enabled(true)));
         assert_eq!(s.commands[1].spec.perf, Some(PerfSpec::Enabled(false)));
         std::fs::write(&path, r#"{"specs": {"bad": {"argv": []}}}"#).unwrap();

@@ -1102,7 +1102,7 @@ mod tests {
     fn bench_spec_puts_output_where_asked() {
         let s = bench_spec(vec!["/bin/true".into()], Output::Null);
         assert_eq!(s.fds.len(), 3);
-        assert_eq!(s.perf, Some(crate::metrics::perf::PerfSpec::Enabled(true)));
+        assert_eq!(s.perf, Some(crate::spec::PerfSpec::Enabled(true)));
         assert_eq!(bench_spec(vec!["x".into()], Output::Inherit).fds.len(), 1);
         let f = bench_spec(vec!["x".into()], Output::File("/tmp/o".into()));
         assert_eq!(f.fds[2].1, crate::spec::FdSpec::Dup { fd: 1 });

@@ -22,23 +22,13 @@
     clippy::panic
 )]
 
-use super::spawn::{ChildArgs, ChildPlanView, FdAction, Stage};
+pub(crate) mod abi;
+
+use abi::{ChildArgs, ChildPlanView, ChildReport, FdAction, Stage};
 use core::ffi::c_void;
 
 /// Exit status of a child whose setup or exec failed (as glibc's `posix_spawn`).
 pub(crate) const SPAWN_FAILED: i32 = 63;
-
-/// Where in its setup the child failed, written into the parent's memory.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ChildReport {
-    /// `Stage as u32`, or 0 when the child did not fail.
-    pub stage: u32,
-    /// The fd the failing step worked on, or -1.
-    pub fd: i32,
-    /// The errno of the failing syscall.
-    pub errno: i32,
-}
 
 /// Entry point of the vfork child; `arg` points to a [`ChildArgs`] in the parent.
 ///

@@ -7,11 +7,35 @@
 //! - [waitid(2)](https://man7.org/linux/man-pages/man2/waitid.2.html)
 //! - [getrusage(2)](https://man7.org/linux/man-pages/man2/getrusage.2.html)
 
-use crate::result::RawRusage;
 use rustix::fd::{AsFd, AsRawFd};
 use rustix::io::Errno;
 
 const P_PIDFD: libc::idtype_t = 3;
+
+/// `struct rusage` as the sys layer reads it, in the kernel's units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawRusage {
+    /// User CPU time, microseconds.
+    pub utime_us: i64,
+    /// System CPU time, microseconds.
+    pub stime_us: i64,
+    /// Maximum resident set size, KiB.
+    pub maxrss_kib: i64,
+    /// Minor page faults.
+    pub minflt: i64,
+    /// Major page faults.
+    pub majflt: i64,
+    /// Swaps (always 0 on Linux).
+    pub nswap: i64,
+    /// Block input operations.
+    pub inblock: i64,
+    /// Block output operations.
+    pub oublock: i64,
+    /// Voluntary context switches.
+    pub nvcsw: i64,
+    /// Involuntary context switches.
+    pub nivcsw: i64,
+}
 
 /// What reaping a child found.
 #[derive(Clone, Copy, Debug)]
