@@ -7,6 +7,13 @@
 //! chaperone adds a few extension fields that a Procstar client ignores:
 //! [`ProcRes::failure`] (only when set), and `length` / `dropped` /
 //! `compression` on captured fds (see [`FdRes`]). Without them the JSON has exactly Procstar's keys.
+//!
+//! Results are built and serialized for every client: outside tests,
+//! `unwrap`, `expect` and `panic!` are denied here.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

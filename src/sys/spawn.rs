@@ -26,7 +26,8 @@ use std::os::unix::ffi::OsStrExt;
 /// A NULL-terminated array of C strings that owns its strings.
 #[derive(Debug)]
 pub struct CStringArray {
-    strings: Vec<CString>,
+    /// Owns what `ptrs` point into; read only through them.
+    _strings: Vec<CString>,
     ptrs: Vec<*const c_char>,
 }
 
@@ -44,22 +45,15 @@ impl CStringArray {
             .collect::<Result<Vec<_>, _>>()?;
         let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
         ptrs.push(core::ptr::null());
-        Ok(CStringArray { strings, ptrs })
+        Ok(CStringArray {
+            _strings: strings,
+            ptrs,
+        })
     }
 
     /// The NULL-terminated pointer array.
     pub fn as_ptr(&self) -> *const *const c_char {
         self.ptrs.as_ptr()
-    }
-
-    /// The number of strings.
-    pub fn len(&self) -> usize {
-        self.strings.len()
-    }
-
-    /// Whether there are no strings.
-    pub fn is_empty(&self) -> bool {
-        self.strings.is_empty()
     }
 }
 
@@ -106,17 +100,6 @@ unsafe impl Send for CStringArray {}
 unsafe impl Sync for CStringArray {}
 
 impl ChildPlan {
-    /// Starts a plan for `exe` with `argv` and `env` (`NAME=value` entries).
-    pub fn new<A, E>(exe: &std::ffi::OsStr, argv: A, env: E) -> Result<Self, Errno>
-    where
-        A: IntoIterator,
-        A::Item: Into<Vec<u8>>,
-        E: IntoIterator,
-        E::Item: Into<Vec<u8>>,
-    {
-        Self::with_env(exe, argv, std::sync::Arc::new(CStringArray::new(env)?))
-    }
-
     /// Starts a plan for `exe` with `argv` and an environment array built before
     /// (and perhaps shared with other plans).
     pub fn with_env<A>(
@@ -218,6 +201,7 @@ impl ChildPlan {
     }
 
     /// The fd actions, in order.
+    #[cfg(test)]
     pub fn fd_actions(&self) -> &[FdAction] {
         &self.fd_actions
     }

@@ -56,14 +56,6 @@ pub fn reap(pidfd: impl AsFd) -> Result<Reaped, Errno> {
     waitid_raw(pidfd, libc::WEXITED)
 }
 
-/// Like [`reap`] but returns `Ok(None)` if the child has not exited yet.
-pub fn try_reap(pidfd: impl AsFd) -> Result<Option<Reaped>, Errno> {
-    match waitid_raw(pidfd, libc::WEXITED | libc::WNOHANG) {
-        Ok(r) if r.status == -1 => Ok(None),
-        other => other.map(Some),
-    }
-}
-
 fn waitid_raw(pidfd: impl AsFd, options: i32) -> Result<Reaped, Errno> {
     // SAFETY: an all-zero siginfo_t and rusage are valid out-parameter values.
     let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };
