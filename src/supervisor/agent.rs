@@ -39,6 +39,9 @@ impl Agent {
     /// Starts the reactor thread. Fails with a clear error when io_uring is
     /// unavailable (disabled by sysctl or seccomp, or too old a kernel).
     pub fn new(config: Config) -> Result<Agent, std::io::Error> {
+        // Before the reactor thread exists, growing the fd table costs no RCU
+        // grace period; later, each growth would stall the reactor for one.
+        crate::sys::fd::reserve_table();
         let (tx, mailbox) = Mailbox::new()?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()

@@ -52,6 +52,38 @@ pub fn high_floor() -> RawFd {
     RawFd::try_from((soft / 4).min(1024)).unwrap_or(0)
 }
 
+/// The most fd slots [`reserve_table`] asks for: 512 KiB of kernel memory for
+/// the table, enough for a soft `RLIMIT_NOFILE` of 65,536; past it the table
+/// grows as fds are opened, as it would anyway.
+const RESERVE_MAX: RawFd = 1 << 16;
+
+/// Grows this process's fd table now to hold every fd up to the soft
+/// `RLIMIT_NOFILE` (at most 65,536), by duplicating an fd to the top number and
+/// closing it.
+///
+/// The kernel grows a table shared by several threads only after an RCU grace
+/// period (`expand_fdtable` calls `synchronize_rcu` when the `files_struct`
+/// has other users), 10–25 ms here, during which the thread that opened the fd
+/// waits. The agent moves every fd it keeps above [`high_floor`], so without
+/// this its first spawn stalled the reactor for one grace period, and a
+/// fan-out of thousands for one more at each doubling past 2,048 fds. Called
+/// before the agent starts its threads, while the table is unshared, growing
+/// costs no grace period at all (in a program that has threads of its own, it
+/// costs one, once). Best effort: failure only leaves the table to grow later.
+pub fn reserve_table() {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    let top = RawFd::try_from(soft.saturating_sub(1))
+        .unwrap_or(RawFd::MAX)
+        .min(RESERVE_MAX - 1);
+    let Ok(fd) = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) else {
+        return;
+    };
+    // The duplicate closes as it drops: only the table's growth is wanted.
+    let _ = rustix::io::fcntl_dupfd_cloexec(&fd, top);
+}
+
 /// Duplicates an owned fd, close-on-exec.
 pub fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     rustix::io::fcntl_dupfd_cloexec(fd, 0)
@@ -247,6 +279,24 @@ pub fn read_file_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The process's fd table size, from `/proc/self/status`.
+    fn fd_table_size() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
+        line["FDSize:".len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn reserve_table_grows_the_fd_table_to_the_soft_limit_or_the_cap() {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap();
+        let want = soft.min(RESERVE_MAX as u64);
+        reserve_table();
+        let size = fd_table_size();
+        assert!(size >= want, "FDSize {size}, soft limit {soft}");
+    }
 
     /// A file holding `bytes`.
     fn file_of(bytes: &[u8]) -> OwnedFd {
