@@ -240,8 +240,8 @@ impl<T> Poller<T> {
         id
     }
 
-    /// One read of up to `len` bytes of `fd` once it is readable; the bytes
-    /// are in [`Poller::read_buf`].
+    /// One read of up to `len` bytes of `fd` once it is readable (its bytes
+    /// are kept with the op until it finishes).
     pub fn read(&mut self, fd: Rc<OwnedFd>, len: usize, tag: T) -> u64 {
         let id = self.insert(
             tag,

@@ -111,7 +111,8 @@ fn every_handle_call_can_be_awaited_on_one_thread() {
         assert!(handle.history("tmp").await.is_some());
         assert!(handle.history("nobody").await.is_none());
 
-        // Submitted: answered before the process runs; it tells of its start
+        // Submitted: answered once validated and queued (not awaited per pid,
+        // which this test cannot tell apart); the process tells of its start
         // on a bounded subscription taken first.
         let mut bounded = handle.subscribe_bounded(4);
         let ids = handle

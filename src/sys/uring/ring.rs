@@ -401,7 +401,8 @@ impl<T> Ring<T> {
     }
 
     /// A plain read of up to `len` bytes of `fd` into a buffer the slot owns (used
-    /// for the wake eventfd). The bytes are available from [`Ring::read_buf`].
+    /// for the wake eventfd; the reactor reads the eventfd's counter itself, so
+    /// the bytes are only kept until the completion).
     pub fn read(&mut self, fd: Rc<OwnedFd>, len: usize, tag: T) -> u64 {
         let raw = types::Fd(fd.as_raw_fd());
         let (key, owned) = self.insert(tag, Owned::Buf(fd, vec![0u8; len].into_boxed_slice()));
