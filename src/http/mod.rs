@@ -374,7 +374,7 @@ async fn get_proc(
 fn proc_error(id: &str, e: ProcError) -> Response {
     match e {
         ProcError::Unknown(_) => unknown(id),
-        e @ ProcError::ShutDown => error(StatusCode::SERVICE_UNAVAILABLE, Some(e.to_string())),
+        e @ ProcError::ShutDown(_) => error(StatusCode::SERVICE_UNAVAILABLE, Some(e.to_string())),
         e @ ProcError::Signal(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             Some(format!(

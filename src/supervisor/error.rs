@@ -35,7 +35,7 @@ pub enum ProcError {
     Unknown(ProcId),
     /// The process has exited: there is nothing to signal.
     #[error("no process")]
-    NoProcess,
+    NoProcess(ProcId),
     /// The process is still running.
     #[error("process running: {0}")]
     Running(ProcId),
@@ -44,7 +44,7 @@ pub enum ProcError {
     Signal(#[source] std::io::Error),
     /// The agent's reactor is gone.
     #[error("agent is shut down")]
-    ShutDown,
+    ShutDown(ProcId),
 }
 
 /// Why an fd data request failed.
@@ -66,5 +66,5 @@ pub enum FdDataError {
     NotCompressed(String),
     /// The agent's reactor is gone.
     #[error("agent is shut down")]
-    ShutDown,
+    ShutDown(ProcId),
 }

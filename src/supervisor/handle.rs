@@ -31,8 +31,9 @@ type Finish<T> = Box<dyn FnOnce() -> T + Send>;
 #[must_use = "a Call does nothing more unless awaited or waited for"]
 pub struct Call<T> {
     rx: oneshot::Receiver<Finish<T>>,
-    /// The answer when the agent dropped the request (shutting down).
-    canceled: fn() -> T,
+    /// The answer when the agent dropped the request (shutting down): a
+    /// closure, so the answer can name the process.
+    canceled: Box<dyn Fn() -> T + Send + Sync>,
 }
 
 impl<T> Call<T> {
@@ -49,11 +50,11 @@ impl<T> Future for Call<T> {
     type Output = T;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let canceled = self.canceled;
-        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
-            Ok(finish) => finish(),
-            Err(Canceled) => canceled(),
-        })
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(finish)) => Poll::Ready(finish()),
+            Poll::Ready(Err(Canceled)) => Poll::Ready((self.canceled)()),
+        }
     }
 }
 
@@ -106,13 +107,16 @@ impl Handle {
         &self,
         make: impl FnOnce(Box<dyn FnOnce(R) + Send>) -> Command,
         finish: fn(R) -> T,
-        canceled: fn() -> T,
+        canceled: impl Fn() -> T + Send + Sync + 'static,
     ) -> Call<T> {
         let (tx, rx) = oneshot::channel::<Finish<T>>();
         let cmd = make(Box::new(move |r: R| tx.send(Box::new(move || finish(r)))));
         // A refused send drops the command and with it the reply: canceled.
         let _ = self.tx.send(cmd);
-        Call { rx, canceled }
+        Call {
+            rx,
+            canceled: Box::new(canceled),
+        }
     }
 
     /// Validates `input` and starts its processes; answers with their ids once
@@ -233,20 +237,18 @@ impl Handle {
 
     /// Sends signal `signum` to a running process (through its pidfd).
     pub fn signal(&self, id: &str, signum: i32) -> Call<Result<(), ProcError>> {
-        self.call(
-            |r| Command::Signal(id.to_string(), signum, r),
-            |r| r,
-            || Err(ProcError::ShutDown),
-        )
+        self.call(|r| Command::Signal(id.to_string(), signum, r), |r| r, {
+            let id = id.to_string();
+            move || Err(ProcError::ShutDown(id.clone()))
+        })
     }
 
     /// Deletes a process that is no longer running.
     pub fn delete(&self, id: &str) -> Call<Result<(), ProcError>> {
-        self.call(
-            |r| Command::Delete(id.to_string(), r),
-            |r| r,
-            || Err(ProcError::ShutDown),
-        )
+        self.call(|r| Command::Delete(id.to_string(), r), |r| r, {
+            let id = id.to_string();
+            move || Err(ProcError::ShutDown(id.clone()))
+        })
     }
 
     /// Bytes `[start, stop)` of a captured fd (`stop: None` = to the end),
@@ -285,7 +287,10 @@ impl Handle {
         ));
         Call {
             rx,
-            canceled: || Err(FdDataError::ShutDown),
+            canceled: {
+                let id = id.to_string();
+                Box::new(move || Err(FdDataError::ShutDown(id.clone())))
+            },
         }
     }
 
@@ -317,7 +322,10 @@ impl Handle {
         ));
         Call {
             rx,
-            canceled: || Err(FdDataError::ShutDown),
+            canceled: {
+                let id = id.to_string();
+                Box::new(move || Err(FdDataError::ShutDown(id.clone())))
+            },
         }
     }
 
@@ -383,7 +391,10 @@ impl Handle {
         ));
         Call {
             rx,
-            canceled: || Err(FdDataError::ShutDown),
+            canceled: {
+                let id = id.to_string();
+                Box::new(move || Err(FdDataError::ShutDown(id.clone())))
+            },
         }
     }
 

@@ -55,7 +55,7 @@ fn every_handle_call_can_be_awaited_on_one_thread() {
         assert_eq!(done.status.and_then(|s| s.signal).as_deref(), Some("SIGKILL"));
         assert!(matches!(
             handle.signal("sleeper", libc::SIGTERM).await,
-            Err(ProcError::NoProcess)
+            Err(ProcError::NoProcess(id)) if id == "sleeper"
         ));
 
         let packed = handle.wait_compressed("packed").await.expect("packed's end");
@@ -150,7 +150,7 @@ fn a_handle_outliving_its_agent_is_told_it_is_shut_down() {
     drop(agent);
     assert!(matches!(
         handle.signal("x", libc::SIGTERM).wait(),
-        Err(ProcError::ShutDown)
+        Err(ProcError::ShutDown(id)) if id == "x"
     ));
     assert!(handle.results().wait().is_empty());
 }

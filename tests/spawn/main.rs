@@ -240,7 +240,7 @@ fn spawn_signal_sigterm_reports_signum_15_and_then_no_process() {
     assert!(!status.core_dump);
     assert!(matches!(
         a.signal("s", libc::SIGTERM),
-        Err(ProcError::NoProcess)
+        Err(ProcError::NoProcess(id)) if id == "s"
     ));
 }
 

@@ -117,7 +117,7 @@ impl Reactor {
                     None => Err(ProcError::Unknown(id)),
                     Some(p) => signal_proc(p, signum).map_err(|e| {
                         if e == rustix::io::Errno::SRCH {
-                            ProcError::NoProcess
+                            ProcError::NoProcess(id.clone())
                         } else {
                             ProcError::Signal(e.into())
                         }
