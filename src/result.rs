@@ -227,13 +227,6 @@ impl Rusage {
     }
 }
 
-impl From<RawRusage> for Rusage {
-    /// As [`Rusage::from_raw`].
-    fn from(raw: RawRusage) -> Rusage {
-        Rusage::from_raw(&raw)
-    }
-}
-
 /// Wall-clock times (RFC 3339 strings, see
 /// [`format_rfc3339`](crate::metrics::format_rfc3339)) and elapsed time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -44,11 +44,15 @@ pub fn move_high(fd: OwnedFd, floor: RawFd) -> OwnedFd {
     }
 }
 
+/// The soft `RLIMIT_NOFILE` (what this process and its children start
+/// with); `None` when unlimited.
+pub fn fd_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
 /// A floor for [`move_high`]: a quarter of the soft `RLIMIT_NOFILE`, at most 1024.
 pub fn high_floor() -> RawFd {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1 << 20);
+    let soft = fd_limit().unwrap_or(1 << 20);
     RawFd::try_from((soft / 4).min(1024)).unwrap_or(0)
 }
 
@@ -71,9 +75,7 @@ const RESERVE_MAX: RawFd = 1 << 16;
 /// costs no grace period at all (in a program that has threads of its own, it
 /// costs one, once). Best effort: failure only leaves the table to grow later.
 pub fn reserve_table() {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1 << 20);
+    let soft = fd_limit().unwrap_or(1 << 20);
     let top = RawFd::try_from(soft.saturating_sub(1))
         .unwrap_or(RawFd::MAX)
         .min(RESERVE_MAX - 1);
@@ -294,9 +296,7 @@ mod tests {
     #[test]
     fn reserve_table_grows_the_fd_table_to_the_soft_limit_or_the_cap() {
         if std::env::var_os(RESERVE_CHILD).is_some() {
-            let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-                .current
-                .unwrap();
+            let soft = fd_limit().unwrap();
             let want = soft.min(RESERVE_MAX as u64);
             let before = fd_table_size();
             if before >= want {

@@ -2,15 +2,11 @@
 //! setup fails, in Procstar's wording.
 
 use crate::sys::fd;
+use crate::sys::fd::fd_limit;
 use crate::sys::spawn::{ChildFailure, Stage};
 use rustix::fd::RawFd;
 use rustix::io::Errno;
 use std::path::Path;
-
-/// The agent's soft fd limit, which its children start with.
-fn fd_limit() -> Option<u64> {
-    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
-}
 
 /// Whether `fd` is at or past the fd limit (so no process could have it).
 fn above_fd_limit(fd: i32) -> bool {

@@ -715,9 +715,20 @@ mod tests {
     ) -> Prepared {
         let null = NullFds::default();
         let tmp = std::env::temp_dir();
-        let ctx = PlanContext {
+        let ctx = context(&tmp, &null, restrict_exe);
+        prepare(id, ps, &ctx, pipes, &mut EnvCache::default(), Vec::new())
+    }
+
+    /// The agent-wide context the tests plan in: no environment, no fd
+    /// floor, small pipes, temp files in `tmp`.
+    fn context<'a>(
+        tmp: &'a Path,
+        null: &'a NullFds,
+        restrict_exe: Option<&'a str>,
+    ) -> PlanContext<'a> {
+        PlanContext {
             env: &[],
-            tmpdir: &tmp,
+            tmpdir: tmp,
             pipe_size: 4096,
             head: HEAD,
             tail: TAIL,
@@ -727,9 +738,8 @@ mod tests {
             perf: false,
             restrict_exe,
             report_env: false,
-            null: &null,
-        };
-        prepare(id, ps, &ctx, pipes, &mut EnvCache::default(), Vec::new())
+            null,
+        }
     }
 
     /// The plan of a request of one proc, `p`, whose `fds` are given as JSON.
@@ -1095,20 +1105,7 @@ mod tests {
         let ps = input.specs.get("p").unwrap();
         let null = NullFds::default();
         let tmp = std::env::temp_dir();
-        let ctx = PlanContext {
-            env: &[],
-            tmpdir: &tmp,
-            pipe_size: 0,
-            head: HEAD,
-            tail: TAIL,
-            fd_floor: 0,
-            pdeath_sig: None,
-            cwd: None,
-            perf: false,
-            restrict_exe: None,
-            report_env: false,
-            null: &null,
-        };
+        let ctx = context(&tmp, &null, None);
         let opens = opens_for("p", ps, &ctx);
         assert_eq!(opens.len(), 2);
         let OpenReq::File {

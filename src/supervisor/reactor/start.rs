@@ -409,8 +409,7 @@ fn out_of_tasks_message() -> String {
 /// The error of a process that could not get its fds with no other process
 /// holding any that might be freed.
 fn out_of_fds_message() -> String {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    match soft {
+    match crate::sys::fd::fd_limit() {
         Some(n) => format!(
             "out of file descriptors: the agent's RLIMIT_NOFILE is {n}; raise it (ulimit -n) or lower --max-running"
         ),

@@ -146,9 +146,7 @@ impl ProcTable {
 /// limit has room for at four long-lived fds each (a pidfd and three captures),
 /// past a reserve for the agent's own.
 pub(crate) fn default_max_running() -> usize {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(1 << 20);
+    let soft = crate::sys::fd::fd_limit().unwrap_or(1 << 20);
     usize::try_from(soft.saturating_sub(256) / 4)
         .unwrap_or(usize::MAX)
         .max(1)
