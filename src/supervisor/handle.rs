@@ -237,18 +237,20 @@ impl Handle {
 
     /// Sends signal `signum` to a running process (through its pidfd).
     pub fn signal(&self, id: &str, signum: i32) -> Call<Result<(), ProcError>> {
-        self.call(|r| Command::Signal(id.to_string(), signum, r), |r| r, {
-            let id = id.to_string();
-            move || Err(ProcError::ShutDown(id.clone()))
-        })
+        self.call(
+            |r| Command::Signal(id.to_string(), signum, r),
+            |r| r,
+            proc_shut_down(id),
+        )
     }
 
     /// Deletes a process that is no longer running.
     pub fn delete(&self, id: &str) -> Call<Result<(), ProcError>> {
-        self.call(|r| Command::Delete(id.to_string(), r), |r| r, {
-            let id = id.to_string();
-            move || Err(ProcError::ShutDown(id.clone()))
-        })
+        self.call(
+            |r| Command::Delete(id.to_string(), r),
+            |r| r,
+            proc_shut_down(id),
+        )
     }
 
     /// Bytes `[start, stop)` of a captured fd (`stop: None` = to the end),
@@ -287,10 +289,7 @@ impl Handle {
         ));
         Call {
             rx,
-            canceled: {
-                let id = id.to_string();
-                Box::new(move || Err(FdDataError::ShutDown(id.clone())))
-            },
+            canceled: Box::new(fd_shut_down(id)),
         }
     }
 
@@ -322,10 +321,7 @@ impl Handle {
         ));
         Call {
             rx,
-            canceled: {
-                let id = id.to_string();
-                Box::new(move || Err(FdDataError::ShutDown(id.clone())))
-            },
+            canceled: Box::new(fd_shut_down(id)),
         }
     }
 
@@ -391,10 +387,7 @@ impl Handle {
         ));
         Call {
             rx,
-            canceled: {
-                let id = id.to_string();
-                Box::new(move || Err(FdDataError::ShutDown(id.clone())))
-            },
+            canceled: Box::new(fd_shut_down(id)),
         }
     }
 
@@ -434,6 +427,18 @@ impl Handle {
     pub fn wait_done(&self) -> Call<()> {
         self.call(Command::WaitDone, |()| (), || ())
     }
+}
+
+/// A request about process `id` answered by an agent that is gone.
+fn proc_shut_down<T>(id: &str) -> impl Fn() -> Result<T, ProcError> + Send + Sync + 'static {
+    let id = id.to_string();
+    move || Err(ProcError::ShutDown(id.clone()))
+}
+
+/// A read of a capture of process `id` answered by an agent that is gone.
+fn fd_shut_down<T>(id: &str) -> impl Fn() -> Result<T, FdDataError> + Send + Sync + 'static {
+    let id = id.to_string();
+    move || Err(FdDataError::ShutDown(id.clone()))
 }
 
 /// The bytes `[start, stop)` of a capture's content, clamped to its length.
