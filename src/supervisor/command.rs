@@ -30,6 +30,8 @@ pub(crate) enum Command {
     /// A result with every capture detached (counts only).
     ResultBrief(ProcId, Reply<Option<Snapshot>>),
     Results(Reply<Vec<(ProcId, Snapshot)>>),
+    /// The results of these processes, in this order (unknown ids left out).
+    ResultsOf(Vec<ProcId>, Reply<Vec<(ProcId, Snapshot)>>),
     Ids(Reply<Vec<ProcId>>),
     Overview(super::status::Select, Reply<super::status::Overview>),
     History(ProcId, Reply<Option<Vec<super::status::Point>>>),
@@ -72,6 +74,7 @@ impl std::fmt::Debug for Command {
             Command::Result(..) => "Result",
             Command::ResultBrief(..) => "ResultBrief",
             Command::Results(..) => "Results",
+            Command::ResultsOf(..) => "ResultsOf",
             Command::Ids(..) => "Ids",
             Command::Overview(..) => "Overview",
             Command::History(..) => "History",

@@ -173,6 +173,18 @@ impl Handle {
         )
     }
 
+    /// The current results of the processes `ids`, in that order; an unknown
+    /// id (or one deleted meanwhile) is left out. With [`Handle::proc_ids`],
+    /// a front end can take a large table's results a part at a time, each
+    /// part turned into JSON while the agent builds the next.
+    pub fn results_of(&self, ids: Vec<ProcId>) -> Call<Vec<(ProcId, ProcRes)>> {
+        self.call(
+            |r| Command::ResultsOf(ids, r),
+            |v: Vec<(ProcId, Snapshot)>| v.into_iter().map(|(id, s)| (id, s.into_res())).collect(),
+            Vec::new,
+        )
+    }
+
     /// The process table in brief: a small row for each process `select`
     /// picks, and counts of all (see [`status`](super::status)). Cheap on
     /// the reactor: nothing is read from `/proc` and no output is copied.

@@ -55,12 +55,27 @@ impl Reactor {
             }
             Command::Results(reply) => {
                 let ctx = self.stat_ctx.as_ref();
-                let mut out: Vec<(ProcId, Snapshot)> = self
-                    .table
-                    .values_mut()
+                // Sorted as references, then snapshotted in order: a snapshot
+                // is several hundred bytes, and sorting the snapshots moved
+                // each about log2(n) times (a quarter of 10,000 results' cost).
+                let mut procs: Vec<&mut _> = self.table.values_mut().collect();
+                procs.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                let out: Vec<(ProcId, Snapshot)> = procs
+                    .into_iter()
                     .map(|p| (p.id.clone(), p.snapshot(ctx)))
                     .collect();
-                out.sort_by(|a, b| a.0.cmp(&b.0));
+                reply(out);
+            }
+            Command::ResultsOf(ids, reply) => {
+                let ctx = self.stat_ctx.as_ref();
+                let out: Vec<(ProcId, Snapshot)> = ids
+                    .into_iter()
+                    .filter_map(|id| {
+                        let p = self.table.serial(&id).and_then(|s| self.table.get_mut(s))?;
+                        let snap = p.snapshot(ctx);
+                        Some((id, snap))
+                    })
+                    .collect();
                 reply(out);
             }
             Command::Overview(select, reply) => reply(self.overview(select)),
