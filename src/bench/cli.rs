@@ -362,7 +362,7 @@ impl Setup {
             spec::validate(&input).map_err(|e| format!("--spec {}: {e}", path.display()))?;
             for (id, mut ps) in input.specs.into_vec() {
                 if ps.perf.is_none() {
-                    ps.perf = Some(crate::spec::PerfSpec::Enabled(true));
+                    ps.perf = Some(Metric::perf_spec());
                 }
                 let mut c = Command::new(id, ps);
                 c.prepare = helper(&prepares.first().cloned().flatten(), &[]);
@@ -757,7 +757,7 @@ mod tests {
         let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["one", "two"]);
         use crate::spec::PerfSpec;
-        assert_eq!(s.commands[0].spec.perf, Some(PerfSpec::Enabled(true)));
+        assert_eq!(s.commands[0].spec.perf, Some(Metric::perf_spec()));
         assert_eq!(s.commands[1].spec.perf, Some(PerfSpec::Enabled(false)));
         std::fs::write(&path, r#"{"specs": {"bad": {"argv": []}}}"#).unwrap();
         let e = setup(&["--spec", path.to_str().unwrap()]).err().unwrap();

@@ -193,6 +193,21 @@ impl Metric {
         })
     }
 
+    /// The perf counters a bench run asks for: those behind a metric, and no
+    /// more. Each counter costs a run about 6 µs (its open in the child, its
+    /// share of every context switch and fault, its teardown at exit);
+    /// minor and major faults come from rusage, so their perf counters
+    /// would only slow every run down.
+    pub fn perf_spec() -> crate::spec::PerfSpec {
+        crate::spec::PerfSpec::Events(
+            Metric::ALL
+                .iter()
+                .filter_map(|m| m.perf_event())
+                .map(|e| e.name().to_string())
+                .collect(),
+        )
+    }
+
     /// Its value in `res`, if measured.
     pub fn of(self, res: &ProcRes) -> Option<f64> {
         if let Some(event) = self.perf_event() {
@@ -246,7 +261,7 @@ pub struct Command {
 
 impl Command {
     /// A command that execs `argv` directly, with stdin, stdout and stderr on
-    /// /dev/null and every perf counter on.
+    /// /dev/null and every perf counter behind a metric on.
     pub fn argv(name: &str, argv: &[&str]) -> Command {
         Command::new(
             name.to_owned(),
@@ -282,7 +297,8 @@ pub enum Output {
 }
 
 /// A spec that runs `argv` with stdin from /dev/null, its output to `output`,
-/// every perf counter on, and no session of its own.
+/// every perf counter behind a metric on ([`Metric::perf_spec`]), and no
+/// session of its own.
 pub fn bench_spec(argv: Vec<String>, output: Output) -> ProcSpec {
     let devnull = |flags: &str| serde_json::json!({"null": {"flags": flags}});
     let out = match &output {
@@ -303,8 +319,11 @@ pub fn bench_spec(argv: Vec<String>, output: Output) -> ProcSpec {
     }
     // In the runner's session and process group, as a shell or hyperfine runs
     // a command (a ^C reaches it too), which also saves a setsid per run.
-    let json = serde_json::json!({"argv": argv, "fds": fds, "perf": true, "setsid": false});
-    serde_json::from_value(json).expect("a bench spec is always well formed")
+    let json = serde_json::json!({"argv": argv, "fds": fds, "setsid": false});
+    let mut spec: ProcSpec =
+        serde_json::from_value(json).expect("a bench spec is always well formed");
+    spec.perf = Some(Metric::perf_spec());
+    spec
 }
 
 /// In what order the runs of several commands go.
@@ -1102,7 +1121,23 @@ mod tests {
     fn bench_spec_puts_output_where_asked() {
         let s = bench_spec(vec!["/bin/true".into()], Output::Null);
         assert_eq!(s.fds.len(), 3);
-        assert_eq!(s.perf, Some(crate::spec::PerfSpec::Enabled(true)));
+        assert_eq!(s.perf, Some(Metric::perf_spec()));
+        let Some(crate::spec::PerfSpec::Events(names)) = s.perf else {
+            panic!("a list of events")
+        };
+        assert_eq!(
+            names,
+            [
+                "task_clock",
+                "page_faults",
+                "context_switches",
+                "cpu_migrations",
+                "cycles",
+                "instructions",
+                "cache_misses",
+                "branch_misses"
+            ]
+        );
         assert_eq!(bench_spec(vec!["x".into()], Output::Inherit).fds.len(), 1);
         let f = bench_spec(vec!["x".into()], Output::File("/tmp/o".into()));
         assert_eq!(f.fds[2].1, crate::spec::FdSpec::Dup { fd: 1 });
