@@ -65,14 +65,17 @@ pub(crate) extern "C" fn child_main(arg: *mut c_void) -> i32 {
 fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
     // Signals: every disposition back to default (handlers must never run in a
     // child sharing the parent's memory; an inherited SIG_IGN would survive exec),
-    // except the spec's ignore set, which becomes SIG_IGN. The mask stays
-    // all-blocked (inherited from the spawning thread) until just before exec.
+    // except the spec's ignore set, which becomes SIG_IGN. `reset` names the
+    // signals to set to default: all, or, when `CLONE_CLEAR_SIGHAND` has
+    // already reset the handlers, only those the agent ignores (see
+    // `clone3.rs`). The mask stays all-blocked (inherited from the spawning
+    // thread) until just before exec.
     let dfl = sigaction_with(SIG_DFL);
     let ign = sigaction_with(SIG_IGN);
-    for sig in 1..=64u32 {
-        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
-            continue;
-        }
+    let mut todo = (plan.reset | plan.ignore) & abi::CATCHABLE;
+    while todo != 0 {
+        let sig = todo.trailing_zeros() + 1;
+        todo &= todo - 1;
         let action = if plan.ignore & (1u64 << (sig - 1)) != 0 {
             &ign
         } else {

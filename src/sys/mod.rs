@@ -30,6 +30,7 @@
 )]
 
 pub(crate) mod child;
+pub(crate) mod clone3;
 pub mod daemon;
 pub mod epoll;
 pub mod fd;

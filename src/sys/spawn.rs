@@ -13,9 +13,10 @@
 //! - [close_range(2)](https://man7.org/linux/man-pages/man2/close_range.2.html)
 //! - glibc `sysdeps/unix/sysv/linux/spawni.c`
 
-use super::child::abi::{ChildArgs, ChildPlanView, ChildReport, RlimitEntry};
+use super::child::abi::{CATCHABLE, ChildArgs, ChildPlanView, ChildReport, RlimitEntry};
 pub use super::child::abi::{FdAction, Stage};
 use super::child::child_main;
+use super::clone3;
 use super::perf::PerfPlan;
 use core::ffi::{c_char, c_void};
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -372,7 +373,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
         ),
         None => (core::ptr::null(), core::ptr::null_mut(), 0),
     };
-    let view = ChildPlanView {
+    let mut view = ChildPlanView {
         exe: plan.exe.as_ptr(),
         argv: plan.argv.as_ptr(),
         envp: plan.envp.as_ptr(),
@@ -382,6 +383,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
         pgid: plan.pgid.unwrap_or(-1),
         sigmask: plan.sigmask,
         ignore: plan.ignore,
+        reset: CATCHABLE,
         umask: plan.umask.and_then(|u| i32::try_from(u).ok()).unwrap_or(-1),
         pdeath_sig: plan.pdeath.map_or(0, |(sig, _)| sig),
         agent_pid: plan.pdeath.map_or(0, |(_, pid)| pid),
@@ -405,6 +407,16 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
         perf_out,
         perf_len,
     };
+    // With handlers cleared by the kernel, the child resets only the signals
+    // the agent ignores (see clone3.rs).
+    let ignored = if clone3::usable() {
+        clone3::ignored_now()
+    } else {
+        None
+    };
+    if let Some(ignored) = ignored {
+        view.reset = ignored & !plan.ignore;
+    }
     let mut report = ChildReport::default();
     let mut args = ChildArgs {
         plan: &view,
@@ -421,19 +433,57 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     // low window (see child.rs), instead of the kernel copying every fd we hold.
     let flags =
         libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
-    // SAFETY: the stack is a private mapping this thread alone uses for children;
-    // `child_main` obeys the vfork rules (child.rs); `args` and `pidfd` outlive the
-    // child's use of them because CLONE_VFORK suspends us until exec or exit.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            stack.top(),
-            flags,
-            &mut args as *mut ChildArgs as *mut c_void,
-            &mut pidfd as *mut libc::c_int,
-        )
-    };
-    let clone_errno = super::errno();
+    let mut pid = -1;
+    let mut clone_errno = libc::ENOSYS;
+    let mut use_clone = ignored.is_none();
+    if ignored.is_some() {
+        let mut cargs = clone3::CloneArgs {
+            flags: (flags & !libc::CSIGNAL) as u64 | clone3::EXTRA_FLAGS,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.base as u64,
+            stack_size: stack.len as u64,
+            ..Default::default()
+        };
+        // SAFETY: as for `clone` below: the stack is this thread's alone,
+        // `child_main` obeys the vfork rules, and `args`, `pidfd` and `cargs`
+        // outlive the child's use of them (CLONE_VFORK).
+        let r = unsafe {
+            clone3::clone3_run(
+                &mut cargs,
+                child_main,
+                &mut args as *mut ChildArgs as *mut c_void,
+            )
+        };
+        match i32::try_from(r) {
+            Ok(p) if p > 0 => pid = p,
+            _ => {
+                clone_errno = i32::try_from(r.saturating_neg()).unwrap_or(libc::EINVAL);
+                if clone3::refused(clone_errno) {
+                    // Fall back to clone, and so to resetting every signal.
+                    view.reset = CATCHABLE;
+                    args.plan = &view;
+                    use_clone = true;
+                }
+            }
+        }
+    }
+    if use_clone {
+        // SAFETY: the stack is a private mapping this thread alone uses for children;
+        // `child_main` obeys the vfork rules (child.rs); `args` and `pidfd` outlive the
+        // child's use of them because CLONE_VFORK suspends us until exec or exit.
+        pid = unsafe {
+            libc::clone(
+                child_main,
+                stack.top(),
+                flags,
+                &mut args as *mut ChildArgs as *mut c_void,
+                &mut pidfd as *mut libc::c_int,
+            )
+        };
+        clone_errno = super::errno();
+    }
+
     // SAFETY: restoring the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut()) };
     let cwd = plan.cwd.take();

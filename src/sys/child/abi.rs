@@ -134,6 +134,10 @@ pub(crate) struct ChildArgs {
     pub(crate) report: *mut ChildReport,
 }
 
+/// Every signal whose disposition can be set: all 64 but `SIGKILL` and
+/// `SIGSTOP` (kernel layout: bit n-1 is signal n).
+pub(crate) const CATCHABLE: u64 = !((1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1)));
+
 /// The parts of a plan the child reads, with the fd actions as a slice.
 #[derive(Debug)]
 pub(crate) struct ChildPlanView {
@@ -146,7 +150,12 @@ pub(crate) struct ChildPlanView {
     /// `setpgid(0, pgid)` when `>= 0`.
     pub(crate) pgid: i32,
     pub(crate) sigmask: u64,
+    /// Signals set to `SIG_IGN`.
     pub(crate) ignore: u64,
+    /// Signals set to `SIG_DFL` (those not in `ignore`): every one, or, when
+    /// the kernel has cleared the handlers (`CLONE_CLEAR_SIGHAND`), those the
+    /// agent ignores.
+    pub(crate) reset: u64,
     /// The umask, or -1 to keep the agent's.
     pub(crate) umask: i32,
     /// `PR_SET_PDEATHSIG` signal, or 0 for none.

@@ -13,5 +13,5 @@
 mod bufring;
 mod ring;
 
-pub use ring::{Cqe, Features, Ring, RingError};
+pub use ring::{Cqe, Features, Ring, RingError, force_fallback};
 pub(in crate::sys) use ring::{op_id, slot_key};
