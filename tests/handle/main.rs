@@ -63,6 +63,17 @@ fn every_handle_call_can_be_awaited_on_one_thread() {
         handle.wait_all().await;
         let all = handle.results().await;
         assert!(all.values().all(|r| r.state == State::Terminated), "{all:?}");
+        // A chosen part, in the order asked, the unknown left out; the same
+        // results as the whole table's.
+        let part = handle
+            .results_of(vec!["tmp".into(), "nobody".into(), "kept".into()])
+            .await;
+        let part_ids: Vec<&str> = part.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(part_ids, ["tmp", "kept"]);
+        for (id, res) in &part {
+            let whole = &all[id];
+            assert_eq!((res.pid, &res.fds), (whole.pid, &whole.fds), "{id}");
+        }
 
         for (id, want) in [
             ("mem", "in memory\n"),
@@ -153,6 +164,7 @@ fn a_handle_outliving_its_agent_is_told_it_is_shut_down() {
         Err(ProcError::ShutDown(id)) if id == "x"
     ));
     assert!(handle.results().wait().is_empty());
+    assert!(handle.results_of(vec!["x".into()]).wait().is_empty());
 }
 
 /// Handles are `Send` and `Clone`: many threads can call at once.
