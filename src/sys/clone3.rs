@@ -10,8 +10,15 @@
 //! the child; what is left is the signals the agent ignores, which
 //! `/proc/self/status` gives in one read (its `SigIgn` line; `stat`'s
 //! `sigignore` field is cheaper but shows only signals 1–31). The child then
-//! resets only those, usually just `SIGPIPE` (Rust ignores it): about 6 µs
-//! in all here, against 13.
+//! resets only those, usually just `SIGPIPE` (Rust ignores it).
+//!
+//! That read costs about 10 µs in the agent (the status of a process with
+//! several threads), nearly what it saves, so it is made at most once every
+//! [`FRESH`] and shared by the spawns in between. The one thing this gives
+//! up: a signal the embedding program starts to ignore less than [`FRESH`]
+//! before a spawn may still be ignored in that child, as `posix_spawn` and
+//! std's `Command` leave every ignored signal. Handlers are never at risk:
+//! the kernel clears them all, whenever they were set.
 //!
 //! `clone3` has no libc wrapper that runs a function on a new stack, so the
 //! call is a few lines of assembly (x86_64 only; other targets, and kernels or
@@ -24,7 +31,7 @@
 use core::ffi::c_void;
 use rustix::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// `CLONE_CLEAR_SIGHAND`: reset every handled signal to `SIG_DFL` in the child.
 const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
@@ -129,9 +136,34 @@ pub(crate) unsafe fn clone3_run(
     -(libc::ENOSYS as isize)
 }
 
-/// The signals this process ignores now (kernel layout: bit n-1 is signal
-/// n), from `/proc/self/status`; `None` when it cannot be read (no `/proc`).
-pub(crate) fn ignored_now() -> Option<u64> {
+/// How long a read of the agent's ignored signals serves later spawns.
+pub(crate) const FRESH: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The signals this process ignores (kernel layout: bit n-1 is signal n), as
+/// read from `/proc/self/status` within the last [`FRESH`]; `None` when it
+/// cannot be read (no `/proc`).
+pub(crate) fn ignored_recently() -> Option<u64> {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    /// When the mask was read: nanoseconds since `BASE`, plus 1 (0: never).
+    static READ_AT: AtomicU64 = AtomicU64::new(0);
+    static MASK: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(std::time::Instant::now);
+    let now = u64::try_from(base.elapsed().as_nanos())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1);
+    let at = READ_AT.load(Ordering::Acquire);
+    let fresh = u64::try_from(FRESH.as_nanos()).unwrap_or(u64::MAX);
+    if at != 0 && now.saturating_sub(at) < fresh {
+        return Some(MASK.load(Ordering::Relaxed));
+    }
+    let mask = read_ignored()?;
+    MASK.store(mask, Ordering::Relaxed);
+    READ_AT.store(now, Ordering::Release);
+    Some(mask)
+}
+
+/// The signals this process ignores now, from `/proc/self/status`.
+fn read_ignored() -> Option<u64> {
     static STATUS: OnceLock<Option<OwnedFd>> = OnceLock::new();
     let fd = STATUS
         .get_or_init(|| {
@@ -175,9 +207,9 @@ mod tests {
     }
 
     #[test]
-    fn ignored_now_follows_this_process_dispositions() {
+    fn ignored_signals_are_read_in_full() {
         // Rust ignores SIGPIPE in every program it starts.
-        let mask = ignored_now().expect("/proc/self/status");
+        let mask = read_ignored().expect("/proc/self/status");
         assert_ne!(mask & (1 << (libc::SIGPIPE - 1)), 0, "{mask:#x}");
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = own.lines().find(|l| l.starts_with("SigIgn:")).unwrap();

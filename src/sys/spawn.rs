@@ -410,7 +410,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     // With handlers cleared by the kernel, the child resets only the signals
     // the agent ignores (see clone3.rs).
     let ignored = if clone3::usable() {
-        clone3::ignored_now()
+        clone3::ignored_recently()
     } else {
         None
     };
