@@ -91,6 +91,6 @@ fn read_parsed<T>(
     buf: &mut Vec<u8>,
     parse: impl FnOnce(&str) -> Option<T>,
 ) -> Option<T> {
-    crate::metrics::read_proc_file(pid, name, buf).ok()?;
+    crate::metrics::read_proc_record(pid, name, buf).ok()?;
     parse(std::str::from_utf8(buf).ok()?)
 }
