@@ -19,49 +19,61 @@ use crate::sys::spawn::{ChildPlan, ChildStack, Spawned, spawn};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 /// The outcome of a spawn a spawning thread made: the proc's serial and the result.
 pub(crate) type Done = (u64, Result<Spawned, Errno>);
 
-/// The spawning threads and their job queue.
+/// A plan for a spawning thread, with its proc's serial.
+type Job = (u64, Box<ChildPlan>);
+
+/// The most spawning threads (one bit each in the idle mask).
+const MAX_THREADS: usize = 64;
+
+/// The spawning threads, each with its own job queue.
+///
+/// Each thread waits on a channel of its own and the reactor hands a plan
+/// only to a thread whose bit is set in `idle`, so a job wakes exactly the
+/// thread that takes it. (One queue shared behind a mutex woke two: the
+/// thread holding the lock while it waited, then the other, which was
+/// blocked on the lock and went back to wait on the queue.)
 pub(crate) struct Spawner {
-    jobs: Option<mpsc::Sender<(u64, Box<ChildPlan>)>>,
-    idle: Arc<AtomicUsize>,
+    jobs: Vec<mpsc::Sender<Job>>,
+    /// Bit `i` set: thread `i` has no job.
+    idle: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Spawner {
-    /// Starts the threads; each finished spawn is sent on `done` and `wake` is
-    /// written so the reactor notices.
+    /// Starts the threads (at most 64); each finished spawn is sent on
+    /// `done` and `wake` is written so the reactor notices.
     /// With no threads, every plan is given back ([`Spawner::try_spawn`]).
     pub(crate) fn new(
         threads: usize,
         done: mpsc::Sender<Done>,
         wake: Arc<OwnedFd>,
     ) -> std::io::Result<Spawner> {
-        let (jobs, rx) = mpsc::channel::<(u64, Box<ChildPlan>)>();
-        let rx = Arc::new(std::sync::Mutex::new(rx));
-        let count = threads;
-        let idle = Arc::new(AtomicUsize::new(count));
-        let mut threads = Vec::with_capacity(count);
-        for _ in 0..count {
-            let (rx, idle, done, wake) = (rx.clone(), idle.clone(), done.clone(), wake.clone());
+        let count = threads.min(MAX_THREADS);
+        let idle = Arc::new(AtomicU64::new(0));
+        let mut spawner = Spawner {
+            jobs: Vec::with_capacity(count),
+            idle: idle.clone(),
+            threads: Vec::with_capacity(count),
+        };
+        for i in 0..count {
+            let (jobs, rx) = mpsc::channel::<Job>();
+            let (mine, done, wake) = (idle.clone(), done.clone(), wake.clone());
+            let bit = 1u64 << i;
             let mut stack = ChildStack::new()?;
-            threads.push(
+            spawner.threads.push(
                 std::thread::Builder::new()
                     .name("chaperone-spawn".into())
                     .spawn(move || {
-                        loop {
-                            let job = match rx.lock() {
-                                Ok(rx) => rx.recv(),
-                                Err(_) => break,
-                            };
-                            let Ok((serial, plan)) = job else { break };
+                        for (serial, plan) in rx {
                             let result = spawn(*plan, &mut stack);
-                            idle.fetch_add(1, Ordering::AcqRel);
+                            mine.fetch_or(bit, Ordering::AcqRel);
                             if done.send((serial, result)).is_err() {
                                 break;
                             }
@@ -69,12 +81,10 @@ impl Spawner {
                         }
                     })?,
             );
+            spawner.jobs.push(jobs);
+            idle.fetch_or(bit, Ordering::AcqRel);
         }
-        Ok(Spawner {
-            jobs: Some(jobs),
-            idle,
-            threads,
-        })
+        Ok(spawner)
     }
 
     /// Hands `plan` to an idle spawning thread; gives it back if none is idle.
@@ -83,18 +93,27 @@ impl Spawner {
         serial: u64,
         plan: Box<ChildPlan>,
     ) -> Result<(), Box<ChildPlan>> {
-        let Some(jobs) = self.jobs.as_ref() else {
+        let mut idle = self.idle.load(Ordering::Acquire);
+        let i = loop {
+            if idle == 0 {
+                return Err(plan);
+            }
+            let i = idle.trailing_zeros();
+            match self.idle.compare_exchange_weak(
+                idle,
+                idle & !(1u64 << i),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break i,
+                Err(now) => idle = now,
+            }
+        };
+        let Some(jobs) = self.jobs.get(i as usize) else {
             return Err(plan);
         };
-        if self
-            .idle
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_err()
-        {
-            return Err(plan);
-        }
         jobs.send((serial, plan)).map_err(|e| {
-            self.idle.fetch_add(1, Ordering::AcqRel);
+            // The thread is gone: it stays marked busy, and never gets a job again.
             e.0.1
         })
     }
@@ -102,7 +121,7 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        self.jobs = None;
+        self.jobs.clear();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

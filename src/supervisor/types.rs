@@ -64,7 +64,7 @@ pub struct Config {
     /// (`env.report`); off by default (`--report-env`).
     pub report_env: bool,
     /// Threads beside the reactor that clone and wait out each child's exec
-    /// (default 2, so execs overlap on several cores). 0: the reactor spawns
+    /// (default 2, so execs overlap on several cores; at most 64). 0: the reactor spawns
     /// every child itself, which saves two thread hand-offs per process (the
     /// lowest latency for one run at a time, as `chaperone bench` runs) but
     /// stops the reactor for the length of each exec.
