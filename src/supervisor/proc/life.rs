@@ -198,6 +198,14 @@ impl Proc {
     /// Makes a process that is no longer running final: stop time, memory
     /// captures frozen (pipes dropped), waiters answered.
     pub fn settle(&mut self, stat_ctx: Option<&StatContext>) {
+        self.settle_quietly();
+        self.answer_waiters(stat_ctx);
+    }
+
+    /// [`Proc::settle`] but for its waiters, who are answered later by
+    /// [`Proc::answer_waiters`] (the reactor starts the next queued process
+    /// first: a sequential run's waiter is on its critical path otherwise).
+    pub fn settle_quietly(&mut self) {
         self.stop = Some(
             self.exited_at
                 .unwrap_or_else(|| (SystemTime::now(), Instant::now())),
@@ -223,6 +231,10 @@ impl Proc {
                 Store::Tempfile { .. } => {}
             }
         }
+    }
+
+    /// Answers everyone waiting for this process to end, with one snapshot.
+    pub fn answer_waiters(&mut self, stat_ctx: Option<&StatContext>) {
         let waiters = std::mem::take(&mut self.waiters);
         if !waiters.is_empty() {
             let snap = self.snapshot(stat_ctx);

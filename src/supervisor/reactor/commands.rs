@@ -208,7 +208,9 @@ impl Reactor {
                         if self.table.get(s).is_some_and(Proc::is_busy) {
                             Err(ProcError::Running(id))
                         } else {
-                            if let Some(p) = self.table.remove(s) {
+                            if let Some(mut p) = self.table.remove(s) {
+                                // Settled this turn, its waiters not yet told.
+                                p.answer_waiters(self.stat_ctx.as_ref());
                                 outlimit::forget(self.budget.as_mut(), s, &p);
                             }
                             self.settled_for_done = true;

@@ -154,8 +154,11 @@ impl Reactor {
         if !matches!(p.life, Life::Done { .. }) || p.stop.is_some() || !p.kept_idle() {
             return;
         }
-        p.settle(self.stat_ctx.as_ref());
+        // Its waiters are answered after the loop's next launches
+        // (`answer_settled`): a slot this frees goes to the queue first.
+        p.settle_quietly();
         let id = p.id.clone();
+        self.unanswered.push(serial);
         self.release_slot(serial);
         self.emit(Event::Exited(id));
         self.compress_captures(serial);

@@ -139,6 +139,8 @@ pub(crate) struct Reactor {
     settled: bool,
     /// Whether a process settled or was deleted since `check_done` last looked.
     settled_for_done: bool,
+    /// Processes settled since the loop last answered their waiters.
+    unanswered: Vec<u64>,
     /// Readers waiting for a capture to grow (`Command::FdWait`), looked at
     /// once per loop while there are any.
     data_waiters: Vec<DataWaiter>,
@@ -226,6 +228,7 @@ impl Reactor {
             all_waiters: Vec::new(),
             settled: false,
             settled_for_done: false,
+            unanswered: Vec::new(),
             data_waiters: Vec::new(),
         })
     }
@@ -242,6 +245,7 @@ impl Reactor {
                 closed = self.drain_mailbox();
             }
             self.launch_queued();
+            self.answer_settled();
             if self.kill_at.is_some_and(|t| t <= Instant::now()) {
                 self.kill_at = None;
                 self.signal_all(libc::SIGKILL);

@@ -22,6 +22,21 @@ pub(super) struct DataWaiter {
 }
 
 impl Reactor {
+    /// Answers the waiters of the processes settled since the last call (see
+    /// `settle_exited`): after the loop's launches, so that a freed slot goes
+    /// to the next queued process before results are built for waiters.
+    pub(super) fn answer_settled(&mut self) {
+        if self.unanswered.is_empty() {
+            return;
+        }
+        let ctx = self.stat_ctx.as_ref();
+        for serial in std::mem::take(&mut self.unanswered) {
+            if let Some(p) = self.table.get_mut(serial) {
+                p.answer_waiters(ctx);
+            }
+        }
+    }
+
     /// Answers [`Command::WaitAll`] once every process is final. Looks only
     /// after something settled, so a long wait costs nothing per loop.
     ///
