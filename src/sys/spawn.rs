@@ -424,9 +424,23 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     };
 
     let all: libc::sigset_t = unsafe_sigset_full();
+    // With clone3 the child has no handler to run, and SIGCHLD stays
+    // unblocked in this thread: the kernel drops a SIGCHLD whose disposition
+    // is the default only while the parent thread does not block it. Blocked
+    // (this thread spawns again and again at a fan-out), it was queued, and
+    // the exit of every other child woke some other thread of the agent to
+    // throw it away (`perf sched`: half of 200 exits woke one).
+    let mut all_but_chld = all;
+    // SAFETY: a valid, initialised set and a valid signal number.
+    unsafe { libc::sigdelset(&mut all_but_chld, libc::SIGCHLD) };
     let mut old: libc::sigset_t = unsafe_sigset_empty();
+    let mask = if ignored.is_some() {
+        &all_but_chld
+    } else {
+        &all
+    };
     // SAFETY: both sigset pointers are valid for the call.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, &mut old) };
 
     let mut pidfd: libc::c_int = -1;
     // CLONE_FILES: the child starts on our fd table and takes a copy of only its
@@ -460,10 +474,15 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
             _ => {
                 clone_errno = i32::try_from(r.saturating_neg()).unwrap_or(libc::EINVAL);
                 if clone3::refused(clone_errno) {
-                    // Fall back to clone, and so to resetting every signal.
+                    // Fall back to clone, and so to resetting every signal,
+                    // with every signal blocked until the child has.
                     view.reset = CATCHABLE;
                     args.plan = &view;
                     use_clone = true;
+                    // SAFETY: a valid sigset pointer; the old mask is kept.
+                    unsafe {
+                        libc::pthread_sigmask(libc::SIG_SETMASK, &all, core::ptr::null_mut())
+                    };
                 }
             }
         }
