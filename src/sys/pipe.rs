@@ -23,18 +23,28 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
 }
 
-/// Creates a capture pipe and tries to raise it to `size` bytes.
-///
-/// `EPERM` from `F_SETPIPE_SZ` means the per-user pipe quota
-/// (`fs.pipe-user-pages-soft`) is spent: the pipe keeps the size the kernel gave,
-/// quietly. Any other error from the resize is also non-fatal.
-pub fn capture_pipe(size: usize) -> Result<CapturePipe, Errno> {
+/// Creates a capture pipe, at the kernel's default size: the reactor raises
+/// it ([`grow`]) once a read shows its writer fills it.
+pub fn capture_pipe() -> Result<CapturePipe, Errno> {
     let (read, write) = pipe()?;
     rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)?;
-    if size > 0 {
-        let _ = set_size(read.as_fd(), size);
-    }
     Ok(CapturePipe { read, write })
+}
+
+/// A new pipe's size: 16 pages.
+pub fn default_size() -> usize {
+    16 * rustix::param::page_size()
+}
+
+/// Raises a capture pipe to `size` bytes, best effort.
+///
+/// `EPERM` from `F_SETPIPE_SZ` means the per-user pipe quota
+/// (`fs.pipe-user-pages-soft`) is spent: the pipe keeps the size it has,
+/// quietly. Any other error from the resize is also non-fatal.
+pub fn grow(fd: impl AsFd, size: usize) {
+    if size > default_size() {
+        let _ = set_size(fd, size);
+    }
 }
 
 /// `fcntl(fd, F_SETPIPE_SZ, size)`—returns the size the kernel set.

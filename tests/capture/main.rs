@@ -294,3 +294,71 @@ fn capture_keeps_8_concurrent_4mib_outputs_intact() {
         assert!(got == want, "printer {i}: output differs");
     }
 }
+
+//------------------------------------------------------------------------------
+// Pipe size: raised for a writer that fills the pipe, not for a quiet one
+//------------------------------------------------------------------------------
+
+/// The size of this process's end of the pipe that process `pid` has as fd
+/// `fd` (the agent here is this test process).
+fn agent_pipe_size(pid: i32, fd: i32) -> i32 {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("child's fd");
+    let ours = std::fs::read_dir("/proc/self/fd")
+        .expect("own fds")
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_link(e.path()).ok().as_ref() == Some(&theirs))
+        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("no fd of this process on {theirs:?}"));
+    // SAFETY: F_GETPIPE_SZ on an fd this process holds; no memory arguments.
+    unsafe { libc::fcntl(ours, libc::F_GETPIPE_SZ) }
+}
+
+/// Waits until the capture `fd` of `id` holds `len` bytes.
+fn wait_for_length(a: &Agent, id: &str, len: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = a.result(id).expect("known");
+        if let Some(Some(fd)) = res.fds.get("stdout") {
+            if fd.length().is_some_and(|l| l >= len) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{id}: no {len} bytes in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A capture pipe starts at the kernel's default size and is raised to the
+/// agent's pipe size once a read finds it full: a process that writes a line
+/// costs no resize and no share of the per-user pipe quota.
+#[test]
+fn capture_pipe_grows_only_for_a_writer_that_fills_it() {
+    let a = agent();
+    let page = i32::try_from(rustix::param::page_size()).expect("page size");
+    let max: i32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .expect("pipe-max-size")
+        .trim()
+        .parse()
+        .expect("a number");
+    start(
+        &a,
+        &json!({"specs": {
+            "quiet": {"argv": ["/bin/sh", "-c", "echo hi; exec sleep 30"],
+                      "fds": [["stdout", mem_utf8()]]},
+            "heavy": {"argv": ["/bin/sh", "-c", "head -c 4000000 /dev/zero; exec sleep 30"],
+                      "fds": [["stdout", {"capture": {"mode": "memory", "tail": 4096}}]]}}}),
+    );
+    wait_for_length(&a, "quiet", 3);
+    wait_for_length(&a, "heavy", 4_000_000);
+    let pid = |id: &str| a.result(id).expect("known").pid.expect("a pid");
+    assert_eq!(
+        agent_pipe_size(pid("quiet"), 1),
+        16 * page,
+        "quiet writer's pipe"
+    );
+    assert_eq!(agent_pipe_size(pid("heavy"), 1), max, "heavy writer's pipe");
+    for id in ["quiet", "heavy"] {
+        a.signal(id, libc::SIGKILL).expect("signal");
+        wait(&a, id);
+    }
+}

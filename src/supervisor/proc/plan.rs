@@ -493,9 +493,9 @@ impl<'a> FdList<'a> {
 
     /// Mode `memory`: a pipe the reactor drains into a head/tail buffer.
     fn capture_memory(&self, head: usize, tail: usize) -> Result<(Store, OwnedFd), Errno> {
-        let p = pipe::capture_pipe(self.ctx.pipe_size)?;
+        let p = pipe::capture_pipe()?;
         let store = Store::Memory {
-            pipe: PipeIn::new(fd::move_high(p.read, self.ctx.fd_floor)),
+            pipe: PipeIn::new(fd::move_high(p.read, self.ctx.fd_floor), self.ctx.pipe_size),
             live: HeadTail::new(head, tail),
             frozen: None,
         };
@@ -528,12 +528,12 @@ impl<'a> FdList<'a> {
         if new {
             self.created_kept.push(at.clone());
         }
-        let p = pipe::capture_pipe(self.ctx.pipe_size)?;
+        let p = pipe::capture_pipe()?;
         let f = fd::move_high(f, self.ctx.fd_floor);
         let cap = kept::staging_cap(self.ctx.pipe_size);
         let file = KeptFile::new(f, at, cap);
         let store = Store::Kept {
-            pipe: PipeIn::new(fd::move_high(p.read, self.ctx.fd_floor)),
+            pipe: PipeIn::new(fd::move_high(p.read, self.ctx.fd_floor), self.ctx.pipe_size),
             file: Box::new(file),
         };
         Ok(Some((store, p.write)))

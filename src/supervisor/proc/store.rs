@@ -43,14 +43,34 @@ pub(crate) struct PipeIn {
     pub fd: Option<Rc<OwnedFd>>,
     /// The key of the armed read op, if any.
     pub read_key: Option<u64>,
+    /// The size to raise the pipe to once a read shows its writer fills it
+    /// (0: raised, or nothing to raise).
+    pub grow_to: usize,
 }
 
 impl PipeIn {
-    pub(super) fn new(fd: OwnedFd) -> PipeIn {
+    pub(super) fn new(fd: OwnedFd, grow_to: usize) -> PipeIn {
         PipeIn {
             fd: Some(Rc::new(fd)),
             read_key: None,
+            grow_to,
         }
+    }
+
+    /// Raises the pipe to [`PipeIn::grow_to`] after a read of `n` bytes
+    /// that took half the default pipe or more: the writer is a heavy one.
+    /// Pipes start at the kernel's default (16 pages), so a process that
+    /// writes a few lines costs no `F_SETPIPE_SZ` (about 2 µs a pipe here,
+    /// and a larger buffer array to free) and no share of the per-user pipe
+    /// quota, which, once spent, leaves every new pipe of the user one page.
+    pub fn grow_if_full(&mut self, n: usize) {
+        if self.grow_to == 0 || n < crate::sys::pipe::default_size() / 2 {
+            return;
+        }
+        if let Some(fd) = &self.fd {
+            crate::sys::pipe::grow(&**fd, self.grow_to);
+        }
+        self.grow_to = 0;
     }
 }
 

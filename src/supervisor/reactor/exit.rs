@@ -129,6 +129,7 @@ impl Reactor {
             let Some(PipeIn {
                 fd: Some(fd),
                 read_key: None,
+                ..
             }) = self
                 .table
                 .get_mut(serial)

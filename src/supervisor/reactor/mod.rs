@@ -312,6 +312,14 @@ impl Reactor {
             }
             Tag::Pipe { proc, cap } => {
                 let data = self.ring.data(cqe);
+                if let Some(pipe) = self
+                    .table
+                    .get_mut(proc)
+                    .and_then(|p| p.captures.get_mut(cap))
+                    .and_then(|c| c.store.pipe_mut())
+                {
+                    pipe.grow_if_full(data.len());
+                }
                 let mut kept = false;
                 if self.table.get(proc).is_some_and(Proc::takes_output) {
                     kept = outlimit::push(

@@ -342,6 +342,7 @@ impl Reactor {
                     if let Some(PipeIn {
                         fd: Some(fd),
                         read_key,
+                        ..
                     }) = c.store.pipe_mut()
                     {
                         *read_key = Some(
