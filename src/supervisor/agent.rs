@@ -44,11 +44,15 @@ impl Agent {
         crate::sys::fd::reserve_table();
         let (tx, mailbox) = Mailbox::new()?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let slice = config.thread_slice;
         let thread = std::thread::Builder::new()
             .name("chaperone-reactor".into())
             .spawn(move || match Reactor::new(config, mailbox) {
                 Ok(r) => {
                     let _ = ready_tx.send(Ok(()));
+                    if let Some(slice) = slice {
+                        crate::sys::sched::set_thread_slice(slice);
+                    }
                     r.run();
                 }
                 Err(e) => {

@@ -52,6 +52,7 @@ impl Spawner {
     /// With no threads, every plan is given back ([`Spawner::try_spawn`]).
     pub(crate) fn new(
         threads: usize,
+        slice: Option<std::time::Duration>,
         done: mpsc::Sender<Done>,
         wake: Arc<OwnedFd>,
     ) -> std::io::Result<Spawner> {
@@ -71,6 +72,9 @@ impl Spawner {
                 std::thread::Builder::new()
                     .name("chaperone-spawn".into())
                     .spawn(move || {
+                        if let Some(slice) = slice {
+                            crate::sys::sched::set_thread_slice(slice);
+                        }
                         for (serial, plan) in rx {
                             let result = spawn(*plan, &mut stack);
                             mine.fetch_or(bit, Ordering::AcqRel);

@@ -69,6 +69,12 @@ pub struct Config {
     /// lowest latency for one run at a time, as `chaperone bench` runs) but
     /// stops the reactor for the length of each exec.
     pub spawn_threads: usize,
+    /// The scheduler slice the reactor and the spawning threads ask for
+    /// (Linux 6.12+; older kernels ignore it), so that one woken to reap or
+    /// to spawn runs before a child on its core finishes a default slice
+    /// (see `sys/sched.rs`). Children get the default slice. `None` leaves
+    /// the threads as they are. Default: 100 µs, the kernel's shortest.
+    pub thread_slice: Option<std::time::Duration>,
     /// Whether each process's `/proc/<pid>/stat` and `io` are read at its exit,
     /// before the reap, so that its result carries them as of the exit
     /// (default). `chaperone bench` turns this off: it reports rusage and perf
@@ -97,6 +103,7 @@ impl Default for Config {
             restrict_exe: None,
             report_env: false,
             spawn_threads: 2,
+            thread_slice: Some(std::time::Duration::from_micros(100)),
             read_proc_at_exit: true,
         }
     }

@@ -37,6 +37,7 @@ pub mod fd;
 pub mod perf;
 pub mod pidfd;
 pub mod pipe;
+pub(crate) mod sched;
 pub mod spawn;
 pub mod uring;
 pub mod user;

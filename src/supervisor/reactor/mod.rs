@@ -171,12 +171,17 @@ impl Reactor {
             crate::metrics::perf::probe();
         }
         let (done_tx, spawned_rx) = std::sync::mpsc::channel();
-        let spawner =
-            Spawner::new(config.spawn_threads, done_tx, mailbox.wake.clone()).map_err(|e| {
-                let errno =
-                    rustix::io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EAGAIN));
-                StartupError::Sys("starting the spawner thread", errno)
-            })?;
+        let spawner = Spawner::new(
+            config.spawn_threads,
+            config.thread_slice,
+            done_tx,
+            mailbox.wake.clone(),
+        )
+        .map_err(|e| {
+            let errno =
+                rustix::io::Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EAGAIN));
+            StartupError::Sys("starting the spawner thread", errno)
+        })?;
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         let opener = Opener::new(opened_tx, mailbox.wake.clone());
         let (packed_tx, packed_rx) = std::sync::mpsc::channel();
