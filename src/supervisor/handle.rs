@@ -89,6 +89,11 @@ pub struct Handle {
     reader: Arc<Reader>,
 }
 
+/// Results from the reactor's snapshots, built on the receiving side.
+fn results_from<C: FromIterator<(ProcId, ProcRes)>>(v: Vec<(ProcId, Snapshot)>) -> C {
+    v.into_iter().map(|(id, s)| (id, s.into_res())).collect()
+}
+
 impl Handle {
     pub(crate) fn new(tx: Sender<Command>) -> Handle {
         let reader = Reader::default();
@@ -166,11 +171,7 @@ impl Handle {
 
     /// The current results of all processes, by id.
     pub fn results(&self) -> Call<std::collections::BTreeMap<ProcId, ProcRes>> {
-        self.call(
-            Command::Results,
-            |v: Vec<(ProcId, Snapshot)>| v.into_iter().map(|(id, s)| (id, s.into_res())).collect(),
-            Default::default,
-        )
+        self.call(Command::Results, results_from, Default::default)
     }
 
     /// The current results of the processes `ids`, in that order; an unknown
@@ -178,11 +179,7 @@ impl Handle {
     /// a front end can take a large table's results a part at a time, each
     /// part turned into JSON while the agent builds the next.
     pub fn results_of(&self, ids: Vec<ProcId>) -> Call<Vec<(ProcId, ProcRes)>> {
-        self.call(
-            |r| Command::ResultsOf(ids, r),
-            |v: Vec<(ProcId, Snapshot)>| v.into_iter().map(|(id, s)| (id, s.into_res())).collect(),
-            Vec::new,
-        )
+        self.call(|r| Command::ResultsOf(ids, r), results_from, Vec::new)
     }
 
     /// The process table in brief: a small row for each process `select`

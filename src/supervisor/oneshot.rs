@@ -216,12 +216,23 @@ mod tests {
                 tx.send(u32::try_from(i).unwrap_or(0));
             }
         });
-        for i in 0..20_000u32 {
-            let (tx, rx) = channel();
-            jobs.send(tx).expect("sender thread");
-            assert_eq!(rx.wait(), Ok(i));
-        }
-        drop(jobs);
+        // The waits run on a thread of their own, so that a lost wake-up
+        // fails the test (the deadline below) instead of hanging it.
+        let (finished, done) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            for i in 0..20_000u32 {
+                let (tx, rx) = channel();
+                jobs.send(tx).expect("sender thread");
+                assert_eq!(rx.wait(), Ok(i));
+            }
+            let _ = finished.send(());
+        });
+        assert!(
+            done.recv_timeout(std::time::Duration::from_secs(60))
+                .is_ok(),
+            "a wait was never woken"
+        );
+        waiter.join().expect("waiter");
         sender.join().expect("sender");
     }
 

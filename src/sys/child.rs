@@ -32,7 +32,7 @@ pub(crate) const SPAWN_FAILED: i32 = 63;
 
 /// Entry point of the vfork child; `arg` points to a [`ChildArgs`] in the parent.
 ///
-/// Only `spawn::spawn` passes this function, to `clone`, with `arg` pointing to a
+/// Only `spawn::spawn` passes this function, to `clone3` or `clone`, with `arg` pointing to a
 /// live `ChildArgs` whose plan and report pointers stay valid while the child runs
 /// before `execve` or `_exit`: `CLONE_VFORK` keeps the parent (and so the plan)
 /// suspended and alive for exactly that long. (`clone` takes a safe `extern "C"`
@@ -68,8 +68,9 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
     // except the spec's ignore set, which becomes SIG_IGN. `reset` names the
     // signals to set to default: all, or, when `CLONE_CLEAR_SIGHAND` has
     // already reset the handlers, only those the agent ignores (see
-    // `clone3.rs`). The mask stays all-blocked (inherited from the spawning
-    // thread) until just before exec.
+    // `clone3.rs`). The mask stays as inherited from the spawning thread
+    // (everything blocked, but for SIGCHLD after a clone3) until just before
+    // exec.
     let dfl = sigaction_with(SIG_DFL);
     let ign = sigaction_with(SIG_IGN);
     let mut todo = (plan.reset | plan.ignore) & abi::CATCHABLE;

@@ -7,9 +7,11 @@
 //! | `child.rs` | the code that runs in the vfork child between `clone` and `execve` |
 //! | `child/abi.rs` | what `spawn.rs` hands the child and the child writes back: the plan view, the fd actions, the failure report and its stages |
 //! | `spawn.rs` | [`spawn::ChildPlan`], built in the parent, and [`spawn::spawn`], the `clone(CLONE_VM \| CLONE_VFORK \| CLONE_PIDFD)` call |
+//! | `clone3.rs` | `clone3` with `CLONE_CLEAR_SIGHAND` (x86_64 assembly), and the agent's ignored signals read from `/proc/self/status` |
+//! | `sched.rs` | a short scheduler slice for the agent's own threads (`sched_setattr`) |
 //! | `pidfd.rs` | [`pidfd::send_signal`] through `pidfd_send_signal` |
 //! | `wait.rs` | [`wait::reap`]: `waitid(P_PIDFD)` with a rusage buffer, read into [`wait::RawRusage`] |
-//! | `pipe.rs` | capture pipes: `pipe2`, `F_SETPIPE_SZ`, non-blocking read ends |
+//! | `pipe.rs` | capture pipes: `pipe2`, `F_SETPIPE_SZ` once a writer fills one, non-blocking read ends |
 //! | `fd.rs` | `F_DUPFD_CLOEXEC`, `O_TMPFILE` files, `pread` |
 //! | `perf.rs` | `perf_event_open`: `struct perf_event_attr`, the agent-side open, the plan a child opens its counters from |
 //! | `daemon.rs` | [`daemon::detach`]: the agent's one fork, at start, into a session of its own (`--detach`) |
@@ -17,7 +19,8 @@
 //! | `uring/` | the io_uring ring, its in-flight table, and the provided-buffer ring |
 //! | `epoll.rs` | [`epoll::Poller`]: the same operations on epoll, where io_uring cannot be used (no `unsafe`) |
 //!
-//! Reading `/proc` needs no `unsafe` and lives in the `metrics` module.
+//! Reading `/proc` needs no `unsafe` and lives in the `metrics` module (but
+//! for `clone3.rs`'s one read of the agent's own status).
 //!
 //! # References
 //! - [clone(2)](https://man7.org/linux/man-pages/man2/clone.2.html)

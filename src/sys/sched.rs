@@ -13,8 +13,12 @@
 //! level's.
 //!
 //! `SCHED_FLAG_RESET_ON_FORK` keeps it from children: a process the agent
-//! starts gets the default slice. Older kernels ignore the slice or refuse
-//! the call; either way nothing else changes.
+//! starts gets the default slice. The flag would also put a child's negative
+//! nice back to 0, and the call sets the policy, so a thread is left alone
+//! unless it runs `SCHED_OTHER` at nice 0 or above (an agent started under
+//! `SCHED_BATCH`, a realtime policy or `nice -n -5` passes that on to its
+//! children as before). Older kernels ignore the slice; nothing else changes
+//! for such a thread.
 //!
 //! # References
 //! - [sched_setattr(2)](https://man7.org/linux/man-pages/man2/sched_setattr.2.html)
@@ -38,26 +42,25 @@ struct SchedAttr {
 /// `SCHED_FLAG_RESET_ON_FORK`.
 const RESET_ON_FORK: u64 = 0x01;
 
-/// Asks for a slice of `slice` for the calling thread (`SCHED_OTHER`, its
-/// nice level kept), reset in any child it creates. Best effort: returns
-/// whether the kernel took it.
+/// Asks for a slice of `slice` for the calling thread, reset in any child
+/// it creates, if the thread runs `SCHED_OTHER` at nice 0 or above (its nice
+/// kept). Best effort: returns whether the kernel took it.
 pub(crate) fn set_thread_slice(slice: std::time::Duration) -> bool {
     let Ok(runtime) = u64::try_from(slice.as_nanos()) else {
         return false;
     };
-    // SAFETY: getpriority with who = 0 reads the calling thread's nice.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let Some(now) = get_attr() else {
+        return false;
+    };
+    if now.policy != libc::SCHED_OTHER as u32 || now.nice < 0 {
+        return false;
+    }
     let attr = SchedAttr {
-        size: core::mem::size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
         flags: RESET_ON_FORK,
-        nice,
-        priority: 0,
         runtime,
         deadline: 0,
         period: 0,
-        util_min: 0,
-        util_max: 0,
+        ..now
     };
     // SAFETY: `attr` is a valid `struct sched_attr` whose size field is its
     // size; pid 0 is the calling thread; flags 0.
@@ -65,22 +68,25 @@ pub(crate) fn set_thread_slice(slice: std::time::Duration) -> bool {
     rc == 0
 }
 
-/// The calling thread's slice, in nanoseconds, from `sched_getattr`.
+/// The calling thread's `sched_attr`.
+fn get_attr() -> Option<SchedAttr> {
+    let mut attr = core::mem::MaybeUninit::<SchedAttr>::zeroed();
+    let size = core::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: the buffer is a zeroed `struct sched_attr` of the size passed.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, attr.as_mut_ptr(), size, 0) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised, and filled by the kernel on success.
+    let mut attr = unsafe { attr.assume_init() };
+    attr.size = size;
+    Some(attr)
+}
+
+/// The calling thread's slice, in nanoseconds.
 #[cfg(test)]
 fn thread_slice() -> Option<u64> {
-    let mut attr = core::mem::MaybeUninit::<SchedAttr>::zeroed();
-    // SAFETY: the buffer is a `struct sched_attr` of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            0,
-            attr.as_mut_ptr(),
-            core::mem::size_of::<SchedAttr>() as u32,
-            0,
-        )
-    };
-    // SAFETY: zero-initialised, and filled by the kernel on success.
-    (rc == 0).then(|| unsafe { attr.assume_init() }.runtime)
+    get_attr().map(|a| a.runtime)
 }
 
 #[cfg(test)]
@@ -91,6 +97,25 @@ mod tests {
     /// On a kernel with custom slices (6.12+) the thread keeps the one asked
     /// for, and a child process it forks gets the default back; elsewhere the
     /// call changes nothing. Runs on a thread of its own, which it changes.
+    /// A thread at a negative nice is left as it is (the reset on fork would
+    /// take its nice from its children).
+    #[test]
+    fn a_thread_at_negative_nice_is_left_alone() {
+        std::thread::spawn(|| {
+            // SAFETY: setpriority on the calling thread; no memory arguments.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -1) } != 0 {
+                eprintln!("skipped: cannot lower the nice level here (not root)");
+                return;
+            }
+            let before = thread_slice();
+            assert!(!set_thread_slice(Duration::from_micros(100)));
+            assert_eq!(thread_slice(), before);
+            assert_eq!(get_attr().map(|a| a.nice), Some(-1));
+        })
+        .join()
+        .expect("the test thread");
+    }
+
     #[test]
     fn a_thread_slice_is_kept_and_not_inherited() {
         std::thread::spawn(|| {

@@ -415,7 +415,7 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
         None
     };
     if let Some(ignored) = ignored {
-        view.reset = ignored & !plan.ignore;
+        view.reset = clone3::to_reset(ignored, plan.ignore);
     }
     let mut report = ChildReport::default();
     let mut args = ChildArgs {
@@ -424,23 +424,24 @@ pub fn spawn(mut plan: ChildPlan, stack: &mut ChildStack) -> Result<Spawned, Err
     };
 
     let all: libc::sigset_t = unsafe_sigset_full();
-    // With clone3 the child has no handler to run, and SIGCHLD stays
-    // unblocked in this thread: the kernel drops a SIGCHLD whose disposition
-    // is the default only while the parent thread does not block it. Blocked
-    // (this thread spawns again and again at a fan-out), it was queued, and
-    // the exit of every other child woke some other thread of the agent to
-    // throw it away (`perf sched`: half of 200 exits woke one).
+    // With clone3 the child has no handler to run, and SIGCHLD keeps the
+    // state it has in this thread (unblocked, unless the embedding program
+    // blocks it to read it some other way): the kernel drops a SIGCHLD whose
+    // disposition is the default only while the parent thread does not block
+    // it. Blocked (this thread spawns again and again at a fan-out), it was
+    // queued, and the exit of every other child woke some other thread of
+    // the agent to throw it away (`perf sched`: half of 200 exits woke one).
     let mut all_but_chld = all;
     // SAFETY: a valid, initialised set and a valid signal number.
     unsafe { libc::sigdelset(&mut all_but_chld, libc::SIGCHLD) };
     let mut old: libc::sigset_t = unsafe_sigset_empty();
-    let mask = if ignored.is_some() {
-        &all_but_chld
+    let (how, mask) = if ignored.is_some() {
+        (libc::SIG_BLOCK, &all_but_chld)
     } else {
-        &all
+        (libc::SIG_SETMASK, &all)
     };
     // SAFETY: both sigset pointers are valid for the call.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, &mut old) };
+    unsafe { libc::pthread_sigmask(how, mask, &mut old) };
 
     let mut pidfd: libc::c_int = -1;
     // CLONE_FILES: the child starts on our fd table and takes a copy of only its

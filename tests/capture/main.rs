@@ -345,17 +345,20 @@ fn capture_pipe_grows_only_for_a_writer_that_fills_it() {
         &json!({"specs": {
             "quiet": {"argv": ["/bin/sh", "-c", "echo hi; exec sleep 30"],
                       "fds": [["stdout", mem_utf8()]]},
-            "heavy": {"argv": ["/bin/sh", "-c", "head -c 4000000 /dev/zero; exec sleep 30"],
+            "heavy": {"argv": ["/bin/sh", "-c",
+                               "dd if=/dev/zero bs=1M count=4 status=none; exec sleep 30"],
                       "fds": [["stdout", {"capture": {"mode": "memory", "tail": 4096}}]]}}}),
     );
     wait_for_length(&a, "quiet", 3);
-    wait_for_length(&a, "heavy", 4_000_000);
+    wait_for_length(&a, "heavy", 4 << 20);
     let pid = |id: &str| a.result(id).expect("known").pid.expect("a pid");
-    assert_eq!(
-        agent_pipe_size(pid("quiet"), 1),
-        16 * page,
+    // 16 pages, or fewer where the user's pipe quota is spent: not raised.
+    assert!(
+        agent_pipe_size(pid("quiet"), 1) <= 16 * page,
         "quiet writer's pipe"
     );
+    // A 1 MiB write fills the 16-page pipe before the first read can take
+    // the pipe's lock: that read finds it full.
     assert_eq!(agent_pipe_size(pid("heavy"), 1), max, "heavy writer's pipe");
     for id in ["quiet", "heavy"] {
         a.signal(id, libc::SIGKILL).expect("signal");

@@ -129,7 +129,7 @@ impl Reactor {
             let Some(PipeIn {
                 fd: Some(fd),
                 read_key: None,
-                ..
+                grow_to,
             }) = self
                 .table
                 .get_mut(serial)
@@ -142,11 +142,16 @@ impl Reactor {
             // At most one pipe's worth: all a dead writer can have left. A
             // descendant still writing into the pipe must not keep the reactor
             // here (or a kept file's staging growing); its later output is not
-            // part of this process's capture.
-            // (The kernel rounds a pipe's size up to a power of two pages; one
-            // that kept its default has 16 pages.)
-            let default_pipe = 16 * rustix::param::page_size();
-            let mut left = self.config.pipe_size.max(default_pipe).next_power_of_two();
+            // part of this process's capture. A pipe not grown yet
+            // (`grow_to` still set) holds the default at most.
+            // (The kernel rounds a pipe's size up to a power of two pages.)
+            let default_pipe = pipe::default_size();
+            let size = if *grow_to == 0 {
+                self.config.pipe_size.max(default_pipe)
+            } else {
+                default_pipe
+            };
+            let mut left = size.next_power_of_two();
             while left > 0 {
                 let want = self.scratch.len().min(left);
                 match pipe::read(&*fd, self.scratch.get_mut(..want).unwrap_or(&mut [])) {

@@ -4,7 +4,6 @@
 //! only once its files hold every byte it wrote.
 
 use super::super::proc::{Capture, Life, PipeIn, Store};
-use super::super::types::Event;
 use super::table::ProcTable;
 use super::{Reactor, Tag};
 use crate::capture::kept::{Completed, KeptFile};
@@ -143,8 +142,12 @@ impl Reactor {
     }
 
     /// Settles an exited (reaped) process once every kept-file write of it has
-    /// completed: freezes it, answers waiters, emits [`Event::Exited`]. Until then
-    /// it stays busy ([`Proc::is_busy`]), so no waiter or result sees a short file.
+    /// completed: freezes it and lets go of its slot. Until then it stays busy
+    /// ([`Proc::is_busy`]), so no waiter or result sees a short file. The rest
+    /// (its waiters answered, [`Event::Exited`], its compressions started, in
+    /// that order) waits for the loop's next launches (`answer_settled`), so
+    /// that the slot goes to the next queued process first: in a sequential
+    /// run all of it sat between one exit and the next clone.
     ///
     /// [`Proc::is_busy`]: super::super::proc::Proc::is_busy
     pub(super) fn settle_exited(&mut self, serial: u64) {
@@ -154,13 +157,8 @@ impl Reactor {
         if !matches!(p.life, Life::Done { .. }) || p.stop.is_some() || !p.kept_idle() {
             return;
         }
-        // Its waiters are answered after the loop's next launches
-        // (`answer_settled`): a slot this frees goes to the queue first.
         p.settle_quietly();
-        let id = p.id.clone();
         self.unanswered.push(serial);
         self.release_slot(serial);
-        self.emit(Event::Exited(id));
-        self.compress_captures(serial);
     }
 }

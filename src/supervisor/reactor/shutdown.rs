@@ -89,6 +89,10 @@ impl Reactor {
         if self.shutdown != ShutdownState::Idling || !std::mem::take(&mut self.settled_for_done) {
             return;
         }
+        if !self.unanswered.is_empty() {
+            // Looked at again once their Exited events are out (answer_settled).
+            return;
+        }
         let done = match self.policy {
             Some(ShutdownPolicy::Idle) => self.table.is_empty(),
             Some(_) => self.queue.is_empty() && !self.table.values().any(Proc::is_busy),

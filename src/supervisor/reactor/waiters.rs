@@ -7,7 +7,7 @@
 
 use super::super::error::FdDataError;
 use super::super::proc::Proc;
-use super::super::types::FdWaited;
+use super::super::types::{Event, FdWaited};
 use super::Reactor;
 use std::time::Instant;
 
@@ -22,19 +22,29 @@ pub(super) struct DataWaiter {
 }
 
 impl Reactor {
-    /// Answers the waiters of the processes settled since the last call (see
-    /// `settle_exited`): after the loop's launches, so that a freed slot goes
-    /// to the next queued process before results are built for waiters.
+    /// Finishes settling the processes settled since the last call (see
+    /// `settle_exited`): answers their waiters, emits [`Event::Exited`] and
+    /// starts their compressions. Called after the loop's launches, so that a
+    /// freed slot goes to the next queued process before any of this.
+    ///
+    /// [`Event::Exited`]: super::super::types::Event::Exited
     pub(super) fn answer_settled(&mut self) {
         if self.unanswered.is_empty() {
             return;
         }
-        let ctx = self.stat_ctx.as_ref();
         for serial in std::mem::take(&mut self.unanswered) {
-            if let Some(p) = self.table.get_mut(serial) {
-                p.answer_waiters(ctx);
-            }
+            let ctx = self.stat_ctx.as_ref();
+            let Some(p) = self.table.get_mut(serial) else {
+                continue;
+            };
+            p.answer_waiters(ctx);
+            let id = p.id.clone();
+            self.emit(Event::Exited(id));
+            self.compress_captures(serial);
         }
+        // A WaitAll that came meanwhile looked while these were unanswered.
+        self.settled = true;
+        self.settled_for_done = true;
     }
 
     /// Answers [`Command::WaitAll`] once every process is final. Looks only
@@ -45,7 +55,10 @@ impl Reactor {
         if self.all_waiters.is_empty() || !std::mem::take(&mut self.settled) {
             return;
         }
-        if self.queue.is_empty() && self.table.values().all(Proc::is_final) {
+        if self.queue.is_empty()
+            && self.unanswered.is_empty()
+            && self.table.values().all(Proc::is_final)
+        {
             for w in std::mem::take(&mut self.all_waiters) {
                 w(());
             }
