@@ -150,6 +150,7 @@ impl Reactor {
     /// run all of it sat between one exit and the next clone.
     ///
     /// [`Proc::is_busy`]: super::super::proc::Proc::is_busy
+    /// [`Event::Exited`]: super::super::types::Event::Exited
     pub(super) fn settle_exited(&mut self, serial: u64) {
         let Some(p) = self.table.get_mut(serial) else {
             return;
