@@ -7,20 +7,8 @@
 #[path = "../util/mod.rs"]
 mod util;
 
-use chaperone::result::State;
-use serde_json::{Value, json};
+use serde_json::json;
 use util::*;
-
-fn own_status(a: &chaperone::Agent, id: &str, argv: Value) -> (chaperone::result::ProcRes, String) {
-    start(
-        a,
-        &json!({"specs": {id: {"argv": argv, "fds": [["stdout", mem_utf8()]]}}}),
-    );
-    let res = wait(a, id);
-    assert_eq!(res.state, State::Terminated, "{:?}", res.errors);
-    let text = string_of(&res, "stdout");
-    (res, text)
-}
 
 /// Signals the embedding program starts to ignore while the agent runs are
 /// not ignored in the children it starts: a common one (SIGHUP) even when

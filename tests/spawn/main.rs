@@ -166,17 +166,6 @@ fn spawn_child_dies_by_sigpipe_when_pipe_reader_exits() {
     assert_eq!(status.exit_code, None);
 }
 
-fn own_status(a: &chaperone::Agent, id: &str, argv: Value) -> (chaperone::result::ProcRes, String) {
-    start(
-        a,
-        &json!({"specs": {id: {"argv": argv, "fds": [["stdout", mem_utf8()]]}}}),
-    );
-    let res = wait(a, id);
-    assert_eq!(res.state, State::Terminated, "{:?}", res.errors);
-    let text = string_of(&res, "stdout");
-    (res, text)
-}
-
 // Case 20.
 #[test]
 fn spawn_child_has_no_ignored_or_blocked_signals() {

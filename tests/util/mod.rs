@@ -140,6 +140,25 @@ pub fn bytes_of(res: &ProcRes, fd: &str) -> Vec<u8> {
 }
 
 /// The held bytes of a capture in an Agent result, as (lossless) UTF-8.
+/// Runs `argv` as process `id` with stdout captured, waits for it to be
+/// terminated, and returns its result and its stdout (e.g. its own
+/// `/proc/self/status`, to see what the child got).
+pub fn own_status(a: &Agent, id: &str, argv: Value) -> (ProcRes, String) {
+    start(
+        a,
+        &serde_json::json!({"specs": {id: {"argv": argv, "fds": [["stdout", mem_utf8()]]}}}),
+    );
+    let res = wait(a, id);
+    assert_eq!(
+        res.state,
+        chaperone::result::State::Terminated,
+        "{:?}",
+        res.errors
+    );
+    let text = string_of(&res, "stdout");
+    (res, text)
+}
+
 pub fn string_of(res: &ProcRes, fd: &str) -> String {
     String::from_utf8(bytes_of(res, fd)).expect("utf-8 output")
 }
