@@ -266,6 +266,32 @@ fn spawn_delete_fails_while_running_and_removes_after_exit() {
     );
 }
 
+/// A process deleted as soon as its wait returns still gets its `Exited`
+/// event, before `Deleted`: the wait can be answered, and the delete taken, in
+/// the loop turn that settled it, before the turn announces what settled.
+#[test]
+fn delete_right_after_the_wait_still_announces_the_exit() {
+    let a = agent();
+    let events = a.subscribe();
+    for i in 0..300 {
+        let id = format!("q{i}");
+        start(&a, &json!({"specs": {&id: {"argv": ["/bin/true"]}}}));
+        wait(&a, &id);
+        a.delete(&id).expect("delete after exit");
+        // Every event of the process is sent before the delete's answer.
+        let got: Vec<Event> = events.try_iter().collect();
+        assert_eq!(
+            got,
+            [
+                Event::Started(id.clone()),
+                Event::Exited(id.clone()),
+                Event::Deleted(id.clone())
+            ],
+            "round {i}"
+        );
+    }
+}
+
 //------------------------------------------------------------------------------
 // Fork trees and rusage (cases 28, 29)
 //------------------------------------------------------------------------------

@@ -213,6 +213,12 @@ impl Reactor {
                                 p.answer_waiters(self.stat_ctx.as_ref());
                                 outlimit::forget(self.budget.as_mut(), s, &p);
                             }
+                            // Settled but not yet announced (`answer_settled`
+                            // would find it gone): its Exited comes first.
+                            if let Some(at) = self.unanswered.iter().position(|&u| u == s) {
+                                self.unanswered.remove(at);
+                                self.emit(Event::Exited(id.clone()));
+                            }
                             self.settled_for_done = true;
                             self.emit(Event::Deleted(id));
                             Ok(())
