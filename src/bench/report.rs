@@ -615,7 +615,6 @@ impl View {
     }
 }
 
-/// The spread of `m` over every command's runs, widened when flat.
 /// The JSON export of an outcome ([`View::json`]), written as it is
 /// serialized.
 #[derive(Debug)]
@@ -750,6 +749,7 @@ where
     }
 }
 
+/// The spread of `m` over every command's runs, widened when flat.
 fn range_of(outcome: &Outcome, m: Metric) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in outcome
