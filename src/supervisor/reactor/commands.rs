@@ -208,16 +208,16 @@ impl Reactor {
                         if self.table.get(s).is_some_and(Proc::is_busy) {
                             Err(ProcError::Running(id))
                         } else {
-                            if let Some(mut p) = self.table.remove(s) {
-                                // Settled this turn, its waiters not yet told.
-                                p.answer_waiters(self.stat_ctx.as_ref());
-                                outlimit::forget(self.budget.as_mut(), s, &p);
-                            }
-                            // Settled but not yet announced (`answer_settled`
-                            // would find it gone): its Exited comes first.
+                            // Settled this turn but not yet announced
+                            // (`answer_settled` would find it gone): its
+                            // waiters and its Exited come first.
                             if let Some(at) = self.unanswered.iter().position(|&u| u == s) {
                                 self.unanswered.remove(at);
-                                self.emit(Event::Exited(id.clone()));
+                                self.announce_exit(s);
+                            }
+                            if let Some(mut p) = self.table.remove(s) {
+                                p.answer_waiters(self.stat_ctx.as_ref());
+                                outlimit::forget(self.budget.as_mut(), s, &p);
                             }
                             self.settled_for_done = true;
                             self.emit(Event::Deleted(id));

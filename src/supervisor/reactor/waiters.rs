@@ -33,18 +33,28 @@ impl Reactor {
             return;
         }
         for serial in std::mem::take(&mut self.unanswered) {
-            let ctx = self.stat_ctx.as_ref();
-            let Some(p) = self.table.get_mut(serial) else {
-                continue;
-            };
-            p.answer_waiters(ctx);
-            let id = p.id.clone();
-            self.emit(Event::Exited(id));
-            self.compress_captures(serial);
+            if self.announce_exit(serial) {
+                self.compress_captures(serial);
+            }
         }
         // A WaitAll that came meanwhile looked while these were unanswered.
         self.settled = true;
         self.settled_for_done = true;
+    }
+
+    /// Answers the waiters of settled process `serial` and emits its
+    /// [`Event::Exited`]; false if there is no such process.
+    ///
+    /// [`Event::Exited`]: super::super::types::Event::Exited
+    pub(super) fn announce_exit(&mut self, serial: u64) -> bool {
+        let ctx = self.stat_ctx.as_ref();
+        let Some(p) = self.table.get_mut(serial) else {
+            return false;
+        };
+        p.answer_waiters(ctx);
+        let id = p.id.clone();
+        self.emit(Event::Exited(id));
+        true
     }
 
     /// Answers [`Command::WaitAll`] once every process is final. Looks only
