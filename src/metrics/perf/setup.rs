@@ -4,7 +4,17 @@
 use super::access::read_format;
 use super::{Access, Event, Probe};
 use crate::sys::perf::{self as sys, PerfEntry, PerfEventAttr, PerfPlan};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A setup and its plan, with the events it was built for.
+type Built = (Vec<Event>, Arc<Setup>, PerfPlan);
+
+thread_local! {
+    /// The last setup [`Setup::for_events`] built on this thread.
+    static LAST: RefCell<Option<Built>> = const { RefCell::new(None) };
+}
 
 /// The counters of one proc, decided in the agent before its spawn.
 #[derive(Clone, Debug)]
@@ -53,6 +63,23 @@ impl Setup {
             .filter(|g| !g.is_empty())
             .collect();
         setup
+    }
+
+    /// The setup for `requested` with the agent's [`probe`](super::probe), and
+    /// its plan: the last one built on this thread while the same events are
+    /// asked for, so a run of spawns of one spec decides its counters once.
+    pub fn for_events(requested: &[Event]) -> (Arc<Setup>, PerfPlan) {
+        LAST.with_borrow_mut(|last| {
+            if let Some((events, setup, plan)) = last.as_ref() {
+                if events.as_slice() == requested {
+                    return (setup.clone(), plan.clone());
+                }
+            }
+            let setup = Arc::new(Setup::new(requested, super::probe()));
+            let plan = setup.plan();
+            *last = Some((requested.to_vec(), setup.clone(), plan.clone()));
+            (setup, plan)
+        })
     }
 
     /// The plan entries for the child, group by group, leader first: the leader
@@ -120,6 +147,21 @@ mod tests {
     }
 
     #[test]
+    fn for_events_reuses_the_last_setup_only_for_the_same_events() {
+        let soft = [Event::TaskClock, Event::PageFaults];
+        let (a, plan_a) = Setup::for_events(&soft);
+        let (b, plan_b) = Setup::for_events(&soft);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(plan_a.entries().len(), plan_b.entries().len());
+        let (c, _) = Setup::for_events(&[Event::TaskClock]);
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.requested, vec![Event::TaskClock]);
+        let (d, _) = Setup::for_events(&soft);
+        assert!(!Arc::ptr_eq(&c, &d));
+        assert_eq!(d.requested, soft.to_vec());
+    }
+
+    #[test]
     fn setup_leaves_out_unavailable_events() {
         let probe = probe_with(|a| {
             if a.type_ == sys::TYPE_HARDWARE {
@@ -130,7 +172,7 @@ mod tests {
         });
         let s = Setup::new(&[Event::TaskClock, Event::Cycles], &probe);
         assert_eq!(s.groups, vec![vec![Event::TaskClock]]);
-        let res = PerfState::Pending(s).result();
+        let res = PerfState::Pending(Arc::new(s)).result();
         assert_eq!(res.counts.get("cycles"), Some(&None));
         assert_eq!(
             res.unavailable.get("cycles").map(String::as_str),

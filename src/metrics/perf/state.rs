@@ -5,21 +5,23 @@ use super::read::{apply_reading, parse_read};
 use super::{ALL, Event, PerfRes, Setup, errno_name};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
+use std::sync::Arc;
 
 /// The counters of a proc through its life.
 #[derive(Debug)]
 pub enum PerfState {
     /// Decided, not yet opened (the proc is being spawned).
-    Pending(Setup),
+    Pending(Arc<Setup>),
     /// Open: the fds per plan entry, or why each did not open.
     Live {
         /// What was asked for.
-        setup: Setup,
+        setup: Arc<Setup>,
         /// One per plan entry, group by group.
         fds: Vec<Result<OwnedFd, Errno>>,
     },
-    /// Read at exit; the fds are closed.
-    Done(PerfRes),
+    /// Read at exit; the fds are closed. Shared with the results taken of it,
+    /// which copy it on their callers' threads.
+    Done(Arc<PerfRes>),
 }
 
 impl PerfState {
@@ -33,11 +35,17 @@ impl PerfState {
 
     /// The counts now: read from the counters while they are open.
     pub fn result(&self) -> PerfRes {
+        Arc::unwrap_or_clone(self.shared())
+    }
+
+    /// As [`PerfState::result`], shared: once the counters are read at exit,
+    /// without a copy.
+    pub fn shared(&self) -> Arc<PerfRes> {
         match self {
             PerfState::Pending(setup) => {
-                all_null(setup, "no counters: the process has not started")
+                Arc::new(all_null(setup, "no counters: the process has not started"))
             }
-            PerfState::Live { setup, fds } => read_counters(setup, fds),
+            PerfState::Live { setup, fds } => Arc::new(read_counters(setup, fds)),
             PerfState::Done(res) => res.clone(),
         }
     }
@@ -50,7 +58,7 @@ impl PerfState {
             PerfState::Pending(setup) | PerfState::Live { setup, .. } => setup.clone(),
             PerfState::Done(_) => return,
         };
-        *self = PerfState::Done(all_null(&setup, why));
+        *self = PerfState::Done(Arc::new(all_null(&setup, why)));
     }
 
     /// Reads the final counts and hands back the counters' fds for the caller
@@ -61,7 +69,7 @@ impl PerfState {
         if matches!(self, PerfState::Done(_)) {
             return Vec::new();
         }
-        let res = self.result();
+        let res = self.shared();
         match std::mem::replace(self, PerfState::Done(res)) {
             PerfState::Live { fds, .. } => fds.into_iter().filter_map(Result::ok).collect(),
             _ => Vec::new(),

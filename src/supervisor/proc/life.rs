@@ -182,9 +182,7 @@ impl Proc {
             return;
         }
         let snap = self.snapshot(stat_ctx);
-        for w in std::mem::take(&mut self.final_waiters) {
-            w(snap.clone());
-        }
+        answer_each(std::mem::take(&mut self.final_waiters), snap);
     }
 
     /// Whether every kept file of this process holds all the bytes taken for it.
@@ -238,9 +236,20 @@ impl Proc {
         let waiters = std::mem::take(&mut self.waiters);
         if !waiters.is_empty() {
             let snap = self.snapshot(stat_ctx);
-            for w in waiters {
-                w(snap.clone());
-            }
+            answer_each(waiters, snap);
         }
+    }
+}
+
+/// Answers every waiter with `snap`: a copy each, the last one the snapshot
+/// itself (one waiter, the usual case, costs no copy).
+fn answer_each(waiters: Vec<Box<dyn FnOnce(Snapshot) + Send>>, snap: Snapshot) {
+    let mut waiters = waiters.into_iter().peekable();
+    while let Some(w) = waiters.next() {
+        if waiters.peek().is_none() {
+            w(snap);
+            return;
+        }
+        w(snap.clone());
     }
 }

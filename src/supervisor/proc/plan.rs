@@ -190,12 +190,12 @@ fn perf_for(
     ctx: &PlanContext<'_>,
 ) -> Option<crate::metrics::perf::PerfState> {
     let events = crate::metrics::perf::requested(ps.perf.as_ref(), ctx.perf);
-    let setup = (!events.is_empty())
-        .then(|| crate::metrics::perf::Setup::new(&events, crate::metrics::perf::probe()));
-    setup.map(|s| {
-        plan.set_perf(s.plan());
-        crate::metrics::perf::PerfState::Pending(s)
-    })
+    if events.is_empty() {
+        return None;
+    }
+    let (setup, perf_plan) = crate::metrics::perf::Setup::for_events(&events);
+    plan.set_perf(perf_plan);
+    Some(crate::metrics::perf::PerfState::Pending(setup))
 }
 
 /// The start state the child is given, as its result reports it.

@@ -26,6 +26,10 @@ pub(crate) struct Snapshot {
     /// The shared environment map, copied into `res.env` by [`Snapshot::into_res`]
     /// on the caller's thread rather than on the reactor's.
     pub env: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    /// The perf counts, copied into `res.perf` on the caller's thread.
+    pub perf: Option<Arc<crate::metrics::perf::PerfRes>>,
+    /// `res.times`' start, now and stop, formatted on the caller's thread.
+    pub times: (SystemTime, SystemTime, Option<SystemTime>),
 }
 
 /// One fd of a [`Snapshot`].
@@ -45,6 +49,11 @@ impl Snapshot {
     pub fn into_res(self) -> ProcRes {
         let mut res = self.res;
         res.env = self.env.map(Arc::unwrap_or_clone);
+        res.perf = self.perf.map(Arc::unwrap_or_clone);
+        let (start, now, stop) = self.times;
+        res.times.start = rfc3339(start);
+        res.times.now = rfc3339(now);
+        res.times.stop = stop.map(rfc3339);
         for (name, snap) in self.fds {
             let value = snap.map(|s| s.to_fd_res());
             res.fds.insert(name, value);
@@ -211,10 +220,11 @@ impl Proc {
             proc_stat: self.proc_stat.clone(),
             proc_statm: self.sampled.statm,
             cgroup_accounting: None,
+            // The times' text and the perf counts are filled in by `into_res`.
             times: Times {
-                start: rfc3339(self.start),
-                now: rfc3339(now),
-                stop: self.stop.map(|(t, _)| rfc3339(t)),
+                start: String::new(),
+                now: String::new(),
+                stop: None,
                 elapsed: elapsed.as_secs_f64(),
             },
             fds: Default::default(),
@@ -229,7 +239,7 @@ impl Proc {
             timeout: self.timeout.as_ref().map(TimeoutState::to_res),
             proc_io: self.sampled.io,
             statm_samples: self.sampled.to_res(),
-            perf: self.perf.as_ref().map(|p| p.result()),
+            perf: None,
         };
         let fds = self
             .fds
@@ -253,6 +263,8 @@ impl Proc {
             res,
             fds,
             env: self.started_with.env.clone(),
+            perf: self.perf.as_ref().map(|p| p.shared()),
+            times: (self.start, now, self.stop.map(|(t, _)| t)),
         }
     }
 }
