@@ -37,6 +37,7 @@ pub mod cli;
 use crate::metrics::perf::Event;
 use crate::result::ProcRes;
 use crate::spec::{self, Input, ProcSpec, Specs};
+use crate::supervisor::solo::Solo;
 use crate::{Agent, Config, StartError};
 use serde::Serialize;
 use stats::Summary;
@@ -583,6 +584,8 @@ pub struct Runner {
     base: Config,
     /// The agent and the `jobs` it was made for.
     agent: Option<(Agent, usize)>,
+    /// Where runs one at a time go, when their spec allows (made on first use).
+    solo: Option<Solo>,
     next: u64,
 }
 
@@ -598,15 +601,16 @@ impl Runner {
     }
 
     /// A runner whose agents start from `config` (its `max_running` and
-    /// `spawn_threads` are set per plan).
+    /// `spawn_threads` are set per plan). Its first run that needs one makes
+    /// it, and the one-at-a-time runner likewise: a benchmark that can run all
+    /// of its runs on this thread starts no agent at all.
     pub fn with_config(config: Config) -> std::io::Result<Runner> {
-        let mut runner = Runner {
+        Ok(Runner {
             base: config,
             agent: None,
+            solo: None,
             next: 0,
-        };
-        runner.agent_for(1)?;
-        Ok(runner)
+        })
     }
 
     /// The agent for `jobs` in flight, made anew when the last was for another
@@ -629,7 +633,11 @@ impl Runner {
     }
 
     fn agent(&self) -> &Agent {
-        &self.agent.as_ref().expect("a runner always has an agent").0
+        &self
+            .agent
+            .as_ref()
+            .expect("made before use (`agent_for`)")
+            .0
     }
 
     fn fresh_id(&mut self) -> String {
@@ -638,7 +646,19 @@ impl Runner {
     }
 
     /// Runs `spec` once and returns its result (the process is deleted).
+    ///
+    /// A spec with no capture, pipe or timeout runs on this thread ([`Solo`]):
+    /// no agent thread wakes between its exit and the next run's clone, to
+    /// share the CPU the child needs. Others run through the agent.
     pub fn run_once(&mut self, spec: &ProcSpec, name: &str) -> Result<ProcRes, BenchError> {
+        if Solo::supports(spec) {
+            let id = self.fresh_id();
+            if self.solo.is_none() {
+                self.solo = Some(Solo::new(self.base.clone()).map_err(BenchError::Agent)?);
+            }
+            let solo = self.solo.as_mut().expect("just made");
+            return Ok(solo.run(&id, spec));
+        }
         if self.agent.is_none() {
             // Dropped after a failed benchmark.
             self.agent_for(1).map_err(BenchError::Agent)?;
@@ -705,7 +725,6 @@ impl Runner {
             })?;
         }
         let jobs = plan.jobs.max(1);
-        self.agent_for(jobs).map_err(BenchError::Agent)?;
         let mut bench = Timed {
             t0: Instant::now(),
             t0_unix_ns: unix_ns(std::time::SystemTime::now()),
@@ -836,9 +855,14 @@ impl Runner {
         let around = order
             .iter()
             .any(|&i| commands[i].prepare.is_some() || commands[i].conclude.is_some());
-        if around {
-            // One at a time, with the helpers between.
-            for &i in order {
+        let solo = plan.jobs <= 1 && order.iter().all(|&i| Solo::supports(&commands[i].spec));
+        if around || solo {
+            // One at a time, with the helpers between; on this thread where
+            // the specs allow (`run_once`).
+            for (n, &i) in order.iter().enumerate() {
+                if n % RSS_RESET == 0 {
+                    reset_peak_rss();
+                }
                 let c = &commands[i];
                 self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
                 let res = self.run_once(&c.spec, &c.name)?;
@@ -851,7 +875,7 @@ impl Runner {
         // taken in the order they were queued.
         let jobs = plan.jobs.max(1);
         let window = (jobs * 4).max(64);
-        let handle = self.agent().handle();
+        let handle = self.agent_for(jobs).map_err(BenchError::Agent)?.handle();
         let mut starts = Vec::new();
         let mut waits = std::collections::VecDeque::new();
         let mut next = order.iter().copied().peekable();
@@ -917,6 +941,10 @@ impl Runner {
 
 /// How many queued runs' results are collected at once.
 const COLLECT: usize = 8;
+
+/// Runs one at a time between resets of this process's peak RSS (the floor
+/// of a run's max RSS: see `reset_peak_rss`), as a batch of queued runs has.
+const RSS_RESET: usize = 64;
 
 /// The timed runs so far.
 struct Timed {

@@ -29,6 +29,7 @@ mod outlimit;
 mod packer;
 mod proc;
 mod reactor;
+pub(crate) mod solo;
 mod spawner;
 pub mod status;
 mod types;

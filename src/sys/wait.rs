@@ -56,6 +56,13 @@ pub fn reap(pidfd: impl AsFd) -> Result<Reaped, Errno> {
     waitid_raw(pidfd, libc::WEXITED)
 }
 
+/// Waits until the process of `pidfd` has exited, and leaves it unreaped
+/// (`WNOWAIT`): a zombie, whose perf counters hold their final counts, for
+/// [`reap`] to collect.
+pub fn wait_exited(pidfd: impl AsFd) -> Result<(), Errno> {
+    waitid_raw(pidfd, libc::WEXITED | libc::WNOWAIT).map(drop)
+}
+
 fn waitid_raw(pidfd: impl AsFd, options: i32) -> Result<Reaped, Errno> {
     // SAFETY: an all-zero siginfo_t and rusage are valid out-parameter values.
     let mut info: libc::siginfo_t = unsafe { core::mem::zeroed() };

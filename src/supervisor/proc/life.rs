@@ -8,8 +8,8 @@ use super::store::{Capture, Store};
 use crate::metrics::procstat::{ProcStat, StatContext};
 use crate::result::Rusage;
 use crate::spec::ProcId;
-use crate::sys::spawn::ChildFailure;
-use rustix::fd::OwnedFd;
+use crate::sys::spawn::{ChildFailure, Spawned};
+use rustix::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -142,6 +142,52 @@ impl Proc {
         self.perf = prep.perf;
         self.start = SystemTime::now();
         self.start_mono = Instant::now();
+    }
+
+    /// Takes a child that was cloned: its perf counters (closed unread if it
+    /// failed before exec), its failure, pid and pidfd; it is now running.
+    /// Long-lived fds are moved to `floor` or above (see `sys::fd::move_high`).
+    /// Returns the pidfd, to wait on.
+    pub fn started(&mut self, mut child: Spawned, exe: &str, floor: RawFd) -> Rc<OwnedFd> {
+        if let Some(perf) = self.perf.as_mut() {
+            if child.failure.is_some() {
+                // Its counters close with `child.perf`, never read.
+                perf.never_ran("no counts: the child failed before exec");
+            } else {
+                let fds = std::mem::take(&mut child.perf)
+                    .into_iter()
+                    .map(|r| r.map(|fd| crate::sys::fd::move_high(fd, floor)));
+                perf.attach(fds.collect());
+            }
+        }
+        if let Some(f) = child.failure {
+            self.errors.push(super::failure_message(&f, exe));
+            self.failure = Some(f);
+        }
+        self.pid = Some(child.pid.as_raw_nonzero().get());
+        let pidfd = Rc::new(crate::sys::fd::move_high(child.pidfd, floor));
+        self.pidfd = Some(pidfd.clone());
+        self.life = Life::Running;
+        pidfd
+    }
+
+    /// Reaps the exited process through its pidfd (closed then: a thousand
+    /// finished results must not hold a thousand fds), with its rusage; a
+    /// failed `waitid` is said in its errors.
+    pub fn reap(&mut self) {
+        let reaped = match self.pidfd.take().map(|fd| crate::sys::wait::reap(&*fd)) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                self.errors.push(format!("waitid failed: {e}"));
+                None
+            }
+            None => None,
+        };
+        let (status, rusage) = reaped.map_or((-1, Default::default()), |r| (r.status, r.rusage));
+        self.life = Life::Done {
+            status,
+            rusage: Rusage::from_raw(&rusage),
+        };
     }
 
     pub fn is_running(&self) -> bool {

@@ -5,9 +5,8 @@
 use super::super::outlimit;
 use super::super::proc::{self, Life, PipeIn};
 use super::{Reactor, Tag};
-use crate::result::Rusage;
 use crate::ring::Cqe;
-use crate::sys::{pipe, wait};
+use crate::sys::pipe;
 use std::time::{Instant, SystemTime};
 
 impl Reactor {
@@ -173,19 +172,7 @@ impl Reactor {
         let Some(p) = self.table.get_mut(serial) else {
             return;
         };
-        // Reaped, the pidfd has nothing more to say: close it (a thousand
-        // finished results must not hold a thousand fds).
-        let reaped = match p.pidfd.take().map(|fd| wait::reap(&*fd)) {
-            Some(Ok(r)) => Some(r),
-            Some(Err(e)) => {
-                p.errors.push(format!("waitid failed: {e}"));
-                None
-            }
-            None => None,
-        };
-        let (status, rusage) = reaped.map_or((-1, Default::default()), |r| (r.status, r.rusage));
-        let rusage = Rusage::from_raw(&rusage);
-        p.life = Life::Done { status, rusage };
+        p.reap();
         if let Some(key) = p.timeout.as_mut().and_then(|t| t.timer.take()) {
             self.ring.cancel(key);
         }

@@ -308,27 +308,8 @@ impl Reactor {
             return;
         };
         match result {
-            Ok(mut child) => {
-                if let Some(perf) = proc.perf.as_mut() {
-                    if child.failure.is_some() {
-                        // Its counters close with `child.perf`, never read.
-                        perf.never_ran("no counts: the child failed before exec");
-                    } else {
-                        // Long-lived fds live above the floor, as the pidfd below.
-                        let fds = std::mem::take(&mut child.perf)
-                            .into_iter()
-                            .map(|r| r.map(|fd| crate::sys::fd::move_high(fd, self.fd_floor)));
-                        perf.attach(fds.collect());
-                    }
-                }
-                if let Some(f) = child.failure {
-                    proc.errors.push(proc::failure_message(&f, exe));
-                    proc.failure = Some(f);
-                }
-                proc.pid = Some(child.pid.as_raw_nonzero().get());
-                let pidfd = Rc::new(crate::sys::fd::move_high(child.pidfd, self.fd_floor));
-                proc.pidfd = Some(pidfd.clone());
-                proc.life = Life::Running;
+            Ok(child) => {
+                let pidfd = proc.started(child, exe, self.fd_floor);
                 let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });
                 tracing::debug!(serial, id = %proc.id, pid = ?proc.pid, key, "spawned");
                 if let Some(t) = proc.timeout.as_mut() {

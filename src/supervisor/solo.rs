@@ -1,0 +1,320 @@
+//! [`Solo`]: one process at a time, spawned and waited for on the calling
+//! thread, with the agent's plan, spawn and result.
+//!
+//! `chaperone bench` runs its sequential runs here. Between one run's exit
+//! and the next clone no other thread is woken and nothing is kept of the
+//! process but its result, so the runner's own work stays off the CPU its
+//! child needs. What needs the reactor (captures, pipes between processes,
+//! timeouts) is refused by [`Solo::supports`] and goes to an agent.
+
+use super::Config;
+use super::opener;
+use super::proc::{self, EnvCache, Life, NullFds, PlanContext, Proc, RequestPipes};
+use crate::metrics::procstat::StatContext;
+use crate::result::ProcRes;
+use crate::spec::{FdSpec, ProcSpec};
+use crate::sys::spawn::{ChildStack, spawn};
+use crate::sys::wait;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+/// Runs processes one at a time on the calling thread.
+pub(crate) struct Solo {
+    config: Config,
+    /// The environment and working directory children start from, read once
+    /// (as the agent reads its own).
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    null_fds: NullFds,
+    env_cache: EnvCache,
+    stack: ChildStack,
+    /// The last run's perf counters, closed once the next child is on its way.
+    closing: Vec<rustix::fd::OwnedFd>,
+    /// For `/proc` reads of the zombie (`Config::read_proc_at_exit`).
+    stat_ctx: Option<StatContext>,
+    stat_buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Solo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Solo").finish_non_exhaustive()
+    }
+}
+
+impl Solo {
+    /// A runner with the plan settings of `config` (its threads, ring and
+    /// sampling settings do not apply).
+    pub fn new(config: Config) -> std::io::Result<Solo> {
+        Ok(Solo {
+            config,
+            env: std::env::vars_os().collect(),
+            cwd: std::env::current_dir().ok(),
+            null_fds: NullFds::default(),
+            env_cache: EnvCache::default(),
+            stack: ChildStack::new().map_err(std::io::Error::from)?,
+            closing: Vec::new(),
+            stat_ctx: StatContext::from_system().ok(),
+            stat_buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Whether `spec` can run here: its fds are inherited, closed, `/dev/null`,
+    /// files or duplicates (no capture, no pipe to another process), and it has
+    /// no timeout.
+    pub fn supports(spec: &ProcSpec) -> bool {
+        spec.timeout.is_none()
+            && spec.fds.iter().all(|(_, fs)| {
+                matches!(
+                    fs,
+                    FdSpec::Inherit
+                        | FdSpec::Close
+                        | FdSpec::Null { .. }
+                        | FdSpec::File { .. }
+                        | FdSpec::Dup { .. }
+                )
+            })
+    }
+
+    /// Runs `spec` (which [`Solo::supports`]) as process `id` to its end:
+    /// plan, spawn, a blocking wait on its pidfd, its perf counters read from
+    /// the zombie, the reap. Its result is the agent's, from the same code.
+    pub fn run(&mut self, id: &str, spec: &ProcSpec) -> ProcRes {
+        debug_assert!(Solo::supports(spec));
+        let ctx = PlanContext {
+            env: &self.env,
+            tmpdir: &self.config.tmpdir,
+            pipe_size: self.config.pipe_size,
+            head: self.config.capture_head,
+            tail: self.config.capture_tail,
+            // One process at a time: no other's fds to keep the low ones free
+            // for, so none is moved.
+            fd_floor: 0,
+            pdeath_sig: self.config.pdeath_sig,
+            cwd: self.cwd.as_deref(),
+            perf: self.config.perf,
+            restrict_exe: self.config.restrict_exe.as_deref(),
+            report_env: self.config.report_env,
+            null: &self.null_fds,
+        };
+        // On this thread: a FIFO's open waits here, as a shell's would.
+        let opened = proc::opens_for(id, spec, &ctx)
+            .into_iter()
+            .map(opener::open)
+            .collect();
+        let mut pipes = RequestPipes::new();
+        let mut prep = proc::prepare(id, spec, &ctx, &mut pipes, &mut self.env_cache, opened);
+        let plan = prep.plan.take();
+        let exe = std::mem::take(&mut prep.exe);
+        let started_with = std::mem::take(&mut prep.started_with);
+        let mut p = Proc::queued(id.to_string(), 0);
+        p.request = None;
+        p.launched(prep, started_with);
+        match plan.map(|plan| spawn(plan, &mut self.stack)) {
+            Some(Ok(child)) => {
+                let pidfd = p.started(child, &exe, 0);
+                // Closing a counter tears it down (some µs each): done while
+                // this child runs rather than between its exit and the next clone.
+                drop(std::mem::take(&mut self.closing));
+                if let Err(e) = wait::wait_exited(&*pidfd) {
+                    p.errors.push(format!("waitid failed: {e}"));
+                }
+                p.exited_at = Some((SystemTime::now(), Instant::now()));
+                // As the agent does at an exit: the zombie's `/proc` files.
+                if self.config.read_proc_at_exit {
+                    if let (Some(pid), Some(ctx)) = (p.pid, self.stat_ctx.as_ref()) {
+                        p.proc_stat = proc::read_stat(pid, ctx, &mut self.stat_buf);
+                    }
+                    p.read_io(&mut self.stat_buf);
+                }
+                if let Some(perf) = p.perf.as_mut() {
+                    self.closing = perf.finish();
+                }
+                drop(pidfd);
+                p.reap();
+            }
+            Some(Err(e)) => {
+                p.errors
+                    .push(format!("spawn failed: {}", std::io::Error::from(e)));
+                p.life = Life::NotStarted;
+            }
+            None => p.life = Life::NotStarted,
+        }
+        p.settle_quietly();
+        let snap = p.snapshot(None);
+        // Gone first, so the result takes the perf counts without a copy.
+        drop(p);
+        snap.into_res()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::spec::{Input, Specs};
+    use crate::{Agent, Config};
+    use serde_json::{Value, json};
+
+    fn spec(v: Value) -> ProcSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The result of `s` run by an agent.
+    fn by_agent(s: &ProcSpec) -> ProcRes {
+        let agent = Agent::new(Config::default()).unwrap();
+        let handle = agent.handle();
+        let mut specs = Specs::new();
+        specs.try_insert("p".into(), s.clone()).unwrap();
+        let start = handle.start(Input { specs });
+        let waited = handle.wait("p");
+        start.wait().unwrap();
+        waited.wait().unwrap()
+    }
+
+    /// Every key path of a JSON value, arrays' items by their keys.
+    fn keys(v: &Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let path = format!("{at}.{k}");
+                    out.push(path.clone());
+                    keys(x, &path, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|x| keys(x, &format!("{at}[]"), out)),
+            _ => {}
+        }
+    }
+
+    fn shape(res: &ProcRes) -> Vec<String> {
+        let mut out = Vec::new();
+        keys(&serde_json::to_value(res).unwrap(), "", &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn bench_like(argv: Value) -> ProcSpec {
+        let mut s = spec(json!({
+            "argv": argv,
+            "fds": [["stdin", {"null": {"flags": "Read"}}],
+                    ["stdout", {"null": {"flags": "Write"}}],
+                    ["stderr", {"dup": {"fd": 1}}]],
+            "setsid": false,
+        }));
+        s.perf = Some(crate::bench::Metric::perf_spec());
+        s
+    }
+
+    #[test]
+    fn a_run_gives_the_agents_result() {
+        let s = bench_like(json!(["/bin/sh", "-c", "exit 3"]));
+        let mut solo = Solo::new(Config::default()).unwrap();
+        let mine = solo.run("p", &s);
+        let theirs = by_agent(&s);
+        assert_eq!(shape(&mine), shape(&theirs));
+        assert_eq!(mine.status, theirs.status);
+        assert_eq!(mine.state, theirs.state);
+        assert_eq!(mine.errors, theirs.errors);
+        assert!(mine.pid.is_some());
+        let times = &mine.times;
+        assert!(times.stop.is_some() && times.elapsed > 0.0);
+        assert!(crate::metrics::parse_rfc3339(&times.start).is_some());
+        let perf = mine.perf.as_ref().unwrap();
+        let task_clock = perf.counts["task_clock"];
+        // Counted in the exec'd program (a PMU-less machine still has it).
+        assert!(task_clock.is_some_and(|ns| ns > 0), "{perf:?}");
+        assert_eq!(
+            perf.counts.keys().collect::<Vec<_>>(),
+            theirs
+                .perf
+                .as_ref()
+                .unwrap()
+                .counts
+                .keys()
+                .collect::<Vec<_>>()
+        );
+        let r = mine.rusage.unwrap();
+        assert!(r.utime + r.stime > 0.0 || r.minflt > 0);
+    }
+
+    #[test]
+    fn a_failed_exec_is_reported_as_the_agent_reports_it() {
+        let s = bench_like(json!(["/nonexistent/solo-test"]));
+        let mut solo = Solo::new(Config::default()).unwrap();
+        let mine = solo.run("p", &s);
+        let theirs = by_agent(&s);
+        assert_eq!(mine.errors, theirs.errors);
+        assert!(!mine.errors.is_empty());
+        assert_eq!(mine.state, theirs.state);
+        assert_eq!(
+            mine.failure.as_ref().map(|f| (&f.stage, f.errno)),
+            theirs.failure.as_ref().map(|f| (&f.stage, f.errno))
+        );
+        let perf = mine.perf.as_ref().unwrap();
+        assert_eq!(perf.counts["task_clock"], None, "never ran: null, not zero");
+        // A plan that fails in the parent: nothing spawned, said the same way.
+        let bad = spec(
+            json!({"argv": ["/bin/true"], "fds": [["stdout", {"file": {"path": "/nonexistent/dir/f"}}]]}),
+        );
+        let mine = solo.run("q", &bad);
+        let theirs = by_agent(&bad);
+        assert_eq!(mine.errors.len(), 1, "{:?}", mine.errors);
+        assert_eq!(mine.state, theirs.state);
+        assert_eq!(mine.pid, None);
+        assert_eq!(
+            mine.errors[0].replace("proc q", "proc p"),
+            theirs.errors[0],
+            "the same message"
+        );
+    }
+
+    #[test]
+    fn runs_one_after_another_each_with_its_own_file_and_counts() {
+        let dir = std::env::temp_dir().join(format!("chaperone-solo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        let mut solo = Solo::new(Config::default()).unwrap();
+        for i in 0..50 {
+            let mut s = spec(json!({
+                "argv": ["/bin/sh", "-c", format!("echo run {i}; echo err >&2")],
+                "fds": [["stdout", {"file": {"path": out, "flags": "Write"}}],
+                        ["stderr", {"dup": {"fd": 1}}]],
+            }));
+            s.perf = Some(crate::bench::Metric::perf_spec());
+            let res = solo.run(&format!("r{i}"), &s);
+            assert_eq!(res.errors, Vec::<String>::new());
+            assert_eq!(res.status.as_ref().and_then(|s| s.exit_code), Some(0));
+            assert_eq!(
+                std::fs::read_to_string(&out).unwrap(),
+                format!("run {i}\nerr\n")
+            );
+            let perf = res.perf.unwrap();
+            assert!(perf.counts["task_clock"].is_some_and(|ns| ns > 0));
+        }
+        // Nothing of the runs is left open: the counters of the last one
+        // close with the next run or with the runner.
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let before = fds();
+        drop(solo);
+        assert!(
+            fds() < before,
+            "the last run's counters close with the runner"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn supports_only_what_needs_no_reactor() {
+        assert!(Solo::supports(&bench_like(json!(["/bin/true"]))));
+        let capture = spec(
+            json!({"argv": ["/bin/true"], "fds": [["stdout", {"capture": {"mode": "memory"}}]]}),
+        );
+        assert!(!Solo::supports(&capture));
+        let timeout = spec(json!({"argv": ["/bin/true"], "timeout": {"after": 1}}));
+        assert!(!Solo::supports(&timeout));
+        let pipe = spec(json!({"argv": ["/bin/true"], "fds": [["stdout", "pipe-write"]]}));
+        assert!(!Solo::supports(&pipe));
+    }
+}
