@@ -1081,6 +1081,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sequential_runs_start_no_agent_and_what_needs_one_gets_one() {
+        let plan = Plan {
+            runs: Some(3),
+            ..Plan::default()
+        };
+        let mut runner = Runner::new().unwrap();
+        let commands = [Command::argv("true", &["/bin/true"])];
+        let out = runner.bench(&commands, &plan, &mut |_| {}).unwrap();
+        assert_eq!(out.commands[0].runs.len(), 3, "the sizing run among them");
+        assert!(runner.agent.is_none(), "one at a time on this thread");
+        assert!(runner.solo.is_some());
+        // A capture needs the reactor.
+        let piped = [Command::new(
+            "piped".into(),
+            bench_spec(vec!["/bin/echo".into(), "x".into()], Output::Pipe),
+        )];
+        let out = runner.bench(&piped, &plan, &mut |_| {}).unwrap();
+        assert_eq!(out.commands[0].runs.len(), 3);
+        assert!(runner.agent.is_some(), "a capture goes through the agent");
+        // So do runs in parallel.
+        let mut runner = Runner::new().unwrap();
+        let jobs = Plan { jobs: 2, ..plan };
+        let out = runner.bench(&commands, &jobs, &mut |_| {}).unwrap();
+        assert_eq!(out.commands[0].runs.len(), 3);
+        assert!(runner.agent.is_some());
+    }
+
+    #[test]
     fn interleaved_goes_round_robin_and_spreads_unequal_counts() {
         assert_eq!(schedule(&[2, 2, 2], Order::Interleaved), [0, 1, 2, 0, 1, 2]);
         // Slots: 0 at 1/6, 3/6, 5/6; 1 at 1/2; 2 at 1/4, 3/4.

@@ -293,14 +293,21 @@ mod tests {
             let perf = res.perf.unwrap();
             assert!(perf.counts["task_clock"].is_some_and(|ns| ns > 0));
         }
-        // Nothing of the runs is left open: the counters of the last one
-        // close with the next run or with the runner.
-        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-        let before = fds();
-        drop(solo);
-        assert!(
-            fds() < before,
-            "the last run's counters close with the runner"
+        // What stays open between runs is the last run's counters, held to
+        // be closed while the next child runs (or with the runner).
+        use rustix::fd::AsRawFd;
+        assert!(!solo.closing.is_empty());
+        for fd in &solo.closing {
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            assert!(link.to_string_lossy().contains("perf_event"), "{link:?}");
+        }
+        let held = solo.closing.len();
+        let s = bench_like(json!(["/bin/true"]));
+        solo.run("again", &s);
+        assert_eq!(
+            solo.closing.len(),
+            held,
+            "replaced by this run's: the previous ones dropped, so closed"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -421,20 +421,26 @@ fn bad_command_lines_exit_2_naming_the_problem() {
 
 #[test]
 fn a_failure_midway_stops_the_runs_already_queued() {
-    let dir = tempfile::tempdir().unwrap();
-    let count = dir.path().join("count");
-    let c = count.to_str().unwrap();
-    // Fails on its 5th run; each run counts itself first.
-    let script = format!("n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ $n -lt 4 ]");
-    let out = bench(&["-r", "200", "--shell", "sh", &script]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("non-zero exit code 1"));
-    let n: u32 = std::fs::read_to_string(&count)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // Up to 64 runs are queued at a time; those after the failure are killed
-    // or never start, beyond the few already under way when it was seen.
-    assert!((5..=24).contains(&n), "{n} runs happened");
+    // One at a time on the runner's thread (output to /dev/null), then through
+    // the agent, which queues runs (output piped to it).
+    for (output, most) in [("null", 5), ("pipe", 24)] {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let c = count.to_str().unwrap();
+        // Fails on its 5th run; each run counts itself first.
+        let script =
+            format!("n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ $n -lt 4 ]");
+        let out = bench(&["-r", "200", "--output", output, "--shell", "sh", &script]);
+        assert_eq!(out.status.code(), Some(1), "{output}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("non-zero exit code 1"));
+        let n: u32 = std::fs::read_to_string(&count)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Through the agent up to 64 runs are queued at a time; those after
+        // the failure are killed or never start, beyond the few already under
+        // way when it was seen. One at a time, none runs after it.
+        assert!((5..=most).contains(&n), "{output}: {n} runs happened");
+    }
 }
