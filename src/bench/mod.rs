@@ -571,14 +571,20 @@ pub enum BenchError {
     Agent(std::io::Error),
 }
 
-/// Runs benchmarks on its own agent.
+/// Runs benchmarks, one run at a time on the caller's thread or through an
+/// agent of its own.
 ///
-/// Runs without `prepare` or `conclude` are handed to the agent in batches,
-/// with `max_running` set to the plan's `jobs`: the agent starts the next one
-/// as soon as the last one's exit is seen, with no trip through the caller's
-/// thread in between, and the caller collects results while the next child
-/// runs. With one job the children are spawned on the reactor itself
-/// ([`Config::spawn_threads`] 0), which saves two thread hand-offs per run.
+/// With one job, and commands that need nothing of an agent's reactor (no
+/// capture, no pipe between processes, no timeout), every run of a benchmark
+/// is spawned and waited for on the caller's thread, with the agent's own
+/// plan, spawn and result code: no other thread wakes between one run's exit
+/// and the next clone. Otherwise runs go through the agent: runs without
+/// `prepare` or `conclude` are handed to it in batches, with `max_running`
+/// set to the plan's `jobs`, so that it starts the next one as soon as the
+/// last one's exit is seen, and the caller collects results while the next
+/// child runs. With one job the children are then spawned on the reactor
+/// itself ([`Config::spawn_threads`] 0), which saves two thread hand-offs per
+/// run.
 #[derive(Debug)]
 pub struct Runner {
     base: Config,
@@ -586,6 +592,8 @@ pub struct Runner {
     agent: Option<(Agent, usize)>,
     /// Where runs one at a time go, when their spec allows (made on first use).
     solo: Option<Solo>,
+    /// Whether this benchmark's runs go one at a time on this thread.
+    one_by_one: bool,
     next: u64,
 }
 
@@ -609,6 +617,7 @@ impl Runner {
             base: config,
             agent: None,
             solo: None,
+            one_by_one: false,
             next: 0,
         })
     }
@@ -647,11 +656,29 @@ impl Runner {
 
     /// Runs `spec` once and returns its result (the process is deleted).
     ///
-    /// A spec with no capture, pipe or timeout runs on this thread ([`Solo`]):
-    /// no agent thread wakes between its exit and the next run's clone, to
-    /// share the CPU the child needs. Others run through the agent.
+    /// A spec with no capture, pipe or timeout runs on this thread: no agent
+    /// thread wakes between its exit and the next run's clone, to share the
+    /// CPU the child needs. Others run through the agent.
     pub fn run_once(&mut self, spec: &ProcSpec, name: &str) -> Result<ProcRes, BenchError> {
-        if Solo::supports(spec) {
+        let here = Solo::supports(spec);
+        if here {
+            // As the agent checks what it is asked to start.
+            let mut specs = Specs::new();
+            specs
+                .try_insert("run".into(), spec.clone())
+                .expect("one id");
+            spec::validate(&Input { specs }).map_err(|e| BenchError::Start {
+                command: name.to_owned(),
+                source: e.into(),
+            })?;
+        }
+        self.run_via(spec, name, here)
+    }
+
+    /// Runs `spec` (validated) once, on this thread when `here` (which its
+    /// spec must allow), else through the agent.
+    fn run_via(&mut self, spec: &ProcSpec, name: &str, here: bool) -> Result<ProcRes, BenchError> {
+        if here {
             let id = self.fresh_id();
             if self.solo.is_none() {
                 self.solo = Some(Solo::new(self.base.clone()).map_err(BenchError::Agent)?);
@@ -725,6 +752,12 @@ impl Runner {
             })?;
         }
         let jobs = plan.jobs.max(1);
+        // Every run of the benchmark (warmups and sizing runs too) goes the
+        // same way: on this thread when all of its commands allow it.
+        self.one_by_one = jobs == 1 && commands.iter().all(|c| Solo::supports(&c.spec));
+        if !self.one_by_one {
+            self.agent_for(jobs).map_err(BenchError::Agent)?;
+        }
         let mut bench = Timed {
             t0: Instant::now(),
             t0_unix_ns: unix_ns(std::time::SystemTime::now()),
@@ -802,7 +835,7 @@ impl Runner {
             let c = &commands[i];
             for done in 1..=plan.warmup {
                 self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-                let res = self.run_once(&c.spec, &c.name)?;
+                let res = self.run_via(&c.spec, &c.name, self.one_by_one)?;
                 if !plan.ignore_failure {
                     check(&res, &c.name)?;
                 }
@@ -820,7 +853,7 @@ impl Runner {
         for &i in group {
             let c = &commands[i];
             self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-            let res = self.run_once(&c.spec, &c.name)?;
+            let res = self.run_via(&c.spec, &c.name, self.one_by_one)?;
             self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
             let total = {
                 let run = bench.record(i, &res, &c.name, plan, progress)?;
@@ -855,17 +888,16 @@ impl Runner {
         let around = order
             .iter()
             .any(|&i| commands[i].prepare.is_some() || commands[i].conclude.is_some());
-        let solo = plan.jobs <= 1 && order.iter().all(|&i| Solo::supports(&commands[i].spec));
-        if around || solo {
-            // One at a time, with the helpers between; on this thread where
-            // the specs allow (`run_once`).
+        if around || self.one_by_one {
+            // One at a time, with the helpers between; on this thread when
+            // the benchmark's commands allow (`Runner::bench`).
             for (n, &i) in order.iter().enumerate() {
                 if n % RSS_RESET == 0 {
                     reset_peak_rss();
                 }
                 let c = &commands[i];
                 self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-                let res = self.run_once(&c.spec, &c.name)?;
+                let res = self.run_via(&c.spec, &c.name, self.one_by_one)?;
                 bench.record(i, &res, &c.name, plan, progress)?;
                 self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
             }
@@ -990,7 +1022,7 @@ impl Timed {
         runs.push(Run {
             command,
             index: runs.len(),
-            // When it exited, from the agent's own stamp (results may be
+            // When it exited, from the result's own stop time (results may be
             // collected a few at a time, later).
             at: res
                 .times

@@ -13,6 +13,41 @@ fn above_fd_limit(fd: i32) -> bool {
     fd_limit().is_some_and(|l| u64::try_from(fd).is_ok_and(|fd| fd >= l))
 }
 
+/// The error of a process that could not be cloned (EAGAIN) with no other
+/// process whose end might free a task.
+pub(crate) fn out_of_tasks_message() -> String {
+    let nproc = rustix::process::getrlimit(rustix::process::Resource::Nproc).current;
+    let limit = nproc.map_or("unlimited".to_string(), |n| n.to_string());
+    format!(
+        "out of processes: the agent's user is at its RLIMIT_NPROC ({limit}), or the system at kernel.pid_max or kernel.threads-max; lower --max-running or raise the limit"
+    )
+}
+
+/// The error of a process that could not get its fds with no other process
+/// holding any that might be freed.
+pub(crate) fn out_of_fds_message() -> String {
+    match crate::sys::fd::fd_limit() {
+        Some(n) => format!(
+            "out of file descriptors: the agent's RLIMIT_NOFILE is {n}; raise it (ulimit -n) or lower --max-running"
+        ),
+        None => "out of file descriptors (system-wide limit, fs.file-max)".to_string(),
+    }
+}
+
+/// The errors of a process whose clone failed with `e`: the failure, and
+/// for running out of fds (`EMFILE`, `ENFILE`) or of processes (`EAGAIN`)
+/// which limit to raise.
+pub(crate) fn spawn_failed(e: Errno) -> Vec<String> {
+    let mut errors = vec![format!("spawn failed: {}", std::io::Error::from(e))];
+    if e == Errno::MFILE || e == Errno::NFILE {
+        errors.push(out_of_fds_message());
+    }
+    if e == Errno::AGAIN {
+        errors.push(out_of_tasks_message());
+    }
+    errors
+}
+
 /// Error text for a child setup failure, in Procstar's wording.
 pub(crate) fn failure_message(f: &ChildFailure, exe: &str) -> String {
     let err = std::io::Error::from_raw_os_error(f.errno.raw_os_error());

@@ -171,6 +171,22 @@ impl Proc {
         pidfd
     }
 
+    /// The process has exited (not yet reaped): stamps the time, reads the
+    /// zombie's `/proc` `stat` and `io` when `read_proc` gives the context and
+    /// a buffer, and reads its final perf counts (its exited children's
+    /// folded in), handing back the counters' fds for the caller to close.
+    pub fn exited(&mut self, read_proc: Option<(&StatContext, &mut Vec<u8>)>) -> Vec<OwnedFd> {
+        self.exited_at = Some((SystemTime::now(), Instant::now()));
+        if let Some((ctx, buf)) = read_proc {
+            if let Some(pid) = self.pid {
+                self.proc_stat = super::read_stat(pid, ctx, buf).or(self.proc_stat.take());
+            }
+            // Still readable for the zombie: its final I/O counts.
+            self.read_io(buf);
+        }
+        self.perf.as_mut().map(|p| p.finish()).unwrap_or_default()
+    }
+
     /// Reaps the exited process through its pidfd (closed then: a thousand
     /// finished results must not hold a thousand fds), with its rusage; a
     /// failed `waitid` is said in its errors.

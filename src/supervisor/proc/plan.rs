@@ -46,6 +46,34 @@ pub(crate) struct PlanContext<'a> {
     pub null: &'a NullFds,
 }
 
+impl<'a> PlanContext<'a> {
+    /// The context of `config`'s plans, for children that start from `env`
+    /// and `cwd`, with `/dev/null` from `null` and long-lived fds moved to
+    /// `fd_floor` or above.
+    pub fn new(
+        config: &'a super::super::Config,
+        env: &'a [(std::ffi::OsString, std::ffi::OsString)],
+        cwd: Option<&'a Path>,
+        null: &'a NullFds,
+        fd_floor: RawFd,
+    ) -> PlanContext<'a> {
+        PlanContext {
+            env,
+            tmpdir: &config.tmpdir,
+            pipe_size: config.pipe_size,
+            head: config.capture_head,
+            tail: config.capture_tail,
+            fd_floor,
+            pdeath_sig: config.pdeath_sig,
+            cwd,
+            perf: config.perf,
+            restrict_exe: config.restrict_exe.as_deref(),
+            report_env: config.report_env,
+            null,
+        }
+    }
+}
+
 /// A plan ready to spawn, with the captures it sets up.
 pub(crate) struct Prepared {
     pub plan: Option<ChildPlan>,

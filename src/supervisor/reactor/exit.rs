@@ -3,11 +3,10 @@
 //! with rusage, and settling it (also one that never started).
 
 use super::super::outlimit;
-use super::super::proc::{self, Life, PipeIn};
+use super::super::proc::{Life, PipeIn};
 use super::{Reactor, Tag};
 use crate::ring::Cqe;
 use crate::sys::pipe;
-use std::time::{Instant, SystemTime};
 
 impl Reactor {
     /// A pipe read op ended: at EOF the pipe is closed; otherwise (ENOBUFS, a
@@ -89,19 +88,12 @@ impl Reactor {
             Life::Exiting if !p.reading() => return self.complete_exit(serial),
             _ => return,
         }
-        p.exited_at = Some((SystemTime::now(), Instant::now()));
-        if self.config.read_proc_at_exit {
-            if let (Some(pid), Some(ctx)) = (p.pid, self.stat_ctx.as_ref()) {
-                p.proc_stat = proc::read_stat(pid, ctx, &mut self.stat_buf).or(p.proc_stat.take());
-            }
-            // Still readable for the zombie: its final I/O counts.
-            p.read_io(&mut self.stat_buf);
-        }
-        // The zombie's counters are final (its exited children's counts folded in):
-        // read them before the reap, and close them.
-        if let Some(perf) = p.perf.as_mut() {
-            self.closer.close(perf.finish());
-        }
+        let read_proc = if self.config.read_proc_at_exit {
+            self.stat_ctx.as_ref().map(|ctx| (ctx, &mut self.stat_buf))
+        } else {
+            None
+        };
+        self.closer.close(p.exited(read_proc));
         p.life = Life::Exiting;
         // A read's bytes may reach us after the exit's completion: a multishot
         // read that overflowed the completion queue ends with a completion that

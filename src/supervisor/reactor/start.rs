@@ -137,20 +137,13 @@ impl Reactor {
         let Some(id) = self.table.get(serial).map(|p| p.id.clone()) else {
             return;
         };
-        let ctx = PlanContext {
-            env: &self.env,
-            tmpdir: &self.config.tmpdir,
-            pipe_size: self.config.pipe_size,
-            head: self.config.capture_head,
-            tail: self.config.capture_tail,
-            fd_floor: self.fd_floor,
-            pdeath_sig: self.config.pdeath_sig,
-            cwd: self.cwd.as_deref(),
-            perf: self.config.perf,
-            restrict_exe: self.config.restrict_exe.as_deref(),
-            report_env: self.config.report_env,
-            null: &self.null_fds,
-        };
+        let ctx = PlanContext::new(
+            &self.config,
+            &self.env,
+            self.cwd.as_deref(),
+            &self.null_fds,
+            self.fd_floor,
+        );
         // Files are opened off this thread first (a FIFO's open may never end).
         if q.opened.is_none() {
             let opens = proc::opens_for(&id, &q.spec, &ctx);
@@ -198,7 +191,7 @@ impl Reactor {
             return;
         }
         if prep.out_of_fds {
-            prep.errors.push(out_of_fds_message());
+            prep.errors.push(proc::out_of_fds_message());
         }
         let plan = prep.plan.take();
         let exe = std::mem::take(&mut prep.exe);
@@ -334,14 +327,7 @@ impl Reactor {
                 }
             }
             Err(e) => {
-                proc.errors
-                    .push(format!("spawn failed: {}", std::io::Error::from(e)));
-                if out_of_fds {
-                    proc.errors.push(out_of_fds_message());
-                }
-                if out_of_tasks {
-                    proc.errors.push(out_of_tasks_message());
-                }
+                proc.errors.extend(proc::spawn_failed(e));
                 proc.life = Life::NotStarted;
                 self.settle_unstarted(serial);
             }
@@ -376,25 +362,4 @@ fn has_request_pipes(ps: &spec::ProcSpec) -> bool {
     ps.fds
         .iter()
         .any(|(_, fs)| matches!(fs, spec::FdSpec::PipeWrite | spec::FdSpec::PipeRead { .. }))
-}
-
-/// The error of a process that could not be cloned (EAGAIN) with no other
-/// process whose end might free a task.
-fn out_of_tasks_message() -> String {
-    let nproc = rustix::process::getrlimit(rustix::process::Resource::Nproc).current;
-    let limit = nproc.map_or("unlimited".to_string(), |n| n.to_string());
-    format!(
-        "out of processes: the agent's user is at its RLIMIT_NPROC ({limit}), or the system at kernel.pid_max or kernel.threads-max; lower --max-running or raise the limit"
-    )
-}
-
-/// The error of a process that could not get its fds with no other process
-/// holding any that might be freed.
-fn out_of_fds_message() -> String {
-    match crate::sys::fd::fd_limit() {
-        Some(n) => format!(
-            "out of file descriptors: the agent's RLIMIT_NOFILE is {n}; raise it (ulimit -n) or lower --max-running"
-        ),
-        None => "out of file descriptors (system-wide limit, fs.file-max)".to_string(),
-    }
 }
