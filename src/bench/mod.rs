@@ -592,8 +592,6 @@ pub struct Runner {
     agent: Option<(Agent, usize)>,
     /// Where runs one at a time go, when their spec allows (made on first use).
     solo: Option<Solo>,
-    /// Whether this benchmark's runs go one at a time on this thread.
-    one_by_one: bool,
     next: u64,
 }
 
@@ -617,7 +615,6 @@ impl Runner {
             base: config,
             agent: None,
             solo: None,
-            one_by_one: false,
             next: 0,
         })
     }
@@ -663,14 +660,7 @@ impl Runner {
         let here = Solo::supports(spec);
         if here {
             // As the agent checks what it is asked to start.
-            let mut specs = Specs::new();
-            specs
-                .try_insert("run".into(), spec.clone())
-                .expect("one id");
-            spec::validate(&Input { specs }).map_err(|e| BenchError::Start {
-                command: name.to_owned(),
-                source: e.into(),
-            })?;
+            validate(spec, name)?;
         }
         self.run_via(spec, name, here)
     }
@@ -742,20 +732,10 @@ impl Runner {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Outcome, BenchError> {
         for c in commands {
-            let mut specs = Specs::new();
-            specs
-                .try_insert("check".into(), c.spec.clone())
-                .expect("one id");
-            spec::validate(&Input { specs }).map_err(|e| BenchError::Start {
-                command: c.name.clone(),
-                source: e.into(),
-            })?;
+            validate(&c.spec, &c.name)?;
         }
         let jobs = plan.jobs.max(1);
-        // Every run of the benchmark (warmups and sizing runs too) goes the
-        // same way: on this thread when all of its commands allow it.
-        self.one_by_one = jobs == 1 && commands.iter().all(|c| Solo::supports(&c.spec));
-        if !self.one_by_one {
+        if !runs_here(commands, plan) {
             self.agent_for(jobs).map_err(BenchError::Agent)?;
         }
         let mut bench = Timed {
@@ -831,11 +811,12 @@ impl Runner {
             self.helper(c.setup.as_ref(), "Setup command", &c.name)?;
         }
         reset_peak_rss();
+        let here = runs_here(commands, plan);
         for &i in group {
             let c = &commands[i];
             for done in 1..=plan.warmup {
                 self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-                let res = self.run_via(&c.spec, &c.name, self.one_by_one)?;
+                let res = self.run_via(&c.spec, &c.name, here)?;
                 if !plan.ignore_failure {
                     check(&res, &c.name)?;
                 }
@@ -853,7 +834,7 @@ impl Runner {
         for &i in group {
             let c = &commands[i];
             self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-            let res = self.run_via(&c.spec, &c.name, self.one_by_one)?;
+            let res = self.run_via(&c.spec, &c.name, here)?;
             self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
             let total = {
                 let run = bench.record(i, &res, &c.name, plan, progress)?;
@@ -888,7 +869,8 @@ impl Runner {
         let around = order
             .iter()
             .any(|&i| commands[i].prepare.is_some() || commands[i].conclude.is_some());
-        if around || self.one_by_one {
+        let here = runs_here(commands, plan);
+        if around || here {
             // One at a time, with the helpers between; on this thread when
             // the benchmark's commands allow (`Runner::bench`).
             for (n, &i) in order.iter().enumerate() {
@@ -897,7 +879,7 @@ impl Runner {
                 }
                 let c = &commands[i];
                 self.helper(c.prepare.as_ref(), "Prepare command", &c.name)?;
-                let res = self.run_via(&c.spec, &c.name, self.one_by_one)?;
+                let res = self.run_via(&c.spec, &c.name, here)?;
                 bench.record(i, &res, &c.name, plan, progress)?;
                 self.helper(c.conclude.as_ref(), "Conclude command", &c.name)?;
             }
@@ -969,6 +951,25 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Whether every run of a benchmark of `commands` (warmups and sizing runs
+/// too) goes one at a time on the runner's thread: with one job, when none of
+/// them needs an agent's reactor. Otherwise all go through the agent.
+fn runs_here(commands: &[Command], plan: &Plan) -> bool {
+    plan.jobs <= 1 && commands.iter().all(|c| Solo::supports(&c.spec))
+}
+
+/// Checks `spec` as an agent checks what it is asked to start.
+fn validate(spec: &ProcSpec, name: &str) -> Result<(), BenchError> {
+    let mut specs = Specs::new();
+    specs
+        .try_insert("check".into(), spec.clone())
+        .expect("one id");
+    spec::validate(&Input { specs }).map_err(|e| BenchError::Start {
+        command: name.to_owned(),
+        source: e.into(),
+    })
 }
 
 /// How many queued runs' results are collected at once.

@@ -81,8 +81,7 @@ impl Solo {
     /// started, and its result says why.
     pub fn run(&mut self, id: &str, spec: &ProcSpec) -> ProcRes {
         if !Solo::supports(spec) {
-            let mut p = Proc::queued(id.to_string(), 0);
-            p.request = None;
+            let mut p = unrequested(id);
             p.errors.push(format!(
                 "proc {id}: captures, pipes between processes and timeouts need an agent \
                  (this runner runs one process at a time without one)"
@@ -97,7 +96,7 @@ impl Solo {
             // runner holds (the last run's counters) may be what was short,
             // so it lets go and tries again, as often as the agent tries a
             // process that runs alone.
-            let again = tries < ALONE_RETRIES;
+            let again = tries < proc::ALONE_RETRIES;
             let ctx = PlanContext::new(
                 &self.config,
                 &self.env,
@@ -124,12 +123,8 @@ impl Solo {
                 }
                 prep.errors.push(proc::out_of_fds_message());
             }
-            let plan = prep.plan.take();
-            let exe = std::mem::take(&mut prep.exe);
-            let started_with = std::mem::take(&mut prep.started_with);
-            let mut p = Proc::queued(id.to_string(), 0);
-            p.request = None;
-            p.launched(prep, started_with);
+            let mut p = unrequested(id);
+            let (plan, exe) = p.launched(prep);
             match plan.map(|plan| spawn(plan, &mut self.stack)) {
                 Some(Ok(child)) => {
                     let pidfd = p.started(child, &exe, 0);
@@ -150,7 +145,7 @@ impl Solo {
                     drop(pidfd);
                     p.reap();
                 }
-                Some(Err(e)) if again && SHORT.contains(&e) => {
+                Some(Err(e)) if again && (proc::out_of_fds(e) || proc::out_of_tasks(e)) => {
                     self.closing.clear();
                     continue;
                 }
@@ -165,15 +160,12 @@ impl Solo {
     }
 }
 
-/// How many times a process is tried that ran out of fds or processes.
-const ALONE_RETRIES: u8 = 3;
-
-/// Clone failures that another try may get past: out of fds, out of processes.
-const SHORT: [rustix::io::Errno; 3] = [
-    rustix::io::Errno::MFILE,
-    rustix::io::Errno::NFILE,
-    rustix::io::Errno::AGAIN,
-];
+/// A process of no start request.
+fn unrequested(id: &str) -> Proc {
+    let mut p = Proc::queued(id.to_string(), 0);
+    p.request = None;
+    p
+}
 
 /// The result of a process run here, settled.
 fn result(mut p: Proc) -> ProcRes {

@@ -34,15 +34,30 @@ pub(crate) fn out_of_fds_message() -> String {
     }
 }
 
+/// How often a spawn that found no fd or task is tried again while no other
+/// process holds one: they may have been held only for a moment (another plan
+/// being built while a spawning thread cloned, or the last run's counters).
+pub(crate) const ALONE_RETRIES: u8 = 3;
+
+/// Whether a clone failed for want of an fd (`EMFILE`, `ENFILE`).
+pub(crate) fn out_of_fds(e: Errno) -> bool {
+    e == Errno::MFILE || e == Errno::NFILE
+}
+
+/// Whether a clone failed for want of a task (`EAGAIN`: the user at
+/// `RLIMIT_NPROC`, or the system at `pid_max` or `threads-max`).
+pub(crate) fn out_of_tasks(e: Errno) -> bool {
+    e == Errno::AGAIN
+}
+
 /// The errors of a process whose clone failed with `e`: the failure, and
-/// for running out of fds (`EMFILE`, `ENFILE`) or of processes (`EAGAIN`)
-/// which limit to raise.
+/// for running out of fds or of processes which limit to raise.
 pub(crate) fn spawn_failed(e: Errno) -> Vec<String> {
     let mut errors = vec![format!("spawn failed: {}", std::io::Error::from(e))];
-    if e == Errno::MFILE || e == Errno::NFILE {
+    if out_of_fds(e) {
         errors.push(out_of_fds_message());
     }
-    if e == Errno::AGAIN {
+    if out_of_tasks(e) {
         errors.push(out_of_tasks_message());
     }
     errors

@@ -8,7 +8,7 @@ use super::store::{Capture, Store};
 use crate::metrics::procstat::{ProcStat, StatContext};
 use crate::result::Rusage;
 use crate::spec::ProcId;
-use crate::sys::spawn::{ChildFailure, Spawned};
+use crate::sys::spawn::{ChildFailure, ChildPlan, Spawned};
 use rustix::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -130,18 +130,21 @@ impl Proc {
         }
     }
 
-    /// Takes what plan building made for it (the plan itself goes to the spawn),
-    /// and starts its clock.
-    pub fn launched(&mut self, prep: Prepared, started_with: StartInfo) {
+    /// Takes what plan building made for it and starts its clock; gives back
+    /// the plan (for the spawn) and the exe (for its failure messages).
+    pub fn launched(&mut self, mut prep: Prepared) -> (Option<ChildPlan>, String) {
+        let plan = prep.plan.take();
+        let exe = std::mem::take(&mut prep.exe);
+        self.started_with = std::mem::take(&mut prep.started_with);
         self.errors = prep.errors;
         self.fds = prep.fds;
         self.captures = prep.captures;
-        self.started_with = started_with;
         self.timeout = prep.timeout;
         self.kill_group = prep.kill_group;
         self.perf = prep.perf;
         self.start = SystemTime::now();
         self.start_mono = Instant::now();
+        (plan, exe)
     }
 
     /// Takes a child that was cloned: its perf counters (closed unread if it

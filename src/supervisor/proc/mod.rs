@@ -28,7 +28,9 @@ pub(crate) use crate::sys::fd::read_file;
 #[cfg(test)] // only the compression thread's tests build a capture by hand
 pub(crate) use compress::{CompressState, Compression};
 pub(crate) use env::EnvCache;
-pub(crate) use errors::{failure_message, out_of_fds_message, spawn_failed};
+pub(crate) use errors::{
+    ALONE_RETRIES, failure_message, out_of_fds, out_of_fds_message, out_of_tasks, spawn_failed,
+};
 pub(crate) use life::{Life, Proc};
 pub(crate) use plan::{PlanContext, open_kept, opens_for, prepare};
 pub(crate) use render::{Snapshot, rfc3339};

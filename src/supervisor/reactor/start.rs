@@ -34,11 +34,6 @@ pub(super) struct Queued {
     fd_retries: u8,
 }
 
-/// How often a spawn that found no fd is tried again while no other process
-/// holds one: the fds may have been held only for a moment (another plan
-/// being built on the reactor while a spawning thread cloned).
-const ALONE_FD_RETRIES: u8 = 3;
-
 /// How long the reactor spawns before it serves completions, timers and
 /// commands again.
 const SPAWN_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
@@ -193,13 +188,10 @@ impl Reactor {
         if prep.out_of_fds {
             prep.errors.push(proc::out_of_fds_message());
         }
-        let plan = prep.plan.take();
-        let exe = std::mem::take(&mut prep.exe);
-        let started_with = std::mem::take(&mut prep.started_with);
         let Some(p) = self.table.get_mut(serial) else {
             return;
         };
-        p.launched(prep, started_with);
+        let (plan, exe) = p.launched(prep);
         match plan {
             Some(plan) => {
                 self.table.take_slot(serial);
@@ -263,18 +255,14 @@ impl Reactor {
         exe: &str,
         mut q: Queued,
     ) {
-        let out_of_fds = matches!(
-            result,
-            Err(rustix::io::Errno::MFILE) | Err(rustix::io::Errno::NFILE)
-        );
-        // EAGAIN from clone: the agent's user is at RLIMIT_NPROC, or the
-        // system at pid_max or threads-max. A process ending frees a task
-        // as it frees fds, so it waits the same way.
-        let out_of_tasks = matches!(result, Err(rustix::io::Errno::AGAIN));
+        // Out of fds, or of tasks (EAGAIN from clone): a process ending
+        // frees a task as it frees fds, so it waits the same way.
+        let out_of_fds = result.as_ref().is_err_and(|&e| proc::out_of_fds(e));
+        let out_of_tasks = result.as_ref().is_err_and(|&e| proc::out_of_tasks(e));
         // With others holding slots, it waits for one of them to end; alone,
         // it is tried again a few times (what held the fds may be gone).
         let others = self.table.active() > 1;
-        let again = others || q.fd_retries < ALONE_FD_RETRIES;
+        let again = others || q.fd_retries < proc::ALONE_RETRIES;
         if (out_of_fds || out_of_tasks) && again && self.may_requeue(&q) {
             // No pidfd (or task) to be had now: start it again once one is
             // freed. Its captures (and their pipes) are made anew then.
