@@ -124,9 +124,10 @@ impl Reactor {
         }
     }
 
-    /// Builds the plan of a queued process and spawns it (on a spawning thread
-    /// if one is idle). A plan that ran out of fds goes back to the head of the
-    /// queue while other processes hold fds that they will let go of.
+    /// Builds the plan of a queued process and hands it to a spawning thread
+    /// (or spawns it here when every one is full). A plan that ran out of fds
+    /// goes back to the head of the queue while other processes hold fds that
+    /// they will let go of.
     fn launch(&mut self, mut q: Queued) {
         let serial = q.serial;
         let Some(id) = self.table.get(serial).map(|p| p.id.clone()) else {
@@ -195,9 +196,10 @@ impl Reactor {
         match plan {
             Some(plan) => {
                 self.table.take_slot(serial);
-                // Execs overlap: an idle spawning thread takes this one;
-                // with none idle (or none at all, `spawn_threads` 0), the
-                // reactor spawns it (and is suspended until it execs).
+                // Execs overlap: the spawning thread with the fewest plans
+                // takes this one. With every queue full (or no thread at
+                // all, `spawn_threads` 0), the reactor spawns it and is
+                // suspended until it execs.
                 match self.spawner.try_spawn(serial, Box::new(plan)) {
                     Ok(()) => {
                         if let Some(p) = self.table.get_mut(serial) {
