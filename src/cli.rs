@@ -231,7 +231,8 @@ pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// Runs the CLI; returns the process exit code.
+/// Runs the CLI; returns the process exit code, for the process to exit with
+/// (the agent's table is left to that exit, see [`Agent::close_for_exit`]).
 pub fn run(args: Args) -> u8 {
     init_logging(&args.log_level);
     if !(args.print
@@ -407,7 +408,7 @@ pub fn run(args: Args) -> u8 {
     // Nothing may keep the agent from dropping: whatever still runs (the
     // agent gave up on its server, stdout went away under --stdio) is killed.
     // In the other endings nothing runs any more and this returns at once.
-    let idle = rt.block_on(async {
+    rt.block_on(async {
         let h = agent.handle();
         // From the overview, not the results: those would copy or read
         // every attached capture.
@@ -416,19 +417,13 @@ pub fn run(args: Args) -> u8 {
             h.shutdown(ShutdownPolicy::Kill).await;
             h.wait_done().await;
         }
-        live.rows.is_empty()
     });
     // A blocking read of standard input (--stdio) cannot be cancelled: do
     // not wait for it.
     rt.shutdown_background();
-    if idle {
-        // Nothing is queued or runs, and the process exits next: the agent's
-        // memory and fds are left to the exit instead of freed one by one (a
-        // table of 10,000 processes took the reactor 35 ms to free, after the
-        // results were written). Otherwise dropping the agent lets it finish
-        // what it still has.
-        std::mem::forget(agent);
-    }
+    // The process exits next (`run` is the binary's): the agent finishes as
+    // a drop would, but leaves its table to the exit.
+    agent.close_for_exit();
     code
 }
 

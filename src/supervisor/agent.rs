@@ -194,6 +194,19 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Drops the agent when the process exits right after: as a drop, the
+    /// reactor finishes once nothing runs (kept files written, compressions
+    /// stopped, threads joined), but it leaves its table of processes to the
+    /// exit instead of freeing it one allocation at a time (10,000 results:
+    /// 35 ms). Their memory, and the fds of any `tempfile` captures, stay
+    /// held until the process exits.
+    pub fn close_for_exit(self) {
+        let _ = self.handle.close_for_exit();
+        drop(self);
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         // The reactor takes no more commands (from this agent's handles either)

@@ -64,7 +64,11 @@ pub(crate) enum Command {
     /// The shutdown state now.
     State(Reply<ShutdownState>),
     /// The agent is dropped: take no more commands, finish once nothing runs.
-    Close,
+    /// With `leave_table`, the process is about to exit: the table of
+    /// processes is not freed (see [`Agent::close_for_exit`](super::Agent::close_for_exit)).
+    Close {
+        leave_table: bool,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -85,7 +89,7 @@ impl std::fmt::Debug for Command {
             Command::FdWait(..) => "FdWait",
             Command::Delete(..) => "Delete",
             Command::Subscribe(..) => "Subscribe",
-            Command::Close => "Close",
+            Command::Close { .. } => "Close",
             Command::Shutdown(..) => "Shutdown",
             Command::WaitDone(..) => "WaitDone",
             Command::State(..) => "State",

@@ -402,7 +402,12 @@ impl Handle {
 
     /// Tells the reactor to take no more commands (the agent is dropped).
     pub(crate) fn close(&self) -> Result<(), Command> {
-        self.tx.send(Command::Close)
+        self.tx.send(Command::Close { leave_table: false })
+    }
+
+    /// As [`Handle::close`], leaving the table unfreed (the process exits next).
+    pub(crate) fn close_for_exit(&self) -> Result<(), Command> {
+        self.tx.send(Command::Close { leave_table: true })
     }
 
     /// Subscribes to process events, with a queue of

@@ -39,6 +39,10 @@ pub(crate) fn out_of_fds_message() -> String {
 /// being built while a spawning thread cloned, or the last run's counters).
 pub(crate) const ALONE_RETRIES: u8 = 3;
 
+/// The error of a process a shutdown gave up before it was spawned (queued,
+/// or in a spawning thread's queue).
+pub(crate) const NOT_STARTED_SHUTDOWN: &str = "not started: the agent is shutting down";
+
 /// Whether a clone failed for want of an fd (`EMFILE`, `ENFILE`).
 pub(crate) fn out_of_fds(e: Errno) -> bool {
     e == Errno::MFILE || e == Errno::NFILE

@@ -22,7 +22,8 @@ pub(crate) enum Life {
     NotStarted,
     /// Its files are being opened off the reactor (see `opener`).
     Opening,
-    /// Being spawned on the spawner thread.
+    /// In a spawning thread's queue, being spawned, or spawned with its
+    /// result not yet taken by the reactor.
     Starting,
     /// Running; waiting for exit.
     Running,

@@ -29,7 +29,8 @@ pub(crate) use crate::sys::fd::read_file;
 pub(crate) use compress::{CompressState, Compression};
 pub(crate) use env::EnvCache;
 pub(crate) use errors::{
-    ALONE_RETRIES, failure_message, out_of_fds, out_of_fds_message, out_of_tasks, spawn_failed,
+    ALONE_RETRIES, NOT_STARTED_SHUTDOWN, failure_message, out_of_fds, out_of_fds_message,
+    out_of_tasks, spawn_failed,
 };
 pub(crate) use life::{Life, Proc};
 pub(crate) use plan::{PlanContext, open_kept, opens_for, prepare};

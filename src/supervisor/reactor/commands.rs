@@ -17,7 +17,10 @@ impl Reactor {
     pub(super) fn drain_mailbox(&mut self) -> bool {
         loop {
             match self.mailbox.try_recv() {
-                Ok(Command::Close) => return true,
+                Ok(Command::Close { leave_table }) => {
+                    self.leave_table = leave_table;
+                    return true;
+                }
                 Ok(cmd) => self.command(cmd),
                 Err(TryRecvError::Empty) => return false,
                 Err(TryRecvError::Disconnected) => return true,
@@ -228,7 +231,7 @@ impl Reactor {
                 reply(r);
             }
             Command::Subscribe(shared) => self.subscribers.push(shared),
-            Command::Close => {}
+            Command::Close { .. } => {}
             Command::Shutdown(policy, reply) => {
                 self.begin_shutdown(policy);
                 reply(());

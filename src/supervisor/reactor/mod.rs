@@ -84,6 +84,8 @@ pub(crate) struct Reactor {
     cwd: Option<std::path::PathBuf>,
     /// The processes, their ids and serials, and the launch budget.
     table: ProcTable,
+    /// Closed for the process's exit: the table is not freed at the end.
+    leave_table: bool,
     subscribers: Vec<super::events::Publisher>,
     /// Procstar's shutdown state, and the policy that left `Active`.
     shutdown: ShutdownState,
@@ -204,6 +206,7 @@ impl Reactor {
             env: std::env::vars_os().collect(),
             cwd: std::env::current_dir().ok(),
             table: ProcTable::new(max_running),
+            leave_table: false,
             subscribers: Vec::new(),
             shutdown: ShutdownState::Active,
             policy: None,
@@ -291,6 +294,9 @@ impl Reactor {
             self.apply_pauses();
         }
         self.shutdown_state(ShutdownState::Done);
+        if self.leave_table {
+            std::mem::forget(std::mem::replace(&mut self.table, ProcTable::new(0)));
+        }
         // Dropping the publishers (and any subscription still in the mailbox)
         // closes the subscriptions.
     }

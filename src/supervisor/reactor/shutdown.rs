@@ -1,7 +1,7 @@
 //! Shutting the agent down by a [`ShutdownPolicy`]: its states
 //! ([`ShutdownState`]), the signals to what runs, and when it is done.
 
-use super::super::proc::{Life, Proc};
+use super::super::proc::{self, Life, Proc};
 use super::super::types::{Event, ShutdownPolicy, ShutdownState};
 use super::{Reactor, signal_proc};
 use std::time::Instant;
@@ -40,10 +40,11 @@ impl Reactor {
 
     /// Processes still queued never start: each fails, saying why.
     fn unqueue_all(&mut self) {
+        // Plans in the spawning threads' queues too.
+        self.spawner.cancel_queued();
         for q in std::mem::take(&mut self.queue) {
             if let Some(p) = self.table.get_mut(q.serial) {
-                p.errors
-                    .push("not started: the agent is shutting down".to_string());
+                p.errors.push(proc::NOT_STARTED_SHUTDOWN.to_string());
             }
             self.settle_unstarted(q.serial);
             self.start_resolved(q.serial);

@@ -317,7 +317,13 @@ impl Reactor {
                 }
             }
             Err(e) => {
-                proc.errors.extend(proc::spawn_failed(e));
+                if e == rustix::io::Errno::CANCELED {
+                    // Its thread had not spawned it when a shutdown gave up
+                    // the queue (`unqueue_all`).
+                    proc.errors.push(proc::NOT_STARTED_SHUTDOWN.to_string());
+                } else {
+                    proc.errors.extend(proc::spawn_failed(e));
+                }
                 proc.life = Life::NotStarted;
                 self.settle_unstarted(serial);
             }
@@ -339,6 +345,7 @@ impl Reactor {
 
     /// Collects spawns the spawning threads finished.
     pub(super) fn drain_spawned(&mut self) {
+        self.spawner.take_notice();
         while let Ok((serial, result)) = self.spawned_rx.try_recv() {
             if let Some((exe, q)) = self.starting.remove(&serial) {
                 self.spawned(serial, result, &exe, q);
