@@ -321,17 +321,16 @@ mod tests {
     fn plans_after_cancel_queued_are_answered_ecanceled_unspawned() {
         let (sp, rx, _wake) = spawner(2);
         sp.cancel_queued();
-        for serial in 0..6 {
-            sp.try_spawn(serial, plan(&["/bin/true"]))
-                .unwrap_or_else(|_| {
-                    // Every queue full: what the reactor would spawn itself.
-                });
-        }
+        // A plan given back (every queue full) is the reactor's to spawn.
+        let handed = (0..6)
+            .filter(|&serial| sp.try_spawn(serial, plan(&["/bin/true"])).is_ok())
+            .count();
+        assert!(handed >= 1);
         let mut answered = 0;
         while let Ok((_, r)) = rx.recv_timeout(Duration::from_millis(500)) {
             assert_eq!(r.err(), Some(Errno::CANCELED));
             answered += 1;
         }
-        assert_eq!(answered, 6, "every plan handed over is answered");
+        assert_eq!(answered, handed, "every plan handed over is answered");
     }
 }
