@@ -9,7 +9,8 @@
 //! finishes a spawn goes straight on to its next plan while the reactor is busy
 //! with exits; with every queue full the reactor spawns the plan itself. A
 //! thread whose spawn has taken longer than [`STUCK`] (an exec on a hung
-//! filesystem, say) gets no more plans meanwhile. Each result comes back over
+//! filesystem, say) gets no more plans meanwhile; those it already holds (at
+//! most three) wait for it, and cannot be cancelled until it returns. Each result comes back over
 //! a channel, and the thread wakes the ring through the mailbox's eventfd
 //! unless a wake-up is already pending: at most one per reactor turn
 //! ([`Spawner::take_notice`]).
@@ -100,6 +101,46 @@ pub(crate) struct Spawner {
     shared: Arc<Shared>,
 }
 
+/// A spawning thread's side: its counts, what it shares, where results go.
+struct End {
+    held: Arc<AtomicUsize>,
+    since: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    done: mpsc::Sender<Done>,
+    wake: Arc<OwnedFd>,
+}
+
+impl End {
+    /// Spawns the plans of `rx` in order until it closes (or the spawner is
+    /// dropped), sending each result on `done`.
+    fn work(&self, rx: mpsc::Receiver<Job>, stack: &mut ChildStack) {
+        for (serial, plan) in rx {
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let result = if self.shared.cancel.load(Ordering::Acquire) {
+                drop(plan);
+                Err(Errno::CANCELED)
+            } else {
+                self.since.store(self.shared.now(), Ordering::Release);
+                let result = spawn(*plan, stack);
+                self.since.store(0, Ordering::Release);
+                result
+            };
+            if self.done.send((serial, result)).is_err() {
+                break;
+            }
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            // One wake-up per drain: the reactor clears the flag before it
+            // looks at the channel, so a result sent before a skipped write
+            // is seen then.
+            if !self.shared.notified.swap(true, Ordering::AcqRel) {
+                let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+            }
+        }
+    }
+}
+
 impl Spawner {
     /// Starts the threads (at most 64); each finished spawn is sent on
     /// `done`, and `wake` written unless a wake-up is pending. With no
@@ -123,10 +164,18 @@ impl Spawner {
         };
         for _ in 0..threads {
             let (jobs, rx) = mpsc::channel::<Job>();
-            let held = Arc::new(AtomicUsize::new(0));
-            let since = Arc::new(AtomicU64::new(0));
-            let (my_held, my_since) = (held.clone(), since.clone());
-            let (shared, done, wake) = (spawner.shared.clone(), done.clone(), wake.clone());
+            let worker = Worker {
+                jobs,
+                held: Arc::new(AtomicUsize::new(0)),
+                since: Arc::new(AtomicU64::new(0)),
+            };
+            let end = End {
+                held: worker.held.clone(),
+                since: worker.since.clone(),
+                shared: spawner.shared.clone(),
+                done: done.clone(),
+                wake: wake.clone(),
+            };
             let mut stack = ChildStack::new()?;
             spawner.threads.push(
                 std::thread::Builder::new()
@@ -135,33 +184,10 @@ impl Spawner {
                         if let Some(slice) = slice {
                             crate::sys::sched::set_thread_slice(slice);
                         }
-                        for (serial, plan) in rx {
-                            if shared.stop.load(Ordering::Acquire) {
-                                break;
-                            }
-                            let result = if shared.cancel.load(Ordering::Acquire) {
-                                drop(plan);
-                                Err(Errno::CANCELED)
-                            } else {
-                                my_since.store(shared.now(), Ordering::Release);
-                                let result = spawn(*plan, &mut stack);
-                                my_since.store(0, Ordering::Release);
-                                result
-                            };
-                            if done.send((serial, result)).is_err() {
-                                break;
-                            }
-                            my_held.fetch_sub(1, Ordering::AcqRel);
-                            // One wake-up per drain: the reactor clears the
-                            // flag before it looks at the channel, so a result
-                            // sent before a skipped write is seen then.
-                            if !shared.notified.swap(true, Ordering::AcqRel) {
-                                let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
-                            }
-                        }
+                        end.work(rx, &mut stack);
                     })?,
             );
-            spawner.workers.push(Worker { jobs, held, since });
+            spawner.workers.push(worker);
         }
         Ok(spawner)
     }
@@ -228,7 +254,6 @@ impl Drop for Spawner {
 mod tests {
     use super::*;
     use crate::sys::spawn::CStringArray;
-    use std::time::Duration;
 
     fn plan(argv: &[&str]) -> Box<ChildPlan> {
         let env = Arc::new(CStringArray::new(Vec::<Vec<u8>>::new()).unwrap());
@@ -242,19 +267,21 @@ mod tests {
         )
     }
 
-    fn spawner(threads: usize) -> (Spawner, mpsc::Receiver<Done>, OwnedFd) {
-        let wake = rustix::event::eventfd(
+    fn eventfd() -> OwnedFd {
+        rustix::event::eventfd(
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )
-        .unwrap();
-        let dup = rustix::io::fcntl_dupfd_cloexec(&wake, 0).unwrap();
-        let (tx, rx) = mpsc::channel();
-        (
-            Spawner::new(threads, None, tx, Arc::new(dup)).unwrap(),
-            rx,
-            wake,
-        )
+        .unwrap()
+    }
+
+    fn shared(base: Instant) -> Arc<Shared> {
+        Arc::new(Shared {
+            notified: AtomicBool::new(false),
+            cancel: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            base,
+        })
     }
 
     /// The eventfd's count of wake-ups since the last call (0: none).
@@ -267,70 +294,183 @@ mod tests {
         }
     }
 
-    /// Reaps a spawned child so that the test leaves no zombie.
-    fn reap(s: &Spawned) {
-        crate::sys::wait::reap(&s.pidfd).expect("reap");
+    /// A spawner with workers whose queues nothing reads: what `try_spawn`
+    /// decides, without threads taking the plans away meanwhile.
+    fn idle_workers(since: &[u64], base: Instant) -> (Spawner, Vec<mpsc::Receiver<Job>>) {
+        let mut rxs = Vec::new();
+        let workers = since
+            .iter()
+            .map(|&at| {
+                let (jobs, rx) = mpsc::channel();
+                rxs.push(rx);
+                Worker {
+                    jobs,
+                    held: Arc::new(AtomicUsize::new(0)),
+                    since: Arc::new(AtomicU64::new(at)),
+                }
+            })
+            .collect();
+        let sp = Spawner {
+            workers,
+            threads: Vec::new(),
+            shared: shared(base),
+        };
+        (sp, rxs)
     }
 
     #[test]
     fn with_no_thread_every_plan_is_given_back() {
-        let (sp, _rx, _wake) = spawner(0);
+        let (sp, _rxs) = idle_workers(&[], Instant::now());
         assert!(sp.try_spawn(1, plan(&["/bin/true"])).is_err());
     }
 
     #[test]
-    fn a_thread_takes_up_to_depth_plans_and_answers_each_with_at_least_one_wake() {
-        let (sp, rx, wake) = spawner(1);
+    fn plans_go_to_the_least_held_thread_up_to_depth_each_then_come_back() {
+        let (sp, rxs) = idle_workers(&[0, 0], Instant::now());
+        for serial in 0..2 * DEPTH as u64 {
+            assert!(
+                sp.try_spawn(serial, plan(&["/bin/true"])).is_ok(),
+                "{serial}"
+            );
+        }
+        assert!(
+            sp.try_spawn(99, plan(&["/bin/true"])).is_err(),
+            "every queue is full"
+        );
+        // Alternately, the fewest held first: serials 0, 2, 4 … to the first.
+        let first: Vec<u64> = rxs[0].try_iter().map(|(s, _)| s).collect();
+        let second: Vec<u64> = rxs[1].try_iter().map(|(s, _)| s).collect();
+        assert_eq!(first, (0..DEPTH as u64).map(|i| 2 * i).collect::<Vec<_>>());
+        assert_eq!(
+            second,
+            (0..DEPTH as u64).map(|i| 2 * i + 1).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_thread_stuck_in_a_spawn_gets_no_more_plans() {
+        // Thread 0's spawn began at the base, 100 ms ago; thread 1's is
+        // later than any now.
+        let base = Instant::now()
+            .checked_sub(Duration::from_millis(100))
+            .expect("a clock past 100 ms");
+        let (sp, rxs) = idle_workers(&[1, u64::MAX], base);
         for serial in 0..DEPTH as u64 {
-            // Given back only while a spawn runs past STUCK: offer it again.
-            let mut p = plan(&["/bin/true"]);
-            let t0 = std::time::Instant::now();
-            while let Err(back) = sp.try_spawn(serial, p) {
-                assert!(t0.elapsed() < Duration::from_secs(10), "never taken");
-                std::thread::sleep(Duration::from_millis(1));
-                p = back;
+            assert!(sp.try_spawn(serial, plan(&["/bin/true"])).is_ok());
+        }
+        assert!(
+            sp.try_spawn(9, plan(&["/bin/true"])).is_err(),
+            "the stuck one is not used"
+        );
+        assert_eq!(rxs[0].try_iter().count(), 0);
+        assert_eq!(rxs[1].try_iter().count(), DEPTH);
+    }
+
+    #[test]
+    fn a_thread_answers_each_plan_and_wakes_once_per_drain() {
+        let wake = Arc::new(eventfd());
+        let (tx, done) = mpsc::channel();
+        let (jobs, rx) = mpsc::channel();
+        let end = End {
+            held: Arc::new(AtomicUsize::new(3)),
+            since: Arc::new(AtomicU64::new(0)),
+            shared: shared(Instant::now()),
+            done: tx,
+            wake: wake.clone(),
+        };
+        for serial in 0..3 {
+            jobs.send((serial, plan(&["/bin/true"]))).unwrap();
+        }
+        drop(jobs);
+        end.work(rx, &mut ChildStack::new().unwrap());
+        let got: Vec<u64> = done
+            .try_iter()
+            .map(|(serial, r)| {
+                crate::sys::wait::reap(&r.expect("spawned").pidfd).expect("reap");
+                serial
+            })
+            .collect();
+        assert_eq!(got, [0, 1, 2], "in order, each answered");
+        assert_eq!(end.held.load(Ordering::Acquire), 0);
+        assert_eq!(
+            wakes(&wake),
+            1,
+            "one wake-up for three results: no drain between"
+        );
+        // After a drain, the next result wakes the reactor again.
+        end.shared.notified.swap(false, Ordering::AcqRel);
+        let (jobs, rx) = mpsc::channel();
+        jobs.send((3, plan(&["/bin/true"]))).unwrap();
+        drop(jobs);
+        end.held.store(1, Ordering::Release);
+        end.work(rx, &mut ChildStack::new().unwrap());
+        let (serial, r) = done.try_recv().expect("answered");
+        assert_eq!(serial, 3);
+        crate::sys::wait::reap(&r.expect("spawned").pidfd).expect("reap");
+        assert_eq!(wakes(&wake), 1);
+    }
+
+    #[test]
+    fn plans_queued_before_cancel_queued_are_answered_ecanceled_unspawned() {
+        let wake = Arc::new(eventfd());
+        let (tx, done) = mpsc::channel();
+        let (jobs, rx) = mpsc::channel();
+        let end = End {
+            held: Arc::new(AtomicUsize::new(3)),
+            since: Arc::new(AtomicU64::new(0)),
+            shared: shared(Instant::now()),
+            done: tx,
+            wake,
+        };
+        for serial in 0..3 {
+            jobs.send((serial, plan(&["/bin/true"]))).unwrap();
+        }
+        drop(jobs);
+        end.shared.cancel.store(true, Ordering::Release);
+        end.work(rx, &mut ChildStack::new().unwrap());
+        let got: Vec<_> = done.try_iter().collect();
+        assert_eq!(got.len(), 3);
+        assert!(
+            got.iter()
+                .all(|(_, r)| r.as_ref().err() == Some(&Errno::CANCELED))
+        );
+    }
+
+    #[test]
+    fn spawner_threads_spawn_and_answer_what_they_are_given() {
+        let wake = eventfd();
+        let (tx, done) = mpsc::channel();
+        let sp = Spawner::new(
+            2,
+            None,
+            tx,
+            Arc::new(rustix::io::fcntl_dupfd_cloexec(&wake, 0).unwrap()),
+        )
+        .unwrap();
+        let mut handed = Vec::new();
+        for serial in 0..6 {
+            if sp.try_spawn(serial, plan(&["/bin/true"])).is_ok() {
+                handed.push(serial);
             }
         }
-        let mut got: Vec<u64> = (0..DEPTH)
+        assert!(!handed.is_empty());
+        let mut got: Vec<u64> = handed
+            .iter()
             .map(|_| {
-                let (serial, r) = rx.recv_timeout(Duration::from_secs(10)).expect("result");
-                reap(&r.expect("spawned"));
+                let (serial, r) = done
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("answered");
+                crate::sys::wait::reap(&r.expect("spawned").pidfd).expect("reap");
                 serial
             })
             .collect();
         got.sort_unstable();
-        assert_eq!(got, (0..DEPTH as u64).collect::<Vec<_>>());
-        assert!(wakes(&wake) >= 1, "the reactor is woken");
-        // Drained: the next result writes a new wake-up.
-        sp.take_notice();
-        sp.try_spawn(9, plan(&["/bin/true"])).unwrap();
-        let (serial, r) = rx.recv_timeout(Duration::from_secs(10)).expect("result");
-        assert_eq!(serial, 9);
-        reap(&r.expect("spawned"));
-        // The write follows the send; wait for it briefly.
-        let t0 = std::time::Instant::now();
-        let mut n = 0;
-        while n == 0 && t0.elapsed() < Duration::from_secs(5) {
-            n = wakes(&wake);
-            std::thread::yield_now();
-        }
-        assert_eq!(n, 1, "one wake-up for the result after the drain");
-    }
-
-    #[test]
-    fn plans_after_cancel_queued_are_answered_ecanceled_unspawned() {
-        let (sp, rx, _wake) = spawner(2);
-        sp.cancel_queued();
-        // A plan given back (every queue full) is the reactor's to spawn.
-        let handed = (0..6)
-            .filter(|&serial| sp.try_spawn(serial, plan(&["/bin/true"])).is_ok())
-            .count();
-        assert!(handed >= 1);
-        let mut answered = 0;
-        while let Ok((_, r)) = rx.recv_timeout(Duration::from_millis(500)) {
-            assert_eq!(r.err(), Some(Errno::CANCELED));
-            answered += 1;
-        }
-        assert_eq!(answered, handed, "every plan handed over is answered");
+        assert_eq!(got, handed);
+        assert!(wakes(&wake) >= 1);
+        drop(sp);
+        assert!(
+            matches!(done.try_recv(), Err(mpsc::TryRecvError::Disconnected)),
+            "no answer beyond the plans handed over"
+        );
     }
 }

@@ -295,6 +295,12 @@ impl Reactor {
         }
         self.shutdown_state(ShutdownState::Done);
         if self.leave_table {
+            // Waiters for a compression still under way are told the agent
+            // is gone (their replies dropped), as a freed table would; the
+            // rest is left to the process's exit.
+            for p in self.table.values_mut() {
+                drop(std::mem::take(&mut p.final_waiters));
+            }
             std::mem::forget(std::mem::replace(&mut self.table, ProcTable::new(0)));
         }
         // Dropping the publishers (and any subscription still in the mailbox)
