@@ -366,22 +366,28 @@ mod tests {
         assert_eq!(rxs[1].try_iter().count(), DEPTH);
     }
 
-    #[test]
-    fn a_thread_answers_each_plan_and_wakes_once_per_drain() {
+    /// A thread's side with `n` plans of `/bin/true` queued and their
+    /// sender closed: its results, its wake-up eventfd and its queue.
+    fn queued_end(n: u64) -> (End, mpsc::Receiver<Done>, Arc<OwnedFd>, mpsc::Receiver<Job>) {
         let wake = Arc::new(eventfd());
         let (tx, done) = mpsc::channel();
         let (jobs, rx) = mpsc::channel();
         let end = End {
-            held: Arc::new(AtomicUsize::new(3)),
+            held: Arc::new(AtomicUsize::new(usize::try_from(n).unwrap())),
             since: Arc::new(AtomicU64::new(0)),
             shared: shared(Instant::now()),
             done: tx,
             wake: wake.clone(),
         };
-        for serial in 0..3 {
+        for serial in 0..n {
             jobs.send((serial, plan(&["/bin/true"]))).unwrap();
         }
-        drop(jobs);
+        (end, done, wake, rx)
+    }
+
+    #[test]
+    fn a_thread_answers_each_plan_and_wakes_once_per_drain() {
+        let (end, done, wake, rx) = queued_end(3);
         end.work(rx, &mut ChildStack::new().unwrap());
         let got: Vec<u64> = done
             .try_iter()
@@ -412,20 +418,7 @@ mod tests {
 
     #[test]
     fn plans_queued_before_cancel_queued_are_answered_ecanceled_unspawned() {
-        let wake = Arc::new(eventfd());
-        let (tx, done) = mpsc::channel();
-        let (jobs, rx) = mpsc::channel();
-        let end = End {
-            held: Arc::new(AtomicUsize::new(3)),
-            since: Arc::new(AtomicU64::new(0)),
-            shared: shared(Instant::now()),
-            done: tx,
-            wake,
-        };
-        for serial in 0..3 {
-            jobs.send((serial, plan(&["/bin/true"]))).unwrap();
-        }
-        drop(jobs);
+        let (end, done, _wake, rx) = queued_end(3);
         end.shared.cancel.store(true, Ordering::Release);
         end.work(rx, &mut ChildStack::new().unwrap());
         let got: Vec<_> = done.try_iter().collect();
