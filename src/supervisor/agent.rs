@@ -192,9 +192,7 @@ impl Agent {
     ) -> Result<CompressedFdData, FdDataError> {
         self.handle.fd_compressed(id, fd, start, stop).wait()
     }
-}
 
-impl Agent {
     /// Drops the agent when the process exits right after: as a drop, the
     /// reactor finishes once nothing runs (kept files written, compressions
     /// stopped, threads joined), but it leaves its table of processes to the
@@ -202,7 +200,7 @@ impl Agent {
     /// 35 ms). Their memory, and the fds of any `tempfile` captures, stay
     /// held until the process exits.
     pub fn close_for_exit(self) {
-        let _ = self.handle.close_for_exit();
+        let _ = self.handle.close(true);
         drop(self);
     }
 }
@@ -211,7 +209,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         // The reactor takes no more commands (from this agent's handles either)
         // and finishes once nothing runs.
-        let _ = self.handle.close();
+        let _ = self.handle.close(false);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

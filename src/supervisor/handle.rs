@@ -400,14 +400,10 @@ impl Handle {
         }
     }
 
-    /// Tells the reactor to take no more commands (the agent is dropped).
-    pub(crate) fn close(&self) -> Result<(), Command> {
-        self.tx.send(Command::Close { leave_table: false })
-    }
-
-    /// As [`Handle::close`], leaving the table unfreed (the process exits next).
-    pub(crate) fn close_for_exit(&self) -> Result<(), Command> {
-        self.tx.send(Command::Close { leave_table: true })
+    /// Tells the reactor to take no more commands (the agent is dropped);
+    /// with `leave_table`, to leave its table unfreed (the process exits next).
+    pub(crate) fn close(&self, leave_table: bool) -> Result<(), Command> {
+        self.tx.send(Command::Close { leave_table })
     }
 
     /// Subscribes to process events, with a queue of

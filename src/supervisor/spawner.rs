@@ -10,10 +10,10 @@
 //! with exits; with every queue full the reactor spawns the plan itself. A
 //! thread whose spawn has taken longer than [`STUCK`] (an exec on a hung
 //! filesystem, say) gets no more plans meanwhile; those it already holds (at
-//! most three) wait for it, and cannot be cancelled until it returns. Each result comes back over
-//! a channel, and the thread wakes the ring through the mailbox's eventfd
-//! unless a wake-up is already pending: at most one per reactor turn
-//! ([`Spawner::take_notice`]).
+//! most three) wait for it, and cannot be cancelled until it returns. Each
+//! result comes back over a channel, and the thread wakes the ring through the
+//! mailbox's eventfd unless a wake-up is already pending: at most one per
+//! reactor turn ([`Spawner::take_notice`]).
 //!
 //! With one plan per thread, a thread that finished a spawn slept until the
 //! reactor got round to giving it another, and the reactor, having spawned
@@ -25,9 +25,9 @@
 //! (waiting for room instead) was slower than before, 1.02–1.08×; a depth of 2
 //! or 8 measured the same as 4.
 //!
-//! Plans still queued when a shutdown gives up the queue (`Terminate`, `Kill`)
-//! are not spawned: [`Spawner::cancel_queued`] has their threads answer
-//! `ECANCELED` instead.
+//! Plans still queued when a shutdown gives up the queue (`Terminate`, `Kill`),
+//! or when the spawner is dropped, are not spawned: [`Spawner::cancel_queued`]
+//! has their threads answer `ECANCELED` instead.
 //!
 //! The threads live as long as the reactor: `PR_SET_PDEATHSIG` follows the thread
 //! that created a child, so a spawning thread must never exit before the agent.
@@ -59,15 +59,20 @@ const MAX_THREADS: usize = 64;
 /// A spawn running longer than this keeps further plans off its thread.
 pub(crate) const STUCK: Duration = Duration::from_millis(5);
 
-/// One spawning thread: its job queue, how many of its jobs are not done,
-/// and since when its current spawn runs.
+/// One spawning thread, as the reactor sees it: its job queue and its counts.
 struct Worker {
     jobs: mpsc::Sender<Job>,
+    counts: Arc<Counts>,
+}
+
+/// What a spawning thread reports of itself.
+#[derive(Default)]
+struct Counts {
     /// Jobs sent and not yet answered; the thread counts its own down.
-    held: Arc<AtomicUsize>,
+    held: AtomicUsize,
     /// When the spawn under way began (nanoseconds since `Shared::base`,
     /// plus 1); 0 between spawns.
-    since: Arc<AtomicU64>,
+    since: AtomicU64,
 }
 
 /// What the spawning threads and the reactor share.
@@ -75,11 +80,9 @@ struct Shared {
     /// A wake-up was written and the reactor has not drained the results
     /// since ([`Spawner::take_notice`]).
     notified: AtomicBool,
-    /// Plans not yet spawned are answered `ECANCELED` ([`Spawner::cancel_queued`]).
+    /// Plans not yet spawned are answered `ECANCELED` ([`Spawner::cancel_queued`],
+    /// and when the spawner is dropped: no one would watch their children).
     cancel: AtomicBool,
-    /// The spawner is dropped: plans still queued are dropped unspawned (no
-    /// one would watch their children).
-    stop: AtomicBool,
     base: Instant,
 }
 
@@ -103,34 +106,32 @@ pub(crate) struct Spawner {
 
 /// A spawning thread's side: its counts, what it shares, where results go.
 struct End {
-    held: Arc<AtomicUsize>,
-    since: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     shared: Arc<Shared>,
     done: mpsc::Sender<Done>,
     wake: Arc<OwnedFd>,
 }
 
 impl End {
-    /// Spawns the plans of `rx` in order until it closes (or the spawner is
-    /// dropped), sending each result on `done`.
+    /// Spawns the plans of `rx` in order until it closes, sending each
+    /// result on `done`.
     fn work(&self, rx: mpsc::Receiver<Job>, stack: &mut ChildStack) {
         for (serial, plan) in rx {
-            if self.shared.stop.load(Ordering::Acquire) {
-                break;
-            }
             let result = if self.shared.cancel.load(Ordering::Acquire) {
                 drop(plan);
                 Err(Errno::CANCELED)
             } else {
-                self.since.store(self.shared.now(), Ordering::Release);
+                self.counts
+                    .since
+                    .store(self.shared.now(), Ordering::Release);
                 let result = spawn(*plan, stack);
-                self.since.store(0, Ordering::Release);
+                self.counts.since.store(0, Ordering::Release);
                 result
             };
             if self.done.send((serial, result)).is_err() {
                 break;
             }
-            self.held.fetch_sub(1, Ordering::AcqRel);
+            self.counts.held.fetch_sub(1, Ordering::AcqRel);
             // One wake-up per drain: the reactor clears the flag before it
             // looks at the channel, so a result sent before a skipped write
             // is seen then.
@@ -158,7 +159,6 @@ impl Spawner {
             shared: Arc::new(Shared {
                 notified: AtomicBool::new(false),
                 cancel: AtomicBool::new(false),
-                stop: AtomicBool::new(false),
                 base: Instant::now(),
             }),
         };
@@ -166,12 +166,10 @@ impl Spawner {
             let (jobs, rx) = mpsc::channel::<Job>();
             let worker = Worker {
                 jobs,
-                held: Arc::new(AtomicUsize::new(0)),
-                since: Arc::new(AtomicU64::new(0)),
+                counts: Arc::default(),
             };
             let end = End {
-                held: worker.held.clone(),
-                since: worker.since.clone(),
+                counts: worker.counts.clone(),
                 shared: spawner.shared.clone(),
                 done: done.clone(),
                 wake: wake.clone(),
@@ -211,10 +209,10 @@ impl Spawner {
         self.workers
             .iter()
             .filter(|w| {
-                let since = w.since.load(Ordering::Acquire);
+                let since = w.counts.since.load(Ordering::Acquire);
                 since == 0 || now.saturating_sub(since) < stuck
             })
-            .map(|w| (w.held.load(Ordering::Acquire), w))
+            .map(|w| (w.counts.held.load(Ordering::Acquire), w))
             .filter(|&(n, _)| n < DEPTH)
             .min_by_key(|&(n, _)| n)
             .map(|(_, w)| w)
@@ -231,10 +229,10 @@ impl Spawner {
         let Some(w) = self.least_held() else {
             return Err(plan);
         };
-        w.held.fetch_add(1, Ordering::AcqRel);
+        w.counts.held.fetch_add(1, Ordering::AcqRel);
         w.jobs.send((serial, plan)).map_err(|e| {
             // The thread is gone: it stays full, and never gets a job again.
-            w.held.store(usize::MAX / 2, Ordering::Release);
+            w.counts.held.store(usize::MAX / 2, Ordering::Release);
             e.0.1
         })
     }
@@ -242,7 +240,7 @@ impl Spawner {
 
 impl Drop for Spawner {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.cancel_queued();
         self.workers.clear();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -279,7 +277,6 @@ mod tests {
         Arc::new(Shared {
             notified: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
             base,
         })
     }
@@ -303,10 +300,11 @@ mod tests {
             .map(|&at| {
                 let (jobs, rx) = mpsc::channel();
                 rxs.push(rx);
+                let counts = Counts::default();
+                counts.since.store(at, Ordering::Release);
                 Worker {
                     jobs,
-                    held: Arc::new(AtomicUsize::new(0)),
-                    since: Arc::new(AtomicU64::new(at)),
+                    counts: Arc::new(counts),
                 }
             })
             .collect();
@@ -372,9 +370,12 @@ mod tests {
         let wake = Arc::new(eventfd());
         let (tx, done) = mpsc::channel();
         let (jobs, rx) = mpsc::channel();
+        let counts = Counts::default();
+        counts
+            .held
+            .store(usize::try_from(n).unwrap(), Ordering::Release);
         let end = End {
-            held: Arc::new(AtomicUsize::new(usize::try_from(n).unwrap())),
-            since: Arc::new(AtomicU64::new(0)),
+            counts: Arc::new(counts),
             shared: shared(Instant::now()),
             done: tx,
             wake: wake.clone(),
@@ -397,7 +398,7 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [0, 1, 2], "in order, each answered");
-        assert_eq!(end.held.load(Ordering::Acquire), 0);
+        assert_eq!(end.counts.held.load(Ordering::Acquire), 0);
         assert_eq!(
             wakes(&wake),
             1,
@@ -408,7 +409,7 @@ mod tests {
         let (jobs, rx) = mpsc::channel();
         jobs.send((3, plan(&["/bin/true"]))).unwrap();
         drop(jobs);
-        end.held.store(1, Ordering::Release);
+        end.counts.held.store(1, Ordering::Release);
         end.work(rx, &mut ChildStack::new().unwrap());
         let (serial, r) = done.try_recv().expect("answered");
         assert_eq!(serial, 3);
