@@ -27,7 +27,8 @@ pub(crate) struct Solo {
     null_fds: NullFds,
     env_cache: EnvCache,
     stack: ChildStack,
-    /// The last run's perf counters, closed once the next child is on its way.
+    /// The last run's perf counters and pidfd, closed once the next child is
+    /// on its way.
     closing: Vec<rustix::fd::OwnedFd>,
     /// For `/proc` reads of the zombie (`Config::read_proc_at_exit`).
     stat_ctx: Option<StatContext>,
@@ -76,7 +77,8 @@ impl Solo {
 
     /// Runs `spec` as process `id` to its end: plan, spawn, a blocking wait
     /// on its pidfd, its `/proc` files (with `Config::read_proc_at_exit`) and
-    /// perf counters read from the zombie, the reap. Its result is the
+    /// perf counters read from the zombie, the reap. Without the `/proc`
+    /// reads, one `waitid` waits and reaps. Its result is the
     /// agent's, from the same code. A spec [`Solo::supports`] refuses is not
     /// started, and its result says why.
     pub fn run(&mut self, id: &str, spec: &ProcSpec) -> ProcRes {
@@ -132,18 +134,26 @@ impl Solo {
                     // while this child runs rather than between its exit and
                     // the next clone.
                     self.closing.clear();
-                    // Not known to have exited, nothing of it is read; the
-                    // reap says what went wrong.
-                    if wait::wait_exited(&*pidfd).is_ok() {
-                        let read_proc = if self.config.read_proc_at_exit {
-                            self.stat_ctx.as_ref().map(|c| (c, &mut self.stat_buf))
-                        } else {
-                            None
-                        };
-                        self.closing = p.exited(read_proc);
+                    let read_proc = if self.config.read_proc_at_exit {
+                        self.stat_ctx.as_ref().map(|c| (c, &mut self.stat_buf))
+                    } else {
+                        None
+                    };
+                    if read_proc.is_some() {
+                        // Not known to have exited, nothing of it is read;
+                        // the reap says what went wrong.
+                        if wait::wait_exited(&*pidfd).is_ok() {
+                            self.closing = p.exited(read_proc);
+                        }
+                        p.reap();
+                    } else if p.reap() {
+                        // Nothing to read from the zombie: one waitid waits
+                        // and reaps, and the counters, stopped at the exit,
+                        // keep their final counts.
+                        self.closing = p.exited(None);
                     }
-                    drop(pidfd);
-                    p.reap();
+                    // The pidfd too closes while the next child runs.
+                    self.closing.extend(std::rc::Rc::into_inner(pidfd));
                 }
                 Some(Err(e)) if again && (proc::out_of_fds(e) || proc::out_of_tasks(e)) => {
                     self.closing.clear();
@@ -344,14 +354,27 @@ mod tests {
             let perf = res.perf.unwrap();
             assert!(!counts || perf.counts["task_clock"].is_some_and(|ns| ns > 0));
         }
-        // What stays open between runs is the last run's counters, held to
-        // be closed while the next child runs (or with the runner).
+        // What stays open between runs is the last run's counters and
+        // pidfd, held to be closed while the next child runs (or with the
+        // runner).
         use rustix::fd::AsRawFd;
-        assert!(!counts || !solo.closing.is_empty());
-        for fd in &solo.closing {
-            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-            assert!(link.to_string_lossy().contains("perf_event"), "{link:?}");
-        }
+        let links: Vec<String> = solo
+            .closing
+            .iter()
+            .map(|fd| {
+                let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                link.unwrap().to_string_lossy().into_owned()
+            })
+            .collect();
+        let pidfds = links.iter().filter(|l| l.contains("pidfd")).count();
+        assert_eq!(pidfds, 1, "{links:?}");
+        assert!(!counts || links.len() > 1, "{links:?}");
+        assert!(
+            links
+                .iter()
+                .all(|l| l.contains("pidfd") || l.contains("perf_event")),
+            "{links:?}"
+        );
         let held = solo.closing.len();
         let s = bench_like(json!(["/bin/true"]));
         solo.run("again", &s);

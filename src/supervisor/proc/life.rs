@@ -193,8 +193,8 @@ impl Proc {
 
     /// Reaps the exited process through its pidfd (closed then: a thousand
     /// finished results must not hold a thousand fds), with its rusage; a
-    /// failed `waitid` is said in its errors.
-    pub fn reap(&mut self) {
+    /// failed `waitid` is said in its errors, and gives false.
+    pub fn reap(&mut self) -> bool {
         let reaped = match self.pidfd.take().map(|fd| crate::sys::wait::reap(&*fd)) {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
@@ -203,11 +203,13 @@ impl Proc {
             }
             None => None,
         };
+        let ok = reaped.is_some();
         let (status, rusage) = reaped.map_or((-1, Default::default()), |r| (r.status, r.rusage));
         self.life = Life::Done {
             status,
             rusage: Rusage::from_raw(&rusage),
         };
+        ok
     }
 
     pub fn is_running(&self) -> bool {

@@ -15,7 +15,7 @@ use crate::control;
 use crate::spec::{self, CaptureMode, FdSpec, ProcSpec};
 use crate::sys::fd;
 use crate::sys::pipe;
-use crate::sys::spawn::ChildPlan;
+use crate::sys::spawn::{ChildPlan, Source};
 use rustix::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use rustix::io::Errno;
 use std::borrow::Cow;
@@ -339,15 +339,15 @@ impl<'a> FdList<'a> {
         };
         let norm = spec::fd_name(fd);
         let mut cap_index = None;
-        let source = match fs {
+        let source: Result<Option<Source>, Errno> = match fs {
             FdSpec::Inherit => Ok(None),
             FdSpec::Close => {
                 self.close(fd);
                 Ok(None)
             }
             FdSpec::Null { flags } => self.null(fd, *flags).map(Some),
-            FdSpec::File { path, flags, mode } => self.file(index, fd, path, *flags, *mode),
-            FdSpec::Dup { fd: from } => self.dup(*from).map(Some),
+            FdSpec::File { path, flags, mode } => owned(self.file(index, fd, path, *flags, *mode)),
+            FdSpec::Dup { fd: from } => owned(self.dup(*from).map(Some)),
             FdSpec::Capture {
                 mode,
                 encoding,
@@ -372,15 +372,17 @@ impl<'a> FdList<'a> {
                     dir,
                     memory,
                 };
-                self.capture(index, fd, &norm, &req).map(|made| {
+                owned(self.capture(index, fd, &norm, &req).map(|made| {
                     made.map(|(i, child)| {
                         cap_index = Some(i);
                         child
                     })
-                })
+                }))
             }
-            FdSpec::PipeWrite => Ok(self.pipe_write(fd)),
-            FdSpec::PipeRead { proc_id, fd: wfd } => Ok(self.pipe_read(proc_id, wfd)),
+            FdSpec::PipeWrite => Ok(self.pipe_write(fd).map(Source::Owned)),
+            FdSpec::PipeRead { proc_id, fd: wfd } => {
+                Ok(self.pipe_read(proc_id, wfd).map(Source::Owned))
+            }
         };
         self.install(fd, source);
         self.fds.push((norm, cap_index));
@@ -388,7 +390,7 @@ impl<'a> FdList<'a> {
 
     /// Puts what an entry gave in the plan as the child's `fd` (and in the fd
     /// table, for later `dup`s), or reports why the entry failed.
-    fn install(&mut self, fd: RawFd, source: Result<Option<OwnedFd>, Errno>) {
+    fn install(&mut self, fd: RawFd, source: Result<Option<Source>, Errno>) {
         match source {
             Ok(Some(src)) => {
                 self.table.insert(fd, Some(src.as_raw_fd()));
@@ -432,7 +434,7 @@ impl<'a> FdList<'a> {
     }
 
     /// `null`: a duplicate of the agent's `/dev/null`, opened as `flags` say.
-    fn null(&self, fd: RawFd, flags: spec::OpenFlag) -> Result<OwnedFd, Errno> {
+    fn null(&self, fd: RawFd, flags: spec::OpenFlag) -> Result<Source, Errno> {
         self.ctx.null.get(flags.oflags(fd), self.ctx.fd_floor)
     }
 
@@ -711,6 +713,11 @@ fn control_defaults(ctx: &PlanContext<'_>) -> control::Defaults {
     control::Defaults {
         pdeath_sig: ctx.pdeath_sig,
     }
+}
+
+/// An fd the plan owns, as a [`Source`].
+fn owned(fd: Result<Option<OwnedFd>, Errno>) -> Result<Option<Source>, Errno> {
+    fd.map(|fd| fd.map(Source::Owned))
 }
 
 #[cfg(test)]

@@ -1,42 +1,53 @@
 //! Fds that plans hand out beyond their own opens: `/dev/null`, opened once
-//! and duplicated ([`NullFds`]), and the pipes between processes of one start
+//! and shared or duplicated ([`NullFds`]), and the pipes between processes of one start
 //! request ([`RequestPipes`]).
 
 use crate::spec::{self, FdSpec, ProcId};
 use crate::sys::fd;
 use crate::sys::pipe;
+use crate::sys::spawn::Source;
 use rustix::fd::{AsRawFd, OwnedFd, RawFd};
 use rustix::io::Errno;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
-/// `/dev/null` opened once for each access mode, and a duplicate handed to
-/// each child that asks for it: a dup costs a fraction of a path lookup, and
-/// a batch of `null` fds is the common case (a bench run has three).
+/// `/dev/null` opened once for each access mode, and handed to each child
+/// that asks for it: a dup costs a fraction of a path lookup, and a batch of
+/// `null` fds is the common case (a bench run has three).
 #[derive(Default)]
-pub(crate) struct NullFds(std::cell::RefCell<Vec<(i32, OwnedFd)>>);
+pub(crate) struct NullFds(std::cell::RefCell<Vec<(i32, Arc<OwnedFd>)>>);
+
+/// Below this number a held `/dev/null` is installed as it is; at or above
+/// it, a duplicate is: the child copies every fd below the highest it needs
+/// (`CLOSE_RANGE_UNSHARE`), so a source up at the agent's floor would cost
+/// each spawn more than the duplicate does. `Solo`, with no floor, keeps its
+/// `/dev/null` low and so spawns without a `dup` and a `close` per fd.
+const SHARED_BELOW: RawFd = 64;
 
 impl NullFds {
     /// An fd on `/dev/null` as `open(2)` with `oflags` would give it.
-    pub(super) fn get(&self, oflags: i32, floor: RawFd) -> Result<OwnedFd, Errno> {
+    pub(super) fn get(&self, oflags: i32, floor: RawFd) -> Result<Source, Errno> {
         let open = || fd::open(Path::new("/dev/null"), oflags, 0o666);
         if oflags & libc::O_EXCL != 0 {
             // O_EXCL with O_CREAT fails on an existing file: say so each time.
-            return open();
+            return open().map(Source::Owned);
         }
         // Only the access mode and O_APPEND stay with an open /dev/null.
         let key = oflags & (libc::O_ACCMODE | libc::O_APPEND);
         let mut held = self.0.borrow_mut();
-        let raw = match held.iter().find(|(k, _)| *k == key) {
-            Some((_, f)) => f.as_raw_fd(),
+        let f = match held.iter().find(|(k, _)| *k == key) {
+            Some((_, f)) => f.clone(),
             None => {
-                let f = fd::move_high(open()?, floor);
-                let raw = f.as_raw_fd();
-                held.push((key, f));
-                raw
+                let f = Arc::new(fd::move_high(open()?, floor));
+                held.push((key, f.clone()));
+                f
             }
         };
-        fd::dup_cloexec_raw(raw, 0)
+        if f.as_raw_fd() < SHARED_BELOW {
+            return Ok(Source::Shared(f));
+        }
+        fd::dup_cloexec_raw(f.as_raw_fd(), 0).map(Source::Owned)
     }
 }
 
@@ -57,4 +68,54 @@ pub(crate) fn request_pipes(input: &spec::Input) -> Result<RequestPipes, (ProcId
         }
     }
     Ok(pipes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    /// The fd `nulls` holds for its first access mode.
+    fn held(nulls: &NullFds) -> RawFd {
+        nulls.0.borrow()[0].1.as_raw_fd()
+    }
+
+    #[test]
+    fn a_low_dev_null_is_shared_and_a_high_one_duplicated() {
+        // With no floor, /dev/null opens at the lowest free number: low,
+        // unless other tests hold many fds just then.
+        let low = NullFds::default();
+        let first = low.get(libc::O_RDONLY, 0).unwrap();
+        let again = low.get(libc::O_RDONLY, 0).unwrap();
+        if held(&low) < SHARED_BELOW {
+            let (Source::Shared(a), Source::Shared(b)) = (first, again) else {
+                panic!("a /dev/null at a low number is installed as it is");
+            };
+            // One open file, no duplicate.
+            assert!(Arc::ptr_eq(&a, &b));
+        } else {
+            eprintln!(
+                "skipped the shared case: /dev/null opened at {}",
+                held(&low)
+            );
+        }
+
+        // Above the floor (as the agent keeps it), each ask is a duplicate
+        // of its own, low, so the child's fd window stays small.
+        let floor = fd::high_floor();
+        let high = NullFds::default();
+        let a = high.get(libc::O_RDONLY, floor).unwrap();
+        let b = high.get(libc::O_RDONLY, floor).unwrap();
+        if held(&high) < SHARED_BELOW {
+            eprintln!(
+                "skipped the duplicated case: the fd limit leaves no floor above {SHARED_BELOW}"
+            );
+            return;
+        }
+        let (Source::Owned(a), Source::Owned(b)) = (a, b) else {
+            panic!("a /dev/null held at {} is duplicated", held(&high));
+        };
+        assert_ne!(a.as_raw_fd(), b.as_raw_fd());
+        assert_ne!(a.as_raw_fd(), held(&high));
+    }
 }
