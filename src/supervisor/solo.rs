@@ -78,7 +78,8 @@ impl Solo {
     /// Runs `spec` as process `id` to its end: plan, spawn, a blocking wait
     /// on its pidfd, its `/proc` files (with `Config::read_proc_at_exit`) and
     /// perf counters read from the zombie, the reap. Without the `/proc`
-    /// reads, one `waitid` waits and reaps. Its result is the
+    /// reads, one `waitid` waits and reaps, and the stop time is taken after
+    /// it (as hyperfine's is after `wait4`), a few µs later than the agent's. Its result is the
     /// agent's, from the same code. A spec [`Solo::supports`] refuses is not
     /// started, and its result says why.
     pub fn run(&mut self, id: &str, spec: &ProcSpec) -> ProcRes {
@@ -331,12 +332,24 @@ mod tests {
         );
     }
 
+    /// With the zombie's `/proc` files read (a wait, the reads, the reap) and
+    /// without, as the bench runs (one `waitid` waits and reaps).
     #[test]
     fn runs_one_after_another_each_with_its_own_file_and_counts() {
+        for read_proc_at_exit in [true, false] {
+            one_after_another(read_proc_at_exit);
+        }
+    }
+
+    fn one_after_another(read_proc_at_exit: bool) {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let counts = counting("solo runs_one_after_another_each_with_its_own_file_and_counts");
-        let mut solo = Solo::new(Config::default()).unwrap();
+        let mut solo = Solo::new(Config {
+            read_proc_at_exit,
+            ..Config::default()
+        })
+        .unwrap();
         for i in 0..50 {
             let mut s = spec(json!({
                 "argv": ["/bin/sh", "-c", format!("echo run {i}; echo err >&2")],
@@ -353,6 +366,8 @@ mod tests {
             );
             let perf = res.perf.unwrap();
             assert!(!counts || perf.counts["task_clock"].is_some_and(|ns| ns > 0));
+            assert_eq!(res.proc_stat.is_some(), read_proc_at_exit);
+            assert!(res.times.elapsed > 0.0 && res.rusage.is_some());
         }
         // What stays open between runs is the last run's counters and
         // pidfd, held to be closed while the next child runs (or with the

@@ -594,3 +594,55 @@ fn unsafe_sigset_empty() -> libc::sigset_t {
     // SAFETY: initialised by sigemptyset above.
     unsafe { set.assume_init() }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    fn file_with(dir: &std::path::Path, name: &str, text: &str) -> OwnedFd {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::File::open(path).unwrap().into()
+    }
+
+    /// A shared source whose number another action targets is moved off it
+    /// (a copy of the plan's own), and the owner's fd stays open and
+    /// unchanged after the spawn.
+    #[test]
+    fn a_shared_source_on_a_target_number_is_lifted_and_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(file_with(dir.path(), "a", "from a\n"));
+        let b = file_with(dir.path(), "b", "from b\n");
+        let n = shared.as_raw_fd();
+        let (r, w) = crate::sys::pipe::pipe().unwrap();
+        let envp = Arc::new(CStringArray::new(Vec::<Vec<u8>>::new()).unwrap());
+        let script = format!("cat; cat /proc/self/fd/{n}");
+        let mut plan =
+            ChildPlan::with_env("/bin/sh".as_ref(), ["sh", "-c", script.as_str()], envp).unwrap();
+        // Fd n is written first: without the lift, stdin would get b.
+        plan.dup(b, n);
+        plan.dup(Source::Shared(shared.clone()), 0);
+        plan.dup(w, 1);
+        let child = spawn(plan, &mut ChildStack::new().unwrap()).unwrap();
+        assert_eq!(child.failure, None);
+        let reaped = crate::sys::wait::reap(&child.pidfd).unwrap();
+        assert_eq!(reaped.status, 0);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "from a\nfrom b\n");
+        assert_eq!(
+            Arc::strong_count(&shared),
+            1,
+            "the plan's reference is gone"
+        );
+        let link = std::fs::read_link(format!("/proc/self/fd/{n}")).unwrap();
+        assert_eq!(
+            link,
+            dir.path().join("a"),
+            "still open, still the same file"
+        );
+    }
+}

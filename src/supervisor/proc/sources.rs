@@ -18,11 +18,12 @@ use std::sync::Arc;
 #[derive(Default)]
 pub(crate) struct NullFds(std::cell::RefCell<Vec<(i32, Arc<OwnedFd>)>>);
 
-/// Below this number a held `/dev/null` is installed as it is; at or above
-/// it, a duplicate is: the child copies every fd below the highest it needs
-/// (`CLOSE_RANGE_UNSHARE`), so a source up at the agent's floor would cost
-/// each spawn more than the duplicate does. `Solo`, with no floor, keeps its
-/// `/dev/null` low and so spawns without a `dup` and a `close` per fd.
+/// With no floor (`Solo`), a held `/dev/null` below this number is installed
+/// as it is, without a `dup` and a `close` per fd; otherwise a duplicate is.
+/// The child copies every fd below the highest it needs
+/// (`CLOSE_RANGE_UNSHARE`), so a source up at the agent's floor, or anywhere
+/// high, would cost each spawn more than the duplicate does; the agent, which
+/// has a floor, always duplicates.
 const SHARED_BELOW: RawFd = 64;
 
 impl NullFds {
@@ -44,7 +45,7 @@ impl NullFds {
                 f
             }
         };
-        if f.as_raw_fd() < SHARED_BELOW {
+        if floor <= 0 && f.as_raw_fd() < SHARED_BELOW {
             return Ok(Source::Shared(f));
         }
         fd::dup_cloexec_raw(f.as_raw_fd(), 0).map(Source::Owned)
@@ -100,18 +101,12 @@ mod tests {
             );
         }
 
-        // Above the floor (as the agent keeps it), each ask is a duplicate
-        // of its own, low, so the child's fd window stays small.
-        let floor = fd::high_floor();
+        // With a floor (the agent's), each ask is a duplicate of its own,
+        // wherever the held one is, so the child's fd window stays small.
+        let floor = fd::high_floor().max(1);
         let high = NullFds::default();
         let a = high.get(libc::O_RDONLY, floor).unwrap();
         let b = high.get(libc::O_RDONLY, floor).unwrap();
-        if held(&high) < SHARED_BELOW {
-            eprintln!(
-                "skipped the duplicated case: the fd limit leaves no floor above {SHARED_BELOW}"
-            );
-            return;
-        }
         let (Source::Owned(a), Source::Owned(b)) = (a, b) else {
             panic!("a /dev/null held at {} is duplicated", held(&high));
         };
