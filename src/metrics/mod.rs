@@ -131,15 +131,43 @@ pub fn format_rfc3339(unix_ns: i128) -> String {
     const NS_PER_SEC: i128 = 1_000_000_000;
     let secs = unix_ns.div_euclid(NS_PER_SEC);
     let nanos = unix_ns.rem_euclid(NS_PER_SEC);
-    let days = secs.div_euclid(86_400);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}+00:00",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    let (h, mi, sec) = (sod / 3600, sod % 3600 / 60, sod % 60);
+    let Ok(y) = u16::try_from(year).map(u64::from) else {
+        return format!("{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{sec:02}.{nanos:09}+00:00");
+    };
+    if y > 9999 {
+        return format!("{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{sec:02}.{nanos:09}+00:00");
+    }
+    // Years 0 to 9999, digit by digit: results carry four of these each, and
+    // `format!` of i128s was most of turning 10,000 results into JSON.
+    let mut b = *b"0000-00-00T00:00:00.000000000+00:00";
+    // Each field is in range (month 1-12, ..., nanos below 10^9): no sign.
+    let digits = |v: i128| u64::try_from(v).unwrap_or(0);
+    let fields = [
+        (0..4, y),
+        (5..7, digits(month)),
+        (8..10, digits(day)),
+        (11..13, digits(h)),
+        (14..16, digits(mi)),
+        (17..19, digits(sec)),
+        (20..29, digits(nanos)),
+    ];
+    for (at, v) in fields {
+        if let Some(dst) = b.get_mut(at) {
+            put_digits(dst, v);
+        }
+    }
+    b.iter().map(|&c| char::from(c)).collect()
+}
+
+/// Writes `v`'s last `dst.len()` decimal digits into `dst`, zero-padded.
+fn put_digits(dst: &mut [u8], mut v: u64) {
+    for d in dst.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Nanoseconds since the Unix epoch of a time as [`format_rfc3339`] writes it
@@ -177,8 +205,20 @@ pub fn parse_rfc3339(s: &str) -> Option<i128> {
 
 /// Converts days since 1970-01-01 to a proleptic Gregorian (year, month, day).
 ///
-/// Howard Hinnant's `civil_from_days` algorithm.
+/// Howard Hinnant's `civil_from_days` algorithm, in 64-bit arithmetic (the
+/// 128-bit divisions it was written in cost more than the rest of a
+/// formatted time): the calendar repeats every 146,097 days (400 years), so
+/// any day count is a whole number of such eras plus one day within them.
 fn civil_from_days(days: i128) -> (i128, i128, i128) {
+    const ERA_DAYS: i128 = 146_097;
+    let (eras, rest) = (days.div_euclid(ERA_DAYS), days.rem_euclid(ERA_DAYS));
+    // `rest` is in [0, 146096].
+    let (y, m, d) = civil_from_era_day(i64::try_from(rest).unwrap_or(0));
+    (i128::from(y) + eras * 400, i128::from(m), i128::from(d))
+}
+
+/// [`civil_from_days`] for a day in the first era from 1970 (0 to 146,096).
+fn civil_from_era_day(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097); // [0, 146096]
@@ -187,7 +227,7 @@ fn civil_from_days(days: i128) -> (i128, i128, i128) {
     let mp = (5 * doy + 2) / 153; // [0, 11]
     let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
     let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i128::from(month <= 2);
+    let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
 
@@ -251,6 +291,65 @@ mod tests {
             "9999-12-31T23:59:59.999999999+00:00"
         );
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999+00:00");
+        // Outside years 0-9999, the general path.
+        assert_eq!(
+            format_rfc3339(253_402_300_800 * S),
+            "10000-01-01T00:00:00.000000000+00:00"
+        );
+        assert_eq!(
+            format_rfc3339(-62_167_219_200 * S - 1),
+            "-001-12-31T23:59:59.999999999+00:00"
+        );
+    }
+
+    /// The digit-by-digit text is what `format!` makes of the same fields,
+    /// and the calendar what the 128-bit algorithm gave, over days from
+    /// year -1000 to 12000 and times within them.
+    #[test]
+    fn rfc3339_fast_path_matches_the_general_one() {
+        fn reference(unix_ns: i128) -> String {
+            let secs = unix_ns.div_euclid(1_000_000_000);
+            let nanos = unix_ns.rem_euclid(1_000_000_000);
+            let days = secs.div_euclid(86_400);
+            let sod = secs.rem_euclid(86_400);
+            // Hinnant's algorithm as first written, all in i128.
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z.rem_euclid(146_097);
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let day = doy - (153 * mp + 2) / 5 + 1;
+            let month = if mp < 10 { mp + 3 } else { mp - 9 };
+            let year = yoe + era * 400 + i128::from(month <= 2);
+            format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}+00:00",
+                sod / 3600,
+                sod % 3600 / 60,
+                sod % 60
+            )
+        }
+        let mut ns: i128 = -93_000_000_000_000_000_000; // year -1000 or so
+        let step: i128 = 86_400 * S * 13 + 3_600 * S * 5 + 61 * S + 123_456_789;
+        let mut n = 0;
+        while ns < 316_000_000_000 * S {
+            assert_eq!(format_rfc3339(ns), reference(ns), "{ns}");
+            assert_eq!(
+                format_rfc3339(ns + 86_399_999_999_999),
+                reference(ns + 86_399_999_999_999)
+            );
+            ns += step;
+            n += 1;
+        }
+        assert!(n > 300_000, "{n} days tried");
+        for extreme in [
+            i128::MIN / 2,
+            i128::MAX / 2,
+            i128::from(i64::MIN),
+            i128::from(i64::MAX),
+        ] {
+            assert_eq!(format_rfc3339(extreme), reference(extreme));
+        }
     }
 
     #[test]
