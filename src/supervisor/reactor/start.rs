@@ -54,6 +54,8 @@ impl Reactor {
         let request = self.next_request;
         self.next_request += 1;
         let mut started = Vec::with_capacity(input.specs.len());
+        self.table.reserve(input.specs.len());
+        self.queue.reserve(input.specs.len());
         for (id, ps) in input.specs {
             let mut proc = Proc::queued(id.clone(), request);
             proc.argv = Arc::from(ps.argv.as_slice());
