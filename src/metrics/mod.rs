@@ -134,12 +134,14 @@ pub fn format_rfc3339(unix_ns: i128) -> String {
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     let (h, mi, sec) = (sod / 3600, sod % 3600 / 60, sod % 60);
-    let Ok(y) = u16::try_from(year).map(u64::from) else {
-        return format!("{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{sec:02}.{nanos:09}+00:00");
+    let y = match u16::try_from(year) {
+        Ok(y) if y <= 9999 => u64::from(y),
+        _ => {
+            return format!(
+                "{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{sec:02}.{nanos:09}+00:00"
+            );
+        }
     };
-    if y > 9999 {
-        return format!("{year:04}-{month:02}-{day:02}T{h:02}:{mi:02}:{sec:02}.{nanos:09}+00:00");
-    }
     // Years 0 to 9999, digit by digit: results carry four of these each, and
     // `format!` of i128s was most of turning 10,000 results into JSON.
     let mut b = *b"0000-00-00T00:00:00.000000000+00:00";
@@ -291,7 +293,12 @@ mod tests {
             "9999-12-31T23:59:59.999999999+00:00"
         );
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999+00:00");
-        // Outside years 0-9999, the general path.
+        // The first instant written digit by digit, and outside years
+        // 0-9999, the general path.
+        assert_eq!(
+            format_rfc3339(-62_167_219_200 * S),
+            "0000-01-01T00:00:00.000000000+00:00"
+        );
         assert_eq!(
             format_rfc3339(253_402_300_800 * S),
             "10000-01-01T00:00:00.000000000+00:00"
@@ -343,6 +350,8 @@ mod tests {
         }
         assert!(n > 300_000, "{n} days tried");
         for extreme in [
+            i128::MIN,
+            i128::MAX,
             i128::MIN / 2,
             i128::MAX / 2,
             i128::from(i64::MIN),
