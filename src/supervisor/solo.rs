@@ -79,8 +79,8 @@ impl Solo {
     /// on its pidfd, its `/proc` files (with `Config::read_proc_at_exit`) and
     /// perf counters read from the zombie, the reap. Without the `/proc`
     /// reads, one `waitid` waits and reaps, and the stop time is taken after
-    /// it (as hyperfine's is after `wait4`), a few µs later than the agent's. Its result is the
-    /// agent's, from the same code. A spec [`Solo::supports`] refuses is not
+    /// it (as hyperfine's is after `wait4`), a few µs later than the agent's.
+    /// Its result is the agent's, from the same code. A spec [`Solo::supports`] refuses is not
     /// started, and its result says why.
     pub fn run(&mut self, id: &str, spec: &ProcSpec) -> ProcRes {
         if !Solo::supports(spec) {

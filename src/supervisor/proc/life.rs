@@ -191,10 +191,10 @@ impl Proc {
         self.perf.as_mut().map(|p| p.finish()).unwrap_or_default()
     }
 
-    /// Reaps the exited process through its pidfd (let go of then, so closed
-    /// unless the caller holds it too: a thousand finished results must not
-    /// hold a thousand fds), with its rusage; a
-    /// failed `waitid` is said in its errors, and gives false.
+    /// Reaps the exited process through its pidfd, with its rusage, and lets
+    /// go of the pidfd (closed then unless the caller holds it too: a
+    /// thousand finished results must not hold a thousand fds). A failed
+    /// `waitid` is said in its errors, and gives false.
     pub fn reap(&mut self) -> bool {
         let reaped = match self.pidfd.take().map(|fd| crate::sys::wait::reap(&*fd)) {
             Some(Ok(r)) => Some(r),

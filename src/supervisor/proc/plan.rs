@@ -379,10 +379,8 @@ impl<'a> FdList<'a> {
                     })
                 }))
             }
-            FdSpec::PipeWrite => Ok(self.pipe_write(fd).map(Source::Owned)),
-            FdSpec::PipeRead { proc_id, fd: wfd } => {
-                Ok(self.pipe_read(proc_id, wfd).map(Source::Owned))
-            }
+            FdSpec::PipeWrite => owned(Ok(self.pipe_write(fd))),
+            FdSpec::PipeRead { proc_id, fd: wfd } => owned(Ok(self.pipe_read(proc_id, wfd))),
         };
         self.install(fd, source);
         self.fds.push((norm, cap_index));
@@ -433,7 +431,8 @@ impl<'a> FdList<'a> {
         self.table.insert(fd, None);
     }
 
-    /// `null`: a duplicate of the agent's `/dev/null`, opened as `flags` say.
+    /// `null`: the agent's `/dev/null` opened as `flags` say, shared or a
+    /// duplicate (see `NullFds::get`).
     fn null(&self, fd: RawFd, flags: spec::OpenFlag) -> Result<Source, Errno> {
         self.ctx.null.get(flags.oflags(fd), self.ctx.fd_floor)
     }

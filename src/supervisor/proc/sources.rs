@@ -27,7 +27,8 @@ pub(crate) struct NullFds(std::cell::RefCell<Vec<(i32, Arc<OwnedFd>)>>);
 const SHARED_BELOW: RawFd = 64;
 
 impl NullFds {
-    /// An fd on `/dev/null` as `open(2)` with `oflags` would give it.
+    /// An fd on `/dev/null` as `open(2)` with `oflags` would give it: the
+    /// held one itself where [`SHARED_BELOW`] allows, else a duplicate.
     pub(super) fn get(&self, oflags: i32, floor: RawFd) -> Result<Source, Errno> {
         let open = || fd::open(Path::new("/dev/null"), oflags, 0o666);
         if oflags & libc::O_EXCL != 0 {
