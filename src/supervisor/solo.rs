@@ -6,9 +6,16 @@
 //! process but its result, so the runner's own work stays off the CPU its
 //! child needs. What needs the reactor (captures, pipes between processes,
 //! timeouts) is refused by [`Solo::supports`] and goes to an agent.
+//!
+//! Its perf counters are held on the calling thread and inherited by each
+//! child ([`Inherited`]), rather than opened by each child before its exec and
+//! closed after it: a run's counts are what they gained from just before its
+//! clone to its exit. Should that fail (no counter opens, or the kernel loses
+//! them), each child opens its own, as in the agent.
 
 use super::Config;
 use super::proc::{self, EnvCache, Life, NullFds, PlanContext, Proc, RequestPipes};
+use crate::metrics::perf::{Inherited, PerfState};
 use crate::metrics::procstat::StatContext;
 use crate::result::ProcRes;
 use crate::spec::{FdSpec, ProcSpec};
@@ -33,6 +40,10 @@ pub(crate) struct Solo {
     /// For `/proc` reads of the zombie (`Config::read_proc_at_exit`).
     stat_ctx: Option<StatContext>,
     stat_buf: Vec<u8>,
+    /// The perf counters children inherit, once a run asked for them.
+    held: Option<Inherited>,
+    /// Set when held counters failed: each child opens its own from then on.
+    held_off: bool,
 }
 
 impl std::fmt::Debug for Solo {
@@ -55,6 +66,8 @@ impl Solo {
             closing: Vec::new(),
             stat_ctx: StatContext::from_system().ok(),
             stat_buf: Vec::with_capacity(1024),
+            held: None,
+            held_off: false,
         })
     }
 
@@ -127,10 +140,22 @@ impl Solo {
                 prep.errors.push(proc::out_of_fds_message());
             }
             let mut p = unrequested(id);
-            let (plan, exe) = p.launched(prep);
+            let (mut plan, exe) = p.launched(prep);
+            let inherit = plan.is_some() && self.hold_for(p.perf.as_ref());
+            if inherit {
+                if let Some(plan) = plan.as_mut() {
+                    plan.clear_perf();
+                }
+                if let Some(held) = self.held.as_mut() {
+                    // What other children added is not this one's.
+                    held.mark();
+                }
+            }
             match plan.map(|plan| spawn(plan, &mut self.stack)) {
                 Some(Ok(child)) => {
                     let pidfd = p.started(child, &exe, 0);
+                    // Enabled by its exec, when it got that far.
+                    let ran = p.failure.is_none();
                     // Closing a counter tears it down (some µs each): done
                     // while this child runs rather than between its exit and
                     // the next clone.
@@ -144,6 +169,9 @@ impl Solo {
                         // Not known to have exited, nothing of it is read;
                         // the reap says what went wrong.
                         if wait::wait_exited(&*pidfd).is_ok() {
+                            if inherit {
+                                take_counts(&mut self.held, &mut self.held_off, &mut p, ran);
+                            }
                             self.closing = p.exited(read_proc);
                         }
                         p.reap();
@@ -151,6 +179,9 @@ impl Solo {
                         // Nothing to read from the zombie: one waitid waits
                         // and reaps, and the counters, stopped at the exit,
                         // keep their final counts.
+                        if inherit {
+                            take_counts(&mut self.held, &mut self.held_off, &mut p, ran);
+                        }
                         self.closing = p.exited(None);
                     }
                     // The pidfd too closes while the next child runs.
@@ -167,6 +198,54 @@ impl Solo {
                 None => p.life = Life::NotStarted,
             }
             return result(p);
+        }
+    }
+}
+
+impl Solo {
+    /// Whether the child of a proc with counters `perf` (still to open) counts
+    /// through the held ones: opens them for its events on this thread when
+    /// none serve (and says no when that fails, as it will from then on).
+    fn hold_for(&mut self, perf: Option<&PerfState>) -> bool {
+        let Some(PerfState::Pending(setup)) = perf else {
+            return false;
+        };
+        if self.held_off {
+            return false;
+        }
+        if self.held.as_ref().is_some_and(|h| h.serves(setup)) {
+            return true;
+        }
+        self.held = None;
+        match Inherited::open(setup.clone()) {
+            Ok(held) => {
+                self.held = Some(held);
+                true
+            }
+            Err(_) => {
+                self.held_off = true;
+                false
+            }
+        }
+    }
+}
+
+/// Gives `p`, which has exited, the counts the held counters gained since
+/// its clone; when they were lost (`ran` but never enabled), says so in its
+/// counts and lets go of the held counters for good.
+fn take_counts(held: &mut Option<Inherited>, off: &mut bool, p: &mut Proc, ran: bool) {
+    let (Some(h), Some(perf)) = (held.as_mut(), p.perf.as_mut()) else {
+        return;
+    };
+    match h.since(ran) {
+        Some(res) => perf.counted(res),
+        None => {
+            perf.never_ran(
+                "no counts: the kernel did not count this child under the runner's \
+                 inherited counters (later runs open their own)",
+            );
+            *held = None;
+            *off = true;
         }
     }
 }
@@ -369,9 +448,9 @@ mod tests {
             assert_eq!(res.proc_stat.is_some(), read_proc_at_exit);
             assert!(res.times.elapsed > 0.0 && res.rusage.is_some());
         }
-        // What stays open between runs is the last run's counters and
-        // pidfd, held to be closed while the next child runs (or with the
-        // runner).
+        // What stays open between runs is the last run's pidfd, held to be
+        // closed while the next child runs (or with the runner); the counters
+        // are the runner's own, which every child inherits.
         use rustix::fd::AsRawFd;
         let links: Vec<String> = solo
             .closing
@@ -381,23 +460,47 @@ mod tests {
                 link.unwrap().to_string_lossy().into_owned()
             })
             .collect();
-        let pidfds = links.iter().filter(|l| l.contains("pidfd")).count();
-        assert_eq!(pidfds, 1, "{links:?}");
-        assert!(!counts || links.len() > 1, "{links:?}");
-        assert!(
-            links
-                .iter()
-                .all(|l| l.contains("pidfd") || l.contains("perf_event")),
-            "{links:?}"
-        );
-        let held = solo.closing.len();
+        assert_eq!(links.len(), 1, "{links:?}");
+        assert!(links[0].contains("pidfd"), "{links:?}");
+        assert_eq!(solo.held.is_some(), counts);
+        assert!(!solo.held_off);
         let s = bench_like(json!(["/bin/true"]));
-        solo.run("again", &s);
-        assert_eq!(
-            solo.closing.len(),
-            held,
-            "replaced by this run's: the previous ones dropped, so closed"
-        );
+        let res = solo.run("again", &s);
+        assert!(!counts || res.perf.unwrap().counts["task_clock"].is_some_and(|ns| ns > 0));
+        assert_eq!(solo.closing.len(), 1, "replaced by this run's pidfd");
+    }
+
+    /// Runs counted by the held counters each get their own counts, not the
+    /// total so far: a busy run counts far more CPU than a quick one, in any
+    /// order. A run of another spec in between (no counters) does not add in.
+    #[test]
+    fn each_run_gets_its_own_counts() {
+        if !counting("solo each_run_gets_its_own_counts") {
+            return;
+        }
+        let mut solo = Solo::new(Config::default()).unwrap();
+        let quick = bench_like(json!(["/bin/true"]));
+        let busy = bench_like(json!([
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
+        ]));
+        let mut plain = busy.clone();
+        plain.perf = Some(crate::spec::PerfSpec::Enabled(false));
+        let task_clock = |res: ProcRes| res.perf.unwrap().counts["task_clock"].unwrap();
+        let (mut q, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            // Its busy child adds into the held counters, before the quick
+            // one's mark.
+            assert!(solo.run("plain", &plain).perf.is_none());
+            q.push(task_clock(solo.run("q", &quick)));
+            b.push(task_clock(solo.run("b", &busy)));
+        }
+        q.sort_unstable();
+        b.sort_unstable();
+        assert!(q[0] > 0, "{q:?}");
+        assert!(b[0] > 5 * q[9], "quick {q:?} busy {b:?}");
+        assert!(solo.held.is_some() && !solo.held_off);
     }
 
     #[test]

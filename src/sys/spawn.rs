@@ -209,6 +209,12 @@ impl ChildPlan {
         self.perf = Some(perf);
     }
 
+    /// Drops the perf counters planned with [`ChildPlan::set_perf`]: the child
+    /// opens none.
+    pub fn clear_perf(&mut self) {
+        self.perf = None;
+    }
+
     /// Whether the child calls `setsid()` (Procstar does; default true).
     pub fn set_setsid(&mut self, setsid: bool) {
         self.setsid = setsid;

@@ -10,7 +10,9 @@
 //! group leader is `disabled` + `enable_on_exec`, every counter `inherit`: the
 //! count runs from the program's first instruction and includes its children.
 //! The agent reads them while the process runs (live results) and once more at
-//! exit, before the reap, then closes them.
+//! exit, before the reap, then closes them. A runner of one process at a time
+//! instead holds one set on its own thread for every child to inherit
+//! ([`Inherited`]), and takes each child's counts as what the set gained.
 //!
 //! At startup (lazily, once) the agent opens every event on itself to learn what
 //! the machine allows ([`probe`]): hardware events need a PMU (a VM often has
@@ -27,6 +29,7 @@
 //! | `setup.rs` | [`Setup`]: which counters a child opens |
 //! | `read.rs` | [`parse_read`], [`apply_reading`] |
 //! | `state.rs` | [`PerfState`]: a proc's counters, read while it runs and at exit |
+//! | `inherited.rs` | [`Inherited`]: counters held by the runner, inherited by each child |
 //! | `result.rs` | [`PerfRes`] |
 //!
 //! # References
@@ -35,6 +38,7 @@
 
 mod access;
 mod event;
+mod inherited;
 mod read;
 mod result;
 mod setup;
@@ -42,6 +46,7 @@ mod state;
 
 pub use access::{Access, Probe, errno_name, probe, probe_with};
 pub use event::{ALL, Event, Selection, known_names, requested};
+pub use inherited::Inherited;
 pub use read::{ReadError, Reading, apply_reading, parse_read};
 pub use result::PerfRes;
 pub use setup::Setup;

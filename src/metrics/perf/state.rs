@@ -1,7 +1,7 @@
 //! [`PerfState`]: a proc's counters through its life (decided, open, read at
 //! exit), and reading the open ones into a result.
 
-use super::read::{apply_reading, parse_read};
+use super::read::{Reading, apply_reading, parse_read};
 use super::{ALL, Event, PerfRes, Setup, errno_name};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
@@ -61,6 +61,15 @@ impl PerfState {
         *self = PerfState::Done(Arc::new(all_null(&setup, why)));
     }
 
+    /// Takes final counts counted elsewhere (by counters the runner holds and
+    /// the child inherited, see [`Inherited`](super::Inherited)), unless the
+    /// counts are already settled (a child that failed before exec has none).
+    pub fn counted(&mut self, res: PerfRes) {
+        if !matches!(self, PerfState::Done(_)) {
+            *self = PerfState::Done(Arc::new(res));
+        }
+    }
+
     /// Reads the final counts and hands back the counters' fds for the caller
     /// to close: closing an inherited counter tears down its per-task copies
     /// (some 5 µs each here), which a caller may rather spend off its thread.
@@ -107,57 +116,115 @@ fn base_res(setup: &Setup) -> PerfRes {
 }
 
 pub(super) fn read_counters(setup: &Setup, fds: &[Result<OwnedFd, Errno>]) -> PerfRes {
-    let mut res = base_res(setup);
-    let mut slots = fds.iter();
-    let mut buf = [0u8; 8 * (3 + ALL.len())];
-    for group in &setup.groups {
-        let group_fds: Vec<&Result<OwnedFd, Errno>> = slots.by_ref().take(group.len()).collect();
-        let mut unavailable = |events: &[Event], why: String| {
-            for e in events {
-                res.unavailable.insert(e.name().to_string(), why.clone());
+    Snapshot::read(setup, fds).result(setup)
+}
+
+/// One read of a proc's counters, before it becomes a result: per group (per
+/// counter without group reads) the events it covers and their reading, or why
+/// they have none. Two of them give the counts between them
+/// ([`Snapshot::since`]).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Snapshot {
+    parts: Vec<(Vec<Event>, Result<Reading, String>)>,
+}
+
+impl Snapshot {
+    /// Reads `fds`, one per entry of `setup`'s plan.
+    pub(super) fn read(setup: &Setup, fds: &[Result<OwnedFd, Errno>]) -> Snapshot {
+        let mut parts = Vec::new();
+        let mut slots = fds.iter();
+        let mut buf = [0u8; 8 * (3 + ALL.len())];
+        for group in &setup.groups {
+            let group_fds: Vec<&Result<OwnedFd, Errno>> =
+                slots.by_ref().take(group.len()).collect();
+            if setup.group_read {
+                // A member that failed to open is not in the group: the
+                // leader's read covers the members that opened, in order; the
+                // others say why they did not.
+                let mut opened = Vec::with_capacity(group.len());
+                for (i, &event) in group.iter().enumerate() {
+                    match group_fds.get(i) {
+                        Some(Ok(_)) => opened.push(event),
+                        Some(Err(e)) => parts.push((vec![event], Err(open_failed(*e)))),
+                        None => parts.push((vec![event], Err("not opened".into()))),
+                    }
+                }
+                // Without a leader there is no group: every member already
+                // says why.
+                if let Some(Ok(leader)) = group_fds.first() {
+                    let reading = read_into(leader, &mut buf).and_then(|n| {
+                        parse_read(buf.get(..n).unwrap_or(&[]), true, opened.len())
+                            .map_err(|e| e.to_string())
+                    });
+                    parts.push((opened, reading));
+                }
+                continue;
             }
-        };
-        if setup.group_read {
-            // A member that failed to open is not in the group: the leader's
-            // read covers the members that opened, in order; the others say
-            // why they did not.
-            let mut opened = Vec::with_capacity(group.len());
             for (i, &event) in group.iter().enumerate() {
-                match group_fds.get(i) {
-                    Some(Ok(_)) => opened.push(event),
-                    Some(Err(e)) => unavailable(&[event], open_failed(*e)),
-                    None => unavailable(&[event], "not opened".into()),
-                }
-            }
-            // Without a leader there is no group: every member already says why.
-            if let Some(Ok(leader)) = group_fds.first() {
-                match read_into(leader, &mut buf).and_then(|n| {
-                    parse_read(buf.get(..n).unwrap_or(&[]), true, opened.len())
-                        .map_err(|e| e.to_string())
-                }) {
-                    Ok(reading) => apply_reading(&opened, &reading, &mut res),
-                    Err(why) => unavailable(&opened, why),
-                }
-            }
-            continue;
-        }
-        for (i, &event) in group.iter().enumerate() {
-            let outcome = match group_fds.get(i) {
-                Some(Ok(fd)) => read_into(fd, &mut buf).and_then(|n| {
-                    parse_read(buf.get(..n).unwrap_or(&[]), false, 1).map_err(|e| e.to_string())
-                }),
-                Some(Err(e)) => Err(open_failed(*e)),
-                None => Err("not opened".into()),
-            };
-            match outcome {
-                Ok(reading) => apply_reading(&[event], &reading, &mut res),
-                Err(why) => {
-                    res.unavailable.insert(event.name().to_string(), why);
-                }
+                let reading = match group_fds.get(i) {
+                    Some(Ok(fd)) => read_into(fd, &mut buf).and_then(|n| {
+                        parse_read(buf.get(..n).unwrap_or(&[]), false, 1).map_err(|e| e.to_string())
+                    }),
+                    Some(Err(e)) => Err(open_failed(*e)),
+                    None => Err("not opened".into()),
+                };
+                parts.push((vec![event], reading));
             }
         }
+        Snapshot { parts }
     }
-    res
+
+    /// The counts from `earlier` (a snapshot of the same counters) to this
+    /// one: values and times subtracted part by part; a part that either
+    /// lacks says why.
+    pub(super) fn since(&self, earlier: &Snapshot) -> Snapshot {
+        let parts = self
+            .parts
+            .iter()
+            .zip(&earlier.parts)
+            .map(|((events, now), (_, then))| {
+                let reading = match (now, then) {
+                    (Ok(now), Ok(then)) => Ok(Reading {
+                        time_enabled: now.time_enabled.wrapping_sub(then.time_enabled),
+                        time_running: now.time_running.wrapping_sub(then.time_running),
+                        values: now
+                            .values
+                            .iter()
+                            .zip(&then.values)
+                            .map(|(a, b)| a.wrapping_sub(*b))
+                            .collect(),
+                    }),
+                    (Err(why), _) | (_, Err(why)) => Err(why.clone()),
+                };
+                (events.clone(), reading)
+            })
+            .collect();
+        Snapshot { parts }
+    }
+
+    /// Whether any part was enabled for some time (a child that ran a
+    /// program under them was).
+    pub(super) fn enabled(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|(_, r)| r.as_ref().is_ok_and(|r| r.time_enabled > 0))
+    }
+
+    /// The result: `setup`'s events, each with its count or why it has none.
+    pub(super) fn result(&self, setup: &Setup) -> PerfRes {
+        let mut res = base_res(setup);
+        for (events, reading) in &self.parts {
+            match reading {
+                Ok(reading) => apply_reading(events, reading, &mut res),
+                Err(why) => {
+                    for e in events {
+                        res.unavailable.insert(e.name().to_string(), why.clone());
+                    }
+                }
+            }
+        }
+        res
+    }
 }
 
 fn open_failed(e: Errno) -> String {
