@@ -205,7 +205,10 @@ impl Solo {
 impl Solo {
     /// Whether the child of a proc with counters `perf` (still to open) counts
     /// through the held ones: opens them for its events on this thread when
-    /// none serve (and says no when that fails, as it will from then on).
+    /// there are none here yet (and says no when that fails, as it will from
+    /// then on). A proc that asks for other events than the held ones count
+    /// opens its own, so that commands asking for different events, run in
+    /// turn, do not reopen the held ones at every run.
     fn hold_for(&mut self, perf: Option<&PerfState>) -> bool {
         let Some(PerfState::Pending(setup)) = perf else {
             return false;
@@ -213,8 +216,10 @@ impl Solo {
         if self.held_off {
             return false;
         }
-        if self.held.as_ref().is_some_and(|h| h.serves(setup)) {
-            return true;
+        if let Some(held) = &self.held {
+            if held.on_this_thread() {
+                return held.counts(setup);
+            }
         }
         self.held = None;
         match Inherited::open(setup.clone()) {
@@ -500,6 +505,15 @@ mod tests {
         b.sort_unstable();
         assert!(q[0] > 0, "{q:?}");
         assert!(b[0] > 5 * q[9], "quick {q:?} busy {b:?}");
+        // Other events than the held ones: counted by the child's own
+        // counters, the held ones kept for the next run that asks for theirs.
+        let mut other = busy.clone();
+        other.perf = Some(crate::spec::PerfSpec::Events(vec!["task_clock".into()]));
+        let res = solo.run("other", &other);
+        let perf = res.perf.unwrap();
+        assert_eq!(perf.counts.len(), 1, "{perf:?}");
+        assert!(perf.counts["task_clock"].unwrap() > 5 * q[9], "{perf:?}");
+        assert!(task_clock(solo.run("q", &quick)) < b[0]);
         assert!(solo.held.is_some() && !solo.held_off);
     }
 

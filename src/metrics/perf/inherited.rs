@@ -101,10 +101,14 @@ impl Inherited {
         })
     }
 
-    /// Whether these count the children of the calling thread for the events
-    /// of `setup`.
-    pub fn serves(&self, setup: &Setup) -> bool {
-        self.setup.requested == setup.requested && self.tid == rustix::thread::gettid()
+    /// Whether these count the events `setup` asks for.
+    pub fn counts(&self, setup: &Setup) -> bool {
+        self.setup.requested == setup.requested
+    }
+
+    /// Whether the calling thread is the one these count the children of.
+    pub fn on_this_thread(&self) -> bool {
+        self.tid == rustix::thread::gettid()
     }
 
     /// Reads the counters now: the next [`Inherited::since`] counts from here.
@@ -157,7 +161,7 @@ mod tests {
         std::thread::spawn(move || {
             let (setup, _) = Setup::for_events(&events);
             let mut held = Inherited::open(setup.clone()).unwrap();
-            assert!(held.serves(&setup));
+            assert!(held.counts(&setup) && held.on_this_thread());
             let run = |held: &mut Inherited, script: &str| {
                 held.mark();
                 let status = std::process::Command::new("/bin/sh")
@@ -193,13 +197,13 @@ mod tests {
         .unwrap();
     }
 
-    /// Counters of one thread are not those of another.
+    /// Counters of one thread are not those of another, nor of other events.
     #[test]
-    fn serves_only_its_thread_and_events() {
+    fn count_their_events_for_their_thread() {
         let events = [Event::TaskClock];
         if matches!(probe().access(Event::TaskClock), Access::Unavailable(_)) {
             crate::test_skip(
-                "perf::inherited serves_only_its_thread_and_events",
+                "perf::inherited count_their_events_for_their_thread",
                 "perf task-clock unavailable",
                 true,
             );
@@ -207,11 +211,11 @@ mod tests {
         }
         let (setup, _) = Setup::for_events(&events);
         let held = Inherited::open(setup.clone()).unwrap();
-        assert!(held.serves(&setup));
+        assert!(held.counts(&setup) && held.on_this_thread());
         let (other, _) = Setup::for_events(&[Event::TaskClock, Event::PageFaults]);
-        assert!(!held.serves(&other));
+        assert!(!held.counts(&other));
         std::thread::scope(|s| {
-            s.spawn(|| assert!(!held.serves(&setup)));
+            s.spawn(|| assert!(!held.on_this_thread()));
         });
     }
 }
