@@ -43,8 +43,6 @@ pub const SW_CPU_MIGRATIONS: u64 = 4;
 pub const SW_PAGE_FAULTS_MIN: u64 = 5;
 /// `PERF_COUNT_SW_PAGE_FAULTS_MAJ`.
 pub const SW_PAGE_FAULTS_MAJ: u64 = 6;
-/// `PERF_COUNT_SW_DUMMY`: counts nothing.
-pub const SW_DUMMY: u64 = 9;
 
 /// `PERF_FORMAT_TOTAL_TIME_ENABLED`.
 pub const FORMAT_TOTAL_TIME_ENABLED: u64 = 1 << 0;

@@ -65,6 +65,11 @@ impl Setup {
         setup
     }
 
+    /// Whether no counter would be opened (nothing asked for is available).
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
     /// The setup for `requested` with the agent's [`probe`](super::probe), and
     /// its plan: the last one built on this thread while the same events are
     /// asked for, so a run of spawns of one spec decides its counters once.

@@ -202,12 +202,12 @@ impl Snapshot {
         Snapshot { parts }
     }
 
-    /// Whether any part was enabled for some time (a child that ran a
-    /// program under them was).
-    pub(super) fn enabled(&self) -> bool {
+    /// Whether a part that was read was never enabled (as the counters of a
+    /// child that ran a program under them all were, if only for an instant).
+    pub(super) fn never_enabled(&self) -> bool {
         self.parts
             .iter()
-            .any(|(_, r)| r.as_ref().is_ok_and(|r| r.time_enabled > 0))
+            .any(|(_, r)| r.as_ref().is_ok_and(|r| r.time_enabled == 0))
     }
 
     /// The result: `setup`'s events, each with its count or why it has none.

@@ -180,7 +180,7 @@ impl Proc {
     /// a buffer, and reads its final perf counts (its exited children's
     /// folded in), handing back the counters' fds for the caller to close.
     pub fn exited(&mut self, read_proc: Option<(&StatContext, &mut Vec<u8>)>) -> Vec<OwnedFd> {
-        self.exited_at = Some((SystemTime::now(), Instant::now()));
+        self.stamp_exit();
         if let Some((ctx, buf)) = read_proc {
             if let Some(pid) = self.pid {
                 self.proc_stat = super::read_stat(pid, ctx, buf).or(self.proc_stat.take());
@@ -189,6 +189,14 @@ impl Proc {
             self.read_io(buf);
         }
         self.perf.as_mut().map(|p| p.finish()).unwrap_or_default()
+    }
+
+    /// Stamps the time its exit was seen, unless already stamped (a caller
+    /// with work to do between the exit and [`Proc::exited`] stamps it first).
+    pub fn stamp_exit(&mut self) {
+        if self.exited_at.is_none() {
+            self.exited_at = Some((SystemTime::now(), Instant::now()));
+        }
     }
 
     /// Reaps the exited process through its pidfd, with its rusage, and lets
