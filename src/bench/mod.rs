@@ -592,6 +592,9 @@ pub struct Runner {
     agent: Option<(Agent, usize)>,
     /// Where runs one at a time go, when their spec allows (made on first use).
     solo: Option<Solo>,
+    /// Whether the benchmark's commands all ask for the same perf events, so
+    /// that [`Solo`] may count them through held counters.
+    same_events: bool,
     next: u64,
 }
 
@@ -615,6 +618,7 @@ impl Runner {
             base: config,
             agent: None,
             solo: None,
+            same_events: true,
             next: 0,
         })
     }
@@ -624,6 +628,11 @@ impl Runner {
     fn agent_for(&mut self, jobs: usize) -> std::io::Result<&Agent> {
         if self.agent.as_ref().is_none_or(|(_, j)| *j != jobs) {
             self.agent = None;
+            if let Some(solo) = self.solo.as_mut() {
+                // The agent's threads would inherit them, and so every child
+                // they spawn; they open again at the next run here.
+                solo.release_counters();
+            }
             let config = Config {
                 max_running: Some(jobs),
                 spawn_threads: if jobs == 1 {
@@ -671,7 +680,9 @@ impl Runner {
         if here {
             let id = self.fresh_id();
             if self.solo.is_none() {
-                self.solo = Some(Solo::new(self.base.clone()).map_err(BenchError::Agent)?);
+                let mut solo = Solo::new(self.base.clone()).map_err(BenchError::Agent)?;
+                solo.hold_counters(self.same_events);
+                self.solo = Some(solo);
             }
             let solo = self.solo.as_mut().expect("just made");
             return Ok(solo.run(&id, spec));
@@ -733,6 +744,15 @@ impl Runner {
     ) -> Result<Outcome, BenchError> {
         for c in commands {
             validate(&c.spec, &c.name)?;
+        }
+        // Runs one at a time count through counters the runner holds, which
+        // every child inherits: commands asking for different events would
+        // not be measured alike, so each child then opens its own.
+        self.same_events = commands
+            .windows(2)
+            .all(|w| w[0].spec.perf == w[1].spec.perf);
+        if let Some(solo) = self.solo.as_mut() {
+            solo.hold_counters(self.same_events);
         }
         let jobs = plan.jobs.max(1);
         if !runs_here(commands, plan) {
@@ -1139,6 +1159,59 @@ mod tests {
         let out = runner.bench(&commands, &jobs, &mut |_| {}).unwrap();
         assert_eq!(out.commands[0].runs.len(), 3);
         assert!(runner.agent.is_some());
+    }
+
+    /// Runs one at a time count through counters the runner holds only when
+    /// every command asks for the same events (in any order, grouped too),
+    /// and an agent's start lets go of them; every run is counted either way.
+    #[test]
+    fn held_counters_only_for_commands_asking_alike() {
+        use crate::metrics::perf::{Access, Event, probe};
+        if let Access::Unavailable(why) = probe().access(Event::TaskClock) {
+            crate::test_skip(
+                "bench held_counters_only_for_commands_asking_alike",
+                &format!("perf task-clock unavailable ({why})"),
+                false,
+            );
+            return;
+        }
+        let plan = Plan {
+            runs: Some(3),
+            order: Order::Grouped,
+            ..Plan::default()
+        };
+        let counted = |out: &Outcome| {
+            out.commands.iter().all(|c| {
+                c.runs
+                    .iter()
+                    .all(|r| r.value(Metric::TaskClock).is_some_and(|ns| ns > 0.0))
+            })
+        };
+        let holds = |r: &Runner| r.solo.as_ref().is_some_and(Solo::holds_counters);
+        let mut runner = Runner::new().unwrap();
+        let a = Command::argv("a", &["/bin/true"]);
+        let out = runner
+            .bench(std::slice::from_ref(&a), &plan, &mut |_| {})
+            .unwrap();
+        assert!(counted(&out) && holds(&runner));
+        let mut b = Command::argv("b", &["/bin/true"]);
+        b.spec.perf = Some(crate::spec::PerfSpec::Events(vec!["task_clock".into()]));
+        let out = runner.bench(&[a.clone(), b], &plan, &mut |_| {}).unwrap();
+        assert!(counted(&out));
+        assert!(!holds(&runner), "every run opened its own");
+        let out = runner
+            .bench(std::slice::from_ref(&a), &plan, &mut |_| {})
+            .unwrap();
+        assert!(counted(&out) && holds(&runner), "alike again: held again");
+        runner.agent_for(2).unwrap();
+        assert!(
+            !holds(&runner),
+            "let go of before the agent's threads start"
+        );
+        let out = runner
+            .bench(std::slice::from_ref(&a), &plan, &mut |_| {})
+            .unwrap();
+        assert!(counted(&out) && holds(&runner));
     }
 
     #[test]

@@ -21,7 +21,6 @@ use crate::result::ProcRes;
 use crate::spec::{FdSpec, ProcSpec};
 use crate::sys::spawn::{ChildStack, spawn};
 use crate::sys::wait;
-use rustix::io::Errno;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -110,7 +109,8 @@ impl Solo {
         loop {
             tries += 1;
             // Out of fds or processes with nothing else running: what this
-            // runner holds (the last run's counters) may be what was short,
+            // runner holds (the last run's pidfd, and its counters when it
+            // opened its own) may be what was short,
             // so it lets go and tries again, as often as the agent tries a
             // process that runs alone.
             let again = tries < proc::ALONE_RETRIES;
@@ -210,6 +210,30 @@ impl Solo {
         }
     }
 
+    /// Lets go of the held counters (they open again at the next run that asks
+    /// for them): a caller about to start threads on this thread does so first,
+    /// so that they, and every child they spawn, do not carry copies.
+    pub fn release_counters(&mut self) {
+        self.held = None;
+    }
+
+    /// Whether runs may count through held counters (the default), or each
+    /// child opens its own, as in the agent: a benchmark whose commands ask
+    /// for different events says no, so that each is measured alike whatever
+    /// the order of its runs. Saying yes again also retries after a failure.
+    pub fn hold_counters(&mut self, allowed: bool) {
+        if !allowed {
+            self.held = None;
+        }
+        self.held_off = !allowed;
+    }
+
+    /// Whether counters are held now (for tests).
+    #[cfg(test)]
+    pub(crate) fn holds_counters(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Whether the child of a proc with counters `perf` (still to open) counts
     /// through the held ones: opens them for its events on this thread when
     /// there are none here yet. No, from then on, when that fails (but for a
@@ -243,7 +267,7 @@ impl Solo {
             }
             // Short of fds for now: this child opens its own (and says why
             // any did not open); the next run tries again.
-            Err(e) if e == Errno::MFILE || e == Errno::NFILE => false,
+            Err(e) if proc::out_of_fds(e) => false,
             Err(_) => {
                 self.held_off = true;
                 false
