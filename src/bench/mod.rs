@@ -1166,13 +1166,9 @@ mod tests {
     /// and an agent's start lets go of them; every run is counted either way.
     #[test]
     fn held_counters_only_for_commands_asking_alike() {
-        use crate::metrics::perf::{Access, Event, probe};
-        if let Access::Unavailable(why) = probe().access(Event::TaskClock) {
-            crate::test_skip(
-                "bench held_counters_only_for_commands_asking_alike",
-                &format!("perf task-clock unavailable ({why})"),
-                false,
-            );
+        if !crate::metrics::perf::task_clock_or_skip(
+            "bench held_counters_only_for_commands_asking_alike",
+        ) {
             return;
         }
         let plan = Plan {

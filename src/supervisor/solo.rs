@@ -523,13 +523,7 @@ mod tests {
     /// order. A run of another spec in between (no counters) does not add in.
     #[test]
     fn each_run_gets_its_own_counts() {
-        use crate::metrics::perf::{Access, Event, probe};
-        if let Access::Unavailable(why) = probe().access(Event::TaskClock) {
-            crate::test_skip(
-                "solo each_run_gets_its_own_counts",
-                &format!("perf task-clock unavailable ({why})"),
-                false,
-            );
+        if !crate::metrics::perf::task_clock_or_skip("solo each_run_gets_its_own_counts") {
             return;
         }
         let mut solo = Solo::new(Config::default()).unwrap();

@@ -150,8 +150,7 @@ mod tests {
     #[test]
     fn each_child_is_counted_alone() {
         let test = "perf::inherited each_child_is_counted_alone";
-        if let Access::Unavailable(why) = probe().access(Event::TaskClock) {
-            crate::test_skip(test, &format!("perf task-clock unavailable ({why})"), false);
+        if !crate::metrics::perf::task_clock_or_skip(test) {
             return;
         }
         let hardware = !matches!(probe().access(Event::Instructions), Access::Unavailable(_));
@@ -230,12 +229,9 @@ mod tests {
     #[test]
     fn count_their_events_for_their_thread() {
         let events = [Event::TaskClock];
-        if let Access::Unavailable(why) = probe().access(Event::TaskClock) {
-            crate::test_skip(
-                "perf::inherited count_their_events_for_their_thread",
-                &format!("perf task-clock unavailable ({why})"),
-                false,
-            );
+        if !crate::metrics::perf::task_clock_or_skip(
+            "perf::inherited count_their_events_for_their_thread",
+        ) {
             return;
         }
         let (setup, _) = Setup::for_events(&events);

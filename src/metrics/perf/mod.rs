@@ -51,3 +51,14 @@ pub use read::{ReadError, Reading, apply_reading, parse_read};
 pub use result::PerfRes;
 pub use setup::Setup;
 pub use state::PerfState;
+
+/// Whether perf's task clock can be counted here; when not, says that the
+/// whole of `test` is skipped, and why.
+#[cfg(test)]
+pub(crate) fn task_clock_or_skip(test: &str) -> bool {
+    if let Access::Unavailable(why) = probe().access(Event::TaskClock) {
+        crate::test_skip(test, &format!("perf task-clock unavailable ({why})"), false);
+        return false;
+    }
+    true
+}
