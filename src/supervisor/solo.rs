@@ -168,30 +168,27 @@ impl Solo {
                     } else {
                         None
                     };
-                    if read_proc.is_some() {
-                        // Not known to have exited, nothing of it is read;
-                        // the reap says what went wrong.
-                        if wait::wait_exited(&*pidfd).is_ok() {
-                            if inherit {
-                                take_counts(&mut self.held, &mut self.held_off, &mut p, ran);
-                            }
-                            self.closing = p.exited(read_proc);
-                        }
-                        p.reap();
-                    } else if p.reap() {
-                        // Nothing to read from the zombie: one waitid waits
-                        // and reaps, and the counters, stopped at the exit,
-                        // keep their final counts.
+                    // With the `/proc` reads: a wait, the reads of the
+                    // zombie, the reap (a wait that failed reads nothing; the
+                    // reap says what went wrong). Without: one waitid waits
+                    // and reaps, and the counters, stopped at the exit, keep
+                    // their final counts.
+                    let reading = read_proc.is_some();
+                    let exited = if reading {
+                        wait::wait_exited(&*pidfd).is_ok()
+                    } else {
+                        p.reap()
+                    };
+                    if exited {
                         if inherit {
                             take_counts(&mut self.held, &mut self.held_off, &mut p, ran);
                         }
-                        self.closing = p.exited(None);
+                        self.closing = p.exited(read_proc);
+                    } else if let (true, Some(perf)) = (inherit, p.perf.as_mut()) {
+                        perf.never_ran("no counts: the process's exit was not seen");
                     }
-                    if inherit {
-                        if let Some(perf) = p.perf.as_mut() {
-                            // Counted above unless its exit was not seen.
-                            perf.never_ran("no counts: the process's exit was not seen");
-                        }
+                    if reading {
+                        p.reap();
                     }
                     // The pidfd too closes while the next child runs.
                     self.closing.extend(std::rc::Rc::into_inner(pidfd));
