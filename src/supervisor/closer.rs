@@ -7,28 +7,52 @@
 //! thread not start, fds are closed where they are (nothing is lost but time).
 
 use rustix::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// The closing thread's end, and the fds gathered for it this turn.
 pub(crate) struct Closer {
     tx: Option<mpsc::Sender<Vec<OwnedFd>>>,
     pending: Vec<OwnedFd>,
+    /// Fds handed to the thread and not yet closed.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Closer {
     pub(crate) fn new() -> Closer {
         let (tx, rx) = mpsc::channel::<Vec<OwnedFd>>();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let closed = in_flight.clone();
         let started = std::thread::Builder::new()
             .name("chaperone-close".into())
             .spawn(move || {
                 for fds in rx {
+                    let n = fds.len();
                     drop(fds);
+                    closed.fetch_sub(n, Ordering::Release);
                 }
             });
         Closer {
             tx: started.ok().map(|_| tx),
             pending: Vec::new(),
+            in_flight,
         }
+    }
+
+    /// For a caller short of fds with nothing else to free them: closes what
+    /// was gathered here and now, and waits, at most `patience`, for the
+    /// thread to close what it was handed. Whether any fd was waiting to be
+    /// closed (so that trying again may find one free).
+    pub(crate) fn settle(&mut self, patience: Duration) -> bool {
+        let held = !self.pending.is_empty() || self.in_flight.load(Ordering::Acquire) > 0;
+        self.pending.clear();
+        let until = Instant::now() + patience;
+        while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        held
     }
 
     /// Closes `fds`, soon.
@@ -45,9 +69,13 @@ impl Closer {
         }
         let fds = std::mem::take(&mut self.pending);
         if let Some(tx) = &self.tx {
+            let n = fds.len();
+            self.in_flight.fetch_add(n, Ordering::Release);
             // A thread that is gone gives the fds back in the error: they are
             // closed here as it drops.
-            let _ = tx.send(fds);
+            if tx.send(fds).is_err() {
+                self.in_flight.fetch_sub(n, Ordering::Release);
+            }
         }
     }
 }
@@ -75,5 +103,25 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(!writer_open(&r), "closed by the thread");
+    }
+
+    /// Short of fds, a caller has every fd it handed over closed before it
+    /// tries again, and learns whether there were any.
+    #[test]
+    fn settle_closes_what_was_gathered_and_handed_over() {
+        let mut closer = Closer::new();
+        assert!(!closer.settle(Duration::from_secs(5)), "nothing held");
+        let (r1, w1) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
+        let (r2, w2) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK).unwrap();
+        closer.close(vec![w1]);
+        closer.flush();
+        closer.close(vec![w2]);
+        assert!(closer.settle(Duration::from_secs(5)));
+        assert!(
+            !writer_open(&r1),
+            "handed over: closed by the thread before settle returned"
+        );
+        assert!(!writer_open(&r2), "gathered: closed here");
+        assert!(!closer.settle(Duration::from_secs(5)), "nothing left");
     }
 }

@@ -38,6 +38,11 @@ pub(super) struct Queued {
 /// commands again.
 const SPAWN_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How long a launch short of fds, with no process running to free any, waits
+/// on the reactor for the closing thread to close what ended processes left
+/// (perf counters take some µs each): only then, and bounded.
+const CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Reactor {
     /// Validates a request and queues each of its processes; returns the
     /// request's number and its ids.
@@ -180,13 +185,23 @@ impl Reactor {
             &mut self.env_cache,
             opened,
         );
-        if prep.out_of_fds && self.table.active() > 0 && self.may_requeue(&q) {
+        if prep.out_of_fds && self.may_requeue(&q) {
             let active = self.table.active();
-            tracing::debug!(%id, active, "out of fds: queued until some are freed");
-            self.table.fds_ran_short();
-            self.queue.push_front(q);
-            self.answer_request(serial);
-            return;
+            if active > 0 {
+                tracing::debug!(%id, active, "out of fds: queued until some are freed");
+                self.table.fds_ran_short();
+                self.queue.push_front(q);
+                self.answer_request(serial);
+                return;
+            }
+            // Nothing running to free any, but fds of ended processes still
+            // waiting to be closed: closed now, and it tries again.
+            if self.closer.settle(CLOSE_PATIENCE) {
+                tracing::debug!(%id, "out of fds: closed those pending, trying again");
+                self.queue.push_front(q);
+                self.answer_request(serial);
+                return;
+            }
         }
         if prep.out_of_fds {
             prep.errors.push(proc::out_of_fds_message());
@@ -266,6 +281,10 @@ impl Reactor {
         // With others holding slots, it waits for one of them to end; alone,
         // it is tried again a few times (what held the fds may be gone).
         let others = self.table.active() > 1;
+        if (out_of_fds || out_of_tasks) && !others {
+            // Alone: what the ended ones left to close goes first.
+            self.closer.settle(CLOSE_PATIENCE);
+        }
         let again = others || q.fd_retries < proc::ALONE_RETRIES;
         if (out_of_fds || out_of_tasks) && again && self.may_requeue(&q) {
             // No pidfd (or task) to be had now: start it again once one is
