@@ -135,6 +135,21 @@ pub fn run(args: BenchArgs) -> u8 {
         Ok(s) => s,
         Err(msg) => return usage(msg),
     };
+    // Every export must be writable before anything runs: a path that cannot
+    // be written would otherwise lose a whole benchmark's results at its end.
+    let export_paths = [
+        &args.export_json,
+        &args.export_markdown,
+        &args.export_csv,
+        &args.export_html,
+    ];
+    let created = match claim_exports(export_paths.into_iter().flatten()) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("chaperone bench: {msg}");
+            return 1;
+        }
+    };
     let mut runner = match Runner::new() {
         Ok(r) => r,
         Err(e) => {
@@ -156,6 +171,10 @@ pub fn run(args: BenchArgs) -> u8 {
         Ok(o) => o,
         Err(e) => {
             eprintln!("Error: {e}");
+            // No results: take back the empty exports this run made.
+            for path in &created {
+                let _ = std::fs::remove_file(path);
+            }
             return 1;
         }
     };
@@ -188,6 +207,32 @@ pub fn run(args: BenchArgs) -> u8 {
         }
     }
     code
+}
+
+/// Opens each export path for writing (creating it, truncating nothing), so
+/// that one that cannot be written fails before the runs rather than after.
+/// Returns the paths it created, which a benchmark that fails takes back.
+fn claim_exports<'p>(paths: impl Iterator<Item = &'p PathBuf>) -> Result<Vec<PathBuf>, String> {
+    let mut created = Vec::new();
+    for path in paths {
+        let existed = path.exists();
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path);
+        match opened {
+            Ok(_) if !existed => created.push(path.clone()),
+            Ok(_) => {}
+            Err(e) => {
+                for c in &created {
+                    let _ = std::fs::remove_file(c);
+                }
+                return Err(format!("cannot write {}: {e}", path.display()));
+            }
+        }
+    }
+    Ok(created)
 }
 
 /// What the command line asks for, checked.

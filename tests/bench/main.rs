@@ -312,6 +312,50 @@ fn a_failing_command_stops_the_run_unless_failures_are_ignored() {
 }
 
 #[test]
+fn an_export_that_cannot_be_written_fails_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let bad = dir.path().join("no-such-dir").join("out.json");
+    let csv = dir.path().join("out.csv");
+    let out = bench(&[
+        "-r",
+        "1",
+        "--export-csv",
+        csv.to_str().unwrap(),
+        "--export-json",
+        bad.to_str().unwrap(),
+        &format!("touch {}", marker.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    assert!(
+        !marker.exists(),
+        "the command ran although an export could not be written"
+    );
+    assert!(!csv.exists(), "the export made for the check is taken back");
+    // A benchmark that fails takes back the empty export it made, and
+    // leaves one that was there before.
+    let kept = dir.path().join("kept.md");
+    std::fs::write(&kept, "before").unwrap();
+    let out = bench(&[
+        "-r",
+        "2",
+        "--export-csv",
+        csv.to_str().unwrap(),
+        "--export-markdown",
+        kept.to_str().unwrap(),
+        "/bin/false",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!csv.exists());
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "before");
+}
+
+#[test]
 fn prepare_and_conclude_run_around_each_run() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
