@@ -28,6 +28,11 @@ pub enum SpecError {
         proc_id: ProcId,
     },
 
+    /// A proc id is the empty string: it could not be named in an HTTP path
+    /// (`/procs/` is the list) or as a spool file.
+    #[error("a proc id is empty")]
+    EmptyProcId,
+
     /// `argv` is missing or empty.
     #[error("proc {proc_id}: argv is empty")]
     EmptyArgv {

@@ -556,6 +556,14 @@ fn capture_compress_parses_and_validates() {
 }
 
 #[test]
+fn validate_rejects_an_empty_proc_id() {
+    let input = parse(r#"{"specs": {"a": {"argv": ["x"]}, "": {"argv": ["y"]}}}"#).unwrap();
+    let err = validate_with_existing(&input, |_| false).unwrap_err();
+    assert_eq!(err, SpecError::EmptyProcId);
+    assert_eq!(err.to_string(), "a proc id is empty");
+}
+
+#[test]
 fn validate_with_existing_rejects_existing_proc_id() {
     let input = parse(r#"{"specs": {"s1": {"argv": ["a"]}}}"#).unwrap();
     let err = validate_with_existing(&input, |id| id == "s1").unwrap_err();

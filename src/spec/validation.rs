@@ -19,7 +19,7 @@ pub fn validate(input: &Input) -> Result<(), SpecError> {
 /// already has (`existing(id)` is true for those). Returns the first problem found,
 /// in input order:
 ///
-/// * a proc id that already exists;
+/// * a proc id that already exists, or is empty;
 /// * an empty `argv`;
 /// * a NUL byte in `exe`, `argv`, an `env.vars` name or value, or a file path;
 /// * an `env.vars` name that is empty or contains `=`;
@@ -45,6 +45,9 @@ pub fn validate_with_existing(
             return Err(SpecError::DuplicateProcId {
                 proc_id: proc_id.clone(),
             });
+        }
+        if proc_id.is_empty() {
+            return Err(SpecError::EmptyProcId);
         }
         validate_strings(proc_id, spec)?;
         if let Some(name) = spec.perf.as_ref().and_then(|p| p.unknown_event()) {
