@@ -123,13 +123,62 @@ impl SignalsSpec {
 
 /// One resource limit: `[soft, hard]`, or a single value for both; `null` is
 /// unlimited.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RlimitSpec {
     /// `[soft, hard]`.
     Pair(Option<i64>, Option<i64>),
     /// One value for soft and hard.
     Both(Option<i64>),
+}
+
+/// By hand rather than `untagged`, so that a limit of the wrong shape (say
+/// `{"soft": 10, "hard": 20}`) is told what the shapes are, instead of
+/// "data did not match any variant of untagged enum RlimitSpec".
+impl<'de> Deserialize<'de> for RlimitSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Limit;
+        const EXPECTED: &str = "a limit: [soft, hard], one number for both, or null (unlimited)";
+        impl<'de> serde::de::Visitor<'de> for Limit {
+            type Value = RlimitSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RlimitSpec, E> {
+                Ok(RlimitSpec::Both(Some(v)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RlimitSpec, E> {
+                i64::try_from(v)
+                    .map(|v| RlimitSpec::Both(Some(v)))
+                    .map_err(|_| {
+                        E::custom(format_args!(
+                            "{v} is too large for a limit (null is unlimited)"
+                        ))
+                    })
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<RlimitSpec, E> {
+                Ok(RlimitSpec::Both(None))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<RlimitSpec, E> {
+                Ok(RlimitSpec::Both(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RlimitSpec, A::Error> {
+                use serde::de::Error as _;
+                let soft = seq.next_element::<Option<i64>>()?;
+                let hard = seq.next_element::<Option<i64>>()?;
+                match (soft, hard, seq.next_element::<serde::de::IgnoredAny>()?) {
+                    (Some(s), Some(h), None) => Ok(RlimitSpec::Pair(s, h)),
+                    _ => Err(A::Error::custom(format_args!(
+                        "not [soft, hard]: {EXPECTED}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Limit)
+    }
 }
 
 /// `"timeout": {"after": s, "signal": "SIGTERM", "kill_after": s}`.

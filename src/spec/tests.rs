@@ -660,3 +660,36 @@ proptest! {
     }
 
 }
+
+#[test]
+fn rlimits_of_every_shape_parse_and_a_wrong_shape_is_told_the_shapes() {
+    let input = parse(
+        r#"{"specs": {"p": {"argv": ["x"], "rlimits":
+            {"nofile": [10, 20], "core": 0, "cpu": null, "stack": [null, 5]}}}}"#,
+    )
+    .unwrap();
+    let r = &input.specs.get("p").unwrap().rlimits;
+    assert_eq!(r["nofile"], RlimitSpec::Pair(Some(10), Some(20)));
+    assert_eq!(r["core"], RlimitSpec::Both(Some(0)));
+    assert_eq!(r["cpu"], RlimitSpec::Both(None));
+    assert_eq!(r["stack"], RlimitSpec::Pair(None, Some(5)));
+    for (limit, told) in [
+        (r#"{"soft": 10, "hard": 20}"#, "invalid type: map"),
+        ("[1]", "not [soft, hard]"),
+        ("[1, 2, 3]", "not [soft, hard]"),
+        ("1.5", "invalid type: floating point"),
+        ("\"unlimited\"", "invalid type: string"),
+        ("18446744073709551615", "too large for a limit"),
+    ] {
+        let msg = json_err(&format!(
+            r#"{{"specs": {{"p": {{"argv": ["x"], "rlimits": {{"nofile": {limit}}}}}}}}}"#
+        ));
+        assert!(msg.contains(told), "{limit}: {msg}");
+        if !told.starts_with("too large") {
+            assert!(
+                msg.contains("[soft, hard], one number for both, or null"),
+                "{limit}: {msg}"
+            );
+        }
+    }
+}
