@@ -76,7 +76,7 @@ pub struct ProcSpec {
 }
 
 /// A signal given by name (`"SIGTERM"`, `"TERM"`) or number (`15`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum SignalRef {
     /// A signal number.
@@ -95,13 +95,63 @@ impl std::fmt::Display for SignalRef {
 }
 
 /// A user or group given by name or numeric id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum IdRef {
     /// A numeric id.
     Id(i64),
     /// A name to look up.
     Name(String),
+}
+
+/// A number or a name, deserialized by hand rather than `untagged`, so that a
+/// value of another type is told what was expected instead of "data did not
+/// match any variant of untagged enum …".
+struct NumberOrName<T> {
+    expected: &'static str,
+    number: fn(i64) -> T,
+    name: fn(String) -> T,
+}
+
+impl<'de, T> serde::de::Visitor<'de> for NumberOrName<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expected)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        Ok((self.number)(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        i64::try_from(v)
+            .map(self.number)
+            .map_err(|_| E::custom(format_args!("{v} is too large for {}", self.expected)))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        Ok((self.name)(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<T, E> {
+        Ok((self.name)(v))
+    }
+}
+
+impl<'de> Deserialize<'de> for SignalRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberOrName {
+            expected: "a signal: a name such as \"SIGTERM\", or a number",
+            number: SignalRef::Number,
+            name: SignalRef::Name,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for IdRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberOrName {
+            expected: "a user or group: a name, or a numeric id",
+            number: IdRef::Id,
+            name: IdRef::Name,
+        })
+    }
 }
 
 /// `"signals": {"mask": [...], "ignore": [...]}`.

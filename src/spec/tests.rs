@@ -693,3 +693,47 @@ fn rlimits_of_every_shape_parse_and_a_wrong_shape_is_told_the_shapes() {
         }
     }
 }
+
+#[test]
+fn signals_and_users_of_the_wrong_type_are_told_what_is_expected() {
+    let p = parse(
+        r#"{"specs": {"p": {"argv": ["x"], "pdeath_sig": "SIGTERM", "user": 0, "group": "adm",
+            "timeout": {"after": 1, "signal": 9}}}}"#,
+    )
+    .unwrap();
+    let p = p.specs.get("p").unwrap();
+    assert_eq!(p.pdeath_sig, Some(SignalRef::Name("SIGTERM".into())));
+    assert_eq!(p.user, Some(IdRef::Id(0)));
+    assert_eq!(p.group, Some(IdRef::Name("adm".into())));
+    assert_eq!(
+        p.timeout.as_ref().unwrap().signal,
+        Some(SignalRef::Number(9))
+    );
+    for (field, told) in [
+        (
+            r#""pdeath_sig": [1]"#,
+            "invalid type: sequence, expected a signal: a name such as \"SIGTERM\", or a number",
+        ),
+        (
+            r#""signals": {"mask": [{}]}"#,
+            "invalid type: map, expected a signal",
+        ),
+        (
+            r#""user": {"a": 1}"#,
+            "invalid type: map, expected a user or group: a name, or a numeric id",
+        ),
+        (
+            r#""group": 1.5"#,
+            "invalid type: floating point `1.5`, expected a user or group",
+        ),
+        (
+            r#""user": 18446744073709551615"#,
+            "18446744073709551615 is too large for a user or group",
+        ),
+    ] {
+        let msg = json_err(&format!(
+            r#"{{"specs": {{"p": {{"argv": ["x"], {field}}}}}}}"#
+        ));
+        assert!(msg.contains(told), "{field}: {msg}");
+    }
+}
