@@ -61,7 +61,7 @@ pub enum SpecError {
 
     /// An fd name is neither `stdin`, `stdout`, `stderr` nor a decimal integer.
     /// [`parse_fd_name`](super::parse_fd_name) leaves `proc_id` empty, and the message then omits it.
-    #[error("{}bad fd name: {name}", in_proc(proc_id))]
+    #[error("{}bad fd name: {}", in_proc(proc_id), shown(name))]
     BadFdName {
         /// The proc whose spec holds the name.
         proc_id: ProcId,
@@ -155,6 +155,17 @@ pub enum SpecError {
 }
 
 /// `"proc <id>: "`, or nothing when the proc id is not known (empty).
+/// A name as given when every character shows (Procstar's wording, `bad fd
+/// name: bogus`), else quoted, so that `"stdout "` or an empty name is seen
+/// for what it is.
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.is_empty() && name.chars().all(|c| !c.is_whitespace() && !c.is_control()) {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(format!("{name:?}"))
+    }
+}
+
 fn in_proc(proc_id: &str) -> String {
     if proc_id.is_empty() {
         String::new()

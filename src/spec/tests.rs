@@ -737,3 +737,19 @@ fn signals_and_users_of_the_wrong_type_are_told_what_is_expected() {
         assert!(msg.contains(told), "{field}: {msg}");
     }
 }
+
+#[test]
+fn a_bad_fd_name_that_does_not_show_is_quoted() {
+    let err = |name: &str| {
+        let json = format!(
+            r#"{{"specs": {{"p": {{"argv": ["x"], "fds": {{"{name}": {{"null": {{}}}}}}}}}}}}"#
+        );
+        validate_with_existing(&parse(&json).unwrap(), |_| false)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(err("bogus"), "proc p: bad fd name: bogus");
+    assert_eq!(err("stdout "), r#"proc p: bad fd name: "stdout ""#);
+    assert_eq!(err(""), r#"proc p: bad fd name: """#);
+    assert_eq!(err("1\\t"), r#"proc p: bad fd name: "1\t""#);
+}
