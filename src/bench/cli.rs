@@ -143,7 +143,7 @@ pub fn run(args: BenchArgs) -> u8 {
         &args.export_csv,
         &args.export_html,
     ];
-    let created = match claim_exports(export_paths.into_iter().flatten()) {
+    let claimed = match Claimed::exports(export_paths.into_iter().flatten()) {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("chaperone bench: {msg}");
@@ -171,13 +171,10 @@ pub fn run(args: BenchArgs) -> u8 {
         Ok(o) => o,
         Err(e) => {
             eprintln!("Error: {e}");
-            // No results: take back the empty exports this run made.
-            for path in &created {
-                let _ = std::fs::remove_file(path);
-            }
             return 1;
         }
     };
+    claimed.keep();
     if setup.text {
         let text = setup.view.text(&outcome);
         if setup.color {
@@ -209,30 +206,57 @@ pub fn run(args: BenchArgs) -> u8 {
     code
 }
 
-/// Opens each export path for writing (creating it, truncating nothing), so
-/// that one that cannot be written fails before the runs rather than after.
-/// Returns the paths it created, which a benchmark that fails takes back.
-fn claim_exports<'p>(paths: impl Iterator<Item = &'p PathBuf>) -> Result<Vec<PathBuf>, String> {
-    let mut created = Vec::new();
-    for path in paths {
-        let existed = path.exists();
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path);
-        match opened {
-            Ok(_) if !existed => created.push(path.clone()),
-            Ok(_) => {}
-            Err(e) => {
-                for c in &created {
-                    let _ = std::fs::remove_file(c);
+/// The export files that [`Claimed::exports`] created; dropped before
+/// [`Claimed::keep`] (the benchmark failed, or the agent did not start), it
+/// removes them again, so that no empty export is left where none was.
+struct Claimed(Vec<PathBuf>);
+
+impl Claimed {
+    /// Opens each export path for writing (creating it, truncating nothing),
+    /// so that one that cannot be written fails before the runs rather than
+    /// after. A path that exists and is neither a regular file nor a
+    /// directory (a FIFO, `/dev/stdout`) is left alone: opening it here
+    /// could block, or tell a reader that the output has ended.
+    fn exports<'p>(paths: impl Iterator<Item = &'p PathBuf>) -> Result<Claimed, String> {
+        let mut claimed = Claimed(Vec::new());
+        for path in paths {
+            // Not `exists`: a dangling symlink is there, and is not ours to remove.
+            let existing = std::fs::symlink_metadata(path).ok();
+            if existing.as_ref().is_some_and(|m| {
+                let t = std::fs::metadata(path).map_or(m.file_type(), |m| m.file_type());
+                !t.is_file() && !t.is_dir()
+            }) {
+                continue;
+            }
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path);
+            match opened {
+                Ok(_) if existing.is_none() && !claimed.0.contains(path) => {
+                    claimed.0.push(path.clone());
                 }
-                return Err(format!("cannot write {}: {e}", path.display()));
+                Ok(_) => {}
+                // Dropped, `claimed` takes back what it made so far.
+                Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
             }
         }
+        Ok(claimed)
     }
-    Ok(created)
+
+    /// The benchmark has results: the exports stay, to be written.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// What the command line asks for, checked.

@@ -315,14 +315,16 @@ fn a_failing_command_stops_the_run_unless_failures_are_ignored() {
 fn an_export_that_cannot_be_written_fails_before_any_run() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
-    let bad = dir.path().join("no-such-dir").join("out.json");
+    let bad = dir.path().join("no-such-dir").join("out.html");
     let csv = dir.path().join("out.csv");
     let out = bench(&[
         "-r",
         "1",
         "--export-csv",
         csv.to_str().unwrap(),
-        "--export-json",
+        // Claimed last (json, markdown, csv, html): the csv made before it
+        // must be taken back.
+        "--export-html",
         bad.to_str().unwrap(),
         &format!("touch {}", marker.display()),
     ]);
@@ -353,6 +355,46 @@ fn an_export_that_cannot_be_written_fails_before_any_run() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!csv.exists());
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), "before");
+    // A dangling symlink is the user's: a failed benchmark leaves it, and
+    // makes no target for it.
+    let link = dir.path().join("link.json");
+    let target = dir.path().join("target.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = bench(&[
+        "-r",
+        "2",
+        "--export-json",
+        link.to_str().unwrap(),
+        "/bin/false",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok(),
+        "the symlink was removed"
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn an_export_to_a_fifo_reaches_its_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("csv");
+    let (status, got) = util::run_into_fifo(
+        &[
+            "bench",
+            "--style",
+            "none",
+            "-r",
+            "2",
+            "--export-csv",
+            fifo.to_str().unwrap(),
+            "/bin/true",
+        ],
+        &fifo,
+    );
+    assert!(status.success(), "{status}");
+    let csv = String::from_utf8(got).unwrap();
+    assert!(csv.starts_with("command,mean,stddev,median"), "{csv}");
 }
 
 #[test]
