@@ -293,8 +293,11 @@ pub fn run(args: Args) -> u8 {
         },
     };
     // Where the results go must be writable before anything runs, so that
-    // no run's results are lost to a path that cannot be written.
-    if let Some(out) = &args.output {
+    // no run's results are lost to a path that cannot be written. Not a FIFO
+    // (or another special file): opening it here could block, or tell its
+    // reader that the results have ended before they were written.
+    let special = |p: &PathBuf| std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if let Some(out) = args.output.as_ref().filter(|o| !special(o)) {
         if let Err(e) = std::fs::OpenOptions::new()
             .write(true)
             .create(true)

@@ -21,6 +21,21 @@ fn cli_exits_0_with_results_when_spec_runs() {
 }
 
 #[test]
+fn cli_output_to_a_fifo_reaches_its_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(&spec, r#"{"specs": {"e": {"argv": ["/bin/echo", "hi"]}}}"#).unwrap();
+    let fifo = dir.path().join("results");
+    let (status, got) = run_into_fifo(
+        &["--output", fifo.to_str().unwrap(), spec.to_str().unwrap()],
+        &fifo,
+    );
+    assert!(status.success(), "{status}");
+    let res: Value = serde_json::from_slice(&got).expect("the results, whole");
+    assert_eq!(res["e"]["state"], "terminated");
+}
+
+#[test]
 fn cli_exits_2_when_spec_is_not_json() {
     let out = run_cli_raw(b"{\"specs\": {");
     assert_eq!(out.status.code(), Some(2));

@@ -228,3 +228,58 @@ pub fn mkfifo(dir: &Path, name: &str) -> PathBuf {
     assert!(ok.success(), "mkfifo {}", p.display());
     p
 }
+
+/// Runs `chaperone ARGS`, which writes a file at `fifo`, with a FIFO there and
+/// a reader (`cat`) on it; returns chaperone's exit status and what the reader
+/// got. Panics if chaperone is not done within 30 s: a writer that opened the
+/// FIFO early and closed it would have sent the reader its end, and its real
+/// write would then wait for a reader forever.
+pub fn run_into_fifo(args: &[&str], fifo: &Path) -> (std::process::ExitStatus, Vec<u8>) {
+    let made = Command::new("mkfifo").arg(fifo).status().expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let mut reader = Command::new("cat")
+        .arg(fifo)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cat");
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("chaperone");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = reader.kill();
+            panic!("chaperone {args:?} did not finish writing to a FIFO within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = reader.wait_with_output().expect("cat's output");
+    (status, out.stdout)
+}
+
+/// A port free now, below the ephemeral range (32768 up), so that no
+/// connection another test makes meanwhile takes it as its source port before
+/// the test (or the chaperone it runs) binds it: a port that bind(0) handed
+/// out and that was let go failed to bind again with `EADDRINUSE` that way in
+/// CI (tests/callback, whose agents connect every 0.1 s).
+pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    loop {
+        let n = NEXT.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
