@@ -154,7 +154,6 @@ pub enum SpecError {
     },
 }
 
-/// `"proc <id>: "`, or nothing when the proc id is not known (empty).
 /// A name as given when every character shows (Procstar's wording, `bad fd
 /// name: bogus`), else quoted, so that `"stdout "` or an empty name is seen
 /// for what it is.
@@ -166,6 +165,7 @@ fn shown(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `"proc <id>: "`, or nothing when the proc id is not known (empty).
 fn in_proc(proc_id: &str) -> String {
     if proc_id.is_empty() {
         String::new()

@@ -109,6 +109,8 @@ pub enum IdRef {
 /// match any variant of untagged enum …".
 struct NumberOrName<T> {
     expected: &'static str,
+    /// What a number is, for one too large: "a signal number".
+    number_is: &'static str,
     number: fn(i64) -> T,
     name: fn(String) -> T,
 }
@@ -124,7 +126,7 @@ impl<'de, T> serde::de::Visitor<'de> for NumberOrName<T> {
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
         i64::try_from(v)
             .map(self.number)
-            .map_err(|_| E::custom(format_args!("{v} is too large for {}", self.expected)))
+            .map_err(|_| E::custom(format_args!("{v} is too large for {}", self.number_is)))
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
         Ok((self.name)(v.to_owned()))
@@ -138,6 +140,7 @@ impl<'de> Deserialize<'de> for SignalRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(NumberOrName {
             expected: "a signal: a name such as \"SIGTERM\", or a number",
+            number_is: "a signal number",
             number: SignalRef::Number,
             name: SignalRef::Name,
         })
@@ -148,6 +151,7 @@ impl<'de> Deserialize<'de> for IdRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(NumberOrName {
             expected: "a user or group: a name, or a numeric id",
+            number_is: "a user or group id",
             number: IdRef::Id,
             name: IdRef::Name,
         })

@@ -728,7 +728,7 @@ fn signals_and_users_of_the_wrong_type_are_told_what_is_expected() {
         ),
         (
             r#""user": 18446744073709551615"#,
-            "18446744073709551615 is too large for a user or group",
+            "18446744073709551615 is too large for a user or group id",
         ),
     ] {
         let msg = json_err(&format!(
