@@ -68,7 +68,17 @@ fn server(port: u16, down_for: Duration, ok_from: Duration, status: u16) -> Arc<
     std::thread::spawn(move || {
         let t0 = Instant::now();
         std::thread::sleep(down_for);
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        // Another process may hold the port for a moment: try for a while.
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if t0.elapsed() < down_for + Duration::from_secs(5) => {
+                    eprintln!("port {port}: {e}; trying again");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("port {port}: {e}"),
+            }
+        };
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
             let Some((path, headers, body)) = read_request(&mut s) else {
@@ -90,17 +100,9 @@ fn server(port: u16, down_for: Duration, ok_from: Duration, status: u16) -> Arc<
     seen
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn every_byte_arrives_once_in_order_through_an_outage_and_the_completion_last() {
-    let port = free_port();
+    let port = util::free_port();
     // Down for 1 s (connections refused), then 503 until 2 s, then 200.
     let seen = server(port, Duration::from_secs(1), Duration::from_secs(2), 200);
     let input = json!({
@@ -196,7 +198,7 @@ fn every_byte_arrives_once_in_order_through_an_outage_and_the_completion_last() 
 
 #[test]
 fn a_refusing_server_is_reported_and_not_tried_forever() {
-    let port = free_port();
+    let port = util::free_port();
     let seen = server(port, Duration::ZERO, Duration::ZERO, 404);
     std::thread::sleep(Duration::from_millis(100));
     let d = tempfile::tempdir().unwrap();
@@ -233,7 +235,7 @@ fn a_refusing_server_is_reported_and_not_tried_forever() {
 
 #[test]
 fn sigterm_to_the_agent_reaches_the_program_and_its_end_is_pushed() {
-    let port = free_port();
+    let port = util::free_port();
     let seen = server(port, Duration::ZERO, Duration::ZERO, 200);
     std::thread::sleep(Duration::from_millis(100));
     let mut child = Command::new(util::bin())

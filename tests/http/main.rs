@@ -26,11 +26,7 @@ fn serve(spec: &serde_json::Value) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spec.json");
     std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = util::free_port();
     let child = Command::new(util::bin())
         .args(["--serve", "--serve-port", &port.to_string()])
         .arg(&path)

@@ -445,11 +445,7 @@ fn sshd() -> Result<Sshd, String> {
     keygen(&host);
     keygen(&key);
     std::fs::copy(d.path().join("id.pub"), d.path().join("authorized_keys")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = util::free_port();
     let config = d.path().join("sshd_config");
     std::fs::write(
         &config,
