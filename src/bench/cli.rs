@@ -215,8 +215,10 @@ impl Claimed {
     /// Opens each export path for writing (creating it, truncating nothing),
     /// so that one that cannot be written fails before the runs rather than
     /// after. A path that exists and is neither a regular file nor a
-    /// directory (a FIFO, `/dev/stdout`) is left alone: opening it here
-    /// could block, or tell a reader that the output has ended.
+    /// directory (a FIFO, `/dev/stdout`, a dangling symlink) is left alone:
+    /// opening a FIFO here could block, or tell its reader that the output
+    /// has ended, and a dangling symlink is not ours to create or remove (it
+    /// fails, if it does, when the export is written).
     fn exports<'p>(paths: impl Iterator<Item = &'p PathBuf>) -> Result<Claimed, String> {
         let mut claimed = Claimed(Vec::new());
         for path in paths {
@@ -234,9 +236,7 @@ impl Claimed {
                 .truncate(false)
                 .open(path);
             match opened {
-                Ok(_) if existing.is_none() && !claimed.0.contains(path) => {
-                    claimed.0.push(path.clone());
-                }
+                Ok(_) if existing.is_none() => claimed.0.push(path.clone()),
                 Ok(_) => {}
                 // Dropped, `claimed` takes back what it made so far.
                 Err(e) => return Err(format!("cannot write {}: {e}", path.display())),

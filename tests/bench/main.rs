@@ -378,7 +378,7 @@ fn an_export_that_cannot_be_written_fails_before_any_run() {
 #[test]
 fn an_export_to_a_fifo_reaches_its_reader() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("csv");
+    let fifo = util::mkfifo(dir.path(), "csv");
     let (status, got) = util::run_into_fifo(
         &[
             "bench",

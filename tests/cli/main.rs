@@ -25,7 +25,7 @@ fn cli_output_to_a_fifo_reaches_its_reader() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.json");
     std::fs::write(&spec, r#"{"specs": {"e": {"argv": ["/bin/echo", "hi"]}}}"#).unwrap();
-    let fifo = dir.path().join("results");
+    let fifo = mkfifo(dir.path(), "results");
     let (status, got) = run_into_fifo(
         &["--output", fifo.to_str().unwrap(), spec.to_str().unwrap()],
         &fifo,

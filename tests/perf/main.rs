@@ -117,9 +117,11 @@ fn sh_jobs_count_their_children() {
     );
     // The shell runs at least the first awk as a child: without inherit only the
     // shell itself (and perhaps the last awk it execs) would be counted, about
-    // as much as one run. (Not 2x: a loaded machine slows one run more than
-    // another; the close match with rusage below is the exact check.)
-    assert!(t2 >= 1.3 * t1, "two runs {t2:.4} s vs one {t1:.4} s");
+    // half of what rusage (which includes waited-for children) says, and the
+    // 20% match fails. A ratio against the separate single run is no check on
+    // this VM: steal time once made one run count 0.61 s and each of the
+    // pair's 0.38 s (CI, 2026-12-07), so only each run against its own rusage.
+    assert_close("busy", t1, rusage_cpu(&one));
     assert_close("busy; busy", t2, rusage_cpu(&pair));
 }
 

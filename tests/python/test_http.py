@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import random
 import socket
 import subprocess
 import time
@@ -26,9 +27,20 @@ class Spec:
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, below the ephemeral range (32768 up): a port bind(0)
+    handed out and let go can be taken meanwhile as some connection's source
+    port (tests/util/mod.rs's free_port says how that failed a Rust test)."""
+    last = None
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError as e:
+                last = e
+    raise RuntimeError(f"no free port in 20000-31999: {last}")
 
 
 class Served:

@@ -229,38 +229,54 @@ pub fn mkfifo(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-/// Runs `chaperone ARGS`, which writes a file at `fifo`, with a FIFO there and
-/// a reader (`cat`) on it; returns chaperone's exit status and what the reader
-/// got. Panics if chaperone is not done within 30 s: a writer that opened the
-/// FIFO early and closed it would have sent the reader its end, and its real
-/// write would then wait for a reader forever.
+/// Runs `chaperone ARGS`, which writes a file at `fifo` (made with
+/// [`mkfifo`]), with a reader (`cat`) on the FIFO; returns chaperone's exit
+/// status and what the reader got. Panics if either is not done within 30 s:
+/// a writer that opened the FIFO early and closed it would have sent the
+/// reader its end, and its real write would then wait for a reader forever;
+/// one that never opens it leaves the reader waiting.
 pub fn run_into_fifo(args: &[&str], fifo: &Path) -> (std::process::ExitStatus, Vec<u8>) {
-    let made = Command::new("mkfifo").arg(fifo).status().expect("mkfifo");
-    assert!(made.success(), "mkfifo {}", fifo.display());
+    use std::io::Read as _;
     let mut reader = Command::new("cat")
         .arg(fifo)
         .stdout(Stdio::piped())
         .spawn()
         .expect("cat");
+    let mut out = reader.stdout.take().expect("cat's stdout");
+    let got = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
     let mut child = Command::new(bin())
         .args(args)
         .stdout(Stdio::null())
         .spawn()
         .expect("chaperone");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
+    let mut timed_out = false;
+    loop {
+        let written = child.try_wait().expect("wait").is_some();
+        let read = reader.try_wait().expect("wait for cat").is_some();
+        if written && read {
+            break;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             let _ = reader.kill();
-            panic!("chaperone {args:?} did not finish writing to a FIFO within 30 s");
+            timed_out = true;
+            break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let out = reader.wait_with_output().expect("cat's output");
-    (status, out.stdout)
+    }
+    let status = child.wait().expect("wait");
+    let read = reader.wait().expect("wait for cat");
+    assert!(
+        !timed_out,
+        "chaperone {args:?} and a reader of its FIFO were not both done within 30 s \
+         (chaperone: {status}, reader: {read})"
+    );
+    (status, got.join().expect("reader thread"))
 }
 
 /// A port free now, below the ephemeral range (32768 up), so that no
@@ -269,17 +285,26 @@ pub fn run_into_fifo(args: &[&str], fifo: &Path) -> (std::process::ExitStatus, V
 /// out and that was let go failed to bind again with `EADDRINUSE` that way in
 /// CI (tests/callback, whose agents connect every 0.1 s).
 pub fn free_port() -> u16 {
+    // One base per test binary, then a step prime to the range's size: the
+    // tests of one binary (which run in parallel) never probe the same port.
+    static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-    loop {
+    const PORTS: u32 = 12_000;
+    let base = *BASE.get_or_init(|| {
+        std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+    });
+    let mut last = None;
+    for _ in 0..PORTS {
         let n = NEXT.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(n) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let port = 20_000 + (base.wrapping_add(n) % PORTS) as u16;
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return port,
+            Err(e) => last = Some(e),
         }
     }
+    panic!("no free port in 20000-31999 on 127.0.0.1: {last:?}");
 }
