@@ -7,23 +7,48 @@
 //! thread not start, fds are closed where they are (nothing is lost but time).
 
 use rustix::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// The closing thread's end, and the fds gathered for it this turn.
 pub(crate) struct Closer {
     tx: Option<mpsc::Sender<Vec<OwnedFd>>>,
     pending: Vec<OwnedFd>,
     /// Fds handed to the thread and not yet closed.
-    in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<InFlight>,
+}
+
+/// How many fds the thread has still to close, and whether someone waits for
+/// none (so that the thread wakes a waiter only when there is one).
+#[derive(Default)]
+struct InFlight {
+    count: Mutex<(usize, bool)>,
+    none: Condvar,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, (usize, bool)> {
+        self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, n: usize) {
+        self.lock().0 += n;
+    }
+
+    fn closed(&self, n: usize) {
+        let mut c = self.lock();
+        c.0 -= n;
+        if c.0 == 0 && c.1 {
+            self.none.notify_all();
+        }
+    }
 }
 
 impl Closer {
     pub(crate) fn new() -> Closer {
         let (tx, rx) = mpsc::channel::<Vec<OwnedFd>>();
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(InFlight::default());
         let closed = in_flight.clone();
         let started = std::thread::Builder::new()
             .name("chaperone-close".into())
@@ -31,7 +56,7 @@ impl Closer {
                 for fds in rx {
                     let n = fds.len();
                     drop(fds);
-                    closed.fetch_sub(n, Ordering::Release);
+                    closed.closed(n);
                 }
             });
         Closer {
@@ -46,12 +71,17 @@ impl Closer {
     /// thread to close what it was handed. Whether any fd was waiting to be
     /// closed (so that trying again may find one free).
     pub(crate) fn settle(&mut self, patience: Duration) -> bool {
-        let held = !self.pending.is_empty() || self.in_flight.load(Ordering::Acquire) > 0;
+        let gathered = !self.pending.is_empty();
         self.pending.clear();
-        let until = Instant::now() + patience;
-        while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        let mut c = self.in_flight.lock();
+        let held = gathered || c.0 > 0;
+        c.1 = true;
+        let (mut c, _) = self
+            .in_flight
+            .none
+            .wait_timeout_while(c, patience, |c| c.0 > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        c.1 = false;
         held
     }
 
@@ -70,11 +100,11 @@ impl Closer {
         let fds = std::mem::take(&mut self.pending);
         if let Some(tx) = &self.tx {
             let n = fds.len();
-            self.in_flight.fetch_add(n, Ordering::Release);
+            self.in_flight.add(n);
             // A thread that is gone gives the fds back in the error: they are
             // closed here as it drops.
             if tx.send(fds).is_err() {
-                self.in_flight.fetch_sub(n, Ordering::Release);
+                self.in_flight.closed(n);
             }
         }
     }
