@@ -124,9 +124,7 @@ impl<'de, T> serde::de::Visitor<'de> for NumberOrName<T> {
         Ok((self.number)(v))
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
-        i64::try_from(v)
-            .map(self.number)
-            .map_err(|_| E::custom(format_args!("{v} is too large for {}", self.number_is)))
+        signed(v, self.number_is).map(self.number)
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
         Ok((self.name)(v.to_owned()))
@@ -134,6 +132,12 @@ impl<'de, T> serde::de::Visitor<'de> for NumberOrName<T> {
     fn visit_string<E: serde::de::Error>(self, v: String) -> Result<T, E> {
         Ok((self.name)(v))
     }
+}
+
+/// A JSON number past `i64` as the error a visitor gives: "… is too large for
+/// `what`".
+fn signed<E: serde::de::Error>(v: u64, what: &str) -> Result<i64, E> {
+    i64::try_from(v).map_err(|_| E::custom(format_args!("{v} is too large for {what}")))
 }
 
 impl<'de> Deserialize<'de> for SignalRef {
@@ -202,13 +206,7 @@ impl<'de> Deserialize<'de> for RlimitSpec {
                 Ok(RlimitSpec::Both(Some(v)))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RlimitSpec, E> {
-                i64::try_from(v)
-                    .map(|v| RlimitSpec::Both(Some(v)))
-                    .map_err(|_| {
-                        E::custom(format_args!(
-                            "{v} is too large for a limit (null is unlimited)"
-                        ))
-                    })
+                signed(v, "a limit (null is unlimited)").map(|v| RlimitSpec::Both(Some(v)))
             }
             fn visit_unit<E: serde::de::Error>(self) -> Result<RlimitSpec, E> {
                 Ok(RlimitSpec::Both(None))
