@@ -484,14 +484,20 @@ fn a_spec_file_benchmarks_its_processes_with_their_controls() {
 #[test]
 fn two_commands_are_compared_with_an_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let (out, json) = bench_json(dir.path(), &["-r", "20", "/bin/true", "/bin/sleep 0.02"]);
+    // Both sleep, so that one slow run of the VM's (8-12 ms seen) cannot
+    // widen the reference's spread past the difference: against /bin/true
+    // (0.6 ms a run) one such run once left the interval reaching 1.
+    let (out, json) = bench_json(
+        dir.path(),
+        &["-r", "20", "/bin/sleep 0.01", "/bin/sleep 0.05"],
+    );
     let rel = &json["results"][1]["relative"];
     assert!(f(&rel["ratio"]) > 2.0, "{rel}");
     assert!(f(&rel["low"]) <= f(&rel["ratio"]) && f(&rel["ratio"]) <= f(&rel["high"]));
     assert_eq!(rel["significant"], true);
     assert_eq!(json["results"][0]["relative"]["ratio"], 1.0);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Relative to /bin/true (wall"), "{text}");
+    assert!(text.contains("Relative to /bin/sleep 0.01 (wall"), "{text}");
     assert!(text.contains("larger"), "{text}");
 }
 
