@@ -2,7 +2,7 @@
 //! hyperfine's options where they mean the same.
 
 use super::report::{TimeUnit, View};
-use super::{Command, Metric, Order, Output, Plan, Progress, Runner, bench_spec, words};
+use super::{Command, MAX_RUNS, Metric, Order, Output, Plan, Progress, Runner, bench_spec, words};
 use crate::spec::{self, ProcSpec};
 use clap::Parser;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -23,8 +23,9 @@ pub struct BenchArgs {
     /// The commands to benchmark.
     #[arg(value_name = "COMMAND")]
     pub commands: Vec<String>,
-    /// Run each command through SHELL's -c (`sh`, `bash` …), as hyperfine
-    /// does; the shell's startup is then part of every figure. `none`: exec
+    /// Run each command through SHELL's -c, as hyperfine does: a program
+    /// (`sh`, `bash` …) or a command line (`"bash --norc"`); `default` is
+    /// `sh`; the shell's startup is then part of every figure. `none`: exec
     /// directly (the default).
     #[arg(short = 'S', long, value_name = "SHELL")]
     pub shell: Option<String>,
@@ -36,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub spec: Option<PathBuf>,
     /// Exactly this many timed runs per command.
-    #[arg(short = 'r', long, value_name = "N")]
+    #[arg(short = 'r', long, value_name = "N", conflicts_with_all = ["min_runs", "max_runs"])]
     pub runs: Option<usize>,
     /// Untimed runs per command first.
     #[arg(short = 'w', long, value_name = "N", default_value_t = 0)]
@@ -62,14 +63,15 @@ pub struct BenchArgs {
     #[arg(short = 'c', long, value_name = "CMD")]
     pub cleanup: Option<String>,
     /// Benchmark for each integer VAR from MIN to MAX ({VAR} in commands).
-    #[arg(short = 'P', long, num_args = 3, value_names = ["VAR", "MIN", "MAX"])]
+    #[arg(short = 'P', long, num_args = 3, value_names = ["VAR", "MIN", "MAX"], allow_hyphen_values = true)]
     pub parameter_scan: Option<Vec<String>>,
     /// The step of --parameter-scan (may be a decimal).
     #[arg(short = 'D', long, value_name = "DELTA", requires = "parameter_scan")]
     pub parameter_step_size: Option<f64>,
-    /// Benchmark for each of these comma-separated values of VAR; given
-    /// several times, for every combination.
-    #[arg(short = 'L', long, num_args = 2, value_names = ["VAR", "VALUES"], action = clap::ArgAction::Append)]
+    /// Benchmark for each of these comma-separated values of VAR (`\,` is a
+    /// comma in a value, `\\` a backslash); given several times, for every
+    /// combination, the first list varying fastest (as hyperfine).
+    #[arg(short = 'L', long, num_args = 2, value_names = ["VAR", "VALUES"], action = clap::ArgAction::Append, allow_hyphen_values = true)]
     pub parameter_list: Vec<String>,
     /// Keep runs that exit non-zero (reported) instead of stopping.
     #[arg(short = 'i', long)]
@@ -107,14 +109,17 @@ pub struct BenchArgs {
     /// Runs in flight at once (throughput mode: also reports runs per second).
     #[arg(short = 'j', long, value_name = "N", default_value_t = 1)]
     pub jobs: usize,
-    /// interleaved (A B A B …), shuffled (each round in a seeded random
-    /// order) or grouped (all of A, then all of B, as hyperfine).
-    #[arg(long, value_name = "ORDER", default_value = "interleaved")]
-    pub order: String,
+    /// interleaved (A B A B …, the default), shuffled (each round in a
+    /// seeded random order) or grouped (all of A, then all of B, as
+    /// hyperfine; the default when --setup or --cleanup differs between
+    /// commands).
+    #[arg(long, value_name = "ORDER")]
+    pub order: Option<String>,
     /// The seed for --order shuffled.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
-    /// Names for the commands, in order, in place of their text.
+    /// Names for the commands, in order, in place of their text ({VAR} is
+    /// substituted); with parameters, also one per benchmark (as hyperfine).
     #[arg(short = 'n', long, value_name = "NAME")]
     pub command_name: Vec<String>,
     /// Where each command's stdout and stderr go: null, pipe (drained by the
@@ -150,6 +155,11 @@ pub fn run(args: BenchArgs) -> u8 {
             return 1;
         }
     };
+    if setup.text {
+        for note in &setup.notes {
+            eprintln!("{note}");
+        }
+    }
     let mut runner = match Runner::new() {
         Ok(r) => r,
         Err(e) => {
@@ -267,6 +277,8 @@ struct Setup {
     progress: bool,
     color: bool,
     text: bool,
+    /// Said on standard error before the runs (unless --style none).
+    notes: Vec<String>,
 }
 
 impl Setup {
@@ -289,7 +301,8 @@ impl Setup {
                 })
             })
             .transpose()?;
-        let order = match a.order.as_str() {
+        let mut order_name = a.order.clone().unwrap_or_else(|| "interleaved".to_owned());
+        let mut order = match order_name.as_str() {
             "interleaved" => Order::Interleaved,
             "shuffled" => Order::Shuffled(a.seed),
             "grouped" => Order::Grouped,
@@ -324,6 +337,17 @@ impl Setup {
         if let Some(0) = a.runs {
             return Err("--runs 0: at least one run is needed".into());
         }
+        for (flag, n) in [
+            ("--runs", a.runs),
+            ("--min-runs", a.min_runs),
+            ("--max-runs", a.max_runs),
+        ] {
+            if let Some(n) = n.filter(|&n| n > MAX_RUNS) {
+                return Err(format!(
+                    "{flag} {n}: at most {MAX_RUNS} runs per command (every run's figures are kept)"
+                ));
+            }
+        }
         // As hyperfine: --max-runs alone lowers the default minimum to it.
         let min_runs = match (a.min_runs, a.max_runs) {
             (Some(lo), Some(hi)) if hi < lo => {
@@ -336,50 +360,77 @@ impl Setup {
         if a.max_runs == Some(0) || a.min_runs == Some(0) {
             return Err("--min-runs and --max-runs must be at least 1".into());
         }
-        if !(a.min_time.is_finite() && a.min_time >= 0.0) {
-            return Err(format!("--min-time {}: not a time in seconds", a.min_time));
-        }
+        let min_time = Duration::try_from_secs_f64(a.min_time)
+            .map_err(|_| format!("--min-time {}: not a time in seconds", a.min_time))?;
         let output = match a.output.as_str() {
             "null" => Output::Null,
             "pipe" => Output::Pipe,
             "inherit" => Output::Inherit,
             path => Output::File(path.to_owned()),
         };
-        let shell = a.shell.clone().filter(|s| s != "none");
-        let helper_shell = shell.clone().unwrap_or_else(|| "sh".to_owned());
-        let helper_exe = find_program(&helper_shell)?;
+        // A program or a command line, as hyperfine's --shell.
+        let shell: Option<Vec<String>> = match a.shell.as_deref() {
+            None | Some("none") => None,
+            Some("default") => Some(vec!["sh".to_owned()]),
+            Some(sh) => {
+                let words = words::split(sh).map_err(|e| format!("--shell {sh:?}: {e}"))?;
+                if words.is_empty() {
+                    return Err(format!("--shell {sh:?}: no program"));
+                }
+                Some(words)
+            }
+        };
+        let helper_shell = shell.clone().unwrap_or_else(|| vec!["sh".to_owned()]);
+        let helper_exe = find_program(&helper_shell[0]).map_err(|e| format!("--shell: {e}"))?;
         let sets = parameter_sets(a)?;
+        let n_given = a.commands.len();
+        // One name per benchmark (every command with every parameter set, in
+        // hyperfine's order) rather than one per command.
+        let per_benchmark = sets.len() > 1
+            && a.command_name.len() == n_given * sets.len()
+            && a.command_name.len() != n_given;
         let mut texts: Vec<(String, Option<String>)> = a
             .commands
             .iter()
             .enumerate()
             .map(|(i, c)| (c.clone(), a.command_name.get(i).cloned()))
             .collect();
-        if a.command_name.len() > a.commands.len() {
+        if a.command_name.len() > n_given && !per_benchmark {
+            let benchmarks = if sets.len() > 1 {
+                format!(" (or {} benchmarks)", n_given * sets.len())
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "{} --command-name given for {} commands",
+                "{} --command-name given for {n_given} commands{benchmarks}",
                 a.command_name.len(),
-                a.commands.len()
             ));
         }
         // --reference: a command given (by text or name), or one more, first.
         let mut reference = 0;
+        let mut inserted = false;
         if let Some(r) = &a.reference {
             match texts
                 .iter()
                 .position(|(t, n)| t == r || n.as_deref() == Some(r.as_str()))
             {
                 Some(i) => reference = i,
-                None => texts.insert(0, (r.clone(), None)),
+                None => {
+                    texts.insert(0, (r.clone(), None));
+                    inserted = true;
+                }
             }
         }
         let per_command = |list: &[String], flag: &str| -> Result<Vec<Option<String>>, String> {
             match list.len() {
                 0 => Ok(vec![None; texts.len()]),
                 1 => Ok(vec![Some(list[0].clone()); texts.len()]),
-                n if n == a.commands.len() && a.reference.is_none() => {
-                    Ok(list.iter().cloned().map(Some).collect())
-                }
+                n if n == texts.len() => Ok(list.iter().cloned().map(Some).collect()),
+                n if inserted => Err(format!(
+                    "{n} --{flag} given: give one for all commands, or one per command with \
+                     the --reference command's first ({})",
+                    texts.len()
+                )),
                 n => Err(format!(
                     "{n} --{flag} given: give one for all commands or one per command ({})",
                     texts.len()
@@ -390,21 +441,31 @@ impl Setup {
         let concludes = per_command(&a.conclude, "conclude")?;
         let helper = |cmd: &Option<String>, params: &[(String, String)]| -> Option<ProcSpec> {
             let cmd = substitute(cmd.as_ref()?, params);
-            let mut spec = bench_spec(vec![helper_shell.clone(), "-c".into(), cmd], Output::Null);
+            let mut argv = helper_shell.clone();
+            argv.extend(["-c".to_owned(), cmd]);
+            let mut spec = bench_spec(argv, Output::Null);
             spec.exe = Some(helper_exe.clone());
             Some(spec)
         };
         let mut commands = Vec::new();
-        for (i, (text, name)) in texts.iter().enumerate() {
-            for params in &sets {
+        // As hyperfine: every command with the first parameter set, then
+        // every command with the second …
+        for (k, params) in sets.iter().enumerate() {
+            for (i, (text, name)) in texts.iter().enumerate() {
                 let cmd = substitute(text, params);
                 let argv = match &shell {
-                    Some(sh) => vec![sh.clone(), "-c".into(), cmd.clone()],
+                    Some(sh) => {
+                        let mut argv = sh.clone();
+                        argv.extend(["-c".to_owned(), cmd.clone()]);
+                        argv
+                    }
                     None => words::split(&cmd).map_err(|e| format!("command {cmd:?}: {e}"))?,
                 };
-                let name = name
-                    .as_ref()
-                    .map_or_else(|| cmd.clone(), |n| substitute(n, params));
+                let name = match (per_benchmark, i.checked_sub(usize::from(inserted))) {
+                    (true, Some(given)) => a.command_name.get(k * n_given + given),
+                    _ => name.as_ref(),
+                };
+                let name = name.map_or_else(|| cmd.clone(), |n| substitute(n, params));
                 let mut spec = bench_spec(argv, output.clone());
                 let exe =
                     find_program(&spec.argv[0]).map_err(|e| format!("command {cmd:?}: {e}"))?;
@@ -419,9 +480,6 @@ impl Setup {
                     setup: helper(&a.setup, params),
                 });
             }
-        }
-        if reference > 0 {
-            reference *= sets.len();
         }
         if let Some(path) = &a.spec {
             let bytes =
@@ -444,14 +502,41 @@ impl Setup {
         if commands.is_empty() {
             return Err("nothing to benchmark: give a COMMAND or --spec".into());
         }
-        let order_name = a.order.clone();
+        // A setup or cleanup that differs between commands (a {VAR} in it)
+        // prepares for that command's runs alone: interleaved, every setup
+        // would run before any run, and every run but the last setup's would
+        // be timed against the wrong state.
+        let differ = |f: fn(&Command) -> Option<&ProcSpec>| {
+            commands
+                .windows(2)
+                .any(|w| f(&w[0]).map(|s| &s.argv) != f(&w[1]).map(|s| &s.argv))
+        };
+        let mut notes = Vec::new();
+        if order != Order::Grouped
+            && (differ(|c| c.setup.as_ref()) || differ(|c| c.cleanup.as_ref()))
+        {
+            if a.order.is_some() {
+                return Err(format!(
+                    "--order {order_name}: --setup or --cleanup differs between commands, \
+                     so each command's runs must come between its own setup and cleanup: \
+                     use --order grouped (the default then)"
+                ));
+            }
+            order = Order::Grouped;
+            order_name = "grouped".to_owned();
+            notes.push(
+                "Note: --setup or --cleanup differs between commands, so each command's runs \
+                 are grouped between its own setup and cleanup (--order grouped), as in hyperfine."
+                    .to_owned(),
+            );
+        }
         Ok(Setup {
             commands,
             plan: Plan {
                 runs: a.runs,
                 min_runs,
                 max_runs: a.max_runs,
-                min_time: Duration::from_secs_f64(a.min_time),
+                min_time,
                 warmup: a.warmup,
                 order,
                 jobs: a.jobs,
@@ -466,6 +551,7 @@ impl Setup {
             progress,
             color,
             text,
+            notes,
         })
     }
 }
@@ -520,11 +606,13 @@ fn parameter_sets(a: &BenchArgs) -> Result<Vec<Vec<(String, String)>>, String> {
         if axes.iter().any(|(v, _)| v == var) {
             return Err(format!("parameter {var} is given twice"));
         }
-        let values: Vec<String> = values.split(',').map(str::to_owned).collect();
+        let values = split_list(values);
         axes.push((var.clone(), values));
     }
+    // The first axis varies fastest, as in hyperfine: built from the last
+    // (outermost) in, each set's pairs then put back in the order given.
     let mut sets: Vec<Vec<(String, String)>> = vec![Vec::new()];
-    for (var, values) in &axes {
+    for (var, values) in axes.iter().rev() {
         sets = sets
             .into_iter()
             .flat_map(|set| {
@@ -535,6 +623,9 @@ fn parameter_sets(a: &BenchArgs) -> Result<Vec<Vec<(String, String)>>, String> {
                 })
             })
             .collect();
+    }
+    for set in &mut sets {
+        set.reverse();
     }
     Ok(sets)
 }
@@ -560,13 +651,56 @@ fn find_program(program: &str) -> Result<String, String> {
     Err(format!("{program:?} is not an executable file on PATH"))
 }
 
-/// `s` with each `{VAR}` replaced by its value.
+/// `s` with each `{VAR}` replaced by its value, in one pass: a value that
+/// holds `{OTHER}` is left as it is.
 fn substitute(s: &str, params: &[(String, String)]) -> String {
-    let mut out = s.to_owned();
-    for (k, v) in params {
-        out = out.replace(&format!("{{{k}}}"), v);
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let value = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| (v, close))
+        });
+        match value {
+            Some((v, close)) => {
+                out.push_str(v);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
     out
+}
+
+/// The values of a `--parameter-list`: split at each comma, where `\,` is a
+/// comma within a value and `\\` a backslash (as hyperfine).
+fn split_list(list: &str) -> Vec<String> {
+    let mut values = vec![String::new()];
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        let last = values.last_mut().expect("never empty");
+        match c {
+            '\\' => match chars.clone().next() {
+                Some(e @ (',' | '\\')) => {
+                    last.push(e);
+                    chars.next();
+                }
+                _ => last.push('\\'),
+            },
+            ',' => values.push(String::new()),
+            c => last.push(c),
+        }
+    }
+    values
 }
 
 /// Bold headings, a green mean and yellow warnings, for a terminal.
@@ -697,6 +831,24 @@ mod tests {
         assert_eq!(s.commands[0].spec.argv, ["bash", "-c", "true"]);
         let s = setup(&["--shell=none", "--style", "basic", "true x"]).unwrap();
         assert_eq!(s.commands[0].spec.argv, ["true", "x"]);
+        // A command line, as hyperfine's --shell takes, and its helpers too.
+        let s = setup(&["--shell", "sh -e", "-p", "sync", "--style", "basic", "true"]).unwrap();
+        assert_eq!(s.commands[0].spec.argv, ["sh", "-e", "-c", "true"]);
+        assert_eq!(
+            s.commands[0].prepare.as_ref().unwrap().argv,
+            ["sh", "-e", "-c", "sync"]
+        );
+        let s = setup(&["--shell", "default", "--style", "basic", "true"]).unwrap();
+        assert_eq!(s.commands[0].spec.argv, ["sh", "-c", "true"]);
+        let e = setup(&["--shell", "", "true"]).err().unwrap();
+        assert_eq!(e, "--shell \"\": it has no words");
+        let e = setup(&["--shell", "no-such-shell-here -x", "true"])
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("--shell: \"no-such-shell-here\" is not an executable"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -736,8 +888,143 @@ mod tests {
         ])
         .unwrap();
         let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["run x1", "run x2", "run y1", "run y2"]);
+        // hyperfine's order: the first list varies fastest.
+        assert_eq!(names, ["run x1", "run y1", "run x2", "run y2"]);
         assert_eq!(s.commands[3].spec.argv, ["echo", "y", "2"]);
+        assert_eq!(
+            s.commands[1].parameters,
+            [
+                ("a".to_owned(), "y".to_owned()),
+                ("b".to_owned(), "1".to_owned())
+            ]
+        );
+
+        // Every command with the first value, then every command with the next.
+        let s = setup(&[
+            "-L",
+            "x",
+            "1,2",
+            "--style",
+            "basic",
+            "echo a{x}",
+            "echo b{x}",
+        ])
+        .unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["echo a1", "echo b1", "echo a2", "echo b2"]);
+    }
+
+    #[test]
+    fn parameter_values_may_be_negative_or_hold_escaped_commas() {
+        let s = setup(&["-P", "n", "-2", "0", "--style", "basic", "echo {n}"]).unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["echo -2", "echo -1", "echo 0"]);
+        let s = setup(&["-L", "x", "-1,2", "--style", "basic", "echo {x}"]).unwrap();
+        assert_eq!(s.commands[0].spec.argv, ["echo", "-1"]);
+        assert_eq!(split_list(r"a\,b,c"), ["a,b", "c"]);
+        assert_eq!(split_list(r"a\\,b"), ["a\\", "b"]);
+        assert_eq!(split_list(r"a\b,"), ["a\\b", ""]);
+        let s = setup(&[
+            "-L", "x", r"a\,b,c", "--shell", "sh", "--style", "basic", "echo {x}",
+        ])
+        .unwrap();
+        assert_eq!(s.commands[0].spec.argv, ["sh", "-c", "echo a,b"]);
+        assert_eq!(s.commands.len(), 2);
+    }
+
+    #[test]
+    fn substitution_is_one_pass() {
+        let p = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let params = [p("a", "{b}"), p("b", "x")];
+        assert_eq!(
+            substitute("echo {a} {b} {c} {", &params),
+            "echo {b} x {c} {"
+        );
+        assert_eq!(substitute("{{a}}", &params), "{{b}}");
+    }
+
+    #[test]
+    fn names_are_one_per_command_or_one_per_benchmark() {
+        let names = |line: &[&str]| -> Vec<String> {
+            setup(line)
+                .unwrap()
+                .commands
+                .into_iter()
+                .map(|c| c.name)
+                .collect()
+        };
+        let base = ["--style", "basic", "-L", "x", "1,2"];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            base.iter().copied().chain(extra.iter().copied()).collect()
+        };
+        assert_eq!(
+            names(&with(&["-n", "A", "-n", "B", "echo {x}"])),
+            ["A", "B"]
+        );
+        assert_eq!(names(&with(&["-n", "n{x}", "echo {x}"])), ["n1", "n2"]);
+        assert_eq!(
+            names(&with(&[
+                "-n",
+                "A{x}",
+                "-n",
+                "B{x}",
+                "echo a{x}",
+                "echo b{x}"
+            ])),
+            ["A1", "B1", "A2", "B2"]
+        );
+        assert_eq!(
+            names(&with(&[
+                "-n",
+                "1",
+                "-n",
+                "2",
+                "-n",
+                "3",
+                "-n",
+                "4",
+                "echo a{x}",
+                "echo b{x}"
+            ])),
+            ["1", "2", "3", "4"]
+        );
+        let e = setup(&with(&["-n", "A", "-n", "B", "-n", "C", "echo {x}"]))
+            .err()
+            .unwrap();
+        assert_eq!(e, "3 --command-name given for 1 commands (or 2 benchmarks)");
+    }
+
+    #[test]
+    fn a_setup_that_differs_per_command_groups_the_runs() {
+        let s = setup(&[
+            "-L", "x", "a,b", "-s", "make {x}", "--style", "basic", "echo {x}",
+        ])
+        .unwrap();
+        assert_eq!(s.plan.order, Order::Grouped);
+        assert_eq!(s.view.order, "grouped");
+        assert_eq!(s.notes.len(), 1);
+        let s = setup(&[
+            "-L", "x", "a,b", "-c", "rm {x}", "--style", "basic", "echo {x}",
+        ])
+        .unwrap();
+        assert_eq!(s.plan.order, Order::Grouped);
+        // The same setup for every command leaves the runs interleaved.
+        let s = setup(&["-s", "make", "--style", "basic", "true", "false"]).unwrap();
+        assert_eq!(s.plan.order, Order::Interleaved);
+        assert!(s.notes.is_empty());
+        let e = setup(&[
+            "-L",
+            "x",
+            "a,b",
+            "-s",
+            "make {x}",
+            "--order",
+            "interleaved",
+            "echo {x}",
+        ])
+        .err()
+        .unwrap();
+        assert!(e.contains("use --order grouped"), "{e}");
     }
 
     #[test]
@@ -756,6 +1043,54 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.contains("2 --prepare given"), "{e}");
+        // A --reference that is one of the commands changes no count.
+        let s = setup(&[
+            "-p",
+            "x",
+            "-p",
+            "y",
+            "--reference",
+            "false",
+            "--style",
+            "basic",
+            "true",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(s.commands[1].prepare.as_ref().unwrap().argv[2], "y");
+        // One more, benchmarked first, takes the first prepare.
+        let s = setup(&[
+            "-p",
+            "r",
+            "-p",
+            "x",
+            "-p",
+            "y",
+            "--reference",
+            "echo",
+            "--style",
+            "basic",
+            "true",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(s.commands[0].prepare.as_ref().unwrap().argv[2], "r");
+        assert_eq!(s.commands[2].prepare.as_ref().unwrap().argv[2], "y");
+        let e = setup(&[
+            "-p",
+            "x",
+            "-p",
+            "y",
+            "--reference",
+            "echo",
+            "--style",
+            "basic",
+            "true",
+            "false",
+        ])
+        .err()
+        .unwrap();
+        assert!(e.contains("the --reference command's first (3)"), "{e}");
     }
 
     #[test]
@@ -780,6 +1115,40 @@ mod tests {
             e,
             "command \"no-such-program-here x\": \"no-such-program-here\" is not an executable file on PATH"
         );
+    }
+
+    #[test]
+    fn runs_conflict_with_min_and_max_runs_as_in_hyperfine() {
+        for line in [
+            ["-r", "3", "-M", "2", "true"],
+            ["-r", "3", "-m", "5", "true"],
+        ] {
+            let e = BenchArgs::try_parse_from(std::iter::once("chaperone bench").chain(line))
+                .err()
+                .unwrap_or_else(|| panic!("{line:?} accepted"));
+            assert!(e.to_string().contains("cannot be used with"), "{e}");
+        }
+    }
+
+    #[test]
+    fn huge_counts_and_times_are_refused_not_a_panic() {
+        let e = setup(&["-r", "18446744073709551615", "true"])
+            .err()
+            .unwrap();
+        assert!(e.contains("at most 10000000 runs"), "{e}");
+        let e = setup(&["-M", "20000000", "true"]).err().unwrap();
+        assert!(e.starts_with("--max-runs 20000000"), "{e}");
+        let e = setup(&["--min-time", "1e30", "true"]).err().unwrap();
+        assert!(
+            e.contains("--min-time 1000000000000000000000000000000"),
+            "{e}"
+        );
+        // And a sizing run that asks for more is held to the most.
+        let plan = Plan {
+            min_time: Duration::from_secs(1_000_000),
+            ..Plan::default()
+        };
+        assert_eq!(plan.count_for(Duration::from_nanos(1)), MAX_RUNS);
     }
 
     #[test]

@@ -338,6 +338,10 @@ pub enum Order {
     Grouped,
 }
 
+/// The most timed runs a command gets: every run's figures are kept (a few
+/// hundred bytes each), and the run order is laid out before the runs.
+pub const MAX_RUNS: usize = 10_000_000;
+
 /// How many runs, and how.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -382,11 +386,13 @@ impl Plan {
         }
         let per = first.as_secs_f64() / self.jobs.max(1) as f64;
         let want = if per > 0.0 {
-            (self.min_time.as_secs_f64() / per).ceil().min(1e9) as usize
+            (self.min_time.as_secs_f64() / per)
+                .ceil()
+                .min(MAX_RUNS as f64) as usize
         } else {
             self.min_runs
         };
-        let n = want.max(self.min_runs).max(1);
+        let n = want.max(self.min_runs).clamp(1, MAX_RUNS);
         self.max_runs.map_or(n, |m| n.min(m.max(1)))
     }
 }
@@ -552,9 +558,7 @@ pub enum BenchError {
         source: StartError,
     },
     /// A run (or its prepare/conclude/cleanup) did not exit 0.
-    #[error(
-        "{what} {command:?} {how}. Use the '-i'/'--ignore-failure' option if you want to ignore this."
-    )]
+    #[error("{what} {command:?} {how}. {}", advice(what))]
     Failed {
         /// "Command", "Prepare command" …
         what: &'static str,
@@ -1095,6 +1099,17 @@ fn failure(res: &ProcRes) -> Option<String> {
                 res.errors.join("; ")
             }
         )),
+    }
+}
+
+/// How to go on past a failure: `--ignore-failure` for a benchmarked command;
+/// it does not apply to the helpers (setup, prepare, conclude, cleanup), which
+/// must succeed, as in hyperfine.
+fn advice(what: &str) -> &'static str {
+    if what == "Command" {
+        "Use the '-i'/'--ignore-failure' option if you want to ignore this."
+    } else {
+        "--ignore-failure does not apply to it: append ' || true' to it if this can be ignored."
     }
 }
 

@@ -509,8 +509,7 @@ impl View {
             let _ = write!(
                 s,
                 "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{mid:.1}\" y2=\"{mid:.1}\" stroke=\"{col}\"/>\
-                 <rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{col}\" fill-opacity=\"0.25\" stroke=\"{col}\"/>\
-                 <line x1=\"{3:.1}\" x2=\"{3:.1}\" y1=\"{1:.1}\" y2=\"{4:.1}\" stroke=\"{col}\" stroke-width=\"3\"/>",
+                 <rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{col}\" fill-opacity=\"0.25\" stroke=\"{col}\"/>",
                 x(v[0]),
                 x(v[v.len() - 1]),
                 x(q(0.25)),

@@ -274,6 +274,34 @@ fn the_html_report_is_self_contained_with_a_plot_per_metric() {
         html.matches("<svg class=\"dist\"").count(),
         html.matches("<svg class=\"drift\"").count()
     );
+    // Every shape of a distribution plot lies within its box.
+    for svg in html.split("<svg class=\"dist\"").skip(1) {
+        let svg = &svg[..svg.find("</svg>").unwrap()];
+        let attr = |s: &str, name: &str| -> Vec<f64> {
+            s.match_indices(&format!(" {name}=\""))
+                .map(|(i, m)| {
+                    let v = &s[i + m.len()..];
+                    v[..v.find('"').unwrap()].parse::<f64>().unwrap()
+                })
+                .collect()
+        };
+        let height = attr(svg, "height")[0];
+        for shape in svg
+            .split('<')
+            .filter(|e| e.starts_with("line") || e.starts_with("rect"))
+        {
+            for y in attr(shape, "y1")
+                .into_iter()
+                .chain(attr(shape, "y2"))
+                .chain(attr(shape, "y"))
+            {
+                assert!(
+                    (0.0..=height).contains(&y),
+                    "y={y} outside 0..{height}: <{shape}"
+                );
+            }
+        }
+    }
     // 10 runs of each command as points in the wall distribution.
     let wall = &html[html.find("<section id=\"wall\">").unwrap()..];
     let wall = &wall[..wall.find("</section>").unwrap()];
@@ -426,6 +454,53 @@ fn prepare_and_conclude_run_around_each_run() {
     let out = bench(&["-r", "2", "--prepare", "exit 3", "/bin/true"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Prepare command"));
+    // --ignore-failure is for the benchmarked commands: the advice for a
+    // helper says what does apply.
+    let out = bench(&["-r", "2", "-i", "--prepare", "exit 3", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Prepare command \"exit 3\" terminated with non-zero exit code 3")
+            && err.contains("append ' || true'")
+            && !err.contains("Use the '-i'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_setup_per_parameter_wraps_only_its_own_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let l = log.to_str().unwrap();
+    let out = bench(&[
+        "-r",
+        "2",
+        "-w",
+        "1",
+        "-L",
+        "x",
+        "a,b",
+        "--setup",
+        &format!("echo setup {{x}} >> {l}"),
+        "--cleanup",
+        &format!("echo cleanup {{x}} >> {l}"),
+        "--shell",
+        "sh",
+        &format!("echo run {{x}} >> {l}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("grouped between its own setup and cleanup"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = std::fs::read_to_string(&log).unwrap();
+    let block = |x: &str| format!("setup {x}\n{}cleanup {x}\n", format!("run {x}\n").repeat(3));
+    assert_eq!(got, block("a") + &block("b"));
 }
 
 #[test]
