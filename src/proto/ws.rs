@@ -22,7 +22,7 @@ use crate::spec::ProcId;
 use crate::supervisor::{Event, Handle, ShutdownState, Subscription};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -386,7 +386,26 @@ impl Agent {
     /// never follows the notice that it ended, and nothing about a process
     /// follows its `ProcDelete`. At most [`MAX_IN_FLIGHT`] requests are
     /// served at once; past that the connection is not read.
-    async fn connected(&mut self, mut ws: Ws) -> bool {
+    async fn connected(&mut self, ws: Ws) -> bool {
+        let mut pending = VecDeque::new();
+        let done = self.serve_link(ws, &mut pending).await;
+        if !done {
+            // The connection went with events whose notifications were not
+            // sent (or not yet made): what they say is owed to the next one
+            // as if no connection had been up, so that no result and no
+            // shutdown state (a `done` above all) is lost.
+            for e in pending.into_iter().flatten().flatten() {
+                self.owe(e);
+            }
+        }
+        done
+    }
+
+    /// [`Agent::connected`]'s loop. `pending` has an entry per entry of the
+    /// output not yet delivered, in order: the events a notification entry
+    /// was made from, `None` for replies (which a lost connection loses with
+    /// the requests they answer).
+    async fn serve_link(&mut self, mut ws: Ws, pending: &mut VecDeque<Option<Vec<Event>>>) -> bool {
         let mut out: FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>> =
             FuturesOrdered::new();
         let mut deadline = Instant::now() + self.cfg.read_timeout;
@@ -396,6 +415,13 @@ impl Agent {
         // First what the server missed while no connection was up.
         let owed = std::mem::take(&mut self.owed);
         let h = self.handle.clone();
+        // Owed again if it is not delivered.
+        let again = if owed.all {
+            vec![Event::Missed(0)]
+        } else {
+            owed.results.iter().cloned().map(Event::Exited).collect()
+        };
+        pending.push_back(Some(again));
         out.push_back(Box::pin(async move {
             let ids: Vec<ProcId> = if owed.all {
                 h.proc_ids().await
@@ -413,9 +439,11 @@ impl Agent {
                     // all) is told first.
                     let batch: Vec<Event> = self.events.try_iter().collect();
                     if !batch.is_empty() {
+                        pending.push_back(Some(batch.clone()));
                         out.push_back(self.notes(batch));
                     }
                     while let Some(o) = out.next().await {
+                        pending.pop_front();
                         if self.deliver(&mut ws, o).await.is_err() {
                             return true;
                         }
@@ -437,6 +465,7 @@ impl Agent {
                     match msg {
                         Some(Ok(Message::Binary(frame))) => {
                             let call = serve(&self.handle, decode_msgpack(&frame));
+                            pending.push_back(None);
                             out.push_back(Box::pin(async move { Out::Replies(call.await) }));
                         }
                         Some(Ok(Message::Text(t))) => {
@@ -445,6 +474,7 @@ impl Agent {
                                 t.len()
                             ));
                             tracing::warn!("text frame from the server; answered with an error");
+                            pending.push_back(None);
                             out.push_back(Box::pin(std::future::ready(Out::Replies(vec![reply]))));
                         }
                         Some(Ok(Message::Close(c))) => {
@@ -463,6 +493,8 @@ impl Agent {
                     }
                 }
                 Some(o) = out.next() => {
+                    // Delivered or, when the send fails, owed by `deliver`.
+                    pending.pop_front();
                     if self.deliver(&mut ws, o).await.is_err() {
                         return false;
                     }
@@ -472,6 +504,7 @@ impl Agent {
                     // Take every event waiting, so a burst costs one round trip.
                     let mut batch = vec![e];
                     batch.extend(self.events.try_iter());
+                    pending.push_back(Some(batch.clone()));
                     out.push_back(self.notes(batch));
                 }
                 _ = ping.tick() => {

@@ -463,3 +463,70 @@ async def test_agent_secrets_never_reach_a_child():
         env = res.fds.stdout.text
         assert "PROCSTAR_AGENT_TOKEN" not in env
         assert "PROCSTAR_AGENT_CERT" not in env
+
+
+@pytest.mark.asyncio
+async def test_a_connection_lost_before_done_is_sent_still_ends_the_agent(chaperone):
+    """The agent's `done` queued behind a large reply when the connection
+    drops is not lost: the agent still ends (with no server to tell, at once)
+    instead of registering again as `active` and running on."""
+    import ssl
+    import msgpack
+    import websockets.asyncio.server as wsserver
+    from procstar.testing import TLS_CERT_PATH, TLS_KEY_PATH
+
+    links = []
+
+    async def handler(ws):
+        reg = msgpack.loads(await ws.recv())
+        await ws.send(msgpack.dumps({"type": "Registered"}))
+        incoming = asyncio.Queue()
+        links.append((ws, reg, incoming))
+        try:
+            async for m in ws:
+                await incoming.put(msgpack.loads(m))
+        except Exception:
+            pass
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(TLS_CERT_PATH, TLS_KEY_PATH)
+    server = await wsserver.serve(handler, "localhost", 0, ssl=ctx, max_size=None,
+                                  ping_interval=None)
+    port = server.sockets[0].getsockname()[1]
+    env = dict(os.environ, PROCSTAR_AGENT_CERT=str(TLS_CERT_PATH), PROCSTAR_AGENT_TOKEN="")
+    agent = await asyncio.create_subprocess_exec(
+        chaperone, "--agent", "--agent-host", "localhost", "--agent-port", str(port),
+        *PATIENT, env=env, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await until(lambda: links)
+        ws, reg, incoming = links[0]
+        assert reg["shutdown_state"] == "active"
+        await ws.send(msgpack.dumps({"type": "ProcStartRequest", "specs": {"big": {
+            "argv": ["/bin/sh", "-c", "head -c 384M /dev/zero"],
+            "fds": [["stdout", {"capture": {"mode": "tempfile", "attached": False}}]]}}}))
+        while True:
+            m = await asyncio.wait_for(incoming.get(), 20)
+            if m["type"] == "ProcResult" and m["res"]["state"] != "running":
+                break
+        # While the agent reads the 384 MiB for its reply, the notifications
+        # of the shutdown (idling, done) queue behind it; the connection then
+        # drops before any of them is sent. (Had the read ended first, they
+        # would still be events, not queued notifications, and this would
+        # test less: the figures the test was written with had the read take
+        # 0.3 s and the drop come at 0.05 s.)
+        await ws.send(msgpack.dumps({"type": "ProcFdDataRequest", "proc_id": "big",
+                                     "fd": "stdout", "start": 0, "stop": None}))
+        await asyncio.sleep(0.01)
+        agent.send_signal(signal.SIGQUIT)
+        await asyncio.sleep(0.04)
+        ws.transport.abort()
+        await asyncio.wait_for(agent.wait(), 20)
+        assert agent.returncode == 0
+        # It did not come back claiming to be active.
+        assert all(r["shutdown_state"] != "active" for _, r, _ in links[1:]), \
+            [r["shutdown_state"] for _, r, _ in links]
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+        server.close()
