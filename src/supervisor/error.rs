@@ -40,7 +40,7 @@ pub enum ProcError {
     #[error("process running: {0}")]
     Running(ProcId),
     /// `pidfd_send_signal` failed.
-    #[error("signal failed")]
+    #[error("signal failed: {0}")]
     Signal(#[source] std::io::Error),
     /// The agent's reactor is gone.
     #[error("agent is shut down")]
@@ -58,7 +58,7 @@ pub enum FdDataError {
     #[error("no fd: {0}")]
     NoFd(String),
     /// Reading a capture file failed.
-    #[error("reading fd data failed")]
+    #[error("reading fd data failed: {0}")]
     Io(#[source] std::io::Error),
     /// The capture is not held compressed: its spec has no `compress`, or the
     /// compression is pending or failed (the result's `compression` says which).

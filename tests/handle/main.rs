@@ -225,6 +225,51 @@ fn a_start_past_max_running_is_answered_without_waiting_for_the_queue() {
     );
 }
 
+/// A signal to a process waiting behind `max_running`: one that would end it
+/// (SIGTERM, as a scheduler cancels) means it never starts, and its result
+/// says why; one that would not (SIGCONT) is sent once it runs. Neither is
+/// "no process" with the process then running anyway.
+#[test]
+fn a_signal_to_a_queued_process_cancels_it_or_waits_for_it_to_run() {
+    let config = Config {
+        max_running: Some(1),
+        ..Config::default()
+    };
+    let agent = Agent::new(config).expect("agent");
+    agent
+        .start(util::input(&json!({"specs": {
+            "a": {"argv": ["/bin/sleep", "0.5"]},
+            "b": {"argv": ["/bin/sh", "-c", "echo ran"], "fds": [["stdout", util::mem_utf8()]]},
+            "c": {"argv": ["/bin/sh", "-c", "echo ran"], "fds": [["stdout", util::mem_utf8()]]},
+            "d": {"argv": ["/bin/sh", "-c", "echo ran"], "fds": [["stdout", util::mem_utf8()]],
+                  "signals": {"ignore": ["SIGUSR1"]}},
+        }})))
+        .expect("started");
+    let res = agent.results();
+    assert!(res["a"].pid.is_some() && res["b"].pid.is_none(), "{res:?}");
+    agent.signal("b", libc::SIGTERM).expect("cancelled");
+    agent.signal("c", libc::SIGCONT).expect("kept for when it runs");
+    // Ignored by its spec: it runs, and ignores it.
+    agent.signal("d", libc::SIGUSR1).expect("kept for when it runs");
+    agent.wait_all();
+    let res = agent.results();
+    let b = &res["b"];
+    assert_eq!(b.state, State::Error, "{b:?}");
+    assert!(b.pid.is_none(), "{b:?}");
+    assert!(
+        b.errors.iter().any(|e| e.contains("not started: SIGTERM while it waited")),
+        "{:?}",
+        b.errors
+    );
+    for id in ["c", "d"] {
+        let r = &res[id];
+        assert_eq!(r.state, State::Terminated, "{id}: {r:?}");
+        assert_eq!(util::string_of(r, "stdout"), "ran\n", "{id}");
+        assert_eq!(r.status.as_ref().and_then(|s| s.exit_code), Some(0), "{id}");
+    }
+    assert_eq!(res["a"].state, State::Terminated);
+}
+
 /// Processes joined by a `pipe` go past `max_running`: with a limit of 1 the
 /// reader would otherwise wait in the queue for a writer blocked on the full
 /// pipe, forever.

@@ -75,6 +75,9 @@ pub(crate) struct Proc {
     pub holds_slot: bool,
     /// The start request it belongs to, until it has started or failed.
     pub request: Option<u64>,
+    /// Signals asked for before it ran (while it was being spawned, or queued
+    /// with a signal that does not end it): sent once it runs.
+    pub pending_signals: Vec<i32>,
     /// The spec's argv, for overviews.
     pub argv: Arc<[String]>,
 }
@@ -128,6 +131,7 @@ impl Proc {
             holds_slot: false,
             argv: Arc::from([]),
             request: Some(request),
+            pending_signals: Vec::new(),
         }
     }
 

@@ -131,6 +131,14 @@ impl Reactor {
                     reply(Ok(()));
                     return;
                 }
+                if let Some(r) = self
+                    .table
+                    .serial(&id)
+                    .and_then(|s| self.signal_unstarted(s, signum))
+                {
+                    reply(r);
+                    return;
+                }
                 let r = match self.table.serial(&id).and_then(|s| self.table.get(s)) {
                     None => Err(ProcError::Unknown(id)),
                     Some(p) => signal_proc(p, signum).map_err(|e| {

@@ -248,6 +248,47 @@ impl Reactor {
         self.answer_request(serial);
     }
 
+    /// A signal for process `serial` if it has not started; `None` if it has
+    /// (or never will), for the caller to signal it as a running one.
+    ///
+    /// Queued (behind `max_running` or the fds), a signal whose default
+    /// action ends a process (`SIGTERM`, `SIGKILL`, `SIGINT` …) cancels it: it
+    /// never starts, and its result says why. Any other signal, one its spec
+    /// ignores or blocks, and any for a process being spawned, waits and is
+    /// sent once it runs, as it would have been had it been running.
+    pub(super) fn signal_unstarted(
+        &mut self,
+        serial: u64,
+        signum: i32,
+    ) -> Option<Result<(), crate::supervisor::ProcError>> {
+        let life = &self.table.get(serial)?.life;
+        let queued = match life {
+            Life::Queued => true,
+            Life::Starting => false,
+            _ => return None,
+        };
+        let at = self.queue.iter().position(|q| q.serial == serial);
+        let cancels = queued
+            && ends_by_default(signum)
+            && at.is_some_and(|at| !spec_handles(&self.queue[at].spec, signum));
+        let p = self.table.get_mut(serial)?;
+        if !cancels {
+            p.pending_signals.push(signum);
+            return Some(Ok(()));
+        }
+        if let Some(at) = at {
+            self.queue.remove(at);
+        }
+        let name = crate::signal::signal_name(signum)
+            .map_or_else(|| format!("signal {signum}"), str::to_owned);
+        p.errors.push(format!(
+            "not started: {name} while it waited to start (behind --max-running, or for fds)"
+        ));
+        self.settle_unstarted(serial);
+        self.start_resolved(serial);
+        Some(Ok(()))
+    }
+
     /// Counts process `serial` as done for its start request's answer, which
     /// goes out once every process of the request is.
     pub(super) fn answer_request(&mut self, serial: u64) {
@@ -299,6 +340,7 @@ impl Reactor {
                 let mut fresh = Proc::queued(p.id.clone(), 0);
                 fresh.request = p.request;
                 fresh.argv = p.argv.clone();
+                fresh.pending_signals = std::mem::take(&mut p.pending_signals);
                 fresh.waiters = std::mem::take(&mut p.waiters);
                 fresh.final_waiters = std::mem::take(&mut p.final_waiters);
                 *p = fresh;
@@ -314,6 +356,12 @@ impl Reactor {
         match result {
             Ok(child) => {
                 let pidfd = proc.started(child, exe, self.fd_floor);
+                // Asked for before it ran: sent now, in order.
+                for signum in std::mem::take(&mut proc.pending_signals) {
+                    if let Err(e) = super::signal_proc(proc, signum) {
+                        tracing::debug!(id = %proc.id, signum, "a pending signal failed: {e}");
+                    }
+                }
                 let key = self.ring.wait_exit(pidfd, Tag::Exit { proc: serial });
                 tracing::debug!(serial, id = %proc.id, pid = ?proc.pid, key, "spawned");
                 if let Some(t) = proc.timeout.as_mut() {
@@ -380,4 +428,29 @@ fn has_request_pipes(ps: &spec::ProcSpec) -> bool {
     ps.fds
         .iter()
         .any(|(_, fs)| matches!(fs, spec::FdSpec::PipeWrite | spec::FdSpec::PipeRead { .. }))
+}
+
+/// Whether a signal's default action ends a process (terminate, or core
+/// dump), rather than being ignored, stopping or continuing it.
+fn ends_by_default(signum: i32) -> bool {
+    !matches!(
+        signum,
+        libc::SIGCHLD
+            | libc::SIGCONT
+            | libc::SIGURG
+            | libc::SIGWINCH
+            | libc::SIGSTOP
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
+    ) && signum > 0
+}
+
+/// Whether `spec` has its process ignore or block `signum` at exec.
+fn spec_handles(spec: &spec::ProcSpec, signum: i32) -> bool {
+    let s = &spec.signals;
+    s.ignore.iter().chain(&s.mask).any(|r| match r {
+        spec::SignalRef::Number(n) => *n == i64::from(signum),
+        spec::SignalRef::Name(name) => crate::signal::parse_signal(name) == Some(signum),
+    })
 }
