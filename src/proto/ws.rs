@@ -44,6 +44,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests served at once on one connection; past it, reading waits.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// `ProcFdDataRequest`s served at once on one connection (one, as Procstar
+/// serves every request): each reply holds
+/// its whole range (a capture can be gigabytes), so past this, reading waits
+/// until one is sent. Ten requests for a 200 MiB capture to a server slow to
+/// read took the agent to 2 GB with only [`MAX_IN_FLIGHT`] as the bound.
+pub const MAX_FD_DATA_IN_FLIGHT: usize = 1;
 /// How long, once every process has ended in a terminate or kill shutdown,
 /// the server has to delete them before the agent says done.
 pub const DELETE_GRACE: Duration = Duration::from_secs(5);
@@ -207,6 +213,17 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 enum Out {
     Replies(Vec<Reply>),
     Notes(Vec<Reply>, Vec<ShutdownState>),
+}
+
+/// What an entry of a connection's output not yet delivered was made from.
+enum Entry {
+    /// A request's replies (lost with the connection, as the request is).
+    Reply,
+    /// A `ProcFdDataRequest`'s: counted against [`MAX_FD_DATA_IN_FLIGHT`].
+    FdData,
+    /// Notifications, from these events: owed to the next connection if this
+    /// one is lost before they are sent.
+    Notes(Vec<Event>),
 }
 
 /// What is owed to the server once a connection is up.
@@ -394,18 +411,20 @@ impl Agent {
             // sent (or not yet made): what they say is owed to the next one
             // as if no connection had been up, so that no result and no
             // shutdown state (a `done` above all) is lost.
-            for e in pending.into_iter().flatten().flatten() {
-                self.owe(e);
+            for entry in pending {
+                if let Entry::Notes(events) = entry {
+                    for e in events {
+                        self.owe(e);
+                    }
+                }
             }
         }
         done
     }
 
     /// [`Agent::connected`]'s loop. `pending` has an entry per entry of the
-    /// output not yet delivered, in order: the events a notification entry
-    /// was made from, `None` for replies (which a lost connection loses with
-    /// the requests they answer).
-    async fn serve_link(&mut self, mut ws: Ws, pending: &mut VecDeque<Option<Vec<Event>>>) -> bool {
+    /// output not yet delivered, in order (see [`Entry`]).
+    async fn serve_link(&mut self, mut ws: Ws, pending: &mut VecDeque<Entry>) -> bool {
         let mut out: FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>> =
             FuturesOrdered::new();
         let mut deadline = Instant::now() + self.cfg.read_timeout;
@@ -421,7 +440,7 @@ impl Agent {
         } else {
             owed.results.iter().cloned().map(Event::Exited).collect()
         };
-        pending.push_back(Some(again));
+        pending.push_back(Entry::Notes(again));
         out.push_back(Box::pin(async move {
             let ids: Vec<ProcId> = if owed.all {
                 h.proc_ids().await
@@ -439,7 +458,7 @@ impl Agent {
                     // all) is told first.
                     let batch: Vec<Event> = self.events.try_iter().collect();
                     if !batch.is_empty() {
-                        pending.push_back(Some(batch.clone()));
+                        pending.push_back(Entry::Notes(batch.clone()));
                         out.push_back(self.notes(batch));
                     }
                     while let Some(o) = out.next().await {
@@ -458,14 +477,25 @@ impl Agent {
                 }
             }
             let grace = self.done_at.map(|at| at + DELETE_GRACE).unwrap_or(deadline);
+            let fd_data = pending
+                .iter()
+                .filter(|e| matches!(e, Entry::FdData))
+                .count();
             tokio::select! {
                 biased;
-                msg = ws.next(), if out.len() < MAX_IN_FLIGHT => {
+                msg = ws.next(), if out.len() < MAX_IN_FLIGHT && fd_data < MAX_FD_DATA_IN_FLIGHT => {
                     deadline = Instant::now() + self.cfg.read_timeout;
                     match msg {
                         Some(Ok(Message::Binary(frame))) => {
-                            let call = serve(&self.handle, decode_msgpack(&frame));
-                            pending.push_back(None);
+                            let msg = decode_msgpack(&frame);
+                            pending.push_back(
+                                if matches!(msg.request, Ok(super::Request::ProcFdDataRequest { .. })) {
+                                    Entry::FdData
+                                } else {
+                                    Entry::Reply
+                                },
+                            );
+                            let call = serve(&self.handle, msg);
                             out.push_back(Box::pin(async move { Out::Replies(call.await) }));
                         }
                         Some(Ok(Message::Text(t))) => {
@@ -474,7 +504,7 @@ impl Agent {
                                 t.len()
                             ));
                             tracing::warn!("text frame from the server; answered with an error");
-                            pending.push_back(None);
+                            pending.push_back(Entry::Reply);
                             out.push_back(Box::pin(std::future::ready(Out::Replies(vec![reply]))));
                         }
                         Some(Ok(Message::Close(c))) => {
@@ -504,7 +534,7 @@ impl Agent {
                     // Take every event waiting, so a burst costs one round trip.
                     let mut batch = vec![e];
                     batch.extend(self.events.try_iter());
-                    pending.push_back(Some(batch.clone()));
+                    pending.push_back(Entry::Notes(batch.clone()));
                     out.push_back(self.notes(batch));
                 }
                 _ = ping.tick() => {

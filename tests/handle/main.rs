@@ -248,16 +248,22 @@ fn a_signal_to_a_queued_process_cancels_it_or_waits_for_it_to_run() {
     let res = agent.results();
     assert!(res["a"].pid.is_some() && res["b"].pid.is_none(), "{res:?}");
     agent.signal("b", libc::SIGTERM).expect("cancelled");
-    agent.signal("c", libc::SIGCONT).expect("kept for when it runs");
+    agent
+        .signal("c", libc::SIGCONT)
+        .expect("kept for when it runs");
     // Ignored by its spec: it runs, and ignores it.
-    agent.signal("d", libc::SIGUSR1).expect("kept for when it runs");
+    agent
+        .signal("d", libc::SIGUSR1)
+        .expect("kept for when it runs");
     agent.wait_all();
     let res = agent.results();
     let b = &res["b"];
     assert_eq!(b.state, State::Error, "{b:?}");
     assert!(b.pid.is_none(), "{b:?}");
     assert!(
-        b.errors.iter().any(|e| e.contains("not started: SIGTERM while it waited")),
+        b.errors
+            .iter()
+            .any(|e| e.contains("not started: SIGTERM while it waited")),
         "{:?}",
         b.errors
     );
