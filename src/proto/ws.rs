@@ -181,6 +181,7 @@ pub fn tls_config(cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCo
     }
     let (added, ignored) = roots.add_parsable_certificates(native.certs);
     tracing::debug!("system root certificates: {added} added, {ignored} ignored");
+    let mut pinned = Vec::new();
     if let Some(path) = cert {
         let err = |err: String| TlsError::Cert {
             path: path.to_path_buf(),
@@ -193,17 +194,100 @@ pub fn tls_config(cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCo
         if certs.is_empty() {
             return Err(err("no certificate in the file".into()));
         }
-        for c in certs {
-            roots.add(c).map_err(|e| err(e.to_string()))?;
+        for c in &certs {
+            roots.add(c.clone()).map_err(|e| err(e.to_string()))?;
         }
+        pinned = certs;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Config(e.to_string()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier { webpki, pinned }))
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The system's and `PROCSTAR_AGENT_CERT`'s roots, as webpki checks them;
+/// and besides, a server whose certificate is exactly one of
+/// `PROCSTAR_AGENT_CERT`'s, as OpenSSL (Procstar's TLS) takes it.
+///
+/// A self-signed certificate made the common way (`openssl req -x509`) has
+/// `CA:TRUE`, and often no subject alternative name: webpki refuses it as a
+/// server's (`CaUsedAsEndEntity`, or not valid for the name) where OpenSSL
+/// takes it from its CA file, so a fleet that worked with Procstar would not
+/// connect. Such a certificate given as `PROCSTAR_AGENT_CERT` is pinned: the
+/// server must present exactly it and prove it holds its key (the handshake's
+/// signature is checked as for any other); its dates still count.
+#[derive(Debug)]
+struct Verifier {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as E;
+        let checked = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        match checked {
+            Err(rustls::Error::InvalidCertificate(
+                E::Expired
+                | E::ExpiredContext { .. }
+                | E::NotValidYet
+                | E::NotValidYetContext { .. }
+                | E::Revoked,
+            )) => checked,
+            Err(e) if self.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+                tracing::debug!(
+                    "the server's certificate is PROCSTAR_AGENT_CERT's own: taken as pinned ({e})"
+                );
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

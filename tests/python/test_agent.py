@@ -530,3 +530,53 @@ async def test_a_connection_lost_before_done_is_sent_still_ends_the_agent(chaper
             agent.kill()
             await agent.wait()
         server.close()
+
+
+def self_signed(tmp_path, name, *extra):
+    """A self-signed certificate made as `openssl req -x509` makes one
+    (`CA:TRUE`), with `extra` arguments; returns (cert, key) paths."""
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make certificates with")
+    crt, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", str(key), "-out", str(crt), "-days", "2",
+                    "-subj", "/CN=localhost", *extra],
+                   check=True, capture_output=True)
+    return str(crt), str(key)
+
+
+async def registers_with(chaperone, served, trusted):
+    """Whether the agent registers with a server presenting `served` (cert,
+    key) when PROCSTAR_AGENT_CERT is `trusted`."""
+    server = procstar.agent.server.Server()
+    ws = await server.run(host="localhost", port=0, tls_cert=served, access_token="")
+    port = ws.sockets[0].getsockname()[1]
+    env = dict(os.environ, PROCSTAR_AGENT_CERT=trusted, PROCSTAR_AGENT_TOKEN="")
+    agent = await asyncio.create_subprocess_exec(
+        chaperone, "--agent", "--agent-host", "localhost", "--agent-port", str(port),
+        "--connect-count-max", "1", env=env, stderr=asyncio.subprocess.PIPE)
+    try:
+        # With --connect-count-max 1 a refused certificate ends the agent.
+        await until(lambda: server.connections or agent.returncode is not None, timeout=20)
+        return bool(server.connections)
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+        await agent.wait()
+        ws.close()
+
+
+@pytest.mark.asyncio
+async def test_a_self_signed_ca_certificate_given_as_agent_cert_is_trusted(chaperone, tmp_path):
+    """As with Procstar's OpenSSL: a server certificate that is exactly
+    PROCSTAR_AGENT_CERT's is taken though it says CA:TRUE (webpki alone
+    refuses it as CaUsedAsEndEntity) or names the host only in its CN; one
+    that is not the given certificate still is not."""
+    with_san = self_signed(tmp_path, "san", "-addext", "subjectAltName=DNS:localhost")
+    cn_only = self_signed(tmp_path, "cn")
+    other = self_signed(tmp_path, "other", "-addext", "subjectAltName=DNS:localhost")
+    assert await registers_with(chaperone, with_san, with_san[0])
+    assert await registers_with(chaperone, cn_only, cn_only[0])
+    assert not await registers_with(chaperone, other, with_san[0])
