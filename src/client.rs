@@ -717,8 +717,10 @@ const RESUME_FOR: Duration = Duration::from_secs(60);
 
 /// `output ID [FD]`: streams the bytes to standard output. With `--follow`,
 /// one streamed request that the agent ends when the capture can grow no
-/// more; a dropped connection is resumed from the byte reached, so the
-/// output is exact even across an agent's restart of its listener.
+/// more. A dropped connection, or a body the agent cut off because a
+/// head/tail capture dropped bytes before they were sent, is resumed from the
+/// byte reached, so what is written is exact; every part of the range the
+/// capture dropped is named on standard error (`X-Chaperone-Dropped`).
 async fn output(
     client: &Client,
     id: &str,
@@ -734,6 +736,9 @@ async fn output(
         at = Some(probe_length(client, &base).await?.saturating_sub(n));
     }
     let mut dropped_since: Option<tokio::time::Instant> = None;
+    // Bodies cut off in a row with nothing written: a capture whose tail
+    // outruns every request is not chased for ever.
+    let mut fruitless = 0;
     let mut out = std::io::stdout().lock();
     loop {
         let mut query = Vec::new();
@@ -781,21 +786,40 @@ async fn output(
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             return Err(status_failure(status, &v, &body));
         }
+        // Where the body's bytes are in the capture: from the range's start,
+        // past the part it says was dropped once it gets there.
+        let mut pos = Position::new(at.unwrap_or(0), dropped_header(resp.headers()));
+        if let Some(d) = &pos.gap {
+            eprintln!(
+                "chaperone client: {id} {fd}: bytes {}-{} were dropped by the capture's \
+                 head/tail limits; not written",
+                d.start, d.end
+            );
+        }
         let mut body = resp.into_body();
         let mut ended = true;
+        let mut wrote = false;
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => {
                     if let Ok(data) = f.into_data() {
+                        wrote |= !data.is_empty();
                         out.write_all(&data).map_err(Failure::Stdout)?;
                         out.flush().map_err(Failure::Stdout)?;
-                        at = Some(at.unwrap_or(0) + data.len() as u64);
+                        pos.advance(data.len() as u64);
+                        if resumable {
+                            at = Some(pos.next());
+                        }
                     }
                 }
                 Err(e) => {
-                    if !(follow && resumable) {
+                    fruitless = if wrote { 0 } else { fruitless + 1 };
+                    if !resumable || fruitless > MAX_FRUITLESS {
                         return Err(client.unreachable(e));
                     }
+                    // Resumed from the next byte (a follow at once; a plain
+                    // read once, after a cut, not after a refused connection).
+                    at = Some(pos.next());
                     ended = false;
                     break;
                 }
@@ -805,6 +829,57 @@ async fn output(
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many bodies in a row may be cut off with nothing written before
+/// `output` gives up.
+const MAX_FRUITLESS: u32 = 20;
+
+/// `X-Chaperone-Dropped: START-STOP`, the part of a response's range its
+/// capture dropped.
+fn dropped_header(h: &hyper::HeaderMap) -> Option<std::ops::Range<u64>> {
+    let v = h.get("x-chaperone-dropped")?.to_str().ok()?;
+    let (a, b) = v.split_once('-')?;
+    Some(a.trim().parse().ok()?..b.trim().parse().ok()?)
+}
+
+/// The capture offset of a response body's next byte: it starts at the
+/// range's start and skips the dropped part once it reaches it.
+struct Position {
+    at: u64,
+    gap: Option<std::ops::Range<u64>>,
+}
+
+impl Position {
+    fn new(start: u64, gap: Option<std::ops::Range<u64>>) -> Position {
+        let mut p = Position { at: start, gap };
+        p.skip();
+        p
+    }
+
+    fn advance(&mut self, n: u64) {
+        let mut end = self.at + n;
+        if let Some(g) = &self.gap {
+            // Bytes before the gap, then the rest after it.
+            if self.at < g.start && end >= g.start {
+                end = g.end + (end - g.start);
+            }
+        }
+        self.at = end;
+        self.skip();
+    }
+
+    fn skip(&mut self) {
+        if let Some(g) = &self.gap {
+            if self.at >= g.start && self.at < g.end {
+                self.at = g.end;
+            }
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.at
     }
 }
 
@@ -916,5 +991,29 @@ mod tests {
             "a        terminated  12   0     0.500s   stdout=3"
         );
         assert_eq!(lines[2], "long-id  running     7          12.250s");
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::Position;
+
+    #[test]
+    fn a_body_s_position_skips_the_dropped_part() {
+        // Bytes 0..16 held, 16..84 dropped, from 10: six bytes, then 84 on.
+        let mut p = Position::new(10, Some(16..84));
+        p.advance(4);
+        assert_eq!(p.next(), 14);
+        p.advance(2);
+        assert_eq!(p.next(), 84);
+        p.advance(10);
+        assert_eq!(p.next(), 94);
+        // One piece across the gap.
+        let mut p = Position::new(10, Some(16..84));
+        p.advance(20);
+        assert_eq!(p.next(), 98);
+        // Starting inside it: at its end at once.
+        assert_eq!(Position::new(20, Some(20..84)).next(), 84);
+        assert_eq!(Position::new(7, None).next(), 7);
     }
 }

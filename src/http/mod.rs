@@ -109,7 +109,34 @@ pub fn router(handle: Handle, options: &Options) -> Router {
         .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, None) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .layer(middleware::map_response(json_errors))
         .with_state(app)
+}
+
+/// Gives an error the framework answered itself (a body past [`MAX_BODY`],
+/// a path that is not UTF-8 …) in plain text the contract's JSON shape,
+/// `{"errors": {"status", "detail"}}`, with its text as the detail.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    // The framework's texts are a line; a longer body is not one of them.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut r = error(status, (!detail.is_empty()).then_some(detail));
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            r.headers_mut().insert(name, value.clone());
+        }
+    }
+    r
 }
 
 /// Serves the API on `listener` until the future is dropped.

@@ -309,12 +309,14 @@ pub(super) async fn get_output(
         "application/octet-stream"
     };
     if opts.follow {
+        let dropped = dropped_in(handle, &id, &fd, start, want.stop.unwrap_or(u64::MAX)).await;
         let body = Body::from_stream(encode(
             follow(
                 handle.clone(),
                 id,
                 fd,
                 (start, want.stop),
+                dropped.clone(),
                 Streaming::new(&app.streams),
             ),
             opts.encoding,
@@ -332,9 +334,13 @@ pub(super) async fn get_output(
             HeaderValue::from_static("nosniff"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // Headers go out before the stream: "open" is all they can say.
+        // Headers go out before the stream: "open" is all they can say of
+        // what comes, and what was dropped so far of what was asked.
         put(h, "x-chaperone-length", length);
         put(h, "x-chaperone-open", probe.open);
+        if let Some(d) = &dropped {
+            put(h, "x-chaperone-dropped", format!("{}-{}", d.start, d.end));
+        }
         return r;
     }
     let start = start.min(length);
@@ -354,6 +360,7 @@ pub(super) async fn get_output(
             id.clone(),
             fd.clone(),
             (start, stop),
+            dropped.clone(),
             Streaming::new(&app.streams),
         );
         match utf8_replaced(raw).await {
@@ -389,6 +396,7 @@ pub(super) async fn get_output(
                 id,
                 fd,
                 (start, stop),
+                dropped.clone(),
                 Streaming::new(&app.streams),
             ),
             opts.encoding,
@@ -547,24 +555,37 @@ impl Drop for Streaming {
     }
 }
 
-/// The held bytes of `[start, stop)`, read a step at a time.
+/// The held bytes of `[start, stop)`, read a step at a time, `dropped`
+/// being the part the headers said was dropped.
+///
+/// A head/tail capture still growing drops more of its middle as its tail
+/// moves on: bytes held when the headers went out can be gone by the time
+/// their step is read. The body then fails there, naming them, rather than
+/// end short as if complete (a body sent without a length, as text, would
+/// otherwise look whole); a client asks again from where it got to, and
+/// that answer's headers name what is gone.
 fn chunks(
     handle: Handle,
     id: String,
     fd: String,
     (start, stop): (u64, u64),
+    dropped: Option<std::ops::Range<u64>>,
     streaming: Streaming,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let streaming = Arc::new(streaming);
     futures_util::stream::unfold(start, move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
         let step = streaming.step();
+        let dropped = dropped.clone();
         async move {
             if at >= stop {
                 return None;
             }
             let end = stop.min(at.saturating_add(step));
             match handle.fd_data(&id, &fd, at, Some(end)).await {
+                Ok(d) if overtaken(d.missing.as_ref(), dropped.as_ref()) => {
+                    Some((Err(overtaken_error(&id, &fd, d.missing.as_ref())), stop))
+                }
                 Ok(d) => {
                     // Past a dropped middle, go on at its end.
                     let next = d.missing.as_ref().map_or(end, |m| m.end.max(end));
@@ -577,12 +598,15 @@ fn chunks(
 }
 
 /// Bytes `[start, stop)` of a capture, then (with no `stop`) every byte it
-/// gains, until it can grow no more: a follower's stream.
+/// gains, until it can grow no more: a follower's stream. As [`chunks`], it
+/// fails where bytes past what `dropped` (the headers') says were dropped
+/// before they were sent, so that a follower always knows its offset.
 fn follow(
     handle: Handle,
     id: String,
     fd: String,
     (start, stop): (u64, Option<u64>),
+    dropped: Option<std::ops::Range<u64>>,
     streaming: Streaming,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let stop = stop.unwrap_or(u64::MAX);
@@ -590,6 +614,7 @@ fn follow(
     futures_util::stream::unfold(Some(start), move |at| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
         let step = streaming.step();
+        let dropped = dropped.clone();
         async move {
             let mut at = at?;
             loop {
@@ -598,6 +623,9 @@ fn follow(
                 }
                 let end = stop.min(at.saturating_add(step));
                 let d = match handle.fd_data(&id, &fd, at, Some(end)).await {
+                    Ok(d) if overtaken(d.missing.as_ref(), dropped.as_ref()) => {
+                        return Some((Err(overtaken_error(&id, &fd, d.missing.as_ref())), None));
+                    }
                     Ok(d) => d,
                     Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
                 };
@@ -625,6 +653,31 @@ fn follow(
             }
         }
     })
+}
+
+/// Whether a read's `missing` part holds bytes the response's headers did
+/// not say were dropped (`dropped`).
+fn overtaken(
+    missing: Option<&std::ops::Range<u64>>,
+    dropped: Option<&std::ops::Range<u64>>,
+) -> bool {
+    let Some(m) = missing.filter(|m| m.start < m.end) else {
+        return false;
+    };
+    !dropped.is_some_and(|d| d.start <= m.start && m.end <= d.end)
+}
+
+fn overtaken_error(id: &str, fd: &str, missing: Option<&std::ops::Range<u64>>) -> std::io::Error {
+    let m = missing.cloned().unwrap_or_default();
+    tracing::info!(
+        "{id} {fd}: bytes {}-{} were dropped (head/tail limits) while being sent; the body ends there",
+        m.start,
+        m.end
+    );
+    std::io::Error::other(format!(
+        "{id} {fd}: bytes {}-{} were dropped by the capture's head/tail limits while being sent",
+        m.start, m.end
+    ))
 }
 
 /// The stored `.zst` stream of a compressed capture, `CHUNK` at a time.

@@ -257,7 +257,12 @@ impl rustls::client::danger::ServerCertVerifier for Verifier {
                 | E::NotValidYetContext { .. }
                 | E::Revoked,
             )) => checked,
-            Err(e) if self.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) => {
+            Err(e)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|c| c.as_ref() == end_entity.as_ref()) =>
+            {
                 tracing::debug!(
                     "the server's certificate is PROCSTAR_AGENT_CERT's own: taken as pinned ({e})"
                 );

@@ -1,6 +1,7 @@
 """`chaperone --serve`, driven by PyPI procstar 1.1.0's HTTP client and httpx."""
 
 import asyncio
+import json
 import os
 import random
 import socket
@@ -140,6 +141,26 @@ async def test_bad_requests_get_4xx_naming_what_was_wrong(served):
         assert r.json()["errors"]["status"] == "405 Method Not Allowed"
         r = await http.get(f"{u}/procs/d/output/stdout/data", headers={"range": "bytes=5-1"})
         assert r.status_code == 400
+        # What the framework refuses itself is in the same JSON shape.
+        # (A body one byte past the 64 MiB limit, over a raw connection: an
+        # HTTP client that sends more than the server reads may see the
+        # connection reset before the answer.)
+        size = (64 << 20) + 1
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(b"POST /procs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n" % size)
+        writer.write(b" " * size)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 20)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 413"), head
+        assert b"content-type: application/json" in head.lower(), head
+        err = json.loads(body)["errors"]
+        assert err["status"] == "413 Payload Too Large" and "length limit" in err["detail"], err
+        r = await http.get(f"{u}/procs/%FF")
+        assert r.status_code == 400 and "UTF-8" in r.json()["errors"]["detail"]
 
 
 @pytest.mark.asyncio

@@ -642,17 +642,39 @@ function openTail(p, f) {
         }
       }
       status.textContent = "following";
-      const r = await api(`${base}?start=${start}&follow=true`, { signal: ctl.signal });
-      if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
-      const reader = r.body.getReader();
       const dec = new TextDecoder("utf-8");
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        const bottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        ansi.push(dec.decode(value, { stream: true }));
-        ansi.trim(KEEP);
-        if (bottom) pre.scrollTop = pre.scrollHeight;
+      // A follow the agent cut off (a head/tail capture dropped bytes this
+      // page had not read yet) goes on from the next byte held; the part
+      // dropped is marked where it was.
+      let pos = start;
+      for (let cuts = 0; ; cuts++) {
+        const r = await api(`${base}?start=${pos}&follow=true`, { signal: ctl.signal });
+        if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+        let gap = (r.headers.get("x-chaperone-dropped") || "").split("-").map(Number);
+        if (gap.length !== 2 || !(gap[1] > pos)) gap = null;
+        if (gap && gap[0] <= pos) {
+          ansi.push(dec.decode() + `\n⋯ ${bytes(gap[1] - pos)} dropped here (head/tail limits) ⋯\n`);
+          pos = gap[1];
+          gap = null;
+        }
+        const reader = r.body.getReader();
+        let ended = false;
+        try {
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) { ended = true; break; }
+            pos += value.length;
+            // The stream steps over a part dropped before it began.
+            if (gap && pos >= gap[0]) { pos = gap[1] + (pos - gap[0]); gap = null; }
+            const bottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+            ansi.push(dec.decode(value, { stream: true }));
+            ansi.trim(KEEP);
+            if (bottom) pre.scrollTop = pre.scrollHeight;
+          }
+        } catch (e) {
+          if (ctl.signal.aborted || cuts >= 20) throw e;
+        }
+        if (ended) break;
       }
       ansi.push(dec.decode());
       ansi.finish();
