@@ -200,10 +200,15 @@ pub fn parse_range(
         let (a, b) = spec
             .split_once('-')
             .ok_or_else(|| format!("Range {r:?}: expected bytes=A-B"))?;
+        // Digits past u64 are a valid offset, beyond any capture: the
+        // most (a last byte is clamped to the end, a first one is past it).
         let num = |s: &str| {
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("Range {r:?}: {s:?} is not a byte offset"))
+            let s = s.trim();
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(s.parse::<u64>().unwrap_or(u64::MAX))
+            } else {
+                Err(format!("Range {r:?}: {s:?} is not a byte offset"))
+            }
         };
         return match (a.trim().is_empty(), b.trim().is_empty()) {
             (true, true) => Err(format!("Range {r:?}: no offsets")),
@@ -271,6 +276,12 @@ pub(super) async fn get_output(
         Ok(o) => o,
         Err(e) => return bad(e),
     };
+    if want.header && opts.follow {
+        return bad(
+            "a Range header with follow=true: a stream of no known end has no \
+             Content-Range; give ?start= (and ?stop=) instead",
+        );
+    }
     let handle = &app.handle;
     // The length and encoding first (an empty read), for the headers.
     let mut probe = match probe(handle, &id, &fd).await {
@@ -291,7 +302,12 @@ pub(super) async fn get_output(
         Want::At(a) => a,
         Want::Last(n) => length.saturating_sub(n),
     };
-    if want.header && !opts.follow && start >= length && !(start == 0 && length == 0) {
+    // An empty capture is whole as an empty 200: no range of it exists.
+    let want = Wanted {
+        header: want.header && length > 0,
+        ..want
+    };
+    if want.header && start >= length {
         let mut r = error(
             StatusCode::RANGE_NOT_SATISFIABLE,
             Some(format!(

@@ -269,6 +269,12 @@ fn capture_of(result: &Value, fd: &str) -> Option<(String, bool, u64)> {
     Some((path, compressed, f.get("length")?.as_u64()?))
 }
 
+/// Whether a result is of a process still waiting to start.
+fn queued(result: &Value) -> bool {
+    result.get("state").is_some_and(|s| s == "running")
+        && result.get("pid").is_none_or(Value::is_null)
+}
+
 fn is_final(result: &Value) -> bool {
     result.get("state").is_some_and(|s| s != "running")
         && result
@@ -342,6 +348,9 @@ fn output(
 ) -> Result<u8, String> {
     let mut watch = if follow { Some(Watch::new(dir)?) } else { None };
     let mut tail = Tail::new(from);
+    // `1` is `stdout`, as the HTTP API takes it.
+    let fd = crate::spec::parse_fd_name(fd).map_or_else(|_| fd.to_owned(), crate::spec::fd_name);
+    let fd = fd.as_str();
     let file = dir
         .join(PROCS)
         .join(format!("{}.json", super::file_name(id)));
@@ -352,6 +361,21 @@ fn output(
             .and_then(|d| serde_json::from_slice(&d).ok())
             .ok_or_else(|| format!("{}: no process {id:?} in the spool", dir.display()))?;
         let Some((path, compressed, length)) = capture_of(&result, fd) else {
+            // Queued (behind --max-running): no captures yet, and none
+            // written; a follower waits for it to start.
+            if queued(&result) {
+                match watch.as_mut() {
+                    Some(w) if alive(dir) => {
+                        w.wait();
+                        continue;
+                    }
+                    Some(_) => {
+                        eprintln!("error: the agent died before {id} started");
+                        return Ok(EXIT_DIED);
+                    }
+                    None => return Ok(0),
+                }
+            }
             return Err(format!("{id}: no captured fd {fd:?}"));
         };
         if let Some(w) = &watch {

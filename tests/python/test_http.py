@@ -194,6 +194,23 @@ async def test_output_ranges_by_query_and_header(served):
         r = await get(range="bytes=20-")
         assert r.status_code == 416
         assert r.headers["content-range"] == "bytes */10"
+        # A last byte past any u64 is clamped, as HTTP says; -0 selects nothing.
+        r = await get(range="bytes=8-99999999999999999999999")
+        assert (r.status_code, r.content) == (206, b"89")
+        assert r.headers["content-range"] == "bytes 8-9/10"
+        r = await get(range="bytes=-0")
+        assert r.status_code == 416
+        # A Range with follow= has no Content-Range to give: refused, named.
+        r = await get("?follow=true", range="bytes=6-")
+        assert r.status_code == 400 and "follow" in r.json()["errors"]["detail"]
+        # An empty capture is whole as an empty 200, never a 206 "bytes */0".
+        await http.post(f"{u}/procs", json={"specs": {"e": {
+            "argv": ["/bin/true"], "fds": [["stdout", RAW_TEMPFILE]]}}})
+        await wait_done(client, "e")
+        for rng in ["bytes=0-", "bytes=-5", "bytes=0-3"]:
+            r = await http.get(f"{u}/procs/e/output/stdout/data", headers={"range": rng})
+            assert (r.status_code, r.content) == (200, b""), rng
+            assert "content-range" not in r.headers, rng
 
 
 @pytest.mark.asyncio

@@ -407,6 +407,32 @@ fn reading_a_capture_live_from_an_offset_is_exact() {
     assert_eq!(String::from_utf8(bytes).unwrap(), want[5..]);
 }
 
+/// A process queued behind `--max-running` has no capture yet: a follower of
+/// its output waits for it to start rather than fail, and an fd may be named
+/// by number, as over HTTP.
+#[test]
+fn following_a_queued_process_waits_for_it_to_start() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("spool");
+    let spec = json!({"specs": {
+        "a1": {"argv": ["/bin/sleep", "1"]},
+        "b2": {"argv": ["/bin/echo", "hi"], "fds": [["stdout", util::tmp_utf8()]]},
+    }});
+    let mut agent = start_agent(&dir, &spec, &["--max-running", "1"]);
+    assert!(
+        status(&dir)["procs"]["b2"]["pid"].is_null(),
+        "b2 is queued behind a1"
+    );
+    let (code, bytes) = spool(&dir, &["--output", "b2", "--follow"]);
+    assert_eq!(
+        (code, String::from_utf8_lossy(&bytes).as_ref()),
+        (0, "hi\n")
+    );
+    assert!(agent.wait().unwrap().success());
+    let (code, bytes) = spool(&dir, &["--output", "b2/1"]);
+    assert_eq!((code, bytes.as_slice()), (0, b"hi\n".as_slice()));
+}
+
 /// A real `sshd` on a loopback port, with a key made for the test.
 struct Sshd {
     child: Child,
