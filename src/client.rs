@@ -671,11 +671,17 @@ async fn wait(client: &Client, json: bool, id: &str, timeout: Option<f64>) -> Re
     }
     let deadline =
         timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.min(1e9)));
+    // An agent that does not long-poll (Procstar ignores `wait=`) answers at
+    // once: then the client polls, backing off from 50 ms to 2 s, rather
+    // than ask again and again as fast as it is answered.
+    let mut pause = Duration::from_millis(50);
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         let step = left.map_or(60.0, |l| l.as_secs_f64().min(60.0));
         let path = format!("/procs/{}?wait={step}", segment(id));
+        let asked = tokio::time::Instant::now();
         let d = client.call(Method::GET, &path, None).await?;
+        let answered_at_once = asked.elapsed().as_secs_f64() < step / 2.0;
         let r = d
             .pointer(&format!("/procs/{}", pointer_escape(id)))
             .cloned()
@@ -699,6 +705,15 @@ async fn wait(client: &Client, json: bool, id: &str, timeout: Option<f64>) -> Re
         }
         if left.is_some_and(|l| l.is_zero()) {
             return Err(Failure::TimedOut(id.to_string()));
+        }
+        if answered_at_once {
+            let left = deadline.map_or(pause, |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            });
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        } else {
+            pause = Duration::from_millis(50);
         }
     }
 }

@@ -305,3 +305,40 @@ def test_bad_tls_files_are_named(chaperone, tmp_path):
         p = subprocess.run([chaperone, "--serve", "--serve-port", str(free_port()), *args],
                            capture_output=True, timeout=20)
         assert p.returncode == 2 and want in p.stderr, (args, p.stderr)
+
+
+def test_client_wait_polls_gently_an_agent_that_does_not_long_poll(chaperone):
+    """Procstar ignores `?wait=` and answers at once: `client wait` then
+    backs off between asks instead of asking as fast as it is answered."""
+    import http.server
+    import json as _json
+    import threading
+
+    asked = []
+
+    class Running(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            body = _json.dumps({"data": {"procs": {"x": {
+                "state": "running", "times": {"stop": None}}}}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Running)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        r = subprocess.run([chaperone, "client", "--url", url, "wait", "x", "--timeout", "3"],
+                           capture_output=True, timeout=30)
+        assert r.returncode == 8, r.stderr
+        # 50 ms doubling to 2 s: about six asks in 3 s (thousands before).
+        assert 2 <= len(asked) <= 12, len(asked)
+        assert all("wait=" in p for p in asked)
+    finally:
+        server.shutdown()
