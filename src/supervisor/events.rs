@@ -6,7 +6,10 @@
 //! counted; the next thing it receives is [`Event::Missed`] with that count,
 //! after which it should resync from a full result (for example
 //! [`Handle::results`](super::Handle::results)) and go on from the events that
-//! follow.
+//! follow. A deletion is the one thing a full result cannot show (the process
+//! is simply not there), so deletions in a gap are kept, up to
+//! [`MAX_GAP_DELETIONS`], and received as [`Event::Deleted`] just before the
+//! `Missed`: a peer waiting for a deletion's notice is not left waiting.
 
 use super::types::Event;
 use std::collections::VecDeque;
@@ -16,11 +19,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// Deletions kept for a subscriber whose queue is full (past these, they
+/// are only counted as missed).
+pub const MAX_GAP_DELETIONS: usize = 65_536;
+
 #[derive(Default)]
 struct Queue {
     events: VecDeque<Event>,
     /// Events dropped since the subscriber last caught up.
     missed: u64,
+    /// The deletions among them, in order (see the module notes).
+    deleted: VecDeque<crate::spec::ProcId>,
     waker: Option<Waker>,
     /// The agent is gone: nothing more will come.
     closed: bool,
@@ -46,6 +55,11 @@ impl Shared {
             let mut q = self.lock();
             if q.events.len() >= self.capacity || q.missed > 0 {
                 q.missed += 1;
+                if let Event::Deleted(id) = event {
+                    if q.deleted.len() < MAX_GAP_DELETIONS {
+                        q.deleted.push_back(id.clone());
+                    }
+                }
             } else {
                 q.events.push_back(event.clone());
             }
@@ -139,6 +153,9 @@ impl Subscription {
     fn take(q: &mut Queue) -> Option<Event> {
         if let Some(e) = q.events.pop_front() {
             return Some(e);
+        }
+        if let Some(id) = q.deleted.pop_front() {
+            return Some(Event::Deleted(id));
         }
         if q.missed > 0 {
             return Some(Event::Missed(std::mem::take(&mut q.missed)));
@@ -234,18 +251,40 @@ mod tests {
     fn a_subscriber_past_its_bound_learns_how_many_it_missed() {
         let (sub, publisher) = Subscription::new(2);
         for i in 0..5 {
-            publisher.push(&Event::Deleted(format!("p{i}")));
+            publisher.push(&Event::Exited(format!("p{i}")));
         }
-        assert_eq!(sub.try_recv(), Ok(Event::Deleted("p0".into())));
+        assert_eq!(sub.try_recv(), Ok(Event::Exited("p0".into())));
         // Room again, but after a gap nothing is queued until it is told.
-        publisher.push(&Event::Deleted("p5".into()));
-        assert_eq!(sub.try_recv(), Ok(Event::Deleted("p1".into())));
+        publisher.push(&Event::Exited("p5".into()));
+        assert_eq!(sub.try_recv(), Ok(Event::Exited("p1".into())));
         assert_eq!(sub.try_recv(), Ok(Event::Missed(4)));
         assert_eq!(sub.try_recv(), Err(RecvError::Timeout));
-        publisher.push(&Event::Deleted("p6".into()));
-        assert_eq!(sub.try_recv(), Ok(Event::Deleted("p6".into())));
+        publisher.push(&Event::Exited("p6".into()));
+        assert_eq!(sub.try_recv(), Ok(Event::Exited("p6".into())));
         drop(publisher);
         assert_eq!(sub.recv(), Err(RecvError::Closed));
+    }
+
+    /// A full result cannot show a deletion: those in a gap are kept and
+    /// come, in order, just before the `Missed` that says resync.
+    #[test]
+    fn deletions_in_a_gap_are_not_lost() {
+        let (sub, publisher) = Subscription::new(1);
+        publisher.push(&Event::Exited("a".into()));
+        publisher.push(&Event::Exited("b".into()));
+        publisher.push(&Event::Deleted("a".into()));
+        publisher.push(&Event::Exited("c".into()));
+        publisher.push(&Event::Deleted("c".into()));
+        let got: Vec<Event> = sub.try_iter().collect();
+        assert_eq!(
+            got,
+            [
+                Event::Exited("a".into()),
+                Event::Deleted("a".into()),
+                Event::Deleted("c".into()),
+                Event::Missed(4),
+            ]
+        );
     }
 
     #[test]
