@@ -448,6 +448,8 @@ impl Setup {
             Some(spec)
         };
         let mut commands = Vec::new();
+        let mut notes = Vec::new();
+        let mut warned = Vec::new();
         // As hyperfine: every command with the first parameter set, then
         // every command with the second …
         for (k, params) in sets.iter().enumerate() {
@@ -459,7 +461,22 @@ impl Setup {
                         argv.extend(["-c".to_owned(), cmd.clone()]);
                         argv
                     }
-                    None => words::split(&cmd).map_err(|e| format!("command {cmd:?}: {e}"))?,
+                    None => {
+                        // hyperfine runs commands through sh; a pipe here
+                        // would be an argument, and the figures another
+                        // command's.
+                        if let Some(c) = words::unquoted_shell_char(&cmd) {
+                            if !warned.contains(&c) {
+                                warned.push(c);
+                                notes.push(format!(
+                                    "Note: command {cmd:?} runs without a shell, so its unquoted \
+                                     '{c}' is passed on as it is, not acted on: give --shell sh \
+                                     to run it through one (as hyperfine does)."
+                                ));
+                            }
+                        }
+                        words::split(&cmd).map_err(|e| format!("command {cmd:?}: {e}"))?
+                    }
                 };
                 let name = match (per_benchmark, i.checked_sub(usize::from(inserted))) {
                     (true, Some(given)) => a.command_name.get(k * n_given + given),
@@ -511,7 +528,6 @@ impl Setup {
                 .windows(2)
                 .any(|w| f(&w[0]).map(|s| &s.argv) != f(&w[1]).map(|s| &s.argv))
         };
-        let mut notes = Vec::new();
         if order != Order::Grouped
             && (differ(|c| c.setup.as_ref()) || differ(|c| c.cleanup.as_ref()))
         {
@@ -840,6 +856,14 @@ mod tests {
         );
         let s = setup(&["--shell", "default", "--style", "basic", "true"]).unwrap();
         assert_eq!(s.commands[0].spec.argv, ["sh", "-c", "true"]);
+        // Without a shell, an unquoted pipe is an argument: said, once.
+        let s = setup(&["--style", "basic", "echo a | wc", "echo b | wc"]).unwrap();
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
+        assert!(s.notes[0].contains("unquoted '|'"), "{:?}", s.notes);
+        let s = setup(&["--style", "basic", "echo 'a | b'"]).unwrap();
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        let s = setup(&["--shell", "sh", "--style", "basic", "echo a | wc"]).unwrap();
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
         let e = setup(&["--shell", "", "true"]).err().unwrap();
         assert_eq!(e, "--shell \"\": it has no words");
         let e = setup(&["--shell", "no-such-shell-here -x", "true"])

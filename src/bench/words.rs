@@ -105,12 +105,58 @@ pub fn split(s: &str) -> Result<Vec<String>, SplitError> {
     Ok(words)
 }
 
+/// The first character of `s` outside quotes (and not escaped) that a shell
+/// would act on, where [`split`] passes it on as it is: an operator (`|`,
+/// `&`, `;`, `<`, `>`), an expansion (`$`, `` ` ``) or a glob (`*`).
+pub fn unquoted_shell_char(s: &str) -> Option<char> {
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                for q in chars.by_ref() {
+                    if q == '\'' {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                while let Some(q) = chars.next() {
+                    match q {
+                        '"' => break,
+                        '\\' => {
+                            chars.next();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            '\\' => {
+                chars.next();
+            }
+            '|' | '&' | ';' | '<' | '>' | '$' | '`' | '*' => return Some(c),
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ok(s: &str) -> Vec<String> {
         split(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn shell_characters_outside_quotes_are_found() {
+        assert_eq!(unquoted_shell_char("sort f | uniq"), Some('|'));
+        assert_eq!(unquoted_shell_char("make && make test"), Some('&'));
+        assert_eq!(unquoted_shell_char("echo $HOME"), Some('$'));
+        assert_eq!(unquoted_shell_char("ls *.rs"), Some('*'));
+        assert_eq!(unquoted_shell_char("cmd >out"), Some('>'));
+        assert_eq!(unquoted_shell_char("echo '|' \"a;b\" \\> x"), None);
+        assert_eq!(unquoted_shell_char("grep -c x file"), None);
     }
 
     #[test]
