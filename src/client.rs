@@ -751,16 +751,20 @@ async fn output(
         at = Some(probe_length(client, &base).await?.saturating_sub(n));
     }
     let mut dropped_since: Option<tokio::time::Instant> = None;
-    // Bodies cut off in a row with nothing written: a capture whose tail
+    // Bodies cut off in a row with no progress: a capture whose tail
     // outruns every request is not chased for ever.
     let mut fruitless = 0;
+    // A read without --follow ends where its first answer's range did, even
+    // when it has to ask again: it does not chase a growing capture.
+    let mut stop = range.stop;
+    let mut cut = false;
     let mut out = std::io::stdout().lock();
     loop {
         let mut query = Vec::new();
         if let Some(s) = at {
             query.push(format!("start={s}"));
         }
-        if let Some(s) = range.stop {
+        if let Some(s) = stop {
             query.push(format!("stop={s}"));
         }
         if follow {
@@ -776,7 +780,8 @@ async fn output(
         };
         let resp = match client.send(Method::GET, &path, None).await {
             Ok(r) => r,
-            Err(e @ Failure::Connect { .. }) if follow && resumable && at.is_some() => {
+            // After a cut, the connection it came on may be closing too.
+            Err(e @ Failure::Connect { .. }) if (follow || cut) && resumable && at.is_some() => {
                 if dropped_since
                     .get_or_insert_with(tokio::time::Instant::now)
                     .elapsed()
@@ -801,9 +806,16 @@ async fn output(
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             return Err(status_failure(status, &v, &body));
         }
+        if !follow && stop.is_none() {
+            stop = resp
+                .headers()
+                .get("x-chaperone-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        }
         // Where the body's bytes are in the capture: from the range's start,
         // past the part it says was dropped once it gets there.
         let mut pos = Position::new(at.unwrap_or(0), dropped_header(resp.headers()));
+        let began = at;
         if let Some(d) = &pos.gap {
             eprintln!(
                 "chaperone client: {id} {fd}: bytes {}-{} were dropped by the capture's \
@@ -813,12 +825,10 @@ async fn output(
         }
         let mut body = resp.into_body();
         let mut ended = true;
-        let mut wrote = false;
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => {
                     if let Ok(data) = f.into_data() {
-                        wrote |= !data.is_empty();
                         out.write_all(&data).map_err(Failure::Stdout)?;
                         out.flush().map_err(Failure::Stdout)?;
                         pos.advance(data.len() as u64);
@@ -828,19 +838,25 @@ async fn output(
                     }
                 }
                 Err(e) => {
-                    fruitless = if wrote { 0 } else { fruitless + 1 };
+                    // Resumed from the next byte: bytes written, or a
+                    // dropped part stepped over, are progress.
+                    let next = pos.next();
+                    fruitless = if Some(next) != began {
+                        0
+                    } else {
+                        fruitless + 1
+                    };
                     if !resumable || fruitless > MAX_FRUITLESS {
                         return Err(client.unreachable(e));
                     }
-                    // Resumed from the next byte (a follow at once; a plain
-                    // read once, after a cut, not after a refused connection).
-                    at = Some(pos.next());
+                    at = Some(next);
+                    cut = true;
                     ended = false;
                     break;
                 }
             }
         }
-        if ended {
+        if ended || stop.is_some_and(|s| at.is_some_and(|a| a >= s)) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -402,13 +402,8 @@ fn proc_error(id: &str, e: ProcError) -> Response {
     match e {
         ProcError::Unknown(_) => unknown(id),
         e @ ProcError::ShutDown(_) => error(StatusCode::SERVICE_UNAVAILABLE, Some(e.to_string())),
-        e @ ProcError::Signal(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Some(format!(
-                "{e}: {}",
-                std::error::Error::source(&e).map_or_else(String::new, |s| s.to_string())
-            )),
-        ),
+        // Its text carries the OS error.
+        e @ ProcError::Signal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, Some(e.to_string())),
         e => bad(e.to_string()),
     }
 }

@@ -594,6 +594,9 @@ fn chunks(
         let step = streaming.step();
         let dropped = dropped.clone();
         async move {
+            // Past the part the headers named in one step: walked a step at
+            // a time, the capture's tail could outrun the walk.
+            let at = past(at, dropped.as_ref());
             if at >= stop {
                 return None;
             }
@@ -632,7 +635,7 @@ fn follow(
         let step = streaming.step();
         let dropped = dropped.clone();
         async move {
-            let mut at = at?;
+            let mut at = past(at?, dropped.as_ref());
             loop {
                 if at >= stop {
                     return None;
@@ -669,6 +672,14 @@ fn follow(
             }
         }
     })
+}
+
+/// `at`, or the end of `dropped` if `at` is in it.
+fn past(at: u64, dropped: Option<&std::ops::Range<u64>>) -> u64 {
+    match dropped {
+        Some(d) if d.start <= at && at < d.end => d.end,
+        _ => at,
+    }
 }
 
 /// Whether a read's `missing` part holds bytes the response's headers did

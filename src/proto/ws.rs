@@ -14,8 +14,10 @@
 //!   each, so the memory is bounded by the process table) and its current
 //!   result is sent once the next connection has registered: a server restart
 //!   loses no termination.
-//! - Requests are served concurrently (a large read does not hold up a
-//!   signal), but each reaches the agent in the order it arrived.
+//! - Requests are served concurrently (a slow result does not hold up a
+//!   signal), each reaching the agent in the order it arrived; but one
+//!   `ProcFdDataRequest` at a time, as its reply holds its whole range: what
+//!   comes after one waits, read and queued in order, until its reply is sent.
 
 use super::{Reply, decode_msgpack, encode_msgpack, serve};
 use crate::spec::ProcId;
@@ -225,7 +227,8 @@ pub fn tls_config(cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCo
 /// takes it from its CA file, so a fleet that worked with Procstar would not
 /// connect. Such a certificate given as `PROCSTAR_AGENT_CERT` is pinned: the
 /// server must present exactly it and prove it holds its key (the handshake's
-/// signature is checked as for any other); its dates still count.
+/// signature is checked as for any other); its dates and its subject
+/// alternative names (if it has any) still count.
 #[derive(Debug)]
 struct Verifier {
     webpki: Arc<rustls::client::WebPkiServerVerifier>,
@@ -263,10 +266,33 @@ impl rustls::client::danger::ServerCertVerifier for Verifier {
                     .iter()
                     .any(|c| c.as_ref() == end_entity.as_ref()) =>
             {
-                tracing::debug!(
-                    "the server's certificate is PROCSTAR_AGENT_CERT's own: taken as pinned ({e})"
-                );
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
+                // Its name still counts, as for OpenSSL: a subject
+                // alternative name must match; with none, OpenSSL would read
+                // the CN, which webpki cannot, and the exact certificate
+                // stands for it.
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                match rustls::client::verify_server_name(&parsed, server_name) {
+                    Err(rustls::Error::InvalidCertificate(E::NotValidForNameContext {
+                        ref presented,
+                        ..
+                    })) if !presented.is_empty() => Err(rustls::Error::InvalidCertificate(
+                        E::NotValidForNameContext {
+                            expected: server_name.to_owned(),
+                            presented: presented.clone(),
+                        },
+                    )),
+                    Ok(())
+                    | Err(rustls::Error::InvalidCertificate(E::NotValidForNameContext {
+                        ..
+                    })) => {
+                        tracing::debug!(
+                            "the server's certificate is PROCSTAR_AGENT_CERT's own: \
+                             taken as pinned ({e})"
+                        );
+                        Ok(rustls::client::danger::ServerCertVerified::assertion())
+                    }
+                    Err(name) => Err(name),
+                }
             }
             other => other,
         }
@@ -313,6 +339,17 @@ enum Entry {
     /// Notifications, from these events: owed to the next connection if this
     /// one is lost before they are sent.
     Notes(Vec<Event>),
+}
+
+/// What came in on a connection and waits behind an fd data request's reply,
+/// in order.
+enum Waiting {
+    /// A request, read.
+    Msg(super::Decoded),
+    /// A reply made at once (to a text frame).
+    Reply(Reply),
+    /// Events, whose notifications go out after what came before them.
+    Events(Vec<Event>),
 }
 
 /// What is owed to the server once a connection is up.
@@ -494,26 +531,85 @@ impl Agent {
     /// served at once; past that the connection is not read.
     async fn connected(&mut self, ws: Ws) -> bool {
         let mut pending = VecDeque::new();
-        let done = self.serve_link(ws, &mut pending).await;
+        let mut waiting = VecDeque::new();
+        let done = self.serve_link(ws, &mut pending, &mut waiting).await;
         if !done {
             // The connection went with events whose notifications were not
             // sent (or not yet made): what they say is owed to the next one
             // as if no connection had been up, so that no result and no
             // shutdown state (a `done` above all) is lost.
-            for entry in pending {
-                if let Entry::Notes(events) = entry {
-                    for e in events {
-                        self.owe(e);
-                    }
-                }
+            let unsent = pending.into_iter().filter_map(|e| match e {
+                Entry::Notes(events) => Some(events),
+                _ => None,
+            });
+            let unmade = waiting.into_iter().filter_map(|w| match w {
+                Waiting::Events(events) => Some(events),
+                _ => None,
+            });
+            let mut missed = false;
+            for e in unsent.chain(unmade).flatten() {
+                missed |= matches!(e, Event::Missed(_));
+                self.owe(e);
+            }
+            if missed {
+                // A shutdown change in the gap would never come again.
+                let s = self.handle.shutdown_state().await;
+                self.shutdown_state(s);
             }
         }
         done
     }
 
+    /// Moves what waits to the output, in order, up to the first
+    /// `ProcFdDataRequest` that must wait for another's reply to be sent.
+    fn admit(
+        &mut self,
+        waiting: &mut VecDeque<Waiting>,
+        pending: &mut VecDeque<Entry>,
+        out: &mut FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>>,
+    ) {
+        while let Some(w) = waiting.front() {
+            let fd_data = matches!(
+                w,
+                Waiting::Msg(m) if matches!(m.request, Ok(super::Request::ProcFdDataRequest { .. }))
+            );
+            if fd_data
+                && pending
+                    .iter()
+                    .filter(|e| matches!(e, Entry::FdData))
+                    .count()
+                    >= MAX_FD_DATA_IN_FLIGHT
+            {
+                return;
+            }
+            match waiting.pop_front() {
+                Some(Waiting::Msg(msg)) => {
+                    pending.push_back(if fd_data { Entry::FdData } else { Entry::Reply });
+                    let call = serve(&self.handle, msg);
+                    out.push_back(Box::pin(async move { Out::Replies(call.await) }));
+                }
+                Some(Waiting::Reply(reply)) => {
+                    pending.push_back(Entry::Reply);
+                    out.push_back(Box::pin(std::future::ready(Out::Replies(vec![reply]))));
+                }
+                Some(Waiting::Events(batch)) => {
+                    pending.push_back(Entry::Notes(batch.clone()));
+                    out.push_back(self.notes(batch));
+                }
+                None => return,
+            }
+        }
+    }
+
     /// [`Agent::connected`]'s loop. `pending` has an entry per entry of the
-    /// output not yet delivered, in order (see [`Entry`]).
-    async fn serve_link(&mut self, mut ws: Ws, pending: &mut VecDeque<Entry>) -> bool {
+    /// output not yet delivered, in order (see [`Entry`]); `waiting`, what
+    /// came in behind an fd data request, not yet served.
+    async fn serve_link(
+        &mut self,
+        mut ws: Ws,
+        pending: &mut VecDeque<Entry>,
+        waiting: &mut VecDeque<Waiting>,
+    ) -> bool {
         let mut out: FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>> =
             FuturesOrdered::new();
         let mut deadline = Instant::now() + self.cfg.read_timeout;
@@ -547,14 +643,15 @@ impl Agent {
                     // all) is told first.
                     let batch: Vec<Event> = self.events.try_iter().collect();
                     if !batch.is_empty() {
-                        pending.push_back(Entry::Notes(batch.clone()));
-                        out.push_back(self.notes(batch));
+                        waiting.push_back(Waiting::Events(batch));
                     }
+                    self.admit(waiting, pending, &mut out);
                     while let Some(o) = out.next().await {
                         pending.pop_front();
                         if self.deliver(&mut ws, o).await.is_err() {
                             return true;
                         }
+                        self.admit(waiting, pending, &mut out);
                     }
                     let done = Reply::ShutDown {
                         shutdown_state: ShutdownState::Done,
@@ -566,26 +663,14 @@ impl Agent {
                 }
             }
             let grace = self.done_at.map(|at| at + DELETE_GRACE).unwrap_or(deadline);
-            let fd_data = pending
-                .iter()
-                .filter(|e| matches!(e, Entry::FdData))
-                .count();
             tokio::select! {
                 biased;
-                msg = ws.next(), if out.len() < MAX_IN_FLIGHT && fd_data < MAX_FD_DATA_IN_FLIGHT => {
+                msg = ws.next(), if out.len() + waiting.len() < MAX_IN_FLIGHT => {
                     deadline = Instant::now() + self.cfg.read_timeout;
                     match msg {
                         Some(Ok(Message::Binary(frame))) => {
-                            let msg = decode_msgpack(&frame);
-                            pending.push_back(
-                                if matches!(msg.request, Ok(super::Request::ProcFdDataRequest { .. })) {
-                                    Entry::FdData
-                                } else {
-                                    Entry::Reply
-                                },
-                            );
-                            let call = serve(&self.handle, msg);
-                            out.push_back(Box::pin(async move { Out::Replies(call.await) }));
+                            waiting.push_back(Waiting::Msg(decode_msgpack(&frame)));
+                            self.admit(waiting, pending, &mut out);
                         }
                         Some(Ok(Message::Text(t))) => {
                             let reply = Reply::unreadable(format!(
@@ -593,8 +678,8 @@ impl Agent {
                                 t.len()
                             ));
                             tracing::warn!("text frame from the server; answered with an error");
-                            pending.push_back(Entry::Reply);
-                            out.push_back(Box::pin(std::future::ready(Out::Replies(vec![reply]))));
+                            waiting.push_back(Waiting::Reply(reply));
+                            self.admit(waiting, pending, &mut out);
                         }
                         Some(Ok(Message::Close(c))) => {
                             tracing::warn!("server closed the connection: {c:?}");
@@ -617,14 +702,16 @@ impl Agent {
                     if self.deliver(&mut ws, o).await.is_err() {
                         return false;
                     }
+                    self.admit(waiting, pending, &mut out);
                 }
                 e = self.events.event() => {
                     let Some(e) = e else { return true };
                     // Take every event waiting, so a burst costs one round trip.
                     let mut batch = vec![e];
                     batch.extend(self.events.try_iter());
-                    pending.push_back(Entry::Notes(batch.clone()));
-                    out.push_back(self.notes(batch));
+                    // Behind what came in before it, as its notifications go.
+                    waiting.push_back(Waiting::Events(batch));
+                    self.admit(waiting, pending, &mut out);
                 }
                 _ = ping.tick() => {
                     let ping = ws.send(Message::Ping(Default::default()));

@@ -227,8 +227,9 @@ fn a_start_past_max_running_is_answered_without_waiting_for_the_queue() {
 
 /// A signal to a process waiting behind `max_running`: one that would end it
 /// (SIGTERM, as a scheduler cancels) means it never starts, and its result
-/// says why; one that would not (SIGCONT) is sent once it runs. Neither is
-/// "no process" with the process then running anyway.
+/// says why; one that would not (SIGCONT), or one its spec blocks or
+/// ignores, is sent once it runs (a SIGSTOP kept so stops it as it starts).
+/// Neither is "no process" with the process then running anyway.
 #[test]
 fn a_signal_to_a_queued_process_cancels_it_or_waits_for_it_to_run() {
     let config = Config {
@@ -238,11 +239,12 @@ fn a_signal_to_a_queued_process_cancels_it_or_waits_for_it_to_run() {
     let agent = Agent::new(config).expect("agent");
     agent
         .start(util::input(&json!({"specs": {
-            "a": {"argv": ["/bin/sleep", "0.5"]},
+            "a": {"argv": ["/bin/sleep", "30"]},
             "b": {"argv": ["/bin/sh", "-c", "echo ran"], "fds": [["stdout", util::mem_utf8()]]},
             "c": {"argv": ["/bin/sh", "-c", "echo ran"], "fds": [["stdout", util::mem_utf8()]]},
             "d": {"argv": ["/bin/sh", "-c", "echo ran"], "fds": [["stdout", util::mem_utf8()]],
                   "signals": {"ignore": ["SIGUSR1"]}},
+            "e": {"argv": ["/bin/sleep", "0.2"]},
         }})))
         .expect("started");
     let res = agent.results();
@@ -255,6 +257,26 @@ fn a_signal_to_a_queued_process_cancels_it_or_waits_for_it_to_run() {
     agent
         .signal("d", libc::SIGUSR1)
         .expect("kept for when it runs");
+    agent
+        .signal("e", libc::SIGSTOP)
+        .expect("kept for when it runs");
+    // The queue moves once `a` is gone.
+    agent.signal("a", libc::SIGKILL).expect("a runs");
+    // `e` starts, and is stopped by the signal it was sent while queued.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = agent.results();
+        if r["e"].proc_stat.as_ref().is_some_and(|s| s.state == 'T') {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && r["e"].state == State::Running,
+            "e was never stopped: {:?}",
+            r["e"]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.signal("e", libc::SIGCONT).expect("e goes on");
     agent.wait_all();
     let res = agent.results();
     let b = &res["b"];
@@ -274,6 +296,12 @@ fn a_signal_to_a_queued_process_cancels_it_or_waits_for_it_to_run() {
         assert_eq!(r.status.as_ref().and_then(|s| s.exit_code), Some(0), "{id}");
     }
     assert_eq!(res["a"].state, State::Terminated);
+    let e = &res["e"];
+    assert_eq!(
+        e.status.as_ref().and_then(|s| s.exit_code),
+        Some(0),
+        "{e:?}"
+    );
 }
 
 /// Processes joined by a `pipe` go past `max_running`: with a limit of 1 the

@@ -573,10 +573,14 @@ async def test_a_self_signed_ca_certificate_given_as_agent_cert_is_trusted(chape
     """As with Procstar's OpenSSL: a server certificate that is exactly
     PROCSTAR_AGENT_CERT's is taken though it says CA:TRUE (webpki alone
     refuses it as CaUsedAsEndEntity) or names the host only in its CN; one
-    that is not the given certificate still is not."""
+    that is not the given certificate, or names only other hosts, is not."""
     with_san = self_signed(tmp_path, "san", "-addext", "subjectAltName=DNS:localhost")
     cn_only = self_signed(tmp_path, "cn")
     other = self_signed(tmp_path, "other", "-addext", "subjectAltName=DNS:localhost")
+    elsewhere = self_signed(tmp_path, "elsewhere",
+                            "-addext", "subjectAltName=DNS:elsewhere.example")
     assert await registers_with(chaperone, with_san, with_san[0])
     assert await registers_with(chaperone, cn_only, cn_only[0])
     assert not await registers_with(chaperone, other, with_san[0])
+    # Pinned, but its names are another host's: refused, as by OpenSSL.
+    assert not await registers_with(chaperone, elsewhere, elsewhere[0])

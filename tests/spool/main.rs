@@ -415,7 +415,7 @@ fn following_a_queued_process_waits_for_it_to_start() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("spool");
     let spec = json!({"specs": {
-        "a1": {"argv": ["/bin/sleep", "1"]},
+        "a1": {"argv": ["/bin/sleep", "30"]},
         "b2": {"argv": ["/bin/echo", "hi"], "fds": [["stdout", util::tmp_utf8()]]},
     }});
     let mut agent = start_agent(&dir, &spec, &["--max-running", "1"]);
@@ -423,7 +423,14 @@ fn following_a_queued_process_waits_for_it_to_start() {
         status(&dir)["procs"]["b2"]["pid"].is_null(),
         "b2 is queued behind a1"
     );
+    // a1 ends while the follower waits.
+    let dir2 = dir.clone();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        spool(&dir2, &["signal", "a1", "KILL"])
+    });
     let (code, bytes) = spool(&dir, &["--output", "b2", "--follow"]);
+    assert_eq!(killer.join().unwrap().0, 0);
     assert_eq!(
         (code, String::from_utf8_lossy(&bytes).as_ref()),
         (0, "hi\n")

@@ -663,9 +663,22 @@ function openTail(p, f) {
           for (;;) {
             const { value, done } = await reader.read();
             if (done) { ended = true; break; }
+            cuts = 0;
+            // The stream steps over a part dropped before it began: the
+            // bytes before it are shown, the mark, then the rest.
+            if (gap && pos + value.length >= gap[0]) {
+              const before = gap[0] - pos;
+              ansi.push(dec.decode(value.subarray(0, before), { stream: true }));
+              ansi.push(dec.decode() + `\n⋯ ${bytes(gap[1] - gap[0])} dropped here (head/tail limits) ⋯\n`);
+              pos = gap[1] + (value.length - before);
+              gap = null;
+              const bottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+              ansi.push(dec.decode(value.subarray(before), { stream: true }));
+              ansi.trim(KEEP);
+              if (bottom) pre.scrollTop = pre.scrollHeight;
+              continue;
+            }
             pos += value.length;
-            // The stream steps over a part dropped before it began.
-            if (gap && pos >= gap[0]) { pos = gap[1] + (pos - gap[0]); gap = null; }
             const bottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
             ansi.push(dec.decode(value, { stream: true }));
             ansi.trim(KEEP);

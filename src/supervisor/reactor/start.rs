@@ -264,7 +264,8 @@ impl Reactor {
         let life = &self.table.get(serial)?.life;
         let queued = match life {
             Life::Queued => true,
-            Life::Starting => false,
+            // Opening its files, or being spawned: sent once it runs.
+            Life::Starting | Life::Opening => false,
             _ => return None,
         };
         let at = self.queue.iter().position(|q| q.serial == serial);
@@ -273,7 +274,11 @@ impl Reactor {
             && at.is_some_and(|at| !spec_handles(&self.queue[at].spec, signum));
         let p = self.table.get_mut(serial)?;
         if !cancels {
-            p.pending_signals.push(signum);
+            // A signal kept twice is sent twice, as it would have been; but
+            // not without bound for a process that does not start.
+            if p.pending_signals.len() < MAX_PENDING_SIGNALS {
+                p.pending_signals.push(signum);
+            }
             return Some(Ok(()));
         }
         if let Some(at) = at {
@@ -430,9 +435,12 @@ fn has_request_pipes(ps: &spec::ProcSpec) -> bool {
         .any(|(_, fs)| matches!(fs, spec::FdSpec::PipeWrite | spec::FdSpec::PipeRead { .. }))
 }
 
+/// Signals kept for a process that has not started yet.
+const MAX_PENDING_SIGNALS: usize = 64;
+
 /// Whether a signal's default action ends a process (terminate, or core
 /// dump), rather than being ignored, stopping or continuing it.
-fn ends_by_default(signum: i32) -> bool {
+pub(super) fn ends_by_default(signum: i32) -> bool {
     !matches!(
         signum,
         libc::SIGCHLD
