@@ -70,6 +70,8 @@ pub struct SpoolArgs {
 pub fn run(args: SpoolArgs) -> u8 {
     match run_inner(&args) {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing is wrong here.
+        Err(e) if e.ends_with(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_ERROR

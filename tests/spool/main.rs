@@ -135,6 +135,47 @@ fn the_spool_keeps_the_spec_every_result_and_every_byte() {
     assert_eq!(again.status.code(), Some(2));
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("an earlier agent"), "{err}");
+
+    // Nor one holding someone else's files, which stay as they were.
+    let other = d.path().join("notes");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("todo.txt"), b"mine").unwrap();
+    let taken = run_spooled(&other, "--print", &spec);
+    assert_eq!(taken.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        err.contains("not empty and not a spool (it holds todo.txt)"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&other)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["todo.txt"]);
+
+    // A reader whose own reader goes away (`| head`) ends quietly.
+    let mut reader = chaperone()
+        .arg("spool")
+        .arg(&dir)
+        .args(["--output", "bin/1/stdout"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(reader.stdout.take());
+    let out = reader.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A `--spool` agent running `spec` in the background.
