@@ -469,8 +469,8 @@ impl Setup {
                             if !warned.contains(&c) {
                                 warned.push(c);
                                 notes.push(format!(
-                                    "Note: command {cmd:?} runs without a shell, so its unquoted \
-                                     '{c}' is passed on as it is, not acted on: give --shell sh \
+                                    "Note: command {cmd:?} runs without a shell, so its '{c}' is \
+                                     passed on as it is, where a shell would act on it: give --shell sh \
                                      to run it through one (as hyperfine does)."
                                 ));
                             }
@@ -859,7 +859,7 @@ mod tests {
         // Without a shell, an unquoted pipe is an argument: said, once.
         let s = setup(&["--style", "basic", "echo a | wc", "echo b | wc"]).unwrap();
         assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
-        assert!(s.notes[0].contains("unquoted '|'"), "{:?}", s.notes);
+        assert!(s.notes[0].contains("its '|' is passed on"), "{:?}", s.notes);
         let s = setup(&["--style", "basic", "echo 'a | b'"]).unwrap();
         assert!(s.notes.is_empty(), "{:?}", s.notes);
         let s = setup(&["--shell", "sh", "--style", "basic", "echo a | wc"]).unwrap();

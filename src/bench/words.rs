@@ -105,7 +105,8 @@ pub fn split(s: &str) -> Result<Vec<String>, SplitError> {
     Ok(words)
 }
 
-/// The first character of `s` outside quotes (and not escaped) that a shell
+/// The first character of `s` outside quotes (or, for `$` and `` ` ``, inside
+/// double quotes) and not escaped that a shell
 /// would act on, where [`split`] passes it on as it is: an operator (`|`,
 /// `&`, `;`, `<`, `>`), an expansion (`$`, `` ` ``) or a glob (`*`).
 pub fn unquoted_shell_char(s: &str) -> Option<char> {
@@ -126,6 +127,8 @@ pub fn unquoted_shell_char(s: &str) -> Option<char> {
                         '\\' => {
                             chars.next();
                         }
+                        // A shell expands these inside double quotes too.
+                        '$' | '`' => return Some(q),
                         _ => {}
                     }
                 }
@@ -157,6 +160,8 @@ mod tests {
         assert_eq!(unquoted_shell_char("cmd >out"), Some('>'));
         assert_eq!(unquoted_shell_char("echo '|' \"a;b\" \\> x"), None);
         assert_eq!(unquoted_shell_char("grep -c x file"), None);
+        assert_eq!(unquoted_shell_char("echo \"$HOME\""), Some('$'));
+        assert_eq!(unquoted_shell_char("echo '$HOME'"), None);
     }
 
     #[test]

@@ -217,6 +217,17 @@ pub fn tls_config(cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCo
     Ok(Arc::new(config))
 }
 
+/// Whether a subject alternative name as webpki shows it (`DnsName("x")`,
+/// `IpAddress(1.2.3.4)` …) is of the kind of `server_name`.
+fn same_kind(presented: &str, server_name: &rustls::pki_types::ServerName<'_>) -> bool {
+    use rustls::pki_types::ServerName;
+    match server_name {
+        ServerName::DnsName(_) => presented.starts_with("DnsName("),
+        ServerName::IpAddress(_) => presented.starts_with("IpAddress("),
+        _ => true,
+    }
+}
+
 /// The system's and `PROCSTAR_AGENT_CERT`'s roots, as webpki checks them;
 /// and besides, a server whose certificate is exactly one of
 /// `PROCSTAR_AGENT_CERT`'s, as OpenSSL (Procstar's TLS) takes it.
@@ -272,15 +283,17 @@ impl rustls::client::danger::ServerCertVerifier for Verifier {
                 // stands for it.
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
                 match rustls::client::verify_server_name(&parsed, server_name) {
+                    // Only names of the kind asked for count (a DNS name
+                    // for a host name), as for OpenSSL's X509_check_host.
                     Err(rustls::Error::InvalidCertificate(E::NotValidForNameContext {
                         ref presented,
                         ..
-                    })) if !presented.is_empty() => Err(rustls::Error::InvalidCertificate(
-                        E::NotValidForNameContext {
+                    })) if presented.iter().any(|n| same_kind(n, server_name)) => Err(
+                        rustls::Error::InvalidCertificate(E::NotValidForNameContext {
                             expected: server_name.to_owned(),
                             presented: presented.clone(),
-                        },
-                    )),
+                        }),
+                    ),
                     Ok(())
                     | Err(rustls::Error::InvalidCertificate(E::NotValidForNameContext {
                         ..

@@ -104,27 +104,13 @@ pub struct Spool {
 impl Spool {
     /// Creates (or takes, if empty) `dir`, locks it and writes the spec and
     /// the agent's file. A directory another agent owns, or one an earlier
-    /// agent used, is refused: its results stay as they were; so is one
-    /// holding anything else.
+    /// agent used, is refused: its results stay as they were.
     pub fn create(dir: &Path, spec: &[u8]) -> Result<Spool, String> {
         let name = dir.display();
         std::fs::create_dir_all(dir).map_err(|e| format!("--spool {name}: {e}"))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| format!("--spool {name}: {e}"))?;
-        // Someone else's files are not to be mixed with a spool's.
-        let entries = std::fs::read_dir(&dir).map_err(|e| format!("--spool {name}: {e}"))?;
-        if let Some(other) = entries.flatten().map(|e| e.file_name()).find(|f| {
-            ![SPEC, AGENT, LOCK, PROCS, OUT, CONTROL, LOG]
-                .iter()
-                .any(|ours| f.as_os_str() == *ours)
-        }) {
-            return Err(format!(
-                "--spool {name}: not empty and not a spool (it holds {}): give a new or empty \
-                 directory",
-                other.to_string_lossy()
-            ));
-        }
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -70,8 +70,10 @@ pub struct SpoolArgs {
 pub fn run(args: SpoolArgs) -> u8 {
     match run_inner(&args) {
         Ok(code) => code,
-        // The reader went away (`| head`): nothing is wrong here.
-        Err(e) if e.ends_with(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string()) => 0,
+        // Standard output's reader went away (`| head`): nothing is wrong
+        // here. (Only a write to standard output fails with exactly this
+        // text: the control socket's errors name it.)
+        Err(e) if e == std::io::Error::from_raw_os_error(libc::EPIPE).to_string() => 0,
         Err(e) => {
             eprintln!("error: {e}");
             EXIT_ERROR
@@ -184,15 +186,17 @@ fn request(dir: &Path, req: &Value) -> Result<u8, String> {
             format!("{}: the agent is not running", dir.display())
         }
     })?;
+    let socket = |e: std::io::Error| format!("{}: {e}", path.display());
     s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    writeln!(s, "{req}").map_err(|e| e.to_string())?;
+        .map_err(socket)?;
+    writeln!(s, "{req}").map_err(socket)?;
     let mut line = String::new();
     std::io::BufReader::new(&s)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+        .map_err(socket)?;
     let answer: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
-    println!("{answer}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{answer}").map_err(|e| e.to_string())?;
     Ok(if answer.get("error").is_some() { 1 } else { 0 })
 }
 

@@ -584,3 +584,7 @@ async def test_a_self_signed_ca_certificate_given_as_agent_cert_is_trusted(chape
     assert not await registers_with(chaperone, other, with_san[0])
     # Pinned, but its names are another host's: refused, as by OpenSSL.
     assert not await registers_with(chaperone, elsewhere, elsewhere[0])
+    # Only an IP address among its names: for a host name the CN counts, as
+    # for OpenSSL's X509_check_host.
+    ip_only = self_signed(tmp_path, "ip", "-addext", "subjectAltName=IP:127.0.0.1")
+    assert await registers_with(chaperone, ip_only, ip_only[0])
