@@ -780,6 +780,20 @@ async fn output(
         };
         let resp = match client.send(Method::GET, &path, None).await {
             Ok(r) => r,
+            // The agent closed the connection before its answer came: a
+            // body it cut at its first step can take the answer's head with
+            // it. Asked again, from where this got to (at most as often as
+            // bodies may be cut with nothing written).
+            Err(Failure::Connect { err, .. })
+                if resumable
+                    && err.contains("connection closed before message completed")
+                    && fruitless < MAX_FRUITLESS =>
+            {
+                fruitless += 1;
+                cut = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             // After a cut, the connection it came on may be closing too.
             Err(e @ Failure::Connect { .. }) if (follow || cut) && resumable && at.is_some() => {
                 if dropped_since
