@@ -301,8 +301,7 @@ impl Setup {
                 })
             })
             .transpose()?;
-        let mut order_name = a.order.clone().unwrap_or_else(|| "interleaved".to_owned());
-        let mut order = match order_name.as_str() {
+        let mut order = match a.order.as_deref().unwrap_or("interleaved") {
             "interleaved" => Order::Interleaved,
             "shuffled" => Order::Shuffled(a.seed),
             "grouped" => Order::Grouped,
@@ -372,13 +371,8 @@ impl Setup {
         let shell: Option<Vec<String>> = match a.shell.as_deref() {
             None | Some("none") => None,
             Some("default") => Some(vec!["sh".to_owned()]),
-            Some(sh) => {
-                let words = words::split(sh).map_err(|e| format!("--shell {sh:?}: {e}"))?;
-                if words.is_empty() {
-                    return Err(format!("--shell {sh:?}: no program"));
-                }
-                Some(words)
-            }
+            // Never empty: a line with no words is an error.
+            Some(sh) => Some(words::split(sh).map_err(|e| format!("--shell {sh:?}: {e}"))?),
         };
         let helper_shell = shell.clone().unwrap_or_else(|| vec!["sh".to_owned()]);
         let helper_exe = find_program(&helper_shell[0]).map_err(|e| format!("--shell: {e}"))?;
@@ -441,9 +435,7 @@ impl Setup {
         let concludes = per_command(&a.conclude, "conclude")?;
         let helper = |cmd: &Option<String>, params: &[(String, String)]| -> Option<ProcSpec> {
             let cmd = substitute(cmd.as_ref()?, params);
-            let mut argv = helper_shell.clone();
-            argv.extend(["-c".to_owned(), cmd]);
-            let mut spec = bench_spec(argv, Output::Null);
+            let mut spec = bench_spec(through(&helper_shell, cmd), Output::Null);
             spec.exe = Some(helper_exe.clone());
             Some(spec)
         };
@@ -456,11 +448,7 @@ impl Setup {
             for (i, (text, name)) in texts.iter().enumerate() {
                 let cmd = substitute(text, params);
                 let argv = match &shell {
-                    Some(sh) => {
-                        let mut argv = sh.clone();
-                        argv.extend(["-c".to_owned(), cmd.clone()]);
-                        argv
-                    }
+                    Some(sh) => through(sh, cmd.clone()),
                     None => {
                         // hyperfine runs commands through sh; a pipe here
                         // would be an argument, and the figures another
@@ -533,13 +521,13 @@ impl Setup {
         {
             if a.order.is_some() {
                 return Err(format!(
-                    "--order {order_name}: --setup or --cleanup differs between commands, \
+                    "--order {}: --setup or --cleanup differs between commands, \
                      so each command's runs must come between its own setup and cleanup: \
-                     use --order grouped (the default then)"
+                     use --order grouped (the default then)",
+                    order.name()
                 ));
             }
             order = Order::Grouped;
-            order_name = "grouped".to_owned();
             notes.push(
                 "Note: --setup or --cleanup differs between commands, so each command's runs \
                  are grouped between its own setup and cleanup (--order grouped), as in hyperfine."
@@ -562,7 +550,7 @@ impl Setup {
                 primary,
                 reference,
                 time_unit,
-                order: order_name,
+                order: order.name().to_owned(),
             },
             progress,
             color,
@@ -665,6 +653,13 @@ fn find_program(program: &str) -> Result<String, String> {
         }
     }
     Err(format!("{program:?} is not an executable file on PATH"))
+}
+
+/// The argv that runs `cmd` through `shell` (its words, then `-c CMD`).
+fn through(shell: &[String], cmd: String) -> Vec<String> {
+    let mut argv = shell.to_vec();
+    argv.extend(["-c".to_owned(), cmd]);
+    argv
 }
 
 /// `s` with each `{VAR}` replaced by its value, in one pass: a value that
@@ -801,6 +796,11 @@ mod tests {
 
     fn setup(line: &[&str]) -> Result<Setup, String> {
         Setup::from_args(&args(line))
+    }
+
+    /// [`setup`] of a line of words with no blanks in any of them.
+    fn setup_line(line: &str) -> Result<Setup, String> {
+        setup(&line.split_whitespace().collect::<Vec<_>>())
     }
 
     #[test]
@@ -1068,52 +1068,15 @@ mod tests {
         .unwrap();
         assert!(e.contains("2 --prepare given"), "{e}");
         // A --reference that is one of the commands changes no count.
-        let s = setup(&[
-            "-p",
-            "x",
-            "-p",
-            "y",
-            "--reference",
-            "false",
-            "--style",
-            "basic",
-            "true",
-            "false",
-        ])
-        .unwrap();
+        let s = setup_line("-p x -p y --reference false --style basic true false").unwrap();
         assert_eq!(s.commands[1].prepare.as_ref().unwrap().argv[2], "y");
         // One more, benchmarked first, takes the first prepare.
-        let s = setup(&[
-            "-p",
-            "r",
-            "-p",
-            "x",
-            "-p",
-            "y",
-            "--reference",
-            "echo",
-            "--style",
-            "basic",
-            "true",
-            "false",
-        ])
-        .unwrap();
+        let s = setup_line("-p r -p x -p y --reference echo --style basic true false").unwrap();
         assert_eq!(s.commands[0].prepare.as_ref().unwrap().argv[2], "r");
         assert_eq!(s.commands[2].prepare.as_ref().unwrap().argv[2], "y");
-        let e = setup(&[
-            "-p",
-            "x",
-            "-p",
-            "y",
-            "--reference",
-            "echo",
-            "--style",
-            "basic",
-            "true",
-            "false",
-        ])
-        .err()
-        .unwrap();
+        let e = setup_line("-p x -p y --reference echo --style basic true false")
+            .err()
+            .unwrap();
         assert!(e.contains("the --reference command's first (3)"), "{e}");
     }
 

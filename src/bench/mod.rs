@@ -338,6 +338,17 @@ pub enum Order {
     Grouped,
 }
 
+impl Order {
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::Interleaved => "interleaved",
+            Order::Shuffled(_) => "shuffled",
+            Order::Grouped => "grouped",
+        }
+    }
+}
+
 /// The most timed runs a command gets: every run's figures are kept (a few
 /// hundred bytes each), and the run order is laid out before the runs.
 pub const MAX_RUNS: usize = 10_000_000;
