@@ -898,29 +898,21 @@ struct Position {
 
 impl Position {
     fn new(start: u64, gap: Option<std::ops::Range<u64>>) -> Position {
-        let mut p = Position { at: start, gap };
-        p.skip();
-        p
+        let at = match &gap {
+            Some(g) if g.contains(&start) => g.end,
+            _ => start,
+        };
+        Position { at, gap }
     }
 
+    /// `n` more bytes of the body: those before the gap, then the rest after
+    /// it (never inside it, as it never starts there).
     fn advance(&mut self, n: u64) {
-        let mut end = self.at + n;
-        if let Some(g) = &self.gap {
-            // Bytes before the gap, then the rest after it.
-            if self.at < g.start && end >= g.start {
-                end = g.end + (end - g.start);
-            }
-        }
-        self.at = end;
-        self.skip();
-    }
-
-    fn skip(&mut self) {
-        if let Some(g) = &self.gap {
-            if self.at >= g.start && self.at < g.end {
-                self.at = g.end;
-            }
-        }
+        let end = self.at + n;
+        self.at = match &self.gap {
+            Some(g) if self.at < g.start && end >= g.start => g.end + (end - g.start),
+            _ => end,
+        };
     }
 
     fn next(&self) -> u64 {
@@ -1037,11 +1029,6 @@ mod tests {
         );
         assert_eq!(lines[2], "long-id  running     7          12.250s");
     }
-}
-
-#[cfg(test)]
-mod position_tests {
-    use super::Position;
 
     #[test]
     fn a_body_s_position_skips_the_dropped_part() {

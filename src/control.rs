@@ -20,7 +20,7 @@
     )
 )]
 
-use crate::signal::{MAX_SIGNUM, parse_signal};
+use crate::signal::MAX_SIGNUM;
 use crate::spec::{IdRef, ProcSpec, RlimitSpec, SignalRef};
 use crate::sys::user::{self, Passwd};
 use std::collections::BTreeMap;
@@ -357,25 +357,17 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
 
 /// A signal number from a name or number, or an error naming `field`.
 fn signal(errs: &mut Errors<'_>, field: &str, s: &SignalRef) -> Option<i32> {
-    match s {
-        SignalRef::Number(n) => match i32::try_from(*n) {
-            Ok(n) if (1..=MAX_SIGNUM).contains(&n) => Some(n),
-            _ => {
-                errs.push(
-                    field,
-                    format!("{n} is not a signal number (1 to {MAX_SIGNUM})"),
-                );
-                None
-            }
-        },
-        SignalRef::Name(name) => {
-            let n = parse_signal(name);
-            if n.is_none() {
-                errs.push(field, format!("unknown signal {name:?}"));
-            }
-            n
-        }
+    let n = s.number();
+    if n.is_none() {
+        errs.push(
+            field,
+            match s {
+                SignalRef::Number(n) => format!("{n} is not a signal number (1 to {MAX_SIGNUM})"),
+                SignalRef::Name(name) => format!("unknown signal {name:?}"),
+            },
+        );
     }
+    n
 }
 
 /// Seconds as a duration, or an error naming `field`.

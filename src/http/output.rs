@@ -542,7 +542,9 @@ async fn dropped_in(
     stop: u64,
 ) -> Option<std::ops::Range<u64>> {
     let name = spec::parse_fd_name(fd).map(spec::fd_name).ok()?;
-    let res = handle.result(id).await?;
+    // Brief: the capture's counts, not a copy of a live one's bytes (made
+    // on the reactor, up to its head and tail) for one range.
+    let res = handle.result_brief(id).await?;
     let d = res.fds.get(&name)?.as_ref()?.ext()?.dropped.as_ref()?;
     let (lo, hi) = (d.start.max(start), d.stop.min(stop));
     (lo < hi).then_some(lo..hi)
@@ -696,15 +698,12 @@ fn overtaken(
 
 fn overtaken_error(id: &str, fd: &str, missing: Option<&std::ops::Range<u64>>) -> std::io::Error {
     let m = missing.cloned().unwrap_or_default();
-    tracing::info!(
-        "{id} {fd}: bytes {}-{} were dropped (head/tail limits) while being sent; the body ends there",
-        m.start,
-        m.end
-    );
-    std::io::Error::other(format!(
+    let msg = format!(
         "{id} {fd}: bytes {}-{} were dropped by the capture's head/tail limits while being sent",
         m.start, m.end
-    ))
+    );
+    tracing::info!("{msg}; the body ends there");
+    std::io::Error::other(msg)
 }
 
 /// The stored `.zst` stream of a compressed capture, `CHUNK` at a time.

@@ -282,30 +282,21 @@ impl rustls::client::danger::ServerCertVerifier for Verifier {
                 // the CN, which webpki cannot, and the exact certificate
                 // stands for it.
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-                match rustls::client::verify_server_name(&parsed, server_name) {
+                let named = match rustls::client::verify_server_name(&parsed, server_name) {
                     // Only names of the kind asked for count (a DNS name
                     // for a host name), as for OpenSSL's X509_check_host.
                     Err(rustls::Error::InvalidCertificate(E::NotValidForNameContext {
-                        ref presented,
+                        presented,
                         ..
-                    })) if presented.iter().any(|n| same_kind(n, server_name)) => Err(
-                        rustls::Error::InvalidCertificate(E::NotValidForNameContext {
-                            expected: server_name.to_owned(),
-                            presented: presented.clone(),
-                        }),
-                    ),
-                    Ok(())
-                    | Err(rustls::Error::InvalidCertificate(E::NotValidForNameContext {
-                        ..
-                    })) => {
-                        tracing::debug!(
-                            "the server's certificate is PROCSTAR_AGENT_CERT's own: \
-                             taken as pinned ({e})"
-                        );
-                        Ok(rustls::client::danger::ServerCertVerified::assertion())
-                    }
-                    Err(name) => Err(name),
-                }
+                    })) if !presented.iter().any(|n| same_kind(n, server_name)) => Ok(()),
+                    other => other,
+                };
+                named.map(|()| {
+                    tracing::debug!(
+                        "the server's certificate is PROCSTAR_AGENT_CERT's own: taken as pinned ({e})"
+                    );
+                    rustls::client::danger::ServerCertVerified::assertion()
+                })
             }
             other => other,
         }

@@ -85,6 +85,19 @@ pub enum SignalRef {
     Name(String),
 }
 
+impl SignalRef {
+    /// The signal it names: a number from 1 to
+    /// [`MAX_SIGNUM`](crate::signal::MAX_SIGNUM), or a known name.
+    pub fn number(&self) -> Option<i32> {
+        match self {
+            SignalRef::Number(n) => i32::try_from(*n)
+                .ok()
+                .filter(|n| (1..=crate::signal::MAX_SIGNUM).contains(n)),
+            SignalRef::Name(name) => crate::signal::parse_signal(name),
+        }
+    }
+}
+
 impl std::fmt::Display for SignalRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

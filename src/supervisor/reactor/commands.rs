@@ -114,26 +114,7 @@ impl Reactor {
                 self.answer_all_waiters();
             }
             Command::Signal(id, signum, reply) => {
-                // A process still waiting for its files never starts, if
-                // the signal would have ended it (others wait, as for a
-                // queued one: `signal_unstarted`).
-                if let Some(s) = self
-                    .table
-                    .serial(&id)
-                    .filter(|s| self.opening.contains_key(s))
-                    .filter(|_| super::start::ends_by_default(signum))
-                {
-                    self.abandon_opening(
-                        s,
-                        format!(
-                            "not started: signal {} while opening its files",
-                            crate::signal::signal_name(signum)
-                                .map_or_else(|| signum.to_string(), str::to_string)
-                        ),
-                    );
-                    reply(Ok(()));
-                    return;
-                }
+                // Not running yet: cancelled, or kept for when it runs.
                 if let Some(r) = self
                     .table
                     .serial(&id)

@@ -253,9 +253,10 @@ impl Reactor {
     ///
     /// Queued (behind `max_running` or the fds), a signal whose default
     /// action ends a process (`SIGTERM`, `SIGKILL`, `SIGINT` …) cancels it: it
-    /// never starts, and its result says why. Any other signal, one its spec
-    /// ignores or blocks, and any for a process being spawned, waits and is
-    /// sent once it runs, as it would have been had it been running.
+    /// never starts, and its result says why; so it does while its files are
+    /// being opened. Any other signal, one its spec ignores or blocks, and
+    /// any for a process being spawned, waits and is sent once it runs, as it
+    /// would have been had it been running.
     pub(super) fn signal_unstarted(
         &mut self,
         serial: u64,
@@ -264,7 +265,18 @@ impl Reactor {
         let life = &self.table.get(serial)?.life;
         let queued = match life {
             Life::Queued => true,
-            // Opening its files, or being spawned: sent once it runs.
+            // Opening its files: it never starts if the signal would have
+            // ended it.
+            Life::Opening if ends_by_default(signum) && self.opening.contains_key(&serial) => {
+                let name = crate::signal::signal_name(signum)
+                    .map_or_else(|| signum.to_string(), str::to_string);
+                self.abandon_opening(
+                    serial,
+                    format!("not started: signal {name} while opening its files"),
+                );
+                return Some(Ok(()));
+            }
+            // Opening, or being spawned: sent once it runs.
             Life::Starting | Life::Opening => false,
             _ => return None,
         };
@@ -440,7 +452,7 @@ const MAX_PENDING_SIGNALS: usize = 64;
 
 /// Whether a signal's default action ends a process (terminate, or core
 /// dump), rather than being ignored, stopping or continuing it.
-pub(super) fn ends_by_default(signum: i32) -> bool {
+fn ends_by_default(signum: i32) -> bool {
     !matches!(
         signum,
         libc::SIGCHLD
@@ -457,8 +469,8 @@ pub(super) fn ends_by_default(signum: i32) -> bool {
 /// Whether `spec` has its process ignore or block `signum` at exec.
 fn spec_handles(spec: &spec::ProcSpec, signum: i32) -> bool {
     let s = &spec.signals;
-    s.ignore.iter().chain(&s.mask).any(|r| match r {
-        spec::SignalRef::Number(n) => *n == i64::from(signum),
-        spec::SignalRef::Name(name) => crate::signal::parse_signal(name) == Some(signum),
-    })
+    s.ignore
+        .iter()
+        .chain(&s.mask)
+        .any(|r| r.number() == Some(signum))
 }
