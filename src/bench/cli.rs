@@ -85,6 +85,12 @@ pub struct BenchArgs {
     /// Write the results as CSV.
     #[arg(long, value_name = "FILE")]
     pub export_csv: Option<PathBuf>,
+    /// Write the results as an AsciiDoc table (the Markdown export's).
+    #[arg(long, value_name = "FILE")]
+    pub export_asciidoc: Option<PathBuf>,
+    /// Write the results as an Emacs Org-mode table (the Markdown export's).
+    #[arg(long, value_name = "FILE")]
+    pub export_orgmode: Option<PathBuf>,
     /// Write a self-contained HTML report with a plot per metric.
     #[arg(long, value_name = "FILE")]
     pub export_html: Option<PathBuf>,
@@ -146,6 +152,8 @@ pub fn run(args: BenchArgs) -> u8 {
         &args.export_json,
         &args.export_markdown,
         &args.export_csv,
+        &args.export_asciidoc,
+        &args.export_orgmode,
         &args.export_html,
     ];
     let claimed = match Claimed::exports(export_paths.into_iter().flatten()) {
@@ -193,7 +201,7 @@ pub fn run(args: BenchArgs) -> u8 {
             print!("{text}");
         }
     }
-    let exports: [(&Option<PathBuf>, &dyn Fn() -> String); 4] = [
+    let exports: [(&Option<PathBuf>, &dyn Fn() -> String); 6] = [
         (&args.export_json, &|| {
             let mut s = serde_json::to_string_pretty(&setup.view.json(&outcome))
                 .expect("JSON values serialize");
@@ -202,6 +210,8 @@ pub fn run(args: BenchArgs) -> u8 {
         }),
         (&args.export_markdown, &|| setup.view.markdown(&outcome)),
         (&args.export_csv, &|| setup.view.csv(&outcome)),
+        (&args.export_asciidoc, &|| setup.view.asciidoc(&outcome)),
+        (&args.export_orgmode, &|| setup.view.orgmode(&outcome)),
         (&args.export_html, &|| setup.view.html(&outcome)),
     ];
     let mut code = 0;

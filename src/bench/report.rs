@@ -1,5 +1,6 @@
 //! How a benchmark's [`Outcome`] is shown: the terminal text, and the JSON,
-//! Markdown, CSV and self-contained HTML (inline SVG) exports.
+//! Markdown, AsciiDoc, Org-mode, CSV and self-contained HTML (inline SVG)
+//! exports.
 
 use super::stats::{Ratio, Summary};
 use super::{CommandOutcome, Metric, Outcome, Run, Unit};
@@ -311,44 +312,74 @@ impl View {
     /// The Markdown export: hyperfine's table, with the primary metric's
     /// relative figure and the extra metrics.
     pub fn markdown(&self, outcome: &Outcome) -> String {
+        self.markup(outcome, Markup::Markdown)
+    }
+
+    /// The AsciiDoc export: the Markdown export's table, as hyperfine writes
+    /// AsciiDoc.
+    pub fn asciidoc(&self, outcome: &Outcome) -> String {
+        self.markup(outcome, Markup::AsciiDoc)
+    }
+
+    /// The Emacs Org-mode export: the Markdown export's table, as hyperfine
+    /// writes Org-mode.
+    pub fn orgmode(&self, outcome: &Outcome) -> String {
+        self.markup(outcome, Markup::OrgMode)
+    }
+
+    /// The table of the markup exports, in `markup`.
+    fn markup(&self, outcome: &Outcome, markup: Markup) -> String {
+        let (header, rows) = self.markup_table(outcome);
+        markup.table(&header, &rows)
+    }
+
+    /// The markup exports' table: its header, then a row per command (the
+    /// command's name unescaped, for the markup to fence).
+    fn markup_table(&self, outcome: &Outcome) -> (Vec<String>, Vec<Vec<String>>) {
         let unit = self.table_unit(outcome);
         let (k, name) = unit.scale();
-        let mut s = format!(
-            "| Command | Mean [{name}] | Median [{name}] | Min [{name}] | Max [{name}] | User [{name}] | System [{name}] | Max RSS [MiB] | Task clock [{name}] | Relative ({}) |\n",
-            self.primary.name()
-        );
-        s.push_str("|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let header = vec![
+            "Command".to_owned(),
+            format!("Mean [{name}]"),
+            format!("Median [{name}]"),
+            format!("Min [{name}]"),
+            format!("Max [{name}]"),
+            format!("User [{name}]"),
+            format!("System [{name}]"),
+            "Max RSS [MiB]".to_owned(),
+            format!("Task clock [{name}]"),
+            format!("Relative ({})", self.primary.name()),
+        ];
         let ratios = self.ratios(outcome);
-        for (c, r) in outcome.commands.iter().zip(&ratios) {
-            let t = |m: Metric, f: fn(&Summary) -> f64| {
-                c.summary(m)
-                    .map_or("–".to_owned(), |x| format!("{:.3}", f(x) * k))
-            };
-            let wall = c.summary(Metric::Wall);
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                md_code(&c.name),
-                wall.map_or("–".into(), |x| format!(
-                    "{:.3} ± {:.3}",
-                    x.mean * k,
-                    x.stddev * k
-                )),
-                t(Metric::Wall, |x| x.median),
-                t(Metric::Wall, |x| x.min),
-                t(Metric::Wall, |x| x.max),
-                t(Metric::User, |x| x.mean),
-                t(Metric::System, |x| x.mean),
-                c.summary(Metric::MaxRss)
-                    .map_or("–".into(), |x| format!("{:.1}", x.median / 1048576.0)),
-                t(Metric::TaskClock, |x| x.mean),
-                r.as_ref().map_or("–".into(), |r| format!(
-                    "{:.2} ± {:.2}",
-                    r.ratio, r.stddev
-                )),
-            );
-        }
-        s
+        let rows = outcome
+            .commands
+            .iter()
+            .zip(&ratios)
+            .map(|(c, r)| {
+                let t = |m: Metric, f: fn(&Summary) -> f64| {
+                    c.summary(m)
+                        .map_or("–".to_owned(), |x| format!("{:.3}", f(x) * k))
+                };
+                vec![
+                    c.name.clone(),
+                    c.summary(Metric::Wall).map_or("–".into(), |x| {
+                        format!("{:.3} ± {:.3}", x.mean * k, x.stddev * k)
+                    }),
+                    t(Metric::Wall, |x| x.median),
+                    t(Metric::Wall, |x| x.min),
+                    t(Metric::Wall, |x| x.max),
+                    t(Metric::User, |x| x.mean),
+                    t(Metric::System, |x| x.mean),
+                    c.summary(Metric::MaxRss)
+                        .map_or("–".into(), |x| format!("{:.1}", x.median / 1048576.0)),
+                    t(Metric::TaskClock, |x| x.mean),
+                    r.as_ref().map_or("–".into(), |r| {
+                        format!("{:.2} ± {:.2}", r.ratio, r.stddev)
+                    }),
+                ]
+            })
+            .collect();
+        (header, rows)
     }
 
     fn table_unit(&self, outcome: &Outcome) -> TimeUnit {
@@ -680,10 +711,13 @@ impl Serialize for CommandJson<'_> {
         m.serialize_entry("max", &wall.map(|x| x.max))?;
         m.serialize_entry("times", &Seq(c.runs.iter().map(|r| r.value(Metric::Wall))))?;
         m.serialize_entry("exit_codes", &Seq(c.runs.iter().map(|r| r.exit_code)))?;
-        m.serialize_entry(
-            "parameters",
-            &Entries(c.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-        )?;
+        // Left out without parameters, as hyperfine does.
+        if !c.parameters.is_empty() {
+            m.serialize_entry(
+                "parameters",
+                &Entries(c.parameters.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            )?;
+        }
         m.serialize_entry(
             "metrics",
             &Entries(
@@ -828,6 +862,98 @@ fn md_code(s: &str) -> String {
     }
 }
 
+/// The table markups of the text exports. The first column (the command) is
+/// left-aligned and shown as code; the rest are right-aligned figures.
+#[derive(Debug, Clone, Copy)]
+enum Markup {
+    Markdown,
+    AsciiDoc,
+    OrgMode,
+}
+
+impl Markup {
+    /// `header` and `rows` as a table in this markup.
+    fn table(self, header: &[String], rows: &[Vec<String>]) -> String {
+        let mut s = String::new();
+        match self {
+            Markup::Markdown => {
+                let row = |s: &mut String, cells: &[String]| {
+                    let _ = writeln!(s, "| {} |", cells.join(" | "));
+                };
+                row(&mut s, header);
+                s.push_str("|:---|");
+                s.push_str(&"---:|".repeat(header.len() - 1));
+                s.push('\n');
+                for r in rows {
+                    let mut cells = r.clone();
+                    cells[0] = md_code(&r[0]);
+                    row(&mut s, &cells);
+                }
+            }
+            Markup::AsciiDoc => {
+                let _ = writeln!(s, "[cols=\"<{}\"]\n|===", ",>".repeat(header.len() - 1));
+                let row = |s: &mut String, cells: &[String]| {
+                    s.push('\n');
+                    for c in cells {
+                        let _ = writeln!(s, "| {c}");
+                    }
+                };
+                row(
+                    &mut s,
+                    &header.iter().map(|h| adoc_cell(h)).collect::<Vec<_>>(),
+                );
+                for r in rows {
+                    let mut cells: Vec<String> = r.iter().map(|c| adoc_cell(c)).collect();
+                    cells[0] = format!("`+{}+`", cells[0]);
+                    row(&mut s, &cells);
+                }
+                s.push_str("|===\n");
+            }
+            Markup::OrgMode => {
+                let row = |s: &mut String, cells: &[String]| {
+                    let _ = writeln!(s, "| {} |", cells.join(" | "));
+                };
+                row(
+                    &mut s,
+                    &header.iter().map(|h| org_cell(h)).collect::<Vec<_>>(),
+                );
+                let _ = writeln!(s, "|{}|", vec!["---"; header.len()].join("+"));
+                for r in rows {
+                    let mut cells: Vec<String> = r.iter().map(|c| org_cell(c)).collect();
+                    cells[0] = org_code(&r[0]);
+                    row(&mut s, &cells);
+                }
+            }
+        }
+        s
+    }
+}
+
+/// `s` as one AsciiDoc table cell's text: on one line, its `|` escaped.
+fn adoc_cell(s: &str) -> String {
+    s.replace(['\n', '\r'], " ").replace('|', "\\|")
+}
+
+/// `s` as one Org-mode table cell's text: on one line, its `|` written as
+/// Org's `\vert{}` entity (a bare `|` would end the cell).
+fn org_cell(s: &str) -> String {
+    s.replace(['\n', '\r'], " ").replace('|', "\\vert{}")
+}
+
+/// A command's name as an Org-mode cell: verbatim code (`=…=`) where Org
+/// allows it, which is when the name neither starts nor ends with a space
+/// and holds no `=`; and no `|`, whose escape Org does not read inside
+/// verbatim text. Otherwise plain.
+fn org_code(name: &str) -> String {
+    let cell = org_cell(name);
+    let plain = cell.is_empty()
+        || cell.starts_with(' ')
+        || cell.ends_with(' ')
+        || cell.contains('=')
+        || cell != name.replace(['\n', '\r'], " ");
+    if plain { cell } else { format!("={cell}=") }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -872,6 +998,30 @@ mod tests {
         assert_eq!(esc("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
         assert_eq!(md_code("a|b"), "`a\\|b`");
         assert_eq!(md_code("echo `x`\ny"), "`` echo `x` y ``");
+    }
+
+    #[test]
+    fn the_markup_tables_are_each_markups_own() {
+        let header = ["Command".to_owned(), "Mean [ms]".to_owned()];
+        let rows = [
+            vec!["sh -c 'a|b'".to_owned(), "1.000 ± 0.100".to_owned()],
+            vec!["x=1 env".to_owned(), "2.000 ± 0.200".to_owned()],
+        ];
+        assert_eq!(
+            Markup::Markdown.table(&header, &rows),
+            "| Command | Mean [ms] |\n|:---|---:|\n| `sh -c 'a\\|b'` | 1.000 ± 0.100 |\n| `x=1 env` | 2.000 ± 0.200 |\n"
+        );
+        assert_eq!(
+            Markup::AsciiDoc.table(&header, &rows),
+            "[cols=\"<,>\"]\n|===\n\n| Command\n| Mean [ms]\n\n| `+sh -c 'a\\|b'+`\n| 1.000 ± 0.100\n\n| `+x=1 env+`\n| 2.000 ± 0.200\n|===\n"
+        );
+        // Org reads neither `=` nor the `|` escape inside its verbatim
+        // markers: those names stay plain.
+        assert_eq!(
+            Markup::OrgMode.table(&header, &rows),
+            "| Command | Mean [ms] |\n|---+---|\n| sh -c 'a\\vert{}b' | 1.000 ± 0.100 |\n| x=1 env | 2.000 ± 0.200 |\n"
+        );
+        assert_eq!(org_code("/bin/true"), "=/bin/true=");
     }
 
     #[test]

@@ -47,6 +47,10 @@ fn true_runs_give_sane_figures_for_every_software_metric() {
         "warmups are not runs"
     );
     assert_eq!(r["times"].as_array().unwrap().len(), 30);
+    assert!(
+        r.get("parameters").is_none(),
+        "without parameters the key is left out, as hyperfine does: {r}"
+    );
     assert!(r["exit_codes"].as_array().unwrap().iter().all(|c| c == 0));
     let m = &r["metrics"];
     // Wall: positive, under a second, median within [min, max].
@@ -237,6 +241,86 @@ fn markdown_and_csv_exports_parse_back() {
         assert_eq!(row[8], "5");
     }
     assert_eq!(*lines[2].last().unwrap(), "b");
+}
+
+#[test]
+fn asciidoc_and_orgmode_exports_have_the_markdown_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (md, adoc, org) = (
+        dir.path().join("r.md"),
+        dir.path().join("r.adoc"),
+        dir.path().join("r.org"),
+    );
+    let out = bench(&[
+        "-r",
+        "3",
+        "--export-markdown",
+        md.to_str().unwrap(),
+        "--export-asciidoc",
+        adoc.to_str().unwrap(),
+        "--export-orgmode",
+        org.to_str().unwrap(),
+        "/bin/echo a",
+        "/bin/echo b",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row_cells = |l: &str| -> Vec<String> {
+        l.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    // Markdown: header, rule, a row per command.
+    let md = std::fs::read_to_string(md).unwrap();
+    let md_rows: Vec<Vec<String>> = md
+        .lines()
+        .filter(|l| !l.starts_with("|:"))
+        .map(row_cells)
+        .collect();
+    assert_eq!(md_rows.len(), 3, "{md}");
+
+    // AsciiDoc: `[cols=…]`, `|===`, then blank-line-separated rows of one
+    // `| cell` line each, then `|===`.
+    let adoc = std::fs::read_to_string(adoc).unwrap();
+    let lines: Vec<&str> = adoc.lines().collect();
+    assert!(lines[0].starts_with("[cols=\"<,>"), "{adoc}");
+    assert_eq!((lines[1], *lines.last().unwrap()), ("|===", "|==="));
+    let adoc_rows: Vec<Vec<String>> = adoc
+        .split("\n\n")
+        .skip(1)
+        .map(|block| {
+            block
+                .lines()
+                .filter(|l| *l != "|===")
+                .map(|l| l.trim_start_matches('|').trim().to_owned())
+                .collect()
+        })
+        .collect();
+    assert_eq!(adoc_rows.len(), 3, "{adoc}");
+    assert_eq!(adoc_rows[1][0], "`+/bin/echo a+`");
+
+    // Org-mode: header, `|---+…|` rule, a row per command.
+    let org = std::fs::read_to_string(org).unwrap();
+    let lines: Vec<&str> = org.lines().collect();
+    assert!(lines[1].starts_with("|---+"), "{org}");
+    let org_rows: Vec<Vec<String>> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, l)| row_cells(l))
+        .collect();
+    assert_eq!(org_rows[2][0], "=/bin/echo b=");
+
+    // The same figures in all three, but for how the command is fenced.
+    for (i, md_row) in md_rows.iter().enumerate() {
+        assert_eq!(md_row.len(), adoc_rows[i].len(), "{md}{adoc}");
+        assert_eq!(md_row[1..], adoc_rows[i][1..]);
+        assert_eq!(md_row[1..], org_rows[i][1..]);
+    }
 }
 
 #[test]
