@@ -86,6 +86,37 @@ fn a_process_waiting_on_its_files_can_be_signalled_deleted_or_timed_out() {
     assert_eq!(a.proc_ids().len(), 2, "sig and tmo stay, settled");
 }
 
+// A terminating signal the spec ignores does not cancel a process opening
+// its files, as it does not cancel a queued one: it would have lived through
+// it. The signal is kept and sent once it runs.
+#[test]
+fn a_signal_its_spec_ignores_does_not_cancel_a_process_opening_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = mkfifo(dir.path(), "in");
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {"p": {
+            "argv": ["/bin/cat"],
+            "fds": stdin_from(&f),
+            "signals": {"ignore": ["SIGTERM"]},
+        }}}),
+    );
+    a.signal("p", libc::SIGTERM).expect("kept for when it runs");
+    let res = a.result("p").unwrap();
+    assert_eq!(
+        (res.state, res.errors.len()),
+        (State::Running, 0),
+        "still waiting for its FIFO: {:?}",
+        res.errors
+    );
+    std::fs::write(&f, b"read after SIGTERM\n").unwrap();
+    let res = wait(&a, "p");
+    assert_eq!(res.state, State::Terminated);
+    assert_eq!(res.status.as_ref().map(|s| s.exit_code), Some(Some(0)));
+    assert_eq!(string_of(&res, "stdout"), "read after SIGTERM\n");
+}
+
 // Paths that in the agent mean the agent: its /proc entries and its fds
 // through magic links. Refused by name; other processes are unaffected.
 #[test]

@@ -254,9 +254,10 @@ impl Reactor {
     /// Queued (behind `max_running` or the fds), a signal whose default
     /// action ends a process (`SIGTERM`, `SIGKILL`, `SIGINT` …) cancels it: it
     /// never starts, and its result says why; so it does while its files are
-    /// being opened. Any other signal, one its spec ignores or blocks, and
-    /// any for a process being spawned, waits and is sent once it runs, as it
-    /// would have been had it been running.
+    /// being opened. Any other signal, one its spec ignores or blocks (which
+    /// the process would have lived through), and any for a process being
+    /// spawned, waits and is sent once it runs, as it would have been had it
+    /// been running.
     pub(super) fn signal_unstarted(
         &mut self,
         serial: u64,
@@ -266,8 +267,15 @@ impl Reactor {
         let queued = match life {
             Life::Queued => true,
             // Opening its files: it never starts if the signal would have
-            // ended it.
-            Life::Opening if ends_by_default(signum) && self.opening.contains_key(&serial) => {
+            // ended it (as for a queued one: not if its spec ignores or
+            // blocks the signal).
+            Life::Opening
+                if ends_by_default(signum)
+                    && self
+                        .opening
+                        .get(&serial)
+                        .is_some_and(|o| !spec_handles(&o.q.spec, signum)) =>
+            {
                 let name = crate::signal::signal_name(signum)
                     .map_or_else(|| signum.to_string(), str::to_string);
                 self.abandon_opening(
