@@ -58,7 +58,7 @@ pub(crate) extern "C" fn child_main(arg: *mut c_void) -> i32 {
 /// Runs the setup steps in order and execs; returns only on failure.
 ///
 /// Order: signal dispositions → perf counters → session or process group → umask
-/// → cwd → rlimits → credentials → parent-death signal → fd table → signal mask →
+/// → rlimits → credentials → cwd → parent-death signal → fd table → signal mask →
 /// exec.
 /// `PR_SET_PDEATHSIG` comes after the credentials because the kernel clears it
 /// when the effective uid or gid changes.
@@ -114,13 +114,6 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
         unsafe { libc::syscall(libc::SYS_umask, plan.umask) };
     }
 
-    if !plan.cwd.is_null() {
-        // SAFETY: `plan.cwd` is a NUL-terminated string owned by the plan.
-        if unsafe { libc::syscall(libc::SYS_chdir, plan.cwd) } < 0 {
-            return (Stage::Chdir, -1, super::errno());
-        }
-    }
-
     for entry in plan.rlimits() {
         // SAFETY: `entry.limit` is a `struct rlimit64` (soft, hard) owned by the
         // plan; the old-limit pointer may be null.
@@ -155,6 +148,16 @@ fn run(plan: &ChildPlanView) -> (Stage, i32, i32) {
             if unsafe { libc::syscall(libc::SYS_setuid, plan.uid) } < 0 {
                 return (Stage::SetUser, -1, super::errno());
             }
+        }
+    }
+
+    // After the credentials: the directory is entered as the user the process
+    // runs as, so one that user may not enter fails here rather than being
+    // handed to it by the agent's privilege.
+    if !plan.cwd.is_null() {
+        // SAFETY: `plan.cwd` is a NUL-terminated string owned by the plan.
+        if unsafe { libc::syscall(libc::SYS_chdir, plan.cwd) } < 0 {
+            return (Stage::Chdir, -1, super::errno());
         }
     }
 

@@ -135,6 +135,59 @@ fn missing_cwd_is_a_chdir_failure_naming_the_path() {
     assert_eq!(res.status.and_then(|s| s.exit_code), Some(63));
 }
 
+// A relative exe is found from the child's directory, as the docs say.
+#[test]
+fn a_relative_exe_is_found_from_the_cwd() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello"), "#!/bin/sh\necho from cwd\n").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("hello"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let res = run_one(json!({"argv": ["./hello"], "cwd": dir.path()}));
+    assert_ok(&res);
+    assert_eq!(string_of(&res, "stdout"), "from cwd\n");
+}
+
+// The directory is entered as the user the child runs as: the agent's
+// privilege does not hand it one that user cannot enter.
+#[test]
+fn the_cwd_is_entered_as_the_childs_user() {
+    if !is_root() {
+        chaperone::test_skip("the_cwd_is_entered_as_the_childs_user", "not root", false);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let res = run_one(json!({"argv": ["/bin/pwd"], "user": "nobody", "cwd": private}));
+    assert_eq!(res.state, State::Error);
+    let f = res.failure.as_ref().expect("failure extension");
+    assert_eq!(
+        (f.stage.as_str(), f.errno),
+        ("chdir", libc::EACCES),
+        "{:?}",
+        res.errors
+    );
+    let res = run_one(json!({"argv": ["/bin/pwd"], "user": "nobody", "cwd": open}));
+    assert_ok(&res);
+    assert_eq!(string_of(&res, "stdout").trim_end(), open.to_str().unwrap());
+}
+
 #[test]
 fn rlimit_nofile_is_the_childs() {
     let res = run_one(

@@ -110,10 +110,19 @@ pub(crate) fn prepare(
     let mut opened: HashMap<usize, Opened> = opened.into_iter().collect();
     let exe = ps.exe().unwrap_or_default().to_string();
     let mut errors = Vec::new();
-    if let Some(allowed) = ctx.restrict_exe.filter(|a| *a != exe) {
-        errors.push(format!(
-            "proc {id}: exe {exe:?} is not allowed: this agent runs only {allowed:?} (--restrict-exe)"
-        ));
+    if let Some(allowed) = ctx.restrict_exe {
+        // A relative exe is found from the child's directory: the allowed
+        // text names the allowed program only where that is the agent's.
+        if exe != allowed {
+            errors.push(format!(
+                "proc {id}: exe {exe:?} is not allowed: this agent runs only {allowed:?} (--restrict-exe)"
+            ));
+        } else if !exe.starts_with('/') && ps.cwd.is_some() {
+            errors.push(format!(
+                "proc {id}: exe {exe:?} is not allowed with a cwd: a relative exe is found from \
+                 the child's working directory, and --restrict-exe allows it only from the agent's"
+            ));
+        }
     }
     let ctl = control_for(id, ps, ctx, opened.remove(&opener::CONTROL), &mut errors);
     let env = env_cache.get(&env_spec(ps, ctl.as_ref()), ctx.env);
@@ -1101,6 +1110,18 @@ mod tests {
         );
         let ok = build(&input, "p", &mut RequestPipes::new(), Some("/bin/true"));
         assert!(ok.errors.is_empty() && ok.plan.is_some());
+        // A relative exe names another program from another directory.
+        let input = parse(r#"{"specs": {"p": {"argv": ["./tool"], "cwd": "/tmp"}}}"#);
+        let p = build(&input, "p", &mut RequestPipes::new(), Some("./tool"));
+        assert!(p.plan.is_none());
+        assert!(
+            p.errors.len() == 1 && p.errors[0].contains("is not allowed with a cwd"),
+            "{:?}",
+            p.errors
+        );
+        let input = parse(r#"{"specs": {"p": {"argv": ["./tool"]}}}"#);
+        let ok = build(&input, "p", &mut RequestPipes::new(), Some("./tool"));
+        assert!(ok.errors.is_empty(), "{:?}", ok.errors);
     }
 
     #[test]
