@@ -56,6 +56,17 @@ pub fn reap(pidfd: impl AsFd) -> Result<Reaped, Errno> {
     waitid_raw(pidfd, libc::WEXITED)
 }
 
+/// What [`reap`] would find, leaving the exited child unreaped
+/// (`WNOWAIT`): its pid, and the process group id it may lead, stay taken
+/// until it is reaped. The rusage is the same (the kernel's `RUSAGE_BOTH` of
+/// the zombie either way).
+///
+/// # Errors
+/// As [`reap`].
+pub fn peek(pidfd: impl AsFd) -> Result<Reaped, Errno> {
+    waitid_raw(pidfd, libc::WEXITED | libc::WNOWAIT)
+}
+
 /// Waits until the process of `pidfd` has exited, and leaves it unreaped
 /// (`WNOWAIT`): a zombie, whose perf counters hold their final counts, for
 /// [`reap`] to collect.

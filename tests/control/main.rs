@@ -585,6 +585,52 @@ fn kill_group_with_timeout_leaves_no_sleep_behind() {
     }
 }
 
+// The group stops together even when its leader goes first: a member that
+// ignores the timeout's signal outlives the leader, and still gets the
+// SIGKILL at `kill_after`. (The leader stays an unreaped zombie till then,
+// so the group's id cannot have been reused when the SIGKILL is sent.)
+#[test]
+fn kill_group_kill_after_reaches_members_that_outlive_the_leader() {
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {"g": {
+            "argv": ["/bin/sh", "-c", "(trap '' TERM; exec sleep 100) & wait"],
+            "kill_group": true,
+            "timeout": {"after": 0.3, "kill_after": 2},
+        }}}),
+    );
+    let pid = a.result("g").unwrap().pid.unwrap();
+    let t0 = Instant::now();
+    while group_members(pid).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "group never filled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let res = wait(&a, "g");
+    assert_eq!(
+        res.status.as_ref().and_then(|s| s.signum),
+        Some(libc::SIGTERM),
+        "the leader ends by the timeout's signal"
+    );
+    let ended = Instant::now();
+    let left = group_members(pid);
+    assert_eq!(left.len(), 1, "the sleep ignores SIGTERM: {left:?}");
+    while !group_members(pid).is_empty() {
+        assert!(
+            ended.elapsed() < Duration::from_secs(10),
+            "left behind after kill_after: {:?}",
+            group_members(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Killed by the SIGKILL at kill_after, not before it.
+    assert!(
+        ended.elapsed() > Duration::from_millis(1000),
+        "gone {:?} after the leader",
+        ended.elapsed()
+    );
+}
+
 //------------------------------------------------------------------------------
 // bad values
 //------------------------------------------------------------------------------

@@ -208,7 +208,26 @@ impl Proc {
     /// thousand finished results must not hold a thousand fds). A failed
     /// `waitid` is said in its errors, and gives false.
     pub fn reap(&mut self) -> bool {
-        let reaped = match self.pidfd.take().map(|fd| crate::sys::wait::reap(&*fd)) {
+        let fd = self.pidfd.take();
+        self.record_end(fd.map(|fd| crate::sys::wait::reap(&*fd)))
+    }
+
+    /// As [`Proc::reap`], but leaves the zombie unreaped and gives its pidfd
+    /// back, to reap it with later: until then its pid, which is its process
+    /// group's id, cannot be taken by another process, so the group can still
+    /// be signalled safely. `None` (the pidfd let go) if `waitid` failed.
+    pub fn end_unreaped(&mut self) -> Option<Rc<OwnedFd>> {
+        let fd = self.pidfd.take()?;
+        self.record_end(Some(crate::sys::wait::peek(&*fd)))
+            .then_some(fd)
+    }
+
+    /// The process is `Done` with what `waitid` found (`None`: no pidfd).
+    fn record_end(
+        &mut self,
+        waited: Option<Result<crate::sys::wait::Reaped, rustix::io::Errno>>,
+    ) -> bool {
+        let reaped = match waited {
             Some(Ok(r)) => Some(r),
             Some(Err(e)) => {
                 self.errors.push(format!("waitid failed: {e}"));

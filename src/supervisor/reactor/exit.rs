@@ -164,9 +164,30 @@ impl Reactor {
         let Some(p) = self.table.get_mut(serial) else {
             return;
         };
-        p.reap();
-        if let Some(key) = p.timeout.as_mut().and_then(|t| t.timer.take()) {
-            self.ring.cancel(key);
+        // With `kill_group`, a timeout's signal sent and its SIGKILL still to
+        // come: the group may outlive its leader (a member that ignores the
+        // signal). The leader stays an unreaped zombie, holding the group's
+        // id, and the kill timer stays armed, for the group (`group_killed`).
+        let group_kill_due = p.kill_group
+            && p.timeout
+                .as_ref()
+                .is_some_and(|t| t.fired_at.is_some() && t.timer.is_some() && !t.killed);
+        let held = match (group_kill_due, p.pid) {
+            (true, Some(pid)) => p.end_unreaped().map(|fd| (fd, pid)),
+            _ => {
+                p.reap();
+                None
+            }
+        };
+        match held {
+            Some(held) => {
+                self.group_kills.insert(serial, held);
+            }
+            None => {
+                if let Some(key) = p.timeout.as_mut().and_then(|t| t.timer.take()) {
+                    self.ring.cancel(key);
+                }
+            }
         }
         // Kept files get their last bytes; the process settles once they are in.
         self.flush_kept(serial);

@@ -131,6 +131,10 @@ pub(crate) struct Reactor {
     opened_rx: std::sync::mpsc::Receiver<opener::Done>,
     /// Processes waiting for their files.
     opening: HashMap<u64, Opening>,
+    /// Exited `kill_group` leaders whose timeout's SIGKILL is still due to
+    /// their group: each one's pidfd (unreaped, holding the group's id) and
+    /// the group id, by serial.
+    group_kills: HashMap<u64, (Rc<OwnedFd>, i32)>,
     /// Kept-file captures whose pipe reads are to be paused (backpressure),
     /// cancelled once the current batch of completions is handled.
     pauses: Vec<(u64, usize)>,
@@ -230,6 +234,7 @@ impl Reactor {
             opener,
             opened_rx,
             opening: HashMap::new(),
+            group_kills: HashMap::new(),
             pauses: Vec::new(),
             budget: output_limit,
             generation: 0,
@@ -293,6 +298,9 @@ impl Reactor {
             self.exited.clear();
             self.apply_pauses();
         }
+        // The agent is going: no timer will fire for the groups still due
+        // a SIGKILL, so they get it now.
+        self.group_kills_now();
         self.shutdown_state(ShutdownState::Done);
         if self.leave_table {
             // Waiters for a compression still under way are told the agent

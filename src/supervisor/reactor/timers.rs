@@ -9,6 +9,15 @@ impl Reactor {
     /// A timeout's timer fired: send its signal (then arm the SIGKILL timer), or the
     /// SIGKILL itself. Nothing happens once the process has exited.
     pub(super) fn timeout_fired(&mut self, serial: u64, kill: bool) {
+        if kill {
+            if let Some((pidfd, pgid)) = self.group_kills.remove(&serial) {
+                if let Some(t) = self.table.get_mut(serial).and_then(|p| p.timeout.as_mut()) {
+                    t.timer = None;
+                }
+                group_killed(pidfd, pgid);
+                return;
+            }
+        }
         let Some(p) = self.table.get_mut(serial) else {
             return;
         };
@@ -36,6 +45,14 @@ impl Reactor {
         tracing::info!(id = %p.id, signum, "timeout fired");
         if let Err(e) = signal_proc(p, signum) {
             tracing::warn!(id = %p.id, signum, "timeout signal failed: {e}");
+        }
+    }
+
+    /// Ends the group kills still due (at shutdown): each group gets its
+    /// SIGKILL now, and its leader is reaped.
+    pub(super) fn group_kills_now(&mut self) {
+        for (_, (pidfd, pgid)) in self.group_kills.drain() {
+            group_killed(pidfd, pgid);
         }
     }
 
@@ -71,5 +88,19 @@ impl Reactor {
             self.ring.timeout(every, Tag::Sample);
             self.sampling = true;
         }
+    }
+}
+
+/// The SIGKILL of a timeout for the process group `pgid`, whose leader has
+/// exited and is still unreaped (so the id is still the group's): sent to
+/// the group, then the leader is reaped. An empty group (`ESRCH`) is fine.
+fn group_killed(pidfd: std::rc::Rc<rustix::fd::OwnedFd>, pgid: i32) {
+    match crate::sys::pidfd::signal_group(pgid, libc::SIGKILL) {
+        Ok(()) => tracing::info!(pgid, "timeout: SIGKILL to the group its leader left"),
+        Err(rustix::io::Errno::SRCH) => {}
+        Err(e) => tracing::warn!(pgid, "timeout: SIGKILL to the group failed: {e}"),
+    }
+    if let Err(e) = crate::sys::wait::reap(&*pidfd) {
+        tracing::warn!(pgid, "reaping a group's leader failed: {e}");
     }
 }
