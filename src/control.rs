@@ -234,7 +234,12 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
 
     for s in &ps.signals.mask {
         if let Some(n) = signal(&mut errs, "signals.mask", s) {
-            c.mask |= 1u64 << (n - 1);
+            // The kernel would leave them unblocked without a word.
+            if n == libc::SIGKILL || n == libc::SIGSTOP {
+                errs.push("signals.mask", format!("{s} cannot be blocked"));
+            } else {
+                c.mask |= 1u64 << (n - 1);
+            }
         }
     }
     for s in &ps.signals.ignore {
@@ -573,6 +578,10 @@ mod tests {
         assert_eq!(
             errors(r#"{"argv": ["x"], "signals": {"ignore": ["KILL"]}}"#),
             ["proc p: signals.ignore: \"KILL\" cannot be ignored"]
+        );
+        assert_eq!(
+            errors(r#"{"argv": ["x"], "signals": {"mask": ["SIGSTOP", "SIGUSR1"]}}"#),
+            ["proc p: signals.mask: \"SIGSTOP\" cannot be blocked"]
         );
         assert_eq!(
             errors(r#"{"argv": ["x"], "rlimits": {"nofile": [10, 5]}}"#),
