@@ -216,9 +216,22 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// The least soft `RLIMIT_NOFILE` the front ends start under: the runtime,
+/// the agent and one process with its pipes take about 16.
+const MIN_FD_LIMIT: u64 = 32;
+
 /// The front ends' tokio runtime: one thread, timers and I/O; `None` (said
 /// on stderr) if it cannot start.
 pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
+    // Below this, tokio's signal handling can panic for want of a socket
+    // pair (a fd limit of 9 to 11 did), and no process could start anyway.
+    if let Some(limit) = crate::sys::fd::fd_limit().filter(|&n| n < MIN_FD_LIMIT) {
+        eprintln!(
+            "error: cannot start the runtime: the fd limit (RLIMIT_NOFILE, ulimit -n) is \
+             {limit}; chaperone needs at least {MIN_FD_LIMIT}"
+        );
+        return None;
+    }
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -102,6 +102,32 @@ fn cli_exits_65_when_argv_is_empty() {
     assert!(err.contains("argv is empty"), "stderr: {err}");
 }
 
+// Under a tiny fd limit the agent says so and exits 65: tokio's signal set-up
+// panicked (exit 101) at limits of 9 to 11.
+#[test]
+fn cli_exits_65_naming_an_fd_limit_too_low_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(&spec, r#"{"specs": {"t": {"argv": ["/bin/true"]}}}"#).unwrap();
+    for limit in [9, 10, 11, 31] {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" --print \"$1\""))
+            .arg(bin())
+            .arg(&spec)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(65), "limit {limit}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the fd limit (RLIMIT_NOFILE, ulimit -n) is {limit}"
+            )),
+            "limit {limit}: {err}"
+        );
+    }
+}
+
 #[test]
 fn cli_exits_65_when_no_mode_is_given() {
     let dir = tempfile::tempdir().unwrap();
