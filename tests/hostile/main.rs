@@ -79,6 +79,8 @@ fn a_process_waiting_on_its_files_can_be_signalled_deleted_or_timed_out() {
         res.errors,
         ["not started: timed out after 0.3 s opening its files"]
     );
+    let t = res.timeout.expect("the timeout is in its result");
+    assert!(t.fired && t.fired_at.is_some() && !t.killed, "{t:?}");
     // The abandoned opens end when writers come; nothing is left to start.
     for f in [&f1, &f2, &f3] {
         let _w = std::fs::OpenOptions::new().write(true).open(f).unwrap();

@@ -104,6 +104,25 @@ pub(crate) struct TimeoutState {
     pub killed: bool,
 }
 
+impl TimeoutState {
+    /// The timeout of `spec`, fired now, before the process could start (it
+    /// timed out opening its files): its signal had nothing to go to.
+    pub fn fired_unstarted(spec: &crate::spec::TimeoutSpec) -> Option<TimeoutState> {
+        let secs = |s: f64| std::time::Duration::try_from_secs_f64(s).ok();
+        Some(TimeoutState {
+            timer: None,
+            after: secs(spec.after)?,
+            signum: spec
+                .signal
+                .as_ref()
+                .map_or(Some(libc::SIGTERM), |s| s.number())?,
+            kill_after: spec.kill_after.and_then(secs),
+            fired_at: Some(SystemTime::now()),
+            killed: false,
+        })
+    }
+}
+
 impl Proc {
     /// A process of a start request, queued until it can be launched.
     pub fn queued(id: ProcId, request: u64) -> Proc {

@@ -32,7 +32,7 @@ pub(crate) use errors::{
     ALONE_RETRIES, NOT_STARTED_SHUTDOWN, failure_message, out_of_fds, out_of_fds_message,
     out_of_tasks, spawn_failed,
 };
-pub(crate) use life::{Life, Proc};
+pub(crate) use life::{Life, Proc, TimeoutState};
 pub(crate) use plan::{PlanContext, open_kept, opens_for, prepare};
 pub(crate) use render::{Snapshot, rfc3339};
 pub(crate) use sample::read_stat;

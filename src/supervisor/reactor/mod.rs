@@ -384,11 +384,16 @@ impl Reactor {
                     Some(o) if o.timer.is_some() => o.timer = None,
                     _ => return,
                 }
-                let after = self
+                let spec = self
                     .opening
                     .get(&proc)
-                    .and_then(|o| o.q.spec.timeout.as_ref())
-                    .map_or(0.0, |t| t.after);
+                    .and_then(|o| o.q.spec.timeout.as_ref());
+                let after = spec.map_or(0.0, |t| t.after);
+                // Its result says the timeout fired, as for a running one.
+                let fired = spec.and_then(proc::TimeoutState::fired_unstarted);
+                if let Some(p) = self.table.get_mut(proc) {
+                    p.timeout = fired;
+                }
                 self.abandon_opening(
                     proc,
                     format!("not started: timed out after {after} s opening its files"),
