@@ -122,6 +122,28 @@ fn relative_file_paths_are_opened_in_cwd() {
     );
 }
 
+// A relative file path that is not there names the cwd it was looked in:
+// with a cwd that does not exist, nothing else would point at it (files are
+// opened before the child's chdir).
+#[test]
+fn a_missing_relative_file_names_the_cwd_it_was_looked_in() {
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {"p": {"argv": ["/bin/cat"], "cwd": "/no/such/dir",
+                                "fds": [["stdin", {"file": {"path": "in.txt", "flags": "Read"}}]]}}}),
+    );
+    let res = wait(&a, "p");
+    assert_eq!(res.state, State::Error);
+    assert_eq!(
+        res.errors,
+        [
+            "failed to set up fd 0: No such file or directory (os error 2): in.txt is relative \
+             to cwd /no/such/dir"
+        ]
+    );
+}
+
 #[test]
 fn missing_cwd_is_a_chdir_failure_naming_the_path() {
     let res = run_one(json!({"argv": ["/bin/pwd"], "cwd": "/no/such/dir"}));

@@ -391,13 +391,28 @@ impl<'a> FdList<'a> {
             FdSpec::PipeWrite => owned(Ok(self.pipe_write(fd))),
             FdSpec::PipeRead { proc_id, fd: wfd } => owned(Ok(self.pipe_read(proc_id, wfd))),
         };
-        self.install(fd, source);
+        // A relative path that cannot be found is named with the directory
+        // it was looked for in: the spec's cwd, which may be what is wrong.
+        let relative_to = match (fs, &self.ps.cwd, self.child_cwd) {
+            (FdSpec::File { path, .. }, Some(_), Some(dir)) if !path.starts_with('/') => {
+                Some(format!("{path} is relative to cwd {}", dir.display()))
+            }
+            _ => None,
+        };
+        self.install(fd, source, relative_to.as_deref());
         self.fds.push((norm, cap_index));
     }
 
     /// Puts what an entry gave in the plan as the child's `fd` (and in the fd
     /// table, for later `dup`s), or reports why the entry failed.
-    fn install(&mut self, fd: RawFd, source: Result<Option<Source>, Errno>) {
+    /// `relative_to` says where a relative path was looked for, for an entry
+    /// whose path was not found.
+    fn install(
+        &mut self,
+        fd: RawFd,
+        source: Result<Option<Source>, Errno>,
+        relative_to: Option<&str>,
+    ) {
         match source {
             Ok(Some(src)) => {
                 self.table.insert(fd, Some(src.as_raw_fd()));
@@ -412,7 +427,10 @@ impl<'a> FdList<'a> {
             Ok(None) => {}
             Err(e) => {
                 self.out_of_fds |= e == Errno::MFILE || e == Errno::NFILE;
-                self.errors.push(fd_error(fd, e));
+                match relative_to.filter(|_| e == Errno::NOENT || e == Errno::NOTDIR) {
+                    Some(hint) => self.errors.push(format!("{}: {hint}", fd_error(fd, e))),
+                    None => self.errors.push(fd_error(fd, e)),
+                }
             }
         }
     }
