@@ -154,7 +154,7 @@ impl Opener {
                     idle.fetch_sub(1, Ordering::AcqRel);
                     let Ok(Ok((serial, opens))) = job else { break };
                     waiting.fetch_sub(1, Ordering::AcqRel);
-                    let results = opens.into_iter().map(open).collect();
+                    let results = open_all(opens);
                     if done.send((serial, results)).is_err() {
                         break;
                     }
@@ -170,6 +170,22 @@ impl Opener {
             Err(e) => tracing::warn!("cannot start another opener thread: {e}"),
         }
     }
+}
+
+/// Does a process's opens in order, stopping after a control resolution that
+/// failed (it comes first): that process cannot start, so its files are not
+/// created or truncated.
+pub(crate) fn open_all(opens: Vec<OpenReq>) -> Vec<(usize, Opened)> {
+    let mut results = Vec::with_capacity(opens.len());
+    for req in opens {
+        let done = open(req);
+        let refused = matches!(done.1, Opened::Control(Err(_)));
+        results.push(done);
+        if refused {
+            break;
+        }
+    }
+    results
 }
 
 /// Does one open (on an opener thread, or the reactor's as a last resort).

@@ -691,6 +691,46 @@ fn bad_values_fail_only_their_proc() {
     assert_eq!(ok.status.and_then(|s| s.exit_code), Some(0));
 }
 
+// A proc refused for a bad control value (resolved here, or with a user
+// lookup on an opener thread) or for its exe opens none of its files: an
+// existing file its spec names is neither truncated nor replaced.
+#[test]
+fn a_refused_proc_truncates_none_of_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "precious\n").unwrap();
+        p
+    };
+    let (f1, f2, f3, f4) = (keep("1"), keep("2"), keep("3"), keep("4"));
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {
+            "um": {"argv": ["/bin/true"], "umask": 999,
+                   "fds": [["stdout", {"capture": {"mode": "file", "path": f1}}]]},
+            "usr": {"argv": ["/bin/true"], "user": "nosuchuser",
+                    "fds": [["stdout", {"capture": {"mode": "file", "path": f2}}],
+                            ["stderr", {"file": {"path": f3, "flags": "Write"}}]]},
+            "rl": {"argv": ["/bin/true"], "rlimits": {"core": -1},
+                   "fds": [["3", {"file": {"path": f4, "flags": "Write"}}]]},
+        }}),
+    );
+    for id in ["um", "usr", "rl"] {
+        let res = wait(&a, id);
+        assert_eq!(res.state, State::Error, "{id}");
+        assert_eq!(res.errors.len(), 1, "{id}: {:?}", res.errors);
+    }
+    for f in [&f1, &f2, &f3, &f4] {
+        assert_eq!(
+            std::fs::read_to_string(f).unwrap(),
+            "precious\n",
+            "{}",
+            f.display()
+        );
+    }
+}
+
 #[test]
 fn switching_user_without_privilege_is_a_clear_error() {
     if is_root() {

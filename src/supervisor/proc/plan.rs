@@ -109,21 +109,7 @@ pub(crate) fn prepare(
 ) -> Prepared {
     let mut opened: HashMap<usize, Opened> = opened.into_iter().collect();
     let exe = ps.exe().unwrap_or_default().to_string();
-    let mut errors = Vec::new();
-    if let Some(allowed) = ctx.restrict_exe {
-        // A relative exe is found from the child's directory: the allowed
-        // text names the allowed program only where that is the agent's.
-        if exe != allowed {
-            errors.push(format!(
-                "proc {id}: exe {exe:?} is not allowed: this agent runs only {allowed:?} (--restrict-exe)"
-            ));
-        } else if !exe.starts_with('/') && ps.cwd.is_some() {
-            errors.push(format!(
-                "proc {id}: exe {exe:?} is not allowed with a cwd: a relative exe is found from \
-                 the child's working directory, and --restrict-exe allows it only from the agent's"
-            ));
-        }
-    }
+    let mut errors: Vec<String> = exe_refusal(id, &exe, ps, ctx).into_iter().collect();
     let ctl = control_for(id, ps, ctx, opened.remove(&opener::CONTROL), &mut errors);
     let env = env_cache.get(&env_spec(ps, ctl.as_ref()), ctx.env);
     let mut plan = match child_plan(&exe, ps, &env) {
@@ -140,6 +126,9 @@ pub(crate) fn prepare(
 
     let mut list = FdList {
         plan,
+        // Refused already: its files are not opened (none created or
+        // truncated for a proc that cannot start).
+        opens_skipped: !errors.is_empty(),
         errors,
         opened,
         ..FdList::new(id, ps, ctx, child_cwd.as_deref(), pipes)
@@ -170,6 +159,24 @@ pub(crate) fn prepare(
         kill_group: ps.kill_group,
         perf,
     }
+}
+
+/// Why `--restrict-exe` refuses the proc's `exe`, if it does.
+fn exe_refusal(id: &str, exe: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Option<String> {
+    let allowed = ctx.restrict_exe?;
+    if exe != allowed {
+        return Some(format!(
+            "proc {id}: exe {exe:?} is not allowed: this agent runs only {allowed:?} (--restrict-exe)"
+        ));
+    }
+    // A relative exe is found from the child's directory: the allowed text
+    // names the allowed program only where that is the agent's.
+    (!exe.starts_with('/') && ps.cwd.is_some()).then(|| {
+        format!(
+            "proc {id}: exe {exe:?} is not allowed with a cwd: a relative exe is found from \
+             the child's working directory, and --restrict-exe allows it only from the agent's"
+        )
+    })
 }
 
 /// The proc's resolved start state: resolved on an opener thread where it
@@ -294,6 +301,9 @@ struct FdList<'a> {
     table: HashMap<RawFd, Option<RawFd>>,
     /// Whether an fd failed for want of fds (EMFILE, ENFILE): worth a retry later.
     out_of_fds: bool,
+    /// Whether the proc was refused before its fds (its exe, a control
+    /// field): files not opened yet are then not opened at all.
+    opens_skipped: bool,
 }
 
 /// A `capture` entry's settings, borrowed from its [`FdSpec::Capture`].
@@ -334,6 +344,7 @@ impl<'a> FdList<'a> {
             created_kept: Vec::new(),
             table: (0..=2).map(|fd| (fd, Some(fd))).collect(),
             out_of_fds: false,
+            opens_skipped: false,
         }
     }
 
@@ -478,6 +489,7 @@ impl<'a> FdList<'a> {
         let at = file_path(self.ps, self.child_cwd, path);
         let r = match self.opened.remove(&index) {
             Some(Opened::File(r)) => r,
+            _ if self.opens_skipped => return Ok(None),
             _ => fd::open_for_child(&at, flags.oflags(fd), mode),
         };
         match r {
@@ -570,6 +582,7 @@ impl<'a> FdList<'a> {
     ) -> Result<Option<(Store, OwnedFd)>, Errno> {
         let r = match self.opened.remove(&index) {
             Some(Opened::Kept(r)) => r,
+            _ if self.opens_skipped => return Ok(None),
             _ => open_kept(self.id, norm, (path, dir), self.child_cwd),
         };
         let (f, at, new) = match r {
@@ -625,7 +638,15 @@ impl<'a> FdList<'a> {
 pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<OpenReq> {
     let cwd = child_cwd(ps, ctx);
     let mut opens = Vec::new();
-    if control::needs_lookups(ps) {
+    // A proc refused before its fds opens none of its files: `prepare` says
+    // why. (One whose control takes lookups is resolved first, on the
+    // opener thread, which then stops at a failure.)
+    let exe_refused = exe_refusal(id, ps.exe().unwrap_or_default(), ps, ctx).is_some();
+    let lookups = control::needs_lookups(ps);
+    if exe_refused || (!lookups && control::resolve(id, ps, &control_defaults(ctx)).is_err()) {
+        return opens;
+    }
+    if lookups {
         opens.push(OpenReq::Control {
             id: id.to_string(),
             spec: Box::new(ps.clone()),

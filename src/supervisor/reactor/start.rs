@@ -172,7 +172,7 @@ impl Reactor {
                         return;
                     }
                     // No opener thread could start: open here, as before.
-                    Err(opens) => q.opened = Some(opens.into_iter().map(opener::open).collect()),
+                    Err(opens) => q.opened = Some(opener::open_all(opens)),
                 }
             }
         }
