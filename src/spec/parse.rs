@@ -106,6 +106,16 @@ fn locate_error(json: &[u8], e: &serde_json::Error, msg: &str) -> Option<String>
                 return Some(format!("proc {id}: fd {name}: {msg}"));
             }
         }
+        for (name, limit) in spec
+            .get("rlimits")
+            .and_then(|r| r.as_object())
+            .into_iter()
+            .flatten()
+        {
+            if serde_json::from_value::<super::RlimitSpec>(limit.clone()).is_err() {
+                return Some(format!("proc {id}: rlimits.{name}: {msg}"));
+            }
+        }
         return Some(format!("proc {id}: {msg}"));
     }
     None

@@ -219,7 +219,7 @@ impl<'de> Deserialize<'de> for RlimitSpec {
                 Ok(RlimitSpec::Both(Some(v)))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RlimitSpec, E> {
-                signed(v, "a limit (null is unlimited)").map(|v| RlimitSpec::Both(Some(v)))
+                limit_u64(v).map(RlimitSpec::Both)
             }
             fn visit_unit<E: serde::de::Error>(self) -> Result<RlimitSpec, E> {
                 Ok(RlimitSpec::Both(None))
@@ -232,10 +232,10 @@ impl<'de> Deserialize<'de> for RlimitSpec {
                 mut seq: A,
             ) -> Result<RlimitSpec, A::Error> {
                 use serde::de::Error as _;
-                let soft = seq.next_element::<Option<i64>>()?;
-                let hard = seq.next_element::<Option<i64>>()?;
+                let soft = seq.next_element::<LimitValue>()?;
+                let hard = seq.next_element::<LimitValue>()?;
                 match (soft, hard, seq.next_element::<serde::de::IgnoredAny>()?) {
-                    (Some(s), Some(h), None) => Ok(RlimitSpec::Pair(s, h)),
+                    (Some(s), Some(h), None) => Ok(RlimitSpec::Pair(s.0, h.0)),
                     _ => Err(A::Error::custom(format_args!(
                         "not [soft, hard]: {EXPECTED}"
                     ))),
@@ -243,6 +243,47 @@ impl<'de> Deserialize<'de> for RlimitSpec {
             }
         }
         d.deserialize_any(Limit)
+    }
+}
+
+/// A limit past `i64`: `RLIM_INFINITY` (2^64 − 1, as `ulimit` and C code
+/// write "unlimited") is unlimited, as `null` is; any other is refused.
+fn limit_u64<E: serde::de::Error>(v: u64) -> Result<Option<i64>, E> {
+    if v == u64::MAX {
+        return Ok(None);
+    }
+    signed(
+        v,
+        "a limit (the largest is 9223372036854775807; null or 18446744073709551615 is unlimited)",
+    )
+    .map(Some)
+}
+
+/// One number of `[soft, hard]`: a limit, or `null` (unlimited).
+struct LimitValue(Option<i64>);
+
+impl<'de> Deserialize<'de> for LimitValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = LimitValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a limit: a number, or null (unlimited)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<LimitValue, E> {
+                Ok(LimitValue(Some(v)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<LimitValue, E> {
+                limit_u64(v).map(LimitValue)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<LimitValue, E> {
+                Ok(LimitValue(None))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<LimitValue, E> {
+                Ok(LimitValue(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -673,18 +673,32 @@ fn rlimits_of_every_shape_parse_and_a_wrong_shape_is_told_the_shapes() {
     assert_eq!(r["core"], RlimitSpec::Both(Some(0)));
     assert_eq!(r["cpu"], RlimitSpec::Both(None));
     assert_eq!(r["stack"], RlimitSpec::Pair(None, Some(5)));
+    // RLIM_INFINITY as a number is unlimited too.
+    let input = parse(
+        r#"{"specs": {"p": {"argv": ["x"], "rlimits":
+            {"core": 18446744073709551615, "as": [1, 18446744073709551615]}}}}"#,
+    )
+    .unwrap();
+    let r = &input.specs.get("p").unwrap().rlimits;
+    assert_eq!(r["core"], RlimitSpec::Both(None));
+    assert_eq!(r["as"], RlimitSpec::Pair(Some(1), None));
     for (limit, told) in [
         (r#"{"soft": 10, "hard": 20}"#, "invalid type: map"),
         ("[1]", "not [soft, hard]"),
         ("[1, 2, 3]", "not [soft, hard]"),
         ("1.5", "invalid type: floating point"),
         ("\"unlimited\"", "invalid type: string"),
-        ("18446744073709551615", "too large for a limit"),
+        ("18446744073709551614", "too large for a limit"),
+        ("[1, 9223372036854775808]", "too large for a limit"),
     ] {
         let msg = json_err(&format!(
             r#"{{"specs": {{"p": {{"argv": ["x"], "rlimits": {{"nofile": {limit}}}}}}}}}"#
         ));
         assert!(msg.contains(told), "{limit}: {msg}");
+        assert!(
+            msg.starts_with("proc p: rlimits.nofile: "),
+            "{limit}: {msg}"
+        );
         if !told.starts_with("too large") {
             assert!(
                 msg.contains("[soft, hard], one number for both, or null"),
