@@ -389,6 +389,7 @@ pub fn run(args: Args) -> u8 {
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         restrict_exe: args.restrict_exe.clone(),
         report_env: args.report_env,
+        own_stdin_stdout: args.stdio,
         ..Config::default()
     };
     if let Some(b) = args.backend {

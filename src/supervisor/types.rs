@@ -63,6 +63,10 @@ pub struct Config {
     /// Whether results carry each child's environment unless its spec says
     /// (`env.report`); off by default (`--report-env`).
     pub report_env: bool,
+    /// Whether the agent's standard input and output are its own (its
+    /// protocol, `--stdio`): a child whose spec names no fd 0 or 1 gets
+    /// `/dev/null` there instead of inheriting them. Off by default.
+    pub own_stdin_stdout: bool,
     /// Threads beside the reactor that clone and wait out each child's exec
     /// (default 2, so execs overlap on several cores; at most 64). 0: the reactor spawns
     /// every child itself, which saves two thread hand-offs per process (the
@@ -102,6 +106,7 @@ impl Default for Config {
             max_running: None,
             restrict_exe: None,
             report_env: false,
+            own_stdin_stdout: false,
             spawn_threads: 2,
             thread_slice: Some(std::time::Duration::from_micros(100)),
             read_proc_at_exit: true,

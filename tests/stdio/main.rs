@@ -133,6 +133,45 @@ fn stdio_runs_a_process_serves_its_output_and_ends_at_eof() {
     assert_eq!(a.child.wait().expect("wait").code(), Some(0));
 }
 
+// The agent's stdin and stdout are its protocol: a child that does not name
+// fds 0 and 1 gets /dev/null there, so it can neither read the requests nor
+// write into the replies. (It read them, and wrote `STOLEN: {...}` lines.)
+#[test]
+fn children_do_not_inherit_the_protocol_stdin_and_stdout() {
+    let mut a = agent(&[]);
+    a.send(&json!({"type": "ProcStartRequest", "specs": {
+        "thief": {"argv": ["/bin/sh", "-c",
+                           "sed 's/^/STOLEN: /'; echo loose; readlink /proc/self/fd/0 >&2"]},
+        "named": {"argv": ["/bin/sh", "-c", "echo kept"],
+                  "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}]]}}}));
+    for _ in 0..20 {
+        a.send(&json!({"type": "ProcResultRequest", "proc_id": "named"}));
+    }
+    let mut answered = 0;
+    let mut thief_done = false;
+    let mut kept = None;
+    while answered < 20 || !thief_done || kept.is_none() {
+        // `next` fails on a line that is not JSON, such as the child's.
+        let m = a.next();
+        if m["type"] != "ProcResult" {
+            continue;
+        }
+        let ended = m["res"]["state"] == "terminated";
+        if m["proc_id"] == "thief" {
+            thief_done |= ended;
+        } else {
+            answered += 1;
+            if ended {
+                kept = Some(m["res"]["fds"]["stdout"]["text"].clone());
+            }
+        }
+    }
+    assert_eq!(kept.unwrap(), "kept\n");
+    a.stdin = None;
+    while a.next()["shutdown_state"] != "done" {}
+    assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+}
+
 #[test]
 fn stdio_answers_garbage_with_errors_and_keeps_serving() {
     let mut a = agent(&[]);

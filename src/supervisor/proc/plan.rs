@@ -44,6 +44,8 @@ pub(crate) struct PlanContext<'a> {
     pub report_env: bool,
     /// `/dev/null`, opened once per way of opening it.
     pub null: &'a NullFds,
+    /// Whether unnamed fds 0 and 1 are `/dev/null` (`Config::own_stdin_stdout`).
+    pub own_stdin_stdout: bool,
 }
 
 impl<'a> PlanContext<'a> {
@@ -70,6 +72,7 @@ impl<'a> PlanContext<'a> {
             restrict_exe: config.restrict_exe.as_deref(),
             report_env: config.report_env,
             null,
+            own_stdin_stdout: config.own_stdin_stdout,
         }
     }
 }
@@ -133,6 +136,20 @@ pub(crate) fn prepare(
         opened,
         ..FdList::new(id, ps, ctx, child_cwd.as_deref(), pipes)
     };
+    if ctx.own_stdin_stdout {
+        // The agent's stdin and stdout are its protocol: a child that does
+        // not name them must not read its requests or write into its replies.
+        for fd in [0, 1] {
+            if !ps
+                .fds
+                .iter()
+                .any(|(n, _)| spec::parse_fd_name(n).ok() == Some(fd))
+            {
+                let null = list.null(fd, spec::OpenFlag::Default).map(Some);
+                list.install(fd, null, None);
+            }
+        }
+    }
     for (index, (name, fs)) in ps.fds.iter().enumerate() {
         list.entry(index, name, fs);
     }
@@ -821,6 +838,7 @@ mod tests {
             restrict_exe,
             report_env: false,
             null,
+            own_stdin_stdout: false,
         }
     }
 
