@@ -142,23 +142,25 @@ fn children_do_not_inherit_the_protocol_stdin_and_stdout() {
     a.send(&json!({"type": "ProcStartRequest", "specs": {
         "thief": {"argv": ["/bin/sh", "-c",
                            "sed 's/^/STOLEN: /'; echo loose; readlink /proc/self/fd/0 >&2"]},
+        "heir": {"argv": ["/bin/sh", "-c", "sed 's/^/STOLEN: /'"],
+                 "fds": [["stdin", "inherit"], ["stdout", "inherit"]]},
         "named": {"argv": ["/bin/sh", "-c", "echo kept"],
                   "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}]]}}}));
     for _ in 0..20 {
         a.send(&json!({"type": "ProcResultRequest", "proc_id": "named"}));
     }
     let mut answered = 0;
-    let mut thief_done = false;
+    let mut thieves_done = 0;
     let mut kept = None;
-    while answered < 20 || !thief_done || kept.is_none() {
+    while answered < 20 || thieves_done < 2 || kept.is_none() {
         // `next` fails on a line that is not JSON, such as the child's.
         let m = a.next();
         if m["type"] != "ProcResult" {
             continue;
         }
         let ended = m["res"]["state"] == "terminated";
-        if m["proc_id"] == "thief" {
-            thief_done |= ended;
+        if m["proc_id"] == "thief" || m["proc_id"] == "heir" {
+            thieves_done += usize::from(ended);
         } else {
             answered += 1;
             if ended {

@@ -140,11 +140,10 @@ pub(crate) fn prepare(
         // The agent's stdin and stdout are its protocol: a child that does
         // not name them must not read its requests or write into its replies.
         for fd in [0, 1] {
-            if !ps
-                .fds
-                .iter()
-                .any(|(n, _)| spec::parse_fd_name(n).ok() == Some(fd))
-            {
+            let named = ps.fds.iter().any(|(n, fs)| {
+                spec::parse_fd_name(n).ok() == Some(fd) && !matches!(fs, FdSpec::Inherit)
+            });
+            if !named {
                 let null = list.null(fd, spec::OpenFlag::Default).map(Some);
                 list.install(fd, null, None);
             }
