@@ -580,10 +580,12 @@ impl PackedHeadTail {
         }
         let gap_lo = start.max(self.head_len);
         let gap_hi = stop.min(tail_start);
+        let missing = (gap_lo < gap_hi).then_some(gap_lo..gap_hi);
         Ok(ReadInfo {
             start,
             stop,
-            missing: (gap_lo < gap_hi).then_some(gap_lo..gap_hi),
+            dropped: missing.as_ref().map(|_| self.head_len..tail_start),
+            missing,
         })
     }
 }

@@ -47,6 +47,9 @@ pub struct ReadInfo {
     /// stream and therefore was not copied; `None` when every byte of the
     /// range was held.
     pub missing: Option<Range<u64>>,
+    /// The whole dropped middle, when `missing` is set: where the held bytes
+    /// resume is its end.
+    pub dropped: Option<Range<u64>>,
 }
 
 impl ReadInfo {
@@ -523,6 +526,7 @@ fn read_parts(
     let gap_lo = start.max(head_end);
     let gap_hi = stop.min(tail_start);
     let missing = (gap_lo < gap_hi).then_some(gap_lo..gap_hi);
+    let dropped = missing.as_ref().map(|_| head_end..tail_start);
 
     // Tail part: [max(start, tail_start), stop), as offsets into the tail.
     let from = start.max(tail_start);
@@ -541,6 +545,7 @@ fn read_parts(
         start,
         stop,
         missing,
+        dropped,
     }
 }
 
@@ -572,7 +577,8 @@ mod tests {
             ReadInfo {
                 start: 0,
                 stop: 0,
-                missing: None
+                missing: None,
+                dropped: None
             }
         );
         assert!(out.is_empty());
@@ -684,7 +690,8 @@ mod tests {
             ReadInfo {
                 start: 1,
                 stop: 9,
-                missing: Some(3..7)
+                missing: Some(3..7),
+                dropped: Some(3..7)
             }
         );
         assert_eq!(info.copied(), 4);

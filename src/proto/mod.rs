@@ -440,11 +440,15 @@ fn fd_data_reply(
 ) -> Reply {
     let text = d.encoding == Encoding::Utf8;
     match d.missing {
-        Some(m) if m.start <= d.start => msg.error(format!(
-            "fd {fd}: bytes {}..{} of {} were dropped (head/tail capture); \
-             the next byte held is {}",
-            m.start, m.end, d.length, m.end
-        )),
+        Some(m) if m.start <= d.start => {
+            // The whole dropped middle: the bytes asked for may end inside it.
+            let gone = d.dropped.unwrap_or(m);
+            msg.error(format!(
+                "fd {fd}: bytes {}..{} of {} were dropped (head/tail capture); \
+                 the next byte held is {}",
+                gone.start, gone.end, d.length, gone.end
+            ))
+        }
         Some(m) => {
             let held = usize::try_from(m.start - d.start).unwrap_or(usize::MAX);
             Reply::ProcFdData {

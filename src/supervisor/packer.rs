@@ -113,6 +113,7 @@ impl Packed {
                     start,
                     stop,
                     missing: None,
+                    dropped: None,
                 })
             }
         }

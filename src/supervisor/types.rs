@@ -189,6 +189,9 @@ pub struct FdData {
     pub length: u64,
     /// The part of the range that fell in a head/tail capture's dropped middle.
     pub missing: Option<std::ops::Range<u64>>,
+    /// The whole dropped middle, when `missing` is set (the held bytes resume
+    /// at its end).
+    pub dropped: Option<std::ops::Range<u64>>,
     /// The capture's encoding (`None` is raw bytes/base64).
     pub encoding: spec::Encoding,
     /// The bytes held for `[start, stop)`, minus `missing`.

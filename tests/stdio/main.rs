@@ -174,6 +174,38 @@ fn children_do_not_inherit_the_protocol_stdin_and_stdout() {
     assert_eq!(a.child.wait().expect("wait").code(), Some(0));
 }
 
+// A range inside a head/tail capture's dropped middle is refused naming the
+// whole middle, so the next byte held is where the tail starts (it named the
+// end of the range asked for, itself dropped).
+#[test]
+fn a_range_in_the_dropped_middle_names_where_the_held_bytes_resume() {
+    let mut a = agent(&["--capture-head", "1K", "--capture-tail", "1K"]);
+    a.send(&json!({"type": "ProcStartRequest", "specs": {
+        "big": {"argv": ["/bin/sh", "-c", "head -c 100000 /dev/zero"],
+                "fds": [["stdout", {"capture": {"mode": "memory"}}]]}}}));
+    let _ = a.final_result("big");
+    a.send(
+        &json!({"type": "ProcFdDataRequest", "proc_id": "big", "fd": "stdout",
+                   "start": 2000, "stop": 2010}),
+    );
+    let e = a.next_of("RequestError");
+    let err = e["err"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("bytes 1024..98976 of 100000 were dropped")
+            && err.ends_with("the next byte held is 98976"),
+        "{err}"
+    );
+    a.send(
+        &json!({"type": "ProcFdDataRequest", "proc_id": "big", "fd": "stdout",
+                   "start": 98976, "stop": 98986}),
+    );
+    let d = a.next_of("ProcFdData");
+    assert_eq!(
+        (d["start"].clone(), d["stop"].clone()),
+        (json!(98976), json!(98986))
+    );
+}
+
 #[test]
 fn stdio_answers_garbage_with_errors_and_keeps_serving() {
     let mut a = agent(&[]);
