@@ -27,15 +27,22 @@
 //! Results in pushes show captures as `detached` (their length): the bytes
 //! went by the output pushes.
 //!
-//! Delivery: pushes of one capture go one at a time, in order. A push that
-//! fails to connect, or is answered 5xx, 408 or 429, is sent again every
-//! `retry_frequency` seconds until `timeout` seconds have passed since its
-//! first try; any other 4xx is reported and not sent again. The bytes wait
-//! in the capture meanwhile (a kept file with `--spool`, else the memory
-//! capture's head and tail: with a server down for long, a middle beyond
-//! the bounds is dropped, and the next push's offset says where it
-//! resumes), so a receiver that deduplicates by offset gets every byte
-//! once.
+//! Delivery: pushes of one capture go one at a time, in order; processes and
+//! captures go side by side. A push that fails to connect, is answered 5xx,
+//! 408 or 429, or gets no answer, is sent again every `retry_frequency`
+//! seconds until the server has been failing for `timeout` seconds (from
+//! the push's first try, or from the first failure of pushes before it that
+//! has not been followed by a delivery: a server down throughout costs one
+//! timeout, not one per push); any other 4xx is reported and not sent again.
+//! The bytes wait in the capture meanwhile: a kept file with `--spool`, else
+//! the memory capture's head and tail. A middle beyond those bounds is
+//! dropped when the server is down for long, or when the child writes faster
+//! than the server takes pushes (memory stays bounded: the child is not slowed
+//! down for the server); the next push's offset says where it resumes, and
+//! the final result's `dropped` says which bytes are gone. A receiver that
+//! deduplicates by offset gets every byte it is sent once.
+//!
+//! A query string in the URL goes on every push, after the push's own.
 //!
 //! The agent prints one running-state JSON line at start: its pid, and each
 //! process's pid and start time. SIGTERM to the agent reaches the program
@@ -52,8 +59,10 @@ use std::time::{Duration, Instant};
 /// Where and how to push.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Callback {
-    /// The base URL.
+    /// The base URL, without its query string.
     pub url: String,
+    /// The base URL's query string (without `?`), added to every push's.
+    pub query: Option<String>,
     /// The HTTP method of every push.
     pub method: String,
     /// A bearer token.
@@ -77,12 +86,49 @@ pub fn parse(raw: &[u8], stdin_dir: &std::path::Path) -> Result<(Callback, Input
         .remove("callback")
         .ok_or("no \"callback\" in the input")?;
     let config = obj.remove("config").unwrap_or_else(|| json!({}));
+    // A misspelt setting would otherwise be dropped without a word.
+    known_keys("callback", &cb, &["url", "method", "token"])?;
+    known_keys(
+        "config",
+        &config,
+        &[
+            "retry_frequency",
+            "timeout",
+            "output_buffer",
+            "output_latency",
+        ],
+    )?;
+    if obj.contains_key("program") && obj.contains_key("specs") {
+        return Err("give \"program\" or \"specs\", not both".into());
+    }
     let url = cb["url"]
         .as_str()
-        .ok_or("callback: \"url\" must be a string")?
-        .trim_end_matches('/')
-        .to_string();
+        .ok_or("callback: \"url\" must be a string")?;
+    if url.contains('#') {
+        return Err(format!(
+            "callback url: {url:?} has a fragment (#…), which is never sent"
+        ));
+    }
+    // A query string goes after each push's path, with the push's own.
+    let (url, query) = match url.split_once('?') {
+        Some((base, q)) => (base, Some(q.to_string()).filter(|q| !q.is_empty())),
+        None => (url, None),
+    };
+    let url = url.trim_end_matches('/').to_string();
     crate::client::parse_url(&url).map_err(|e| format!("callback url: {e}"))?;
+    let token = match &cb["token"] {
+        Value::Null => None,
+        Value::String(t) if t.chars().any(char::is_control) => {
+            return Err("callback: \"token\" holds a control character (a newline?)".into());
+        }
+        Value::String(t) => Some(t.clone()),
+        _ => return Err("callback: \"token\" must be a string".into()),
+    };
+    let method = match &cb["method"] {
+        Value::Null => "POST".to_string(),
+        Value::String(m) => m.to_ascii_uppercase(),
+        _ => return Err("callback: \"method\" must be a string".into()),
+    };
     let num = |name: &str, default: f64| -> Result<f64, String> {
         match config.get(name) {
             None | Some(Value::Null) => Ok(default),
@@ -96,8 +142,9 @@ pub fn parse(raw: &[u8], stdin_dir: &std::path::Path) -> Result<(Callback, Input
     };
     let callback = Callback {
         url,
-        method: cb["method"].as_str().unwrap_or("POST").to_ascii_uppercase(),
-        token: cb["token"].as_str().map(str::to_string),
+        query,
+        method,
+        token,
         retry_frequency: num("retry_frequency", 5.0)?.max(0.01),
         timeout: num("timeout", 300.0)?,
         output_buffer: (num("output_buffer", 65536.0)? as usize).max(1),
@@ -114,8 +161,25 @@ pub fn parse(raw: &[u8], stdin_dir: &std::path::Path) -> Result<(Callback, Input
     Ok((callback, watchable(input)))
 }
 
+/// An error naming the first key of `v` (an object, if anything) not in
+/// `known`.
+fn known_keys(what: &str, v: &Value, known: &[&str]) -> Result<(), String> {
+    match v {
+        Value::Object(m) => match m.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(format!(
+                "{what}: unknown key {k:?} (known: {})",
+                known.join(", ")
+            )),
+            None => Ok(()),
+        },
+        Value::Null => Ok(()),
+        _ => Err(format!("{what} must be a JSON object")),
+    }
+}
+
 /// The one-process spec of a `program` object.
 fn program_spec(p: &Value, stdin_dir: &std::path::Path) -> Result<Input, String> {
+    known_keys("program", p, &["argv", "cwd", "env", "stdin"])?;
     let argv = p
         .get("argv")
         .and_then(Value::as_array)
@@ -180,6 +244,11 @@ struct Pusher {
     client: Client,
     cb: Callback,
     method: Method,
+    /// Since when every push has failed (`None`: the last one arrived). A
+    /// push gives up once the server has been failing for `timeout`, from
+    /// its own first try or from this, whichever is earlier: with the server
+    /// down, pushes do not each wait out a timeout of their own in turn.
+    failing_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Pusher {
@@ -190,30 +259,73 @@ impl Pusher {
         body: (&'static str, Bytes),
         headers: &[(&'static str, String)],
     ) -> Result<(), Undelivered> {
+        let path = self.with_query(path);
+        let timeout = Duration::from_secs_f64(self.cb.timeout);
         let first = Instant::now();
         loop {
-            let why = match self
-                .client
-                .send_body(self.method.clone(), path, Some(body.clone()), headers)
-                .await
-            {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    // The body is not wanted, but read it so the server is done.
-                    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
-                    match status {
-                        200..=299 => return Ok(()),
-                        408 | 429 | 500..=599 => format!("answered {status}"),
-                        _ => return Err(Undelivered::Refused(status)),
-                    }
-                }
-                Err(e) => e.to_string(),
+            let since = self.failing().map_or(first, |f| f.min(first));
+            // A request in flight is bounded too: a server that takes it and
+            // never answers must not hold the push (and the agent) for good.
+            let left = (since + timeout)
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1));
+            let attempt = async {
+                let r = self
+                    .client
+                    .send_body(self.method.clone(), &path, Some(body.clone()), headers)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = r.status().as_u16();
+                // The body is not wanted, but read it so the server is done.
+                let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                Ok::<u16, String>(status)
             };
-            if first.elapsed().as_secs_f64() >= self.cb.timeout {
+            let why = match tokio::time::timeout(left, attempt).await {
+                Ok(Ok(status)) => match status {
+                    200..=299 => {
+                        self.set_failing(false);
+                        return Ok(());
+                    }
+                    408 | 429 | 500..=599 => format!("answered {status}"),
+                    _ => {
+                        self.set_failing(false);
+                        return Err(Undelivered::Refused(status));
+                    }
+                },
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer within {:.1} s", left.as_secs_f64()),
+            };
+            self.set_failing(true);
+            let since = self.failing().map_or(first, |f| f.min(first));
+            if since.elapsed() >= timeout {
                 return Err(Undelivered::GaveUp(why));
             }
             tracing::debug!("callback {path}: {why}; trying again");
             tokio::time::sleep(Duration::from_secs_f64(self.cb.retry_frequency)).await;
+        }
+    }
+
+    /// Since when pushes have been failing, if they are.
+    fn failing(&self) -> Option<Instant> {
+        *self.failing_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a push failing (from now, unless already) or arriving.
+    fn set_failing(&self, failing: bool) {
+        let mut f = self.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+        *f = match (failing, *f) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(Instant::now()),
+            (false, _) => None,
+        };
+    }
+
+    /// `path` (which may have a query string) with the base URL's query.
+    fn with_query(&self, path: &str) -> String {
+        match &self.cb.query {
+            None => path.to_string(),
+            Some(q) if path.contains('?') => format!("{path}&{q}"),
+            Some(q) => format!("{path}?{q}"),
         }
     }
 
@@ -297,7 +409,12 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
         }
     };
     let method = Method::from_bytes(cb.method.as_bytes()).unwrap_or(Method::POST);
-    let p = Pusher { client, cb, method };
+    let p = Pusher {
+        client,
+        cb,
+        method,
+        failing_since: std::sync::Mutex::new(None),
+    };
     // Running-state line: the agent's pid and each process's.
     let mut procs = serde_json::Map::new();
     let mut captures = Vec::new();
@@ -319,31 +436,36 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
         json!({"state": "running", "pid": std::process::id(), "procs": procs})
     );
     let mut failures = Vec::new();
-    for id in &ids {
-        if let Some(r) = handle.result_brief(id).await {
-            if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
-                failures.push(format!("state of {id}: {e}"));
-            }
-        }
-    }
     let outputs = futures_util::future::join_all(
         captures
             .iter()
             .map(|(id, fd)| push_output(&p, &handle, id, fd)),
     );
-    // Each process's end, by waiting on it (not on events, which a process
-    // that ended before this began would never send again).
+    // Each process's states, in order: as it is now, then its end, by
+    // waiting on it (not on events, which a process that ended before this
+    // began would never send again). Processes go side by side, so one whose
+    // push waits on the server holds up no other.
     let states = async {
         let (handle, p) = (&handle, &p);
-        let ends = ids.iter().map(|id| async move {
-            handle.wait(id).await?;
-            let r = handle.result_brief(id).await?;
-            p.push_json("/state", &json!({"id": id, "result": r}))
-                .await
-                .err()
-                .map(|e| format!("state of {id}: {e}"))
+        let each = ids.iter().map(|id| async move {
+            let mut failed = Vec::new();
+            let mut pushed_final = false;
+            if let Some(r) = handle.result_brief(id).await {
+                pushed_final = r.state != crate::result::State::Running;
+                if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
+                    failed.push(format!("state of {id}: {e}"));
+                }
+            }
+            if !pushed_final && handle.wait(id).await.is_some() {
+                if let Some(r) = handle.result_brief(id).await {
+                    if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
+                        failed.push(format!("state of {id}: {e}"));
+                    }
+                }
+            }
+            failed
         });
-        futures_util::future::join_all(ends)
+        futures_util::future::join_all(each)
             .await
             .into_iter()
             .flatten()
@@ -431,6 +553,50 @@ mod tests {
         );
         assert!(
             e(r#"{"program": {"argv": "ls"}, "callback": {"url": "http://x"}}"#).contains("argv")
+        );
+        // Misspelt or mistyped settings, said rather than dropped.
+        let cases = [
+            (
+                r#"{"specs": {}, "callback": {"url": "http://x", "tokn": "t"}}"#,
+                "unknown key \"tokn\"",
+            ),
+            (
+                r#"{"specs": {}, "callback": {"url": "http://x"}, "config": {"retry_frequncy": 1}}"#,
+                "config: unknown key \"retry_frequncy\"",
+            ),
+            (
+                r#"{"program": {"argv": ["ls"], "cmd": 1}, "callback": {"url": "http://x"}}"#,
+                "program: unknown key \"cmd\"",
+            ),
+            (
+                r#"{"specs": {}, "callback": {"url": "http://x", "token": 5}}"#,
+                "\"token\" must be a string",
+            ),
+            (
+                r#"{"specs": {}, "callback": {"url": "http://x", "token": "a\nb"}}"#,
+                "control character",
+            ),
+            (
+                r#"{"specs": {}, "callback": {"url": "http://x/#frag"}}"#,
+                "fragment",
+            ),
+            (
+                r#"{"specs": {}, "program": {"argv": ["ls"]}, "callback": {"url": "http://x"}}"#,
+                "not both",
+            ),
+        ];
+        for (raw, want) in cases {
+            let got = e(raw);
+            assert!(got.contains(want), "{raw}: {got}");
+        }
+        let (cb, _) = parse(
+            br#"{"specs": {}, "callback": {"url": "http://x/hook/?job=42"}}"#,
+            d.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            (cb.url.as_str(), cb.query.as_deref()),
+            ("http://x/hook", Some("job=42"))
         );
     }
 }

@@ -273,3 +273,92 @@ fn sigterm_to_the_agent_reaches_the_program_and_its_end_is_pushed() {
         "{done}"
     );
 }
+
+/// Runs `chaperone --callback` on `input`; its output and how long it took.
+fn run_callback(input: &Value) -> (std::process::Output, Duration) {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("in.json");
+    std::fs::write(&path, serde_json::to_vec(input).unwrap()).unwrap();
+    let t0 = Instant::now();
+    let out = Command::new(util::bin())
+        .arg("--callback")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (out, t0.elapsed())
+}
+
+// A server that takes each request and never answers: every push is given up
+// once `timeout` has passed (it hung for good).
+#[test]
+fn a_server_that_never_answers_is_given_up_after_the_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let (out, took) = run_callback(&json!({
+        "specs": {"e": {"argv": ["/bin/echo", "hi"], "fds": [["stdout", util::mem_utf8()]]}},
+        "callback": {"url": format!("http://127.0.0.1:{port}")},
+        "config": {"retry_frequency": 0.2, "timeout": 2},
+    }));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no answer within"), "{err}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+// With the server down throughout, pushes give up together once it has been
+// down for `timeout`, not one timeout after another (ten processes took
+// (10 + 2) × timeout).
+#[test]
+fn a_server_down_throughout_is_given_up_once_not_per_push() {
+    let port = util::free_port();
+    let specs: serde_json::Map<String, Value> = (0..10)
+        .map(|i| (format!("p{i}"), json!({"argv": ["/bin/true"]})))
+        .collect();
+    let (out, took) = run_callback(&json!({
+        "specs": specs,
+        "callback": {"url": format!("http://127.0.0.1:{port}")},
+        "config": {"retry_frequency": 0.2, "timeout": 2},
+    }));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("given up after the timeout"), "{err}");
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+}
+
+// A query string in the URL is kept on every push, after the push's own.
+#[test]
+fn a_query_string_in_the_url_goes_on_every_push() {
+    let port = util::free_port();
+    let seen = server(port, Duration::ZERO, Duration::ZERO, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let (out, _) = run_callback(&json!({
+        "specs": {"e": {"argv": ["/bin/echo", "hi"], "fds": [["stdout", util::mem_utf8()]]}},
+        "callback": {"url": format!("http://127.0.0.1:{port}/hook?job=42")},
+    }));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paths: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(
+        paths.contains(&"/hook/state?job=42".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/hook/output/stdout?proc=e&offset=0&job=42".to_string()),
+        "{paths:?}"
+    );
+    assert_eq!(paths.last().unwrap(), "/hook/completed?job=42");
+}
