@@ -70,7 +70,8 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 /// Decodes one request line.
 pub fn decode_line(line: &[u8]) -> Decoded {
     Decoded::from_value(
-        serde_json::from_slice::<serde_json::Value>(line)
+        serde_json::from_slice::<super::Strict>(line)
+            .map(|s| s.0)
             .map_err(|e| format!("not a JSON object: {e}")),
     )
 }

@@ -235,6 +235,21 @@ fn stdio_answers_garbage_with_errors_and_keeps_serving() {
         json!({"type": "Bogus", "x": 1}),
         "the request is echoed"
     );
+    // A key given twice (a proc id here) is refused, not quietly taken as
+    // the last of them (only "second" ran).
+    a.send_raw(
+        br#"{"type":"ProcStartRequest","specs":{"d":{"argv":["/bin/echo","first"]},"d":{"argv":["/bin/echo","second"]}}}"#,
+    );
+    let e = a.next_of("RequestError");
+    assert!(
+        e["err"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the key \"d\" is given twice"),
+        "{e}"
+    );
+    a.send(&json!({"type": "ProcResultRequest", "proc_id": "d"}));
+    assert_eq!(a.next_of("ProcUnknown")["proc_id"], "d", "nothing started");
     a.send(&json!({"type": "ProcSignalRequest", "proc_id": "nope", "signum": 15}));
     assert_eq!(a.next_of("ProcUnknown")["proc_id"], "nope");
     a.send(&json!({"type": "ProcStartRequest", "specs": {"x": {"argv": []}}}));
