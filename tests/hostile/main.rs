@@ -41,11 +41,22 @@ fn a_fifo_with_no_peer_delays_only_its_own_process() {
         (State::Running, None),
         "p waits, unstarted"
     );
+    // Its capture holds nothing yet; one it does not have is still no fd.
+    // (Asserted once p has its writer: a waiting p would hold the agent's
+    // drop after a failed assertion.)
+    let early = a.fd_data("p", "stdout", 0, None);
+    let absent = a.fd_data("p", "stderr", 0, None);
     // A writer: p opens, starts and reads what is written.
     std::fs::write(&f, b"through the fifo\n").unwrap();
     let res = wait(&a, "p");
     assert_eq!(string_of(&res, "stdout"), "through the fifo\n");
     assert!(t.elapsed() < Duration::from_secs(60));
+    let d = early.expect("an empty range while p waited");
+    assert_eq!((d.start, d.stop, d.length, d.data.len()), (0, 0, 0, 0));
+    assert!(
+        matches!(absent, Err(chaperone::FdDataError::NoFd(_))),
+        "{absent:?}"
+    );
 }
 
 #[test]

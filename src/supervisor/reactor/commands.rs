@@ -4,7 +4,7 @@
 use super::super::command::{Command, StartAnswer};
 use super::super::error::{FdDataError, ProcError};
 use super::super::outlimit;
-use super::super::proc::{Proc, Snapshot};
+use super::super::proc::{self, Proc, Snapshot};
 use super::super::status;
 use super::super::types::{Event, FdWaited, ShutdownState};
 use super::waiters::DataWaiter;
@@ -136,18 +136,34 @@ impl Reactor {
                 reply(r);
             }
             Command::FdData(id, fd, (start, stop), reply) => {
-                let r = match self.table.serial(&id).and_then(|s| self.table.get(s)) {
+                let serial = self.table.serial(&id);
+                let r = match serial.and_then(|s| self.table.get(s)) {
                     None => Err(FdDataError::Unknown(id)),
                     Some(p) => {
                         let norm = spec::parse_fd_name(&fd)
                             .map(spec::fd_name)
                             .unwrap_or(fd.clone());
-                        match p.captures.iter().find(|c| c.name == norm) {
+                        let found = p.captures.iter().find(|c| c.name == norm);
+                        let unstarted = serial.filter(|_| found.is_none()).and_then(|s| {
+                            // Not started yet (queued, or opening its files):
+                            // a capture its spec names holds nothing so far.
+                            self.unstarted_capture(s, &norm)
+                        });
+                        match (found, unstarted) {
+                            (Some(c), _) => Ok((c.range(start, stop), c.encoding)),
+                            (None, Some(encoding)) => Ok((
+                                proc::Content::Counts {
+                                    len: 0,
+                                    dropped: None,
+                                    held: 0,
+                                    limited: false,
+                                },
+                                encoding,
+                            )),
                             // Procstar's wording names the number: "no fd: 2".
-                            None => Err(FdDataError::NoFd(
+                            (None, None) => Err(FdDataError::NoFd(
                                 spec::parse_fd_name(&fd).map_or(fd, |n| n.to_string()),
                             )),
-                            Some(c) => Ok((c.range(start, stop), c.encoding)),
                         }
                     }
                 };

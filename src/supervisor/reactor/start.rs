@@ -314,6 +314,25 @@ impl Reactor {
         Some(Ok(()))
     }
 
+    /// The encoding of the capture named `norm` (a normalised fd name) that
+    /// process `serial`'s spec asks for, if it has not started (queued, or
+    /// opening its files): its captures are made when it launches.
+    pub(super) fn unstarted_capture(&self, serial: u64, norm: &str) -> Option<spec::Encoding> {
+        let spec = match self.table.get(serial)?.life {
+            Life::Queued => &self.queue.iter().find(|q| q.serial == serial)?.spec,
+            Life::Opening => &self.opening.get(&serial)?.q.spec,
+            _ => return None,
+        };
+        spec.fds.iter().find_map(|(name, fs)| match fs {
+            spec::FdSpec::Capture { encoding, .. }
+                if spec::parse_fd_name(name).map(spec::fd_name).ok().as_deref() == Some(norm) =>
+            {
+                Some(*encoding)
+            }
+            _ => None,
+        })
+    }
+
     /// Counts process `serial` as done for its start request's answer, which
     /// goes out once every process of the request is.
     pub(super) fn answer_request(&mut self, serial: u64) {
