@@ -597,10 +597,11 @@ pub async fn notifications(
             Event::Compressed(..) => {}
             Event::Missed(n) => {
                 tracing::warn!("{n} events missed; sending every result");
-                // A missed shutdown change would never come again.
+                // A missed shutdown change would never come again. (Still
+                // active: there was none to miss.)
                 let s = handle.shutdown_state().await;
                 states.push(s);
-                if s != ShutdownState::Done {
+                if s != ShutdownState::Done && s != ShutdownState::Active {
                     slots.push(Slot::Reply(Reply::ShutDown { shutdown_state: s }));
                 }
                 for id in handle.proc_ids().await {

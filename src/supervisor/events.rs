@@ -130,8 +130,11 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    /// Events a subscriber may have waiting before further ones are missed.
-    pub const CAPACITY: usize = 4096;
+    /// Events a subscriber may have waiting before further ones are missed:
+    /// two per process for a burst of 30,000 processes, at some 64 bytes
+    /// each (4 MiB). (4,096 made a client of `--stdio` that paused for a
+    /// second during a 3,000-process start miss events.)
+    pub const CAPACITY: usize = 65_536;
 
     /// A subscription and the reactor's end of it, queueing at most `capacity`.
     pub(crate) fn new(capacity: usize) -> (Subscription, Publisher) {
