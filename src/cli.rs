@@ -88,7 +88,7 @@ pub struct Args {
     #[arg(long, value_name = "ID", default_value = "default")]
     pub group_id: String,
     /// The connection id (default: a random UUID).
-    #[arg(long, value_name = "ID", hide = true)]
+    #[arg(long, value_name = "ID")]
     pub conn_id: Option<String>,
     /// First wait before reconnecting (seconds).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "1")]
@@ -103,7 +103,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = u64::MAX)]
     pub connect_count_max: u64,
     /// Reconnect when nothing has come from the server for this long (seconds).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "60", hide = true)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "60")]
     pub agent_read_timeout: Duration,
     /// Serve Procstar's HTTP API (see docs/http.md).
     #[arg(short, long)]
@@ -262,6 +262,12 @@ pub fn run(args: Args) -> u8 {
             "error: no mode given: use --print, --output PATH, --exit, --wait, --agent, \
              --serve, --stdio, --spool DIR or --callback INPUT"
         );
+        return EXIT_START;
+    }
+    if args.stdio && args.print {
+        // Both would write to standard output: the results object would land
+        // in the protocol's stream.
+        eprintln!("error: --stdio and --print both write to standard output: use --output PATH");
         return EXIT_START;
     }
     if args.exit && args.wait {

@@ -371,6 +371,19 @@ fn one_shot_sigquit_kills_and_still_prints() {
 }
 
 #[test]
+fn stdio_with_print_is_refused_as_both_write_stdout() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chaperone"))
+        .args(["--stdio", "--print"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(65));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--stdio and --print"), "{err}");
+}
+
+#[test]
 fn no_mode_exits_65() {
     let out = Command::new(env!("CARGO_BIN_EXE_chaperone"))
         .arg("/dev/null")
