@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -149,6 +150,16 @@ where
                             tracing::warn!("reading standard input: {e}; shutting down");
                         }
                         reading = false;
+                        // What came before the end is answered first: a start
+                        // read just before it is started, not refused as
+                        // "shutting down" (it raced the shutdown).
+                        while let Some((replies, states)) = out.next().await {
+                            done |= states.contains(&ShutdownState::Done);
+                            for r in &replies {
+                                write(&mut output, r).await?;
+                            }
+                        }
+                        launched(&handle).await;
                         handle.shutdown(ShutdownPolicy::Terminate { grace }).await;
                     }
                 }
@@ -170,6 +181,29 @@ where
                 out.push_back(Box::pin(async move { super::notifications(&h, batch).await }));
             }
         }
+    }
+}
+
+/// Returns once the processes of the starts answered so far have left the
+/// queue, or the queue stops moving (the rest wait behind `--max-running` or
+/// for fds, and a shutdown is to cancel them), or after 5 s. A start is
+/// answered once taken, before its processes launch.
+async fn launched(handle: &Handle) {
+    use crate::supervisor::status::Select;
+    let began = tokio::time::Instant::now();
+    let mut last = (usize::MAX, began);
+    loop {
+        let queued = handle.overview(Select::None).await.counts.queued;
+        let now = tokio::time::Instant::now();
+        if queued == 0 || now - began > Duration::from_secs(5) {
+            return;
+        }
+        if queued < last.0 {
+            last = (queued, now);
+        } else if now - last.1 > Duration::from_millis(200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

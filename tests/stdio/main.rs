@@ -370,6 +370,33 @@ fn one_shot_sigquit_kills_and_still_prints() {
     one_shot_with_signal(libc::SIGQUIT, "SIGKILL");
 }
 
+// A start read just before the end of input is started, then terminated:
+// it was sometimes refused "not started: the agent is shutting down", having
+// raced the shutdown the end began.
+#[test]
+fn a_start_just_before_the_end_of_input_is_started() {
+    for _ in 0..10 {
+        let mut a = agent(&[]);
+        a.send(&json!({"type": "ProcStartRequest", "specs": {"e": {"argv": ["/bin/true"]}}}));
+        a.stdin = None;
+        let mut results = Vec::new();
+        loop {
+            let m = a.next();
+            if m["type"] == "ProcResult" {
+                results.push(m["res"].clone());
+            }
+            if m["shutdown_state"] == "done" {
+                break;
+            }
+        }
+        assert!(!results.is_empty());
+        for r in &results {
+            assert!(r["pid"].as_i64().is_some(), "never started: {r}");
+        }
+        assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+    }
+}
+
 #[test]
 fn stdio_with_print_is_refused_as_both_write_stdout() {
     let out = Command::new(env!("CARGO_BIN_EXE_chaperone"))
