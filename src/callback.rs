@@ -77,6 +77,17 @@ pub struct Callback {
     pub output_latency: f64,
 }
 
+/// The most seconds a callback setting takes (about 31 years): more is the
+/// same as forever, and would overflow the clock.
+const MAX_SECONDS: f64 = 1e9;
+
+/// The shortest and longest wait for one try's answer, once the server has
+/// been failing for the whole timeout: a server that recovers but answers
+/// slowly still gets through; one that takes requests and never answers
+/// holds each push that long at most.
+const TRY_MIN: Duration = Duration::from_secs(1);
+const TRY_MAX: Duration = Duration::from_secs(30);
+
 /// Parses the input of `--callback`: the callback and the spec to run. A
 /// program's `stdin` text is written to `stdin_dir` for the spec to open.
 pub fn parse(raw: &[u8], stdin_dir: &std::path::Path) -> Result<(Callback, Input), String> {
@@ -145,10 +156,12 @@ pub fn parse(raw: &[u8], stdin_dir: &std::path::Path) -> Result<(Callback, Input
         query,
         method,
         token,
-        retry_frequency: num("retry_frequency", 5.0)?.max(0.01),
-        timeout: num("timeout", 300.0)?,
+        // Seconds at most MAX_SECONDS: "forever" written as 1e20 must not
+        // overflow a Duration or an Instant.
+        retry_frequency: num("retry_frequency", 5.0)?.clamp(0.01, MAX_SECONDS),
+        timeout: num("timeout", 300.0)?.min(MAX_SECONDS),
         output_buffer: (num("output_buffer", 65536.0)? as usize).max(1),
-        output_latency: num("output_latency", 1.0)?,
+        output_latency: num("output_latency", 1.0)?.min(MAX_SECONDS),
     };
     Method::from_bytes(callback.method.as_bytes())
         .map_err(|_| format!("callback: {:?} is not an HTTP method", callback.method))?;
@@ -268,7 +281,7 @@ impl Pusher {
             // never answers must not hold the push (and the agent) for good.
             let left = (since + timeout)
                 .saturating_duration_since(Instant::now())
-                .max(Duration::from_secs(1));
+                .max(timeout.clamp(TRY_MIN, TRY_MAX));
             let attempt = async {
                 let r = self
                     .client
@@ -451,7 +464,9 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
             let mut failed = Vec::new();
             let mut pushed_final = false;
             if let Some(r) = handle.result_brief(id).await {
-                pushed_final = r.state != crate::result::State::Running;
+                // Final once it has its stop time (settled: an error while it
+                // runs, or kept-file writes in flight, are not the end).
+                pushed_final = r.times.stop.is_some();
                 if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
                     failed.push(format!("state of {id}: {e}"));
                 }

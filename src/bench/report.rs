@@ -891,7 +891,11 @@ impl Markup {
                 }
             }
             Markup::AsciiDoc => {
-                let _ = writeln!(s, "[cols=\"<{}\"]\n|===", ",>".repeat(header.len() - 1));
+                let _ = writeln!(
+                    s,
+                    "[cols=\"<{}\",options=\"header\"]\n|===",
+                    ",>".repeat(header.len() - 1)
+                );
                 let row = |s: &mut String, cells: &[String]| {
                     s.push('\n');
                     for c in cells {
@@ -904,7 +908,9 @@ impl Markup {
                 );
                 for r in rows {
                     let mut cells: Vec<String> = r.iter().map(|c| adoc_cell(c)).collect();
-                    cells[0] = format!("`+{}+`", cells[0]);
+                    // The pass macro keeps any text literal (a `+` would
+                    // end a `+…+` passthrough early); `]` would end it.
+                    cells[0] = format!("`pass:c[{}]`", cells[0].replace(']', "\\]"));
                     row(&mut s, &cells);
                 }
                 s.push_str("|===\n");
@@ -1013,7 +1019,7 @@ mod tests {
         );
         assert_eq!(
             Markup::AsciiDoc.table(&header, &rows),
-            "[cols=\"<,>\"]\n|===\n\n| Command\n| Mean [ms]\n\n| `+sh -c 'a\\|b'+`\n| 1.000 ± 0.100\n\n| `+x=1 env+`\n| 2.000 ± 0.200\n|===\n"
+            "[cols=\"<,>\",options=\"header\"]\n|===\n\n| Command\n| Mean [ms]\n\n| `pass:c[sh -c 'a\\|b']`\n| 1.000 ± 0.100\n\n| `pass:c[x=1 env]`\n| 2.000 ± 0.200\n|===\n"
         );
         // Org reads neither `=` nor the `|` escape inside its verbatim
         // markers: those names stay plain.

@@ -184,16 +184,21 @@ where
     }
 }
 
-/// Returns once the processes of the starts answered so far have left the
-/// queue, or the queue stops moving (the rest wait behind `--max-running` or
-/// for fds, and a shutdown is to cancel them), or after 5 s. A start is
-/// answered once taken, before its processes launch.
+/// Returns once no process waits to start (queued, opening its files, or
+/// handed to a spawning thread), or
+/// once that number stops falling for 200 ms (the rest wait behind
+/// `--max-running`, for fds or on a file such as a FIFO, and the shutdown
+/// cancels them), or after 5 s. A start behind `--max-running` can be
+/// answered before its processes launch.
 async fn launched(handle: &Handle) {
     use crate::supervisor::status::Select;
     let began = tokio::time::Instant::now();
     let mut last = (usize::MAX, began);
     loop {
-        let queued = handle.overview(Select::None).await.counts.queued;
+        // Queued, opening its files, or handed to a spawning thread: no pid
+        // yet (a shutdown would cancel a spawn not yet begun too).
+        let rows = handle.overview(Select::Live).await.rows;
+        let queued = rows.iter().filter(|r| r.pid.is_none()).count();
         let now = tokio::time::Instant::now();
         if queued == 0 || now - began > Duration::from_secs(5) {
             return;
@@ -203,7 +208,7 @@ async fn launched(handle: &Handle) {
         } else if now - last.1 > Duration::from_millis(200) {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

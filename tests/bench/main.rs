@@ -301,7 +301,7 @@ fn asciidoc_and_orgmode_exports_have_the_markdown_table() {
         })
         .collect();
     assert_eq!(adoc_rows.len(), 3, "{adoc}");
-    assert_eq!(adoc_rows[1][0], "`+/bin/echo a+`");
+    assert_eq!(adoc_rows[1][0], "`pass:c[/bin/echo a]`");
 
     // Org-mode: header, `|---+…|` rule, a row per command.
     let org = std::fs::read_to_string(org).unwrap();

@@ -144,6 +144,8 @@ fn children_do_not_inherit_the_protocol_stdin_and_stdout() {
                            "sed 's/^/STOLEN: /'; echo loose; readlink /proc/self/fd/0 >&2"]},
         "heir": {"argv": ["/bin/sh", "-c", "sed 's/^/STOLEN: /'"],
                  "fds": [["stdin", "inherit"], ["stdout", "inherit"]]},
+        "dupper": {"argv": ["/bin/sh", "-c", "echo STOLEN >&2"],
+                   "fds": [["2", {"dup": {"fd": 1}}], ["1", {"capture": {"mode": "memory"}}]]},
         "named": {"argv": ["/bin/sh", "-c", "echo kept"],
                   "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8"}}]]}}}));
     for _ in 0..20 {
@@ -152,14 +154,14 @@ fn children_do_not_inherit_the_protocol_stdin_and_stdout() {
     let mut answered = 0;
     let mut thieves_done = 0;
     let mut kept = None;
-    while answered < 20 || thieves_done < 2 || kept.is_none() {
+    while answered < 20 || thieves_done < 3 || kept.is_none() {
         // `next` fails on a line that is not JSON, such as the child's.
         let m = a.next();
         if m["type"] != "ProcResult" {
             continue;
         }
         let ended = m["res"]["state"] == "terminated";
-        if m["proc_id"] == "thief" || m["proc_id"] == "heir" {
+        if ["thief", "heir", "dupper"].contains(&m["proc_id"].as_str().unwrap_or_default()) {
             thieves_done += usize::from(ended);
         } else {
             answered += 1;

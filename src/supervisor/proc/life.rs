@@ -236,7 +236,10 @@ impl Proc {
     /// group's id, cannot be taken by another process, so the group can still
     /// be signalled safely. `None` (the pidfd let go) if `waitid` failed.
     pub fn end_unreaped(&mut self) -> Option<Rc<OwnedFd>> {
-        let fd = self.pidfd.take()?;
+        let Some(fd) = self.pidfd.take() else {
+            self.record_end(None);
+            return None;
+        };
         self.record_end(Some(crate::sys::wait::peek(&*fd)))
             .then_some(fd)
     }

@@ -137,16 +137,13 @@ pub(crate) fn prepare(
         ..FdList::new(id, ps, ctx, child_cwd.as_deref(), pipes)
     };
     if ctx.own_stdin_stdout {
-        // The agent's stdin and stdout are its protocol: a child that does
-        // not name them must not read its requests or write into its replies.
+        // The agent's stdin and stdout are its protocol: the child's 0 and 1
+        // start as /dev/null, so one that does not name them (or dups them,
+        // or gives them as "inherit") cannot read the requests or write into
+        // the replies. Entries that name them replace these.
         for fd in [0, 1] {
-            let named = ps.fds.iter().any(|(n, fs)| {
-                spec::parse_fd_name(n).ok() == Some(fd) && !matches!(fs, FdSpec::Inherit)
-            });
-            if !named {
-                let null = list.null(fd, spec::OpenFlag::Default).map(Some);
-                list.install(fd, null, None);
-            }
+            let null = list.null(fd, spec::OpenFlag::Default).map(Some);
+            list.install(fd, null, None);
         }
     }
     for (index, (name, fs)) in ps.fds.iter().enumerate() {
@@ -654,21 +651,6 @@ impl<'a> FdList<'a> {
 pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<OpenReq> {
     let cwd = child_cwd(ps, ctx);
     let mut opens = Vec::new();
-    // A proc refused before its fds opens none of its files: `prepare` says
-    // why. (One whose control takes lookups is resolved first, on the
-    // opener thread, which then stops at a failure.)
-    let exe_refused = exe_refusal(id, ps.exe().unwrap_or_default(), ps, ctx).is_some();
-    let lookups = control::needs_lookups(ps);
-    if exe_refused || (!lookups && control::resolve(id, ps, &control_defaults(ctx)).is_err()) {
-        return opens;
-    }
-    if lookups {
-        opens.push(OpenReq::Control {
-            id: id.to_string(),
-            spec: Box::new(ps.clone()),
-            defaults: control_defaults(ctx),
-        });
-    }
     for (index, (name, fs)) in ps.fds.iter().enumerate() {
         let Ok(fd) = spec::parse_fd_name(name) else {
             continue;
@@ -695,6 +677,27 @@ pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<O
             }),
             _ => {}
         }
+    }
+    let lookups = control::needs_lookups(ps);
+    // A proc refused before its fds opens none of its files: `prepare` says
+    // why. (One whose control takes lookups is resolved first, on the
+    // opener thread, which then stops at a failure.) Checked only for a
+    // proc with files, off the path of those without.
+    if !opens.is_empty()
+        && (exe_refusal(id, ps.exe().unwrap_or_default(), ps, ctx).is_some()
+            || (!lookups && control::resolve(id, ps, &control_defaults(ctx)).is_err()))
+    {
+        opens.clear();
+    }
+    if lookups {
+        opens.insert(
+            0,
+            OpenReq::Control {
+                id: id.to_string(),
+                spec: Box::new(ps.clone()),
+                defaults: control_defaults(ctx),
+            },
+        );
     }
     opens
 }

@@ -22,9 +22,20 @@ impl Reactor {
             return;
         };
         let running = p.is_running();
+        let exiting = matches!(p.life, Life::Exiting);
+        let (kill_group, pid) = (p.kill_group, p.pid);
         let Some(t) = p.timeout.as_mut() else { return };
         t.timer = None;
         if !running {
+            // The leader has exited and is not reaped yet (its output still
+            // being read), so its group's id is still its own: the SIGKILL
+            // due to the group goes now.
+            if kill && kill_group && exiting {
+                if let Some(pgid) = pid {
+                    t.killed = true;
+                    let _ = crate::sys::pidfd::signal_group(pgid, libc::SIGKILL);
+                }
+            }
             return;
         }
         let signum = if kill { libc::SIGKILL } else { t.signum };
