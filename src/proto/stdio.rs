@@ -196,9 +196,10 @@ async fn launched(handle: &Handle) {
     let mut last = (usize::MAX, began);
     loop {
         // Queued, opening its files, or handed to a spawning thread: no pid
-        // yet (a shutdown would cancel a spawn not yet begun too).
-        let rows = handle.overview(Select::Live).await.rows;
-        let queued = rows.iter().filter(|r| r.pid.is_none()).count();
+        // yet (a shutdown would cancel a spawn not yet begun too). Counts
+        // only: rows for a large table would keep the reactor busy.
+        let c = handle.overview(Select::None).await.counts;
+        let queued = c.queued + c.opening + c.spawning;
         let now = tokio::time::Instant::now();
         if queued == 0 || now - began > Duration::from_secs(5) {
             return;

@@ -139,6 +139,10 @@ pub struct Counts {
     pub opening: usize,
     /// [`Phase::Running`].
     pub running: usize,
+    /// Of `running`, those still being spawned (no pid yet). Not in the
+    /// status API's JSON.
+    #[serde(skip)]
+    pub spawning: usize,
     /// [`Phase::Terminated`].
     pub terminated: usize,
     /// [`Phase::Error`].

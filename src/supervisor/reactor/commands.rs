@@ -262,6 +262,7 @@ impl Reactor {
         let mut counts = status::Counts::default();
         for p in self.table.values() {
             counts.add(p.phase());
+            counts.spawning += usize::from(matches!(p.life, proc::Life::Starting));
         }
         let mut rows: Vec<status::Row> = match select {
             Select::All => self.table.values().map(Proc::row).collect(),
