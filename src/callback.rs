@@ -342,6 +342,14 @@ impl Pusher {
         }
     }
 
+    /// Pushes process `id`'s state `r`; why it did not arrive, if it did not.
+    async fn push_state(&self, id: &str, r: &crate::result::ProcRes) -> Option<String> {
+        self.push_json("/state", &json!({"id": id, "result": r}))
+            .await
+            .err()
+            .map(|e| format!("state of {id}: {e}"))
+    }
+
     async fn push_json(&self, path: &str, v: &Value) -> Result<(), Undelivered> {
         let body = Bytes::from(serde_json::to_vec(v).unwrap_or_default());
         self.push(path, ("application/json", body), &[]).await
@@ -467,15 +475,11 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
                 // Final once it has its stop time (settled: an error while it
                 // runs, or kept-file writes in flight, are not the end).
                 pushed_final = r.times.stop.is_some();
-                if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
-                    failed.push(format!("state of {id}: {e}"));
-                }
+                failed.extend(p.push_state(id, &r).await);
             }
             if !pushed_final && handle.wait(id).await.is_some() {
                 if let Some(r) = handle.result_brief(id).await {
-                    if let Err(e) = p.push_json("/state", &json!({"id": id, "result": r})).await {
-                        failed.push(format!("state of {id}: {e}"));
-                    }
+                    failed.extend(p.push_state(id, &r).await);
                 }
             }
             failed

@@ -336,27 +336,42 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
     resolve_user(&mut errs, ps, &mut c);
 
     if let Some(t) = &ps.timeout {
-        let after = duration(&mut errs, "timeout.after", t.after);
-        let kill_after = t
-            .kill_after
-            .and_then(|k| duration(&mut errs, "timeout.kill_after", k));
-        let signum = match &t.signal {
-            Some(s) => signal(&mut errs, "timeout.signal", s),
-            None => Some(libc::SIGTERM),
-        };
-        if let (Some(after), Some(signum)) = (after, signum) {
-            c.timeout = Some(Timeout {
-                after,
-                signum,
-                kill_after,
-            });
-        }
+        c.timeout = timeout(&mut errs, t);
     }
 
     if errs.list.is_empty() {
         Ok(c)
     } else {
         Err(errs.list)
+    }
+}
+
+/// The timeout `t` asks for, or errors naming its fields.
+fn timeout(errs: &mut Errors<'_>, t: &crate::spec::TimeoutSpec) -> Option<Timeout> {
+    let after = duration(errs, "timeout.after", t.after);
+    let kill_after = t
+        .kill_after
+        .and_then(|k| duration(errs, "timeout.kill_after", k));
+    let signum = match &t.signal {
+        Some(s) => signal(errs, "timeout.signal", s),
+        None => Some(libc::SIGTERM),
+    };
+    Some(Timeout {
+        after: after?,
+        signum: signum?,
+        kill_after,
+    })
+}
+
+impl Timeout {
+    /// The timeout `t` asks for; `None` if any value is invalid (which
+    /// [`resolve`] reports).
+    pub fn of(t: &crate::spec::TimeoutSpec) -> Option<Timeout> {
+        let mut errs = Errors {
+            id: "",
+            list: Vec::new(),
+        };
+        timeout(&mut errs, t)
     }
 }
 

@@ -105,21 +105,24 @@ pub(crate) struct TimeoutState {
 }
 
 impl TimeoutState {
+    /// The timeout `t`, with nothing done yet.
+    pub fn new(t: crate::control::Timeout) -> TimeoutState {
+        TimeoutState {
+            timer: None,
+            after: t.after,
+            signum: t.signum,
+            kill_after: t.kill_after,
+            fired_at: None,
+            killed: false,
+        }
+    }
+
     /// The timeout of `spec`, fired now, before the process could start (it
     /// timed out opening its files): its signal had nothing to go to.
     pub fn fired_unstarted(spec: &crate::spec::TimeoutSpec) -> Option<TimeoutState> {
-        let secs = |s: f64| std::time::Duration::try_from_secs_f64(s).ok();
-        Some(TimeoutState {
-            timer: None,
-            after: secs(spec.after)?,
-            signum: spec
-                .signal
-                .as_ref()
-                .map_or(Some(libc::SIGTERM), |s| s.number())?,
-            kill_after: spec.kill_after.and_then(secs),
-            fired_at: Some(SystemTime::now()),
-            killed: false,
-        })
+        let mut t = TimeoutState::new(crate::control::Timeout::of(spec)?);
+        t.fired_at = Some(SystemTime::now());
+        Some(t)
     }
 }
 

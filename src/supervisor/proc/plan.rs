@@ -277,14 +277,7 @@ fn start_info(
 
 /// The spec's timeout, resolved, with nothing done yet.
 fn timeout_state(ctl: Option<&control::Control>) -> Option<TimeoutState> {
-    ctl.and_then(|c| c.timeout).map(|t| TimeoutState {
-        timer: None,
-        after: t.after,
-        signum: t.signum,
-        kill_after: t.kill_after,
-        fired_at: None,
-        killed: false,
-    })
+    ctl.and_then(|c| c.timeout).map(TimeoutState::new)
 }
 
 /// A spec's fd list being applied to its plan, entry by entry in list order:
