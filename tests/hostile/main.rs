@@ -46,8 +46,16 @@ fn a_fifo_with_no_peer_delays_only_its_own_process() {
     // drop after a failed assertion.)
     let early = a.fd_data("p", "stdout", 0, None);
     let absent = a.fd_data("p", "stderr", 0, None);
+    // A follower waits for p's output: a short wait ends empty and open, a
+    // long one is answered by the bytes once p starts.
+    let h = a.handle();
+    let short = h
+        .fd_wait("p", "stdout", 0, Duration::from_millis(50))
+        .wait();
+    let follow = h.fd_wait("p", "stdout", 0, Duration::from_secs(60));
     // A writer: p opens, starts and reads what is written.
     std::fs::write(&f, b"through the fifo\n").unwrap();
+    let followed = follow.wait();
     let res = wait(&a, "p");
     assert_eq!(string_of(&res, "stdout"), "through the fifo\n");
     assert!(t.elapsed() < Duration::from_secs(60));
@@ -56,6 +64,14 @@ fn a_fifo_with_no_peer_delays_only_its_own_process() {
     assert!(
         matches!(absent, Err(chaperone::FdDataError::NoFd(_))),
         "{absent:?}"
+    );
+    let short = short.expect("a wait on p's capture while p waited");
+    assert_eq!((short.length, short.open), (Some(0), true));
+    let followed = followed.expect("a wait answered once p started");
+    assert_eq!(
+        followed.length,
+        Some("through the fifo\n".len() as u64),
+        "the follower saw p's output"
     );
 }
 

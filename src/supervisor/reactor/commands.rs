@@ -176,17 +176,22 @@ impl Reactor {
                             .map(spec::fd_name)
                             .unwrap_or(fd.clone());
                         match p.captures.iter().position(|c| c.name == norm) {
+                            Some(cap) => Ok((s, Some(cap), norm)),
+                            // Not started yet: waits for the capture its spec
+                            // names to be made, as `FdData` reads it empty.
+                            None if self.unstarted_capture(s, &norm).is_some() => {
+                                Ok((s, None, norm))
+                            }
                             None => Err(FdDataError::NoFd(
                                 spec::parse_fd_name(&fd).map_or(fd, |n| n.to_string()),
                             )),
-                            Some(cap) => Ok((s, cap)),
                         }
                     }
                     _ => Err(FdDataError::Unknown(id.clone())),
                 };
                 match found {
                     Err(e) => reply(Err(e)),
-                    Ok((serial, cap)) => {
+                    Ok((serial, cap, name)) => {
                         // A process deleted while its reader waits answers
                         // Unknown with its id.
                         let reply = Box::new(move |r: Result<FdWaited, FdDataError>| {
@@ -198,6 +203,7 @@ impl Reactor {
                         self.data_waiters.push(DataWaiter {
                             serial,
                             cap,
+                            name,
                             offset,
                             deadline,
                             reply,

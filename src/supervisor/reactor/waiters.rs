@@ -15,7 +15,11 @@ use std::time::Instant;
 /// `offset` bytes.
 pub(super) struct DataWaiter {
     pub(super) serial: u64,
-    pub(super) cap: usize,
+    /// The capture's place in the process's captures; `None` while it is
+    /// unstarted (queued, or opening its files), before its captures exist.
+    pub(super) cap: Option<usize>,
+    /// The capture's normalised fd name, to find it once the process starts.
+    pub(super) name: String,
     pub(super) offset: u64,
     pub(super) deadline: Instant,
     pub(super) reply: Box<dyn FnOnce(Result<FdWaited, FdDataError>) + Send>,
@@ -86,11 +90,18 @@ impl Reactor {
         let mut next: Option<Instant> = None;
         let mut i = 0;
         while i < self.data_waiters.len() {
-            let w = &self.data_waiters[i];
-            let state = self
-                .table
-                .get(w.serial)
-                .and_then(|p| Some(p.captures.get(w.cap)?.growth(p.is_busy())));
+            let w = &mut self.data_waiters[i];
+            let state = self.table.get(w.serial).map(|p| {
+                if w.cap.is_none() {
+                    w.cap = p.captures.iter().position(|c| c.name == w.name);
+                }
+                match w.cap.and_then(|c| p.captures.get(c)) {
+                    Some(c) => c.growth(p.is_busy()),
+                    // Not started yet: empty so far, and for good once the
+                    // process settles without starting.
+                    None => (Some(0), p.is_busy()),
+                }
+            });
             let answer = match state {
                 None => Some(Err(FdDataError::Unknown(String::new()))),
                 Some((length, open))
