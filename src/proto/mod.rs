@@ -277,6 +277,14 @@ impl Decoded {
         }
     }
 
+    /// A map that was read but refused as a whole (`err` says why): `value`
+    /// is what could be read of it, echoed in the error.
+    fn refused(value: Value, err: String) -> Decoded {
+        let mut d = Decoded::from_value(Ok(value));
+        d.request = Err(err);
+        d
+    }
+
     /// The error reply for this message.
     pub fn error(&self, err: impl Into<String>) -> Reply {
         Reply::RequestError {
@@ -299,18 +307,42 @@ fn kind(v: &Value) -> &'static str {
 
 /// A generic value (JSON or MessagePack) read as `serde_json::Value` does,
 /// but refusing a map with a key given twice, which `Value` would quietly
-/// keep the last of (a proc id, an env var, a message's `type`).
+/// keep the last of (a proc id, an env var, a message's `type`). A MessagePack
+/// `bin` is read as the string it holds, as Procstar does (Python's msgpack
+/// writes `bytes` as `bin`); one that is not UTF-8 is refused.
 pub(crate) struct Strict(pub Value);
 
 impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+        serde::de::DeserializeSeed::deserialize(ValueSeed { strict: true }, d).map(Strict)
     }
 }
 
-struct StrictVisitor;
+/// Whatever of a message can be read, for the echo in its error when
+/// [`Strict`] refused it: the last of a repeated key, a `bin` or a key that
+/// is not a string as lossy text, so that a server can still route the error
+/// by its `type`, `proc_id` or `specs`.
+struct Lenient(Value);
 
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+impl<'de> Deserialize<'de> for Lenient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::DeserializeSeed::deserialize(ValueSeed { strict: false }, d).map(Lenient)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ValueSeed {
+    strict: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueSeed {
     type Value = Value;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("any value")
@@ -333,6 +365,16 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     fn visit_string<E>(self, v: String) -> Result<Value, E> {
         Ok(Value::String(v))
     }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Value, E> {
+        match std::str::from_utf8(v) {
+            Ok(s) => Ok(Value::String(s.to_owned())),
+            Err(_) if !self.strict => Ok(Value::String(String::from_utf8_lossy(v).into_owned())),
+            Err(e) => Err(E::custom(format_args!(
+                "a byte string of {} bytes is not UTF-8 text ({e})",
+                v.len()
+            ))),
+        }
+    }
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
@@ -340,11 +382,11 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         Ok(Value::Null)
     }
     fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Strict::deserialize(d).map(|s| s.0)
+        d.deserialize_any(self)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(Strict(e)) = seq.next_element()? {
+        while let Some(e) = seq.next_element_seed(self)? {
             v.push(e);
         }
         Ok(Value::Array(v))
@@ -352,9 +394,21 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         use serde::de::Error as _;
         let mut m = serde_json::Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            let Strict(v) = map.next_value()?;
-            if m.contains_key(&k) {
+        loop {
+            let k = if self.strict {
+                match map.next_key::<String>()? {
+                    Some(k) => k,
+                    None => break,
+                }
+            } else {
+                match map.next_key_seed(self)? {
+                    Some(Value::String(k)) => k,
+                    Some(k) => k.to_string(),
+                    None => break,
+                }
+            };
+            let v = map.next_value_seed(self)?;
+            if self.strict && m.contains_key(&k) {
                 return Err(A::Error::custom(format_args!(
                     "the key {k:?} is given twice"
                 )));
@@ -365,13 +419,29 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// Decodes one MessagePack message.
+/// Decodes one MessagePack message: one value, taking the whole frame.
 pub fn decode_msgpack(frame: &[u8]) -> Decoded {
-    Decoded::from_value(
-        rmp_serde::from_slice::<Strict>(frame)
-            .map(|s| s.0)
-            .map_err(|e| format!("not a MessagePack map: {e}")),
-    )
+    let read = || -> Result<Value, String> {
+        let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(frame));
+        let Strict(v) = Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
+        let used = de.get_ref().position();
+        match frame.len() as u64 - used {
+            0 => Ok(v),
+            left => Err(format!(
+                "{left} bytes follow the message's {used}: a frame holds one message"
+            )),
+        }
+    };
+    match read() {
+        Ok(v) => Decoded::from_value(Ok(v)),
+        Err(e) => {
+            let err = format!("invalid MessagePack message: {e}");
+            match rmp_serde::from_slice::<Lenient>(frame) {
+                Ok(Lenient(v @ Value::Object(_))) => Decoded::refused(v, err),
+                _ => Decoded::from_value(Err(err)),
+            }
+        }
+    }
 }
 
 /// Encodes one message as a MessagePack map with named fields.
@@ -551,7 +621,26 @@ fn fd_data_reply(
 fn start_input(specs: &serde_json::Map<String, Value>) -> Result<spec::Input, String> {
     let json = serde_json::to_vec(&serde_json::json!({ "specs": specs }))
         .map_err(|e| format!("specs: {e}"))?;
-    spec::parse_input(&json).map_err(|e| e.to_string())
+    spec::parse_input(&json).map_err(|e| without_position(e.to_string()))
+}
+
+/// `msg` without the " at line L column C" that serde_json puts at its end:
+/// here it would count in the JSON the agent made of the message, which the
+/// client never saw.
+fn without_position(mut msg: String) -> String {
+    if let Some(at) = msg.rfind(" at line ") {
+        let tail = &msg[at + " at line ".len()..];
+        let positional = tail.split_once(" column ").is_some_and(|(l, c)| {
+            !l.is_empty()
+                && !c.is_empty()
+                && l.bytes().all(|b| b.is_ascii_digit())
+                && c.bytes().all(|b| b.is_ascii_digit())
+        });
+        if positional {
+            msg.truncate(at);
+        }
+    }
+    msg
 }
 
 /// The notifications for a batch of events, in the events' order: each

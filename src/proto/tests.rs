@@ -140,9 +140,25 @@ fn malformed_messages_say_what_was_wrong_and_echo_a_type() {
     assert!(
         d.request
             .as_ref()
-            .is_err_and(|e| e.starts_with("not a MessagePack map"))
+            .is_err_and(|e| e.starts_with("invalid MessagePack message"))
     );
     assert_eq!(d.value, serde_json::json!({"type": null}));
+
+    // Two messages in one frame: refused, the first echoed.
+    let one =
+        rmp_serde::to_vec_named(&serde_json::json!({"type": "ProcidListRequest"})).expect("enc");
+    let d = decode_msgpack(&[one.clone(), one.clone()].concat());
+    let e = d.request.as_ref().expect_err("two messages");
+    assert!(
+        e.contains(&format!(
+            "{} bytes follow the message's {}",
+            one.len(),
+            one.len()
+        )),
+        "{e}"
+    );
+    assert_eq!(d.value["type"], "ProcidListRequest");
+    assert!(decode_msgpack(&one).request.is_ok());
 
     // {"type": "Bogus"}
     let d = decode_msgpack(
@@ -232,4 +248,97 @@ fn a_start_and_its_end_each_send_a_result_even_in_one_batch() {
         vec![Event::Started(t()), Event::Missed(1)],
     ));
     assert_eq!(kinds(&r), ["t:Terminated", "t:Terminated"]);
+}
+
+/// A MessagePack map, written by hand: `entries` are (key, value) encodings.
+fn map(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut v = vec![0x80 | entries.len() as u8];
+    for (k, val) in entries {
+        v.extend_from_slice(k);
+        v.extend_from_slice(val);
+    }
+    v
+}
+
+/// A MessagePack str of fewer than 32 bytes.
+fn s(text: &str) -> Vec<u8> {
+    let mut v = vec![0xa0 | text.len() as u8];
+    v.extend_from_slice(text.as_bytes());
+    v
+}
+
+/// A MessagePack bin of fewer than 256 bytes.
+fn bin(bytes: &[u8]) -> Vec<u8> {
+    let mut v = vec![0xc4, bytes.len() as u8];
+    v.extend_from_slice(bytes);
+    v
+}
+
+// Python's msgpack writes `bytes` as bin; Procstar reads it as the string.
+#[test]
+fn a_bin_that_is_utf8_reads_as_a_string() {
+    let argv = [&[0x92][..], &s("/bin/echo"), &bin(b"x")].concat();
+    let spec = map(&[(&s("argv"), &argv)]);
+    let specs = map(&[(&s("p"), &spec)]);
+    let frame = map(&[(&s("type"), &s("ProcStartRequest")), (&s("specs"), &specs)]);
+    let d = decode_msgpack(&frame);
+    match d.request {
+        Ok(Request::ProcStartRequest { specs }) => {
+            assert_eq!(specs["p"]["argv"], serde_json::json!(["/bin/echo", "x"]));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// A refused start still echoes its type and specs, which Procstar's server
+// routes the error by: without them its start() waits forever.
+#[test]
+fn a_refused_message_echoes_what_could_be_read() {
+    let spec = map(&[(&s("argv"), &[&[0x91][..], &s("/bin/true")].concat())]);
+    // The proc id "d1" twice.
+    let specs = map(&[(&s("d1"), &spec), (&s("d1"), &spec)]);
+    let frame = map(&[(&s("type"), &s("ProcStartRequest")), (&s("specs"), &specs)]);
+    let d = decode_msgpack(&frame);
+    let e = d.request.as_ref().expect_err("a key twice");
+    assert!(e.contains(r#"the key "d1" is given twice"#), "{e}");
+    assert_eq!(d.value["type"], "ProcStartRequest");
+    assert!(d.value["specs"]["d1"].is_object(), "{}", d.value);
+
+    // A bin that is not UTF-8, and a key that is not a string.
+    let spec = map(&[(&s("argv"), &[&[0x91][..], &bin(b"\xff")].concat())]);
+    let frame = map(&[
+        (&s("type"), &s("ProcStartRequest")),
+        (&s("specs"), &map(&[(&s("p"), &spec)])),
+        (&[0x07], &s("seven")),
+    ]);
+    let d = decode_msgpack(&frame);
+    let e = d.request.as_ref().expect_err("not UTF-8");
+    assert!(e.contains("not UTF-8"), "{e}");
+    assert!(!e.contains("not a MessagePack map"), "{e}");
+    assert_eq!(d.value["type"], "ProcStartRequest");
+    assert!(d.value["specs"]["p"].is_object(), "{}", d.value);
+}
+
+#[test]
+fn spec_errors_name_no_position_in_json_the_client_never_sent() {
+    assert_eq!(
+        without_position(
+            "proc p: unknown field `bogus`, expected one of `argv` at line 1 column 44".into()
+        ),
+        "proc p: unknown field `bogus`, expected one of `argv`"
+    );
+    assert_eq!(
+        without_position("at line 3 column x".into()),
+        "at line 3 column x"
+    );
+    let mut specs = serde_json::Map::new();
+    specs.insert(
+        "p".into(),
+        serde_json::json!({"argv": ["/bin/true"], "bogus": 1}),
+    );
+    let e = start_input(&specs).expect_err("unknown field");
+    assert!(
+        e.contains("unknown field `bogus`") && !e.contains(" at line "),
+        "{e}"
+    );
 }

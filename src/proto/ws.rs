@@ -55,6 +55,10 @@ pub const MAX_FD_DATA_IN_FLIGHT: usize = 1;
 /// How long, once every process has ended in a terminate or kill shutdown,
 /// the server has to delete them before the agent says done.
 pub const DELETE_GRACE: Duration = Duration::from_secs(5);
+/// The largest message (and frame) read: as large as an HTTP request body.
+/// A larger one cannot be skipped, so it ends the connection; the next one
+/// begins with a `RequestError` saying why.
+pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -376,6 +380,9 @@ struct Agent {
     /// When the shutdown state became done in the core: the server then has
     /// [`DELETE_GRACE`] to delete what is left.
     done_at: Option<Instant>,
+    /// Why the last connection was ended by a message too large to read,
+    /// told first on the next one.
+    too_large: Option<String>,
 }
 
 /// Runs the agent until it shuts down or gives up. `events` must have been
@@ -394,6 +401,7 @@ pub async fn run(
         state: ShutdownState::Active,
         owed: Owed::default(),
         done_at: None,
+        too_large: None,
     };
     agent.run().await
 }
@@ -620,6 +628,13 @@ impl Agent {
         let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+        // Why the last connection ended, if a message ended it.
+        if let Some(why) = self.too_large.take() {
+            pending.push_back(Entry::Reply);
+            out.push_back(Box::pin(std::future::ready(Out::Replies(vec![
+                Reply::unreadable(why),
+            ]))));
+        }
         // First what the server missed while no connection was up.
         let owed = std::mem::take(&mut self.owed);
         let h = self.handle.clone();
@@ -692,6 +707,13 @@ impl Agent {
                         Some(Ok(_)) => {} // ping (answered by the stack), pong
                         Some(Err(e)) => {
                             tracing::warn!("connection failed: {e}");
+                            if let tokio_tungstenite::tungstenite::Error::Capacity(c) = &e {
+                                self.too_large = Some(format!(
+                                    "a message was too large to read ({c}; at most {} MiB), \
+                                     so the agent closed the connection it came on",
+                                    MAX_MESSAGE >> 20
+                                ));
+                            }
                             return false;
                         }
                         None => {
@@ -807,9 +829,12 @@ async fn connect_and_register(
         cfg.host.clone()
     };
     let url = format!("wss://{host}:{}/", cfg.port);
+    let limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
     let connect = tokio_tungstenite::connect_async_tls_with_config(
         url.as_str(),
-        None,
+        Some(limits),
         true,
         Some(Connector::Rustls(tls)),
     );

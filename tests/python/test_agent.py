@@ -193,6 +193,22 @@ async def test_fd_data_errors_leave_the_agent_up():
 
 
 @pytest.mark.asyncio
+async def test_bytes_in_a_spec_read_as_text_and_a_refused_start_reaches_its_process():
+    async with Assembly.start() as asm:
+        # Python's msgpack writes bytes as bin; Procstar reads it as text.
+        res = await asm.run({"argv": ["/bin/echo", b"from bytes"], "fds": [["stdout", MEMORY]]})
+        assert res.fds.stdout.text == "from bytes\n"
+        # Bytes that are not UTF-8 refuse the start. The error echoes the
+        # start's type and specs, which the server routes it by: its start()
+        # raises instead of waiting forever.
+        with pytest.raises(AgentMessageError, match="not UTF-8"):
+            await asyncio.wait_for(
+                asm.server.start(new_id(), {"argv": ["/bin/echo", b"\xff"]}), 20)
+        res = await asm.run({"argv": ["/bin/echo", "still up"], "fds": [["stdout", MEMORY]]})
+        assert res.fds.stdout.text == "still up\n"
+
+
+@pytest.mark.asyncio
 async def test_signal_and_delete_with_their_errors():
     async with Assembly.start() as asm:
         proc, res = await asm.server.start(new_id(), {"argv": ["/bin/sleep", "100"]})
@@ -228,7 +244,7 @@ async def test_malformed_frames_get_request_errors_and_the_connection_survives()
             await conn.ws.send(frame)
         await until(lambda: len([m for m in seen if isinstance(m, proto.RequestError)]) == 4)
         errs = [m.err for m in seen if isinstance(m, proto.RequestError)]
-        assert "not a MessagePack map" in errs[0]
+        assert "invalid MessagePack message" in errs[0]
         assert "not a map" in errs[1]
         assert "Bogus" in errs[2]
         assert "proc_id" in errs[3]
@@ -238,6 +254,30 @@ async def test_malformed_frames_get_request_errors_and_the_connection_survives()
         assert conn.open
         res = await asm.run({"argv": ["/bin/echo", "ok"], "fds": [["stdout", MEMORY]]})
         assert res.fds.stdout.text == "ok\n"
+
+
+@pytest.mark.asyncio
+async def test_a_message_too_large_to_read_is_told_on_the_next_connection():
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1}, args=PATIENT)
+    try:
+        seen = capture_messages(asm)
+        errors = lambda: [m.err for m in seen if isinstance(m, proto.RequestError)]
+        # Over 16 MiB (tungstenite's default, and Procstar's limit) is read
+        # and answered.
+        await only_conn(asm).ws.send(b"\xc1" * (20 << 20))
+        await until(lambda: len(errors()) == 1)
+        assert "invalid MessagePack message" in errors()[0]
+        # Over 64 MiB cannot be read: the connection ends, and the next one
+        # says why.
+        await only_conn(asm).ws.send(b"\xc1" * ((64 << 20) + 1))
+        await until(lambda: len(errors()) == 2, timeout=30)
+        assert "too large" in errors()[1] and "64 MiB" in errors()[1], errors()[1]
+        res = await asm.run({"argv": ["/bin/echo", "again"], "fds": [["stdout", MEMORY]]})
+        assert res.fds.stdout.text == "again\n"
+    finally:
+        await asm.aclose()
 
 
 @pytest.mark.asyncio
