@@ -102,8 +102,9 @@ pub struct Args {
     /// Failed connections in a row before the agent exits (code 1).
     #[arg(long, value_name = "N", default_value_t = u64::MAX)]
     pub connect_count_max: u64,
-    /// Reconnect when nothing has come from the server for this long (seconds).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_interval, default_value = "60")]
+    /// Reconnect when nothing has come from the server for this long
+    /// (seconds, at least 1; the agent pings at half of it, or every 20 s).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_read_timeout, default_value = "60")]
     pub agent_read_timeout: Duration,
     /// Serve Procstar's HTTP API (see docs/http.md).
     #[arg(short, long)]
@@ -191,6 +192,17 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|_| format!("not a number of seconds: {s:?}"))?;
     std::time::Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("not a usable interval: {s:?} (must be 0 or more seconds)"))
+}
+
+/// `--agent-read-timeout`: at least a second. Shorter, an idle connection
+/// (answering the agent's pings, nothing else) would be redialled over and
+/// over.
+fn parse_read_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_interval(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("too short: {s:?} (at least 1 second)"));
+    }
+    Ok(d)
 }
 
 fn parse_signal_arg(s: &str) -> Result<i32, String> {
@@ -968,10 +980,29 @@ fn init_logging(level: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_timer(Millis)
+        // Colour only on a terminal: a log file or a journal gets plain lines.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init();
+}
+
+/// Log timestamps in UTC to the millisecond, as Procstar's, e.g.
+/// `2026-12-07T10:55:24.123Z`.
+struct Millis;
+
+impl tracing_subscriber::fmt::time::FormatTime for Millis {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        // YYYY-MM-DDTHH:MM:SS.mmm of "…SS.fffffffff+00:00".
+        let t = crate::metrics::format_rfc3339(ns);
+        write!(w, "{}Z", t.get(..23).unwrap_or(&t))
+    }
 }
 
 #[cfg(test)]

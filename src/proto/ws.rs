@@ -625,7 +625,12 @@ impl Agent {
         let mut out: FuturesOrdered<Pin<Box<dyn Future<Output = Out> + Send>>> =
             FuturesOrdered::new();
         let mut deadline = Instant::now() + self.cfg.read_timeout;
-        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        // Pongs count as reads: pinging at half the read timeout keeps an
+        // idle connection up however short the timeout is.
+        let every = PING_INTERVAL
+            .min(self.cfg.read_timeout / 2)
+            .max(Duration::from_millis(100));
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         // Why the last connection ended, if a message ended it.
@@ -841,7 +846,18 @@ async fn connect_and_register(
     let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            let e = e.to_string();
+            if e.contains("invalid peer certificate") {
+                // rustls names the check that failed, not what to do.
+                format!(
+                    "{e} (the server's certificate is not trusted: give it, or the CA \
+                     that signed it, in PEM as PROCSTAR_AGENT_CERT)"
+                )
+            } else {
+                e
+            }
+        })?;
     let register = Reply::Register {
         conn: super::ConnInfo {
             conn_id: cfg.conn_id.clone(),

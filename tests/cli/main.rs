@@ -571,3 +571,48 @@ fn cli_waits_for_compression_before_exiting() {
     );
     assert!(zstd::stream::decode_all(&packed[..]).unwrap() == expected);
 }
+
+// A log read from a file or a pipe: plain lines (no colour codes), each
+// starting with a UTC timestamp to the millisecond, as Procstar's.
+#[test]
+fn logs_to_a_pipe_are_plain_with_millisecond_timestamps() {
+    // No server listens on port 1: the agent logs its failed connection.
+    let out = std::process::Command::new(bin())
+        .args(["--agent", "--agent-host", "127.0.0.1", "--agent-port", "1"])
+        .args(["--connect-count-max", "1"])
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "gave up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in a piped log: {err:?}"
+    );
+    let first = err.lines().next().expect("a log line");
+    let (stamp, _) = first.split_once(' ').expect("stamp, then the rest");
+    let shape = stamp.len() == "2026-12-07T10:55:24.123Z".len()
+        && stamp.ends_with('Z')
+        && stamp.as_bytes()[19] == b'.'
+        && stamp[20..23].bytes().all(|b| b.is_ascii_digit());
+    assert!(shape, "{first:?}");
+}
+
+#[test]
+fn an_agent_read_timeout_under_a_second_is_refused() {
+    for t in ["0", "0.5"] {
+        let out = std::process::Command::new(bin())
+            .args([
+                "--agent",
+                "--agent-host",
+                "127.0.0.1",
+                "--agent-read-timeout",
+                t,
+            ])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at least 1 second"), "{t}: {err}");
+    }
+}

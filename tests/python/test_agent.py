@@ -628,3 +628,38 @@ async def test_a_self_signed_ca_certificate_given_as_agent_cert_is_trusted(chape
     # for OpenSSL's X509_check_host.
     ip_only = self_signed(tmp_path, "ip", "-addext", "subjectAltName=IP:127.0.0.1")
     assert await registers_with(chaperone, ip_only, ip_only[0])
+
+
+@pytest.mark.asyncio
+async def test_an_untrusted_server_certificate_is_named_as_such(chaperone, tmp_path):
+    served = self_signed(tmp_path, "san", "-addext", "subjectAltName=DNS:localhost")
+    other = self_signed(tmp_path, "other", "-addext", "subjectAltName=DNS:localhost")
+    server = procstar.agent.server.Server()
+    ws = await server.run(host="localhost", port=0, tls_cert=served, access_token="")
+    port = ws.sockets[0].getsockname()[1]
+    env = dict(os.environ, PROCSTAR_AGENT_CERT=other[0], PROCSTAR_AGENT_TOKEN="")
+    try:
+        agent = await asyncio.create_subprocess_exec(
+            chaperone, "--agent", "--agent-host", "localhost", "--agent-port", str(port),
+            "--connect-count-max", "1", env=env, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(agent.communicate(), 30)
+    finally:
+        ws.close()
+    assert agent.returncode == 1
+    # rustls's words name the failed check; the agent's say what to do.
+    assert b"not trusted" in err and b"PROCSTAR_AGENT_CERT" in err, err
+
+
+@pytest.mark.asyncio
+async def test_a_short_read_timeout_keeps_an_idle_connection():
+    # The agent pings at half the read timeout, and the pongs count as reads.
+    asm = Assembly()
+    await asm.start_server()
+    await asm.start_procstars({"default": 1}, args=PATIENT + ["--agent-read-timeout", "1"])
+    try:
+        ws = only_conn(asm).ws
+        await asyncio.sleep(3.5)
+        assert only_conn(asm).ws is ws, "the agent redialled an idle connection"
+        assert only_conn(asm).open
+    finally:
+        await asm.aclose()
