@@ -15,9 +15,14 @@ use std::thread::JoinHandle;
 
 /// A running agent: a reactor thread with its ring and process table.
 ///
-/// Dropping it waits until no process runs. A compression (`"compress"`) not yet
-/// finished is then cancelled at its next frame: a kept file stays uncompressed
-/// at its path. [`Agent::wait_compressed`] first to keep it.
+/// Dropping it waits until no process runs: the drop sends no signal, so a
+/// process that does not end keeps it waiting (and so does a panic that
+/// unwinds through it). To end them, [`Agent::shutdown`] with
+/// [`ShutdownPolicy::Kill`](super::ShutdownPolicy) (or `Terminate`) and
+/// [`Agent::wait_done`] first. Meanwhile its handles' calls are answered
+/// "shut down" at once. A compression (`"compress"`) not yet finished is then
+/// cancelled at its next frame: a kept file stays uncompressed at its path.
+/// [`Agent::wait_compressed`] first to keep it.
 ///
 /// ```
 /// use chaperone::{Agent, Config, spec};
@@ -36,8 +41,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the reactor thread. Fails with a clear error when io_uring is
-    /// unavailable (disabled by sysctl or seccomp, or too old a kernel).
+    /// Starts the reactor thread. Where io_uring is unavailable (disabled by
+    /// sysctl or seccomp, or too old a kernel) it runs on epoll instead,
+    /// unless [`Config::backend`] asks for io_uring only; then, and when
+    /// neither can be set up, it fails with an error saying why.
     pub fn new(config: Config) -> Result<Agent, std::io::Error> {
         // Before the reactor thread exists, growing the fd table costs no RCU
         // grace period; later, each growth would stall the reactor for one.

@@ -277,8 +277,20 @@ impl Handle {
         start: u64,
         stop: Option<u64>,
     ) -> Call<Result<FdData, FdDataError>> {
+        self.fd_data_then(id, fd, start, stop, Ok)
+    }
+
+    /// [`Handle::fd_data`] with `then` applied where the answer is received.
+    fn fd_data_then<U: 'static>(
+        &self,
+        id: &str,
+        fd: &str,
+        start: u64,
+        stop: Option<u64>,
+        then: impl FnOnce(FdData) -> Result<U, FdDataError> + Send + 'static,
+    ) -> Call<Result<U, FdDataError>> {
         let stop = stop.unwrap_or(u64::MAX);
-        let (tx, rx) = oneshot::channel::<Finish<Result<FdData, FdDataError>>>();
+        let (tx, rx) = oneshot::channel::<Finish<Result<U, FdDataError>>>();
         let reader = self.reader_started();
         let reply = Box::new(move |r: Result<FdContent, FdDataError>| {
             match r {
@@ -286,11 +298,11 @@ impl Handle {
                     // Off the reactor and off the caller's thread.
                     reader.run(Box::new(move || {
                         let data = read_content(content, encoding, start, stop);
-                        tx.send(Box::new(move || data));
+                        tx.send(Box::new(move || data.and_then(then)));
                     }));
                 }
                 Ok((content, encoding)) => tx.send(Box::new(move || {
-                    read_content(content, encoding, start, stop)
+                    read_content(content, encoding, start, stop).and_then(then)
                 })),
                 Err(e) => tx.send(Box::new(move || Err(e))),
             }
@@ -349,9 +361,10 @@ impl Handle {
         start: u64,
         stop: Option<u64>,
         enc: ReadEncoding,
-    ) -> impl Future<Output = Result<EncodedFdData, FdDataError>> + Send + 'static {
-        let data = self.fd_data(id, fd, start, stop);
-        async move { super::encoding::encode(data.await?, enc).map_err(FdDataError::Io) }
+    ) -> Call<Result<EncodedFdData, FdDataError>> {
+        self.fd_data_then(id, fd, start, stop, move |d| {
+            super::encoding::encode(d, enc).map_err(FdDataError::Io)
+        })
     }
 
     /// The compressed bytes of a capture held compressed (spec `compress`), as

@@ -167,6 +167,68 @@ fn a_handle_outliving_its_agent_is_told_it_is_shut_down() {
     assert!(handle.results_of(vec!["x".into()]).wait().is_empty());
 }
 
+// While the agent's drop waits for a process to end, a handle's calls are
+// told "shut down" at once: not held until that process ends.
+#[test]
+fn a_handle_is_told_it_is_shut_down_while_its_agent_is_being_dropped() {
+    let agent = Agent::new(Config::default()).expect("agent");
+    let handle = agent.handle();
+    let ids = agent
+        .start(util::input(&json!({"specs": {
+            "long": {"argv": ["/bin/sleep", "3"]},
+        }})))
+        .expect("started");
+    assert_eq!(ids.len(), 1);
+    let started = std::time::Instant::now();
+    let dropper = std::thread::spawn(move || drop(agent));
+    // The drop has closed the agent once a call is refused; before that, a
+    // call is answered as usual.
+    let mut told = false;
+    while !told && !dropper.is_finished() {
+        told = matches!(
+            handle.signal("long", 0).wait(),
+            Err(ProcError::ShutDown(id)) if id == "long"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(told, "no call was refused while the drop waited");
+    assert!(
+        !dropper.is_finished() && started.elapsed() < Duration::from_secs(3),
+        "told while long still ran, not after the drop"
+    );
+    dropper.join().expect("drop");
+}
+
+// Every call can be waited for on a thread that blocks, encoded reads too,
+// and on an agent that has gone each answers "shut down".
+#[test]
+fn an_encoded_read_can_be_waited_for_on_a_blocking_thread() {
+    let agent = Agent::new(Config::default()).expect("agent");
+    let handle = agent.handle();
+    agent
+        .start(util::input(&json!({"specs": {
+            "e": {"argv": ["/bin/echo", "blocking"], "fds": [["stdout", util::mem_utf8()]]},
+        }})))
+        .expect("started");
+    agent.wait("e").expect("known");
+    let text = handle
+        .fd_data_as("e", "stdout", 0, None, ReadEncoding::Base64)
+        .wait()
+        .expect("read");
+    assert!(
+        matches!(&text.data, chaperone::Encoded::Base64(b) if b == "YmxvY2tpbmcK"),
+        "{:?}",
+        text.data
+    );
+    drop(agent);
+    assert!(matches!(
+        handle
+            .fd_data_as("e", "stdout", 0, None, ReadEncoding::Raw)
+            .wait(),
+        Err(FdDataError::ShutDown(id)) if id == "e"
+    ));
+}
+
 /// Handles are `Send` and `Clone`: many threads can call at once.
 #[test]
 fn handles_are_shared_across_threads() {

@@ -28,6 +28,15 @@ impl Reactor {
         }
     }
 
+    /// Once closed (the agent is being dropped), refuses what other handles
+    /// still send: a command dropped unanswered answers its caller with its
+    /// "shut down" value at once, not when the last process has ended.
+    pub(super) fn refuse_mailbox(&mut self) {
+        while let Ok(cmd) = self.mailbox.try_recv() {
+            drop(cmd);
+        }
+    }
+
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Start(input, answer, reply) => match self.start(input) {

@@ -256,6 +256,8 @@ impl Reactor {
             self.drain_packed();
             if !closed {
                 closed = self.drain_mailbox();
+            } else {
+                self.refuse_mailbox();
             }
             self.launch_queued();
             self.answer_settled();
