@@ -365,3 +365,42 @@ fn capture_pipe_grows_only_for_a_writer_that_fills_it() {
         wait(&a, id);
     }
 }
+
+//------------------------------------------------------------------------------
+// Descendants that outlive their process
+//------------------------------------------------------------------------------
+
+// A background descendant writing into the capture's pipe after its process
+// ended: the capture keeps what the process's lifetime gave, and the
+// descendant's writes succeed (the agent reads the pipe to its end and drops
+// them), so it neither dies of SIGPIPE nor blocks on a full pipe.
+#[test]
+fn a_descendant_writing_after_its_process_ended_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status");
+    // 2 MiB after the exit: more than a pipe holds, so a pipe left unread
+    // would block the writer.
+    let script = format!(
+        "(sleep 0.3; echo late; head -c 2097152 /dev/zero; echo $? > {}) & echo early",
+        status.display()
+    );
+    let a = agent();
+    a.start(input(&json!({"specs": {
+        "p": {"argv": ["/bin/sh", "-c", script], "fds": [["stdout", mem_utf8()]]},
+    }})))
+    .expect("start");
+    let res = wait(&a, "p");
+    assert_eq!(res.state, State::Terminated);
+    assert_eq!(string_of(&res, "stdout"), "early\n");
+    // The line once written whole (the shell creates the file first).
+    let t = Instant::now();
+    let mut got = String::new();
+    while !got.ends_with('\n') && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+        got = std::fs::read_to_string(&status).unwrap_or_default();
+    }
+    assert_eq!(
+        got, "0\n",
+        "the descendant's writes after the exit succeeded"
+    );
+}

@@ -4,9 +4,11 @@
 
 use super::super::outlimit;
 use super::super::proc::{Life, PipeIn};
-use super::{Reactor, Tag};
+use super::{MAX_ORPHANS, Reactor, Tag};
 use crate::ring::Cqe;
 use crate::sys::pipe;
+use rustix::fd::OwnedFd;
+use std::rc::Rc;
 
 impl Reactor {
     /// A pipe read op ended: at EOF the pipe is closed; otherwise (ENOBUFS, a
@@ -143,10 +145,15 @@ impl Reactor {
                 default_pipe
             };
             let mut left = size.next_power_of_two();
+            let mut eof = false;
             while left > 0 {
                 let want = self.scratch.len().min(left);
                 match pipe::read(&*fd, self.scratch.get_mut(..want).unwrap_or(&mut [])) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Err(_) => break,
                     // Kept files' staged bytes are written by `flush_kept` below.
                     Ok(n) => {
                         left = left.saturating_sub(n);
@@ -158,6 +165,19 @@ impl Reactor {
                             self.scratch.get(..n).unwrap_or(&[]),
                         )
                     }
+                }
+            }
+            if !eof {
+                // A writer is left: a descendant holding the pipe.
+                drop(fd);
+                let held = self
+                    .table
+                    .get_mut(serial)
+                    .and_then(|p| p.captures.get_mut(cap))
+                    .and_then(|c| c.store.pipe_mut())
+                    .and_then(|p| p.fd.take());
+                if let Some(fd) = held {
+                    self.orphan(fd);
                 }
             }
         }
@@ -192,6 +212,49 @@ impl Reactor {
         // Kept files get their last bytes; the process settles once they are in.
         self.flush_kept(serial);
         self.settle_exited(serial);
+    }
+
+    /// Reads `fd`, a capture pipe of an ended process that a descendant still
+    /// writes to, until its end, dropping the bytes (see `Reactor::orphans`).
+    fn orphan(&mut self, fd: Rc<OwnedFd>) {
+        if self.orphans.len() >= MAX_ORPHANS {
+            self.close_orphan(fd);
+            return;
+        }
+        let id = self.next_orphan;
+        self.next_orphan += 1;
+        self.ring.read_multishot(fd.clone(), Tag::Orphan { id });
+        self.orphans.insert(id, fd);
+    }
+
+    /// An orphaned pipe's read ended: at its end (or an error a new read
+    /// would repeat) the pipe is closed, otherwise read again.
+    pub(super) fn orphan_read_ended(&mut self, id: u64, cqe: &Cqe) {
+        let again = match cqe.result {
+            Ok(n) => n > 0, // a single-shot read
+            Err(e) => {
+                e == rustix::io::Errno::NOBUFS
+                    || e == rustix::io::Errno::INTR
+                    || e == rustix::io::Errno::AGAIN
+            }
+        };
+        match self.orphans.get(&id) {
+            Some(fd) if again => {
+                let fd = fd.clone();
+                self.ring.read_multishot(fd, Tag::Orphan { id });
+            }
+            _ => {
+                if let Some(fd) = self.orphans.remove(&id) {
+                    self.close_orphan(fd);
+                }
+            }
+        }
+    }
+
+    fn close_orphan(&mut self, fd: Rc<OwnedFd>) {
+        if let Ok(fd) = Rc::try_unwrap(fd) {
+            self.closer.close(vec![fd]);
+        }
     }
 
     /// A process that held a slot (and fds) let go of them.

@@ -62,7 +62,15 @@ enum Tag {
     OpenSlow { proc: u64 },
     /// The exit wait of process `proc` failed to be set up: try again.
     ExitRetry { proc: u64 },
+    /// A read of a pipe whose process has ended but which a descendant
+    /// still holds open (see `Reactor::orphans`).
+    Orphan { id: u64 },
 }
+
+/// Most pipes read for descendants of ended processes at once (each holds an
+/// fd); past it such a pipe is closed, as when the agent exits, and the
+/// descendant's next write fails with EPIPE.
+const MAX_ORPHANS: usize = 1024;
 
 /// How long after a failed exit wait (an epoll set out of room, say) it is
 /// set up again.
@@ -135,6 +143,13 @@ pub(crate) struct Reactor {
     /// their group: each one's pidfd (unreaped, holding the group's id) and
     /// the group id, by serial.
     group_kills: HashMap<u64, (Rc<OwnedFd>, i32)>,
+    /// Capture pipes of ended processes that a descendant still holds open
+    /// for writing: read until its end and the bytes dropped, so the
+    /// descendant neither blocks on a full pipe nor dies of SIGPIPE. By an id
+    /// of their own, at most [`MAX_ORPHANS`].
+    orphans: HashMap<u64, Rc<OwnedFd>>,
+    /// The id of the next orphaned pipe.
+    next_orphan: u64,
     /// Kept-file captures whose pipe reads are to be paused (backpressure),
     /// cancelled once the current batch of completions is handled.
     pauses: Vec<(u64, usize)>,
@@ -235,6 +250,8 @@ impl Reactor {
             opened_rx,
             opening: HashMap::new(),
             group_kills: HashMap::new(),
+            orphans: HashMap::new(),
+            next_orphan: 0,
             pauses: Vec::new(),
             budget: output_limit,
             generation: 0,
@@ -363,6 +380,14 @@ impl Reactor {
                 }
                 if !cqe.more {
                     self.pipe_read_ended(proc, cap, cqe);
+                }
+                return;
+            }
+            Tag::Orphan { id } => {
+                // A descendant's bytes, after its process's capture was frozen.
+                self.ring.finish(cqe);
+                if !cqe.more {
+                    self.orphan_read_ended(id, cqe);
                 }
                 return;
             }
