@@ -6,7 +6,7 @@
 //! | `GET /procs` | `{"data": {"procs": {id: result}}}` |
 //! | `POST /procs` | body `{"specs": …}` with `Content-Type: application/json`; `{"data": {}}` |
 //! | `GET /procs/ID` | `{"data": {"procs": {ID: result}}}`, or 404 |
-//! | `DELETE /procs/ID` | `{"data": {}}`; 400 "process running: ID"; 404 |
+//! | `DELETE /procs/ID` | `{"data": {}}`; 400 "process running: ID"; 404. A download of its output still in flight is cut |
 //! | `POST /procs/ID/signals/SIG` | SIG a name (`SIGTERM`, `TERM`) or number; `{"data": {}}`; 400 "no process" once it has exited; 404 |
 //! | `GET /procs/ID/output/FD/data` | the capture's bytes (`text/plain; charset=utf-8` for a `utf-8` capture, else `application/octet-stream`); 400 "no fd: N" |
 //!
@@ -17,18 +17,21 @@
 //! `Range: bytes=A-B`, `bytes=A-` or `bytes=-N` header, answered 206 with
 //! `Content-Range`; a range past the end is clamped (a `Range` that starts
 //! past it is 416). Bytes a head/tail capture dropped are left out, and the
-//! `X-Chaperone-Dropped: START-STOP` header says which. Bodies are streamed
+//! `X-Chaperone-Dropped: START-STOP` header says which (a `Range` gets the
+//! first part held in one piece, or 416 if none is). Bodies are streamed
 //! in [`CHUNK`]-byte reads, so a slow client reading a huge capture holds one
 //! chunk. A bearer token (`--serve-token` or `CHAPERONE_SERVE_TOKEN`) is
-//! compared in constant time; without it every request is 401, except a
-//! `GET` of the status page's own files under `/ui`. `GET /agent`
+//! compared in constant time (the scheme's name in any case); without it
+//! every request is 401, except a `GET` of the status page's own files
+//! under `/ui`. `GET /agent`
 //! describes the agent; `POST /shutdown?policy=terminate|kill|idle` begins
-//! one of Procstar's shutdowns.
+//! one of Procstar's shutdowns. A client has [`HEADER_TIMEOUT`] to send a
+//! request's head and [`BODY_TIMEOUT`] its body; answers have no limit.
 
 use crate::spec;
 use crate::supervisor::{Handle, ProcError, StartError};
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -75,6 +78,8 @@ struct App {
     /// Who the agent is (read once: the user and group names are NSS
     /// lookups, not for every second's `agent` frame).
     info: Arc<serde_json::Value>,
+    /// How long a request body may take to arrive (see [`BODY_TIMEOUT`]).
+    body_timeout: std::time::Duration,
 }
 
 /// The API's router over `handle`.
@@ -91,6 +96,7 @@ pub fn router(handle: Handle, options: &Options) -> Router {
         started: (std::time::SystemTime::now(), std::time::Instant::now()),
         hub: Arc::default(),
         info: Arc::new(serde_json::to_value(crate::proto::ProcInfo::current()).unwrap_or_default()),
+        body_timeout: Limits::from_env().body,
     };
     Router::new()
         .route("/procs", get(get_procs).post(post_procs))
@@ -146,55 +152,108 @@ pub async fn serve(
     options: Options,
 ) -> std::io::Result<()> {
     let app = router(handle, &options);
-    match options.tls {
-        None => axum::serve(listener, app).await,
-        Some(tls) => serve_tls(listener, app, tls).await,
-    }
+    serve_connections(listener, app, options.tls, Limits::from_env()).await
 }
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The accept loop over TLS: each connection's handshake and requests run
-/// in a task of their own, so a slow handshake holds up no other client.
-async fn serve_tls(
+/// How long a client has to send a request's line and headers, from when
+/// the connection is ready for one (accepted, or done with its last answer):
+/// a client that sends half a request and stalls holds an fd no longer.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a request body (a `POST /procs`) may take to arrive, once its
+/// headers have; a body slower than that is 408.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The time limits on what clients send, [`HEADER_TIMEOUT`] and
+/// [`BODY_TIMEOUT`] unless `CHAPERONE_SERVE_HEADER_TIMEOUT` or
+/// `CHAPERONE_SERVE_BODY_TIMEOUT` (seconds) say otherwise. Neither limits an
+/// answer: a `follow=true` stream, a `?wait=` long poll or `/events` lasts
+/// as long as it needs.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    header: std::time::Duration,
+    body: std::time::Duration,
+}
+
+impl Limits {
+    fn from_env() -> Limits {
+        let secs = |name: &str, default: std::time::Duration| {
+            let Ok(v) = std::env::var(name) else {
+                return default;
+            };
+            match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => {
+                    std::time::Duration::from_secs_f64(s)
+                }
+                _ => {
+                    tracing::warn!("{name}={v:?} is not a number of seconds; using {default:?}");
+                    default
+                }
+            }
+        };
+        Limits {
+            header: secs("CHAPERONE_SERVE_HEADER_TIMEOUT", HEADER_TIMEOUT),
+            body: secs("CHAPERONE_SERVE_BODY_TIMEOUT", BODY_TIMEOUT),
+        }
+    }
+}
+
+/// The accept loop: each connection (its TLS handshake, with `tls`, and its
+/// requests) runs in a task of its own, so a slow client holds up no other,
+/// and hyper's header read timeout (which needs a timer) closes one that
+/// stalls before its request is whole.
+async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: Router,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
 ) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of fds, most likely: the clients being served finish
                 // and free some; take no more until then.
-                tracing::warn!("accepting an HTTPS connection: {e}");
+                tracing::warn!("accepting an HTTP connection: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(acceptor) = acceptor else {
+                return serve_connection(tcp, app, limits, peer).await;
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "HTTPS connection: {e}");
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => serve_connection(s, app, limits, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 requests on one connection until it closes.
+async fn serve_connection<I>(io: I, app: Router, limits: Limits, peer: std::net::SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    // The timer runs the header read timeout, which starts whenever the
+    // connection waits for a request's head (an idle keep-alive connection
+    // too) and stops once the head is read: an answer, however long it
+    // streams, is not cut by it.
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(%peer, "HTTP connection: {e}");
     }
 }
 
@@ -233,6 +292,18 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme's name
+/// is case-insensitive (RFC 9110, section 11.1), and one or more spaces
+/// may follow it.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"Bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    Some(&rest[start..])
+}
+
 async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response {
     // The status page's own files hold no data: they load without the
     // token and ask for it (every data request still needs it).
@@ -242,7 +313,7 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| bearer(v.as_bytes()));
         if !given.is_some_and(|g| same(g, token)) {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -355,11 +426,40 @@ async fn get_procs(State(app): State<App>) -> Response {
     })
 }
 
-async fn post_procs(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_procs(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
     // Procstar's rule, exactly: anything else is "body not JSON".
     if headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes) != Some(b"application/json") {
         return bad("body not JSON");
     }
+    // A body that dribbles in holds its connection (an fd) no longer than
+    // the limit; the answer then closes the connection, unread.
+    let body =
+        match tokio::time::timeout(app.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                let too_big = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return if too_big {
+                    error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        Some(format!(
+                            "length limit exceeded: the body is larger than {MAX_BODY} bytes"
+                        )),
+                    )
+                } else {
+                    bad(format!("reading the body: {e}"))
+                };
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Some(format!(
+                        "the body took longer than {:?} to arrive",
+                        app.body_timeout
+                    )),
+                );
+            }
+        };
     let input = match spec::parse_input(&body) {
         Ok(i) => i,
         Err(e) => return bad(e.to_string()),

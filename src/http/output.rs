@@ -4,7 +4,7 @@
 //! | Query or header | Meaning |
 //! |---|---|
 //! | `start=A&stop=B` | bytes `[A, B)` (`stop` exclusive), clamped to the length |
-//! | `Range: bytes=A-B`, `bytes=A-`, `bytes=-N` | the same, answered 206 with `Content-Range` (416 when it starts past the end) |
+//! | `Range: bytes=A-B`, `bytes=A-`, `bytes=-N` | the same, answered 206 with `Content-Range` (416 when it starts past the end); over a dropped middle, its first part held in one piece (416 if none is) |
 //! | `encoding=raw` (default) | the bytes; `text/plain; charset=utf-8` for a `utf-8` capture, else `application/octet-stream` |
 //! | `encoding=utf-8` | text, invalid sequences replaced by U+FFFD (`X-Chaperone-Replaced: true` when any were) |
 //! | `encoding=base64`, `encoding=base2048` | the bytes so encoded, as text |
@@ -362,11 +362,26 @@ pub(super) async fn get_output(
     let start = start.min(length);
     let stop = want.stop.unwrap_or(length).clamp(start, length);
     let dropped = dropped_in(handle, &id, &fd, start, stop).await;
-    let held = stop - start - dropped.as_ref().map_or(0, |d| d.end - d.start);
+    // A 206's Content-Range names exactly the bytes in its body (RFC 9110,
+    // 14.4): a client writes them at its offset. So a `Range` that meets a
+    // dropped middle is answered with its first part held in one piece (the
+    // client asks again for the rest), and one wholly dropped is 416; the
+    // `?start=&stop=` answer, a 200, leaves the middle out instead.
+    // (`dropped`, the part of the asked range, is what the header names.)
+    let (start, stop, skip) = match &dropped {
+        Some(d) if want.header && d.start <= start && stop <= d.end => {
+            return wholly_dropped(handle, &id, &fd, (start, stop), &probe).await;
+        }
+        Some(d) if want.header && d.start > start => (start, d.start, None),
+        Some(d) if want.header => (d.end, stop, None),
+        _ => (start, stop, dropped.clone()),
+    };
+    let held = stop - start - skip.as_ref().map_or(0, |d| d.end - d.start);
     // A whole capture held compressed, asked for as zstd: its stored frames.
     let stored = matches!(opts.encoding, BodyEncoding::Zstd { .. })
         && start == 0
         && want.stop.is_none()
+        && stop == length
         && probe.compressed;
     // Whether the text will have replacements, for the header: the range is
     // read once ahead (bounded, a step at a time) to find out.
@@ -376,7 +391,7 @@ pub(super) async fn get_output(
             id.clone(),
             fd.clone(),
             (start, stop),
-            dropped.clone(),
+            skip.clone(),
             Streaming::new(&app.streams),
         );
         match utf8_replaced(raw).await {
@@ -412,7 +427,7 @@ pub(super) async fn get_output(
                 id,
                 fd,
                 (start, stop),
-                dropped.clone(),
+                skip,
                 Streaming::new(&app.streams),
             ),
             opts.encoding,
@@ -449,6 +464,44 @@ pub(super) async fn get_output(
         };
         put(r.headers_mut(), header::CONTENT_RANGE.as_str(), range);
     }
+    r
+}
+
+/// The 416 for a `Range` (`[start, stop)`) that lies wholly in a head/tail
+/// capture's dropped middle: no byte of it is held. `Content-Range: bytes
+/// */LENGTH` as for a range past the end, `X-Chaperone-Dropped` the range,
+/// and the detail names the whole dropped middle (where the held bytes
+/// stop and start again).
+async fn wholly_dropped(
+    handle: &Handle,
+    id: &str,
+    fd: &str,
+    (start, stop): (u64, u64),
+    probe: &Probe,
+) -> Response {
+    let length = probe.length;
+    let middle = dropped_in(handle, id, fd, 0, u64::MAX)
+        .await
+        .unwrap_or(start..stop);
+    let mut r = error(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        Some(format!(
+            "bytes {}-{} of {length} were dropped by the capture's head/tail \
+             limits; the range asked, bytes={start}-{}, lies within them",
+            middle.start,
+            middle.end,
+            stop - 1
+        )),
+    );
+    let h = r.headers_mut();
+    put(
+        h,
+        header::CONTENT_RANGE.as_str(),
+        format!("bytes */{length}"),
+    );
+    put(h, "x-chaperone-dropped", format!("{start}-{stop}"));
+    put(h, "x-chaperone-length", length);
+    put(h, "x-chaperone-open", probe.open);
     r
 }
 

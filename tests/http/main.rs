@@ -1,6 +1,8 @@
 //! `chaperone --serve` and `chaperone client` together: text encodings of
 //! captures larger than one streamed step decode to the exact bytes, live and
-//! finished (the step sizes keep base64 and base2048 steps concatenable).
+//! finished (the step sizes keep base64 and base2048 steps concatenable);
+//! and the server over raw connections: ranges of a head/tail capture, the
+//! bearer token's scheme, and the time limits on what a client sends.
 
 #[path = "../util/mod.rs"]
 mod util;
@@ -23,13 +25,21 @@ impl Drop for Served {
 }
 
 fn serve(spec: &serde_json::Value) -> Served {
+    serve_with(spec, &[], &[])
+}
+
+/// [`serve`] with more arguments and environment variables.
+fn serve_with(spec: &serde_json::Value, args: &[&str], env: &[(&str, &str)]) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spec.json");
     std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
     let port = util::free_port();
     let child = Command::new(util::bin())
         .args(["--serve", "--serve-port", &port.to_string()])
+        .args(args)
         .arg(&path)
+        .env_remove("CHAPERONE_SERVE_TOKEN")
+        .envs(env.iter().copied())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -198,4 +208,281 @@ fn length_of(url: &str, path: &str) -> u64 {
         })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// An answer over a raw connection: status, headers (names lower-case) and
+/// body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` with `headers` (each `Name: value`) on a connection of its
+/// own, read to its close.
+fn get(url: &str, path: &str, headers: &[&str]) -> Answer {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head");
+    let head = String::from_utf8(all[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: all[end + 4..].to_vec(),
+    }
+}
+
+/// A 206's `Content-Range` names exactly the bytes of its body, also when
+/// the range meets a head/tail capture's dropped middle: the first part held
+/// in one piece is served (with `X-Chaperone-Dropped` naming what is gone),
+/// and a range wholly in the middle is 416. (Before, `bytes=1287890-1287899`
+/// answered `Content-Range: bytes 1287890-1287899/…` over 5 bytes, those of
+/// 1287895-1287899.) `?start=&stop=` still answers 200 with the middle left
+/// out.
+#[test]
+fn ranges_that_meet_a_dropped_middle_name_exactly_the_bytes_sent() {
+    let served = serve(&serde_json::json!({"specs": {"s": {
+        "argv": ["/bin/sh", "-c", "seq 1 200000"],
+        "fds": [["stdout", {"capture": {"mode": "memory", "encoding": null,
+                                        "head": 1000, "tail": 1000}}]]}}}));
+    let out = client(&served.url, &["wait", "s"]);
+    assert!(out.status.success());
+    let whole: Vec<u8> = (1..=200_000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let length = whole.len() as u64;
+    assert_eq!(length, 1_288_895);
+    let gone = (1000, length - 1000);
+    let path = "/procs/s/output/stdout/data";
+    let range = |r: &str| get(&served.url, path, &[&format!("Range: bytes={r}")]);
+    let check = |r: &str, (a, z): (u64, u64)| {
+        let ans = range(r);
+        assert_eq!(ans.status, 206, "{r}");
+        assert_eq!(
+            ans.header("content-range"),
+            Some(format!("bytes {a}-{z}/{length}").as_str()),
+            "{r}"
+        );
+        assert_eq!(ans.body, whole[a as usize..=z as usize], "{r}");
+        ans
+    };
+    // Ends in the tail, starts in the middle: the tail's part.
+    let ans = check("1287890-1287899", (1_287_895, 1_287_899));
+    assert_eq!(ans.header("x-chaperone-dropped"), Some("1287890-1287895"));
+    // Starts in the head, ends in the middle: the head's part.
+    let ans = check("500-1499", (500, 999));
+    assert_eq!(ans.header("x-chaperone-dropped"), Some("1000-1500"));
+    // Across the whole middle: the head's part; asking on gets the tail's.
+    let ans = check("990-", (990, 999));
+    assert_eq!(
+        ans.header("x-chaperone-dropped"),
+        Some(format!("{}-{}", gone.0, gone.1).as_str())
+    );
+    check("1000-", (gone.1, length - 1));
+    check("-1005", (gone.1, length - 1));
+    // Wholly held or wholly dropped.
+    let ans = check("10-19", (10, 19));
+    assert_eq!(ans.header("x-chaperone-dropped"), None);
+    let ans = range("5000-6000");
+    assert_eq!(ans.status, 416);
+    assert_eq!(
+        ans.header("content-range"),
+        Some(format!("bytes */{length}").as_str())
+    );
+    assert_eq!(ans.header("x-chaperone-dropped"), Some("5000-6001"));
+    let detail =
+        serde_json::from_slice::<serde_json::Value>(&ans.body).unwrap()["errors"]["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert!(
+        detail.contains(&format!(
+            "bytes {}-{} of {length} were dropped",
+            gone.0, gone.1
+        )),
+        "{detail}"
+    );
+    // ?start=&stop= leaves the middle out, and says so, as before.
+    let ans = get(&served.url, &format!("{path}?start=990&stop=1287900"), &[]);
+    assert_eq!(ans.status, 200);
+    assert_eq!(ans.header("content-range"), None);
+    assert_eq!(ans.header("x-chaperone-dropped"), Some("1000-1287895"));
+    let mut want = whole[990..1000].to_vec();
+    want.extend_from_slice(&whole[1_287_895..1_287_900]);
+    assert_eq!(ans.body, want);
+}
+
+/// The `Authorization` scheme is case-insensitive (RFC 9110, 11.1):
+/// `bearer TOKEN` is taken as `Bearer TOKEN` is. (Before, it was 401.)
+#[test]
+fn the_bearer_scheme_is_taken_in_any_case() {
+    let served = serve_with(
+        &serde_json::json!({"specs": {}}),
+        &["--serve-token", "s3cret"],
+        &[],
+    );
+    let status = |auth: Option<&str>| {
+        let h = auth.map(|a| format!("Authorization: {a}"));
+        get(
+            &served.url,
+            "/procs",
+            h.as_slice()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )
+        .status
+    };
+    for ok in [
+        "Bearer s3cret",
+        "bearer s3cret",
+        "BEARER s3cret",
+        "bEaReR  s3cret",
+    ] {
+        assert_eq!(status(Some(ok)), 200, "{ok}");
+    }
+    for no in [
+        "bearer wrong",
+        "Basic s3cret",
+        "bearers3cret",
+        "Bearer",
+        "s3cret",
+    ] {
+        assert_eq!(status(Some(no)), 401, "{no}");
+    }
+    assert_eq!(status(None), 401);
+}
+
+/// Whether the server closes `c` (EOF or a reset) within `within`.
+fn closed_within(c: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    c.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or the like before the close is fine.
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A client that sends half a request line and stalls is disconnected
+/// after the header read timeout (1 s here, by
+/// `CHAPERONE_SERVE_HEADER_TIMEOUT`), as is one that sends half a `POST`
+/// body (by `CHAPERONE_SERVE_BODY_TIMEOUT`), which gets a 408; answers that
+/// last longer than either, a `?wait=` long poll and a `follow=true`
+/// stream, are not cut. (Before, a half-sent request held its connection,
+/// and an agent fd, for good.)
+#[test]
+fn stalled_requests_are_cut_and_long_answers_are_not() {
+    use std::io::{Read, Write};
+    let served = serve_with(
+        &serde_json::json!({"specs": {}}),
+        &[],
+        &[
+            ("CHAPERONE_SERVE_HEADER_TIMEOUT", "1"),
+            ("CHAPERONE_SERVE_BODY_TIMEOUT", "1"),
+        ],
+    );
+    let addr = served.url.trim_start_matches("http://").to_owned();
+    // Half a request line.
+    let t = Instant::now();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /pro").unwrap();
+    assert!(closed_within(&mut c, Duration::from_secs(10)), "still open");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // Headers and then nothing more, on a connection kept alive after an
+    // answer.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /procs HTTP/1.1\r\nhost: x\r\n\r\nGET /procs HTTP/1.1\r\nhost:")
+        .unwrap();
+    assert!(closed_within(&mut c, Duration::from_secs(10)), "still open");
+    // Half a body.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(
+        b"POST /procs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\n\r\n{\"specs\": ",
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head)
+        .expect("an answer to a stalled body");
+    assert_eq!(&head, b"HTTP/1.1 408");
+    assert!(closed_within(&mut c, Duration::from_secs(10)), "still open");
+    // A long poll and a stream, each about 3 s, well past both limits.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("slow.json");
+    let slow = serde_json::json!({"specs": {"slow": {
+        "argv": ["/bin/sh", "-c", "sleep 3; echo done"],
+        "fds": [["stdout", {"capture": {"mode": "memory", "encoding": null}}]]}}});
+    std::fs::write(&spec, serde_json::to_vec(&slow).unwrap()).unwrap();
+    let t = Instant::now();
+    client(&served.url, &["start", spec.to_str().unwrap()]);
+    let follow = std::thread::spawn({
+        let url = served.url.clone();
+        move || get(&url, "/procs/slow/output/stdout/data?follow=true", &[])
+    });
+    let ans = get(&served.url, "/procs/slow?wait=30", &[]);
+    assert_eq!(ans.status, 200);
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+    let v: serde_json::Value = serde_json::from_slice(&ans.body).unwrap();
+    assert_eq!(v["data"]["procs"]["slow"]["status"]["exit_code"], 0, "{v}");
+    let ans = follow.join().unwrap();
+    assert_eq!(ans.status, 200);
+    // Chunked: the one line is in it whole.
+    assert!(
+        ans.body.windows(5).any(|w| w == b"done\n"),
+        "{:?}",
+        String::from_utf8_lossy(&ans.body)
+    );
 }
