@@ -703,6 +703,13 @@ async fn modes(
     let wait_events = args.wait.then(|| handle.subscribe());
     let had_input = input.is_some();
     tokio::spawn(shutdown_on_signals(handle.clone()));
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            crate::sys::mem::trim_if_noted();
+        }
+    });
     let mut started = Vec::new();
     if let Some(input) = input {
         match handle.start(input).await {

@@ -460,6 +460,7 @@ async fn post_procs(State(app): State<App>, headers: HeaderMap, body: Body) -> R
                 );
             }
         };
+    crate::sys::mem::note_request(body.len());
     let input = match spec::parse_input(&body) {
         Ok(i) => i,
         Err(e) => return bad(e.to_string()),

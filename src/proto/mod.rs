@@ -279,7 +279,7 @@ impl Decoded {
 
     /// A map that was read but refused as a whole (`err` says why): `value`
     /// is what could be read of it, echoed in the error.
-    fn refused(value: Value, err: String) -> Decoded {
+    pub(crate) fn refused(value: Value, err: String) -> Decoded {
         let mut d = Decoded::from_value(Ok(value));
         d.request = Err(err);
         d
@@ -421,6 +421,7 @@ impl<'de> serde::de::Visitor<'de> for ValueSeed {
 
 /// Decodes one MessagePack message: one value, taking the whole frame.
 pub fn decode_msgpack(frame: &[u8]) -> Decoded {
+    crate::sys::mem::note_request(frame.len());
     let read = || -> Result<Value, String> {
         let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(frame));
         let Strict(v) = Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
@@ -619,8 +620,12 @@ fn fd_data_reply(
 
 /// Parses a start request's specs as a spec input.
 fn start_input(specs: &serde_json::Map<String, Value>) -> Result<spec::Input, String> {
-    let json = serde_json::to_vec(&serde_json::json!({ "specs": specs }))
-        .map_err(|e| format!("specs: {e}"))?;
+    // Borrowed, not a `json!` copy of every spec.
+    #[derive(Serialize)]
+    struct Specs<'a> {
+        specs: &'a serde_json::Map<String, Value>,
+    }
+    let json = serde_json::to_vec(&Specs { specs }).map_err(|e| format!("specs: {e}"))?;
     spec::parse_input(&json).map_err(|e| without_position(e.to_string()))
 }
 

@@ -70,11 +70,18 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 
 /// Decodes one request line.
 pub fn decode_line(line: &[u8]) -> Decoded {
-    Decoded::from_value(
-        serde_json::from_slice::<super::Strict>(line)
-            .map(|s| s.0)
-            .map_err(|e| format!("not a JSON object: {e}")),
-    )
+    crate::sys::mem::note_request(line.len());
+    match serde_json::from_slice::<super::Strict>(line) {
+        Ok(s) => Decoded::from_value(Ok(s.0)),
+        Err(e) => match serde_json::from_slice::<serde_json::Value>(line) {
+            // A map refused only by the strict reading (a key given twice):
+            // its error echoes what could be read, as over WebSocket.
+            Ok(v @ serde_json::Value::Object(_)) => {
+                Decoded::refused(v, format!("invalid JSON message: {e}"))
+            }
+            _ => Decoded::from_value(Err(format!("not a JSON object: {e}"))),
+        },
+    }
 }
 
 /// Writes one message as a line.
@@ -260,5 +267,13 @@ mod tests {
         );
         let d = decode_line(b"{not json");
         assert!(d.request.expect_err("bad").starts_with("not a JSON object"));
+        // A proc id given twice: refused, echoing the start's type and specs.
+        let d = decode_line(
+            br#"{"type": "ProcStartRequest", "specs": {"a": {"argv": ["/bin/true"]}, "a": {"argv": ["/bin/false"]}}}"#,
+        );
+        let e = d.request.expect_err("a key twice");
+        assert!(e.contains(r#"the key "a" is given twice"#), "{e}");
+        assert_eq!(d.value["type"], "ProcStartRequest");
+        assert!(d.value["specs"]["a"].is_object(), "{}", d.value);
     }
 }

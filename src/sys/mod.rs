@@ -13,6 +13,7 @@
 //! | `wait.rs` | [`wait::reap`]: `waitid(P_PIDFD)` with a rusage buffer, read into [`wait::RawRusage`] |
 //! | `pipe.rs` | capture pipes: `pipe2`, `F_SETPIPE_SZ` once a writer fills one, non-blocking read ends |
 //! | `fd.rs` | `F_DUPFD_CLOEXEC`, `O_TMPFILE` files, `pread` |
+//! | `mem.rs` | `malloc_trim` after a large request, so its memory goes back to the system |
 //! | `perf.rs` | `perf_event_open`: `struct perf_event_attr`, the agent-side open, the plan a child opens its counters from |
 //! | `daemon.rs` | [`daemon::detach`]: the agent's one fork, at start, into a session of its own (`--detach`) |
 //! | `user.rs` | user and group lookups (`getpwnam_r`, `getgrnam_r`, `getgrouplist`) in the parent |
@@ -37,6 +38,7 @@ pub(crate) mod clone3;
 pub mod daemon;
 pub mod epoll;
 pub mod fd;
+pub mod mem;
 pub mod perf;
 pub mod pidfd;
 pub mod pipe;
