@@ -271,3 +271,188 @@ def test_screenshot_is_not_blank(served, browser):
     bg = rows[-1][-1]
     ink = sum(1 for row in rows[::2] for p in row[::2] if p != bg)
     assert ink > 0.02 * (width // 2) * (height // 2), ink
+
+
+def js_bytes(n):
+    """The page's `bytes()`: 1.87 MiB, 48.0 KiB, 868 KiB."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i, v = 0, float(n)
+    while v >= 1024 and i < len(units) - 1:
+        v /= 1024
+        i += 1
+    if i == 0:
+        return f"{int(v)} B"
+    return f"{v:.{2 if v < 10 else 1 if v < 100 else 0}f} {units[i]}"
+
+
+def restart_on_same_port(s, *args):
+    """Kills the agent `s` runs and starts another on its port."""
+    import socket
+    import subprocess
+    s.proc.kill()
+    s.proc.wait()
+    time.sleep(1)
+    s.proc = subprocess.Popen([s.proc.args[0], "--serve", "--serve-port", str(s.port), *args],
+                              stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", s.port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the new agent never listened"
+            time.sleep(0.05)
+
+
+def test_the_output_view_recovers_when_the_agent_restarts(served, browser):
+    b = browser
+    tail = "document.querySelector('pre[data-fd=stdout]')"
+    status = "document.querySelector('.following').textContent"
+    writer = "i=0; while :; do i=$((i+1)); echo {} $i; sleep 0.1; done"
+    start(served.url, {"tick": {"argv": ["/bin/sh", "-c", writer.format("old")], "fds": [["stdout", MEMORY]]}})
+    b.goto(f"{served.url}/ui/#/proc/tick")
+    b.wait(f"{tail} && {tail}.textContent.includes('old 3\\n')", what="the old output")
+    restart_on_same_port(served)
+    start(served.url, {"tick": {"argv": ["/bin/sh", "-c", writer.format("new")], "fds": [["stdout", MEMORY]]}})
+    # The view starts over with the new process's output, and follows it.
+    b.wait(f"{tail} && {tail}.textContent.includes('new 3\\n')", timeout=30, what="the new output")
+    assert b.js(f"{status}") == "following"
+    assert "old" not in b.js(f"{tail}.textContent")
+    assert "another process" in b.js("document.querySelector('#proc-notice').textContent")
+    pid = result(served.url, "tick")["pid"]
+    b.wait(f"document.querySelector('.facts [data-fact=pid]').textContent === '{pid}'", what="the new pid")
+
+
+def test_a_queued_process_can_be_cancelled_from_its_page(chaperone, browser):
+    s = Served(chaperone, "--max-running", "1")
+    try:
+        b = browser
+        start(s.url, {"first": {"argv": ["/bin/sleep", "30"]}, "waiting": {"argv": ["/bin/sleep", "30"]}})
+        b.goto(f"{s.url}/ui/#/proc/waiting")
+        b.wait("document.querySelector('#proc-state') && "
+               "document.querySelector('#proc-state').textContent === 'queued'", what="queued")
+        disabled = b.js("Object.fromEntries([...document.querySelectorAll('.actions button')]"
+                        ".map(x => [x.textContent, x.disabled]))")
+        # A signal that ends a process cancels a queued one; the agent
+        # refuses to delete one until it has.
+        assert disabled == {"SIGTERM": False, "SIGINT": False, "SIGKILL": False, "Delete": True}, disabled
+        b.click("[data-signal=TERM]")
+        b.wait("!document.querySelector('#confirm').hidden")
+        b.click("#confirm-ok")
+        b.wait("document.querySelector('#proc-state').textContent === 'error'", what="cancelled")
+        res = result(s.url, "waiting")
+        assert res["state"] == "error" and "not started" in res["errors"][0], res
+        b.wait("!document.querySelector('#delete').disabled", what="delete enabled")
+        httpx.post(f"{s.url}/procs/first/signals/KILL")
+    finally:
+        s.close()
+
+
+def test_the_result_json_keeps_large_integers(served, browser):
+    b = browser
+    got = None
+    b.goto(f"{served.url}/ui/")
+    b.wait("typeof exactJson === 'function'")
+    got = b.js("exactJson('{\"a\": {\"2\": [18446744073709551615, -1.5e300, \"x\\\\\"y\", {}], \"b\": null}}', ['a'])")
+    assert got == '{\n  "2": [\n    18446744073709551615,\n    -1.5e300,\n    "x\\"y",\n    {}\n  ],\n  "b": null\n}', got
+    start(served.url, {"sleeper": {"argv": ["/bin/sleep", "30"]}})
+    b.goto(f"{served.url}/ui/#/proc/sleeper")
+    b.wait("document.querySelector('pre.json') && document.querySelector('pre.json').textContent.includes('\"proc_stat\"')",
+           what="the JSON")
+    raw = httpx.get(f"{served.url}/procs/sleeper").text
+    shown = b.js("document.querySelector('pre.json').textContent")
+    # Each number as the agent wrote it (rsslim is 2^64 - 1 when unlimited).
+    import re
+    for key in ("rsslim", "pid"):
+        m = re.search(f'"{key}":(\\d+)', raw)
+        if m:
+            assert f'"{key}": {m.group(1)}' in shown, (key, m.group(1))
+    httpx.post(f"{served.url}/procs/sleeper/signals/KILL")
+
+
+def test_a_process_deleted_while_its_page_is_open_says_so(served, browser):
+    b = browser
+    start(served.url, {"brief": {"argv": ["/bin/echo", "hello"], "fds": [["stdout", MEMORY]]}})
+    b.goto(f"{served.url}/ui/#/proc/brief")
+    b.wait("[...document.querySelectorAll('.following')].some(e => e.textContent === 'complete')", what="complete")
+    assert httpx.delete(f"{served.url}/procs/brief").status_code == 200
+    b.wait("document.querySelector('#proc-state').textContent === 'deleted'", what="deleted")
+    notice = b.js("document.querySelector('#proc-notice').textContent")
+    assert "brief was deleted" in notice, notice
+    assert "unknown proc id" not in b.js("document.querySelector('.page').textContent")
+    assert b.js("[...document.querySelectorAll('.actions button')].every(x => x.disabled)")
+    # Started again under the same id: the page shows the new one.
+    start(served.url, {"brief": {"argv": ["/bin/echo", "again"], "fds": [["stdout", MEMORY]]}})
+    b.wait("document.querySelector('pre[data-fd=stdout]') && "
+           "document.querySelector('pre[data-fd=stdout]').textContent === 'again\\n'", what="the new output")
+    assert b.js("document.querySelector('#proc-state').textContent") == "terminated"
+
+
+def test_a_malformed_address_says_so(served, browser):
+    b = browser
+    b.goto(f"{served.url}/ui/#/proc/fine")
+    b.wait("!!document.querySelector('#proc-state')")
+    b.js("location.hash = '#/proc/100%'")
+    text = b.wait("document.querySelector('#bad-address') && document.querySelector('#bad-address').textContent",
+                  what="the message")
+    assert "100%" in text and "not a well-formed" in text, text
+    b.js("location.hash = '#/'")
+    b.wait("!!document.querySelector('#count')")
+
+
+def test_the_dropped_middle_marker_accounts_for_all_not_shown(served, browser):
+    b = browser
+    cap = {"capture": {"mode": "memory", "encoding": "utf-8", "head": 65536, "tail": 131072}}
+    start(served.url, {"seq": {"argv": ["/bin/sh", "-c", "seq 1 300000"], "fds": [["stdout", cap]]}})
+    length = sum(len(f"{i}\n") for i in range(1, 300001))
+    b.goto(f"{served.url}/ui/#/proc/seq")
+    b.wait("[...document.querySelectorAll('.following')].some(e => e.textContent === 'complete')", what="complete")
+    head = b.js("document.querySelector('pre.head').textContent")
+    tail = b.js("document.querySelector('pre[data-fd=stdout]').textContent")
+    assert len(head) == 16384 and len(tail) == 65536, (len(head), len(tail))
+    marker = b.js("document.querySelector('.dropped').firstChild.textContent")
+    # 16 KiB of head shown, 48 KiB of it not; the middle dropped; 64 KiB of
+    # the held tail not shown, then its last 64 KiB.
+    dropped = js_bytes(length - 65536 - 131072)
+    want = (f"⋯ {js_bytes(65536 - 16384)} not shown here, then {dropped} "
+            f"dropped from the middle by the capture's head/tail bounds, then {js_bytes(131072 - 65536)} "
+            f"not shown here (download for all the capture holds) ⋯")
+    assert marker == want, (marker, want)
+    # The held parts load on a click: all the head, and the tail's start.
+    assert b.js("document.querySelector('.dropped button').textContent") == f"show the {js_bytes(49152 + 65536)}"
+    b.click(".dropped button")
+    b.wait("document.querySelector('pre.head').textContent.length === 65536", what="the whole head")
+    b.wait("document.querySelectorAll('pre.head')[1].textContent.length === 65536", what="the tail's start")
+    held = httpx.get(f"{served.url}/procs/seq/output/stdout/data").content.decode()
+    assert b.js("document.querySelector('pre.head').textContent") == held[:65536]
+    assert (b.js("document.querySelectorAll('pre.head')[1].textContent") + tail) == held[65536:]
+    assert b.js("document.querySelector('.dropped').textContent") == \
+        f"⋯ {dropped} dropped from the middle by the capture's head/tail bounds ⋯"
+
+
+def test_following_a_long_tail_lays_out_only_what_it_adds(served, browser):
+    b = browser
+    b.call("Performance.enable", session=True)
+    # 600,000 characters at once (the page open before), then a coloured
+    # line every 50 ms.
+    script = ("sleep 2; seq 1 100000 | sed 's/$/ xxxx/'; i=0; "
+              "while :; do i=$((i+1)); printf '\\033[32mslow %d\\033[0m\\n' $i; sleep 0.05; done")
+    start(served.url, {"busy": {"argv": ["/bin/sh", "-c", script], "fds": [["stdout", MEMORY]]}})
+    b.goto(f"{served.url}/ui/#/proc/busy")
+    tail = "document.querySelector('pre[data-fd=stdout]')"
+    b.wait(f"{tail} && {tail}.textContent.includes('slow 20\\n')", timeout=30, what="the slow lines")
+    # The tail is in bounded blocks, so appending reflows one of them.
+    sizes = b.js(f"[...{tail}.childNodes].map(c => c.nodeName === 'SPAN' && c.className === 'blk' ? c.textContent.length : -1)")
+    assert len(sizes) > 50 and -1 not in sizes and max(sizes) < 20000, (len(sizes), -1 in sizes, max(sizes))
+
+    def metrics():
+        m = {x["name"]: x["value"] for x in b.call("Performance.getMetrics", session=True)["metrics"]}
+        return m["LayoutDuration"], m["TaskDuration"], time.monotonic()
+    l0, t0, w0 = metrics()
+    time.sleep(3)
+    l1, t1, w1 = metrics()
+    assert b.js(f"{tail}.scrollTop + {tail}.clientHeight >= {tail}.scrollHeight - 4")
+    layout, busy = (l1 - l0) / (w1 - w0), (t1 - t0) / (w1 - w0)
+    # Before, each chunk laid out the whole tail: 0.4 to 1.0 s a second.
+    assert busy < 0.35, f"main thread busy {busy:.2f} s/s, layout {layout:.2f} s/s"
+    httpx.post(f"{served.url}/procs/busy/signals/KILL")

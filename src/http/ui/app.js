@@ -8,6 +8,9 @@ const ROW = 28;                 // px, as --row in app.css
 const TAIL = 64 * 1024;         // bytes of a capture shown when a page opens
 const HEAD = 16 * 1024;         // bytes of a dropped capture's head shown
 const KEEP = 512 * 1024;        // characters a tail keeps before trimming its top
+const BLOCK = 4 * 1024;         // characters of a tail laid out as one block
+const SHOW = 4 * 1024 * 1024;   // bytes a head/tail capture's held parts may be to load on a click
+const DRAW = 250;               // ms between draws of a followed tail, at least
 const TOKEN_KEY = "chaperone-token";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -80,15 +83,76 @@ async function api(path, opts = {}) {
   return r;
 }
 
-async function apiJson(path, opts) {
+class HttpError extends Error {
+  constructor(message, status) { super(message); this.status = status; }
+}
+
+// The answer's data; with `text`, also the body as it came, for what must be
+// shown exactly (JavaScript numbers lose integers past 2^53).
+async function apiJson(path, opts, text = false) {
   const r = await api(path, opts);
-  let body = null;
-  try { body = await r.json(); } catch (_) { /* not JSON */ }
+  let body = null, src = "";
+  try { src = await r.text(); body = JSON.parse(src); } catch (e) {
+    if (e.name === "AbortError") throw e;   /* else not JSON */
+  }
   if (!r.ok) {
     const why = body && body.errors && (body.errors.detail || body.errors.status);
-    throw new Error(why || `${r.status} ${r.statusText}`);
+    throw new HttpError(why || `${r.status} ${r.statusText}`, r.status);
   }
-  return body && body.data;
+  return text ? { data: body && body.data, text: src } : body && body.data;
+}
+
+// JSON re-indented as JSON.stringify(…, null, 2) would, but from its text:
+// numbers (an rlimit of 2^64 - 1, say) are shown as they came. `path` picks
+// a value out (keys of nested objects). Null if the text is not JSON.
+function exactJson(src, path = []) {
+  let i = 0;
+  const STR = /"(?:[^"\\]|\\.)*"/y, ATOM = /-?[0-9][0-9.eE+-]*|true|false|null/y;
+  const ws = () => { while (i < src.length && " \t\n\r".includes(src[i])) i++; };
+  const tok = re => {
+    re.lastIndex = i;
+    const m = re.exec(src);
+    if (!m) throw new SyntaxError("not JSON at " + i);
+    i = re.lastIndex;
+    return m[0];
+  };
+  // Objects as Maps, which keep their keys' order (a plain object puts
+  // integer-like keys first); other values as their text.
+  function value() {
+    ws();
+    const c = src[i];
+    if (c === "{" || c === "[") {
+      i++;
+      const obj = c === "{", out = obj ? new Map() : [];
+      ws();
+      if (src[i] === (obj ? "}" : "]")) { i++; return out; }
+      for (;;) {
+        ws();
+        if (obj) { const k = JSON.parse(tok(STR)); ws(); if (src[i++] !== ":") throw new SyntaxError("no :"); out.set(k, value()); }
+        else out.push(value());
+        ws();
+        const d = src[i++];
+        if (d === (obj ? "}" : "]")) return out;
+        if (d !== ",") throw new SyntaxError("not JSON at " + i);
+      }
+    }
+    return { text: c === '"' ? tok(STR) : tok(ATOM) };
+  }
+  function show(v, ind) {
+    const in2 = ind + "  ";
+    if (v instanceof Map) {
+      return v.size ? "{\n" + [...v].map(([k, x]) => in2 + JSON.stringify(k) + ": " + show(x, in2)).join(",\n") + "\n" + ind + "}" : "{}";
+    }
+    if (Array.isArray(v)) return v.length ? "[\n" + v.map(x => in2 + show(x, in2)).join(",\n") + "\n" + ind + "]" : "[]";
+    return v.text;
+  }
+  try {
+    let v = value();
+    for (const k of path) { if (!(v instanceof Map) || !v.has(k)) return null; v = v.get(k); }
+    return show(v, "");
+  } catch (_) {
+    return null;
+  }
 }
 
 // ---------------------------------------------------------------- login
@@ -436,13 +500,14 @@ function procView(id) {
         if (await act(`${id} deleted`, `Delete ${id} and its output?`, "Delete",
             `/procs/${encodeURIComponent(id)}`, "DELETE")) location.hash = "#/";
       }, text: "Delete" })),
+    notice: el("p", { class: "notice", id: "proc-notice", hidden: true }),
     facts: el("dl", { class: "facts" }),
     chart: el("div", { class: "card chart" }),
     perf: el("div", { class: "card" }),
     outputs: el("div", { class: "outputs" }),
     json: el("pre", { class: "json" }),
   };
-  root.append(el("p", {}, el("a", { href: "#/", text: "← all processes" })), p.title, p.actions, p.facts,
+  root.append(el("p", {}, el("a", { href: "#/", text: "← all processes" })), p.title, p.actions, p.notice, p.facts,
     p.chart, p.perf, p.outputs,
     el("details", { class: "card" }, el("summary", { text: "Result (JSON)" }), p.json));
   refreshProc(p);
@@ -454,14 +519,16 @@ async function refreshProc(p) {
   p.fetching = true;
   try {
     const enc = encodeURIComponent(p.id);
-    const [d, s] = await Promise.all([apiJson(`/procs/${enc}`), apiJson(`/procs/${enc}/samples`)]);
+    const [d, s] = await Promise.all([apiJson(`/procs/${enc}`, {}, true), apiJson(`/procs/${enc}/samples`)]);
     if (page !== p) return;
-    p.result = d.procs[p.id];
+    p.result = d.data.procs[p.id];
+    p.resultText = exactJson(d.text, ["data", "procs", p.id]);
     p.samples = s.samples;
     renderProc(p);
   } catch (e) {
     if (page === p && !(e instanceof Unauthorized)) {
-      p.facts.replaceChildren(el("dt", { text: "error" }), el("dd", { class: "error", text: e.message }));
+      if (e.status === 404) procGone(p);
+      else p.facts.replaceChildren(el("dt", { text: "error" }), el("dd", { class: "error", text: e.message }));
     }
   } finally {
     p.fetching = false;
@@ -469,14 +536,64 @@ async function refreshProc(p) {
   }
 }
 
+// Which process a page shows: an id can name another one later (deleted and
+// started again, or the agent restarted), which has another start and pid.
+function procKey(r) { return { start: r.times.start || null, pid: r.pid == null ? null : r.pid }; }
+function sameProc(k, r) {
+  const n = procKey(r);
+  return !((k.start && n.start && k.start !== n.start) || (k.pid != null && n.pid != null && k.pid !== n.pid));
+}
+function agentKey(a) { return a && a.proc ? `${a.proc.pid} ${a.started}` : null; }
+
+// The process is another one now: the output shown so far was the old
+// one's, so its tails start again.
+function resetOutputs(p, why) {
+  for (const t of p.tails.values()) t.stop(true);
+  p.tails = new Map();
+  p.tabs = null;
+  p.active = null;
+  p.outputs.replaceChildren();
+  p.key = null;
+  if (why) { p.notice.textContent = why; p.notice.hidden = false; }
+}
+
+// GET /procs/ID said 404: deleted while the page was open, or never here.
+function procGone(p) {
+  const st = $("#proc-state", p.root);
+  st.textContent = p.result ? "deleted" : "unknown";
+  st.className = "state gone";
+  for (const b of p.actions.querySelectorAll("button")) b.disabled = true;
+  p.notice.textContent = p.result
+    ? `${p.id} was deleted: the agent no longer has it. Below is how it was when last seen.`
+    : `The agent has no process ${p.id} (it may have been deleted).`;
+  p.notice.hidden = false;
+  p.gone = p.result ? "deleted" : "unknown";
+  for (const t of p.tails.values()) t.stop(true, "deleted");
+}
+
 function renderProc(p) {
   const r = p.result, row = procs.get(p.id) || {};
+  if (p.gone) {
+    // The id is (back) here: another process.
+    const was = p.gone;
+    p.gone = false;
+    p.notice.hidden = true;
+    resetOutputs(p, was === "deleted" ? `${p.id} was deleted and started again: this is the new process.` : "");
+  } else if (p.key && !sameProc(p.key, r)) {
+    resetOutputs(p, `${p.id} is another process now (started again, or the agent restarted): this is the new one.`);
+  }
+  if (!p.key || p.key.start == null || p.key.pid == null) p.key = procKey(r);
   const st = $("#proc-state", p.root);
-  st.textContent = row.phase || r.state;
-  st.className = "state " + (row.phase || r.state);
-  const running = r.pid != null && !r.status;
-  for (const b of p.actions.querySelectorAll("[data-signal]")) b.disabled = !running;
-  $("#delete", p.actions).disabled = r.state === "running";
+  const phase = row.phase || r.state;
+  st.textContent = phase;
+  st.className = "state " + phase;
+  // A process not yet started (queued, or opening its files) is cancelled
+  // by a signal that would end it; one opening its files can be deleted,
+  // a queued one cannot (docs/spec.md, --max-running; docs/http.md).
+  const unstarted = phase === "queued" || phase === "opening" || (r.state === "running" && r.pid == null);
+  const running = r.state === "running" && !r.status;
+  for (const b of p.actions.querySelectorAll("[data-signal]")) b.disabled = !(running || unstarted);
+  $("#delete", p.actions).disabled = r.state === "running" && phase !== "opening";
   const st_ = r.status || {};
   const ru = r.rusage;
   const facts = [
@@ -502,7 +619,7 @@ function renderProc(p) {
   renderChart(p);
   renderPerf(p);
   renderOutputs(p, row);
-  p.json.textContent = JSON.stringify(r, null, 2);
+  p.json.textContent = p.resultText || JSON.stringify(r, null, 2);
 }
 
 function renderChart(p) {
@@ -585,25 +702,27 @@ function selectTail(p, name) {
 }
 
 function openTail(p, f) {
-  const base = `/procs/${encodeURIComponent(p.id)}/output/${encodeURIComponent(f.name)}/data`;
+  const enc = encodeURIComponent(p.id);
+  const base = `/procs/${enc}/output/${encodeURIComponent(f.name)}/data`;
   const pre = el("pre", { class: "tail", "data-fd": f.name });
   const head = el("pre", { class: "tail head", hidden: true });
   const marker = el("div", { class: "dropped", hidden: true });
+  const mid = el("pre", { class: "tail head", hidden: true });
   const info = el("span", { class: "muted" });
   const status = el("span", { class: "following muted" });
   const raw = el("a", { href: base, download: `${p.id}.${f.name}`, text: "download" });
   const zst = el("a", { href: base + "?encoding=zstd", download: `${p.id}.${f.name}.zst`, text: "zstd" });
   for (const a of [raw, zst]) a.addEventListener("click", e => download(e, a));
-  const card = el("div", { class: "card", hidden: true }, el("h2", {}, f.name, info, raw, zst, status), head, marker, pre);
+  const card = el("div", { class: "card", hidden: true }, el("h2", {}, f.name, info, raw, zst, status), head, marker, mid, pre);
+  // Whether the view follows the bottom: the reader's choice, known from
+  // their scrolling, so appending reads no layout to find it out.
+  let stuck = true;
+  pre.addEventListener("scroll", () => { stuck = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4; });
   const t = {
     card, f, ctl: null, done: false,
     update() {
       const f = t.f;
       info.textContent = f.length == null ? "(a file the process writes)" : bytes(f.length) + (f.open ? "" : ", complete");
-      if (f.dropped) {
-        marker.hidden = false;
-        marker.textContent = `⋯ ${bytes(f.dropped.stop - f.dropped.start)} dropped from the middle by the capture's head/tail bounds ⋯`;
-      }
     },
     start() {
       if (t.ctl || t.done) return;
@@ -611,92 +730,202 @@ function openTail(p, f) {
       p.aborts.push(t.ctl);
       follow(t.ctl);
     },
-    stop() {
-      if (!t.ctl) return;
-      t.ctl.abort();
-      t.ctl = null;
-      status.textContent = "paused";
+    // `final`: never to start again (the process is gone or replaced).
+    stop(final = false, why = "") {
+      if (final) t.done = true;
+      if (!t.ctl && !why) return;
+      if (t.ctl) { t.ctl.abort(); t.ctl = null; }
+      status.textContent = why || "paused";
     },
   };
+  const sleep = (ms, signal) => new Promise(res => {
+    const id = setTimeout(res, ms);
+    signal.addEventListener("abort", () => { clearTimeout(id); res(); }, { once: true });
+  });
+  // What the page shows of a capture, when it does not show all of it: the
+  // parts held but not loaded here and the part the capture dropped. The
+  // held parts of a head/tail capture can be loaded (up to SHOW bytes).
+  function setMarker(v) {
+    const { d, shownHead, heldFrom, tailStart } = v;
+    let text;
+    marker.replaceChildren();
+    if (d) {
+      const parts = [], held = (d.start - shownHead) + (tailStart - heldFrom);
+      if (d.start > shownHead) parts.push(`${bytes(d.start - shownHead)} not shown here`);
+      parts.push(`${bytes(d.stop - d.start)} dropped from the middle by the capture's head/tail bounds`);
+      if (tailStart > heldFrom) parts.push(`${bytes(tailStart - heldFrom)} not shown here`);
+      text = `⋯ ${parts.join(", then ")}${parts.length > 1 ? " (download for all the capture holds)" : ""} ⋯`;
+      marker.title = `bytes ${shownHead}–${d.start} held, ${d.start}–${d.stop} dropped, `
+        + `${d.stop}–${tailStart} held; shown: 0–${shownHead}, ${heldFrom}–${tailStart} and from ${tailStart}`;
+      marker.append(text);
+      if (held > 0 && held <= SHOW) {
+        marker.append(" ", el("button", { type: "button", class: "show-held", text: `show the ${bytes(held)}`,
+          onclick: e => { e.target.disabled = true; showHeld(v).catch(err => toast("loading failed: " + err.message, true)); } }));
+      }
+    } else {
+      marker.append(`⋯ the first ${bytes(tailStart)} are not shown here (download for all of it) ⋯`);
+    }
+    marker.hidden = false;
+  }
+  async function fetchText(start, stop, dec) {
+    const r = await api(`${base}?start=${start}&stop=${stop}`);
+    if (!r.ok) throw new HttpError(`${r.status} ${r.statusText}`, r.status);
+    return dec.decode(await r.arrayBuffer(), { stream: true });
+  }
+  // The held bytes not shown: the rest of the head after it, the start of
+  // the tail before the followed part.
+  async function showHeld(v) {
+    const { d } = v;
+    if (d.start > v.shownHead) {
+      v.headAnsi.push(await fetchText(v.shownHead, d.start, v.headDec));
+      v.shownHead = d.start;
+    }
+    if (v.tailStart > v.heldFrom) {
+      const a = new Ansi(mid), dec = new TextDecoder();
+      a.push(await fetchText(v.heldFrom, v.tailStart, dec) + dec.decode());
+      a.finish();
+      mid.hidden = false;
+      v.heldFrom = v.tailStart;
+    }
+    setMarker(v);
+  }
   // From the last TAIL bytes (after a head/tail capture's head and its
-  // dropped middle), then every byte as it comes.
+  // dropped middle), then every byte as it comes. A connection that fails
+  // is tried again, after a pause that grows, from the byte it reached; if
+  // by then the id names another process (the agent restarted, or it was
+  // deleted and started again), the page starts over with that one.
   async function follow(ctl) {
-    const f = t.f;
+    const signal = ctl.signal;
     pre.replaceChildren();
     head.replaceChildren();
+    mid.replaceChildren();
+    head.hidden = marker.hidden = mid.hidden = true;
     const ansi = new Ansi(pre);
-    let start = 0;
+    const dec = new TextDecoder("utf-8");
+    // Text is drawn at most every DRAW ms, however many chunks came: each
+    // draw lays out what was added (one block of the tail, see Ansi), and
+    // only then is the bottom, if followed, scrolled to.
+    let queued = "", timer = 0, drawn = -Infinity;
+    const flush = () => {
+      clearTimeout(timer);
+      timer = 0;
+      if (!queued) return;
+      drawn = performance.now();
+      ansi.push(queued);
+      queued = "";
+      ansi.trim(KEEP);
+      if (stuck) pre.scrollTop = pre.scrollHeight;
+    };
+    const out = text => {
+      queued += text;
+      if (!timer) timer = setTimeout(flush, Math.max(0, DRAW - (performance.now() - drawn)));
+      if (queued.length > KEEP) flush();
+    };
+    let pos = null, agentWas = null, backoff = 500;
     try {
-      if (f.length != null) {
-        start = Math.max(0, f.length - TAIL);
-        if (f.dropped) {
-          const r = await api(`${base}?start=0&stop=${Math.min(HEAD, f.dropped.start)}`, { signal: ctl.signal });
-          head.hidden = false;
-          const h = new Ansi(head);
-          h.push(new TextDecoder().decode(await r.arrayBuffer()));
-          h.finish();
-          start = Math.max(start, f.dropped.stop);
-        } else if (start > 0) {
-          marker.hidden = false;
-          marker.textContent = `⋯ the first ${bytes(start)} are not shown here (download for all of it) ⋯`;
+      for (;;) {
+        try {
+          if (agentWas === null) agentWas = agentKey((await apiJson("/agent", { signal })).agent);
+          if (pos === null) pos = await begin(signal);
+          status.textContent = "following";
+          if (await stream(signal)) break;
+        } catch (e) {
+          if (signal.aborted) return;
+          if (e instanceof Unauthorized) { status.textContent = "stopped: " + e.message; return; }
+          if (e.status === 404) { status.textContent = "stopped: the process was deleted"; if (page === p) refreshProc(p); return; }
+          status.textContent = `reconnecting (${e.message})`;
+          await sleep(backoff, signal);
+          backoff = Math.min(backoff * 2, 10000);
+          if (signal.aborted) return;
+          try {
+            const [a, d] = await Promise.all([apiJson("/agent", { signal }), apiJson(`/procs/${enc}`, { signal })]);
+            const r = d.procs[p.id];
+            if ((agentWas !== null && agentKey(a.agent) !== agentWas) || (p.key && !sameProc(p.key, r))) {
+              if (page === p) {
+                resetOutputs(p, `${p.id} is another process now (the agent restarted, or it was started again): this is the new one.`);
+                refreshProc(p);
+              }
+              return;
+            }
+          } catch (e2) {
+            if (signal.aborted) return;
+            if (e2.status === 404) { status.textContent = "stopped: the process was deleted"; if (page === p) refreshProc(p); return; }
+            // Not reachable yet: another pause.
+          }
         }
       }
-      status.textContent = "following";
-      const dec = new TextDecoder("utf-8");
-      // A follow the agent cut off (a head/tail capture dropped bytes this
-      // page had not read yet) goes on from the next byte held; the part
-      // dropped is marked where it was.
-      let pos = start;
+      out(dec.decode());
+      flush();
+      ansi.finish();
+      status.textContent = "complete";
+      t.done = true;
+    } finally {
+      if (!signal.aborted) flush();
+      if (t.ctl === ctl) t.ctl = null;
+    }
+
+    // Where the tail starts; a head/tail capture's head shown first.
+    async function begin(signal) {
+      const f = t.f;
+      if (f.length == null) return 0;
+      let start = Math.max(0, f.length - TAIL);
+      const d = f.dropped;
+      if (d) {
+        const shown = Math.min(HEAD, d.start);
+        const r = await api(`${base}?start=0&stop=${shown}`, { signal });
+        if (!r.ok) throw new HttpError(`${r.status} ${r.statusText}`, r.status);
+        const v = { d: { start: d.start, stop: d.stop }, shownHead: shown, heldFrom: d.stop,
+          headAnsi: new Ansi(head), headDec: new TextDecoder() };
+        v.headAnsi.push(v.headDec.decode(await r.arrayBuffer(), { stream: true }));
+        head.hidden = false;
+        v.tailStart = start = Math.max(start, d.stop);
+        setMarker(v);
+      } else if (start > 0) {
+        setMarker({ d: null, tailStart: start });
+      }
+      return start;
+    }
+
+    // Follows from `pos` until the capture ends (true). A follow the agent
+    // cut off (a head/tail capture dropped bytes this page had not read
+    // yet) goes on from the next byte held; the part dropped is marked
+    // where it was.
+    async function stream(signal) {
       for (let cuts = 0; ; cuts++) {
-        const r = await api(`${base}?start=${pos}&follow=true`, { signal: ctl.signal });
-        if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+        const r = await api(`${base}?start=${pos}&follow=true`, { signal });
+        if (!r.ok) throw new HttpError(`${r.status} ${r.statusText}`, r.status);
+        backoff = 500;
         let gap = (r.headers.get("x-chaperone-dropped") || "").split("-").map(Number);
         if (gap.length !== 2 || !(gap[1] > pos)) gap = null;
         if (gap && gap[0] <= pos) {
-          ansi.push(dec.decode() + `\n⋯ ${bytes(gap[1] - pos)} dropped here (head/tail limits) ⋯\n`);
+          out(dec.decode() + `\n⋯ ${bytes(gap[1] - pos)} dropped here (head/tail limits) ⋯\n`);
           pos = gap[1];
           gap = null;
         }
         const reader = r.body.getReader();
-        let ended = false;
         try {
           for (;;) {
             const { value, done } = await reader.read();
-            if (done) { ended = true; break; }
+            if (done) return true;
             cuts = 0;
             // The stream steps over a part dropped before it began: the
             // bytes before it are shown, the mark, then the rest.
             if (gap && pos + value.length >= gap[0]) {
               const before = gap[0] - pos;
-              ansi.push(dec.decode(value.subarray(0, before), { stream: true }));
-              ansi.push(dec.decode() + `\n⋯ ${bytes(gap[1] - gap[0])} dropped here (head/tail limits) ⋯\n`);
+              out(dec.decode(value.subarray(0, before), { stream: true }));
+              out(dec.decode() + `\n⋯ ${bytes(gap[1] - gap[0])} dropped here (head/tail limits) ⋯\n`);
               pos = gap[1] + (value.length - before);
               gap = null;
-              const bottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-              ansi.push(dec.decode(value.subarray(before), { stream: true }));
-              ansi.trim(KEEP);
-              if (bottom) pre.scrollTop = pre.scrollHeight;
+              out(dec.decode(value.subarray(before), { stream: true }));
               continue;
             }
             pos += value.length;
-            const bottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-            ansi.push(dec.decode(value, { stream: true }));
-            ansi.trim(KEEP);
-            if (bottom) pre.scrollTop = pre.scrollHeight;
+            out(dec.decode(value, { stream: true }));
           }
         } catch (e) {
-          if (ctl.signal.aborted || cuts >= 20) throw e;
+          if (signal.aborted || cuts >= 20) throw e;
         }
-        if (ended) break;
       }
-      ansi.push(dec.decode());
-      ansi.finish();
-      status.textContent = "complete";
-      t.done = true;
-    } catch (e) {
-      if (!ctl.signal.aborted) status.textContent = "stopped: " + e.message;
-    } finally {
-      if (t.ctl === ctl) t.ctl = null;
     }
   }
   return t;
@@ -746,7 +975,7 @@ const ESC_PREFIX = /^\x1b(?:\[[0-?]*[ -\/]*|[\]PX^_][\s\S]*|[ -\/]+)?$/;
 // dropped, and so is a stray ESC. An escape cut by a chunk boundary waits
 // for the next chunk (a string sequence for at most 4096 characters).
 class Ansi {
-  constructor(pre) { this.pre = pre; this.carry = ""; this.reset(); this.last = null; this.lastKey = ""; this.count = 0; }
+  constructor(pre) { this.pre = pre; this.carry = ""; this.reset(); this.last = null; this.lastKey = ""; this.count = 0; this.block = null; }
   reset() { this.fg = null; this.bg = null; this.attrs = new Set(); this.inverse = false; }
   key() { return `${this.fg}|${this.bg}|${[...this.attrs].join("")}|${this.inverse}`; }
   push(text) {
@@ -803,10 +1032,32 @@ class Ansi {
   }
   // The text node that holds a node's characters.
   static text(node) { return node.nodeType === Node.TEXT_NODE ? node : node.firstChild; }
+  // The text goes into blocks of about BLOCK characters, each ending where
+  // a line does (so that they show as the one text they are): a browser
+  // then lays out only the block that grows, not the whole tail, and
+  // trimming drops whole blocks.
   emit(text) {
     text = text.replace(/\r\n/g, "\n");
-    if (!text) return;
+    while (text) {
+      if (!this.block) this.newBlock();
+      const room = BLOCK - this.block.n;
+      const nl = text.length < room ? -1 : text.indexOf("\n", Math.max(0, room - 1));
+      if (nl < 0) { this.put(text); return; }
+      this.put(text.slice(0, nl + 1));
+      text = text.slice(nl + 1);
+      this.block = null;          // full: what comes next starts another
+    }
+  }
+  newBlock() {
+    this.block = document.createElement("span");
+    this.block.className = "blk";
+    this.block.n = 0;
+    this.pre.append(this.block);
+    this.last = null;
+  }
+  put(text) {
     this.count += text.length;
+    this.block.n += text.length;
     const key = this.key();
     if (this.last && key === this.lastKey) {
       Ansi.text(this.last).appendData(text);
@@ -824,27 +1075,36 @@ class Ansi {
       if (bg) node.style.backgroundColor = bg;
       node.textContent = text;
     }
-    this.pre.append(node);
+    this.block.append(node);
     this.last = node;
     this.lastKey = key;
   }
   // Drops the oldest characters once the tail holds more than `limit`
-  // (a quarter more, so that it is not done for every chunk).
+  // (a quarter more, so that it is not done for every chunk): whole blocks,
+  // then (one long line) characters of the first.
   trim(limit) {
     if (this.count <= limit * 1.25) return;
+    let first;
+    while (this.count > limit && (first = this.pre.firstChild) && first !== this.block) {
+      this.count -= first.n || 0;
+      first.remove();
+    }
     let over = this.count - limit;
-    while (over > 0 && this.pre.firstChild) {
-      const node = this.pre.firstChild;
+    const blk = this.pre.firstChild;
+    while (over > 0 && blk && blk.firstChild) {
+      const node = blk.firstChild;
       const t = Ansi.text(node);
       const len = t ? t.length : 0;
       if (len <= over && node !== this.last) {
         node.remove();
         over -= len;
         this.count -= len;
+        blk.n -= len;
       } else {
         const cut = Math.min(over, len);
         t.deleteData(0, cut);
         this.count -= cut;
+        blk.n -= cut;
         over -= cut;
         if (!cut) break;
       }
@@ -893,8 +1153,17 @@ function route() {
   if (page) { page.aborts.forEach(c => c.abort()); page = null; }
   const m = location.hash.match(/^#\/proc\/(.+)$/);
   const view = $("#view");
+  let id = null;
   if (m) {
-    view.replaceChildren(procView(decodeURIComponent(m[1])));
+    try { id = decodeURIComponent(m[1]); } catch (_) { /* a malformed %-escape */ }
+  }
+  if (m && id === null) {
+    view.replaceChildren(el("div", { class: "page" },
+      el("p", {}, el("a", { href: "#/", text: "← all processes" })),
+      el("p", { class: "notice", id: "bad-address",
+        text: `Not a process's address: "${m[1]}" is not a well-formed (percent-encoded) id.` })));
+  } else if (m) {
+    view.replaceChildren(procView(id));
   } else {
     view.replaceChildren(table.root ? table.root.root : tableView());
     schedule();
