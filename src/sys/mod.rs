@@ -35,9 +35,11 @@
 
 pub(crate) mod child;
 pub(crate) mod clone3;
+#[cfg(feature = "cli")]
 pub mod daemon;
 pub mod epoll;
 pub mod fd;
+#[cfg(feature = "cli")]
 pub mod mem;
 pub mod perf;
 pub mod pidfd;

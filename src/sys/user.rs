@@ -138,6 +138,7 @@ pub fn group_by_name(name: &str) -> Result<Option<u32>, Errno> {
 ///
 /// # Errors
 /// A lookup failure other than "not found".
+#[cfg(feature = "cli")] // the agent protocol's Register
 pub fn group_name_by_gid(gid: u32) -> Result<Option<String>, Errno> {
     lookup_r(
         |gr, buf, len, result| {

@@ -404,3 +404,27 @@ fn a_descendant_writing_after_its_process_ended_lives_on() {
         "the descendant's writes after the exit succeeded"
     );
 }
+
+// A tempfile that cannot be made names the directory it was to be made in.
+#[test]
+fn a_tempfile_capture_that_cannot_be_made_names_its_directory() {
+    let a = Agent::new(chaperone::Config {
+        tmpdir: "/no/such/dir".into(),
+        ..Default::default()
+    })
+    .expect("agent");
+    a.start(input(&json!({"specs": {
+        "t": {"argv": ["/bin/true"], "fds": [["stdout", tmp_utf8()]]},
+    }})))
+    .expect("start");
+    let res = wait(&a, "t");
+    assert_eq!(res.state, State::Error);
+    assert!(
+        res.errors
+            .iter()
+            .any(|e| e.starts_with("failed to set up fd 1: No such file")
+                && e.contains("made in /no/such/dir")),
+        "{:?}",
+        res.errors
+    );
+}

@@ -416,6 +416,21 @@ impl<'a> FdList<'a> {
             }
             _ => None,
         };
+        // A tempfile that cannot be made: the directory is what is wrong
+        // (missing, read-only, full, or a file system without O_TMPFILE).
+        let source = match (source, fs) {
+            (Err(e), FdSpec::Capture { mode, .. })
+                if *mode == CaptureMode::Tempfile && e != Errno::MFILE && e != Errno::NFILE =>
+            {
+                self.errors.push(format!(
+                    "{}: a tempfile capture is made in {} (the agent's temporary directory)",
+                    fd_error(fd, e),
+                    self.ctx.tmpdir.display()
+                ));
+                Ok(None)
+            }
+            (source, _) => source,
+        };
         self.install(fd, source, relative_to.as_deref());
         self.fds.push((norm, cap_index));
     }
