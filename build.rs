@@ -47,7 +47,8 @@ fn links_and_runs() -> bool {
     let probe = out.join("relr-probe");
     let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
     let child = Command::new(cc)
-        .args(["-x", "c", "-", "-o"])
+        // PIE, as the Rust binaries are, so `p` needs a relative relocation.
+        .args(["-fPIE", "-pie", "-x", "c", "-", "-o"])
         .arg(&probe)
         .arg(FLAG)
         .stdin(Stdio::piped())

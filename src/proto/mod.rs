@@ -280,9 +280,17 @@ impl Decoded {
     /// A map that was read but refused as a whole (`err` says why): `value`
     /// is what could be read of it, echoed in the error.
     pub(crate) fn refused(value: Value, err: String) -> Decoded {
-        let mut d = Decoded::from_value(Ok(value));
-        d.request = Err(err);
-        d
+        let value = match value {
+            Value::Object(mut m) => {
+                m.entry("type").or_insert(Value::Null);
+                Value::Object(m)
+            }
+            _ => serde_json::json!({ "type": null }),
+        };
+        Decoded {
+            value,
+            request: Err(err),
+        }
     }
 
     /// The error reply for this message.

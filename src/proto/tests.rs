@@ -317,6 +317,17 @@ fn a_refused_message_echoes_what_could_be_read() {
     assert!(!e.contains("not a MessagePack map"), "{e}");
     assert_eq!(d.value["type"], "ProcStartRequest");
     assert!(d.value["specs"]["p"].is_object(), "{}", d.value);
+
+    // A key that is not a string, alone.
+    let frame = map(&[
+        (&s("type"), &s("ProcidListRequest")),
+        (&[0x07], &s("seven")),
+    ]);
+    let d = decode_msgpack(&frame);
+    let e = d.request.as_ref().expect_err("an integer key");
+    assert!(e.starts_with("invalid MessagePack message"), "{e}");
+    assert_eq!(d.value["type"], "ProcidListRequest");
+    assert_eq!(d.value["7"], "seven");
 }
 
 #[test]

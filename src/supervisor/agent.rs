@@ -182,8 +182,7 @@ impl Agent {
         stop: Option<u64>,
         enc: ReadEncoding,
     ) -> Result<EncodedFdData, FdDataError> {
-        let data = self.fd_data(id, fd, start, stop)?;
-        super::encoding::encode(data, enc).map_err(FdDataError::Io)
+        self.handle.fd_data_as(id, fd, start, stop, enc).wait()
     }
 
     /// The compressed bytes of a capture held compressed (spec `compress`), as

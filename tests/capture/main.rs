@@ -378,11 +378,16 @@ fn capture_pipe_grows_only_for_a_writer_that_fills_it() {
 fn a_descendant_writing_after_its_process_ended_lives_on() {
     let dir = tempfile::tempdir().unwrap();
     let status = dir.path().join("status");
-    // 2 MiB after the exit: more than a pipe holds, so a pipe left unread
-    // would block the writer.
+    let go = dir.path().join("go");
+    // The descendant writes once the test has the process's result (it
+    // waits for `go`); 2 MiB, more than a pipe holds, so a pipe left unread
+    // would block it. Beside it, live processes whose captures share the
+    // reads' buffers must get exactly their own bytes.
     let script = format!(
-        "(sleep 0.3; echo late; head -c 2097152 /dev/zero; echo $? > {}) & echo early",
-        status.display()
+        "(while [ ! -e {go} ]; do sleep 0.01; done; echo late; \
+          head -c 2097152 /dev/zero; echo $? > {status}) & echo early",
+        go = go.display(),
+        status = status.display()
     );
     let a = agent();
     a.start(input(&json!({"specs": {
@@ -392,6 +397,27 @@ fn a_descendant_writing_after_its_process_ended_lives_on() {
     let res = wait(&a, "p");
     assert_eq!(res.state, State::Terminated);
     assert_eq!(string_of(&res, "stdout"), "early\n");
+    std::fs::write(&go, b"").unwrap();
+    let specs: serde_json::Map<String, Value> = (0..200)
+        .map(|i| {
+            let want = format!("{i:03}").repeat(20_000);
+            (
+                format!("live{i}"),
+                json!({"argv": ["/bin/sh", "-c", format!("sleep 0.0{}; printf %s {want}", i % 10)],
+                       "fds": [["stdout", mem_utf8()]]}),
+            )
+        })
+        .collect();
+    a.start(input(&json!({ "specs": specs })))
+        .expect("start live");
+    for i in 0..200 {
+        let res = wait(&a, &format!("live{i}"));
+        assert_eq!(
+            string_of(&res, "stdout"),
+            format!("{i:03}").repeat(20_000),
+            "live{i}"
+        );
+    }
     // The line once written whole (the shell creates the file first).
     let t = Instant::now();
     let mut got = String::new();

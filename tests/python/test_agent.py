@@ -655,10 +655,10 @@ async def test_a_short_read_timeout_keeps_an_idle_connection():
     # The agent pings at half the read timeout, and the pongs count as reads.
     asm = Assembly()
     await asm.start_server()
-    await asm.start_procstars({"default": 1}, args=PATIENT + ["--agent-read-timeout", "1"])
+    await asm.start_procstars({"default": 1}, args=PATIENT + ["--agent-read-timeout", "2"])
     try:
         ws = only_conn(asm).ws
-        await asyncio.sleep(3.5)
+        await asyncio.sleep(6)
         assert only_conn(asm).ws is ws, "the agent redialled an idle connection"
         assert only_conn(asm).open
     finally:

@@ -539,9 +539,12 @@ async function refreshProc(p) {
 // Which process a page shows: an id can name another one later (deleted and
 // started again, or the agent restarted), which has another start and pid.
 function procKey(r) { return { start: r.times.start || null, pid: r.pid == null ? null : r.pid }; }
+// A process not started yet (no pid) has its queueing time as its start,
+// which its launch replaces: only started processes' starts are compared.
 function sameProc(k, r) {
   const n = procKey(r);
-  return !((k.start && n.start && k.start !== n.start) || (k.pid != null && n.pid != null && k.pid !== n.pid));
+  const started = k.pid != null && n.pid != null;
+  return !(started && ((k.start && n.start && k.start !== n.start) || k.pid !== n.pid));
 }
 function agentKey(a) { return a && a.proc ? `${a.proc.pid} ${a.started}` : null; }
 
@@ -739,8 +742,9 @@ function openTail(p, f) {
     },
   };
   const sleep = (ms, signal) => new Promise(res => {
-    const id = setTimeout(res, ms);
-    signal.addEventListener("abort", () => { clearTimeout(id); res(); }, { once: true });
+    const stop = () => { clearTimeout(id); res(); };
+    const id = setTimeout(() => { signal.removeEventListener("abort", stop); res(); }, ms);
+    signal.addEventListener("abort", stop, { once: true });
   });
   // What the page shows of a capture, when it does not show all of it: the
   // parts held but not loaded here and the part the capture dropped. The
@@ -816,6 +820,8 @@ function openTail(p, f) {
       ansi.trim(KEEP);
       if (stuck) pre.scrollTop = pre.scrollHeight;
     };
+    // A paused tail draws nothing more: a restarted one may share `pre`.
+    signal.addEventListener("abort", () => clearTimeout(timer), { once: true });
     const out = text => {
       queued += text;
       if (!timer) timer = setTimeout(flush, Math.max(0, DRAW - (performance.now() - drawn)));
@@ -833,6 +839,8 @@ function openTail(p, f) {
           if (signal.aborted) return;
           if (e instanceof Unauthorized) { status.textContent = "stopped: " + e.message; return; }
           if (e.status === 404) { status.textContent = "stopped: the process was deleted"; if (page === p) refreshProc(p); return; }
+          // An answer that asking again would only repeat (400 "no fd", say).
+          if (e.status && e.status < 500) { status.textContent = "stopped: " + e.message; return; }
           status.textContent = `reconnecting (${e.message})`;
           await sleep(backoff, signal);
           backoff = Math.min(backoff * 2, 10000);

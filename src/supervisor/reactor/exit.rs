@@ -39,9 +39,7 @@ impl Reactor {
             Ok(0) => false, // EOF
             Ok(_) => true,  // single-shot read
             Err(e) => {
-                e == rustix::io::Errno::NOBUFS
-                    || e == rustix::io::Errno::INTR
-                    || e == rustix::io::Errno::AGAIN
+                read_again(e)
                     // A kept file's read cancelled for backpressure.
                     || (e == rustix::io::Errno::CANCELED && kept.is_some())
             }
@@ -217,7 +215,12 @@ impl Reactor {
     /// Reads `fd`, a capture pipe of an ended process that a descendant still
     /// writes to, until its end, dropping the bytes (see `Reactor::orphans`).
     fn orphan(&mut self, fd: Rc<OwnedFd>) {
-        if self.orphans.len() >= MAX_ORPHANS {
+        // Each holds an fd outside the launch budget: a quarter of the fd
+        // limit at most, so they cannot starve starts of fds.
+        let cap = crate::sys::fd::fd_limit().map_or(MAX_ORPHANS, |n| {
+            MAX_ORPHANS.min(usize::try_from(n / 4).unwrap_or(usize::MAX))
+        });
+        if self.orphans.len() >= cap {
             self.close_orphan(fd);
             return;
         }
@@ -232,11 +235,7 @@ impl Reactor {
     pub(super) fn orphan_read_ended(&mut self, id: u64, cqe: &Cqe) {
         let again = match cqe.result {
             Ok(n) => n > 0, // a single-shot read
-            Err(e) => {
-                e == rustix::io::Errno::NOBUFS
-                    || e == rustix::io::Errno::INTR
-                    || e == rustix::io::Errno::AGAIN
-            }
+            Err(e) => read_again(e),
         };
         match self.orphans.get(&id) {
             Some(fd) if again => {
@@ -275,4 +274,10 @@ impl Reactor {
         self.release_slot(serial);
         self.compress_captures(serial);
     }
+}
+
+/// Whether a pipe read that ended with `e` is worth arming again: out of
+/// buffers, interrupted, or nothing to read yet.
+fn read_again(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::NOBUFS || e == rustix::io::Errno::INTR || e == rustix::io::Errno::AGAIN
 }

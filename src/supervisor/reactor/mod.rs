@@ -384,7 +384,10 @@ impl Reactor {
                 return;
             }
             Tag::Orphan { id } => {
-                // A descendant's bytes, after its process's capture was frozen.
+                // A descendant's bytes, after its process's capture was frozen:
+                // taken from the buffer ring (which keeps an incremental
+                // buffer's offset right for the reads sharing it) and dropped.
+                let _ = self.ring.data(cqe);
                 self.ring.finish(cqe);
                 if !cqe.more {
                     self.orphan_read_ended(id, cqe);
