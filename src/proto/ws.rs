@@ -800,7 +800,7 @@ impl Agent {
         // is a few TLS records, not a thousand writes.
         let write = async {
             for r in &replies {
-                ws.feed(Message::Binary(encode_msgpack(r).into())).await?;
+                feed(ws, encode_msgpack(r)).await?;
             }
             ws.flush().await
         };
@@ -816,9 +816,43 @@ impl Agent {
 }
 
 async fn send(ws: &mut Ws, reply: &Reply) -> Result<(), ()> {
-    ws.send(Message::Binary(encode_msgpack(reply).into()))
-        .await
+    let sent = async {
+        feed(ws, encode_msgpack(reply)).await?;
+        ws.flush().await
+    };
+    sent.await
         .map_err(|e| tracing::warn!("sending failed: {e}"))
+}
+
+/// The largest frame sent: a larger message goes as a fragmented one.
+const FRAGMENT: usize = 1 << 20;
+
+/// Queues one binary message. One larger than [`FRAGMENT`] (a whole
+/// capture's data) goes as frames of that size, each queued once the last has
+/// been written: the WebSocket library formats a frame whole into a write
+/// buffer that keeps its capacity, so a 256 MiB message sent as one frame
+/// left 256 MiB held for the connection's life. The peer reassembles it
+/// (RFC 6455, 5.4); only control frames may come between fragments.
+async fn feed(ws: &mut Ws, message: Vec<u8>) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    if message.len() <= FRAGMENT {
+        return ws.feed(Message::Binary(message.into())).await;
+    }
+    let message = bytes::Bytes::from(message);
+    let mut at = 0;
+    while at < message.len() {
+        let end = message.len().min(at + FRAGMENT);
+        let opcode = OpCode::Data(if at == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        });
+        let frame = Frame::message(message.slice(at..end), opcode, end == message.len());
+        ws.feed(Message::Frame(frame)).await?;
+        at = end;
+    }
+    Ok(())
 }
 
 /// Dials the server, sends `Register` and waits for `Registered`.

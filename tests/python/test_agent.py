@@ -179,6 +179,20 @@ async def test_incremental_output_concatenates_exactly():
 
 
 @pytest.mark.asyncio
+async def test_output_larger_than_a_frame_arrives_whole():
+    # Over 1 MiB, a reply goes as a fragmented message; the server
+    # reassembles it.
+    async with Assembly.start() as asm:
+        proc, res = await asm.server.start(new_id(), {
+            "argv": ["/usr/bin/seq", "1", "700000"], "fds": [["stdout", TEMPFILE]]})
+        await final(proc)
+        d = await fetch(proc, "stdout", 0)
+        want = b"".join(b"%d\n" % i for i in range(1, 700001))
+        assert len(want) > 4 << 20
+        assert d.data == want
+
+
+@pytest.mark.asyncio
 async def test_fd_data_errors_leave_the_agent_up():
     async with Assembly.start() as asm:
         proc, res = await asm.server.start(new_id(), {
