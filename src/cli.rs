@@ -106,7 +106,9 @@ pub struct Args {
     /// (seconds, at least 1; the agent pings at half of it, or every 20 s).
     #[arg(long, value_name = "SECONDS", value_parser = parse_read_timeout, default_value = "60")]
     pub agent_read_timeout: Duration,
-    /// Serve Procstar's HTTP API (see docs/http.md).
+    /// Serve Procstar's HTTP API (see docs/http.md). A client has 30 s to
+    /// send a request's head and 60 s its body (CHAPERONE_SERVE_HEADER_TIMEOUT
+    /// and CHAPERONE_SERVE_BODY_TIMEOUT, in seconds, change them).
     #[arg(short, long)]
     pub serve: bool,
     /// The HTTP API's port.
