@@ -4,7 +4,7 @@
 
 use super::super::outlimit;
 use super::super::proc::{Life, PipeIn};
-use super::{MAX_ORPHANS, Reactor, Tag};
+use super::{Reactor, Tag};
 use crate::ring::Cqe;
 use crate::sys::pipe;
 use rustix::fd::OwnedFd;
@@ -215,12 +215,7 @@ impl Reactor {
     /// Reads `fd`, a capture pipe of an ended process that a descendant still
     /// writes to, until its end, dropping the bytes (see `Reactor::orphans`).
     fn orphan(&mut self, fd: Rc<OwnedFd>) {
-        // Each holds an fd outside the launch budget: a quarter of the fd
-        // limit at most, so they cannot starve starts of fds.
-        let cap = crate::sys::fd::fd_limit().map_or(MAX_ORPHANS, |n| {
-            MAX_ORPHANS.min(usize::try_from(n / 4).unwrap_or(usize::MAX))
-        });
-        if self.orphans.len() >= cap {
+        if self.orphans.len() >= self.max_orphans {
             self.close_orphan(fd);
             return;
         }

@@ -148,6 +148,9 @@ pub(crate) struct Reactor {
     /// descendant neither blocks on a full pipe nor dies of SIGPIPE. By an id
     /// of their own, at most [`MAX_ORPHANS`].
     orphans: HashMap<u64, Rc<OwnedFd>>,
+    /// How many pipes may be orphans at once: [`MAX_ORPHANS`], and a quarter
+    /// of the fd limit (they hold fds outside the launch budget).
+    max_orphans: usize,
     /// The id of the next orphaned pipe.
     next_orphan: u64,
     /// Kept-file captures whose pipe reads are to be paused (backpressure),
@@ -251,6 +254,9 @@ impl Reactor {
             opening: HashMap::new(),
             group_kills: HashMap::new(),
             orphans: HashMap::new(),
+            max_orphans: crate::sys::fd::fd_limit().map_or(MAX_ORPHANS, |n| {
+                MAX_ORPHANS.min(usize::try_from(n / 4).unwrap_or(usize::MAX))
+            }),
             next_orphan: 0,
             pauses: Vec::new(),
             budget: output_limit,
