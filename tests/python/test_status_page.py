@@ -157,6 +157,34 @@ def test_the_tail_renderer_keeps_escapes_split_across_chunks_and_stays_bounded(s
     assert got[0] <= 125_000 and got[1] and got[2], got
 
 
+def test_the_tail_renderer_redraws_a_line_on_carriage_return(served, browser):
+    b = browser
+    b.goto(f"{served.url}/ui/")
+    b.wait("typeof Ansi === 'function'")
+    got = b.js("""(() => {
+        const run = pieces => {
+            const pre = document.createElement('pre');
+            const a = new Ansi(pre);
+            for (const p of pieces) a.push(p);
+            a.finish();
+            return [pre.textContent, a.count === pre.textContent.length];
+        };
+        return [
+            // A progress bar redrawn in place, split across chunks, in colour.
+            run(['start\\n\\x1b[32m 10%\\x1b[0m', '\\r\\x1b[K\\x1b[32m 50%', '\\x1b[0m\\r', '100%\\n', 'done\\n']),
+            // A CRLF split across chunks ends its line; a lone CR at the end keeps it.
+            run(['one\\r', '\\ntwo\\r\\r\\nthree\\r']),
+            // Only the line being written is replaced.
+            run(['a\\nbb\\rc']),
+        ];
+    })()""")
+    assert got == [
+        ["start\n100%\ndone\n", True],
+        ["one\ntwo\nthree", True],
+        ["a\nc", True],
+    ], got
+
+
 def test_sending_a_signal_from_the_page_asks_first(served, browser):
     b = browser
     start(served.url, {"victim": {"argv": ["/bin/sleep", "60"]}})

@@ -983,7 +983,7 @@ const ESC_PREFIX = /^\x1b(?:\[[0-?]*[ -\/]*|[\]PX^_][\s\S]*|[ -\/]+)?$/;
 // dropped, and so is a stray ESC. An escape cut by a chunk boundary waits
 // for the next chunk (a string sequence for at most 4096 characters).
 class Ansi {
-  constructor(pre) { this.pre = pre; this.carry = ""; this.reset(); this.last = null; this.lastKey = ""; this.count = 0; this.block = null; }
+  constructor(pre) { this.pre = pre; this.carry = ""; this.cr = false; this.reset(); this.last = null; this.lastKey = ""; this.count = 0; this.block = null; }
   reset() { this.fg = null; this.bg = null; this.attrs = new Set(); this.inverse = false; }
   key() { return `${this.fg}|${this.bg}|${[...this.attrs].join("")}|${this.inverse}`; }
   push(text) {
@@ -1044,8 +1044,25 @@ class Ansi {
   // a line does (so that they show as the one text they are): a browser
   // then lays out only the block that grows, not the whole tail, and
   // trimming drops whole blocks.
+  //
+  // A carriage return not followed by a line feed starts its line again,
+  // as on a terminal: the next text replaces what the line showed, so a
+  // progress bar redrawn with "\r" shows as its latest state. (A terminal
+  // overwrites character by character; a redraw is nearly always the whole
+  // line, and keeping a longer old line's end would only show stale text.)
   emit(text) {
-    text = text.replace(/\r\n/g, "\n");
+    let at = 0;
+    for (;;) {
+      if (this.cr && at < text.length && text[at] !== "\n" && text[at] !== "\r") this.eraseLine();
+      if (at < text.length) this.cr = false;
+      const r = text.indexOf("\r", at);
+      if (r < 0) { this.lines(text.slice(at)); return; }
+      this.lines(text.slice(at, r));
+      this.cr = true;
+      at = r + 1;
+    }
+  }
+  lines(text) {
     while (text) {
       if (!this.block) this.newBlock();
       const room = BLOCK - this.block.n;
@@ -1054,6 +1071,20 @@ class Ansi {
       this.put(text.slice(0, nl + 1));
       text = text.slice(nl + 1);
       this.block = null;          // full: what comes next starts another
+    }
+  }
+  // Removes the characters of the line being written (back to the last line
+  // feed). A line never spans blocks, so they are all in the current block.
+  eraseLine() {
+    const blk = this.block;
+    while (blk && blk.lastChild) {
+      const node = blk.lastChild, t = Ansi.text(node), s = t ? t.data : "";
+      const nl = s.lastIndexOf("\n"), cut = s.length - (nl + 1);
+      this.count -= cut;
+      blk.n -= cut;
+      if (nl >= 0) { t.deleteData(nl + 1, cut); return; }
+      node.remove();
+      if (node === this.last) this.last = null;
     }
   }
   newBlock() {
