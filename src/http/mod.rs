@@ -84,6 +84,12 @@ struct App {
 
 /// The API's router over `handle`.
 pub fn router(handle: Handle, options: &Options) -> Router {
+    router_with(handle, options, Limits::from_env())
+}
+
+/// [`router`], with the time limits [`serve`] read (once, so a malformed
+/// variable is warned of once).
+fn router_with(handle: Handle, options: &Options, limits: Limits) -> Router {
     let app = App {
         handle,
         token: options
@@ -96,7 +102,7 @@ pub fn router(handle: Handle, options: &Options) -> Router {
         started: (std::time::SystemTime::now(), std::time::Instant::now()),
         hub: Arc::default(),
         info: Arc::new(serde_json::to_value(crate::proto::ProcInfo::current()).unwrap_or_default()),
-        body_timeout: Limits::from_env().body,
+        body_timeout: limits.body,
     };
     Router::new()
         .route("/procs", get(get_procs).post(post_procs))
@@ -151,8 +157,9 @@ pub async fn serve(
     handle: Handle,
     options: Options,
 ) -> std::io::Result<()> {
-    let app = router(handle, &options);
-    serve_connections(listener, app, options.tls, Limits::from_env()).await
+    let limits = Limits::from_env();
+    let app = router_with(handle, &options, limits);
+    serve_connections(listener, app, options.tls, limits).await
 }
 
 /// How long a client has to finish its TLS handshake.
