@@ -453,6 +453,51 @@ pub fn decode_msgpack(frame: &[u8]) -> Decoded {
     }
 }
 
+/// [`encode_msgpack`] as two parts whose concatenation is the message: a
+/// large `ProcFdData`'s bytes are the second part, shared with the reply,
+/// not copied. So sending a 256 MiB capture holds no second 256 MiB.
+pub fn encode_msgpack_split(reply: &Reply) -> (Bytes, Bytes) {
+    // The bytes are the last field: the message is the reply encoded with no
+    // bytes, less that empty `bin`, then a `bin 32` header and the bytes.
+    const EMPTY_BIN: [u8; 2] = [0xc4, 0x00];
+    if let Reply::ProcFdData {
+        proc_id,
+        fd,
+        start,
+        stop,
+        encoding,
+        data,
+    } = reply
+    {
+        if let Ok(len) = u32::try_from(data.bytes.len())
+            && data.bytes.len() > SPLIT_AT
+        {
+            let empty = Reply::ProcFdData {
+                proc_id: proc_id.clone(),
+                fd: fd.clone(),
+                start: *start,
+                stop: *stop,
+                encoding: *encoding,
+                data: Payload {
+                    bytes: Bytes::new(),
+                    text: data.text,
+                },
+            };
+            let mut head = encode_msgpack(&empty);
+            if head.ends_with(&EMPTY_BIN) {
+                head.truncate(head.len() - EMPTY_BIN.len());
+                head.push(0xc6);
+                head.extend_from_slice(&len.to_be_bytes());
+                return (head.into(), data.bytes.clone());
+            }
+        }
+    }
+    (encode_msgpack(reply).into(), Bytes::new())
+}
+
+/// The size of bytes from which [`encode_msgpack_split`] does not copy them.
+const SPLIT_AT: usize = 64 * 1024;
+
 /// Encodes one message as a MessagePack map with named fields.
 pub fn encode_msgpack(reply: &Reply) -> Vec<u8> {
     // Serializing these types cannot fail: every map key is a string.

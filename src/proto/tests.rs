@@ -353,3 +353,48 @@ fn spec_errors_name_no_position_in_json_the_client_never_sent() {
         "{e}"
     );
 }
+
+#[test]
+fn a_split_encoding_is_the_whole_encoding_in_two_parts() {
+    for len in [0, 10, SPLIT_AT, SPLIT_AT + 1, 3 << 20] {
+        for text in [false, true] {
+            let bytes = Bytes::from((0..len).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>());
+            let reply = Reply::ProcFdData {
+                proc_id: "p1".into(),
+                fd: "stdout".into(),
+                start: 5,
+                stop: 5 + len as u64,
+                encoding: if text {
+                    Encoding::Utf8
+                } else {
+                    Encoding::Base64
+                },
+                data: Payload {
+                    bytes: bytes.clone(),
+                    text,
+                },
+            };
+            let (head, tail) = encode_msgpack_split(&reply);
+            let whole = encode_msgpack(&reply);
+            assert_eq!([&head[..], &tail[..]].concat(), whole, "{len} bytes");
+            // Past the threshold the bytes are the reply's own, not a copy.
+            if len > SPLIT_AT {
+                assert_eq!(tail.as_ptr(), bytes.as_ptr(), "{len} bytes");
+                assert!(head.len() < 100, "{len} bytes: a head of {}", head.len());
+            } else {
+                assert!(tail.is_empty());
+            }
+        }
+    }
+    // Any other reply is one part.
+    let (head, tail) = encode_msgpack_split(&Reply::ProcDelete {
+        proc_id: "p1".into(),
+    });
+    assert!(tail.is_empty());
+    assert_eq!(
+        &head[..],
+        &encode_msgpack(&Reply::ProcDelete {
+            proc_id: "p1".into()
+        })[..]
+    );
+}

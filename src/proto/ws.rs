@@ -19,7 +19,7 @@
 //!   `ProcFdDataRequest` at a time, as its reply holds its whole range: what
 //!   comes after one waits, read and queued in order, until its reply is sent.
 
-use super::{Reply, decode_msgpack, encode_msgpack, serve};
+use super::{Reply, decode_msgpack, encode_msgpack_split, serve};
 use crate::spec::ProcId;
 use crate::supervisor::{Event, Handle, ShutdownState, Subscription};
 use futures_util::stream::FuturesOrdered;
@@ -800,7 +800,7 @@ impl Agent {
         // is a few TLS records, not a thousand writes.
         let write = async {
             for r in &replies {
-                feed(ws, encode_msgpack(r)).await?;
+                feed(ws, encode_msgpack_split(r)).await?;
             }
             ws.flush().await
         };
@@ -817,7 +817,7 @@ impl Agent {
 
 async fn send(ws: &mut Ws, reply: &Reply) -> Result<(), ()> {
     let sent = async {
-        feed(ws, encode_msgpack(reply)).await?;
+        feed(ws, encode_msgpack_split(reply)).await?;
         ws.flush().await
     };
     sent.await
@@ -827,32 +827,57 @@ async fn send(ws: &mut Ws, reply: &Reply) -> Result<(), ()> {
 /// The largest frame sent: a larger message goes as a fragmented one.
 const FRAGMENT: usize = 1 << 20;
 
-/// Queues one binary message. One larger than [`FRAGMENT`] (a whole
+/// Queues one binary message, the concatenation of `parts` (see
+/// [`encode_msgpack_split`]). One larger than [`FRAGMENT`] (a whole
 /// capture's data) goes as frames of that size, each queued once the last has
 /// been written: the WebSocket library formats a frame whole into a write
 /// buffer that keeps its capacity, so a 256 MiB message sent as one frame
 /// left 256 MiB held for the connection's life. The peer reassembles it
 /// (RFC 6455, 5.4); only control frames may come between fragments.
-async fn feed(ws: &mut Ws, message: Vec<u8>) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn feed(
+    ws: &mut Ws,
+    parts: (bytes::Bytes, bytes::Bytes),
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    if message.len() <= FRAGMENT {
-        return ws.feed(Message::Binary(message.into())).await;
+    let frames = frames(parts, FRAGMENT);
+    let last = frames.len() - 1;
+    if last == 0 {
+        let one = frames.into_iter().next().unwrap_or_default();
+        return ws.feed(Message::Binary(one)).await;
     }
-    let message = bytes::Bytes::from(message);
-    let mut at = 0;
-    while at < message.len() {
-        let end = message.len().min(at + FRAGMENT);
-        let opcode = OpCode::Data(if at == 0 {
-            Data::Binary
-        } else {
-            Data::Continue
-        });
-        let frame = Frame::message(message.slice(at..end), opcode, end == message.len());
-        ws.feed(Message::Frame(frame)).await?;
-        at = end;
+    for (i, payload) in frames.into_iter().enumerate() {
+        let opcode = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
+        ws.feed(Message::Frame(Frame::message(payload, opcode, i == last)))
+            .await?;
     }
     Ok(())
+}
+
+/// The payloads of the frames, at most `size` bytes each, that carry the
+/// concatenation of `head` and `tail` (at least one, though empty): a frame
+/// within one part shares its bytes; only one that straddles them is copied.
+fn frames((head, tail): (bytes::Bytes, bytes::Bytes), size: usize) -> Vec<bytes::Bytes> {
+    let total = head.len() + tail.len();
+    let mut out = Vec::with_capacity(total.div_ceil(size).max(1));
+    let mut at = 0;
+    loop {
+        let end = total.min(at + size);
+        out.push(if end <= head.len() {
+            head.slice(at..end)
+        } else if at >= head.len() {
+            tail.slice(at - head.len()..end - head.len())
+        } else {
+            let mut v = Vec::with_capacity(end - at);
+            v.extend_from_slice(&head[at..]);
+            v.extend_from_slice(&tail[..end - head.len()]);
+            v.into()
+        });
+        at = end;
+        if at >= total {
+            return out;
+        }
+    }
 }
 
 /// Dials the server, sends `Register` and waits for `Registered`.
@@ -931,6 +956,53 @@ async fn connect_and_register(
             Some(Ok(other)) => return Err(format!("expected Registered, got {other:?}")),
             Some(Err(e)) => return Err(format!("before Registered: {e}")),
             None => return Err("closed before Registered (a wrong token?)".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frames;
+    use bytes::Bytes;
+
+    #[test]
+    fn frames_carry_both_parts_in_order_sharing_what_they_can() {
+        let bytes = |n: usize, seed: u8| -> Bytes {
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect::<Vec<_>>()
+                .into()
+        };
+        for (h, t) in [
+            (0, 0),
+            (3, 0),
+            (0, 3),
+            (10, 0),
+            (4, 6),
+            (10, 10),
+            (7, 25),
+            (25, 7),
+            (3, 40),
+        ] {
+            let (head, tail) = (bytes(h, 1), bytes(t, 2));
+            let got = frames((head.clone(), tail.clone()), 10);
+            assert_eq!(got.len(), (h + t).div_ceil(10).max(1), "{h}+{t}");
+            assert!(got.iter().all(|f| f.len() <= 10), "{h}+{t}");
+            assert!(
+                got[..got.len() - 1].iter().all(|f| f.len() == 10),
+                "{h}+{t}"
+            );
+            assert_eq!(got.concat(), [&head[..], &tail[..]].concat(), "{h}+{t}");
+            // A frame that starts past the head is a view of the tail.
+            let tail_range = tail.as_ptr_range();
+            for (i, f) in got.iter().enumerate() {
+                if i * 10 >= h && !f.is_empty() {
+                    assert!(
+                        tail_range.contains(&f.as_ptr()),
+                        "{h}+{t}: frame {i} copied"
+                    );
+                }
+            }
         }
     }
 }
