@@ -214,14 +214,35 @@ pub struct Payload {
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // In text, written through `collect_str`, which serde_json formats
+        // straight into its output: a large capture is not first copied
+        // into a string of its own.
         if !s.is_human_readable() {
             s.serialize_bytes(&self.bytes)
         } else if self.text {
-            s.serialize_str(&String::from_utf8_lossy(&self.bytes))
+            s.collect_str(&Lossy(&self.bytes))
         } else {
-            use base64::Engine;
-            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.bytes))
+            s.collect_str(&base64::display::Base64Display::new(
+                &self.bytes,
+                &base64::engine::general_purpose::STANDARD,
+            ))
         }
+    }
+}
+
+/// Bytes shown as UTF-8 text, each invalid sequence as U+FFFD (as
+/// `String::from_utf8_lossy` does).
+struct Lossy<'a>(&'a [u8]);
+
+impl std::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{FFFD}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -200,6 +200,38 @@ fn payloads_are_bin_in_msgpack_and_text_or_base64_in_json() {
         "\"hi\u{fffd}\""
     );
     assert_eq!(serde_json::to_string(&p(false)).expect("enc"), "\"aGn/\"");
+    // Written in place, they are what the strings they stand for would be:
+    // lossy text (escapes, split and truncated sequences) and base64 (every
+    // length modulo 3).
+    let mut seed = 0x2545_f491_u32;
+    for len in (0..40).chain([1000, 4095, 4096, 4097, 100_000]) {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                [
+                    b'a', b'"', b'\\', b'\n', 0x01, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xff, 0xf0,
+                ][seed as usize % 12]
+            })
+            .collect();
+        let payload = |text| Payload {
+            bytes: Bytes::from(bytes.clone()),
+            text,
+        };
+        assert_eq!(
+            serde_json::to_string(&payload(true)).expect("enc"),
+            serde_json::to_string(&String::from_utf8_lossy(&bytes)).expect("enc"),
+            "{len} bytes as text"
+        );
+        use base64::Engine;
+        assert_eq!(
+            serde_json::to_string(&payload(false)).expect("enc"),
+            serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(&bytes))
+                .expect("enc"),
+            "{len} bytes as base64"
+        );
+    }
 }
 
 #[test]
