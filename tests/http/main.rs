@@ -8,50 +8,12 @@
 mod util;
 
 use base64::Engine as _;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A `chaperone --serve` on a free port, killed on drop.
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use util::http::Served;
 
 fn serve(spec: &serde_json::Value) -> Served {
-    serve_with(spec, &[], &[])
-}
-
-/// [`serve`] with more arguments and environment variables.
-fn serve_with(spec: &serde_json::Value, args: &[&str], env: &[(&str, &str)]) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("spec.json");
-    std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
-    let port = util::free_port();
-    let child = Command::new(util::bin())
-        .args(["--serve", "--serve-port", &port.to_string()])
-        .args(args)
-        .arg(&path)
-        .env_remove("CHAPERONE_SERVE_TOKEN")
-        .envs(env.iter().copied())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the agent never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Served {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+    util::http::serve(spec, &[], &[])
 }
 
 fn client(url: &str, args: &[&str]) -> Output {
@@ -132,7 +94,7 @@ fn a_slow_reader_of_a_live_head_tail_capture_gets_exact_bytes_and_named_gaps() {
     }}}));
     // Wait until the writer is well past its head and tail.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while length_of(&served.url, "/procs/w/output/stdout/data?start=0&stop=0") < 8 << 20 {
+    while length_of(&served, "/procs/w/output/stdout/data?start=0&stop=0") < 8 << 20 {
         assert!(Instant::now() < deadline, "the writer never got going");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -189,83 +151,12 @@ fn a_slow_reader_of_a_live_head_tail_capture_gets_exact_bytes_and_named_gaps() {
 }
 
 /// A capture's `X-Chaperone-Length` from a GET of `path` (0 if none).
-fn length_of(url: &str, path: &str) -> u64 {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = c.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-chaperone-length:")
-                .map(|v| v.trim().to_owned())
-        })
+fn length_of(served: &Served, path: &str) -> u64 {
+    served
+        .get(path)
+        .header("x-chaperone-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// An answer over a raw connection: status, headers (names lower-case) and
-/// body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET path` with `headers` (each `Name: value`) on a connection of its
-/// own, read to its close.
-fn get(url: &str, path: &str, headers: &[&str]) -> Answer {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    c.write_all(req.as_bytes()).unwrap();
-    let mut all = Vec::new();
-    c.read_to_end(&mut all).unwrap();
-    let end = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a whole head");
-    let head = String::from_utf8(all[..end].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: all[end + 4..].to_vec(),
-    }
 }
 
 /// A 206's `Content-Range` names exactly the bytes of its body, also when
@@ -290,7 +181,7 @@ fn ranges_that_meet_a_dropped_middle_name_exactly_the_bytes_sent() {
     assert_eq!(length, 1_288_895);
     let gone = (1000, length - 1000);
     let path = "/procs/s/output/stdout/data";
-    let range = |r: &str| get(&served.url, path, &[&format!("Range: bytes={r}")]);
+    let range = |r: &str| served.request("GET", path, &[("Range", &format!("bytes={r}"))], b"");
     let check = |r: &str, (a, z): (u64, u64)| {
         let ans = range(r);
         assert_eq!(ans.status, 206, "{r}");
@@ -339,7 +230,7 @@ fn ranges_that_meet_a_dropped_middle_name_exactly_the_bytes_sent() {
         "{detail}"
     );
     // ?start=&stop= leaves the middle out, and says so, as before.
-    let ans = get(&served.url, &format!("{path}?start=990&stop=1287900"), &[]);
+    let ans = served.get(&format!("{path}?start=990&stop=1287900"));
     assert_eq!(ans.status, 200);
     assert_eq!(ans.header("content-range"), None);
     assert_eq!(ans.header("x-chaperone-dropped"), Some("1000-1287895"));
@@ -352,23 +243,14 @@ fn ranges_that_meet_a_dropped_middle_name_exactly_the_bytes_sent() {
 /// `bearer TOKEN` is taken as `Bearer TOKEN` is. (Before, it was 401.)
 #[test]
 fn the_bearer_scheme_is_taken_in_any_case() {
-    let served = serve_with(
+    let served = util::http::serve(
         &serde_json::json!({"specs": {}}),
         &["--serve-token", "s3cret"],
         &[],
     );
     let status = |auth: Option<&str>| {
-        let h = auth.map(|a| format!("Authorization: {a}"));
-        get(
-            &served.url,
-            "/procs",
-            h.as_slice()
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .as_slice(),
-        )
-        .status
+        let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        served.request_as("GET", "/procs", &h, b"", false).status
     };
     for ok in [
         "Bearer s3cret",
@@ -421,7 +303,7 @@ fn closed_within(c: &mut std::net::TcpStream, within: Duration) -> bool {
 #[test]
 fn stalled_requests_are_cut_and_long_answers_are_not() {
     use std::io::{Read, Write};
-    let served = serve_with(
+    let served = util::http::serve(
         &serde_json::json!({"specs": {}}),
         &[],
         &[
@@ -468,21 +350,21 @@ fn stalled_requests_are_cut_and_long_answers_are_not() {
     std::fs::write(&spec, serde_json::to_vec(&slow).unwrap()).unwrap();
     let t = Instant::now();
     client(&served.url, &["start", spec.to_str().unwrap()]);
-    let follow = std::thread::spawn({
-        let url = served.url.clone();
-        move || get(&url, "/procs/slow/output/stdout/data?follow=true", &[])
+    let ans = std::thread::scope(|scope| {
+        let follow = scope.spawn(|| served.get("/procs/slow/output/stdout/data?follow=true"));
+        let ans = served.get("/procs/slow?wait=30");
+        (ans, follow.join().unwrap())
     });
-    let ans = get(&served.url, "/procs/slow?wait=30", &[]);
+    let (ans, follow) = ans;
     assert_eq!(ans.status, 200);
     assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
     let v: serde_json::Value = serde_json::from_slice(&ans.body).unwrap();
     assert_eq!(v["data"]["procs"]["slow"]["status"]["exit_code"], 0, "{v}");
-    let ans = follow.join().unwrap();
-    assert_eq!(ans.status, 200);
-    // Chunked: the one line is in it whole.
-    assert!(
-        ans.body.windows(5).any(|w| w == b"done\n"),
+    assert_eq!(follow.status, 200);
+    assert_eq!(
+        follow.body,
+        b"done\n",
         "{:?}",
-        String::from_utf8_lossy(&ans.body)
+        String::from_utf8_lossy(&follow.body)
     );
 }

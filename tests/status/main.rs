@@ -7,159 +7,17 @@
 mod util;
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use util::http::{Chunks, Served};
 
-/// A `chaperone --serve` on a free port, killed on drop.
-struct Served {
-    child: Child,
-    port: u16,
-    token: Option<&'static str>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(spec: &Value, token: Option<&'static str>) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("spec.json");
-    std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
-    let port = util::free_port();
-    let mut cmd = Command::new(util::bin());
-    cmd.args(["--serve", "--serve-port", &port.to_string()])
-        .arg(&path)
-        .env_remove("CHAPERONE_SERVE_TOKEN")
-        .stderr(Stdio::null());
-    if let Some(t) = token {
-        cmd.args(["--serve-token", t]);
-    }
-    let child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the agent never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Served {
-        child,
-        port,
-        token,
-        _dir: dir,
-    }
-}
-
-/// An HTTP/1.1 response: status, headers (names lowercased), body.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
-        })
+fn serve(spec: &Value, token: Option<&str>) -> Served {
+    match token {
+        Some(t) => util::http::serve(spec, &["--serve-token", t], &[]),
+        None => util::http::serve(spec, &[], &[]),
     }
 }
 
 impl Served {
-    /// Sends a request; returns the reader positioned at the body, the
-    /// status and the headers.
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        token: bool,
-    ) -> (BufReader<TcpStream>, u16, Vec<(String, String)>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if let (true, Some(t)) = (token, self.token) {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("status line {line:?}"));
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (n, v) = l.split_once(':').unwrap();
-            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
-        }
-        (r, status, headers)
-    }
-
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        self.request_as(method, path, headers, body, true)
-    }
-
-    fn request_as(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        token: bool,
-    ) -> Response {
-        let (mut r, status, headers) = self.send(method, path, headers, body, token);
-        let chunked = headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-        let mut body = Vec::new();
-        if chunked {
-            let mut c = Chunks(r);
-            while let Some(piece) = c.next_chunk() {
-                body.extend(piece);
-            }
-        } else if method != "HEAD" && status != 304 {
-            r.read_to_end(&mut body).unwrap();
-        }
-        Response {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn get(&self, path: &str) -> Response {
-        self.request("GET", path, &[], b"")
-    }
-
     fn start(&self, specs: Value) {
         let r = self.request(
             "POST",
@@ -184,21 +42,6 @@ impl Served {
             chunks: Chunks(r),
             buf: Vec::new(),
         }
-    }
-}
-
-/// A chunked body, chunk by chunk.
-struct Chunks(BufReader<TcpStream>);
-
-impl Chunks {
-    fn next_chunk(&mut self) -> Option<Vec<u8>> {
-        let mut line = String::new();
-        self.0.read_line(&mut line).ok()?;
-        let n = usize::from_str_radix(line.trim_end(), 16).ok()?;
-        let mut data = vec![0; n + 2];
-        self.0.read_exact(&mut data).ok()?;
-        data.truncate(n);
-        (n > 0).then_some(data)
     }
 }
 

@@ -3,6 +3,8 @@
 //! Each binary uses only some of them.
 #![allow(dead_code)]
 
+pub mod http;
+
 use base64::Engine as _;
 use chaperone::result::{FdRes, ProcRes};
 use chaperone::{Agent, Config, spec};
