@@ -225,11 +225,15 @@ pub fn create_new_at(path: &Path) -> Result<OwnedFd, OpenFailure> {
 
 /// Creates a new file in `dir` named `<proc id>.<fd name>`, or with `.1`, `.2`, …
 /// appended when that name is taken (`O_EXCL`: an existing file is never reused).
-/// The proc id is reduced to `[A-Za-z0-9._-]` (see [`sanitize`]).
+/// With `zst` (the file is to be compressed to `<name>.zst`, which replaces
+/// it), a name is taken also when `<name>.zst` exists: an earlier run's
+/// compressed capture is never replaced. The proc id is reduced to
+/// `[A-Za-z0-9._-]` (see [`sanitize`]).
 pub fn create_in_dir(
     dir: &Path,
     proc_id: &str,
     fd_name: &str,
+    zst: bool,
 ) -> Result<(OwnedFd, PathBuf), OpenFailure> {
     let stem = format!("{}.{}", sanitize(proc_id), sanitize(fd_name));
     for n in 0..MAX_SUFFIX {
@@ -239,6 +243,9 @@ pub fn create_in_dir(
             format!("{stem}.{n}")
         };
         let path = dir.join(name);
+        if zst && with_zst(&path).symlink_metadata().is_ok() {
+            continue;
+        }
         match crate::sys::fd::open_for_child(
             &path,
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
@@ -250,6 +257,13 @@ pub fn create_in_dir(
         }
     }
     Err(OpenFailure::Sys(Errno::EXIST))
+}
+
+/// `path` with `.zst` added: where a kept file is compressed to.
+pub fn with_zst(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".zst");
+    PathBuf::from(p)
 }
 
 /// A file-name-safe form of `s`: every character outside `[A-Za-z0-9._-]`
@@ -297,9 +311,9 @@ mod tests {
     #[test]
     fn create_in_dir_numbers_names_that_are_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, a) = create_in_dir(dir.path(), "a/b", "stdout").unwrap();
-        let (_, b) = create_in_dir(dir.path(), "a/b", "stdout").unwrap();
-        let (_, c) = create_in_dir(dir.path(), "a_b", "stdout").unwrap();
+        let (_, a) = create_in_dir(dir.path(), "a/b", "stdout", false).unwrap();
+        let (_, b) = create_in_dir(dir.path(), "a/b", "stdout", false).unwrap();
+        let (_, c) = create_in_dir(dir.path(), "a_b", "stdout", false).unwrap();
         assert_eq!(a, dir.path().join("a_b.stdout"));
         assert_eq!(b, dir.path().join("a_b.stdout.1"));
         assert_eq!(c, dir.path().join("a_b.stdout.2"));

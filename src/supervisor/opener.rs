@@ -47,6 +47,8 @@ pub(crate) enum OpenReq {
         fd_name: String,
         path: Option<String>,
         dir: Option<String>,
+        /// To be compressed to `<name>.zst` (see `open_kept`).
+        zst: bool,
         cwd: Option<PathBuf>,
     },
 }
@@ -210,6 +212,7 @@ pub(crate) fn open(req: OpenReq) -> (usize, Opened) {
             fd_name,
             path,
             dir,
+            zst,
             cwd,
         } => (
             index,
@@ -217,6 +220,7 @@ pub(crate) fn open(req: OpenReq) -> (usize, Opened) {
                 &id,
                 &fd_name,
                 (path.as_deref(), dir.as_deref()),
+                zst,
                 cwd.as_deref(),
             )),
         ),

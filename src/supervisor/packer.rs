@@ -15,7 +15,7 @@ use bytes::Bytes;
 use rustix::fd::{AsFd, OwnedFd};
 use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -174,13 +174,25 @@ fn run(job: Job, cancel: Option<&AtomicBool>) -> io::Result<Packed> {
             dst,
             level,
         } => {
+            kept_is_replaceable(&src, &src_path)?;
             // Read and write: ranged reads are served from this file later.
-            let file = std::fs::OpenOptions::new()
+            // A new file: an existing `.zst` (an earlier run's) is never
+            // replaced.
+            let file = match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&dst)?;
+                .create_new(true)
+                .open(&dst)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(io::Error::other(format!(
+                        "not compressed: {} exists, and is never replaced",
+                        dst.display()
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
             let stats = match compress::compress_file(&*src, &file, level, cancel) {
                 Ok(s) => s,
                 Err(e) => {
@@ -204,6 +216,31 @@ fn run(job: Job, cancel: Option<&AtomicBool>) -> io::Result<Packed> {
         // Handled by the thread's loop before `run`.
         Job::Release(_) => Err(io::Error::other("not a compression job")),
     }
+}
+
+/// Whether the kept file at `path`, written through `src`, may be compressed
+/// and then removed: it must be the regular file written, still at `path`.
+/// A device (`/dev/null`), a FIFO or a symbolic link at `path` is never
+/// removed, nor a file that has replaced the one written.
+fn kept_is_replaceable(src: &OwnedFd, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let not = |why: &str| io::Error::other(format!("not compressed: {} {why}", path.display()));
+    let written = rustix::fs::fstat(src)?;
+    if rustix::fs::FileType::from_raw_mode(written.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(not("is not a regular file"));
+    }
+    let now = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not("was removed")),
+        Err(e) => return Err(e),
+    };
+    if now.file_type().is_symlink() {
+        return Err(not("is a symbolic link"));
+    }
+    if (now.dev(), now.ino()) != (written.st_dev, written.st_ino) {
+        return Err(not("is no longer the file written"));
+    }
+    Ok(())
 }
 
 /// A finished job: the proc's serial, the capture's index, and the outcome

@@ -684,3 +684,112 @@ fn zstd_bad_compress_fields_are_rejected_with_clear_errors() {
     assert!(a.proc_ids().is_empty());
     try_start(json!({"compress": "zstd", "compress_level": 19})).unwrap();
 }
+
+/// A `dir` capture to be compressed takes a name whose `.zst` is free too:
+/// a job run twice into one directory keeps both runs' output, and an
+/// unrelated `.zst` there is never replaced. (Before, the second run's
+/// `job.stdout` was created, since the first's had become `job.stdout.zst`,
+/// and its compression renamed over the first run's.)
+#[test]
+fn a_dir_capture_never_replaces_an_earlier_compressed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = dir.path().join("other.stdout.zst");
+    std::fs::write(&taken, b"not ours").unwrap();
+    let a = agent();
+    let capture = json!({"capture": {"mode": "file", "dir": dir.path(), "attached": false,
+                                     "compress": "zstd"}});
+    for (id, run) in [("job", "first"), ("job", "second"), ("other", "third")] {
+        start(
+            &a,
+            &json!({"specs": {id: {"argv": ["/bin/echo", run], "fds": [["stdout", capture]]}}}),
+        );
+        a.wait_compressed(id).expect("known id");
+        assert_eq!(compression(&a, id).state, CompressionState::Done, "{run}");
+        a.delete(id).unwrap();
+    }
+    let read = |name: &str| {
+        let z = std::fs::read(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        zstd::stream::decode_all(&z[..]).unwrap()
+    };
+    assert_eq!(read("job.stdout.zst"), b"first\n");
+    assert_eq!(read("job.stdout.1.zst"), b"second\n");
+    assert_eq!(read("other.stdout.1.zst"), b"third\n");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"not ours");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "job.stdout.1.zst",
+            "job.stdout.zst",
+            "other.stdout.1.zst",
+            "other.stdout.zst"
+        ]
+    );
+}
+
+/// Compression replaces only the regular file it wrote: a `path` that is a
+/// device or a symbolic link, or whose `.zst` exists already, is left as it
+/// is, and the result says why. (Before, a capture to `/dev/null` with
+/// `compress` unlinked `/dev/null` when the agent ran as root.)
+#[test]
+fn compression_never_removes_what_is_not_the_file_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent();
+    let run = |id: &str, path: &Path| {
+        start(
+            &a,
+            &json!({"specs": {id: {"argv": ["/usr/bin/seq", "1", "1000"],
+                "fds": [["stdout", {"capture": {"mode": "file", "path": path,
+                                                "attached": false, "compress": "zstd"}}]]}}}),
+        );
+        a.wait_compressed(id).expect("known id");
+        let c = compression(&a, id);
+        assert_eq!(c.state, CompressionState::Failed, "{id}: {c:?}");
+        c.error.unwrap_or_default()
+    };
+    let seq: Vec<u8> = (1..=1000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+
+    // A symbolic link to a regular file: the link and its target stay.
+    let target = dir.path().join("target");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = run("link", &link);
+    assert!(e.contains("is a symbolic link"), "{e}");
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), seq);
+    assert!(!dir.path().join("link.zst").exists());
+
+    // An existing `.zst` beside the path: it and the new file stay.
+    let out = dir.path().join("out");
+    std::fs::write(dir.path().join("out.zst"), b"an earlier run").unwrap();
+    let e = run("exists", &out);
+    assert!(e.contains("out.zst exists"), "{e}");
+    assert_eq!(std::fs::read(&out).unwrap(), seq);
+    assert_eq!(
+        std::fs::read(dir.path().join("out.zst")).unwrap(),
+        b"an earlier run"
+    );
+
+    // A character device (the null device; making one needs CAP_MKNOD).
+    let null = dir.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .args([null.as_os_str(), "c".as_ref(), "1".as_ref(), "3".as_ref()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        eprintln!("SKIP the device case: mknod failed (needs CAP_MKNOD)");
+        return;
+    }
+    let e = run("device", &null);
+    assert!(e.contains("is not a regular file"), "{e}");
+    use std::os::unix::fs::FileTypeExt as _;
+    assert!(null.metadata().unwrap().file_type().is_char_device());
+    assert!(!dir.path().join("null.zst").exists());
+}

@@ -4,7 +4,7 @@
 use super::super::packer::{Job, Packed};
 use super::store::{Capture, Store};
 use rustix::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// A capture's compression (spec `compress`).
@@ -86,16 +86,12 @@ impl Capture {
             // A complete kept file: the whole stream, compressed to `<path>.zst`,
             // which replaces it.
             Store::Kept { file: k, .. } => match k.file() {
-                Some(src) if !k.failed() => {
-                    let mut dst = k.path().as_os_str().to_owned();
-                    dst.push(".zst");
-                    Some(Job::Kept {
-                        src: src.clone(),
-                        src_path: k.path().to_path_buf(),
-                        dst: PathBuf::from(dst),
-                        level: c.level,
-                    })
-                }
+                Some(src) if !k.failed() => Some(Job::Kept {
+                    src: src.clone(),
+                    src_path: k.path().to_path_buf(),
+                    dst: crate::capture::kept::with_zst(k.path()),
+                    level: c.level,
+                }),
                 _ => {
                     c.state = CompressState::Failed(
                         "not compressed: the kept file is incomplete (a write failed)".into(),

@@ -553,7 +553,7 @@ impl<'a> FdList<'a> {
             CaptureMode::Memory => self.capture_memory(head, tail).map(Some),
             CaptureMode::File => {
                 let target = (req.path.as_deref(), req.dir.as_deref());
-                self.capture_kept(index, fd, norm, target)
+                self.capture_kept(index, fd, norm, target, req.compress.is_some())
             }
             CaptureMode::Tempfile => self.capture_tempfile().map(Some),
         };
@@ -600,11 +600,12 @@ impl<'a> FdList<'a> {
         fd: RawFd,
         norm: &str,
         (path, dir): (Option<&str>, Option<&str>),
+        zst: bool,
     ) -> Result<Option<(Store, OwnedFd)>, Errno> {
         let r = match self.opened.remove(&index) {
             Some(Opened::Kept(r)) => r,
             _ if self.opens_skipped => return Ok(None),
-            _ => open_kept(self.id, norm, (path, dir), self.child_cwd),
+            _ => open_kept(self.id, norm, (path, dir), zst, self.child_cwd),
         };
         let (f, at, new) = match r {
             Ok(x) => x,
@@ -674,6 +675,7 @@ pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<O
                 mode: CaptureMode::File,
                 path,
                 dir,
+                compress,
                 ..
             } => opens.push(OpenReq::Kept {
                 index,
@@ -681,6 +683,7 @@ pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<O
                 fd_name: spec::fd_name(fd),
                 path: path.clone(),
                 dir: dir.clone(),
+                zst: compress.is_some(),
                 cwd: cwd.clone(),
             }),
             _ => {}
@@ -711,12 +714,15 @@ pub(crate) fn opens_for(id: &str, ps: &ProcSpec, ctx: &PlanContext<'_>) -> Vec<O
 }
 
 /// Opens a kept capture file: `path` (relative to the child's starting directory)
-/// or a new name in `dir`. Returns the file, its path, and whether this call
-/// created it (so that a proc that cannot start removes only what it made).
+/// or a new name in `dir` (one free with `.zst` added too, if `zst`: the
+/// capture is to be compressed there). Returns the file, its path, and whether
+/// this call created it (so that a proc that cannot start removes only what it
+/// made).
 pub(crate) fn open_kept(
     id: &str,
     fd_name: &str,
     (path, dir): (Option<&str>, Option<&str>),
+    zst: bool,
     cwd: Option<&Path>,
 ) -> Result<(OwnedFd, PathBuf, bool), fd::OpenFailure> {
     let resolve = |p: &str| match cwd {
@@ -734,7 +740,9 @@ pub(crate) fn open_kept(
                 Err(e) => Err(e),
             }
         }
-        (None, Some(d)) => kept::create_in_dir(&resolve(d), id, fd_name).map(|(f, p)| (f, p, true)),
+        (None, Some(d)) => {
+            kept::create_in_dir(&resolve(d), id, fd_name, zst).map(|(f, p)| (f, p, true))
+        }
         (None, None) => Err(fd::OpenFailure::Sys(Errno::INVAL)),
     }
 }
