@@ -230,6 +230,13 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// Raises the soft fd limit to the hard one, children keeping the soft
+/// limit given (see `sys::fd::raise_fd_limit`). For `main`, before anything
+/// else.
+pub fn raise_fd_limit() {
+    crate::sys::fd::raise_fd_limit();
+}
+
 /// The least soft `RLIMIT_NOFILE` the front ends start under: the runtime,
 /// the agent and one process with its pipes take about 16.
 const MIN_FD_LIMIT: u64 = 32;

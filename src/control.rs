@@ -138,6 +138,10 @@ pub struct Control {
 pub struct Defaults {
     /// Parent-death signal for specs without `pdeath_sig`.
     pub pdeath_sig: Option<i32>,
+    /// `RLIMIT_NOFILE` (soft, hard) for specs without `rlimits.nofile`, when
+    /// the agent raised its own (see `sys::fd::raise_fd_limit`): children
+    /// start with the limit the agent was given. `None`: they inherit.
+    pub nofile: Option<(u64, u64)>,
 }
 
 /// Facts about the agent process read once from `/proc/self/status`.
@@ -306,6 +310,14 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
             }
         }
         c.rlimits.push((resource, soft, hard));
+    }
+    // The agent's own limit was raised: a child gets the one it was given,
+    // unless its fds need more (then it keeps the raised one).
+    if let Some((soft, hard)) = defaults.nofile
+        && !c.rlimits.iter().any(|r| r.0 == libc::RLIMIT_NOFILE)
+        && soft >= nofile_needed(ps)
+    {
+        c.rlimits.push((libc::RLIMIT_NOFILE, soft, hard));
     }
 
     c.session = match (ps.setsid, ps.process_group) {
@@ -650,6 +662,7 @@ mod tests {
             ),
             &Defaults {
                 pdeath_sig: Some(9),
+                nofile: Some((1024, 4096)),
             },
         )
         .unwrap();
@@ -672,9 +685,20 @@ mod tests {
 
         let d = Defaults {
             pdeath_sig: Some(9),
+            nofile: Some((1024, 4096)),
         };
         let plain = resolve("p", &spec(r#"{"argv": ["x"]}"#), &d).unwrap();
         assert_eq!(plain.pdeath_sig, Some(9));
+        // The spec's nofile wins (above); without one, the given limit, unless
+        // the process's fds need more.
+        assert_eq!(plain.rlimits, [(libc::RLIMIT_NOFILE, 1024, 4096)]);
+        let high = resolve(
+            "p",
+            &spec(r#"{"argv": ["x"], "fds": [["2000", {"null": {}}]]}"#),
+            &d,
+        )
+        .unwrap();
+        assert_eq!(high.rlimits, []);
         assert_eq!(plain.session, Session::New);
         let off = resolve("p", &spec(r#"{"argv": ["x"], "pdeath_sig": 0}"#), &d).unwrap();
         assert_eq!(off.pdeath_sig, None);

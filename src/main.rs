@@ -5,6 +5,9 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Thousands of processes take an fd or more each: up to the hard limit
+    // (children get the soft limit this was started with).
+    chaperone::cli::raise_fd_limit();
     // Subcommands come first; anything else is the agent's command line,
     // Procstar's flags and a spec path.
     if std::env::args_os().nth(1).is_some_and(|a| a == "client") {

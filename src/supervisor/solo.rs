@@ -138,7 +138,7 @@ impl Solo {
                     self.closing.clear();
                     continue;
                 }
-                prep.errors.push(proc::out_of_fds_message());
+                prep.errors.push(proc::out_of_fds_message(0));
             }
             // Before the start is stamped: the held counters' first open and
             // the read are the runner's, not the run's.
@@ -198,7 +198,7 @@ impl Solo {
                     continue;
                 }
                 Some(Err(e)) => {
-                    p.errors.extend(proc::spawn_failed(e));
+                    p.errors.extend(proc::spawn_failed(e, 0));
                     p.life = Life::NotStarted;
                 }
                 None => p.life = Life::NotStarted,

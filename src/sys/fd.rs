@@ -50,6 +50,47 @@ pub fn fd_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
+/// The `RLIMIT_NOFILE` this process was given, once [`raise_fd_limit`] has
+/// raised it: what its children start with.
+static GIVEN_FD_LIMIT: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// The most [`raise_fd_limit`] raises the soft limit to: the kernel's
+/// default `fs.nr_open`.
+#[cfg(feature = "cli")]
+const RAISE_MAX: u64 = 1 << 20;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (at most 2^20), as a
+/// program that holds an fd or more for each of thousands of processes
+/// should: the soft limit (often 1,024) is kept low for programs that use
+/// `select`, and the hard one is there to be raised to. Children start with
+/// the limit that was given (see [`child_fd_limit`]). For the binary's front
+/// ends; call it before the agent starts, once.
+#[cfg(feature = "cli")]
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let given = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (given.current, given.maximum) else {
+        return;
+    };
+    let to = hard.unwrap_or(u64::MAX).min(RAISE_MAX);
+    if to <= soft {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(to),
+        maximum: hard,
+    };
+    if setrlimit(Resource::Nofile, raised).is_ok() {
+        let _ = GIVEN_FD_LIMIT.set((soft, hard.unwrap_or(u64::MAX)));
+    }
+}
+
+/// The `RLIMIT_NOFILE` (soft, hard) children start with when
+/// [`raise_fd_limit`] raised this process's; `None` if it did not.
+pub fn child_fd_limit() -> Option<(u64, u64)> {
+    GIVEN_FD_LIMIT.get().copied()
+}
+
 /// A floor for [`move_high`]: a quarter of the soft `RLIMIT_NOFILE`, at most 1024.
 pub fn high_floor() -> RawFd {
     let soft = fd_limit().unwrap_or(1 << 20);

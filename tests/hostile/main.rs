@@ -339,9 +339,13 @@ fn an_absurd_fd_list_is_refused_by_its_length() {
 // target numbers, not above the highest target (which fails with EINVAL there).
 #[test]
 fn a_target_fd_just_under_the_fd_limit_works() {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .expect("a finite fd limit");
+    // The agent's limit: the soft one, raised to the hard one (at most 2^20).
+    let given = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let soft = given
+        .maximum
+        .unwrap_or(u64::MAX)
+        .min(1 << 20)
+        .max(given.current.expect("a finite fd limit"));
     let top = (soft - 1).min(i32::MAX as u64) as i32;
     let script = format!("import os; os.write({top}, b'top')");
     let (code, res) = run_cli(&json!({"specs": {"a": {

@@ -13,6 +13,16 @@ pub(crate) struct Compression {
     pub state: CompressState,
 }
 
+impl Compression {
+    /// Whether the compressed copy is held in a file (open, an fd).
+    pub(crate) fn packed_file(&self) -> bool {
+        matches!(
+            self.state,
+            CompressState::Done(crate::supervisor::packer::Packed::File(_))
+        )
+    }
+}
+
 /// Where a capture's compression stands.
 pub(crate) enum CompressState {
     /// The process runs, or the compression thread has the job.

@@ -24,9 +24,17 @@ pub(crate) fn out_of_tasks_message() -> String {
 }
 
 /// The error of a process that could not get its fds with no other process
-/// holding any that might be freed.
-pub(crate) fn out_of_fds_message() -> String {
+/// holding any that might be freed. `held`: how many fds the captures of
+/// processes that have ended hold (a tempfile or kept file each, until the
+/// process is deleted), which no process's end will free.
+pub(crate) fn out_of_fds_message(held: usize) -> String {
     match crate::sys::fd::fd_limit() {
+        Some(n) if held > 0 => format!(
+            "out of file descriptors: the agent's RLIMIT_NOFILE is {n}, and {held} of its fds \
+             hold the files of captures of processes that have ended (a tempfile or file capture \
+             keeps its file open until its process is deleted); delete ended processes, capture \
+             to memory, or raise the limit (ulimit -n)"
+        ),
         Some(n) => format!(
             "out of file descriptors: the agent's RLIMIT_NOFILE is {n}; raise it (ulimit -n) or lower --max-running"
         ),
@@ -55,11 +63,12 @@ pub(crate) fn out_of_tasks(e: Errno) -> bool {
 }
 
 /// The errors of a process whose clone failed with `e`: the failure, and
-/// for running out of fds or of processes which limit to raise.
-pub(crate) fn spawn_failed(e: Errno) -> Vec<String> {
+/// for running out of fds or of processes which limit to raise (`held` as
+/// for [`out_of_fds_message`]).
+pub(crate) fn spawn_failed(e: Errno, held: usize) -> Vec<String> {
     let mut errors = vec![format!("spawn failed: {}", std::io::Error::from(e))];
     if out_of_fds(e) {
-        errors.push(out_of_fds_message());
+        errors.push(out_of_fds_message(held));
     }
     if out_of_tasks(e) {
         errors.push(out_of_tasks_message());

@@ -794,6 +794,7 @@ fn file_path(ps: &ProcSpec, child_cwd: Option<&Path>, path: &str) -> PathBuf {
 fn control_defaults(ctx: &PlanContext<'_>) -> control::Defaults {
     control::Defaults {
         pdeath_sig: ctx.pdeath_sig,
+        nofile: crate::sys::fd::child_fd_limit(),
     }
 }
 

@@ -113,6 +113,20 @@ pub(crate) struct Capture {
     pub compression: Option<Compression>,
 }
 
+impl Capture {
+    /// How many fds the capture's files hold: a tempfile's, a kept file's
+    /// (or its compressed copy's). Pipes are not counted.
+    pub(crate) fn file_fds(&self) -> usize {
+        match &self.store {
+            Store::Memory { .. } => 0,
+            Store::Tempfile { .. } => 1,
+            Store::Kept { file, .. } => usize::from(
+                file.file().is_some() || self.compression.as_ref().is_some_and(|c| c.packed_file()),
+            ),
+        }
+    }
+}
+
 /// What a reader gets for a capture: bytes already copied, or the file to read.
 #[derive(Clone, Debug)]
 pub(crate) enum Content {

@@ -204,7 +204,8 @@ impl Reactor {
             }
         }
         if prep.out_of_fds {
-            prep.errors.push(proc::out_of_fds_message());
+            prep.errors
+                .push(proc::out_of_fds_message(self.table.ended_capture_fds()));
         }
         let Some(p) = self.table.get_mut(serial) else {
             return;
@@ -394,6 +395,11 @@ impl Reactor {
             self.answer_request(serial);
             return;
         }
+        // Counted before the proc is borrowed, for an out-of-fds error.
+        let held = match result {
+            Err(e) if proc::out_of_fds(e) => self.table.ended_capture_fds(),
+            _ => 0,
+        };
         let Some(proc) = self.table.get_mut(serial) else {
             return;
         };
@@ -435,7 +441,7 @@ impl Reactor {
                     // the queue (`unqueue_all`).
                     proc.errors.push(proc::NOT_STARTED_SHUTDOWN.to_string());
                 } else {
-                    proc.errors.extend(proc::spawn_failed(e));
+                    proc.errors.extend(proc::spawn_failed(e, held));
                 }
                 proc.life = Life::NotStarted;
                 self.settle_unstarted(serial);

@@ -103,6 +103,17 @@ impl ProcTable {
         self.procs.values_mut().map(Box::as_mut)
     }
 
+    /// How many fds the captures of processes that have ended hold: their
+    /// files, open until the process is deleted (see
+    /// [`Capture::file_fds`](crate::supervisor::proc::Capture::file_fds)).
+    pub(super) fn ended_capture_fds(&self) -> usize {
+        self.values()
+            .filter(|p| !p.holds_slot)
+            .flat_map(|p| &p.captures)
+            .map(|c| c.file_fds())
+            .sum()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.procs.is_empty()
     }
