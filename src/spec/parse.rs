@@ -56,14 +56,25 @@ where
 /// message. Call [`validate`](super::validate) (or
 /// [`validate_with_existing`](super::validate_with_existing)) on the result.
 pub fn parse_input(json: &[u8]) -> Result<Input, SpecError> {
+    // A byte order mark, as some editors write, is not part of the JSON
+    // (RFC 8259, 8.1: a parser may ignore one).
+    let json = json.strip_prefix(b"\xef\xbb\xbf").unwrap_or(json);
     // Procstar's format is objects only; serde would take `[{…}]` as the
-    // fields of a request in order.
+    // fields of a request in order. What is not JSON at all is told where.
     match json.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') | None => {}
         Some(_) => {
-            return Err(SpecError::Json(
-                "a request is a JSON object, {\"specs\": {ID: SPEC, …}}".into(),
-            ));
+            let what = match serde_json::from_slice::<serde_json::Value>(json) {
+                Err(e) => return Err(SpecError::Json(e.to_string())),
+                Ok(serde_json::Value::Array(_)) => "an array",
+                Ok(serde_json::Value::String(_)) => "a string",
+                Ok(serde_json::Value::Number(_)) => "a number",
+                Ok(serde_json::Value::Bool(_)) => "a boolean",
+                Ok(_) => "null",
+            };
+            return Err(SpecError::Json(format!(
+                "a request is a JSON object, {{\"specs\": {{ID: SPEC, …}}}}, not {what}"
+            )));
         }
     }
     serde_json::from_slice(json).map_err(|e| {

@@ -206,8 +206,17 @@ fn cli_stderr(spec: &[u8], args: &[&str]) -> (i32, String) {
 // error that names what is wrong.
 #[test]
 fn careless_specs_are_refused_naming_what_is_wrong() {
-    let cases: [(&str, &str); 8] = [
-        (r#"[{"specs": {}}]"#, "a request is a JSON object"),
+    let cases: [(&str, &str); 10] = [
+        (
+            r#"[{"specs": {}}]"#,
+            "a request is a JSON object, {\"specs\": {ID: SPEC, …}}, not an array",
+        ),
+        // Not JSON at all: serde's words, and where.
+        ("not json", "expected ident at line 1 column 2"),
+        (
+            "\n  \"x\" ",
+            "a request is a JSON object, {\"specs\": {ID: SPEC, …}}, not a string",
+        ),
         (
             r#"{"specs": {"a": {"argv": ["/bin/true"], "fds": [["stdout", {"null": {}}, "x"]]}}}"#,
             r#"fds: an entry is [fd, spec]; the one for "stdout" has more than two elements"#,
@@ -240,15 +249,22 @@ fn careless_specs_are_refused_naming_what_is_wrong() {
     ];
     for (i, (spec, want)) in cases.iter().enumerate() {
         let args: &[&str] = match i {
-            6 => &["--max-spec-size", "10", "--print"],
-            7 => &["--output", "/nonexistent-dir/results.json"],
+            8 => &["--max-spec-size", "10", "--print"],
+            9 => &["--output", "/nonexistent-dir/results.json"],
             _ => &["--print"],
         };
         let (code, err) = cli_stderr(spec.as_bytes(), args);
         // 2: the spec cannot be loaded; 65: it loads but cannot start.
-        assert_eq!(code, if i == 5 { 65 } else { 2 }, "{want}: {err}");
+        assert_eq!(code, if i == 7 { 65 } else { 2 }, "{want}: {err}");
         assert!(err.contains(want), "want {want:?} in {err:?}");
     }
+    // A byte order mark before a spec is not part of it.
+    let out = util::run_cli_raw(b"\xef\xbb\xbf{\"specs\": {\"a\": {\"argv\": [\"/bin/true\"]}}}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!Path::new("/tmp/chaperone-never").exists(), "nothing ran");
     // One value out of range is said once.
     let (code, res) = run_cli(&json!({"specs": {"a": {"argv": ["/bin/true"],
