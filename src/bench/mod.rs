@@ -747,9 +747,10 @@ impl Runner {
 
     /// Benchmarks `commands` as `plan` says, calling `progress` after each run.
     ///
-    /// Interleaved and shuffled orders run every command's setup, then its
-    /// warmups, then one sizing run of each, then all the timed runs mixed,
-    /// then each cleanup; grouped runs all of that one command at a time. On
+    /// Interleaved and shuffled orders run the commands' setup (one they
+    /// share, run once), then their warmups, then one sizing run of each,
+    /// then all the timed runs mixed, then the cleanup; grouped runs all of
+    /// that one command at a time. On
     /// an error, runs still queued are killed and the agent is made anew.
     pub fn bench(
         &mut self,
@@ -841,9 +842,24 @@ impl Runner {
         bench: &mut Timed,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), BenchError> {
-        for &i in group {
-            let c = &commands[i];
-            self.helper(c.setup.as_ref(), "Setup command", &c.name)?;
+        // Commands whose runs are mixed share one setup and one cleanup
+        // (they differ only when grouped, one command at a time): each is
+        // run once, around all the runs. Run once per command, a setup that
+        // cannot run twice (`mkdir d`) failed, and all cleanups came last.
+        let shared = |f: fn(&Command) -> Option<&ProcSpec>| {
+            let mut seen: Vec<&ProcSpec> = Vec::new();
+            group
+                .iter()
+                .filter_map(|&i| Some((f(&commands[i])?, &commands[i].name)))
+                .filter(|(s, _)| {
+                    let new = !seen.contains(s);
+                    seen.push(s);
+                    new
+                })
+                .collect::<Vec<_>>()
+        };
+        for (setup, name) in shared(|c| c.setup.as_ref()) {
+            self.helper(Some(setup), "Setup command", name)?;
         }
         reset_peak_rss();
         let here = runs_here(commands, plan);
@@ -885,9 +901,8 @@ impl Runner {
         self.timed(commands, &order, plan, bench, progress)?;
         bench.timed_secs += t.elapsed().as_secs_f64();
         bench.timed_runs += order.len();
-        for &i in group {
-            let c = &commands[i];
-            self.helper(c.cleanup.as_ref(), "Cleanup command", &c.name)?;
+        for (cleanup, name) in shared(|c| c.cleanup.as_ref()) {
+            self.helper(Some(cleanup), "Cleanup command", name)?;
         }
         Ok(())
     }

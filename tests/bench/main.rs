@@ -551,6 +551,32 @@ fn prepare_and_conclude_run_around_each_run() {
     );
 }
 
+/// Interleaved commands share one setup and one cleanup, run once around
+/// all their runs: a setup that cannot run twice works, and the cleanup
+/// leaves nothing behind. (Before, the setup ran once per command, all
+/// first: `mkdir` failed the second time, and the benchmark with it.)
+#[test]
+fn interleaved_commands_share_one_setup_and_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let d = d.to_str().unwrap();
+    let (_, json) = bench_json(
+        dir.path(),
+        &[
+            "-r",
+            "2",
+            "--setup",
+            &format!("mkdir {d}"),
+            "--cleanup",
+            &format!("rmdir {d}"),
+            &format!("ls {d}"),
+            &format!("stat {d}"),
+        ],
+    );
+    assert_eq!(json["results"].as_array().unwrap().len(), 2);
+    assert!(!Path::new(d).exists(), "the cleanup ran");
+}
+
 #[test]
 fn a_setup_per_parameter_wraps_only_its_own_runs() {
     let dir = tempfile::tempdir().unwrap();
