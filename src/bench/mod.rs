@@ -569,7 +569,7 @@ pub enum BenchError {
         source: StartError,
     },
     /// A run (or its prepare/conclude/cleanup) did not exit 0.
-    #[error("{what} {command:?} {how}. {}", advice(what))]
+    #[error("{what} {command:?} {how}. {}", advice(what, how))]
     Failed {
         /// "Command", "Prepare command" …
         what: &'static str,
@@ -940,6 +940,13 @@ impl Runner {
         let jobs = plan.jobs.max(1);
         let window = (jobs * 4).max(64);
         let handle = self.agent_for(jobs).map_err(BenchError::Agent)?.handle();
+        let longest = bench
+            .runs
+            .iter()
+            .flatten()
+            .filter_map(|r| r.value(Metric::Wall))
+            .fold(0.0, f64::max);
+        let collect = if longest >= ONE_BY_ONE { 1 } else { COLLECT };
         let mut starts = Vec::new();
         let mut waits = std::collections::VecDeque::new();
         let mut next = order.iter().copied().peekable();
@@ -968,8 +975,10 @@ impl Runner {
                 break;
             }
             // Several at a time, waiting for the last of them first: this
-            // thread then wakes once for the lot, not once a run.
-            let take = waits.len().min(COLLECT);
+            // thread then wakes once for the lot, not once a run. Runs long
+            // enough for a wake-up each not to matter are taken one by one,
+            // so that a failure stops the rest at once, not a lot later.
+            let take = waits.len().min(collect);
             let mut lot: Vec<_> = waits.drain(..take).collect();
             let (last_id, last_i, last_call) = lot.pop().expect("take >= 1");
             let last = last_call.wait();
@@ -1024,6 +1033,11 @@ fn validate(spec: &ProcSpec, name: &str) -> Result<(), BenchError> {
 
 /// How many queued runs' results are collected at once.
 const COLLECT: usize = 8;
+
+/// The wall time (seconds) of a run (the longest so far) from which queued
+/// runs' results are collected one at a time: a wake-up per run is then
+/// little, and a failed run stops the rest within one run, not [`COLLECT`].
+const ONE_BY_ONE: f64 = 0.005;
 
 /// Runs one at a time between resets of this process's peak RSS (the floor
 /// of a run's max RSS: see `reset_peak_rss`), as a batch of queued runs has.
@@ -1128,11 +1142,15 @@ fn failure(res: &ProcRes) -> Option<String> {
     }
 }
 
-/// How to go on past a failure: `--ignore-failure` for a benchmarked command;
-/// it does not apply to the helpers (setup, prepare, conclude, cleanup), which
-/// must succeed, as in hyperfine.
-fn advice(what: &str) -> &'static str {
-    if what == "Command" {
+/// How to go on past a failure: `--ignore-failure` for a benchmarked command
+/// that ran and failed; it does not apply to one that could not be started,
+/// nor to the helpers (setup, prepare, conclude, cleanup), which must
+/// succeed, as in hyperfine.
+fn advice(what: &str, how: &str) -> &'static str {
+    if how.starts_with("could not be") {
+        "A command that cannot be started stops the benchmark, with --ignore-failure too: \
+         check the program's path and permissions."
+    } else if what == "Command" {
         "Use the '-i'/'--ignore-failure' option if you want to ignore this."
     } else {
         "--ignore-failure does not apply to it: append ' || true' to it if this can be ignored."

@@ -418,9 +418,34 @@ fn a_failing_command_stops_the_run_unless_failures_are_ignored() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("could not be started") && err.contains("No such file"),
+        err.contains("could not be started")
+            && err.contains("No such file")
+            && err.contains("with --ignore-failure too")
+            && !err.contains("Use the '-i'"),
         "{err}"
     );
+}
+
+/// Runs through the agent (`--output pipe`) stop at a failure within a run:
+/// those of a second or so each are collected one by one, not in lots of 8.
+/// (Before, a command that failed at its 3rd run of 0.2 s ran 9 times.)
+#[test]
+fn a_failed_run_through_the_agent_stops_the_rest_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    let c = count.to_str().unwrap();
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; sleep 0.2; [ $n -lt 3 ]"
+    );
+    let out = bench(&["--output", "pipe", "-r", "50", "--shell", "sh", &script]);
+    assert_eq!(out.status.code(), Some(1));
+    let runs: u32 = std::fs::read_to_string(&count)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The failed 3rd, and at most the one the agent started as it ended.
+    assert!((3..=4).contains(&runs), "{runs} runs started");
 }
 
 #[test]
