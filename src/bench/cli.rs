@@ -302,6 +302,17 @@ impl Setup {
                     Metric::PRIMARY.map(|m| m.name()).join(", ")
                 )
             })?;
+        // A counter this machine cannot count (no hardware PMU) would give
+        // no figure to compare, known before any run.
+        if let Some(event) = primary.perf_event()
+            && let crate::metrics::perf::Access::Unavailable(why) =
+                crate::metrics::perf::probe().access(event)
+        {
+            return Err(format!(
+                "--metric {}: it cannot be counted on this machine: {why}",
+                primary.name()
+            ));
+        }
         let time_unit = a
             .time_unit
             .as_deref()

@@ -288,7 +288,11 @@ mod tests {
             (199, 1.971957),
             (1000, 1.962339),
         ] {
-            assert!((t975(df) - t).abs() < 2e-5, "{df}: {} against {t}", t975(df));
+            assert!(
+                (t975(df) - t).abs() < 2e-5,
+                "{df}: {} against {t}",
+                t975(df)
+            );
         }
     }
 

@@ -448,6 +448,36 @@ fn a_failed_run_through_the_agent_stops_the_rest_at_once() {
     assert!((3..=4).contains(&runs), "{runs} runs started");
 }
 
+/// `--metric instructions` needs a hardware PMU: without one it is refused
+/// before anything runs (before, every run was made and the comparison then
+/// said "no figures"); with one, the figures are there.
+#[test]
+fn a_primary_metric_the_machine_cannot_count_is_refused_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let out = bench(&[
+        "-r",
+        "2",
+        "--metric",
+        "instructions",
+        "--setup",
+        &format!("touch {}", ran.display()),
+        "/bin/true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        eprintln!("this machine counts instructions: checked that it runs");
+        assert!(ran.exists());
+        return;
+    }
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--metric instructions: it cannot be counted on this machine"),
+        "{err}"
+    );
+    assert!(!ran.exists(), "nothing ran");
+}
+
 #[test]
 fn an_export_that_cannot_be_written_fails_before_any_run() {
     let dir = tempfile::tempdir().unwrap();
