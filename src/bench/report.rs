@@ -136,12 +136,17 @@ impl View {
             .map(|(i, c)| {
                 let this = c.summary(self.primary)?;
                 if i == self.reference {
-                    // Not two samples: exactly 1, no spread.
+                    // Not two samples: exactly 1, no spread (and with one
+                    // run, no interval, as for the others).
+                    let (low, high) = match this.spread() {
+                        Some(_) => (1.0, 1.0),
+                        None => (f64::NEG_INFINITY, f64::INFINITY),
+                    };
                     return Some(Ratio {
                         ratio: 1.0,
                         stddev: 0.0,
-                        low: 1.0,
-                        high: 1.0,
+                        low,
+                        high,
                         significant: false,
                     });
                 }
@@ -183,11 +188,12 @@ impl View {
                 );
                 let _ = writeln!(
                     s,
-                    "  {:<20} {:>10} … {:>10}    {} runs",
+                    "  {:<20} {:>10} … {:>10}    {} run{}",
                     "Range (min … max):",
                     self.fmt(p, w.min),
                     self.fmt(p, w.max),
-                    c.runs.len()
+                    c.runs.len(),
+                    if c.runs.len() == 1 { "" } else { "s" }
                 );
             }
             let _ = writeln!(
@@ -362,9 +368,11 @@ impl View {
                 };
                 vec![
                     c.name.clone(),
-                    c.summary(Metric::Wall).map_or("–".into(), |x| {
-                        format!("{:.3} ± {:.3}", x.mean * k, x.stddev * k)
-                    }),
+                    c.summary(Metric::Wall)
+                        .map_or("–".into(), |x| match x.spread() {
+                            Some(sd) => format!("{:.3} ± {:.3}", x.mean * k, sd * k),
+                            None => format!("{:.3}", x.mean * k),
+                        }),
                     t(Metric::Wall, |x| x.median),
                     t(Metric::Wall, |x| x.min),
                     t(Metric::Wall, |x| x.max),
@@ -374,7 +382,11 @@ impl View {
                         .map_or("–".into(), |x| format!("{:.1}", x.median / 1048576.0)),
                     t(Metric::TaskClock, |x| x.mean),
                     r.as_ref().map_or("–".into(), |r| {
-                        format!("{:.2} ± {:.2}", r.ratio, r.stddev)
+                        if r.low.is_finite() {
+                            format!("{:.2} ± {:.2}", r.ratio, r.stddev)
+                        } else {
+                            format!("{:.2}", r.ratio)
+                        }
                     }),
                 ]
             })
@@ -457,11 +469,22 @@ impl View {
         );
         let _ = writeln!(
             s,
-            "<p>{} command(s), order {}, {} in flight, {:.2} s of runs; primary metric <b>{}</b>, compared with <code>{}</code>.</p>",
+            "<p>{} command(s), order {}, {} in flight, {:.3} s of runs; primary metric <b>{}</b>, compared with <code>{}</code>.</p>",
             outcome.commands.len(),
             esc(&self.order),
             outcome.jobs,
-            outcome.elapsed,
+            // Of the timed runs after the sizing ones; with one run each,
+            // those.
+            if outcome.timed_runs > 0 {
+                outcome.elapsed
+            } else {
+                outcome
+                    .commands
+                    .iter()
+                    .flat_map(|c| &c.runs)
+                    .filter_map(|r| r.value(Metric::Wall))
+                    .sum()
+            },
             self.primary.name(),
             esc(outcome.commands.get(self.reference).map_or("", |c| &c.name))
         );
@@ -492,7 +515,11 @@ impl View {
                 let _ = write!(s, "<td>{}</td>", esc(&v));
             }
             let rel = r.as_ref().map_or("–".into(), |r| {
-                format!("{:.3} ± {:.3} ({})", r.ratio, r.stddev, verdict(r))
+                if r.low.is_finite() {
+                    format!("{:.3} ± {:.3} ({})", r.ratio, r.stddev, verdict(r))
+                } else {
+                    format!("{:.3} (a single run: no interval)", r.ratio)
+                }
             });
             let _ = writeln!(s, "<td>{}</td></tr>", esc(&rel));
         }
@@ -703,7 +730,7 @@ impl Serialize for CommandJson<'_> {
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("command", &c.name)?;
         m.serialize_entry("mean", &wall.map(|x| x.mean))?;
-        m.serialize_entry("stddev", &wall.map(|x| x.stddev))?;
+        m.serialize_entry("stddev", &wall.and_then(Summary::spread))?;
         m.serialize_entry("median", &wall.map(|x| x.median))?;
         m.serialize_entry("user", &mean_of(Metric::User))?;
         m.serialize_entry("system", &mean_of(Metric::System))?;

@@ -49,8 +49,9 @@ pub fn t975(df: usize) -> f64 {
     }
 }
 
-/// A metric's figures over a set of runs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A metric's figures over a set of runs. In JSON, `stddev` is `null` for
+/// one run, as hyperfine writes it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     /// How many runs had a value.
     pub n: usize,
@@ -72,7 +73,29 @@ pub struct Summary {
     pub outliers_high: usize,
 }
 
+impl Serialize for Summary {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut m = s.serialize_struct("Summary", 9)?;
+        m.serialize_field("n", &self.n)?;
+        m.serialize_field("min", &self.min)?;
+        m.serialize_field("max", &self.max)?;
+        m.serialize_field("mean", &self.mean)?;
+        m.serialize_field("stddev", &self.spread())?;
+        m.serialize_field("median", &self.median)?;
+        m.serialize_field("mad", &self.mad)?;
+        m.serialize_field("outliers_low", &self.outliers_low)?;
+        m.serialize_field("outliers_high", &self.outliers_high)?;
+        m.end()
+    }
+}
+
 impl Summary {
+    /// The standard deviation, `None` for one run (which has none).
+    pub fn spread(&self) -> Option<f64> {
+        (self.n > 1).then_some(self.stddev)
+    }
+
     /// The summary of `values`, or `None` when there are none. Values that are
     /// not finite are ignored.
     pub fn of(values: &[f64]) -> Option<Summary> {

@@ -478,6 +478,32 @@ fn a_primary_metric_the_machine_cannot_count_is_refused_before_any_run() {
     assert!(!ran.exists(), "nothing ran");
 }
 
+/// One run has no spread: the exports say none, as the text does (and
+/// hyperfine's JSON: `"stddev": null`), not "± 0.00".
+#[test]
+fn single_runs_have_no_spread_in_any_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("out.md");
+    let (_, json) = bench_json(
+        dir.path(),
+        &[
+            "-r",
+            "1",
+            "-i",
+            "--export-markdown",
+            md.to_str().unwrap(),
+            "/bin/true",
+            "/bin/false",
+        ],
+    );
+    for r in json["results"].as_array().unwrap() {
+        assert_eq!(r["stddev"], Value::Null, "{r}");
+        assert_eq!(r["metrics"]["wall"]["stddev"], Value::Null, "{r}");
+    }
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(!md.contains('±'), "{md}");
+}
+
 #[test]
 fn an_export_that_cannot_be_written_fails_before_any_run() {
     let dir = tempfile::tempdir().unwrap();
