@@ -175,7 +175,9 @@ pub fn run(args: BenchArgs) -> u8 {
             return 1;
         }
     };
-    let bars = setup.progress.then(|| Bars::new(&setup.commands));
+    let bars = setup
+        .progress
+        .then(|| Bars::new(&setup.commands, setup.color));
     let mut on_progress = |p: Progress| {
         if let Some(b) = &bars {
             b.update(p);
@@ -760,11 +762,14 @@ struct Bars {
 }
 
 impl Bars {
-    fn new(commands: &[Command]) -> Bars {
+    /// Bars in colour if `color` (`--style nocolor` has none).
+    fn new(commands: &[Command], color: bool) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "{prefix:.bold} {msg:8} {bar:30.cyan/blue} {pos:>6}/{len:6} ETA {eta}",
-        )
+        let style = ProgressStyle::with_template(if color {
+            "{prefix:.bold} {msg:8} {bar:30.cyan/blue} {pos:>6}/{len:6} ETA {eta}"
+        } else {
+            "{prefix} {msg:8} {bar:30} {pos:>6}/{len:6} ETA {eta}"
+        })
         .expect("a valid template")
         .progress_chars("█▉▊▋▌▍▎▏ ");
         let bars = commands

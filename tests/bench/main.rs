@@ -504,6 +504,40 @@ fn single_runs_have_no_spread_in_any_export() {
     assert!(!md.contains('±'), "{md}");
 }
 
+/// On a terminal, `--style nocolor` draws its progress bars without colour
+/// (before, they were cyan and blue), and `full` with it.
+#[test]
+fn nocolor_progress_bars_have_no_colour() {
+    let on_a_pty = |style: &str| {
+        Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "{} bench --style {style} -r 30 /bin/true",
+                util::bin()
+            ))
+            .arg("/dev/null")
+            .output()
+    };
+    let Ok(full) = on_a_pty("full") else {
+        eprintln!("SKIP: no script(1) to run on a pseudo-terminal");
+        return;
+    };
+    let colours = |o: &Output| o.stdout.windows(3).filter(|w| w == b"\x1b[3").count();
+    assert!(
+        colours(&full) > 0,
+        "{}",
+        String::from_utf8_lossy(&full.stdout)
+    );
+    let plain = on_a_pty("nocolor").unwrap();
+    assert!(plain.status.success());
+    assert_eq!(
+        colours(&plain),
+        0,
+        "{:?}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+}
+
 #[test]
 fn an_export_that_cannot_be_written_fails_before_any_run() {
     let dir = tempfile::tempdir().unwrap();
