@@ -612,17 +612,17 @@ fn parameter_sets(a: &BenchArgs) -> Result<Vec<Vec<(String, String)>>, String> {
         if n > 100_000 {
             return Err(format!("--parameter-scan {var}: {n} values is too many"));
         }
-        let decimals = if step.fract() == 0.0 && lo.fract() == 0.0 {
-            0
-        } else {
-            format!("{step}")
-                .split('.')
-                .nth(1)
-                .map_or(0, str::len)
-                .max(format!("{lo}").split('.').nth(1).map_or(0, str::len))
-        };
+        // Written as hyperfine's decimal sums write them: MIN with the
+        // decimals it was given, each value after it with those of MIN or
+        // of the step, whichever has more (`-P n 0 1 -D 0.1`: 0, 0.1, …, 1.0).
+        let places = |t: &str| t.split_once('.').map_or(0, |(_, f)| f.len());
+        let first = places(&p[1]);
+        let rest = first.max(places(&format!("{step}")));
         let values = (0..n)
-            .map(|k| format!("{:.*}", decimals, lo + step * k as f64))
+            .map(|k| {
+                let d = if k == 0 { first } else { rest };
+                format!("{:.*}", d, lo + step * k as f64)
+            })
             .collect();
         axes.push((var.clone(), values));
     }
@@ -921,7 +921,22 @@ mod tests {
         ])
         .unwrap();
         let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["sleep 0.0", "sleep 0.1", "sleep 0.2", "sleep 0.3"]);
+        assert_eq!(names, ["sleep 0", "sleep 0.1", "sleep 0.2", "sleep 0.3"]);
+        // As hyperfine's decimals: MIN as given, then the step's places.
+        let s = setup(&[
+            "-P",
+            "n",
+            "1",
+            "2",
+            "-D",
+            "0.5",
+            "--style",
+            "basic",
+            "sleep {n}",
+        ])
+        .unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["sleep 1", "sleep 1.5", "sleep 2.0"]);
 
         let s = setup(&[
             "-L",
