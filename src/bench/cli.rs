@@ -14,6 +14,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "chaperone bench",
+    version,
     about = "Benchmark commands: every run measured from clone to exit (wall, rusage, perf counters), several commands interleaved",
     after_help = "Each COMMAND is split into words by shell rules and exec'd directly (no shell, \
                   nothing to subtract), with stdin, stdout and stderr on /dev/null unless --output \
@@ -132,6 +133,13 @@ pub struct BenchArgs {
     /// agent), inherit, or a file path.
     #[arg(long, value_name = "WHERE", default_value = "null")]
     pub output: String,
+    /// Show the commands' output: --output inherit (hyperfine's --show-output).
+    #[arg(long)]
+    pub show_output: bool,
+    /// Where each command's stdin comes from: null (the default) or a file,
+    /// opened for each run (hyperfine's --input).
+    #[arg(long, value_name = "WHERE")]
+    pub input: Option<String>,
 }
 
 /// Why the command line cannot be run.
@@ -384,7 +392,14 @@ impl Setup {
         }
         let min_time = Duration::try_from_secs_f64(a.min_time)
             .map_err(|_| format!("--min-time {}: not a time in seconds", a.min_time))?;
+        if a.show_output && !matches!(a.output.as_str(), "null" | "inherit") {
+            return Err(format!(
+                "--show-output is --output inherit: not with --output {}",
+                a.output
+            ));
+        }
         let output = match a.output.as_str() {
+            _ if a.show_output => Output::Inherit,
             "null" => Output::Null,
             "pipe" => Output::Pipe,
             "inherit" => Output::Inherit,
@@ -462,6 +477,16 @@ impl Setup {
             spec.exe = Some(helper_exe.clone());
             Some(spec)
         };
+        // --input FILE: each run's stdin, opened for it (so read from its
+        // start each time); checked now, not at the first run.
+        let stdin: Option<spec::FdSpec> = match a.input.as_deref() {
+            None | Some("null") => None,
+            Some(path) => {
+                std::fs::File::open(path).map_err(|e| format!("--input {path}: {e}"))?;
+                let file = serde_json::json!({"file": {"path": path, "flags": "Read"}});
+                Some(serde_json::from_value(file).map_err(|e| format!("--input {path}: {e}"))?)
+            }
+        };
         let mut commands = Vec::new();
         let mut notes = Vec::new();
         let mut warned = Vec::new();
@@ -495,6 +520,9 @@ impl Setup {
                 };
                 let name = name.map_or_else(|| cmd.clone(), |n| substitute(n, params));
                 let mut spec = bench_spec(argv, output.clone());
+                if let Some(stdin) = &stdin {
+                    spec.fds[0].1 = stdin.clone();
+                }
                 let exe =
                     find_program(&spec.argv[0]).map_err(|e| format!("command {cmd:?}: {e}"))?;
                 spec.exe = Some(exe);

@@ -538,6 +538,51 @@ fn nocolor_progress_bars_have_no_colour() {
     );
 }
 
+/// hyperfine's `--input FILE` (each run's stdin, from its start),
+/// `--show-output` (`--output inherit`) and `-V`.
+#[test]
+fn input_show_output_and_version_are_hyperfines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, "hello\n").unwrap();
+    let out = bench(&[
+        "-r",
+        "3",
+        "--input",
+        input.to_str().unwrap(),
+        "--shell",
+        "sh",
+        "read x && [ \"$x\" = hello ]",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bench(&["-r", "2", "--input", "/no/such/file", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--input /no/such/file"));
+
+    let out = Command::new(util::bin())
+        .args([
+            "bench",
+            "--style",
+            "none",
+            "-r",
+            "2",
+            "--show-output",
+            "echo shown",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "shown\nshown\n");
+    let out = Command::new(util::bin())
+        .args(["bench", "-V"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("chaperone bench "));
+}
+
 #[test]
 fn an_export_that_cannot_be_written_fails_before_any_run() {
     let dir = tempfile::tempdir().unwrap();
