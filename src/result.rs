@@ -451,7 +451,20 @@ impl Serialize for FdRes {
                 let cut = *length != bytes.len() as u64;
                 let mut map = serializer.serialize_map(Some(3 + usize::from(cut) + ext.len()))?;
                 map.serialize_entry("type", "text")?;
-                let text: Cow<'_, str> = String::from_utf8_lossy(bytes);
+                // A head and a tail are decoded apart: bytes on either side
+                // of the dropped middle were never next to each other.
+                let gap = ext
+                    .dropped
+                    .as_ref()
+                    .and_then(|d| usize::try_from(d.start).ok())
+                    .filter(|&c| c > 0 && c < bytes.len());
+                let text: Cow<'_, str> = match gap {
+                    Some(c) => Cow::Owned(
+                        String::from_utf8_lossy(&bytes[..c]).into_owned()
+                            + &String::from_utf8_lossy(&bytes[c..]),
+                    ),
+                    None => String::from_utf8_lossy(bytes),
+                };
                 map.serialize_entry("text", &text)?;
                 map.serialize_entry("encoding", &Encoding::Utf8)?;
                 if cut {
@@ -891,6 +904,32 @@ mod tests {
                    "dropped":{"start":4,"stop":96}})
         );
         assert_eq!(serde_json::from_value::<FdRes>(v).unwrap(), fd);
+    }
+
+    #[test]
+    fn a_head_and_a_tail_are_decoded_apart() {
+        // "é" whose first byte is the head and whose last is the tail: not
+        // a character, two replaced bytes.
+        let fd = FdRes::Text {
+            bytes: bytes::Bytes::from_static(b"\xc3\xa9"),
+            length: 6,
+            ext: FdExt {
+                dropped: Some(Dropped { start: 1, stop: 5 }),
+                ..FdExt::default()
+            },
+        };
+        let v = serde_json::to_value(&fd).unwrap();
+        assert_eq!(v["text"], "\u{fffd}\u{fffd}");
+        // Whole characters on either side stay.
+        let fd = FdRes::Text {
+            bytes: bytes::Bytes::from_static("é|é".as_bytes()),
+            length: 9,
+            ext: FdExt {
+                dropped: Some(Dropped { start: 3, stop: 5 }),
+                ..FdExt::default()
+            },
+        };
+        assert_eq!(serde_json::to_value(&fd).unwrap()["text"], "é|é");
     }
 
     #[test]

@@ -644,28 +644,49 @@ fn chunks(
     streaming: Streaming,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let streaming = Arc::new(streaming);
-    futures_util::stream::unfold(start, move |at| {
+    // The state: where to read next, and pieces to send first (last first).
+    futures_util::stream::unfold((start, Vec::new()), move |(at, mut pending)| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
         let step = streaming.step();
         let dropped = dropped.clone();
         async move {
+            if let Some(piece) = pending.pop() {
+                return Some((Ok(piece), (at, pending)));
+            }
             // Past the part the headers named in one step: walked a step at
             // a time, the capture's tail could outrun the walk.
-            let at = past(at, dropped.as_ref());
+            let past_at = past(at, dropped.as_ref());
+            if past_at != at && at > start {
+                return Some((Ok(GAP), (past_at, pending)));
+            }
+            let at = past_at;
             if at >= stop {
                 return None;
             }
             let end = stop.min(at.saturating_add(step));
             match handle.fd_data(&id, &fd, at, Some(end)).await {
-                Ok(d) if overtaken(d.missing.as_ref(), dropped.as_ref()) => {
-                    Some((Err(overtaken_error(&id, &fd, d.missing.as_ref())), stop))
-                }
+                Ok(d) if overtaken(d.missing.as_ref(), dropped.as_ref()) => Some((
+                    Err(overtaken_error(&id, &fd, d.missing.as_ref())),
+                    (stop, pending),
+                )),
                 Ok(d) => {
                     // Past a dropped middle, go on at its end.
                     let next = d.missing.as_ref().map_or(end, |m| m.end.max(end));
-                    Some((Ok(d.data), next))
+                    let Some(m) = &d.missing else {
+                        return Some((Ok(d.data), (next, pending)));
+                    };
+                    // The bytes held before the middle, a gap, those after.
+                    let k = usize::try_from(m.start.saturating_sub(at))
+                        .unwrap_or(usize::MAX)
+                        .min(d.data.len());
+                    let after = d.data.slice(k..);
+                    if !after.is_empty() {
+                        pending.push(after);
+                    }
+                    pending.push(GAP);
+                    Some((Ok(d.data.slice(..k)), (next, pending)))
                 }
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), stop)),
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), (stop, pending))),
             }
         }
     })
@@ -728,6 +749,11 @@ fn follow(
         }
     })
 }
+
+/// The piece [`chunks`] puts between the bytes before a dropped middle and
+/// those after it (an empty one: no other piece is): the UTF-8 encoder
+/// decodes the two sides apart, as they were never next to each other.
+const GAP: Bytes = Bytes::new();
 
 /// `at`, or the end of `dropped` if `at` is in it.
 fn past(at: u64, dropped: Option<&std::ops::Range<u64>>) -> u64 {
@@ -844,6 +870,8 @@ impl Encoder {
     fn push(&mut self, b: Bytes) -> Result<Bytes, std::io::Error> {
         Ok(match self.enc {
             BodyEncoding::Raw => b,
+            // The sides of a dropped middle are decoded apart.
+            BodyEncoding::Utf8 if b.is_empty() => self.utf8.finish(),
             BodyEncoding::Utf8 => self.utf8.push(&b),
             BodyEncoding::Base64 | BodyEncoding::Base2048 => {
                 let group = self.group();
@@ -882,6 +910,10 @@ async fn utf8_replaced(
     let mut held = Vec::new();
     while let Some(piece) = raw.next().await {
         let piece = piece?;
+        if piece.is_empty() && !held.is_empty() {
+            // A character cut by a dropped middle ([`GAP`]).
+            return Ok(true);
+        }
         held.extend_from_slice(&piece);
         let keep = incomplete_tail(&held);
         if std::str::from_utf8(&held[..held.len() - keep]).is_err() {

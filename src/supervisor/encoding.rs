@@ -98,11 +98,21 @@ pub(crate) fn encode(d: FdData, enc: ReadEncoding) -> std::io::Result<EncodedFdD
     let data = match enc {
         ReadEncoding::Raw => Encoded::Raw(d.data),
         ReadEncoding::Utf8 => {
-            // Borrowed when the bytes are valid UTF-8, owned when any were replaced.
-            let text = String::from_utf8_lossy(&d.data);
-            let replaced = matches!(text, std::borrow::Cow::Owned(_));
+            // Borrowed when the bytes are valid UTF-8, owned when any were
+            // replaced. Bytes on either side of a dropped middle are decoded
+            // apart: they were never next to each other.
+            let cut = d
+                .missing
+                .as_ref()
+                .and_then(|m| usize::try_from(m.start.saturating_sub(d.start)).ok())
+                .filter(|&c| c > 0 && c < d.data.len())
+                .unwrap_or(d.data.len());
+            let (a, b) = d.data.split_at(cut);
+            let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+            let replaced =
+                matches!(a, std::borrow::Cow::Owned(_)) || matches!(b, std::borrow::Cow::Owned(_));
             Encoded::Utf8 {
-                text: text.into_owned(),
+                text: a.into_owned() + &b,
                 replaced,
             }
         }

@@ -454,3 +454,31 @@ fn a_tempfile_capture_that_cannot_be_made_names_its_directory() {
         res.errors
     );
 }
+
+/// A head/tail capture's head and tail are decoded as UTF-8 apart: the last
+/// byte of the head and the first of the tail were never next to each
+/// other, so an "é" split between them is two replaced bytes, in the result
+/// and in a read as UTF-8, not an "é" the process never wrote.
+#[test]
+fn a_character_is_not_made_across_the_dropped_middle() {
+    let a = agent();
+    start(
+        &a,
+        &json!({"specs": {"s": {"argv": ["/usr/bin/printf", "\\303\\251XX\\303\\251"],
+            "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8",
+                                            "head": 1, "tail": 1}}]]}}}),
+    );
+    let res = wait(&a, "s");
+    let v = serde_json::to_value(&res).unwrap();
+    assert_eq!(v["fds"]["stdout"]["text"], "\u{fffd}\u{fffd}", "{v}");
+    let r = a
+        .fd_data_as("s", "stdout", 0, None, chaperone::ReadEncoding::Utf8)
+        .unwrap();
+    assert_eq!(
+        r.data,
+        chaperone::Encoded::Utf8 {
+            text: "\u{fffd}\u{fffd}".into(),
+            replaced: true
+        }
+    );
+}

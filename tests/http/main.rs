@@ -368,3 +368,22 @@ fn stalled_requests_are_cut_and_long_answers_are_not() {
         String::from_utf8_lossy(&follow.body)
     );
 }
+
+/// `?encoding=utf-8` decodes a head/tail capture's head and tail apart: an
+/// "é" whose first byte is the head and whose last is the tail is two
+/// replaced bytes (and `X-Chaperone-Replaced: true`), not an "é".
+#[test]
+fn utf8_text_is_not_made_across_the_dropped_middle() {
+    let served = serve(&serde_json::json!({"specs": {"s": {
+        "argv": ["/usr/bin/printf", "\\303\\251XX\\303\\251"],
+        "fds": [["stdout", {"capture": {"mode": "memory", "encoding": "utf-8",
+                                        "head": 1, "tail": 1}}]]}}}));
+    assert!(client(&served.url, &["wait", "s"]).status.success());
+    let ans = served.get("/procs/s/output/stdout/data?encoding=utf-8");
+    assert_eq!(ans.status, 200);
+    assert_eq!(String::from_utf8_lossy(&ans.body), "\u{fffd}\u{fffd}");
+    assert_eq!(ans.header("x-chaperone-replaced"), Some("true"));
+    // The same held bytes, raw, are the two bytes.
+    let ans = served.get("/procs/s/output/stdout/data");
+    assert_eq!(ans.body, b"\xc3\xa9");
+}
