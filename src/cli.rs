@@ -356,6 +356,14 @@ pub fn run(args: Args) -> u8 {
         eprintln!("error: --spool needs a spec (a file path, or - for standard input)");
         return EXIT_START;
     }
+    // A spec that cannot start makes no spool: the directory would read as
+    // an agent that died, and could not be used again.
+    if let (Some(_), Some(input)) = (&args.spool, &input) {
+        if let Err(e) = crate::spec::validate(input) {
+            eprintln!("error: {e}");
+            return EXIT_START;
+        }
+    }
     // The spool is made and locked before a detach, so that an error (the
     // directory is taken) reaches the caller.
     let (spool, input) = match (&args.spool, input) {

@@ -706,3 +706,30 @@ fn garbage_on_the_control_socket_is_answered_and_the_agent_goes_on() {
     assert_eq!(code, 0);
     assert!(agent.wait().unwrap().success());
 }
+
+/// A spec that cannot start (exit 65) makes no spool directory, so the same
+/// directory is there for the corrected spec. (Before, it was made with an
+/// agent "running", read as "died", and refused as an earlier agent's.)
+#[test]
+fn a_spec_that_cannot_start_makes_no_spool() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("sp");
+    let out = run_spooled(&dir, "--exit", &json!({"specs": {"a": {"argv": []}}}));
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("proc a: argv is empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.exists(), "no spool was made");
+    let out = run_spooled(
+        &dir,
+        "--exit",
+        &json!({"specs": {"a": {"argv": ["/bin/true"]}}}),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
