@@ -896,8 +896,11 @@ async fn wait_idle(
 }
 
 /// Procstar's signals: SIGTERM and SIGINT terminate, SIGQUIT kills, SIGUSR1
-/// idles. The handlers are installed when this is called (before any process
-/// starts); the future applies the policies.
+/// idles; and SIGHUP terminates (the terminal or session that ran the agent
+/// is gone: by default it would kill the agent and leave every child
+/// running, unwatched, as Procstar does). The handlers are installed when
+/// this is called (before any process starts); the future applies the
+/// policies.
 fn shutdown_on_signals(handle: Handle) -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let kinds = [
@@ -905,6 +908,7 @@ fn shutdown_on_signals(handle: Handle) -> impl Future<Output = ()> {
         (SignalKind::interrupt(), "SIGINT"),
         (SignalKind::quit(), "SIGQUIT"),
         (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::hangup(), "SIGHUP"),
     ];
     let streams: Vec<_> = kinds
         .into_iter()
@@ -916,7 +920,7 @@ fn shutdown_on_signals(handle: Handle) -> impl Future<Output = ()> {
         .collect();
     async move {
         let mut streams = streams;
-        let [term, int, quit, usr1] = &mut streams[..] else {
+        let [term, int, quit, usr1, hup] = &mut streams[..] else {
             return;
         };
         let terminate = ShutdownPolicy::Terminate {
@@ -926,6 +930,7 @@ fn shutdown_on_signals(handle: Handle) -> impl Future<Output = ()> {
             let policy = tokio::select! {
                 _ = term.recv() => terminate,
                 _ = int.recv() => terminate,
+                _ = hup.recv() => terminate,
                 _ = quit.recv() => ShutdownPolicy::Kill,
                 _ = usr1.recv() => ShutdownPolicy::Idle,
             };

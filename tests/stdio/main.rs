@@ -367,6 +367,14 @@ fn one_shot_sigterm_and_sigint_terminate_and_still_print() {
     one_shot_with_signal(libc::SIGINT, "SIGTERM");
 }
 
+/// SIGHUP (the terminal that ran the agent closed) terminates as SIGTERM
+/// does. (Before, it killed the agent and left its children running
+/// unwatched, as Procstar 0.7.5 does.)
+#[test]
+fn one_shot_sighup_terminates_and_still_prints() {
+    one_shot_with_signal(libc::SIGHUP, "SIGTERM");
+}
+
 #[test]
 fn one_shot_sigquit_kills_and_still_prints() {
     one_shot_with_signal(libc::SIGQUIT, "SIGKILL");
