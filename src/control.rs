@@ -312,12 +312,15 @@ pub fn resolve(id: &str, ps: &ProcSpec, defaults: &Defaults) -> Result<Control, 
         c.rlimits.push((resource, soft, hard));
     }
     // The agent's own limit was raised: a child gets the one it was given,
-    // unless its fds need more (then it keeps the raised one).
+    // or what its fds need if that is more (within the hard limit).
     if let Some((soft, hard)) = defaults.nofile
         && !c.rlimits.iter().any(|r| r.0 == libc::RLIMIT_NOFILE)
-        && soft >= nofile_needed(ps)
     {
-        c.rlimits.push((libc::RLIMIT_NOFILE, soft, hard));
+        c.rlimits.push((
+            libc::RLIMIT_NOFILE,
+            soft.max(nofile_needed(ps)).min(hard),
+            hard,
+        ));
     }
 
     c.session = match (ps.setsid, ps.process_group) {
@@ -698,7 +701,7 @@ mod tests {
             &d,
         )
         .unwrap();
-        assert_eq!(high.rlimits, []);
+        assert_eq!(high.rlimits, [(libc::RLIMIT_NOFILE, 2001, 4096)]);
         assert_eq!(plain.session, Session::New);
         let off = resolve("p", &spec(r#"{"argv": ["x"], "pdeath_sig": 0}"#), &d).unwrap();
         assert_eq!(off.pdeath_sig, None);

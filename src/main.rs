@@ -5,9 +5,6 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // Thousands of processes take an fd or more each: up to the hard limit
-    // (children get the soft limit this was started with).
-    chaperone::cli::raise_fd_limit();
     // Subcommands come first; anything else is the agent's command line,
     // Procstar's flags and a spec path.
     if std::env::args_os().nth(1).is_some_and(|a| a == "client") {
@@ -22,6 +19,10 @@ fn main() -> ExitCode {
         let args = chaperone::spool::ssh::SshArgs::parse_from(std::env::args_os().skip(1));
         return ExitCode::from(chaperone::spool::ssh::run(args));
     }
+    // Thousands of processes take an fd or more each: the agent and the
+    // bench runner go up to the hard limit (their processes get the soft
+    // limit this was started with); the client and spool readers need not.
+    chaperone::cli::raise_fd_limit();
     if std::env::args_os().nth(1).is_some_and(|a| a == "bench") {
         let args = chaperone::bench::cli::BenchArgs::parse_from(std::env::args_os().skip(1));
         return ExitCode::from(chaperone::bench::cli::run(args));

@@ -93,7 +93,9 @@ pub fn child_fd_limit() -> Option<(u64, u64)> {
 
 /// A floor for [`move_high`]: a quarter of the soft `RLIMIT_NOFILE`, at most 1024.
 pub fn high_floor() -> RawFd {
-    let soft = fd_limit().unwrap_or(1 << 20);
+    // The limit given, not one [`raise_fd_limit`] raised: the children's fd
+    // window (which `CLOSE_RANGE_UNSHARE` copies) stays as small.
+    let soft = child_fd_limit().map_or_else(|| fd_limit().unwrap_or(1 << 20), |(s, _)| s);
     RawFd::try_from((soft / 4).min(1024)).unwrap_or(0)
 }
 

@@ -28,6 +28,10 @@ pub(super) struct ProcTable {
     /// A launch ran out of fds (or tasks): no launch until a process lets go
     /// of its own.
     fds_short: bool,
+    /// [`ProcTable::ended_capture_fds`]'s last count, with the (processes,
+    /// active) it was made at: a request failing for want of fds asks for
+    /// every process it fails, and a walk each time was quadratic.
+    held_memo: std::cell::Cell<Option<((usize, usize), usize)>>,
 }
 
 impl ProcTable {
@@ -40,6 +44,7 @@ impl ProcTable {
             active: 0,
             max_running,
             fds_short: false,
+            held_memo: std::cell::Cell::new(None),
         }
     }
 
@@ -106,12 +111,24 @@ impl ProcTable {
     /// How many fds the captures of processes that have ended hold: their
     /// files, open until the process is deleted (see
     /// [`Capture::file_fds`](crate::supervisor::proc::Capture::file_fds)).
+    /// Counted again only once a process has come, gone, started or ended
+    /// since the last count (for an error message, it need not be exact to
+    /// the compression of a capture).
     pub(super) fn ended_capture_fds(&self) -> usize {
-        self.values()
+        let key = (self.procs.len(), self.active);
+        if let Some((k, n)) = self.held_memo.get()
+            && k == key
+        {
+            return n;
+        }
+        let n = self
+            .values()
             .filter(|p| !p.holds_slot)
             .flat_map(|p| &p.captures)
             .map(|c| c.file_fds())
-            .sum()
+            .sum();
+        self.held_memo.set(Some((key, n)));
+        n
     }
 
     pub(super) fn is_empty(&self) -> bool {
