@@ -706,12 +706,21 @@ fn follow(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let stop = stop.unwrap_or(u64::MAX);
     let streaming = Arc::new(streaming);
-    futures_util::stream::unfold(Some(start), move |at| {
+    // The state: where to read next (`None`: done), and pieces to send
+    // first (last first), as in [`chunks`].
+    futures_util::stream::unfold((Some(start), Vec::new()), move |(at, mut pending)| {
         let (handle, id, fd) = (handle.clone(), id.clone(), fd.clone());
         let step = streaming.step();
         let dropped = dropped.clone();
         async move {
-            let mut at = past(at?, dropped.as_ref());
+            if let Some(piece) = pending.pop() {
+                return Some((Ok(piece), (at, pending)));
+            }
+            let at0 = at?;
+            let mut at = past(at0, dropped.as_ref());
+            if at != at0 && at0 > start {
+                return Some((Ok(GAP), (Some(at), pending)));
+            }
             loop {
                 if at >= stop {
                     return None;
@@ -719,14 +728,32 @@ fn follow(
                 let end = stop.min(at.saturating_add(step));
                 let d = match handle.fd_data(&id, &fd, at, Some(end)).await {
                     Ok(d) if overtaken(d.missing.as_ref(), dropped.as_ref()) => {
-                        return Some((Err(overtaken_error(&id, &fd, d.missing.as_ref())), None));
+                        return Some((
+                            Err(overtaken_error(&id, &fd, d.missing.as_ref())),
+                            (None, pending),
+                        ));
                     }
                     Ok(d) => d,
-                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e.to_string())), (None, pending)));
+                    }
                 };
                 if !d.data.is_empty() || d.missing.is_some() {
                     let next = d.missing.as_ref().map_or(d.stop, |m| m.end.max(d.stop));
-                    return Some((Ok(d.data), Some(next.max(at + 1).min(d.length.max(at)))));
+                    let next = Some(next.max(at + 1).min(d.length.max(at)));
+                    let Some(m) = &d.missing else {
+                        return Some((Ok(d.data), (next, pending)));
+                    };
+                    // The bytes held before the middle, a gap, those after.
+                    let k = usize::try_from(m.start.saturating_sub(at))
+                        .unwrap_or(usize::MAX)
+                        .min(d.data.len());
+                    let after = d.data.slice(k..);
+                    if !after.is_empty() {
+                        pending.push(after);
+                    }
+                    pending.push(GAP);
+                    return Some((Ok(d.data.slice(..k)), (next, pending)));
                 }
                 at = at.max(d.stop);
                 match handle.fd_wait(&id, &fd, at, FOLLOW_WAIT).await {
@@ -736,21 +763,23 @@ fn follow(
                             let end = stop.min(at.saturating_add(step));
                             let d = handle.fd_data(&id, &fd, at, Some(end)).await.ok()?;
                             if !d.data.is_empty() {
-                                return Some((Ok(d.data), Some(d.stop)));
+                                return Some((Ok(d.data), (Some(d.stop), pending)));
                             }
                         }
                         return None;
                     }
                     Ok(w) if w.length.is_none() => tokio::time::sleep(TEMPFILE_POLL).await,
                     Ok(_) => {}
-                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e.to_string())), (None, pending)));
+                    }
                 }
             }
         }
     })
 }
 
-/// The piece [`chunks`] puts between the bytes before a dropped middle and
+/// The piece [`chunks`] and [`follow`] put between the bytes before a dropped middle and
 /// those after it (an empty one: no other piece is): the UTF-8 encoder
 /// decodes the two sides apart, as they were never next to each other.
 const GAP: Bytes = Bytes::new();

@@ -383,6 +383,9 @@ fn utf8_text_is_not_made_across_the_dropped_middle() {
     assert_eq!(ans.status, 200);
     assert_eq!(String::from_utf8_lossy(&ans.body), "\u{fffd}\u{fffd}");
     assert_eq!(ans.header("x-chaperone-replaced"), Some("true"));
+    // Followed too.
+    let ans = served.get("/procs/s/output/stdout/data?encoding=utf-8&follow=true");
+    assert_eq!(String::from_utf8_lossy(&ans.body), "\u{fffd}\u{fffd}");
     // The same held bytes, raw, are the two bytes.
     let ans = served.get("/procs/s/output/stdout/data");
     assert_eq!(ans.body, b"\xc3\xa9");
