@@ -68,7 +68,7 @@ pub struct BenchArgs {
     pub parameter_scan: Option<Vec<String>>,
     /// The step of --parameter-scan (may be a decimal).
     #[arg(short = 'D', long, value_name = "DELTA", requires = "parameter_scan")]
-    pub parameter_step_size: Option<f64>,
+    pub parameter_step_size: Option<String>,
     /// Benchmark for each of these comma-separated values of VAR (`\,` is a
     /// comma in a value, `\\` a backslash); given several times, for every
     /// combination, the first list varying fastest (as hyperfine).
@@ -344,6 +344,9 @@ impl Setup {
         };
         let tty = std::io::stderr().is_terminal();
         let (progress, color, text) = match a.style.as_str() {
+            // The commands' own output on the terminal: no bars among it,
+            // as hyperfine.
+            "auto" if a.show_output || a.output == "inherit" => (false, false, true),
             "auto" => (tty, tty && std::io::stdout().is_terminal(), true),
             "full" => (true, true, true),
             "basic" => (false, false, true),
@@ -616,7 +619,6 @@ fn parameter_sets(a: &BenchArgs) -> Result<Vec<Vec<(String, String)>>, String> {
     let mut axes: Vec<(String, Vec<String>)> = Vec::new();
     if let Some(p) = &a.parameter_scan {
         let (var, lo, hi) = (&p[0], &p[1], &p[2]);
-        let step = a.parameter_step_size;
         let num = |s: &str| -> Result<f64, String> {
             s.parse::<f64>()
                 .ok()
@@ -624,6 +626,14 @@ fn parameter_sets(a: &BenchArgs) -> Result<Vec<Vec<(String, String)>>, String> {
                 .ok_or_else(|| format!("--parameter-scan {var}: {s:?} is not a number"))
         };
         let (lo, hi) = (num(lo)?, num(hi)?);
+        // Kept as typed too: its decimals are those of the values.
+        let step_text = a.parameter_step_size.as_deref();
+        let step = step_text
+            .map(|t| {
+                t.parse::<f64>()
+                    .map_err(|_| format!("--parameter-step-size {t:?}: not a number"))
+            })
+            .transpose()?;
         if step.is_none() && (lo.fract() != 0.0 || hi.fract() != 0.0) {
             return Err(format!(
                 "--parameter-scan {var}: without --parameter-step-size, MIN and MAX must be integers"
@@ -645,7 +655,7 @@ fn parameter_sets(a: &BenchArgs) -> Result<Vec<Vec<(String, String)>>, String> {
         // of the step, whichever has more (`-P n 0 1 -D 0.1`: 0, 0.1, …, 1.0).
         let places = |t: &str| t.split_once('.').map_or(0, |(_, f)| f.len());
         let first = places(&p[1]);
-        let rest = first.max(places(&format!("{step}")));
+        let rest = first.max(step_text.map_or(0, places));
         let values = (0..n)
             .map(|k| {
                 let d = if k == 0 { first } else { rest };
@@ -950,7 +960,22 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["sleep 0", "sleep 0.1", "sleep 0.2", "sleep 0.3"]);
-        // As hyperfine's decimals: MIN as given, then the step's places.
+        // As hyperfine's decimals: MIN as given, then the step's places as
+        // typed.
+        let s = setup(&[
+            "-P",
+            "n",
+            "0",
+            "1",
+            "-D",
+            "0.50",
+            "--style",
+            "basic",
+            "sleep {n}",
+        ])
+        .unwrap();
+        let names: Vec<&str> = s.commands.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["sleep 0", "sleep 0.50", "sleep 1.00"]);
         let s = setup(&[
             "-P",
             "n",

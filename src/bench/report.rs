@@ -179,13 +179,21 @@ impl View {
                     }
                     _ => String::new(),
                 };
-                let _ = writeln!(
-                    s,
-                    "  {:<20} {:>10} ± {:>10}{cpu}",
-                    format!("{label} (mean ± σ):"),
-                    self.fmt(p, w.mean),
-                    self.fmt(p, w.stddev)
-                );
+                let _ = match w.spread() {
+                    Some(sd) => writeln!(
+                        s,
+                        "  {:<20} {:>10} ± {:>10}{cpu}",
+                        format!("{label} (mean ± σ):"),
+                        self.fmt(p, w.mean),
+                        self.fmt(p, sd)
+                    ),
+                    None => writeln!(
+                        s,
+                        "  {:<20} {:>10}{cpu}",
+                        format!("{label}:"),
+                        self.fmt(p, w.mean)
+                    ),
+                };
                 let _ = writeln!(
                     s,
                     "  {:<20} {:>10} … {:>10}    {} run{}",
@@ -208,7 +216,10 @@ impl View {
                     "  {:<17} {:>11} {:>24} {:>24} {:>10}",
                     m.name(),
                     self.fmt(m, x.median),
-                    format!("{} ± {}", self.fmt(m, x.mean), self.fmt(m, x.stddev)),
+                    match x.spread() {
+                        Some(sd) => format!("{} ± {}", self.fmt(m, x.mean), self.fmt(m, sd)),
+                        None => self.fmt(m, x.mean),
+                    },
                     format!("{} … {}", self.fmt(m, x.min), self.fmt(m, x.max)),
                     outliers(x)
                 );
@@ -434,7 +445,7 @@ impl View {
             let cols = [
                 csv_field(&c.name),
                 f(w.map(|x| x.mean)),
-                f(w.map(|x| x.stddev)),
+                f(w.and_then(Summary::spread)),
                 f(w.map(|x| x.median)),
                 f(c.summary(Metric::User).map(|x| x.mean)),
                 f(c.summary(Metric::System).map(|x| x.mean)),

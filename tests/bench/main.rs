@@ -502,6 +502,26 @@ fn single_runs_have_no_spread_in_any_export() {
     }
     let md = std::fs::read_to_string(&md).unwrap();
     assert!(!md.contains('±'), "{md}");
+    // Nor in the CSV (an empty stddev, as hyperfine) or the text.
+    let csv = dir.path().join("out.csv");
+    let out = bench(&[
+        "-r",
+        "1",
+        "-i",
+        "--export-csv",
+        csv.to_str().unwrap(),
+        "/bin/true",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains(" ± ") && !l.contains("mean ± σ")),
+        "{text}"
+    );
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(row[2], "", "{csv}");
 }
 
 /// On a terminal, `--style nocolor` draws its progress bars without colour
