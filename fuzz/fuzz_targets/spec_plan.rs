@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     if chaperone::spec::validate(&input).is_err() {
         return;
     }
-    let defaults = chaperone::control::Defaults { pdeath_sig: Some(15) };
+    let defaults = chaperone::control::Defaults {
+        pdeath_sig: Some(15),
+        ..Default::default()
+    };
     for (id, ps) in input.specs.iter() {
         if let Err(errs) = chaperone::control::resolve(id, ps, &defaults) {
             for e in errs {
