@@ -672,19 +672,8 @@ fn chunks(
                 Ok(d) => {
                     // Past a dropped middle, go on at its end.
                     let next = d.missing.as_ref().map_or(end, |m| m.end.max(end));
-                    let Some(m) = &d.missing else {
-                        return Some((Ok(d.data), (next, pending)));
-                    };
-                    // The bytes held before the middle, a gap, those after.
-                    let k = usize::try_from(m.start.saturating_sub(at))
-                        .unwrap_or(usize::MAX)
-                        .min(d.data.len());
-                    let after = d.data.slice(k..);
-                    if !after.is_empty() {
-                        pending.push(after);
-                    }
-                    pending.push(GAP);
-                    Some((Ok(d.data.slice(..k)), (next, pending)))
+                    let first = split_at_gap(d, at, &mut pending);
+                    Some((Ok(first), (next, pending)))
                 }
                 Err(e) => Some((Err(std::io::Error::other(e.to_string())), (stop, pending))),
             }
@@ -741,19 +730,8 @@ fn follow(
                 if !d.data.is_empty() || d.missing.is_some() {
                     let next = d.missing.as_ref().map_or(d.stop, |m| m.end.max(d.stop));
                     let next = Some(next.max(at + 1).min(d.length.max(at)));
-                    let Some(m) = &d.missing else {
-                        return Some((Ok(d.data), (next, pending)));
-                    };
-                    // The bytes held before the middle, a gap, those after.
-                    let k = usize::try_from(m.start.saturating_sub(at))
-                        .unwrap_or(usize::MAX)
-                        .min(d.data.len());
-                    let after = d.data.slice(k..);
-                    if !after.is_empty() {
-                        pending.push(after);
-                    }
-                    pending.push(GAP);
-                    return Some((Ok(d.data.slice(..k)), (next, pending)));
+                    let first = split_at_gap(d, at, &mut pending);
+                    return Some((Ok(first), (next, pending)));
                 }
                 at = at.max(d.stop);
                 match handle.fd_wait(&id, &fd, at, FOLLOW_WAIT).await {
@@ -783,6 +761,24 @@ fn follow(
 /// those after it (an empty one: no other piece is): the UTF-8 encoder
 /// decodes the two sides apart, as they were never next to each other.
 const GAP: Bytes = Bytes::new();
+
+/// The piece to send of read `d` (made at `at`): all its bytes, or, when a
+/// dropped middle lies within it, those before the middle, with [`GAP`] and
+/// those after it pushed on `pending` (sent last first).
+fn split_at_gap(d: crate::supervisor::FdData, at: u64, pending: &mut Vec<Bytes>) -> Bytes {
+    let Some(m) = &d.missing else {
+        return d.data;
+    };
+    let k = usize::try_from(m.start.saturating_sub(at))
+        .unwrap_or(usize::MAX)
+        .min(d.data.len());
+    let after = d.data.slice(k..);
+    if !after.is_empty() {
+        pending.push(after);
+    }
+    pending.push(GAP);
+    d.data.slice(..k)
+}
 
 /// `at`, or the end of `dropped` if `at` is in it.
 fn past(at: u64, dropped: Option<&std::ops::Range<u64>>) -> u64 {
