@@ -1,7 +1,7 @@
 //! `chaperone bench`: the command line over [`Runner`], with
 //! hyperfine's options where they mean the same.
 
-use super::report::{TimeUnit, View};
+use super::report::{Sort, TimeUnit, View};
 use super::{Command, MAX_RUNS, Metric, Order, Output, Plan, Progress, Runner, bench_spec, words};
 use crate::spec::{self, ProcSpec};
 use clap::Parser;
@@ -122,6 +122,11 @@ pub struct BenchArgs {
     /// commands).
     #[arg(long, value_name = "ORDER")]
     pub order: Option<String>,
+    /// The order of the comparison and the Markdown, AsciiDoc and Org-mode
+    /// tables: auto (the comparison by mean, the tables as given), command
+    /// (both as given) or mean-time (both by mean), as hyperfine's.
+    #[arg(long, value_name = "METHOD", default_value = "auto")]
+    pub sort: String,
     /// The seed for --order shuffled.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
@@ -342,6 +347,8 @@ impl Setup {
                 ));
             }
         };
+        let sort = Sort::from_name(&a.sort)
+            .ok_or_else(|| format!("--sort {:?}: not auto, command or mean-time", a.sort))?;
         let tty = std::io::stderr().is_terminal();
         let (progress, color, text) = match a.style.as_str() {
             // The commands' own output on the terminal: no bars among it,
@@ -605,6 +612,7 @@ impl Setup {
                 reference,
                 time_unit,
                 order: order.name().to_owned(),
+                sort,
             },
             progress,
             color,

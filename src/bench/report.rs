@@ -18,6 +18,34 @@ pub struct View {
     pub time_unit: Option<TimeUnit>,
     /// The run order, as said in reports.
     pub order: String,
+    /// The order of the comparison and the markup tables.
+    pub sort: Sort,
+}
+
+/// The order of the comparison and of the Markdown, AsciiDoc and Org-mode
+/// tables (hyperfine's `--sort`). The per-command blocks, the JSON, CSV and
+/// HTML exports keep the commands' order whatever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// The comparison by the primary metric's mean, the tables as given.
+    #[default]
+    Auto,
+    /// Both as the commands were given.
+    Command,
+    /// Both by the primary metric's mean, least first.
+    MeanTime,
+}
+
+impl Sort {
+    /// The order named so (hyperfine's names).
+    pub fn from_name(s: &str) -> Option<Sort> {
+        Some(match s {
+            "auto" => Sort::Auto,
+            "command" => Sort::Command,
+            "mean-time" => Sort::MeanTime,
+            _ => return None,
+        })
+    }
 }
 
 /// A fixed unit for times (`--time-unit`).
@@ -76,7 +104,9 @@ pub fn format_value(v: f64, unit: Unit, time_unit: Option<TimeUnit>) -> String {
             let x = v * k;
             if x == 0.0 {
                 format!("0 {name}")
-            } else if x.abs() >= 100.0 || name == "ns" {
+            } else if x.abs() >= 100.0 || name == "ns" || name == "µs" {
+                // Tenths of a nanosecond or microsecond are past what the
+                // clocks measure (rusage counts whole microseconds).
                 format!("{x:.1} {name}")
             } else {
                 format!("{x:.3} {name}")
@@ -155,6 +185,22 @@ impl View {
             .collect()
     }
 
+    /// The commands' indices, by the primary metric's mean when `by_mean`
+    /// (those without figures last; ties as given), else as given.
+    fn sorted(&self, outcome: &Outcome, by_mean: bool) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..outcome.commands.len()).collect();
+        if by_mean {
+            let mean = |i: usize| outcome.commands[i].summary(self.primary).map(|x| x.mean);
+            order.sort_by(|&a, &b| match (mean(a), mean(b)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+        }
+        order
+    }
+
     /// The text shown at the end of a run.
     pub fn text(&self, outcome: &Outcome) -> String {
         let mut s = String::new();
@@ -204,26 +250,22 @@ impl View {
                     if c.runs.len() == 1 { "" } else { "s" }
                 );
             }
-            let _ = writeln!(
-                s,
-                "  {:<17} {:>11} {:>24} {:>24} {:>10}",
-                "metric", "median", "mean ± σ", "min … max", "outliers"
-            );
+            let mut rows =
+                vec![["metric", "median", "mean ± σ", "min … max", "outliers"].map(str::to_owned)];
             for m in Metric::ALL {
                 let Some(x) = c.summary(m) else { continue };
-                let _ = writeln!(
-                    s,
-                    "  {:<17} {:>11} {:>24} {:>24} {:>10}",
-                    m.name(),
+                rows.push([
+                    m.name().to_owned(),
                     self.fmt(m, x.median),
                     match x.spread() {
                         Some(sd) => format!("{} ± {}", self.fmt(m, x.mean), self.fmt(m, sd)),
                         None => self.fmt(m, x.mean),
                     },
                     format!("{} … {}", self.fmt(m, x.min), self.fmt(m, x.max)),
-                    outliers(x)
-                );
+                    outliers(x),
+                ]);
             }
+            s.push_str(&aligned(&rows));
             if let Some(w) = c.summary(p) {
                 if w.outliers() > 0 {
                     let _ = writeln!(
@@ -264,10 +306,11 @@ impl View {
                 "Relative to {reference} ({}, ratio of means, 95% interval):",
                 p.name()
             );
-            for (i, (c, r)) in outcome.commands.iter().zip(&ratios).enumerate() {
+            for i in self.sorted(outcome, self.sort != Sort::Command) {
                 if i == self.reference {
                     continue;
                 }
+                let (c, r) = (&outcome.commands[i], &ratios[i]);
                 let line = match r {
                     Some(r) if !r.low.is_finite() => {
                         format!("{:.3}  (a single run: no interval)", r.ratio)
@@ -368,10 +411,10 @@ impl View {
             format!("Relative ({})", self.primary.name()),
         ];
         let ratios = self.ratios(outcome);
-        let rows = outcome
-            .commands
-            .iter()
-            .zip(&ratios)
+        let rows = self
+            .sorted(outcome, self.sort == Sort::MeanTime)
+            .into_iter()
+            .map(|i| (&outcome.commands[i], &ratios[i]))
             .map(|(c, r)| {
                 let t = |m: Metric, f: fn(&Summary) -> f64| {
                     c.summary(m)
@@ -863,12 +906,44 @@ fn color(i: usize) -> &'static str {
     P[i % P.len()]
 }
 
+/// `rows` as lines of columns each as wide as its widest cell (in characters),
+/// two spaces apart: the first left-aligned, the others right-aligned, so
+/// that no cell runs into the next however long (`-u nanosecond` figures,
+/// "1 low, 1 high").
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for row in rows {
+        s.push_str("  ");
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            let pad = w - cell.chars().count();
+            if i == 0 {
+                s.push_str(cell);
+                s.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                s.push_str("  ");
+                s.extend(std::iter::repeat_n(' ', pad));
+                s.push_str(cell);
+            }
+        }
+        // The first column's padding when it is the only one.
+        s.truncate(s.trim_end_matches(' ').len());
+        s.push('\n');
+    }
+    s
+}
+
 fn outliers(x: &Summary) -> String {
     match (x.outliers_low, x.outliers_high) {
         (0, 0) => "0".into(),
         (0, h) => format!("{h} high"),
         (l, 0) => format!("{l} low"),
-        (l, h) => format!("{l} low {h} high"),
+        (l, h) => format!("{l} low, {h} high"),
     }
 }
 
@@ -1021,6 +1096,7 @@ mod tests {
     fn values_are_formatted_in_fitting_units() {
         assert_eq!(format_value(0.000_612_3, Unit::Seconds, None), "612.3 µs");
         assert_eq!(format_value(0.012_345, Unit::Seconds, None), "12.345 ms");
+        assert_eq!(format_value(0.000_017_733, Unit::Seconds, None), "17.7 µs");
         assert_eq!(format_value(2.5, Unit::Seconds, None), "2.500 s");
         assert_eq!(
             format_value(0.0005, Unit::Seconds, Some(TimeUnit::Millisecond)),

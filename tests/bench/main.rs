@@ -901,3 +901,94 @@ fn a_failure_midway_stops_the_runs_already_queued() {
         assert!((5..=most).contains(&n), "{output}: {n} runs happened");
     }
 }
+
+#[test]
+fn the_metric_table_keeps_its_columns_apart_in_any_unit() {
+    // Nanosecond figures are the widest ("612345.0 ns ± 98765.4 ns"); a
+    // fixed-width table ran them into their neighbours.
+    let out = bench(&["-r", "12", "-u", "nanosecond", "/bin/true"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("metric"))
+        .take_while(|l| !l.trim().is_empty() && !l.trim_start().starts_with("Warning"))
+        .collect();
+    assert!(table.len() > 5, "{text}");
+    let width = table[0].chars().count();
+    for line in &table {
+        // Cells are two or more spaces apart; none holds two spaces.
+        let cells: Vec<&str> = line
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), 5, "columns run together in {line:?}\n{text}");
+        // Right-aligned to one edge.
+        assert_eq!(line.chars().count(), width, "{line:?}\n{text}");
+    }
+    assert!(table[1].starts_with("  wall "), "{text}");
+    assert!(table[1].contains(" ns"), "{text}");
+}
+
+#[test]
+fn sort_orders_the_comparison_and_the_markup_tables_as_hyperfines() {
+    // Means far apart (tens of milliseconds), so the order is the commands'
+    // however noisy the machine.
+    let commands = ["sleep 0.06", "sleep 0.03", "/bin/true"];
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("r.md");
+    let run = |sort: &str| {
+        let mut args = vec!["-r", "3", "--export-markdown", md.to_str().unwrap()];
+        args.extend(["--sort", sort]);
+        args.extend(commands);
+        let out = bench(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        // The commands named in the comparison, in the order shown.
+        let compared: Vec<String> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Relative to"))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| {
+                l.split("  ")
+                    .find(|c| !c.is_empty())
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        let tabled: Vec<String> = std::fs::read_to_string(&md)
+            .unwrap()
+            .lines()
+            .skip(2)
+            .map(|l| {
+                l.split('|')
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .trim_matches('`')
+                    .to_owned()
+            })
+            .collect();
+        (compared, tabled)
+    };
+    let (compared, tabled) = run("auto");
+    assert_eq!(compared, ["/bin/true", "sleep 0.03"], "by mean");
+    assert_eq!(tabled, commands, "as given");
+    let (compared, tabled) = run("command");
+    assert_eq!(compared, ["sleep 0.03", "/bin/true"], "as given");
+    assert_eq!(tabled, commands, "as given");
+    let (compared, tabled) = run("mean-time");
+    assert_eq!(compared, ["/bin/true", "sleep 0.03"], "by mean");
+    assert_eq!(tabled, ["/bin/true", "sleep 0.03", "sleep 0.06"], "by mean");
+
+    let out = bench(&["--sort", "fastest", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sort \"fastest\""));
+}
