@@ -22,7 +22,7 @@
 
 use super::{App, bad, error, unknown};
 use crate::spec;
-use crate::supervisor::{FdDataError, Handle};
+use crate::supervisor::{FdDataError, Handle, Utf8Carry, incomplete_tail};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -949,52 +949,6 @@ async fn utf8_replaced(
     Ok(!held.is_empty())
 }
 
-/// Lossy UTF-8 decoding across pieces: an incomplete character at the end of
-/// a piece waits for the next.
-#[derive(Default)]
-struct Utf8Carry {
-    held: Vec<u8>,
-}
-
-impl Utf8Carry {
-    /// The text of `held` and `b`, but for an incomplete character at the
-    /// end, which is kept for the next piece.
-    fn push(&mut self, b: &[u8]) -> Bytes {
-        let mut all = std::mem::take(&mut self.held);
-        all.extend_from_slice(b);
-        let keep = incomplete_tail(&all);
-        self.held = all.split_off(all.len() - keep);
-        Bytes::from(String::from_utf8_lossy(&all).into_owned())
-    }
-
-    /// What is left at the end (an incomplete character: U+FFFD).
-    fn finish(&mut self) -> Bytes {
-        let rest = std::mem::take(&mut self.held);
-        Bytes::from(String::from_utf8_lossy(&rest).into_owned())
-    }
-}
-
-/// The length of an incomplete (but so far valid) UTF-8 sequence ending `b`.
-fn incomplete_tail(b: &[u8]) -> usize {
-    for back in 1..=3.min(b.len()) {
-        let c = b[b.len() - back];
-        if c & 0xc0 == 0x80 {
-            continue; // a continuation byte: look further back
-        }
-        let need = match c {
-            0xc2..=0xdf => 2,
-            0xe0..=0xef => 3,
-            0xf0..=0xf4 => 4,
-            _ => return 0,
-        };
-        // A valid prefix of a longer character may complete in the next piece.
-        let prefix = need > back
-            && std::str::from_utf8(&b[b.len() - back..]).is_err_and(|e| e.error_len().is_none());
-        return if prefix { back } else { 0 };
-    }
-    0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1137,36 +1091,5 @@ mod tests {
                 proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), whole);
             }
         }
-    }
-
-    // Lossy UTF-8 across pieces: a character split anywhere comes out whole;
-    // an invalid byte or a truncated end becomes U+FFFD.
-    proptest::proptest! {
-        #[test]
-        fn utf8_split_anywhere_decodes_as_whole(text in "\\PC{0,40}", bad in proptest::option::of(0usize..40), cuts in proptest::collection::vec(0usize..200, 0..6)) {
-            let mut bytes = text.into_bytes();
-            if let Some(b) = bad {
-                let at = b.min(bytes.len());
-                bytes.insert(at, 0xff);
-            }
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
-            cuts.sort_unstable();
-            let mut carry = Utf8Carry::default();
-            let mut out = Vec::new();
-            let mut last = 0;
-            for c in cuts.into_iter().chain([bytes.len()]) {
-                out.extend_from_slice(&carry.push(&bytes[last..c]));
-                last = c;
-            }
-            out.extend_from_slice(&carry.finish());
-            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8_lossy(&bytes).into_owned());
-        }
-    }
-
-    #[test]
-    fn a_truncated_character_at_the_end_is_replaced() {
-        let mut carry = Utf8Carry::default();
-        assert_eq!(&carry.push(b"ab\xe2\x82")[..], b"ab");
-        assert_eq!(&carry.finish()[..], "\u{fffd}".as_bytes());
     }
 }

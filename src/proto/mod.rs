@@ -210,7 +210,97 @@ pub struct Payload {
     pub bytes: Bytes,
     /// Whether a text framing writes them as a string (lossy UTF-8).
     pub text: bool,
+    /// Bytes after `bytes`, still in their capture file: the transports
+    /// read and send them a piece at a time ([`More::piece`]), so a large
+    /// range is never held whole. Serializing the payload alone leaves
+    /// them out.
+    pub more: Option<More>,
 }
+
+impl Payload {
+    /// A payload of `bytes` alone.
+    pub fn new(bytes: Bytes, text: bool) -> Payload {
+        Payload {
+            bytes,
+            text,
+            more: None,
+        }
+    }
+
+    /// How many bytes it carries, `more` included.
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64 + self.more.as_ref().map_or(0, |m| m.to - m.from)
+    }
+
+    /// Whether it carries no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A range of a capture held in a file, to be read when sent: `[from, to)`.
+#[derive(Clone)]
+pub struct More {
+    handle: Handle,
+    proc_id: ProcId,
+    fd: String,
+    /// The first byte still to send.
+    pub from: u64,
+    /// The end (exclusive).
+    pub to: u64,
+}
+
+impl std::fmt::Debug for More {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("More")
+            .field("proc_id", &self.proc_id)
+            .field("fd", &self.fd)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .finish()
+    }
+}
+
+impl PartialEq for More {
+    fn eq(&self, o: &More) -> bool {
+        (&self.proc_id, &self.fd, self.from, self.to) == (&o.proc_id, &o.fd, o.from, o.to)
+    }
+}
+
+impl Eq for More {}
+
+impl More {
+    /// The bytes from `at` (within `[from, to)`), at most [`PIECE`] of
+    /// them. Fails when the file no longer has them all (a process that
+    /// truncated its own output file): the reply, whose length is already
+    /// sent, cannot be finished.
+    pub async fn piece(&self, at: u64) -> Result<Bytes, String> {
+        let end = self.to.min(at.saturating_add(PIECE));
+        let d = self
+            .handle
+            .fd_data(&self.proc_id, &self.fd, at, Some(end))
+            .await
+            .map_err(|e| format!("fd {} of {}: {e}", self.fd, self.proc_id))?;
+        if d.start != at || d.data.len() as u64 != end - at {
+            return Err(format!(
+                "fd {} of {}: bytes {at}..{end} are no longer in its file ({} read; it was cut \
+                 while they were being sent)",
+                self.fd,
+                self.proc_id,
+                d.data.len()
+            ));
+        }
+        Ok(d.data)
+    }
+}
+
+/// How much of a file-held range is read at a time when sending it.
+pub const PIECE: u64 = 4 << 20;
+
+/// The most bytes one `ProcFdData` carries: MessagePack's `bin 32` limit.
+/// A longer range ends there (its `stop` says so) and is asked for again
+/// from that point, as for any range that ends before the length.
+pub const MAX_DATA: u64 = u32::MAX as u64;
 
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -476,7 +566,9 @@ pub fn decode_msgpack(frame: &[u8]) -> Decoded {
 
 /// [`encode_msgpack`] as two parts whose concatenation is the message: a
 /// large `ProcFdData`'s bytes are the second part, shared with the reply,
-/// not copied. So sending a 256 MiB capture holds no second 256 MiB.
+/// not copied. So sending a 256 MiB capture holds no second 256 MiB. When
+/// the payload has [`Payload::more`], the message is these two parts and
+/// then those bytes (the `bin` header counts them).
 pub fn encode_msgpack_split(reply: &Reply) -> (Bytes, Bytes) {
     // The bytes are the last field: the message is the reply encoded with no
     // bytes, less that empty `bin`, then a `bin 32` header and the bytes.
@@ -490,8 +582,8 @@ pub fn encode_msgpack_split(reply: &Reply) -> (Bytes, Bytes) {
         data,
     } = reply
     {
-        if let Ok(len) = u32::try_from(data.bytes.len())
-            && data.bytes.len() > SPLIT_AT
+        if let Ok(len) = u32::try_from(data.len())
+            && (data.bytes.len() > SPLIT_AT || data.more.is_some())
         {
             let empty = Reply::ProcFdData {
                 proc_id: proc_id.clone(),
@@ -499,10 +591,7 @@ pub fn encode_msgpack_split(reply: &Reply) -> (Bytes, Bytes) {
                 start: *start,
                 stop: *stop,
                 encoding: *encoding,
-                data: Payload {
-                    bytes: Bytes::new(),
-                    text: data.text,
-                },
+                data: Payload::new(Bytes::new(), data.text),
             };
             let mut head = encode_msgpack(&empty);
             if head.ends_with(&EMPTY_BIN) {
@@ -572,7 +661,13 @@ pub fn serve(handle: &Handle, msg: Decoded) -> impl Future<Output = Vec<Reply>> 
                 Pending::FdData(
                     proc_id.clone(),
                     fd.clone(),
-                    Box::pin(handle.fd_data(proc_id, fd, *start, *stop)),
+                    Box::pin(fetch(
+                        handle.clone(),
+                        proc_id.clone(),
+                        fd.clone(),
+                        *start,
+                        *stop,
+                    )),
                 )
             }
         }
@@ -593,8 +688,48 @@ enum Pending {
     FdData(
         ProcId,
         String,
-        Boxed<Result<crate::supervisor::FdData, FdDataError>>,
+        Boxed<Result<(crate::supervisor::FdData, Option<More>), FdDataError>>,
     ),
+}
+
+/// Reads `[start, stop)` of a capture for a reply: the whole range, or when
+/// it is held in a file and longer than [`PIECE`], its first piece and the
+/// rest as [`More`], read as it is sent.
+async fn fetch(
+    handle: Handle,
+    proc_id: ProcId,
+    fd: String,
+    start: u64,
+    stop: Option<u64>,
+) -> Result<(crate::supervisor::FdData, Option<More>), FdDataError> {
+    let want = stop.unwrap_or(u64::MAX);
+    let first = handle
+        .fd_data(
+            &proc_id,
+            &fd,
+            start,
+            Some(want.min(start.saturating_add(PIECE))),
+        )
+        .await?;
+    if first.missing.is_some() || first.stop >= want.min(first.length) {
+        return Ok((first, None));
+    }
+    if !first.in_file {
+        // Held in memory anyway (at most its head and tail): read whole.
+        return Ok((handle.fd_data(&proc_id, &fd, start, stop).await?, None));
+    }
+    // A file's bytes up to the length read stay there to be read.
+    let to = want
+        .min(first.length)
+        .min(first.start.saturating_add(MAX_DATA));
+    let more = More {
+        handle,
+        proc_id,
+        fd,
+        from: first.stop,
+        to,
+    };
+    Ok((first, Some(more)))
 }
 
 impl Pending {
@@ -630,7 +765,7 @@ impl Pending {
             Pending::FdData(proc_id, fd, call) => match call.await {
                 Err(FdDataError::Unknown(_)) => vec![Reply::ProcUnknown { proc_id }],
                 Err(e) => vec![msg.error(e.to_string())],
-                Ok(d) => vec![fd_data_reply(&msg, proc_id, fd, d)],
+                Ok((d, more)) => vec![fd_data_reply(&msg, proc_id, fd, d, more)],
             },
         }
     }
@@ -652,6 +787,7 @@ fn fd_data_reply(
     proc_id: ProcId,
     fd: String,
     d: crate::supervisor::FdData,
+    more: Option<More>,
 ) -> Reply {
     let text = d.encoding == Encoding::Utf8;
     match d.missing {
@@ -672,21 +808,19 @@ fn fd_data_reply(
                 start: d.start,
                 stop: m.start,
                 encoding: d.encoding,
-                data: Payload {
-                    bytes: d.data.slice(..held.min(d.data.len())),
-                    text,
-                },
+                data: Payload::new(d.data.slice(..held.min(d.data.len())), text),
             }
         }
         None => Reply::ProcFdData {
             proc_id,
             fd,
             start: d.start,
-            stop: d.stop,
+            stop: more.as_ref().map_or(d.stop, |m| m.to),
             encoding: d.encoding,
             data: Payload {
                 bytes: d.data,
                 text,
+                more,
             },
         },
     }

@@ -86,10 +86,121 @@ pub fn decode_line(line: &[u8]) -> Decoded {
 
 /// Writes one message as a line.
 async fn write<W: AsyncWrite + Unpin>(w: &mut W, reply: &Reply) -> std::io::Result<()> {
+    if let Reply::ProcFdData {
+        proc_id,
+        fd,
+        start,
+        encoding,
+        data,
+        ..
+    } = reply
+        && let Some(more) = &data.more
+    {
+        return write_streamed(w, (proc_id, fd, *start, *encoding), data, more).await;
+    }
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await?;
     w.flush().await
+}
+
+/// Writes a `ProcFdData` whose bytes go on in a file ([`super::More`]),
+/// encoding them a piece at a time, so the line is never held whole. `stop`
+/// comes after `data` (a JSON object's keys have no order): should the file
+/// no longer hold every byte (a process cut its own output file), the reply
+/// ends where the bytes did and `stop` says so, as for any range that ends
+/// before its length.
+async fn write_streamed<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    (proc_id, fd, start, encoding): (&str, &str, u64, crate::spec::Encoding),
+    data: &super::Payload,
+    more: &super::More,
+) -> std::io::Result<()> {
+    let head = format!(
+        "{{\"type\":\"ProcFdData\",\"proc_id\":{},\"fd\":{},\"start\":{start},\"encoding\":{},\"data\":\"",
+        json(proc_id),
+        json(fd),
+        json(&encoding),
+    );
+    w.write_all(head.as_bytes()).await?;
+    let mut text = TextPieces::new(data.text);
+    w.write_all(&text.push(&data.bytes)).await?;
+    let mut at = more.from;
+    while at < more.to {
+        match more.piece(at).await {
+            Ok(piece) => {
+                at += piece.len() as u64;
+                w.write_all(&text.push(&piece)).await?;
+            }
+            Err(e) => {
+                tracing::warn!("{e}; the reply ends at byte {at}");
+                break;
+            }
+        }
+    }
+    w.write_all(&text.finish()).await?;
+    w.write_all(format!("\",\"stop\":{at}}}\n").as_bytes())
+        .await?;
+    w.flush().await
+}
+
+/// `v` as JSON (serializing these cannot fail).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// The inside of a JSON string holding bytes given a piece at a time, as
+/// [`super::Payload`] writes them whole: lossy UTF-8 text (a character split
+/// between pieces comes out whole), or base64 (pieces cut at multiples of 3
+/// bytes, so the parts concatenate without padding between them).
+struct TextPieces {
+    utf8: Option<crate::supervisor::Utf8Carry>,
+    held: Vec<u8>,
+}
+
+impl TextPieces {
+    fn new(text: bool) -> TextPieces {
+        TextPieces {
+            utf8: text.then(Default::default),
+            held: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, b: &[u8]) -> Vec<u8> {
+        match &mut self.utf8 {
+            Some(carry) => escaped(&carry.push(b)),
+            None => {
+                self.held.extend_from_slice(b);
+                let whole = self.held.len() / 3 * 3;
+                let out = base64(&self.held[..whole]);
+                self.held.drain(..whole);
+                out
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        match &mut self.utf8 {
+            Some(carry) => escaped(&carry.finish()),
+            None => base64(&std::mem::take(&mut self.held)),
+        }
+    }
+}
+
+/// Text (valid UTF-8) as the inside of a JSON string.
+fn escaped(text: &[u8]) -> Vec<u8> {
+    let s = std::str::from_utf8(text).unwrap_or_default();
+    let mut quoted = serde_json::to_vec(s).unwrap_or_default();
+    quoted.pop();
+    quoted.remove(0);
+    quoted
+}
+
+fn base64(b: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .encode(b)
+        .into_bytes()
 }
 
 /// Serves requests from `input` and writes replies and notifications to

@@ -52,10 +52,7 @@ fn agent_messages_encode_byte_for_byte_as_python_msgpack() {
                 start: 0,
                 stop: 6,
                 encoding: Encoding::Utf8,
-                data: Payload {
-                    bytes: Bytes::from_static(b"hello\n"),
-                    text: true,
-                },
+                data: Payload::new(Bytes::from_static(b"hello\n"), true),
             },
             "87a474797065aa50726f63466444617461a770726f635f6964a27031a26664a67374646f7574\
              a5737461727400a473746f7006a8656e636f64696e67a57574662d38a464617461c40668656c6c6f0a",
@@ -190,10 +187,7 @@ fn malformed_messages_say_what_was_wrong_and_echo_a_type() {
 
 #[test]
 fn payloads_are_bin_in_msgpack_and_text_or_base64_in_json() {
-    let p = |text| Payload {
-        bytes: Bytes::from_static(b"hi\xff"),
-        text,
-    };
+    let p = |text| Payload::new(Bytes::from_static(b"hi\xff"), text);
     assert_eq!(rmp_serde::to_vec(&p(true)).expect("enc"), b"\xc4\x03hi\xff");
     assert_eq!(
         serde_json::to_string(&p(true)).expect("enc"),
@@ -215,10 +209,7 @@ fn payloads_are_bin_in_msgpack_and_text_or_base64_in_json() {
                 ][seed as usize % 12]
             })
             .collect();
-        let payload = |text| Payload {
-            bytes: Bytes::from(bytes.clone()),
-            text,
-        };
+        let payload = |text| Payload::new(Bytes::from(bytes.clone()), text);
         assert_eq!(
             serde_json::to_string(&payload(true)).expect("enc"),
             serde_json::to_string(&String::from_utf8_lossy(&bytes)).expect("enc"),
@@ -401,10 +392,7 @@ fn a_split_encoding_is_the_whole_encoding_in_two_parts() {
                 } else {
                     Encoding::Base64
                 },
-                data: Payload {
-                    bytes: bytes.clone(),
-                    text,
-                },
+                data: Payload::new(bytes.clone(), text),
             };
             let (head, tail) = encode_msgpack_split(&reply);
             let whole = encode_msgpack(&reply);

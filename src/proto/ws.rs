@@ -730,8 +730,15 @@ impl Agent {
                 Some(o) = out.next() => {
                     // Delivered or, when the send fails, owed by `deliver`.
                     pending.pop_front();
+                    let began = Instant::now();
                     if self.deliver(&mut ws, o).await.is_err() {
                         return false;
+                    }
+                    // Nothing is read while a long reply (a large capture)
+                    // is sent: the server's silence then is no sign of a
+                    // dead link, until a ping has had time for its pong.
+                    if began.elapsed() >= every {
+                        deadline = deadline.max(Instant::now() + every);
                     }
                     self.admit(waiting, pending, &mut out);
                 }
@@ -800,13 +807,19 @@ impl Agent {
         // is a few TLS records, not a thousand writes.
         let write = async {
             for r in &replies {
-                feed(ws, encode_msgpack_split(r)).await?;
+                feed_reply(ws, r).await?;
             }
-            ws.flush().await
+            ws.flush().await.map_err(|e| e.to_string())
         };
-        let sent = match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("the server took nothing for {WRITE_TIMEOUT:?}")),
+        // A range read as it is sent may take longer than WRITE_TIMEOUT in
+        // all; each of its pieces gets that long (`feed_reply`).
+        let sent = if replies.iter().any(streamed) {
+            write.await
+        } else {
+            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(r) => r,
+                Err(_) => Err(too_slow()),
+            }
         };
         sent.map_err(|e| {
             tracing::warn!("sending failed: {e}");
@@ -822,6 +835,65 @@ async fn send(ws: &mut Ws, reply: &Reply) -> Result<(), ()> {
     };
     sent.await
         .map_err(|e| tracing::warn!("sending failed: {e}"))
+}
+
+/// Whether `reply` carries bytes still to be read from a file.
+fn streamed(reply: &Reply) -> bool {
+    matches!(reply, Reply::ProcFdData { data, .. } if data.more.is_some())
+}
+
+fn too_slow() -> String {
+    format!("the server took nothing for {WRITE_TIMEOUT:?}")
+}
+
+/// Queues `reply` as [`feed`] does. One whose payload has
+/// [`super::Payload::more`] goes on as continuation frames read a piece at a
+/// time, each piece read and queued within [`WRITE_TIMEOUT`]: a capture of
+/// any size is sent holding one piece. A piece that cannot be read ends the
+/// connection, since the message's length is already sent.
+async fn feed_reply(ws: &mut Ws, reply: &Reply) -> Result<(), String> {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let Reply::ProcFdData { data, .. } = reply else {
+        return feed(ws, encode_msgpack_split(reply))
+            .await
+            .map_err(|e| e.to_string());
+    };
+    let Some(more) = &data.more else {
+        return feed(ws, encode_msgpack_split(reply))
+            .await
+            .map_err(|e| e.to_string());
+    };
+    let mut first = true;
+    let mut queue = async |ws: &mut Ws, payloads: Vec<bytes::Bytes>, last: bool| {
+        let n = payloads.len();
+        for (i, p) in payloads.into_iter().enumerate() {
+            let opcode = OpCode::Data(if first { Data::Binary } else { Data::Continue });
+            first = false;
+            let frame = Frame::message(p, opcode, last && i + 1 == n);
+            match tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::Frame(frame))).await {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => return Err(too_slow()),
+            }
+        }
+        Ok(())
+    };
+    queue(ws, frames(encode_msgpack_split(reply), FRAGMENT), false).await?;
+    let mut at = more.from;
+    while at < more.to {
+        let piece = match tokio::time::timeout(WRITE_TIMEOUT, more.piece(at)).await {
+            Ok(p) => p?,
+            Err(_) => return Err(format!("reading a capture took over {WRITE_TIMEOUT:?}")),
+        };
+        at += piece.len() as u64;
+        queue(
+            ws,
+            frames((piece, bytes::Bytes::new()), FRAGMENT),
+            at >= more.to,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The largest frame sent: a larger message goes as a fragmented one.

@@ -477,6 +477,7 @@ fn read_content(
     start: u64,
     stop: u64,
 ) -> Result<FdData, FdDataError> {
+    let in_file = content.in_file();
     match content {
         Content::Range { data, info, len } => Ok(FdData {
             start: info.start,
@@ -486,6 +487,7 @@ fn read_content(
             dropped: info.dropped.clone(),
             encoding,
             data,
+            in_file: false,
         }),
         Content::Counts { len, .. } => Ok(FdData {
             start: start.min(stop).min(len),
@@ -495,6 +497,7 @@ fn read_content(
             dropped: None,
             encoding,
             data: Bytes::new(),
+            in_file: false,
         }),
         Content::Memory(frozen) => {
             let mut out = Vec::new();
@@ -507,6 +510,7 @@ fn read_content(
                 dropped: info.dropped.clone(),
                 encoding,
                 data: Bytes::from(out),
+                in_file: false,
             })
         }
         Content::Zstd(packed) => {
@@ -522,6 +526,7 @@ fn read_content(
                 dropped: info.dropped.clone(),
                 encoding,
                 data: Bytes::from(out),
+                in_file,
             })
         }
         // Never past a kept file's logical length: bytes beyond it may be a
@@ -557,6 +562,7 @@ fn file_range(
         dropped: None,
         encoding,
         data,
+        in_file: true,
     })
 }
 

@@ -36,6 +36,7 @@ mod types;
 
 pub use agent::Agent;
 pub use encoding::{CompressedFdData, Encoded, EncodedFdData, ReadEncoding};
+pub(crate) use encoding::{Utf8Carry, incomplete_tail};
 pub use error::{FdDataError, ProcError, StartError};
 pub use events::{Next, RecvError, Subscription};
 pub use handle::{Call, Handle};

@@ -196,4 +196,9 @@ pub struct FdData {
     pub encoding: spec::Encoding,
     /// The bytes held for `[start, stop)`, minus `missing`.
     pub data: Bytes,
+    /// Whether they were read from a file (a tempfile or kept capture, or
+    /// its compressed copy) rather than memory: such a capture has no dropped
+    /// middle, and its bytes up to `length` stay readable, so a large range
+    /// can be read a piece at a time.
+    pub in_file: bool,
 }

@@ -192,6 +192,60 @@ async def test_output_larger_than_a_frame_arrives_whole():
         assert d.data == want
 
 
+def mixed_bytes(n):
+    """Text with 2-, 3- and 4-byte characters and bytes that are not UTF-8,
+    so that no piece boundary falls between characters by luck."""
+    import random
+    rnd = random.Random(7)
+    parts = ["é".encode(), "€".encode(), "😀".encode(), b"\xff", b'"\\\n', b"abc"]
+    out = bytearray()
+    while len(out) < n:
+        out += rnd.choice(parts)
+    return bytes(out[:n])
+
+
+@pytest.mark.asyncio
+async def test_a_large_range_is_read_as_sent_and_arrives_exact(tmp_path):
+    # A range of a file-held capture longer than a piece (4 MiB) is read and
+    # sent a piece at a time, as one message whose frames continue it.
+    want = mixed_bytes(13 * 1024 * 1024 + 7)
+    src = tmp_path / "src"
+    src.write_bytes(want)
+    async with Assembly.start() as asm:
+        proc, _ = await asm.server.start(new_id(), {
+            "argv": ["/bin/cat", str(src)], "fds": [["stdout", TEMPFILE]]})
+        await final(proc)
+        for start, stop in [(0, None), (4194303, 12000001), (1, len(want) + 99)]:
+            d = await fetch(proc, "stdout", start, stop, timeout=60)
+            end = len(want) if stop is None else min(stop, len(want))
+            assert (d.interval.start, d.interval.stop) == (start, end)
+            assert d.data == want[start:end], (start, stop)
+        # The connection carried on.
+        d = await fetch(proc, "stdout", 5, 9)
+        assert d.data == want[5:9]
+
+
+@pytest.mark.asyncio
+async def test_fetching_a_large_capture_does_not_hold_it_in_memory():
+    # 320 MiB: the agent held the whole reply (its bytes, once) to send it.
+    size = 320 << 20
+    async with Assembly.start(counts={"default": 1}) as asm:
+        (agent,) = asm.conn_procs.values()
+        proc, _ = await asm.server.start(new_id(), {
+            "argv": ["/bin/sh", "-c", f"head -c {size} /dev/zero"],
+            "fds": [["stdout", TEMPFILE]]})
+        res = await final(proc, timeout=60)
+        assert res.fds.stdout.length == size
+        d = await fetch(proc, "stdout", 0, None, timeout=120)
+        assert d.interval.stop == size and len(d.data) == size
+        assert d.data.count(0) == size
+        del d
+        with open(f"/proc/{agent.pid}/status") as f:
+            peak_kib = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+        assert peak_kib < 150 * 1024, \
+            f"the agent's peak resident set was {peak_kib >> 10} MiB for a 320 MiB capture"
+
+
 @pytest.mark.asyncio
 async def test_fd_data_errors_leave_the_agent_up():
     async with Assembly.start() as asm:

@@ -429,3 +429,129 @@ fn no_mode_exits_65() {
     assert_eq!(out.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no mode given"));
 }
+
+/// Bytes no piece boundary lines up with: text with 2-, 3- and 4-byte
+/// characters, and now and then a byte that is not UTF-8.
+fn mixed_bytes(len: usize) -> Vec<u8> {
+    let mut seed = 0x9e37_79b9_u32;
+    let mut out = Vec::with_capacity(len + 4);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        match seed % 7 {
+            0 => out.extend_from_slice("é".as_bytes()),
+            1 => out.extend_from_slice("€".as_bytes()),
+            2 => out.extend_from_slice("😀".as_bytes()),
+            3 => out.push(0xff),
+            4 => out.extend_from_slice(b"\"\\\n"),
+            _ => out.push(b'a' + (seed >> 8) as u8 % 26),
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The last line from the agent that is a `ProcFdData`, read raw (it may be
+/// hundreds of megabytes).
+fn fd_data_line(a: &StdioAgent) -> Value {
+    loop {
+        let l = a
+            .lines
+            .recv_timeout(Duration::from_secs(120))
+            .expect("a line from the agent within 120 s");
+        let m: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e})"));
+        if m["type"] == "ProcFdData" || m["type"] == "RequestError" {
+            return m;
+        }
+    }
+}
+
+// A range of a file-held capture longer than a piece is read and sent a
+// piece at a time: the bytes must come out exactly as one whole encoding
+// would give them, wherever the pieces cut a character or a base64 group.
+#[test]
+fn a_large_range_of_a_file_capture_comes_whole_and_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = mixed_bytes(13 * 1024 * 1024 + 7);
+    let src = dir.path().join("src");
+    std::fs::write(&src, &bytes).expect("write");
+    let mut a = agent(&[]);
+    let cat = |enc: Value| {
+        json!({"argv": ["/bin/cat", src.to_str().unwrap()],
+        "fds": [["stdout", {"capture": {"mode": "tempfile", "encoding": enc}}]]})
+    };
+    a.send(&json!({"type": "ProcStartRequest", "specs": {"t": cat(json!("utf-8")), "b": cat(Value::Null)}}));
+    a.final_result("t");
+    a.final_result("b");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (start, stop) in [
+        (0, None),
+        (4_194_303, Some(12_000_001)),
+        (1, Some(u64::MAX)),
+    ] {
+        let end = stop.unwrap_or(u64::MAX).min(bytes.len() as u64) as usize;
+        let want = &bytes[start as usize..end];
+        a.send(&json!({"type": "ProcFdDataRequest", "proc_id": "t", "fd": "stdout", "start": start, "stop": stop}));
+        let d = fd_data_line(&a);
+        assert_eq!(
+            (d["start"].as_u64(), d["stop"].as_u64()),
+            (Some(start), Some(end as u64))
+        );
+        assert_eq!(d["encoding"], "utf-8");
+        assert!(
+            d["data"].as_str() == Some(&*String::from_utf8_lossy(want)),
+            "text of {start}..{end} differs"
+        );
+        a.send(&json!({"type": "ProcFdDataRequest", "proc_id": "b", "fd": "stdout", "start": start, "stop": stop}));
+        let d = fd_data_line(&a);
+        assert_eq!(
+            (d["start"].as_u64(), d["stop"].as_u64()),
+            (Some(start), Some(end as u64))
+        );
+        let got = b64
+            .decode(d["data"].as_str().expect("base64"))
+            .expect("valid base64");
+        assert!(got == want, "bytes of {start}..{end} differ");
+    }
+    a.stdin = None;
+    assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+}
+
+// Fetching a 300 MiB capture whole (as base64, 400 MB of JSON) must not cost
+// the agent that much memory: it read the range whole and built the line
+// whole, a peak of over 700 MB.
+#[test]
+fn fetching_a_large_capture_does_not_hold_it_in_memory() {
+    let mut a = agent(&[]);
+    a.send(&json!({"type": "ProcStartRequest", "specs": {"big": {
+        "argv": ["/bin/sh", "-c", "head -c 314572800 /dev/zero"],
+        "fds": [["stdout", {"capture": {"mode": "tempfile", "attached": false}}]]}}}));
+    // Detached, as Apsis runs jobs: the result does not carry the bytes.
+    let res = a.final_result("big");
+    assert_eq!(
+        res["fds"]["stdout"]["length"], 314_572_800_u64,
+        "{}",
+        res["fds"]
+    );
+    a.send(&json!({"type": "ProcFdDataRequest", "proc_id": "big", "fd": "stdout", "start": 0}));
+    let d = fd_data_line(&a);
+    assert_eq!(d["stop"], 314_572_800_u64);
+    let data = d["data"].as_str().expect("base64");
+    assert_eq!(data.len(), 314_572_800 / 3 * 4);
+    assert!(data.bytes().all(|c| c == b'A'), "zeros are all 'A'");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.child.id())).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(
+        peak_kib < 150 * 1024,
+        "the agent's peak resident set was {} MiB for a 300 MiB capture",
+        peak_kib / 1024
+    );
+    a.stdin = None;
+    assert_eq!(a.child.wait().expect("wait").code(), Some(0));
+}
