@@ -359,7 +359,10 @@ pub fn run(args: Args) -> u8 {
     // A spec that cannot start makes no spool: the directory would read as
     // an agent that died, and could not be used again.
     if let (Some(_), Some(input)) = (&args.spool, &input) {
-        if let Err(e) = crate::spec::validate(input) {
+        let checked = crate::spec::validate(input)
+            .map_err(|e| e.to_string())
+            .and_then(|()| crate::spool::check_ids(input));
+        if let Err(e) = checked {
             eprintln!("error: {e}");
             return EXIT_START;
         }
@@ -674,7 +677,7 @@ fn start_spool(
     detached: Option<crate::sys::daemon::Child>,
 ) -> Result<(), u8> {
     let events = handle.subscribe();
-    let results = s.write_all(handle);
+    let (results, _) = s.write_all(handle);
     if let Err(e) =
         crate::spool::start_writer(s.clone(), handle.clone(), events, args.sample_interval)
     {
@@ -842,13 +845,29 @@ async fn modes(
     };
     let finish = async {
         handle.wait_all().await;
+        // A spool a reader cannot read to its end (a full disk) is a failed
+        // run, whatever the processes did: exit 1, saying why.
+        let mut spooled = true;
         if let Some(s) = &spool {
-            let _ = s.write_all(&handle);
+            let (_, failed) = s.write_all(&handle);
+            if failed > 0 {
+                eprintln!(
+                    "error: --spool {}: {failed} result file(s) could not be written (see above)",
+                    s.dir().display()
+                );
+                spooled = false;
+            }
             if let Err(e) = s.finish() {
                 eprintln!("error: {e}");
+                spooled = false;
             }
         }
-        write_results(args, &handle).await
+        let code = write_results(args, &handle).await;
+        if spooled {
+            code
+        } else {
+            code.max(EXIT_GAVE_UP)
+        }
     };
     tokio::select! {
         code = callback_run => code,
@@ -1013,6 +1032,10 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Its report of a write that failed is an `eprintln!`, which panics
+        // when standard error is what failed (a full disk under a detached
+        // agent's log): the event is dropped instead.
+        .log_internal_errors(false)
         .with_timer(Millis)
         // Colour only on a terminal: a log file or a journal gets plain lines.
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())

@@ -22,6 +22,26 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+// `eprintln!` and `eprint!` that never panic. std's panic when standard
+// error cannot be written, and a detached spool agent's standard error is a
+// log file on the spool's filesystem: when that filled up, the first
+// message about it took the agent down (exit 101), leaving its processes
+// unwatched. Defined before the modules, so they shadow std's in all of
+// them; a message that cannot be written is dropped.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::write!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod bench;
 #[cfg(feature = "cli")]
 pub mod callback;

@@ -59,6 +59,29 @@ pub fn file_name(id: &str) -> String {
     out
 }
 
+/// The longest [`file_name`] a result file may have: with `.json` and the
+/// temporary name it is written under first, it must fit a file name (255
+/// bytes on every Linux filesystem).
+pub const MAX_FILE_NAME: usize = 200;
+
+/// Refuses a spec with a process id too long for its result file's name
+/// (each byte outside `[A-Za-z0-9._-]` takes three): such a process would
+/// run with no result in the spool, and readers would not know of it.
+pub fn check_ids(input: &crate::spec::Input) -> Result<(), String> {
+    for (id, _) in input.specs.iter() {
+        let len = file_name(id).len();
+        if len > MAX_FILE_NAME {
+            let shown: String = id.chars().take(40).collect();
+            return Err(format!(
+                "proc {shown}…: its id is too long for a spool: its result file's name would \
+                 be {len} bytes, at most {MAX_FILE_NAME} (bytes outside A-Z a-z 0-9 . _ - \
+                 count three each)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The process id a [`file_name`] stands for; `None` if it is not one.
 pub fn id_of(name: &str) -> Option<String> {
     let mut out = Vec::with_capacity(name.len());
@@ -107,7 +130,14 @@ impl Spool {
     /// agent used, is refused: its results stay as they were.
     pub fn create(dir: &Path, spec: &[u8]) -> Result<Spool, String> {
         let name = dir.display();
-        std::fs::create_dir_all(dir).map_err(|e| format!("--spool {name}: {e}"))?;
+        // Private when made here: the spec (its environment's secrets) and
+        // every byte of output are in it. One the user made keeps its mode.
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("--spool {name}: {e}"))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| format!("--spool {name}: {e}"))?;
@@ -235,21 +265,31 @@ impl Spool {
         )
     }
 
-    /// Writes every process's result now; returns them.
-    pub fn write_all(&self, handle: &Handle) -> std::collections::BTreeMap<String, ProcRes> {
+    /// Writes every process's result now; returns them, and how many could
+    /// not be written (each is logged).
+    pub fn write_all(
+        &self,
+        handle: &Handle,
+    ) -> (std::collections::BTreeMap<String, ProcRes>, usize) {
         let mut all = std::collections::BTreeMap::new();
+        let mut failed = 0;
         for id in handle.proc_ids().wait() {
             if let Some(res) = handle.result_brief(&id).wait() {
-                self.write(&id, &res);
+                failed += usize::from(!self.write(&id, &res));
                 all.insert(id, res);
             }
         }
-        all
+        (all, failed)
     }
 
-    fn write(&self, id: &str, res: &ProcRes) {
-        if let Err(e) = self.write_result(id, res) {
-            tracing::warn!("spool: writing the result of {id}: {e}");
+    /// Writes a result file; false (logged) if it could not be.
+    fn write(&self, id: &str, res: &ProcRes) -> bool {
+        match self.write_result(id, res) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("spool: writing the result of {id}: {e}");
+                false
+            }
         }
     }
 }
@@ -318,10 +358,14 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Resu
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if written.is_err() {
+        // A full disk leaves no half-made file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// `agent.json` of `dir`, if there is one that parses.

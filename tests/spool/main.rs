@@ -733,3 +733,141 @@ fn a_spec_that_cannot_start_makes_no_spool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn an_id_too_long_for_a_result_file_name_is_refused_before_the_spool_is_made() {
+    // 250 bytes: its result file (and the temporary name it is written
+    // under) would not fit a file name. It ran, and was missing from the
+    // spool: readers said the agent was done with 0 processes.
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("sp");
+    let long = "y".repeat(250);
+    let out = run_spooled(
+        &dir,
+        "--exit",
+        &json!({"specs": {"ok": {"argv": ["/bin/true"]}, long.clone(): {"argv": ["/bin/true"]}}}),
+    );
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("too long for a spool") && err.contains("250 bytes"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "no spool was made");
+    // Within the limit (200 bytes) it is kept and read back.
+    let id = "z".repeat(200);
+    let out = run_spooled(
+        &dir,
+        "--exit",
+        &json!({"specs": {id.clone(): {"argv": ["/bin/true"]}}}),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status(&dir)["procs"][&id]["state"], "terminated");
+}
+
+#[test]
+fn a_spool_directory_made_by_the_agent_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // It holds the spec (its environment's secrets) and every byte of output.
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("sp");
+    let out = run_spooled(
+        &dir,
+        "--exit",
+        &json!({"specs": {"a": {"argv": ["/bin/true"]}}}),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A small tmpfs at `at` (unmounted when dropped), or why there is none.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs, &'static str> {
+        if !is_root() {
+            return Err("not root: cannot mount a tmpfs");
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(Tmpfs(at.to_path_buf()))
+        } else {
+            Err("mount -t tmpfs failed")
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_spool_disk_fails_the_run_saying_so_and_a_detached_agent_lives_on() {
+    let test = "a_full_spool_disk_fails_the_run_saying_so_and_a_detached_agent_lives_on";
+    let top = tempfile::tempdir().unwrap();
+    let _fs = match Tmpfs::mount(&top.path().join("mnt"), "1m") {
+        Ok(m) => m,
+        Err(why) => return chaperone::test_skip(test, why, false),
+    };
+    // 2 MB over about 2 s into a 1 MiB filesystem.
+    let spec = json!({"specs": {"w": {"argv": ["/bin/sh", "-c",
+        "for i in $(seq 1 20); do head -c 100000 /dev/zero; sleep 0.1; done"],
+        "fds": [["stdout", {"capture": {"mode": "memory"}}]]}}});
+    // In the foreground: it exited 0 with results unwritten.
+    let dir = top.path().join("mnt").join("fg");
+    let out = run_spooled(&dir, "--exit", &spec);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("procs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "half-written files left: {leftovers:?}"
+    );
+    // Detached, its log is on that filesystem too: logging the first
+    // failed write panicked the agent (exit 101) while its process ran.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let dir = top.path().join("mnt").join("bg");
+    let out = run_spooled(&dir, "--detach", &spec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = read_json(&dir.join("agent.json"))["pid"].as_i64().unwrap() as i32;
+    std::thread::sleep(Duration::from_millis(1000));
+    let alive =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    assert!(
+        alive,
+        "the detached agent died while its process was running"
+    );
+    wait_until("the detached agent to end", Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+}
