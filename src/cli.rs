@@ -869,13 +869,27 @@ async fn modes(
             code.max(EXIT_GAVE_UP)
         }
     };
+    // With both a callback and a one-shot ending (`--spool`, `--print`),
+    // the run ends once the callback has delivered everything, then as a
+    // one-shot run does: ending at the processes' end dropped the pushes
+    // still queued, and exited 0.
+    let callback_and_finish = async {
+        match (has_callback, one_shot) {
+            (true, true) => {
+                let delivered = callback_run.await;
+                finish.await.max(delivered)
+            }
+            (true, false) => callback_run.await,
+            (false, true) => finish.await,
+            (false, false) => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        code = callback_run => code,
+        code = callback_and_finish => code,
         code = control_run => code,
         code = ws_run => code,
         code = serve_run => code,
         code = stdio_run => code,
-        code = when(one_shot, finish) => code,
         code = wait_run => code,
         code = when(!one_shot && !args.agent && !args.stdio && !has_callback, done_run) => code,
     }

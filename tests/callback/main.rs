@@ -362,3 +362,65 @@ fn a_query_string_in_the_url_goes_on_every_push() {
     );
     assert_eq!(paths.last().unwrap(), "/hook/completed?job=42");
 }
+
+#[test]
+fn with_a_spool_every_push_is_delivered_before_the_agent_exits() {
+    // --spool ends a run once its processes have; with --callback as well,
+    // the agent exited then (0), before most pushes and the completion.
+    let port = util::free_port();
+    let seen = server(port, Duration::ZERO, Duration::ZERO, 200);
+    let want: String = (1..=40000).map(|i| format!("{i}\n")).collect();
+    let top = tempfile::tempdir().unwrap();
+    let input = json!({
+        "program": {"argv": ["/usr/bin/seq", "1", "40000"]},
+        "callback": {"url": format!("http://127.0.0.1:{port}/j")},
+        "config": {"retry_frequency": 0.2, "timeout": 20, "output_buffer": 4096, "output_latency": 0.05},
+    });
+    let spec = top.path().join("cb.json");
+    std::fs::write(&spec, serde_json::to_vec(&input).unwrap()).unwrap();
+    let out = Command::new(util::bin())
+        .arg("--spool")
+        .arg(top.path().join("sp"))
+        .arg("--callback")
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reqs = seen.lock().unwrap().clone();
+    let mut got: Vec<u8> = Vec::new();
+    for r in reqs
+        .iter()
+        .filter(|r| r.path.starts_with("/j/output/stdout?"))
+    {
+        got.extend(&r.body);
+    }
+    assert_eq!(got.len(), want.len(), "every byte pushed");
+    assert!(got == want.as_bytes());
+    assert_eq!(reqs.last().map(|r| r.path.as_str()), Some("/j/completed"));
+
+    // A server down throughout: not delivered, so exit 1 (it was 0).
+    let down = util::free_port();
+    let input = json!({
+        "program": {"argv": ["/bin/echo", "hi"]},
+        "callback": {"url": format!("http://127.0.0.1:{down}/j")},
+        "config": {"retry_frequency": 0.2, "timeout": 1},
+    });
+    std::fs::write(&spec, serde_json::to_vec(&input).unwrap()).unwrap();
+    let out = Command::new(util::bin())
+        .arg("--spool")
+        .arg(top.path().join("sp2"))
+        .arg("--callback")
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
