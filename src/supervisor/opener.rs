@@ -10,8 +10,12 @@
 //! deleted or timed out meanwhile, which abandons the job (its files are
 //! closed, and kept files it created removed, when it finishes).
 //!
-//! The pool grows while every thread is busy, up to [`MAX_THREADS`]; past
-//! that, jobs wait for a thread (only processes with files to open wait).
+//! The pool grows while every thread is busy, up to [`MAX_THREADS`] plus
+//! one for each thread whose job has taken longer than [`STUCK_AFTER`] (an
+//! open that may never end: 32 FIFOs with no peer held every thread, and
+//! every later process with a file waited behind them), at most
+//! [`MOST_THREADS`]; past that, jobs wait for a thread (only processes with
+//! files to open wait).
 
 use crate::sys::fd::OpenFailure;
 use rustix::fd::OwnedFd;
@@ -19,8 +23,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-/// The most opener threads (each may be stuck in an open that never ends).
+/// Opener threads the pool grows to while every one is busy.
 pub(crate) const MAX_THREADS: usize = 32;
+
+/// A thread whose job has taken this long counts as stuck (a FIFO with no
+/// peer, a hung mount): the pool may grow past [`MAX_THREADS`] by one for it.
+pub(crate) const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The most opener threads, stuck ones included.
+pub(crate) const MOST_THREADS: usize = 512;
 
 /// One open a process needs, by the index of its entry in the spec's `fds`.
 #[derive(Debug)]
@@ -92,6 +103,8 @@ pub(crate) struct Opener {
     /// Jobs sent and not yet taken by a thread.
     waiting: Arc<AtomicUsize>,
     threads: usize,
+    /// When each busy thread (by its number) took its job.
+    busy: Arc<Mutex<std::collections::HashMap<usize, std::time::Instant>>>,
     done: mpsc::Sender<Done>,
     wake: Arc<OwnedFd>,
 }
@@ -115,8 +128,30 @@ impl Opener {
             idle: Arc::new(AtomicUsize::new(0)),
             waiting: Arc::new(AtomicUsize::new(0)),
             threads: 0,
+            busy: Arc::default(),
             done,
             wake,
+        }
+    }
+
+    /// Threads the pool may have now: [`MAX_THREADS`], plus those stuck.
+    fn allowed(&self) -> usize {
+        let now = std::time::Instant::now();
+        let stuck = self.busy.lock().map_or(0, |b| {
+            b.values()
+                .filter(|&&t| now.duration_since(t) >= STUCK_AFTER)
+                .count()
+        });
+        (MAX_THREADS + stuck).min(MOST_THREADS)
+    }
+
+    /// Starts a thread if a job waits with none idle to take it and the
+    /// pool may grow (call when a job has waited [`STUCK_AFTER`]: the
+    /// threads that held it up may have become stuck since it was queued).
+    pub fn unclog(&mut self) {
+        let waiting = self.waiting.load(Ordering::Acquire);
+        if waiting > self.idle.load(Ordering::Acquire) && self.threads < self.allowed() {
+            self.grow();
         }
     }
 
@@ -126,7 +161,9 @@ impl Opener {
         // Every job waiting needs an idle thread of its own: one that is idle
         // now may be about to take an earlier job that never ends.
         let waiting = self.waiting.load(Ordering::Acquire) + 1;
-        if waiting > self.idle.load(Ordering::Acquire) && self.threads < MAX_THREADS {
+        if waiting > self.idle.load(Ordering::Acquire)
+            && (self.threads < MAX_THREADS || self.threads < self.allowed())
+        {
             self.grow();
         }
         if self.threads == 0 {
@@ -140,13 +177,15 @@ impl Opener {
     }
 
     fn grow(&mut self) {
-        let (rx, idle, waiting, done, wake) = (
+        let (rx, idle, waiting, busy, done, wake) = (
             self.rx.clone(),
             self.idle.clone(),
             self.waiting.clone(),
+            self.busy.clone(),
             self.done.clone(),
             self.wake.clone(),
         );
+        let me = self.threads;
         let started = std::thread::Builder::new()
             .name("chaperone-open".into())
             .spawn(move || {
@@ -156,7 +195,13 @@ impl Opener {
                     idle.fetch_sub(1, Ordering::AcqRel);
                     let Ok(Ok((serial, opens))) = job else { break };
                     waiting.fetch_sub(1, Ordering::AcqRel);
+                    if let Ok(mut b) = busy.lock() {
+                        b.insert(me, std::time::Instant::now());
+                    }
                     let results = open_all(opens);
+                    if let Ok(mut b) = busy.lock() {
+                        b.remove(&me);
+                    }
                     if done.send((serial, results)).is_err() {
                         break;
                     }

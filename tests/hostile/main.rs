@@ -380,3 +380,70 @@ fn a_target_fd_just_under_the_fd_limit_works() {
         "{errors}"
     );
 }
+
+// Opens that never end hold their opener threads: 32 such (the pool's size)
+// held every thread, and each later process with a file to open, or a user
+// to look up, waited behind them for good. A stuck thread now lets the pool
+// grow by one.
+#[test]
+fn opens_that_never_end_do_not_hold_up_later_processes_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent();
+    let fifos: Vec<_> = (0..40)
+        .map(|i| mkfifo(dir.path(), &format!("f{i}")))
+        .collect();
+    // On the way out, pass or fail, writers end the stuck opens (before the
+    // agent is dropped: it waits for its processes).
+    struct Writers(Vec<std::path::PathBuf>);
+    impl Drop for Writers {
+        fn drop(&mut self) {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            for f in &self.0 {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(f);
+            }
+        }
+    }
+    let _writers = Writers(fifos.clone());
+    let mut specs = serde_json::Map::new();
+    for (i, f) in fifos.iter().enumerate() {
+        specs.insert(
+            format!("stuck{i}"),
+            json!({"argv": ["/bin/cat"], "fds": stdin_from(f), "timeout": {"after": 0.2}}),
+        );
+    }
+    start(&a, &json!({ "specs": specs }));
+    for i in 0..40 {
+        let res = wait(&a, &format!("stuck{i}"));
+        assert_eq!(res.state, State::Error, "stuck{i}");
+    }
+    // Every stuck open still holds a thread; later files open regardless.
+    let file = dir.path().join("in.txt");
+    std::fs::write(&file, "from a file\n").unwrap();
+    let mut later = json!({"specs": {
+        "file": {"argv": ["/bin/cat"], "fds": stdin_from(&file)},
+    }});
+    if rustix::process::geteuid().is_root() {
+        // A user to look up takes the same threads.
+        later["specs"]["user"] = json!({"argv": ["/bin/echo", "as nobody"], "user": "nobody",
+            "fds": [["stdout", mem_utf8()]]});
+    }
+    start(&a, &later);
+    // Waited for on another thread, so that this fails rather than hangs.
+    let waited = |id: &str| {
+        let call = a.handle().wait(id);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(call.wait());
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{id} still waits for its opens after 20 s"))
+            .expect("known")
+    };
+    assert_eq!(string_of(&waited("file"), "stdout"), "from a file\n");
+    if rustix::process::geteuid().is_root() {
+        assert_eq!(string_of(&waited("user"), "stdout"), "as nobody\n");
+    }
+}

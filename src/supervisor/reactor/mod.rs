@@ -408,6 +408,8 @@ impl Reactor {
             // A cancelled timer completes too: only one still armed counts.
             Tag::OpenSlow { proc } => {
                 self.ring.finish(cqe);
+                // Its job may wait behind threads stuck since it was queued.
+                self.opener.unclog();
                 if let Some(o) = self.opening.get_mut(&proc).filter(|o| o.slow.is_some()) {
                     o.slow = None;
                     self.answer_request(proc);
