@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{FdSpec, Input, ProcSpec, RlimitSpec, SpecError};
+use super::{Input, RlimitSpec, SpecError};
 
 pub(super) fn unique_vars<'de, D: serde::Deserializer<'de>>(
     d: D,
@@ -83,51 +83,130 @@ pub fn parse_input(json: &[u8]) -> Result<Input, SpecError> {
     })
 }
 
-/// For a type error inside one proc's spec, the message with the proc (and the
-/// fd entry) it is in named first: serde reports only a line and column, and
-/// says "expected a boolean" without saying whose. Found by decoding each proc
-/// (and each fd) of the request on its own, on the error path only.
+/// For an error inside one proc's spec, the message with the proc (and the
+/// fd entry or rlimit) it is in named first: serde reports only a line and
+/// column, and says "expected a boolean" without saying whose. Found by
+/// where the error is: the byte it points at falls within one proc's JSON
+/// (and within one of its fds), so a key given twice, which a parsed value
+/// would no longer show, is placed too. On the error path only.
 fn locate_error(json: &[u8], e: &serde_json::Error, msg: &str) -> Option<String> {
-    if !e.is_data() {
+    use serde_json::value::RawValue;
+    // A request that is not JSON at all has no proc to name.
+    serde_json::from_slice::<serde::de::IgnoredAny>(json).ok()?;
+    let at = offset_of(json, e)?;
+    let span = |raw: &RawValue| {
+        let start = raw.get().as_ptr() as usize - json.as_ptr() as usize;
+        start..=start + raw.get().len()
+    };
+    let specs_raw: &RawValue = {
+        #[derive(serde::Deserialize)]
+        struct Specs<'a> {
+            #[serde(borrow)]
+            specs: &'a RawValue,
+        }
+        serde_json::from_slice::<Specs>(json).ok()?.specs
+    };
+    let procs: std::collections::BTreeMap<String, &RawValue> =
+        serde_json::from_str(specs_raw.get()).ok()?;
+    let (id, raw) = procs.iter().find(|(_, raw)| span(raw).contains(&at))?;
+    #[derive(serde::Deserialize)]
+    struct Parts<'a> {
+        #[serde(borrow, default)]
+        fds: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        rlimits: Option<std::collections::BTreeMap<String, &'a RawValue>>,
+    }
+    let parts: Option<Parts> = serde_json::from_str(raw.get()).ok();
+    let fds = parts.as_ref().and_then(|p| p.fds);
+    let entries: Vec<(String, &RawValue)> = match fds.and_then(|f| f.get().trim_start().bytes().next()) {
+        Some(b'[') => serde_json::from_str::<Vec<(serde_json::Value, &RawValue)>>(
+            fds.map(RawValue::get).unwrap_or_default(),
+        )
+        .ok()
+        .into_iter()
+        .flatten()
+        .map(|(n, r)| (n.as_str().map_or_else(|| n.to_string(), str::to_string), r))
+        .collect(),
+        Some(b'{') => serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(
+            fds.map(RawValue::get).unwrap_or_default(),
+        )
+        .ok()
+        .into_iter()
+        .flatten()
+        .collect(),
+        _ => Vec::new(),
+    };
+    if let Some((name, fd)) = entries.iter().find(|(_, r)| span(r).contains(&at)) {
+        // serde's word for an enum it cannot read from what it got.
+        let msg = if msg.starts_with("expected value") {
+            let place = msg.rsplit_once(" at line ").map_or("", |(_, p)| p);
+            let mut shown: String = fd.get().chars().take(60).collect();
+            if shown.len() < fd.get().len() {
+                shown.push('…');
+            }
+            format!(
+                "not an fd spec: {shown} (\"inherit\", \"close\", or an object with exactly one \
+                 key: capture, file, null, dup, pipe-read or pipe-write) at line {place}"
+            )
+        } else {
+            plain_types(msg)
+        };
+        return Some(format!("proc {id}: fd {name}: {msg}"));
+    }
+    if let Some((name, _)) = parts
+        .iter()
+        .flat_map(|p| p.rlimits.iter().flatten())
+        .find(|(_, r)| span(r).contains(&at))
+    {
+        return Some(format!("proc {id}: rlimits.{name}: {}", plain_types(msg)));
+    }
+    Some(format!("proc {id}: {}", plain_types(msg)))
+}
+
+/// serde's names for the spec's Rust types ("expected struct TimeoutSpec",
+/// "struct variant FdSpec::Capture") as a spec's author knows them.
+fn plain_types(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, key) in [
+        ("FdSpec::Capture", "capture"),
+        ("FdSpec::File", "file"),
+        ("FdSpec::Null", "null"),
+        ("FdSpec::Dup", "dup"),
+        ("FdSpec::PipeRead", "pipe-read"),
+        ("FdSpec::PipeWrite", "pipe-write"),
+        ("FdSpec::Inherit", "inherit"),
+        ("FdSpec::Close", "close"),
+    ] {
+        out = out.replace(rust, &format!("FdSpec::`{key}`"));
+    }
+    for (rust, plain) in [
+        ("struct variant FdSpec::", "an object for "),
+        ("unit variant FdSpec::", "the fd spec "),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    // "struct NameSpec" → "an object (name)".
+    while let Some(i) = out.find("struct ") {
+        let rest = &out[i + "struct ".len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        let name = rest[..end].trim_end_matches("Spec").to_ascii_lowercase();
+        out = format!("{}an object ({name}){}", &out[..i], &rest[end..]);
+    }
+    out
+}
+
+/// The byte of `json` serde's error `e` points at (its line and column).
+fn offset_of(json: &[u8], e: &serde_json::Error) -> Option<usize> {
+    let (line, column) = (e.line(), e.column());
+    if line == 0 {
         return None;
     }
-    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    // The same error, decoded from a value (which has no position to report).
-    let same = |err: serde_json::Error| msg.starts_with(&err.to_string());
-    for (id, spec) in v.get("specs")?.as_object()? {
-        let Err(err) = serde_json::from_value::<ProcSpec>(spec.clone()) else {
-            continue;
-        };
-        if !same(err) {
-            continue;
-        }
-        for entry in spec
-            .get("fds")
-            .and_then(|f| f.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let (Some(name), Some(fd)) = (entry.get(0), entry.get(1)) else {
-                continue;
-            };
-            if serde_json::from_value::<FdSpec>(fd.clone()).is_err() {
-                let name = name
-                    .as_str()
-                    .map_or_else(|| name.to_string(), str::to_string);
-                return Some(format!("proc {id}: fd {name}: {msg}"));
-            }
-        }
-        for (name, limit) in spec
-            .get("rlimits")
-            .and_then(|r| r.as_object())
-            .into_iter()
-            .flatten()
-        {
-            if serde_json::from_value::<super::RlimitSpec>(limit.clone()).is_err() {
-                return Some(format!("proc {id}: rlimits.{name}: {msg}"));
-            }
-        }
-        return Some(format!("proc {id}: {msg}"));
-    }
-    None
+    let start: usize = json
+        .split(|&b| b == b'\n')
+        .take(line - 1)
+        .map(|l| l.len() + 1)
+        .sum();
+    Some((start + column.saturating_sub(1)).min(json.len()))
 }

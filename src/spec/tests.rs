@@ -147,6 +147,56 @@ fn type_errors_name_the_proc_and_fd() {
     assert!(msg.starts_with("EOF while parsing"), "{msg}");
 }
 
+// An fd spec serde cannot read as any kind ("expected value", with no proc
+// or fd named), a key given twice (which a parsed value no longer shows) and
+// serde's Rust type names: each placed and said as the spec's author knows
+// it.
+#[test]
+fn every_error_inside_a_proc_is_placed_and_plainly_said() {
+    for (fd, shown) in [
+        ("{}", "{}"),
+        ("7", "7"),
+        (r#"["capture"]"#, r#"["capture"]"#),
+        (
+            r#"{"capture": {}, "file": {"path": "/a"}}"#,
+            r#"{"capture": {}"#,
+        ),
+    ] {
+        let msg = json_err(&format!(
+            r#"{{"specs": {{"ok": {{"argv": ["x"]}}, "job": {{"argv": ["x"], "fds": [["stdout", {fd}]]}}}}}}"#
+        ));
+        assert!(
+            msg.starts_with(&format!("proc job: fd stdout: not an fd spec: {shown}")),
+            "{fd}: {msg}"
+        );
+        assert!(
+            msg.contains("exactly one key") && msg.contains("at line 1"),
+            "{msg}"
+        );
+    }
+    let msg = json_err(r#"{"specs": {"job": {"argv": ["x"], "fds": {"stdout": {}}}}}"#);
+    assert!(
+        msg.starts_with("proc job: fd stdout: not an fd spec"),
+        "{msg}"
+    );
+    let msg =
+        json_err(r#"{"specs": {"a": {"argv": ["x"]}, "job": {"argv": ["x"], "argv": ["y"]}}}"#);
+    assert!(msg.starts_with("proc job: duplicate field `argv`"), "{msg}");
+    let msg = json_err(r#"{"specs": {"job": {"argv": ["x"], "timeout": 5}}}"#);
+    assert!(
+        msg.starts_with("proc job: invalid type: integer `5`, expected an object (timeout)"),
+        "{msg}"
+    );
+    let msg =
+        json_err(r#"{"specs": {"job": {"argv": ["x"], "fds": [["stdout", {"capture": null}]]}}}"#);
+    assert!(
+        msg.starts_with(
+            "proc job: fd stdout: invalid type: null, expected an object for `capture`"
+        ),
+        "{msg}"
+    );
+}
+
 #[test]
 fn parse_rejects_unknown_proc_field() {
     let msg = json_err(r#"{"specs": {"p": {"argv": ["x"], "workdir": "/"}}}"#);
