@@ -809,7 +809,13 @@ impl Agent {
             for r in &replies {
                 feed_reply(ws, r).await?;
             }
-            ws.flush().await.map_err(|e| e.to_string())
+            // The last frames may still be unsent: bounded too, or a peer
+            // that stops reading would hold this link (no pings, no read
+            // deadline) for good.
+            match tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(too_slow()),
+            }
         };
         // A range read as it is sent may take longer than WRITE_TIMEOUT in
         // all; each of its pieces gets that long (`feed_reply`).

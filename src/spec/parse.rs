@@ -118,24 +118,25 @@ fn locate_error(json: &[u8], e: &serde_json::Error, msg: &str) -> Option<String>
     }
     let parts: Option<Parts> = serde_json::from_str(raw.get()).ok();
     let fds = parts.as_ref().and_then(|p| p.fds);
-    let entries: Vec<(String, &RawValue)> = match fds.and_then(|f| f.get().trim_start().bytes().next()) {
-        Some(b'[') => serde_json::from_str::<Vec<(serde_json::Value, &RawValue)>>(
-            fds.map(RawValue::get).unwrap_or_default(),
-        )
-        .ok()
-        .into_iter()
-        .flatten()
-        .map(|(n, r)| (n.as_str().map_or_else(|| n.to_string(), str::to_string), r))
-        .collect(),
-        Some(b'{') => serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(
-            fds.map(RawValue::get).unwrap_or_default(),
-        )
-        .ok()
-        .into_iter()
-        .flatten()
-        .collect(),
-        _ => Vec::new(),
-    };
+    let entries: Vec<(String, &RawValue)> =
+        match fds.and_then(|f| f.get().trim_start().bytes().next()) {
+            Some(b'[') => serde_json::from_str::<Vec<(serde_json::Value, &RawValue)>>(
+                fds.map(RawValue::get).unwrap_or_default(),
+            )
+            .ok()
+            .into_iter()
+            .flatten()
+            .map(|(n, r)| (n.as_str().map_or_else(|| n.to_string(), str::to_string), r))
+            .collect(),
+            Some(b'{') => serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(
+                fds.map(RawValue::get).unwrap_or_default(),
+            )
+            .ok()
+            .into_iter()
+            .flatten()
+            .collect(),
+            _ => Vec::new(),
+        };
     if let Some((name, fd)) = entries.iter().find(|(_, r)| span(r).contains(&at)) {
         // serde's word for an enum it cannot read from what it got.
         let msg = if msg.starts_with("expected value") {

@@ -132,12 +132,17 @@ impl Spool {
         let name = dir.display();
         // Private when made here: the spec (its environment's secrets) and
         // every byte of output are in it. One the user made keeps its mode.
+        // (Its parents, made as `mkdir -p` makes them, keep the umask's.)
         use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("--spool {name}: {e}"))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| format!("--spool {name}: {e}"))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(format!("--spool {name}: {e}"));
+            }
+            _ => {}
+        }
         let dir = dir
             .canonicalize()
             .map_err(|e| format!("--spool {name}: {e}"))?;

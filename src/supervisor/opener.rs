@@ -33,6 +33,10 @@ pub(crate) const STUCK_AFTER: std::time::Duration = std::time::Duration::from_mi
 /// The most opener threads, stuck ones included.
 pub(crate) const MOST_THREADS: usize = 512;
 
+/// How long a thread past [`MAX_THREADS`] waits for a job before it ends, so
+/// that a burst of slow opens leaves no lasting crowd of threads.
+const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One open a process needs, by the index of its entry in the spec's `fds`.
 #[derive(Debug)]
 pub(crate) enum OpenReq {
@@ -102,7 +106,10 @@ pub(crate) struct Opener {
     idle: Arc<AtomicUsize>,
     /// Jobs sent and not yet taken by a thread.
     waiting: Arc<AtomicUsize>,
-    threads: usize,
+    /// Threads running.
+    threads: Arc<AtomicUsize>,
+    /// The next thread's number.
+    next_id: usize,
     /// When each busy thread (by its number) took its job.
     busy: Arc<Mutex<std::collections::HashMap<usize, std::time::Instant>>>,
     done: mpsc::Sender<Done>,
@@ -112,7 +119,7 @@ pub(crate) struct Opener {
 impl std::fmt::Debug for Opener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Opener")
-            .field("threads", &self.threads)
+            .field("threads", &self.threads.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -127,7 +134,8 @@ impl Opener {
             rx: Arc::new(Mutex::new(rx)),
             idle: Arc::new(AtomicUsize::new(0)),
             waiting: Arc::new(AtomicUsize::new(0)),
-            threads: 0,
+            threads: Arc::default(),
+            next_id: 0,
             busy: Arc::default(),
             done,
             wake,
@@ -145,14 +153,24 @@ impl Opener {
         (MAX_THREADS + stuck).min(MOST_THREADS)
     }
 
-    /// Starts a thread if a job waits with none idle to take it and the
-    /// pool may grow (call when a job has waited [`STUCK_AFTER`]: the
-    /// threads that held it up may have become stuck since it was queued).
+    /// Starts a thread for each job waiting with none idle to take it, as
+    /// far as the pool may grow (call while jobs wait, every
+    /// [`STUCK_AFTER`]: the threads that held them up may have become stuck
+    /// since they were queued).
     pub fn unclog(&mut self) {
-        let waiting = self.waiting.load(Ordering::Acquire);
-        if waiting > self.idle.load(Ordering::Acquire) && self.threads < self.allowed() {
-            self.grow();
+        let allowed = self.allowed();
+        let mut need = self
+            .waiting
+            .load(Ordering::Acquire)
+            .saturating_sub(self.idle.load(Ordering::Acquire));
+        while need > 0 && self.threads.load(Ordering::Acquire) < allowed && self.grow() {
+            need -= 1;
         }
+    }
+
+    /// Jobs queued and not yet taken by a thread.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Queues the opens of process `serial`; gives them back if there is
@@ -161,12 +179,13 @@ impl Opener {
         // Every job waiting needs an idle thread of its own: one that is idle
         // now may be about to take an earlier job that never ends.
         let waiting = self.waiting.load(Ordering::Acquire) + 1;
+        let threads = self.threads.load(Ordering::Acquire);
         if waiting > self.idle.load(Ordering::Acquire)
-            && (self.threads < MAX_THREADS || self.threads < self.allowed())
+            && (threads < MAX_THREADS || threads < self.allowed())
         {
             self.grow();
         }
-        if self.threads == 0 {
+        if self.threads.load(Ordering::Acquire) == 0 {
             return Err(opens);
         }
         self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -176,24 +195,43 @@ impl Opener {
         })
     }
 
-    fn grow(&mut self) {
-        let (rx, idle, waiting, busy, done, wake) = (
+    /// Starts a thread; false if none could be.
+    fn grow(&mut self) -> bool {
+        let (rx, idle, waiting, busy, threads, done, wake) = (
             self.rx.clone(),
             self.idle.clone(),
             self.waiting.clone(),
             self.busy.clone(),
+            self.threads.clone(),
             self.done.clone(),
             self.wake.clone(),
         );
-        let me = self.threads;
+        let me = self.next_id;
+        self.next_id += 1;
+        // Counted before it runs, so that the growth above sees it.
+        self.threads.fetch_add(1, Ordering::AcqRel);
         let started = std::thread::Builder::new()
             .name("chaperone-open".into())
             .spawn(move || {
                 loop {
                     idle.fetch_add(1, Ordering::AcqRel);
-                    let job = rx.lock().map(|rx| rx.recv());
+                    let job = rx.lock().map(|rx| rx.recv_timeout(IDLE_EXIT));
                     idle.fetch_sub(1, Ordering::AcqRel);
-                    let Ok(Ok((serial, opens))) = job else { break };
+                    let (serial, opens) = match job {
+                        Ok(Ok(job)) => job,
+                        Ok(Err(mpsc::RecvTimeoutError::Timeout)) => {
+                            // Past the pool's usual size, an idle thread ends.
+                            let past =
+                                threads.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                    (n > MAX_THREADS).then(|| n - 1)
+                                });
+                            if past.is_ok() {
+                                break;
+                            }
+                            continue;
+                        }
+                        _ => break,
+                    };
                     waiting.fetch_sub(1, Ordering::AcqRel);
                     if let Ok(mut b) = busy.lock() {
                         b.insert(me, std::time::Instant::now());
@@ -209,12 +247,16 @@ impl Opener {
                 }
             });
         match started {
-            Ok(_) => self.threads += 1,
-            // With no thread at all the opens are done by the caller.
-            Err(e) if self.threads == 0 => {
-                tracing::error!("cannot start an opener thread: {e}; opening on the reactor");
+            Ok(_) => true,
+            Err(e) => {
+                // With no thread at all the opens are done by the caller.
+                if self.threads.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    tracing::error!("cannot start an opener thread: {e}; opening on the reactor");
+                } else {
+                    tracing::warn!("cannot start another opener thread: {e}");
+                }
+                false
             }
-            Err(e) => tracing::warn!("cannot start another opener thread: {e}"),
         }
     }
 }
@@ -362,7 +404,7 @@ mod tests {
         assert_eq!(serial, 2);
         assert!(matches!(results[..], [(3, Opened::File(Ok(_)))]));
         assert!(rx.try_recv().is_err(), "the FIFO's open is still waiting");
-        assert_eq!(o.threads, 2);
+        assert_eq!(o.threads.load(Ordering::Acquire), 2);
         // A writer arrives: the stuck job finishes too.
         let w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
         let (serial, _) = rx.recv_timeout(Duration::from_secs(30)).expect("job 1");

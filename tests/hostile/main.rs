@@ -406,7 +406,10 @@ fn opens_that_never_end_do_not_hold_up_later_processes_files() {
             }
         }
     }
-    let _writers = Writers(fifos.clone());
+    let more: Vec<_> = (0..80)
+        .map(|i| mkfifo(dir.path(), &format!("m{i}")))
+        .collect();
+    let _writers = Writers(fifos.iter().chain(&more).cloned().collect());
     let mut specs = serde_json::Map::new();
     for (i, f) in fifos.iter().enumerate() {
         specs.insert(
@@ -446,4 +449,20 @@ fn opens_that_never_end_do_not_hold_up_later_processes_files() {
     if rustix::process::geteuid().is_root() {
         assert_eq!(string_of(&waited("user"), "stdout"), "as nobody\n");
     }
+    // In one burst, 80 more never-ending opens queued ahead of a file: the
+    // threads started for the first that waited took the next stuck ones,
+    // so the pool must keep growing while a job waits.
+    let mut burst = serde_json::Map::new();
+    for (i, f) in more.iter().enumerate() {
+        burst.insert(
+            format!("more{i}"),
+            json!({"argv": ["/bin/cat"], "fds": stdin_from(f), "timeout": {"after": 30}}),
+        );
+    }
+    burst.insert(
+        "last".into(),
+        json!({"argv": ["/bin/cat"], "fds": stdin_from(&file)}),
+    );
+    start(&a, &json!({ "specs": burst }));
+    assert_eq!(string_of(&waited("last"), "stdout"), "from a file\n");
 }

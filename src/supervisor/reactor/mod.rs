@@ -60,6 +60,8 @@ enum Tag {
     /// Process `proc`'s files are slow to open: its start request is
     /// answered without waiting for its pid.
     OpenSlow { proc: u64 },
+    /// Opens wait for an opener thread: see whether the pool may grow.
+    OpenerCheck,
     /// The exit wait of process `proc` failed to be set up: try again.
     ExitRetry { proc: u64 },
     /// A read of a pipe whose process has ended but which a descendant
@@ -139,6 +141,8 @@ pub(crate) struct Reactor {
     opened_rx: std::sync::mpsc::Receiver<opener::Done>,
     /// Processes waiting for their files.
     opening: HashMap<u64, Opening>,
+    /// Whether a [`Tag::OpenerCheck`] is armed.
+    opener_check: bool,
     /// Exited `kill_group` leaders whose timeout's SIGKILL is still due to
     /// their group: each one's pidfd (unreaped, holding the group's id) and
     /// the group id, by serial.
@@ -252,6 +256,7 @@ impl Reactor {
             opener,
             opened_rx,
             opening: HashMap::new(),
+            opener_check: false,
             group_kills: HashMap::new(),
             orphans: HashMap::new(),
             max_orphans: crate::sys::fd::fd_limit().map_or(MAX_ORPHANS, |n| {
@@ -409,11 +414,17 @@ impl Reactor {
             Tag::OpenSlow { proc } => {
                 self.ring.finish(cqe);
                 // Its job may wait behind threads stuck since it was queued.
-                self.opener.unclog();
+                self.check_opener();
                 if let Some(o) = self.opening.get_mut(&proc).filter(|o| o.slow.is_some()) {
                     o.slow = None;
                     self.answer_request(proc);
                 }
+                return;
+            }
+            Tag::OpenerCheck => {
+                self.ring.finish(cqe);
+                self.opener_check = false;
+                self.check_opener();
                 return;
             }
             Tag::OpenTimeout { proc } => {

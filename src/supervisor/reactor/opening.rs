@@ -28,6 +28,19 @@ impl Opening {
 }
 
 impl Reactor {
+    /// Lets the opener grow for jobs waiting behind stuck threads, and
+    /// checks again every [`STUCK_AFTER`](super::super::opener::STUCK_AFTER)
+    /// while any job still waits: threads started for them may take earlier
+    /// jobs that never end, and become stuck in turn.
+    pub(super) fn check_opener(&mut self) {
+        self.opener.unclog();
+        if self.opener.waiting() > 0 && !self.opener_check {
+            self.opener_check = true;
+            self.ring
+                .timeout(super::super::opener::STUCK_AFTER, super::Tag::OpenerCheck);
+        }
+    }
+
     /// Collects the opener's finished jobs: each process goes on to launch;
     /// one abandoned meanwhile has its files discarded.
     pub(super) fn drain_opened(&mut self) {
