@@ -81,10 +81,12 @@ pub struct Callback {
 /// same as forever, and would overflow the clock.
 const MAX_SECONDS: f64 = 1e9;
 
-/// The shortest and longest wait for one try's answer, once the server has
-/// been failing for the whole timeout: a server that recovers but answers
-/// slowly still gets through; one that takes requests and never answers
-/// holds each push that long at most.
+/// The shortest and longest wait for one try's answer: a third of the
+/// timeout, within these. A try with no answer by then is sent again (after
+/// `retry_frequency`), so one request the server lost does not use up the
+/// whole timeout; a server that answers slowly still gets through; one
+/// that takes requests and never answers holds each push that long once
+/// it has been failing for the timeout.
 const TRY_MIN: Duration = Duration::from_secs(1);
 const TRY_MAX: Duration = Duration::from_secs(30);
 
@@ -262,7 +264,16 @@ struct Pusher {
     /// its own first try or from this, whichever is earlier: with the server
     /// down, pushes do not each wait out a timeout of their own in turn.
     failing_since: std::sync::Mutex<Option<Instant>>,
+    /// Requests in flight at once, at most [`IN_FLIGHT`]: with a push per
+    /// capture and state change of thousands of processes, a connection
+    /// each overran a small server's listen queue (a stdlib server with
+    /// the default backlog of 5 refused some of 50 processes' pushes until
+    /// they were given up).
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// See [`Pusher::in_flight`].
+const IN_FLIGHT: usize = 16;
 
 impl Pusher {
     /// Sends one push, trying again as the callback's config says.
@@ -276,12 +287,13 @@ impl Pusher {
         let timeout = Duration::from_secs_f64(self.cb.timeout);
         let first = Instant::now();
         loop {
-            let since = self.failing().map_or(first, |f| f.min(first));
             // A request in flight is bounded too: a server that takes it and
-            // never answers must not hold the push (and the agent) for good.
-            let left = (since + timeout)
-                .saturating_duration_since(Instant::now())
-                .max(timeout.clamp(TRY_MIN, TRY_MAX));
+            // never answers must not hold the push (and the agent) for good,
+            // and one it lost is sent again while the timeout lasts.
+            let left = (timeout / 3).clamp(TRY_MIN, TRY_MAX);
+            // A turn first (waiting for one is not the server failing),
+            // held through the try.
+            let turn = self.in_flight.acquire().await;
             let attempt = async {
                 let r = self
                     .client
@@ -308,6 +320,7 @@ impl Pusher {
                 Ok(Err(e)) => e,
                 Err(_) => format!("no answer within {:.1} s", left.as_secs_f64()),
             };
+            drop(turn);
             self.set_failing(true);
             let since = self.failing().map_or(first, |f| f.min(first));
             if since.elapsed() >= timeout {
@@ -435,6 +448,7 @@ pub async fn run(handle: Handle, cb: Callback, ids: Vec<String>) -> u8 {
         cb,
         method,
         failing_since: std::sync::Mutex::new(None),
+        in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
     };
     // Running-state line: the agent's pid and each process's.
     let mut procs = serde_json::Map::new();

@@ -424,3 +424,116 @@ fn with_a_spool_every_push_is_delivered_before_the_agent_exits() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// A server that loses one request (takes it, never answers) and answers the
+// rest: that push is sent again after retry_frequency. Its first try waited
+// out the whole timeout, so it was given up (exit 1) though the server was
+// answering every other push at once.
+#[test]
+fn a_request_the_server_never_answers_is_sent_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (n, s) in listener.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let Some((path, _, body)) = read_request(&mut s) else {
+                continue;
+            };
+            if n == 0 {
+                held.push(s); // lost: never answered
+                continue;
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            record.lock().unwrap().push((path, body));
+        }
+    });
+    let (out, took) = run_callback(&json!({
+        "specs": {"e": {"argv": ["/bin/echo", "hi"], "fds": [["stdout", util::mem_utf8()]]}},
+        "callback": {"url": format!("http://127.0.0.1:{port}/j")},
+        "config": {"retry_frequency": 0.2, "timeout": 6},
+    }));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.last().map(|(p, _)| p.as_str()), Some("/j/completed"));
+    let output: Vec<u8> = seen
+        .iter()
+        .filter(|(p, _)| p.starts_with("/j/output/stdout"))
+        .flat_map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(output, b"hi\n");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+}
+
+// Pushes for many processes at once: a connection each overran a small
+// server's listen queue. At most 16 requests are in flight; all arrive.
+#[test]
+fn pushes_are_at_most_sixteen_at_once_and_all_arrive() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (active, most, seen) = (active.clone(), most.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let (active, most, seen) = (active.clone(), most.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    if let Some((path, _, _)) = read_request(&mut s) {
+                        std::thread::sleep(Duration::from_millis(20));
+                        seen.lock().unwrap().push(path);
+                        active.fetch_sub(1, Ordering::SeqCst);
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    } else {
+                        active.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+    }
+    let specs: serde_json::Map<String, Value> = (0..60)
+        .map(|i| {
+            (
+                format!("p{i}"),
+                json!({"argv": ["/bin/echo", format!("out {i}")], "fds": [["stdout", util::mem_utf8()]]}),
+            )
+        })
+        .collect();
+    let (out, _) = run_callback(&json!({
+        "specs": specs,
+        "callback": {"url": format!("http://127.0.0.1:{port}/j")},
+        "config": {"retry_frequency": 0.2, "timeout": 30},
+    }));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = seen.lock().unwrap().clone();
+    for i in 0..60 {
+        assert!(
+            seen.iter()
+                .any(|p| p.starts_with("/j/output/stdout") && p.contains(&format!("proc=p{i}&"))),
+            "p{i}'s output"
+        );
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("/j/completed"));
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 16, "{most} requests at once");
+}
