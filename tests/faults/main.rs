@@ -14,9 +14,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
+use util::is_root;
 
 /// A directory any user can read and write, holding a copy of the binary
 /// (the build tree may not be reachable by other users).
@@ -203,28 +201,12 @@ fn past_the_pipe_quota_small_pipes_still_carry_every_byte() {
 #[test]
 fn a_disk_filling_mid_write_fails_only_that_capture() {
     let test = "a_disk_filling_mid_write_fails_only_that_capture";
-    if !is_root() {
-        chaperone::test_skip(test, "not root: cannot mount a tmpfs", false);
-        return;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
-        .arg(&mnt)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        chaperone::test_skip(test, "mount -t tmpfs failed", false);
-        return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let _fs = match util::Tmpfs::mount(&mnt, "512k") {
+        Ok(m) => m,
+        Err(why) => return chaperone::test_skip(test, why, false),
+    };
     let kept = mnt.join("fill.out");
     let spec = json!({"specs": {
         "fill": {"argv": ["/bin/sh", "-c", "head -c 4194304 /dev/zero; echo finished >&2"],

@@ -789,43 +789,11 @@ fn a_spool_directory_made_by_the_agent_is_private() {
     assert_eq!(mode, 0o700);
 }
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// A small tmpfs at `at` (unmounted when dropped), or why there is none.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Result<Tmpfs, &'static str> {
-        if !is_root() {
-            return Err("not root: cannot mount a tmpfs");
-        }
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            Ok(Tmpfs(at.to_path_buf()))
-        } else {
-            Err("mount -t tmpfs failed")
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_spool_disk_fails_the_run_saying_so_and_a_detached_agent_lives_on() {
     let test = "a_full_spool_disk_fails_the_run_saying_so_and_a_detached_agent_lives_on";
     let top = tempfile::tempdir().unwrap();
-    let _fs = match Tmpfs::mount(&top.path().join("mnt"), "1m") {
+    let _fs = match util::Tmpfs::mount(&top.path().join("mnt"), "1m") {
         Ok(m) => m,
         Err(why) => return chaperone::test_skip(test, why, false),
     };

@@ -310,3 +310,37 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port in 20000-31999 on 127.0.0.1: {last:?}");
 }
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A small tmpfs mounted at `at` (made if missing), unmounted when dropped;
+/// or why there is none (not root, or the mount failed), for a visible skip.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Result<Tmpfs, &'static str> {
+        if !is_root() {
+            return Err("not root: cannot mount a tmpfs");
+        }
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(Tmpfs(at.to_path_buf()))
+        } else {
+            Err("mount -t tmpfs failed")
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
