@@ -118,25 +118,7 @@ fn locate_error(json: &[u8], e: &serde_json::Error, msg: &str) -> Option<String>
     }
     let parts: Option<Parts> = serde_json::from_str(raw.get()).ok();
     let fds = parts.as_ref().and_then(|p| p.fds);
-    let entries: Vec<(String, &RawValue)> =
-        match fds.and_then(|f| f.get().trim_start().bytes().next()) {
-            Some(b'[') => serde_json::from_str::<Vec<(serde_json::Value, &RawValue)>>(
-                fds.map(RawValue::get).unwrap_or_default(),
-            )
-            .ok()
-            .into_iter()
-            .flatten()
-            .map(|(n, r)| (n.as_str().map_or_else(|| n.to_string(), str::to_string), r))
-            .collect(),
-            Some(b'{') => serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(
-                fds.map(RawValue::get).unwrap_or_default(),
-            )
-            .ok()
-            .into_iter()
-            .flatten()
-            .collect(),
-            _ => Vec::new(),
-        };
+    let entries = fds.map(fd_entries).unwrap_or_default();
     if let Some((name, fd)) = entries.iter().find(|(_, r)| span(r).contains(&at)) {
         // serde's word for an enum it cannot read from what it got.
         let msg = if msg.starts_with("expected value") {
@@ -196,6 +178,22 @@ fn plain_types(msg: &str) -> String {
         out = format!("{}an object ({name}){}", &out[..i], &rest[end..]);
     }
     out
+}
+
+/// A spec's `fds`, as a list of `[name, spec]` pairs or an object, as
+/// (name, raw spec) pairs; none if it is neither.
+fn fd_entries(fds: &serde_json::value::RawValue) -> Vec<(String, &serde_json::value::RawValue)> {
+    use serde_json::value::RawValue;
+    let text = fds.get();
+    if let Ok(list) = serde_json::from_str::<Vec<(serde_json::Value, &RawValue)>>(text) {
+        return list
+            .into_iter()
+            .map(|(n, r)| (n.as_str().map_or_else(|| n.to_string(), str::to_string), r))
+            .collect();
+    }
+    serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(text)
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default()
 }
 
 /// The byte of `json` serde's error `e` points at (its line and column).
