@@ -819,7 +819,7 @@ impl Agent {
         };
         // A range read as it is sent may take longer than WRITE_TIMEOUT in
         // all; each of its pieces gets that long (`feed_reply`).
-        let sent = if replies.iter().any(streamed) {
+        let sent = if replies.iter().any(|r| streamed(r).is_some()) {
             write.await
         } else {
             match tokio::time::timeout(WRITE_TIMEOUT, write).await {
@@ -843,9 +843,12 @@ async fn send(ws: &mut Ws, reply: &Reply) -> Result<(), ()> {
         .map_err(|e| tracing::warn!("sending failed: {e}"))
 }
 
-/// Whether `reply` carries bytes still to be read from a file.
-fn streamed(reply: &Reply) -> bool {
-    matches!(reply, Reply::ProcFdData { data, .. } if data.more.is_some())
+/// The bytes `reply` carries still to be read from a file, if any.
+fn streamed(reply: &Reply) -> Option<&super::More> {
+    match reply {
+        Reply::ProcFdData { data, .. } => data.more.as_ref(),
+        _ => None,
+    }
 }
 
 fn too_slow() -> String {
@@ -860,12 +863,7 @@ fn too_slow() -> String {
 async fn feed_reply(ws: &mut Ws, reply: &Reply) -> Result<(), String> {
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    let Reply::ProcFdData { data, .. } = reply else {
-        return feed(ws, encode_msgpack_split(reply))
-            .await
-            .map_err(|e| e.to_string());
-    };
-    let Some(more) = &data.more else {
+    let Some(more) = streamed(reply) else {
         return feed(ws, encode_msgpack_split(reply))
             .await
             .map_err(|e| e.to_string());
